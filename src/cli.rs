@@ -1,0 +1,80 @@
+//! The command line, as clap parses it. Each subcommand's own flags live
+//! with the command (`commands::<name>::Args`); this file holds the global
+//! flags and the list of subcommands. Doc comments here are `--help` text,
+//! written for a terminal rather than rustdoc.
+#![allow(clippy::doc_markdown)]
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::commands::{migrate, simulate};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "genalytics",
+    version,
+    about = "Drain image-generation events from Redis into PostgreSQL exactly once, roll them up by hour, and report on them.",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten, next_help_heading = "Global options")]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every subcommand accepts, before or after its name.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        global = true,
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub database_url: Option<String>,
+
+    /// Redis connection URL (rediss:// for TLS)
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        global = true,
+        hide_env_values = true,
+        value_name = "URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+
+    /// Namespace of the stream key: {ns}:generation_events:stream
+    #[arg(
+        long,
+        env = "GENALYTICS_REDIS_NS",
+        global = true,
+        hide_env_values = true,
+        value_name = "NS",
+        default_value = "genonaut"
+    )]
+    pub redis_ns: String,
+
+    /// Full stream key, overriding the one built from --redis-ns
+    #[arg(long, global = true, value_name = "KEY")]
+    pub stream: Option<String>,
+
+    /// Log more to stderr (-v progress, -vv debugging)
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Print only errors
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or upgrade the PostgreSQL schema (also adopts the original service's tables)
+    Migrate(migrate::Args),
+    /// Write realistic synthetic traffic into the stream, exactly as the service's producer does
+    Simulate(simulate::Args),
+}

@@ -1,0 +1,15 @@
+//! One module per command: its flags (`Args`) and its `run`.
+
+pub mod migrate;
+pub mod simulate;
+
+use crate::cli::Command;
+use crate::config::Settings;
+use crate::error::Exit;
+
+pub fn run(command: Command, settings: &Settings) -> anyhow::Result<Exit> {
+    match command {
+        Command::Migrate(args) => migrate::run(&args, settings),
+        Command::Simulate(args) => simulate::run(&args, settings),
+    }
+}

@@ -1,0 +1,66 @@
+//! genalytics: drains image-generation events from a Redis Stream into
+//! PostgreSQL exactly once, rolls them up by hour and reports on them.
+//!
+//! The binary is a thin shell around [`run`], so the integration tests and
+//! the benchmarks drive exactly the code an operator runs.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod output;
+pub mod stream;
+pub mod throwaway;
+pub mod timearg;
+pub mod traffic;
+
+use std::io;
+
+pub use error::{Exit, UsageError};
+
+/// Runs one parsed command line.
+pub fn run(cli: cli::Cli) -> anyhow::Result<Exit> {
+    init_logging(cli.global.verbose, cli.global.quiet);
+    let settings = config::Settings::from_args(&cli.global)?;
+    commands::run(cli.command, &settings)
+}
+
+/// Prints an error the way every command reports failure and picks its exit
+/// code: usage mistakes exit 2, a closed stdout (`… | head`) is success, all
+/// else exits 1. The whole cause chain goes to stderr on one line.
+pub fn report_error(err: &anyhow::Error) -> Exit {
+    if is_broken_pipe(err) {
+        return Exit::Success;
+    }
+    eprintln!("genalytics: {err:#}");
+    if err.downcast_ref::<UsageError>().is_some() {
+        Exit::Usage
+    } else {
+        Exit::Failure
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => tracing::Level::ERROR,
+        (false, 0) => tracing::Level::WARN,
+        (false, 1) => tracing::Level::INFO,
+        (false, _) => tracing::Level::DEBUG,
+    };
+    // A second initialisation (tests calling run twice) is harmless.
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}

@@ -1,0 +1,14 @@
+//! Parse, run, map the outcome to an exit code; nothing else lives here.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use genalytics::cli::Cli;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match genalytics::run(cli) {
+        Ok(code) => code.into(),
+        Err(err) => genalytics::report_error(&err).into(),
+    }
+}

@@ -1,0 +1,210 @@
+//! A private PostgreSQL: `initdb` into a temporary directory, `postgres` on
+//! a free port of 127.0.0.1, trust authentication, durability off (it is
+//! thrown away anyway).
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nix::sys::signal::Signal;
+use nix::unistd::{Gid, Uid, User};
+use tempfile::TempDir;
+
+use super::{
+    die_with_parent, launch_on_free_port, log_tail, postgres_program, stop_child, wait_ready,
+};
+
+/// The unprivileged account PostgreSQL runs under when we are root.
+const SERVICE_USER: &str = "postgres";
+/// The superuser `initdb` creates; test and demo URLs log in as it.
+pub const SUPERUSER: &str = "postgres";
+
+pub struct Postgres {
+    program: PathBuf,
+    owner: Option<(Uid, Gid)>,
+    port: u16,
+    child: Option<Child>,
+    // Declared last: dropped after the server has stopped.
+    dir: TempDir,
+}
+
+impl Postgres {
+    /// Initialises a cluster and starts it.
+    pub fn start() -> anyhow::Result<Postgres> {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Postgres::start`], with extra `postgresql.conf` settings
+    /// (e.g. `("ssl", "on")`).
+    pub fn start_with(settings: &[(&str, &str)]) -> anyhow::Result<Postgres> {
+        let initdb = postgres_program("initdb")?;
+        let postgres = postgres_program("postgres")?;
+        let owner = service_owner()?;
+        let dir = tempfile::Builder::new()
+            .prefix("genalytics-pg-")
+            .tempdir()
+            .context("cannot create a temporary directory for PostgreSQL")?;
+        if let Some((uid, gid)) = owner {
+            nix::unistd::chown(dir.path(), Some(uid), Some(gid))
+                .context("cannot hand the temporary directory to the postgres user")?;
+        }
+
+        let log = dir.path().join("initdb.log");
+        let log_file = File::create(&log)?;
+        let mut command = Command::new(&initdb);
+        command
+            .args(["-D", "data", "-U", SUPERUSER, "-A", "trust", "-E", "UTF8"])
+            .args(["--locale=C", "--no-sync", "--no-instructions"])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file);
+        as_owner(&mut command, owner);
+        let status = command
+            .status()
+            .with_context(|| format!("cannot run {}", initdb.display()))?;
+        if !status.success() {
+            bail!("initdb failed ({status}); its log:\n{}", log_tail(&log));
+        }
+        let mut conf = String::from(
+            "listen_addresses = '127.0.0.1'\nfsync = off\nsynchronous_commit = off\n\
+             full_page_writes = off\nmax_connections = 100\nshared_buffers = 64MB\n",
+        );
+        for (key, value) in settings {
+            let _ = writeln!(conf, "{key} = '{value}'");
+        }
+        fs::write(dir.path().join("data/postgresql.auto.conf"), conf)?;
+
+        let mut server = Postgres {
+            program: postgres,
+            owner,
+            port: 0,
+            child: None,
+            dir,
+        };
+        let log = server.log();
+        launch_on_free_port(&log, |port| {
+            server.port = port;
+            server.launch()
+        })?;
+        Ok(server)
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let log = self.log();
+        let out = File::options().create(true).append(true).open(&log)?;
+        let mut command = Command::new(&self.program);
+        command
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-k")
+            .arg(self.dir.path())
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        as_owner(&mut command, self.owner);
+        // Immediate shutdown if we vanish: no stray postmaster.
+        die_with_parent(&mut command, Signal::SIGQUIT);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.program.display()))?;
+        let probe = self.url("postgres");
+        let ready = wait_ready("PostgreSQL", &mut child, &log, || {
+            let mut config: postgres::Config = probe.parse().expect("own URL");
+            config.connect_timeout(Duration::from_secs(2));
+            config.connect(postgres::NoTls).is_ok()
+        });
+        if let Err(err) = ready {
+            stop_child(&mut child, Signal::SIGQUIT);
+            return Err(err);
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The URL of one database on this server.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// A superuser connection to the `postgres` database.
+    pub fn admin(&self) -> anyhow::Result<postgres::Client> {
+        postgres::Client::connect(&self.url("postgres"), postgres::NoTls)
+            .context("cannot connect to the throwaway PostgreSQL")
+    }
+
+    pub fn create_database(&self, name: &str) -> anyhow::Result<()> {
+        let mut admin = self.admin()?;
+        // Identifiers cannot be bound parameters; quote it instead.
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE \"{}\"",
+                name.replace('"', "\"\"")
+            ))
+            .with_context(|| format!("cannot create database {name}"))
+    }
+
+    /// Fast shutdown: open connections are cut, the data is kept.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, Signal::SIGINT);
+        }
+    }
+
+    /// Starts a stopped server again on the same port, with its data.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.launch()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.dir.path().join("postgres.log")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The postgres user's IDs when we are root (PostgreSQL refuses root).
+fn service_owner() -> anyhow::Result<Option<(Uid, Gid)>> {
+    if !Uid::effective().is_root() {
+        return Ok(None);
+    }
+    let user = User::from_name(SERVICE_USER)
+        .context("cannot look up the postgres system user")?
+        .with_context(|| {
+            format!(
+                "running as root, PostgreSQL needs an unprivileged `{SERVICE_USER}` system user; \
+                 installing the postgresql package creates it"
+            )
+        })?;
+    Ok(Some((user.uid, user.gid)))
+}
+
+fn as_owner(command: &mut Command, owner: Option<(Uid, Gid)>) {
+    if let Some((uid, gid)) = owner {
+        command.uid(uid.as_raw()).gid(gid.as_raw());
+    }
+}

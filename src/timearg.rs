@@ -1,0 +1,78 @@
+//! Time arguments (`--end`, `--hour`, `--from`, `--to`, `--until`): RFC 3339,
+//! naive ISO 8601 meaning UTC, or the short `YYYY-MM-DDTHH`. Pure, so clap
+//! can use it as a value parser and report mistakes as usage errors.
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+
+const FORMATS_HINT: &str =
+    "expected RFC 3339 (2026-11-27T14:03:07Z), naive UTC (2026-11-27T14:03:07) or 2026-11-27T14";
+
+/// Parses an instant given on the command line.
+pub fn parse_instant(text: &str) -> Result<DateTime<Utc>, String> {
+    let text = text.trim();
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    // A space instead of the `T` is what people paste from psql.
+    let iso = text.replacen(' ', "T", 1);
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+        if let Ok(naive) = NaiveDateTime::parse_from_str(&iso, format) {
+            return Ok(naive.and_utc());
+        }
+    }
+    if let Some((date, hour)) = iso.split_once('T')
+        && hour.len() == 2
+        && let (Ok(date), Ok(hour)) = (NaiveDate::parse_from_str(date, "%Y-%m-%d"), hour.parse())
+        && let Some(naive) = date.and_hms_opt(hour, 0, 0)
+    {
+        return Ok(naive.and_utc());
+    }
+    if let Ok(date) = NaiveDate::parse_from_str(&iso, "%Y-%m-%d") {
+        return Ok(date
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight exists")
+            .and_utc());
+    }
+    Err(format!("'{text}' is not a time: {FORMATS_HINT}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
+    }
+
+    #[test]
+    fn accepts_every_documented_form() {
+        let want = utc(2026, 11, 27, 14, 0, 0);
+        for text in [
+            "2026-11-27T14",
+            "2026-11-27T14:00",
+            "2026-11-27T14:00:00",
+            "2026-11-27 14:00:00",
+            "2026-11-27T14:00:00Z",
+            "2026-11-27T16:00:00+02:00",
+            "2026-11-27T14:00:00.000000",
+        ] {
+            assert_eq!(parse_instant(text), Ok(want), "{text}");
+        }
+        assert_eq!(parse_instant("2026-11-27"), Ok(utc(2026, 11, 27, 0, 0, 0)));
+    }
+
+    #[test]
+    fn keeps_fractions() {
+        let at = parse_instant("2026-11-27T14:03:07.123456").unwrap();
+        assert_eq!(at.timestamp_subsec_micros(), 123_456);
+    }
+
+    #[test]
+    fn rejects_garbage_with_the_accepted_forms() {
+        for text in ["garbage", "2026-13-01T00", "2026-11-27T25", "", "14:00"] {
+            let err = parse_instant(text).unwrap_err();
+            assert!(err.contains("RFC 3339"), "{text}: {err}");
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Bad flags, missing settings and unreachable servers: one sentence on
+//! stderr, the right exit code, never a password or a panic.
+
+use std::net::TcpListener;
+
+use crate::harness::{Cmd, TestEnv};
+
+const PASSWORD: &str = "pw-s3cr3t-93412";
+
+/// A local port with nothing listening on it.
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[track_caller]
+fn assert_one_clean_sentence(stderr: &str) {
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("genalytics: "), "{stderr}");
+    assert!(!stderr.contains(PASSWORD), "password leaked: {stderr}");
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+}
+
+#[test]
+fn unreachable_postgres_names_the_server_and_the_setting() {
+    let port = closed_port();
+    let ran = Cmd::new()
+        .args(["migrate", "--database-url"])
+        .arg(format!(
+            "postgres://alice:{PASSWORD}@127.0.0.1:{port}/analytics"
+        ))
+        .code(1);
+    assert_one_clean_sentence(&ran.stderr);
+    assert!(
+        ran.stderr.contains(&format!(
+            "cannot connect to PostgreSQL at 127.0.0.1:{port}: connection refused"
+        )),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.stderr.contains("DATABASE_URL"), "{}", ran.stderr);
+    assert!(ran.stdout.is_empty(), "{}", ran.stdout);
+}
+
+#[test]
+fn unreachable_redis_names_the_server_and_the_setting() {
+    let port = closed_port();
+    let ran = Cmd::new()
+        .args(["simulate", "--events", "10"])
+        .env(
+            "REDIS_URL",
+            format!("redis://:{PASSWORD}@127.0.0.1:{port}/0"),
+        )
+        .code(1);
+    assert_one_clean_sentence(&ran.stderr);
+    assert!(
+        ran.stderr.contains(&format!(
+            "cannot connect to Redis at 127.0.0.1:{port}: connection refused"
+        )),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.stderr.contains("REDIS_URL"), "{}", ran.stderr);
+}
+
+#[test]
+fn a_missing_database_is_named() {
+    let env = TestEnv::new();
+    let url = env
+        .pg
+        .url("no_such_db")
+        .replace("postgres@", &format!("postgres:{PASSWORD}@"));
+    let ran = Cmd::new().args(["migrate", "--database-url", &url]).code(1);
+    assert_one_clean_sentence(&ran.stderr);
+    assert!(
+        ran.stderr.contains("\"no_such_db\" does not exist"),
+        "{}",
+        ran.stderr
+    );
+}
+
+#[test]
+fn no_database_configured_is_a_usage_error() {
+    let ran = Cmd::new().arg("migrate").code(2);
+    assert_one_clean_sentence(&ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("set DATABASE_URL or pass --database-url"),
+        "{}",
+        ran.stderr
+    );
+}
+
+#[test]
+fn malformed_urls_are_usage_errors_without_the_password() {
+    let ran = Cmd::new()
+        .args(["migrate", "--database-url"])
+        .arg(format!("postgres://alice:{PASSWORD}@db:notaport/x"))
+        .code(2);
+    assert_one_clean_sentence(&ran.stderr);
+    assert!(ran.stderr.contains("DATABASE_URL"), "{}", ran.stderr);
+
+    let ran = Cmd::new()
+        .args(["simulate", "--redis-url"])
+        .arg(format!("http://:{PASSWORD}@cache:6379"))
+        .code(2);
+    assert_one_clean_sentence(&ran.stderr);
+    assert!(ran.stderr.contains("REDIS_URL"), "{}", ran.stderr);
+}
+
+#[test]
+fn bad_flags_exit_2() {
+    for args in [
+        &["simulate", "--events", "many"][..],
+        &["simulate", "--hours", "0"],
+        &["simulate", "--end", "yesterday"],
+        &["frobnicate"],
+        &["migrate", "--bogus"],
+        &["--quiet", "--verbose", "migrate"],
+    ] {
+        let ran = Cmd::new().args(args.iter().copied()).code(2);
+        assert!(ran.stderr.contains("error"), "{args:?}: {}", ran.stderr);
+    }
+    let ran = Cmd::new().args(["simulate", "--end", "yesterday"]).code(2);
+    assert!(ran.stderr.contains("RFC 3339"), "{}", ran.stderr);
+}
+
+#[test]
+fn help_names_the_environment_but_never_shows_its_secrets() {
+    let ran = Cmd::new()
+        .arg("--help")
+        .env("DATABASE_URL", format!("postgres://alice:{PASSWORD}@db/x"))
+        .env("REDIS_URL", format!("redis://:{PASSWORD}@cache"))
+        .ok();
+    for name in [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "GENALYTICS_REDIS_NS",
+        "--stream",
+        "migrate",
+        "simulate",
+    ] {
+        assert!(
+            ran.stdout.contains(name),
+            "{name} missing from --help:\n{}",
+            ran.stdout
+        );
+    }
+    assert!(!ran.stdout.contains(PASSWORD), "{}", ran.stdout);
+}
+
+#[test]
+fn global_flags_work_before_and_after_the_subcommand() {
+    let env = TestEnv::new();
+    Cmd::new()
+        .args(["--database-url", &env.database_url(), "migrate"])
+        .ok();
+    Cmd::new()
+        .args(["migrate", "--status", "--database-url", &env.database_url()])
+        .ok();
+}

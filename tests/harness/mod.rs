@@ -1,0 +1,166 @@
+//! The shared test harness: a throwaway PostgreSQL and Redis per test (from
+//! `genalytics::throwaway`), and a builder for running the real binary
+//! against them with a clean environment.
+
+use std::ffi::OsString;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use genalytics::throwaway::{Postgres, Redis};
+
+/// Environment variables that must never leak in from a developer's shell.
+const SCRUBBED: &[&str] = &[
+    "DATABASE_URL",
+    "REDIS_URL",
+    "GENALYTICS_REDIS_NS",
+    "NO_COLOR",
+    "RUST_BACKTRACE",
+    "RUST_LOG",
+];
+
+/// One test's private world: its own servers, database and stream namespace.
+pub struct TestEnv {
+    pub pg: Postgres,
+    pub redis: Redis,
+    pub database: String,
+    pub namespace: String,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl TestEnv {
+    #[track_caller]
+    pub fn new() -> TestEnv {
+        let pg = Postgres::start().unwrap_or_else(|err| panic!("{err:#}"));
+        let redis = Redis::start().unwrap_or_else(|err| panic!("{err:#}"));
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let database = format!("genalytics_test_{n}");
+        pg.create_database(&database)
+            .unwrap_or_else(|err| panic!("{err:#}"));
+        TestEnv {
+            pg,
+            redis,
+            database,
+            namespace: format!("test{}_{n}", std::process::id()),
+        }
+    }
+
+    pub fn database_url(&self) -> String {
+        self.pg.url(&self.database)
+    }
+
+    pub fn stream_key(&self) -> String {
+        format!("{}:generation_events:stream", self.namespace)
+    }
+
+    #[track_caller]
+    pub fn db(&self) -> postgres::Client {
+        postgres::Client::connect(&self.database_url(), postgres::NoTls)
+            .unwrap_or_else(|err| panic!("cannot connect to the test database: {err}"))
+    }
+
+    #[track_caller]
+    pub fn redis(&self) -> redis::Connection {
+        self.redis
+            .connection()
+            .unwrap_or_else(|err| panic!("{err:#}"))
+    }
+
+    /// The binary, pointed at this environment through the environment
+    /// variables an operator would set.
+    pub fn genalytics(&self) -> Cmd {
+        Cmd::new()
+            .env("DATABASE_URL", self.database_url())
+            .env("REDIS_URL", self.redis.url())
+            .env("GENALYTICS_REDIS_NS", &self.namespace)
+    }
+}
+
+/// Runs `genalytics` and checks how it ended.
+#[must_use]
+pub struct Cmd {
+    command: Command,
+}
+
+/// What a finished run printed.
+#[derive(Debug)]
+pub struct Ran {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Cmd {
+    pub fn new() -> Cmd {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_genalytics"));
+        for name in SCRUBBED {
+            command.env_remove(name);
+        }
+        command.stdin(Stdio::null());
+        Cmd { command }
+    }
+
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Cmd {
+        self.command.arg(arg.into());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, args: I) -> Cmd {
+        for arg in args {
+            self.command.arg(arg.into());
+        }
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: impl Into<OsString>) -> Cmd {
+        self.command.env(name, value.into());
+        self
+    }
+
+    pub fn command(self) -> Command {
+        self.command
+    }
+
+    #[track_caller]
+    pub fn run(mut self) -> Ran {
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = self
+            .command
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run genalytics: {err}"));
+        let ran = Ran {
+            code: status.code(),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        };
+        assert!(
+            !ran.stderr.contains("panicked"),
+            "genalytics panicked:\n{}",
+            ran.stderr
+        );
+        ran
+    }
+
+    /// Runs and asserts exit code 0.
+    #[track_caller]
+    pub fn ok(self) -> Ran {
+        self.code(0)
+    }
+
+    /// Runs and asserts the exit code.
+    #[track_caller]
+    pub fn code(self, want: i32) -> Ran {
+        let ran = self.run();
+        assert_eq!(
+            ran.code,
+            Some(want),
+            "exit code\n--- stdout:\n{}\n--- stderr:\n{}",
+            ran.stdout,
+            ran.stderr
+        );
+        ran
+    }
+}
