@@ -6,7 +6,7 @@
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::commands::{migrate, simulate};
+use crate::commands::{migrate, simulate, transfer};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -75,6 +75,8 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Create or upgrade the PostgreSQL schema (also adopts the original service's tables)
     Migrate(migrate::Args),
+    /// Drain the Redis stream into generation_events, exactly once
+    Transfer(transfer::Args),
     /// Write realistic synthetic traffic into the stream, exactly as the service's producer does
     Simulate(simulate::Args),
 }

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod event;
 pub mod output;
 pub mod stream;
 pub mod throwaway;
@@ -61,6 +62,9 @@ fn init_logging(verbose: u8, quiet: bool) {
         .with_max_level(level)
         .with_writer(io::stderr)
         .with_target(false)
+        .with_ansi(
+            io::IsTerminal::is_terminal(&io::stderr()) && std::env::var_os("NO_COLOR").is_none(),
+        )
         .without_time()
         .try_init();
 }

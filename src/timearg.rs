@@ -36,9 +36,49 @@ pub fn parse_instant(text: &str) -> Result<DateTime<Utc>, String> {
     Err(format!("'{text}' is not a time: {FORMATS_HINT}"))
 }
 
+/// Parses a span such as `90d`, `2h`, `30m`, `45s` (or `0`).
+pub fn parse_span(text: &str) -> Result<chrono::TimeDelta, String> {
+    let text = text.trim();
+    let hint = || {
+        format!("'{text}' is not a duration: expected a number and a unit, e.g. 30s, 15m, 2h, 90d")
+    };
+    if text == "0" {
+        return Ok(chrono::TimeDelta::zero());
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(hint)?;
+    let (number, unit) = text.split_at(split);
+    let number: i64 = number.parse().map_err(|_| hint())?;
+    let seconds = match unit {
+        "s" => Some(number),
+        "m" => number.checked_mul(60),
+        "h" => number.checked_mul(3_600),
+        "d" => number.checked_mul(86_400),
+        _ => None,
+    };
+    seconds
+        .filter(|&s| s <= 100 * 365 * 86_400)
+        .map(chrono::TimeDelta::seconds)
+        .ok_or_else(hint)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans() {
+        assert_eq!(parse_span("2h"), Ok(chrono::TimeDelta::hours(2)));
+        assert_eq!(parse_span("90d"), Ok(chrono::TimeDelta::days(90)));
+        assert_eq!(parse_span("15m"), Ok(chrono::TimeDelta::minutes(15)));
+        assert_eq!(parse_span("45s"), Ok(chrono::TimeDelta::seconds(45)));
+        assert_eq!(parse_span("0"), Ok(chrono::TimeDelta::zero()));
+        for bad in ["", "h", "2", "-2h", "2w", "1.5h", "99999999999999d"] {
+            assert!(
+                parse_span(bad).unwrap_err().contains("not a duration"),
+                "{bad}"
+            );
+        }
+    }
     use chrono::TimeZone;
 
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {

@@ -3,6 +3,8 @@
 
 // A test reads best top to bottom, even when that is long.
 #![allow(clippy::too_many_lines)]
+// Helpers that build expected rows read best returning what the rows hold.
+#![allow(clippy::unnecessary_wraps, clippy::type_complexity)]
 
 mod harness;
 
@@ -10,3 +12,5 @@ mod cli_errors;
 mod migrate;
 mod servers;
 mod simulate;
+mod transfer;
+mod transfer_faults;

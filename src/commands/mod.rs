@@ -2,6 +2,7 @@
 
 pub mod migrate;
 pub mod simulate;
+pub mod transfer;
 
 use crate::cli::Command;
 use crate::config::Settings;
@@ -11,5 +12,6 @@ pub fn run(command: Command, settings: &Settings) -> anyhow::Result<Exit> {
     match command {
         Command::Migrate(args) => migrate::run(&args, settings),
         Command::Simulate(args) => simulate::run(&args, settings),
+        Command::Transfer(args) => transfer::run(&args, settings),
     }
 }

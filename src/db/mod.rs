@@ -1,6 +1,7 @@
 //! PostgreSQL: connecting with errors an operator can act on, and (in
 //! submodules) every SQL statement the tool runs.
 
+pub mod events;
 pub mod migrations;
 
 use std::error::Error as _;

@@ -1,4 +1,13 @@
-//! How figures are shown to people.
+//! How figures are shown to people and machines.
+
+/// How a command that does work (transfer, aggregate) reports what it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SummaryFormat {
+    /// One line for people and cron mail
+    Text,
+    /// One JSON object
+    Json,
+}
 
 /// `1234567` → `1,234,567`.
 pub fn thousands(n: u64) -> String {

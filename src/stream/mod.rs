@@ -55,3 +55,4 @@ pub fn describe(err: &redis::RedisError) -> String {
 }
 
 pub mod producer;
+pub mod reader;

@@ -164,3 +164,56 @@ impl Cmd {
         ran
     }
 }
+
+/// Appends one entry; `id` "*" lets Redis choose. Returns the entry ID.
+#[track_caller]
+pub fn xadd(con: &mut redis::Connection, key: &str, id: &str, fields: &[(&str, &str)]) -> String {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(key).arg(id);
+    for (name, value) in fields {
+        cmd.arg(*name).arg(*value);
+    }
+    cmd.query(con)
+        .unwrap_or_else(|err| panic!("XADD failed: {err}"))
+}
+
+/// Every entry ID in the stream, oldest first.
+#[track_caller]
+pub fn stream_ids(con: &mut redis::Connection, key: &str) -> Vec<String> {
+    let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query(con)
+        .unwrap();
+    entries.into_iter().map(|(id, _)| id).collect()
+}
+
+/// Every stream ID stored in `generation_events`, with repeats, sorted.
+#[track_caller]
+pub fn stored_ids(db: &mut postgres::Client) -> Vec<String> {
+    let mut ids: Vec<String> = db
+        .query(
+            "SELECT stream_id FROM generation_events WHERE stream_id IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|row| row.get(0))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Polls `condition` every 50 ms for up to `seconds`.
+#[track_caller]
+pub fn wait_for(what: &str, seconds: u64, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

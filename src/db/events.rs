@@ -1,0 +1,223 @@
+//! Storing what transfer read: events by binary COPY, dead letters, the
+//! hours to roll up, and the stream position — all in one transaction, so
+//! a crash at any instant leaves either the whole batch or none of it.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::{ToSql, Type};
+use postgres::{Client, Transaction};
+
+use crate::event::{Batch, Event};
+
+/// The position before any entry.
+pub const START: &str = "0-0";
+
+const COPY_COLUMNS: &str = "event_type, generation_id, user_id, timestamp, generation_type, \
+    duration_ms, success, error_type, error_message, queue_wait_time_ms, generation_time_ms, \
+    model_checkpoint, image_dimensions, batch_size, prompt_tokens, stream_id, queue_length, attributes";
+
+const COPY_TYPES: &[Type] = &[
+    Type::VARCHAR,
+    Type::UUID,
+    Type::UUID,
+    Type::TIMESTAMPTZ,
+    Type::VARCHAR,
+    Type::INT4,
+    Type::BOOL,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT4,
+    Type::INT4,
+    Type::TEXT,
+    Type::JSONB,
+    Type::INT4,
+    Type::INT4,
+    Type::TEXT,
+    Type::INT4,
+    Type::JSONB,
+];
+
+/// Transfers of different streams may run side by side; of one stream, one
+/// at a time. (Class 0x67656e61 = "gena"; the two-key lock space is apart
+/// from the one-key space `migrate` uses.)
+const LOCK_CLASS: i32 = 0x6765_6e61;
+
+/// Takes the stream's transfer lock without waiting; false if another
+/// session holds it. The lock dies with the connection, so a killed
+/// transfer never blocks the next one.
+pub fn try_lock(client: &mut Client, stream_key: &str) -> anyhow::Result<bool> {
+    Ok(client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))",
+            &[&LOCK_CLASS, &stream_key],
+        )?
+        .get(0))
+}
+
+/// Waits for the stream's transfer lock.
+pub fn lock(client: &mut Client, stream_key: &str) -> anyhow::Result<()> {
+    client.execute(
+        "SELECT pg_advisory_lock($1, hashtext($2))",
+        &[&LOCK_CLASS, &stream_key],
+    )?;
+    Ok(())
+}
+
+/// The committed position of a stream, creating its state row if needed.
+pub fn position(client: &mut Client, stream_key: &str) -> anyhow::Result<String> {
+    client.execute(
+        "INSERT INTO genalytics_transfer_state (stream_key, last_id) VALUES ($1, $2)
+         ON CONFLICT (stream_key) DO NOTHING",
+        &[&stream_key, &START],
+    )?;
+    Ok(client
+        .query_one(
+            "SELECT last_id FROM genalytics_transfer_state WHERE stream_key = $1",
+            &[&stream_key],
+        )?
+        .get(0))
+}
+
+/// Another stream already transferred into this database, if any. Entry
+/// IDs are unique only within one stream, so one database holds one.
+pub fn other_stream(client: &mut Client, stream_key: &str) -> anyhow::Result<Option<String>> {
+    Ok(client
+        .query_opt(
+            "SELECT stream_key FROM genalytics_transfer_state
+             WHERE stream_key <> $1 AND events_stored + entries_rejected > 0 LIMIT 1",
+            &[&stream_key],
+        )?
+        .map(|row| row.get(0)))
+}
+
+/// Commits one batch if the stream is still where this run left it.
+pub fn commit(
+    client: &mut Client,
+    stream_key: &str,
+    expected: &str,
+    batch: &Batch,
+) -> anyhow::Result<()> {
+    let mut tx = client.transaction()?;
+    // The claim comes first: it locks the state row, and a second writer
+    // that got here with the same expectation finds it no longer holds.
+    let claimed = tx.execute(
+        "UPDATE genalytics_transfer_state
+         SET last_id = $3, events_stored = events_stored + $4,
+             entries_rejected = entries_rejected + $5, last_transfer_at = now()
+         WHERE stream_key = $1 AND last_id = $2",
+        &[
+            &stream_key,
+            &expected,
+            &batch.last_id,
+            &(batch.events.len() as i64),
+            &(batch.rejected.len() as i64),
+        ],
+    )?;
+    if claimed != 1 {
+        bail!(
+            "another transfer moved the position of {stream_key} while this one ran; \
+             nothing was stored twice — run transfer again to continue"
+        );
+    }
+    store_events(&mut tx, &batch.events)?;
+    for rejection in &batch.rejected {
+        tx.execute(
+            "INSERT INTO generation_events_rejected (stream_id, fields, reason) VALUES ($1, $2, $3)
+             ON CONFLICT (stream_id) DO NOTHING",
+            &[&rejection.stream_id, &rejection.fields, &rejection.reason],
+        )?;
+    }
+    let hours: Vec<DateTime<Utc>> = batch
+        .events
+        .iter()
+        .map(|e| {
+            e.timestamp
+                .duration_trunc(TimeDelta::hours(1))
+                .unwrap_or(e.timestamp)
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !hours.is_empty() {
+        tx.execute(
+            "INSERT INTO generation_rollup_queue (hour) SELECT unnest($1::timestamptz[]) ORDER BY 1
+             ON CONFLICT (hour) DO NOTHING",
+            &[&hours],
+        )?;
+    }
+    tx.commit().context("cannot commit the batch")?;
+    Ok(())
+}
+
+/// COPY straight into the table; should rows with these stream IDs already
+/// exist (a position reset by hand), go through a staging table and skip
+/// them instead of failing every run from now on.
+fn store_events(tx: &mut Transaction<'_>, events: &[Event]) -> anyhow::Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut attempt = tx.transaction()?;
+    match copy_into(&mut attempt, "generation_events", events) {
+        Ok(()) => {
+            attempt.commit()?;
+            return Ok(());
+        }
+        Err(err) if is_unique_violation(&err) => attempt.rollback()?,
+        Err(err) => return Err(err).context("cannot store events"),
+    }
+    tracing::warn!("some entries were already stored; skipping them");
+    tx.batch_execute(
+        "CREATE TEMP TABLE IF NOT EXISTS genalytics_staging
+             (LIKE generation_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+    )?;
+    copy_into(tx, "genalytics_staging", events).context("cannot stage events")?;
+    tx.batch_execute(&format!(
+        "INSERT INTO generation_events ({COPY_COLUMNS}) SELECT {COPY_COLUMNS} FROM genalytics_staging
+         ON CONFLICT (stream_id) DO NOTHING"
+    ))?;
+    Ok(())
+}
+
+fn copy_into(
+    tx: &mut Transaction<'_>,
+    table: &str,
+    events: &[Event],
+) -> Result<(), postgres::Error> {
+    let sink = tx.copy_in(&format!(
+        "COPY {table} ({COPY_COLUMNS}) FROM STDIN (FORMAT binary)"
+    ))?;
+    let mut writer = BinaryCopyInWriter::new(sink, COPY_TYPES);
+    for e in events {
+        let event_type = e.event_type.as_str();
+        let row: [&(dyn ToSql + Sync); 18] = [
+            &event_type,
+            &e.generation_id,
+            &e.user_id,
+            &e.timestamp,
+            &e.generation_type,
+            &e.duration_ms,
+            &e.success,
+            &e.error_type,
+            &e.error_message,
+            &e.queue_wait_time_ms,
+            &e.generation_time_ms,
+            &e.model_checkpoint,
+            &e.image_dimensions,
+            &e.batch_size,
+            &e.prompt_tokens,
+            &e.stream_id,
+            &e.queue_length,
+            &e.attributes,
+        ];
+        writer.write(&row)?;
+    }
+    writer.finish()?;
+    Ok(())
+}
+
+fn is_unique_violation(err: &postgres::Error) -> bool {
+    err.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
+}
