@@ -6,7 +6,7 @@
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::commands::{migrate, simulate, transfer};
+use crate::commands::{aggregate, migrate, simulate, transfer};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -77,6 +77,8 @@ pub enum Command {
     Migrate(migrate::Args),
     /// Drain the Redis stream into generation_events, exactly once
     Transfer(transfer::Args),
+    /// Roll events up by UTC hour (every hour with new events, or the hours given)
+    Aggregate(aggregate::Args),
     /// Write realistic synthetic traffic into the stream, exactly as the service's producer does
     Simulate(simulate::Args),
 }

@@ -8,8 +8,6 @@
 //! refuse — a NUL character, a time outside its range — is refused here, so
 //! a bad entry becomes a dead letter instead of failing a whole batch.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Datelike, NaiveDateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
@@ -160,17 +158,20 @@ const GENERATION_TYPE_MAX: usize = 20;
 /// Parses one stream entry; `fields` are its name/value pairs in the order
 /// Redis returned them.
 pub fn parse<S: AsRef<str>>(stream_id: &str, fields: &[(S, S)]) -> Result<Event, String> {
-    let mut map: BTreeMap<&str, &str> = BTreeMap::new();
+    // A handful of fields: a vector beats a map, and allocates once.
+    let mut map: Vec<(&str, &str)> = Vec::with_capacity(fields.len());
     for (name, value) in fields {
         let (name, value) = (name.as_ref(), value.as_ref());
-        if let Some(previous) = map.insert(name, value)
-            && previous != value
-        {
-            return Err(format!(
-                "field {name} appears twice with different values ({} and {})",
-                quoted(previous),
-                quoted(value)
-            ));
+        match map.iter().find(|(seen, _)| *seen == name) {
+            Some((_, previous)) if *previous != value => {
+                return Err(format!(
+                    "field {name} appears twice with different values ({} and {})",
+                    quoted(previous),
+                    quoted(value)
+                ));
+            }
+            Some(_) => {}
+            None => map.push((name, value)),
         }
     }
     for (name, value) in &map {
@@ -181,7 +182,12 @@ pub fn parse<S: AsRef<str>>(stream_id: &str, fields: &[(S, S)]) -> Result<Event,
             ));
         }
     }
-    let get = |name: &str| map.get(name).copied().filter(|v| !v.is_empty());
+    let get = |name: &str| {
+        map.iter()
+            .find(|(field, _)| *field == name)
+            .map(|(_, value)| *value)
+            .filter(|v| !v.is_empty())
+    };
 
     let event_type = match get("event_type") {
         Some("request") => EventType::Request,

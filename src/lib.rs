@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod event;
+pub mod histogram;
 pub mod output;
 pub mod stream;
 pub mod throwaway;

@@ -8,6 +8,7 @@
 
 mod harness;
 
+mod aggregate;
 mod cli_errors;
 mod migrate;
 mod servers;

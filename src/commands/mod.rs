@@ -1,5 +1,6 @@
 //! One module per command: its flags (`Args`) and its `run`.
 
+pub mod aggregate;
 pub mod migrate;
 pub mod simulate;
 pub mod transfer;
@@ -10,6 +11,7 @@ use crate::error::Exit;
 
 pub fn run(command: Command, settings: &Settings) -> anyhow::Result<Exit> {
     match command {
+        Command::Aggregate(args) => aggregate::run(&args, settings),
         Command::Migrate(args) => migrate::run(&args, settings),
         Command::Simulate(args) => simulate::run(&args, settings),
         Command::Transfer(args) => transfer::run(&args, settings),

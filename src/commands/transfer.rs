@@ -20,7 +20,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::db::{self, events, migrations};
+use crate::db::events::{self, Prepared};
+use crate::db::{self, migrations};
 use crate::error::Exit;
 use crate::event::Batch;
 use crate::output::{SummaryFormat, thousands};
@@ -33,7 +34,7 @@ use crate::timearg::parse_span;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Entries per transaction (and per read from Redis)
-    #[arg(long, default_value_t = 10_000, value_name = "N",
+    #[arg(long, default_value_t = 5_000, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub batch_size: u32,
 
@@ -118,7 +119,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         stop: Arc::clone(&stop),
     };
     let nothing_to_read = !plan.follow && plan.until.is_none_or(|until| until <= cursor);
-    let (sender, batches) = sync_channel::<anyhow::Result<Batch>>(1);
+    let (sender, batches) = sync_channel::<anyhow::Result<Prepared>>(1);
     let reader_con = stream::connect(&settings.redis)?;
     let reader = std::thread::Builder::new()
         .name("stream-reader".into())
@@ -214,20 +215,20 @@ impl Sink<'_> {
     /// entries are stored either way).
     fn store(
         self,
-        batches: Receiver<anyhow::Result<Batch>>,
+        batches: Receiver<anyhow::Result<Prepared>>,
         summary: &mut Summary,
     ) -> (anyhow::Result<()>, Option<anyhow::Error>) {
         let mut trim_error = None;
         for batch in batches {
-            let stored = batch.and_then(|batch| {
-                events::commit(self.client, self.key, &summary.last_id, &batch).with_context(|| {
+            let stored = batch.and_then(|prepared| {
+                events::commit(self.client, self.key, &summary.last_id, &prepared).with_context(|| {
                     format!(
                         "cannot store entries after {} in PostgreSQL at {}; that batch was not committed \
                          and the next run resumes there",
                         summary.last_id, self.database
                     )
                 })?;
-                Ok(batch)
+                Ok(prepared.batch)
             });
             let batch = match stored {
                 Ok(batch) => batch,
@@ -266,7 +267,7 @@ struct ReadPlan {
 fn read_batches(
     mut con: redis::Connection,
     plan: &ReadPlan,
-    sender: &SyncSender<anyhow::Result<Batch>>,
+    sender: &SyncSender<anyhow::Result<Prepared>>,
 ) {
     let mut after = plan.after;
     let mut left = plan.max_events.unwrap_or(u64::MAX);
@@ -327,7 +328,7 @@ fn read_batches(
             let batch =
                 Batch::from_entries(pending.iter().map(|e| (e.id.as_str(), e.fields.as_slice())));
             pending.clear();
-            if sender.send(Ok(batch)).is_err() {
+            if sender.send(events::prepare(batch)).is_err() {
                 return;
             }
         }

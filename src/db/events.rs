@@ -5,9 +5,9 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Context, bail};
+use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use postgres::binary_copy::BinaryCopyInWriter;
-use postgres::types::{ToSql, Type};
+use postgres::types::{IsNull, ToSql, Type};
 use postgres::{Client, Transaction};
 
 use crate::event::{Batch, Event};
@@ -93,13 +93,26 @@ pub fn other_stream(client: &mut Client, stream_key: &str) -> anyhow::Result<Opt
         .map(|row| row.get(0)))
 }
 
+/// A batch with its rows already in COPY's binary format, so encoding can
+/// happen on another thread while PostgreSQL ingests the previous batch.
+pub struct Prepared {
+    pub batch: Batch,
+    rows: BytesMut,
+}
+
+pub fn prepare(batch: Batch) -> anyhow::Result<Prepared> {
+    let rows = encode_rows(&batch.events)?;
+    Ok(Prepared { batch, rows })
+}
+
 /// Commits one batch if the stream is still where this run left it.
 pub fn commit(
     client: &mut Client,
     stream_key: &str,
     expected: &str,
-    batch: &Batch,
+    prepared: &Prepared,
 ) -> anyhow::Result<()> {
+    let batch = &prepared.batch;
     let mut tx = client.transaction()?;
     // The claim comes first: it locks the state row, and a second writer
     // that got here with the same expectation finds it no longer holds.
@@ -122,7 +135,9 @@ pub fn commit(
              nothing was stored twice — run transfer again to continue"
         );
     }
-    store_events(&mut tx, &batch.events)?;
+    if !batch.events.is_empty() {
+        store_events(&mut tx, &prepared.rows)?;
+    }
     for rejection in &batch.rejected {
         tx.execute(
             "INSERT INTO generation_events_rejected (stream_id, fields, reason) VALUES ($1, $2, $3)
@@ -143,8 +158,11 @@ pub fn commit(
         .collect();
     if !hours.is_empty() {
         tx.execute(
+            // DO UPDATE, not DO NOTHING: it locks a queued hour's row, so an
+            // aggregate taking that hour off the queue waits for this commit
+            // and then sees these events (see db::rollup::roll_up).
             "INSERT INTO generation_rollup_queue (hour) SELECT unnest($1::timestamptz[]) ORDER BY 1
-             ON CONFLICT (hour) DO NOTHING",
+             ON CONFLICT (hour) DO UPDATE SET queued_at = now()",
             &[&hours],
         )?;
     }
@@ -155,12 +173,9 @@ pub fn commit(
 /// COPY straight into the table; should rows with these stream IDs already
 /// exist (a position reset by hand), go through a staging table and skip
 /// them instead of failing every run from now on.
-fn store_events(tx: &mut Transaction<'_>, events: &[Event]) -> anyhow::Result<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
+fn store_events(tx: &mut Transaction<'_>, rows: &[u8]) -> anyhow::Result<()> {
     let mut attempt = tx.transaction()?;
-    match copy_into(&mut attempt, "generation_events", events) {
+    match copy_into(&mut attempt, "generation_events", rows) {
         Ok(()) => {
             attempt.commit()?;
             return Ok(());
@@ -173,7 +188,7 @@ fn store_events(tx: &mut Transaction<'_>, events: &[Event]) -> anyhow::Result<()
         "CREATE TEMP TABLE IF NOT EXISTS genalytics_staging
              (LIKE generation_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
     )?;
-    copy_into(tx, "genalytics_staging", events).context("cannot stage events")?;
+    copy_into(tx, "genalytics_staging", rows).context("cannot stage events")?;
     tx.batch_execute(&format!(
         "INSERT INTO generation_events ({COPY_COLUMNS}) SELECT {COPY_COLUMNS} FROM genalytics_staging
          ON CONFLICT (stream_id) DO NOTHING"
@@ -181,15 +196,24 @@ fn store_events(tx: &mut Transaction<'_>, events: &[Event]) -> anyhow::Result<()
     Ok(())
 }
 
-fn copy_into(
-    tx: &mut Transaction<'_>,
-    table: &str,
-    events: &[Event],
-) -> Result<(), postgres::Error> {
-    let sink = tx.copy_in(&format!(
+fn copy_into(tx: &mut Transaction<'_>, table: &str, rows: &[u8]) -> anyhow::Result<()> {
+    let mut sink = tx.copy_in(&format!(
         "COPY {table} ({COPY_COLUMNS}) FROM STDIN (FORMAT binary)"
     ))?;
-    let mut writer = BinaryCopyInWriter::new(sink, COPY_TYPES);
+    // One write, one CopyData message: the driver's row-at-a-time writer
+    // enters its async runtime once per row, which cost more than encoding.
+    std::io::Write::write_all(&mut sink, rows)?;
+    sink.finish()?;
+    Ok(())
+}
+
+/// Encodes events in PostgreSQL's binary COPY format: a header, then per
+/// row a field count and each field as length + `ToSql` bytes, then -1.
+fn encode_rows(events: &[Event]) -> anyhow::Result<BytesMut> {
+    let mut out = BytesMut::with_capacity(64 + events.len() * 200);
+    out.put_slice(b"PGCOPY\n\xff\r\n\0");
+    out.put_i32(0); // flags
+    out.put_i32(0); // header extension length
     for e in events {
         let event_type = e.event_type.as_str();
         let row: [&(dyn ToSql + Sync); 18] = [
@@ -212,12 +236,26 @@ fn copy_into(
             &e.queue_length,
             &e.attributes,
         ];
-        writer.write(&row)?;
+        out.put_i16(row.len() as i16);
+        for (value, ty) in row.iter().zip(COPY_TYPES) {
+            let at = out.len();
+            out.put_i32(0);
+            let length = match value
+                .to_sql_checked(ty, &mut out)
+                .map_err(|err| anyhow::anyhow!("cannot encode entry {}: {err}", e.stream_id))?
+            {
+                IsNull::No => i32::try_from(out.len() - at - 4)?,
+                IsNull::Yes => -1,
+            };
+            out[at..at + 4].copy_from_slice(&length.to_be_bytes());
+        }
     }
-    writer.finish()?;
-    Ok(())
+    out.put_i16(-1);
+    Ok(out)
 }
 
-fn is_unique_violation(err: &postgres::Error) -> bool {
-    err.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
+fn is_unique_violation(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<postgres::Error>()
+        .and_then(postgres::Error::code)
+        == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
 }

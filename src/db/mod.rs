@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod migrations;
+pub mod rollup;
 
 use std::error::Error as _;
 use std::io;

@@ -140,7 +140,12 @@ impl Postgres {
 
     /// A superuser connection to the `postgres` database.
     pub fn admin(&self) -> anyhow::Result<postgres::Client> {
-        postgres::Client::connect(&self.url("postgres"), postgres::NoTls)
+        self.admin_of("postgres")
+    }
+
+    /// A superuser connection to one database.
+    pub fn admin_of(&self, database: &str) -> anyhow::Result<postgres::Client> {
+        postgres::Client::connect(&self.url(database), postgres::NoTls)
             .context("cannot connect to the throwaway PostgreSQL")
     }
 

@@ -1,0 +1,151 @@
+//! Transfer against its limit, side by side in one run on throwaway servers:
+//! (a) `genalytics transfer` draining N simulated entries end to end, and
+//! (b) PostgreSQL's own `COPY … FROM STDIN (FORMAT binary)` of the same
+//! rows, pre-rendered, into the same table with the same indexes.
+//!
+//! `cargo bench --bench transfer` (N = 1,000,000; `GENALYTICS_BENCH_EVENTS`
+//! changes it). Each side runs `ROUNDS` times, alternating; medians and
+//! their ratio are printed, with the transfer process's peak RSS as GNU
+//! time (`/usr/bin/time`, Debian package `time`) reports it.
+
+use std::io::Write;
+use std::process::Command;
+use std::time::Instant;
+
+use genalytics::throwaway::{Postgres, Redis};
+
+const ROUNDS: usize = 3;
+const COLUMNS: &str = "event_type, generation_id, user_id, timestamp, generation_type, duration_ms, \
+    success, error_type, error_message, queue_wait_time_ms, generation_time_ms, model_checkpoint, \
+    image_dimensions, batch_size, prompt_tokens, stream_id, queue_length, attributes";
+
+fn main() -> anyhow::Result<()> {
+    let events: u64 = std::env::var("GENALYTICS_BENCH_EVENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000_000);
+    let pg = Postgres::start()?;
+    let redis = Redis::start()?;
+    pg.create_database("bench")?;
+    let url = pg.url("bench");
+    let time_log = tempfile::NamedTempFile::new()?;
+    let genalytics = |args: &[&str]| -> anyhow::Result<f64> {
+        let started = Instant::now();
+        // Under GNU time, which reports the peak RSS of exactly this process.
+        let out = Command::new("/usr/bin/time")
+            .arg("-v")
+            .arg("-o")
+            .arg(time_log.path())
+            .arg(env!("CARGO_BIN_EXE_genalytics"))
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .env("REDIS_URL", redis.url())
+            .env_remove("GENALYTICS_REDIS_NS")
+            .output()?;
+        let seconds = started.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            out.status.success(),
+            "genalytics {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(seconds)
+    };
+    genalytics(&["migrate", "-q"])?;
+    let n = events.to_string();
+    // One hour of traffic ending now: nothing is old enough for --keep to trim,
+    // so every round drains the same entries.
+    genalytics(&[
+        "simulate", "-q", "--hours", "1", "--seed", "1", "--maxlen", "0", "--events", &n,
+    ])?;
+
+    let mut db = pg.admin_of("bench")?;
+    let reset = |db: &mut postgres::Client| -> anyhow::Result<()> {
+        db.batch_execute(
+            "TRUNCATE generation_events, generation_events_rejected, generation_rollup_queue;
+             DELETE FROM genalytics_transfer_state;",
+        )?;
+        // Its own statement: VACUUM cannot run inside the implicit transaction
+        // of a multi-statement batch.
+        db.batch_execute("VACUUM ANALYZE generation_events")?;
+        Ok(())
+    };
+
+    let mut transfer_secs = Vec::new();
+    let mut copy_secs = Vec::new();
+    let mut rows: Vec<u8> = Vec::new();
+    let mut peak_kib = 0;
+    for round in 0..ROUNDS {
+        reset(&mut db)?;
+        transfer_secs.push(genalytics(&["transfer", "-q"])?);
+        peak_kib = peak_kib.max(max_rss_kib(time_log.path())?);
+        let stored: i64 = db
+            .query_one("SELECT count(*) FROM generation_events", &[])?
+            .get(0);
+        anyhow::ensure!(
+            stored as u64 == events,
+            "transfer stored {stored} of {events}"
+        );
+        if round == 0 {
+            let mut reader = db.copy_out(&format!(
+                "COPY (SELECT {COLUMNS} FROM generation_events ORDER BY id) TO STDOUT (FORMAT binary)"
+            ))?;
+            std::io::copy(&mut reader, &mut rows)?;
+        }
+        reset(&mut db)?;
+        let started = Instant::now();
+        let mut tx = db.transaction()?;
+        let mut writer = tx.copy_in(&format!(
+            "COPY generation_events ({COLUMNS}) FROM STDIN (FORMAT binary)"
+        ))?;
+        writer.write_all(&rows)?;
+        writer.finish()?;
+        tx.commit()?;
+        copy_secs.push(started.elapsed().as_secs_f64());
+    }
+    let rss_in_mebibytes = peak_kib as f64 / 1024.0;
+
+    let transfer = median(&mut transfer_secs);
+    let copy = median(&mut copy_secs);
+    let rate = |secs: f64| events as f64 / secs;
+    println!("transfer benchmark: {events} entries, {ROUNDS} rounds, medians");
+    println!(
+        "  genalytics transfer (end to end)  {:>7.2} s  {:>9.0} events/s   rounds {:?}",
+        transfer,
+        rate(transfer),
+        rounded(&transfer_secs)
+    );
+    println!(
+        "  COPY FROM STDIN binary (limit)    {:>7.2} s  {:>9.0} events/s   rounds {:?}",
+        copy,
+        rate(copy),
+        rounded(&copy_secs)
+    );
+    println!(
+        "  ratio transfer/limit              {:>7.2}   (target >= 0.80)",
+        rate(transfer) / rate(copy)
+    );
+    println!("  peak RSS of transfer              {rss_in_mebibytes:>7.1} MiB (target < 100)");
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn rounded(values: &[f64]) -> Vec<f64> {
+    values.iter().map(|v| (v * 100.0).round() / 100.0).collect()
+}
+
+/// "Maximum resident set size (kbytes)" from GNU time's report.
+fn max_rss_kib(report: &std::path::Path) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(report)?;
+    text.lines()
+        .find_map(|line| {
+            line.trim()
+                .strip_prefix("Maximum resident set size (kbytes): ")
+        })
+        .and_then(|kib| kib.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no peak RSS in GNU time's report:\n{text}"))
+}

@@ -1,0 +1,130 @@
+//! Hourly rollups: the figures of SPEC §4 per UTC hour, computed by
+//! PostgreSQL and upserted into `generation_metrics_hourly`, and the queue
+//! of hours that received events since they were last rolled up.
+//!
+//! Every hour boundary is computed in UTC explicitly, never through the
+//! session's `TimeZone`.
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use postgres::Client;
+
+use crate::histogram::KEY_SQL;
+
+/// Queued hours that are complete (or all of them, `include_current`),
+/// oldest first.
+pub fn queued_hours(
+    client: &mut Client,
+    include_current: bool,
+) -> anyhow::Result<Vec<DateTime<Utc>>> {
+    let rows = client.query(
+        "SELECT hour FROM generation_rollup_queue
+         WHERE $1 OR hour < date_trunc('hour', now(), 'UTC')
+         ORDER BY hour",
+        &[&include_current],
+    )?;
+    Ok(rows.into_iter().map(|row| row.get(0)).collect())
+}
+
+/// Rolls up `hours` (hour starts) in one transaction; returns how many of
+/// them had events (and so have a row now).
+///
+/// The hours are first taken off the queue — locking their queue rows, in
+/// order — and only then computed, in a later statement with a fresh
+/// snapshot: a transfer that queued one of them meanwhile either committed
+/// before (and its events are seen) or waits for this transaction and
+/// queues the hour again.
+pub fn roll_up(client: &mut Client, hours: &[DateTime<Utc>]) -> anyhow::Result<u64> {
+    if hours.is_empty() {
+        return Ok(0);
+    }
+    let mut tx = client.transaction()?;
+    tx.execute(
+        "DELETE FROM generation_rollup_queue WHERE hour IN (
+             SELECT hour FROM generation_rollup_queue WHERE hour = ANY($1) ORDER BY hour FOR UPDATE)",
+        &[&hours],
+    )?;
+    let written = tx
+        .execute(&rollup_sql(), &[&hours])
+        .context("cannot compute the hourly figures")?;
+    tx.commit()?;
+    Ok(written)
+}
+
+/// The upsert for a set of hours: counts, duration figures over successful
+/// completions with a duration (exact percentiles as `percentile_cont`,
+/// rounded half away from zero), distinct users and their set, images,
+/// queue-length samples, the duration sum and count, and the histogram.
+fn rollup_sql() -> String {
+    format!(
+        "WITH hours AS (SELECT DISTINCT unnest($1::timestamptz[]) AS hour),
+        ev AS (
+            SELECT h.hour, e.event_type, e.success, e.duration_ms, e.user_id, e.batch_size, e.queue_length,
+                   (e.event_type = 'completion' AND e.success AND e.duration_ms IS NOT NULL) AS timed
+            FROM hours h
+            JOIN generation_events e
+              ON e.timestamp >= h.hour AND e.timestamp < h.hour + interval '1 hour'
+        ),
+        figures AS (
+            SELECT hour,
+                count(*) FILTER (WHERE event_type = 'request') AS requests,
+                count(*) FILTER (WHERE event_type = 'completion' AND success) AS successful,
+                count(*) FILTER (WHERE event_type = 'completion' AND NOT success) AS failed,
+                count(*) FILTER (WHERE event_type = 'cancellation') AS cancelled,
+                sum(duration_ms) FILTER (WHERE timed) AS duration_sum,
+                count(*) FILTER (WHERE timed) AS duration_count,
+                percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY duration_ms)
+                    FILTER (WHERE timed) AS percentiles,
+                count(DISTINCT user_id) AS unique_users,
+                array_agg(DISTINCT user_id) FILTER (WHERE user_id IS NOT NULL) AS user_ids,
+                sum(coalesce(batch_size, 1)) FILTER (WHERE event_type = 'completion' AND success) AS images,
+                avg(queue_length) AS avg_queue,
+                max(queue_length) AS max_queue
+            FROM ev
+            GROUP BY hour
+        ),
+        buckets AS (
+            SELECT hour, {KEY_SQL} AS key, count(*)::int AS n
+            FROM ev WHERE timed
+            GROUP BY 1, 2
+        ),
+        histograms AS (
+            SELECT hour, array_agg(key ORDER BY key) AS keys, array_agg(n ORDER BY key) AS counts
+            FROM buckets GROUP BY hour
+        )
+        INSERT INTO generation_metrics_hourly AS m (
+            timestamp, total_requests, successful_generations, failed_generations, cancelled_generations,
+            avg_duration_ms, p50_duration_ms, p95_duration_ms, p99_duration_ms, unique_users,
+            avg_queue_length, max_queue_length, total_images_generated,
+            duration_sum_ms, duration_count, duration_hist_keys, duration_hist_counts, user_ids, updated_at)
+        SELECT f.hour, f.requests, f.successful, f.failed, f.cancelled,
+            round(f.duration_sum::numeric / nullif(f.duration_count, 0))::int,
+            round(f.percentiles[1]::numeric)::int,
+            round(f.percentiles[2]::numeric)::int,
+            round(f.percentiles[3]::numeric)::int,
+            f.unique_users,
+            f.avg_queue::float8, f.max_queue, coalesce(f.images, 0)::int,
+            coalesce(f.duration_sum, 0), f.duration_count,
+            coalesce(h.keys, '{{}}'), coalesce(h.counts, '{{}}'), coalesce(f.user_ids, '{{}}'), now()
+        FROM figures f LEFT JOIN histograms h USING (hour)
+        ON CONFLICT (timestamp) DO UPDATE SET
+            total_requests = EXCLUDED.total_requests,
+            successful_generations = EXCLUDED.successful_generations,
+            failed_generations = EXCLUDED.failed_generations,
+            cancelled_generations = EXCLUDED.cancelled_generations,
+            avg_duration_ms = EXCLUDED.avg_duration_ms,
+            p50_duration_ms = EXCLUDED.p50_duration_ms,
+            p95_duration_ms = EXCLUDED.p95_duration_ms,
+            p99_duration_ms = EXCLUDED.p99_duration_ms,
+            unique_users = EXCLUDED.unique_users,
+            avg_queue_length = EXCLUDED.avg_queue_length,
+            max_queue_length = EXCLUDED.max_queue_length,
+            total_images_generated = EXCLUDED.total_images_generated,
+            duration_sum_ms = EXCLUDED.duration_sum_ms,
+            duration_count = EXCLUDED.duration_count,
+            duration_hist_keys = EXCLUDED.duration_hist_keys,
+            duration_hist_counts = EXCLUDED.duration_hist_counts,
+            user_ids = EXCLUDED.user_ids,
+            updated_at = EXCLUDED.updated_at"
+    )
+}
