@@ -136,6 +136,8 @@ struct Hourly {
     images: Option<i32>,
     duration_sum: Option<i64>,
     duration_count: Option<i32>,
+    queue_sum: Option<i64>,
+    queue_samples: Option<i32>,
 }
 
 fn expected(events: &[Written]) -> Hourly {
@@ -172,6 +174,8 @@ fn expected(events: &[Written]) -> Hourly {
         ),
         duration_sum: Some(sum),
         duration_count: Some(durations.len() as i32),
+        queue_sum: Some(queue.iter().sum()),
+        queue_samples: Some(queue.len() as i32),
     }
 }
 
@@ -179,7 +183,8 @@ fn stored(db: &mut postgres::Client, hour: DateTime<Utc>) -> Option<Hourly> {
     db.query_opt(
         "SELECT total_requests, successful_generations, failed_generations, cancelled_generations,
                 avg_duration_ms, p50_duration_ms, p95_duration_ms, p99_duration_ms, unique_users,
-                avg_queue_length, max_queue_length, total_images_generated, duration_sum_ms, duration_count
+                avg_queue_length, max_queue_length, total_images_generated, duration_sum_ms, duration_count,
+                queue_length_sum, queue_length_samples
          FROM generation_metrics_hourly WHERE timestamp = $1",
         &[&hour],
     )
@@ -199,6 +204,8 @@ fn stored(db: &mut postgres::Client, hour: DateTime<Utc>) -> Option<Hourly> {
         images: row.get(11),
         duration_sum: row.get(12),
         duration_count: row.get(13),
+        queue_sum: row.get(14),
+        queue_samples: row.get(15),
     })
 }
 
@@ -423,7 +430,7 @@ fn all_rows(db: &mut postgres::Client) -> Vec<String> {
         "SELECT (timestamp, total_requests, successful_generations, failed_generations, cancelled_generations,
                  avg_duration_ms, p50_duration_ms, p95_duration_ms, p99_duration_ms, unique_users,
                  avg_queue_length, max_queue_length, total_images_generated, duration_sum_ms, duration_count,
-                 duration_hist_keys, duration_hist_counts, user_ids)::text
+                 duration_hist_keys, duration_hist_counts, user_ids, queue_length_sum, queue_length_samples)::text
          FROM generation_metrics_hourly ORDER BY timestamp",
         &[],
     )
@@ -586,4 +593,25 @@ fn bad_hours_are_usage_errors() {
             "2026-11-03",
         ])
         .code(2);
+}
+
+#[test]
+fn postgres_and_rust_put_every_duration_in_the_same_bucket() {
+    let env = TestEnv::new();
+    let mut db = env.db();
+    let durations: Vec<i32> = (0..20_000)
+        .chain((20_000..86_400_000).step_by(4_999))
+        .collect();
+    let sql = format!(
+        "SELECT duration_ms, {} FROM unnest($1::int[]) AS t(duration_ms)",
+        genalytics::histogram::KEY_SQL
+    );
+    let mut disagreements = Vec::new();
+    for row in db.query(&sql, &[&durations]).unwrap() {
+        let (duration, key): (i32, i32) = (row.get(0), row.get(1));
+        if genalytics::histogram::key(i64::from(duration)) != key {
+            disagreements.push(duration);
+        }
+    }
+    assert!(disagreements.is_empty(), "{disagreements:?}");
 }

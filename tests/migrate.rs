@@ -57,6 +57,9 @@ fn expected_columns() -> BTreeMap<(&'static str, &'static str), (&'static str, b
         ("duration_hist_keys", "ARRAY", true),
         ("duration_hist_counts", "ARRAY", true),
         ("updated_at", "timestamp with time zone", true),
+        ("user_ids", "ARRAY", true),
+        ("queue_length_sum", "bigint", true),
+        ("queue_length_samples", "integer", true),
     ];
     let mut all = BTreeMap::new();
     for (table, columns) in [

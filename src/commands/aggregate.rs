@@ -20,8 +20,9 @@ use crate::error::{Exit, UsageError};
 use crate::output::{SummaryFormat, thousands};
 use crate::timearg::parse_instant;
 
-/// Hours per transaction.
-const CHUNK_HOURS: usize = 24;
+/// Hours per transaction: a week. Each hour is aggregated on its own, so a
+/// chunk bounds the transaction, not the memory.
+const CHUNK_HOURS: usize = 168;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

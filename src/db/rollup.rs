@@ -53,60 +53,63 @@ pub fn roll_up(client: &mut Client, hours: &[DateTime<Utc>]) -> anyhow::Result<u
 
 /// The upsert for a set of hours: counts, duration figures over successful
 /// completions with a duration (exact percentiles as `percentile_cont`,
-/// rounded half away from zero), distinct users and their set, images,
-/// queue-length samples, the duration sum and count, and the histogram.
+/// rounded half away from zero), the hour's user set, images, queue-length
+/// samples, the duration sum and count, and the histogram.
+///
+/// Each hour is aggregated on its own (LATERAL over an index range) in one
+/// pass over its events — the histogram is counted from the bucket keys
+/// that pass collects — which needs neither a sort of the whole chunk by
+/// hour nor a materialised copy of its events. An hour without events
+/// yields no row.
 fn rollup_sql() -> String {
+    const HOUR: &str = "e.timestamp >= h.hour AND e.timestamp < h.hour + interval '1 hour'";
+    const OK: &str = "event_type = 'completion' AND success";
     format!(
-        "WITH hours AS (SELECT DISTINCT unnest($1::timestamptz[]) AS hour),
-        ev AS (
-            SELECT h.hour, e.event_type, e.success, e.duration_ms, e.user_id, e.batch_size, e.queue_length,
-                   (e.event_type = 'completion' AND e.success AND e.duration_ms IS NOT NULL) AS timed
-            FROM hours h
-            JOIN generation_events e
-              ON e.timestamp >= h.hour AND e.timestamp < h.hour + interval '1 hour'
-        ),
-        figures AS (
-            SELECT hour,
-                count(*) FILTER (WHERE event_type = 'request') AS requests,
-                count(*) FILTER (WHERE event_type = 'completion' AND success) AS successful,
-                count(*) FILTER (WHERE event_type = 'completion' AND NOT success) AS failed,
-                count(*) FILTER (WHERE event_type = 'cancellation') AS cancelled,
-                sum(duration_ms) FILTER (WHERE timed) AS duration_sum,
-                count(*) FILTER (WHERE timed) AS duration_count,
-                percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY duration_ms)
-                    FILTER (WHERE timed) AS percentiles,
-                count(DISTINCT user_id) AS unique_users,
-                array_agg(DISTINCT user_id) FILTER (WHERE user_id IS NOT NULL) AS user_ids,
-                sum(coalesce(batch_size, 1)) FILTER (WHERE event_type = 'completion' AND success) AS images,
-                avg(queue_length) AS avg_queue,
-                max(queue_length) AS max_queue
-            FROM ev
-            GROUP BY hour
-        ),
-        buckets AS (
-            SELECT hour, {KEY_SQL} AS key, count(*)::int AS n
-            FROM ev WHERE timed
-            GROUP BY 1, 2
-        ),
-        histograms AS (
-            SELECT hour, array_agg(key ORDER BY key) AS keys, array_agg(n ORDER BY key) AS counts
-            FROM buckets GROUP BY hour
-        )
+        "WITH hours AS (SELECT DISTINCT unnest($1::timestamptz[]) AS hour)
         INSERT INTO generation_metrics_hourly AS m (
             timestamp, total_requests, successful_generations, failed_generations, cancelled_generations,
             avg_duration_ms, p50_duration_ms, p95_duration_ms, p99_duration_ms, unique_users,
             avg_queue_length, max_queue_length, total_images_generated,
-            duration_sum_ms, duration_count, duration_hist_keys, duration_hist_counts, user_ids, updated_at)
-        SELECT f.hour, f.requests, f.successful, f.failed, f.cancelled,
+            duration_sum_ms, duration_count, duration_hist_keys, duration_hist_counts, user_ids,
+            queue_length_sum, queue_length_samples, updated_at)
+        SELECT h.hour, f.requests, f.successful, f.failed, f.cancelled,
             round(f.duration_sum::numeric / nullif(f.duration_count, 0))::int,
             round(f.percentiles[1]::numeric)::int,
             round(f.percentiles[2]::numeric)::int,
             round(f.percentiles[3]::numeric)::int,
-            f.unique_users,
+            coalesce(cardinality(f.user_ids), 0),
             f.avg_queue::float8, f.max_queue, coalesce(f.images, 0)::int,
             coalesce(f.duration_sum, 0), f.duration_count,
-            coalesce(h.keys, '{{}}'), coalesce(h.counts, '{{}}'), coalesce(f.user_ids, '{{}}'), now()
-        FROM figures f LEFT JOIN histograms h USING (hour)
+            coalesce(b.keys, '{{}}'), coalesce(b.counts, '{{}}'), coalesce(f.user_ids, '{{}}'),
+            coalesce(f.queue_sum, 0), f.queue_samples, now()
+        FROM hours h
+        CROSS JOIN LATERAL (
+            SELECT count(*) AS events,
+                count(*) FILTER (WHERE event_type = 'request') AS requests,
+                count(*) FILTER (WHERE {OK}) AS successful,
+                count(*) FILTER (WHERE event_type = 'completion' AND NOT success) AS failed,
+                count(*) FILTER (WHERE event_type = 'cancellation') AS cancelled,
+                sum(duration_ms) FILTER (WHERE {OK}) AS duration_sum,
+                count(duration_ms) FILTER (WHERE {OK}) AS duration_count,
+                percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY duration_ms)
+                    FILTER (WHERE {OK}) AS percentiles,
+                array_agg(DISTINCT user_id) FILTER (WHERE user_id IS NOT NULL) AS user_ids,
+                sum(coalesce(batch_size, 1)) FILTER (WHERE {OK}) AS images,
+                avg(queue_length) AS avg_queue,
+                max(queue_length) AS max_queue,
+                sum(queue_length) AS queue_sum,
+                count(queue_length) AS queue_samples,
+                array_agg({KEY_SQL}) FILTER (WHERE {OK} AND duration_ms IS NOT NULL) AS bucket_keys
+            FROM generation_events e
+            WHERE {HOUR}
+        ) f
+        CROSS JOIN LATERAL (
+            SELECT array_agg(key ORDER BY key) AS keys, array_agg(n ORDER BY key) AS counts
+            FROM (SELECT key, count(*)::int AS n FROM unnest(f.bucket_keys) AS key GROUP BY key) buckets
+        ) b
+        WHERE f.events > 0
+        -- Rows are locked in hour order, so overlapping runs cannot deadlock.
+        ORDER BY h.hour
         ON CONFLICT (timestamp) DO UPDATE SET
             total_requests = EXCLUDED.total_requests,
             successful_generations = EXCLUDED.successful_generations,
@@ -125,6 +128,8 @@ fn rollup_sql() -> String {
             duration_hist_keys = EXCLUDED.duration_hist_keys,
             duration_hist_counts = EXCLUDED.duration_hist_counts,
             user_ids = EXCLUDED.user_ids,
+            queue_length_sum = EXCLUDED.queue_length_sum,
+            queue_length_samples = EXCLUDED.queue_length_samples,
             updated_at = EXCLUDED.updated_at"
     )
 }
