@@ -10,6 +10,7 @@ mod harness;
 
 mod aggregate;
 mod cli_errors;
+mod generated;
 mod migrate;
 mod servers;
 mod simulate;

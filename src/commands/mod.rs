@@ -1,6 +1,7 @@
 //! One module per command: its flags (`Args`) and its `run`.
 
 pub mod aggregate;
+pub mod completions;
 pub mod migrate;
 pub mod simulate;
 pub mod transfer;
@@ -12,6 +13,7 @@ use crate::error::Exit;
 pub fn run(command: Command, settings: &Settings) -> anyhow::Result<Exit> {
     match command {
         Command::Aggregate(args) => aggregate::run(&args, settings),
+        Command::Completions(args) => completions::run(&args),
         Command::Migrate(args) => migrate::run(&args, settings),
         Command::Simulate(args) => simulate::run(&args, settings),
         Command::Transfer(args) => transfer::run(&args, settings),

@@ -71,7 +71,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     let progress = if std::io::stderr().is_terminal() && !settings.quiet {
         ProgressBar::new(args.events).with_style(
             ProgressStyle::with_template(
-                "{bar:40} {human_pos}/{human_len} entries  {per_sec}  eta {eta}",
+                "{bar:40} {human_pos}/{human_len} entries  {elapsed_precise}  eta {eta}",
             )
             .expect("valid template"),
         )

@@ -369,14 +369,18 @@ fn progress_bar(
         return Ok(ProgressBar::hidden());
     }
     let style = ProgressStyle::with_template(
-        "{bar:40} {human_pos}/{human_len} entries  {per_sec}  eta {eta}  {msg}",
+        "{bar:40} {human_pos}/{human_len} entries  {elapsed_precise}  eta {eta}",
     )
     .expect("valid template");
     if args.follow {
-        return Ok(ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template("{spinner} {human_pos} entries  {per_sec}  following…")
-                .expect("valid template"),
-        ));
+        let spinner = ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template(
+                "{spinner} {human_pos} entries  {elapsed_precise}  following…",
+            )
+            .expect("valid template"),
+        );
+        spinner.enable_steady_tick(Duration::from_millis(250));
+        return Ok(spinner);
     }
     let backlog = reader::count_after(con, &settings.stream_key, info, cursor, 10_000)?;
     let total = args

@@ -1,0 +1,150 @@
+
+use builtin;
+use str;
+
+set edit:completion:arg-completer[genalytics] = {|@words|
+    fn spaces {|n|
+        builtin:repeat $n ' ' | str:join ''
+    }
+    fn cand {|text desc|
+        edit:complex-candidate $text &display=$text' '(spaces (- 14 (wcswidth $text)))$desc
+    }
+    var command = 'genalytics'
+    for word $words[1..-1] {
+        if (str:has-prefix $word '-') {
+            break
+        }
+        set command = $command';'$word
+    }
+    var completions = [
+        &'genalytics'= {
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+            cand migrate 'Create or upgrade the PostgreSQL schema (also adopts the original service''s tables)'
+            cand transfer 'Drain the Redis stream into generation_events, exactly once'
+            cand aggregate 'Roll events up by UTC hour (every hour with new events, or the hours given)'
+            cand completions 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
+            cand simulate 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'genalytics;migrate'= {
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --status 'List applied and pending migrations instead of applying them'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'genalytics;transfer'= {
+            cand --batch-size 'Entries per transaction (and per read from Redis)'
+            cand --max-events 'Stop after this many entries'
+            cand --keep 'Stored entries younger than this stay in the stream for live monitoring'
+            cand --format 'Summary format'
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --follow 'Keep reading new entries until SIGINT/SIGTERM, committing at least every second'
+            cand --wait 'Wait for a transfer already running instead of exiting'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'genalytics;aggregate'= {
+            cand --hour 'Roll up the hour containing this time (2026-11-27T14, RFC 3339 or naive UTC)'
+            cand --from 'Backfill every hour from this time …'
+            cand --to '… up to this time (exclusive)'
+            cand --format 'Summary format'
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --include-current 'Also roll up the hour in progress'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'genalytics;completions'= {
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'genalytics;simulate'= {
+            cand --events 'Stream entries to write (requests, completions and cancellations together)'
+            cand --hours 'Length of the simulated window, ending at --end'
+            cand --users 'Distinct users generating traffic'
+            cand --seed 'Seed for reproducible traffic (random when omitted; the summary prints it)'
+            cand --end 'End of the window (exclusive); default now'
+            cand --maxlen 'Stream length cap as the producer applies it (XADD MAXLEN ~); 0 keeps everything'
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'genalytics;help'= {
+            cand migrate 'Create or upgrade the PostgreSQL schema (also adopts the original service''s tables)'
+            cand transfer 'Drain the Redis stream into generation_events, exactly once'
+            cand aggregate 'Roll events up by UTC hour (every hour with new events, or the hours given)'
+            cand completions 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
+            cand simulate 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'genalytics;help;migrate'= {
+        }
+        &'genalytics;help;transfer'= {
+        }
+        &'genalytics;help;aggregate'= {
+        }
+        &'genalytics;help;completions'= {
+        }
+        &'genalytics;help;simulate'= {
+        }
+        &'genalytics;help;help'= {
+        }
+    ]
+    $completions[$command]
+}
