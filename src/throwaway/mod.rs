@@ -20,7 +20,7 @@ use std::fs;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -53,6 +53,32 @@ fn launch_on_free_port(
             outcome => return outcome,
         }
     }
+}
+
+/// Starts a server with its output appended to `log`, dying with this
+/// thread (`signal`), and waits until `ready` says it accepts connections;
+/// one that never does is stopped with the same signal.
+fn spawn_server(
+    command: &mut Command,
+    what: &str,
+    log: &Path,
+    signal: Signal,
+    ready: impl FnMut() -> bool,
+) -> anyhow::Result<Child> {
+    let out = fs::File::options().create(true).append(true).open(log)?;
+    command
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    die_with_parent(command, signal);
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start {}", command.get_program().to_string_lossy()))?;
+    if let Err(err) = wait_ready(what, &mut child, log, ready) {
+        stop_child(&mut child, signal);
+        return Err(err);
+    }
+    Ok(child)
 }
 
 /// Polls `ready` until it answers true, the child exits, or time runs out.

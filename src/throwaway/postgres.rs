@@ -14,9 +14,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Uid, User};
 use tempfile::TempDir;
 
-use super::{
-    die_with_parent, launch_on_free_port, log_tail, postgres_program, stop_child, wait_ready,
-};
+use super::{launch_on_free_port, log_tail, postgres_program, spawn_server, stop_child};
 
 /// The unprivileged account PostgreSQL runs under when we are root.
 const SERVICE_USER: &str = "postgres";
@@ -95,8 +93,6 @@ impl Postgres {
     }
 
     fn launch(&mut self) -> anyhow::Result<()> {
-        let log = self.log();
-        let out = File::options().create(true).append(true).open(&log)?;
         let mut command = Command::new(&self.program);
         command
             .arg("-D")
@@ -105,26 +101,21 @@ impl Postgres {
             .arg(self.port.to_string())
             .arg("-k")
             .arg(self.dir.path())
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
+            .current_dir(self.dir.path());
         as_owner(&mut command, self.owner);
-        // Immediate shutdown if we vanish: no stray postmaster.
-        die_with_parent(&mut command, Signal::SIGQUIT);
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", self.program.display()))?;
         let probe = self.url("postgres");
-        let ready = wait_ready("PostgreSQL", &mut child, &log, || {
-            let mut config: postgres::Config = probe.parse().expect("own URL");
-            config.connect_timeout(Duration::from_secs(2));
-            config.connect(postgres::NoTls).is_ok()
-        });
-        if let Err(err) = ready {
-            stop_child(&mut child, Signal::SIGQUIT);
-            return Err(err);
-        }
+        // SIGQUIT, immediate shutdown, if we vanish: no stray postmaster.
+        let child = spawn_server(
+            &mut command,
+            "PostgreSQL",
+            &self.log(),
+            Signal::SIGQUIT,
+            || {
+                let mut config: postgres::Config = probe.parse().expect("own URL");
+                config.connect_timeout(Duration::from_secs(2));
+                config.connect(postgres::NoTls).is_ok()
+            },
+        )?;
         self.child = Some(child);
         Ok(())
     }

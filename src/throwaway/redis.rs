@@ -1,16 +1,15 @@
 //! A private `redis-server` on a free port of 127.0.0.1, persisting nothing
 //! unless asked to (a restart that keeps the data saves an RDB first).
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::Context;
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
-use super::{die_with_parent, launch_on_free_port, redis_program, stop_child, wait_ready};
+use super::{launch_on_free_port, redis_program, spawn_server, stop_child};
 
 pub struct Redis {
     program: PathBuf,
@@ -41,28 +40,21 @@ impl Redis {
     }
 
     fn launch(&mut self) -> anyhow::Result<()> {
-        let log = self.log();
-        let out = File::options().create(true).append(true).open(&log)?;
         let mut command = Command::new(&self.program);
         command
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .args(["--protected-mode", "no", "--dir"])
-            .arg(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        die_with_parent(&mut command, Signal::SIGTERM);
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", self.program.display()))?;
+            .arg(self.dir.path());
         let url = self.url();
-        let ready = wait_ready("redis-server", &mut child, &log, || ping(&url));
-        if let Err(err) = ready {
-            stop_child(&mut child, Signal::SIGKILL);
-            return Err(err);
-        }
+        let child = spawn_server(
+            &mut command,
+            "redis-server",
+            &self.log(),
+            Signal::SIGTERM,
+            || ping(&url),
+        )?;
         self.child = Some(child);
         Ok(())
     }
