@@ -33,6 +33,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand migrate 'Create or upgrade the PostgreSQL schema (also adopts the original service''s tables)'
             cand transfer 'Drain the Redis stream into generation_events, exactly once'
             cand aggregate 'Roll events up by UTC hour (every hour with new events, or the hours given)'
+            cand report 'Print a report: overview, trends, user, models, failures, peak-hours'
             cand completions 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
             cand simulate 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -91,6 +92,161 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'genalytics;report'= {
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+            cand overview 'Totals, success rate, durations and users over the window (default 7 days)'
+            cand trends 'One point per hour or UTC day, gaps filled with zeros (default 7 days)'
+            cand user 'One user''s generations, recent activity and failures (default 30 days)'
+            cand models 'One row per model checkpoint (default 30 days)'
+            cand failures 'Failures by error type and the daily failure rate (default 7 days)'
+            cand peak-hours 'Average load per hour of day, busiest first (default 30 days)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'genalytics;report;overview'= {
+            cand --days 'Length of the window in days, ending at --until'
+            cand --until 'End of the window (exclusive); default now. Fix it for reproducible reports'
+            cand --format 'Output format'
+            cand --section 'With --format csv: which table of a report with several'
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'genalytics;report;trends'= {
+            cand --interval 'Points per hour or per UTC day'
+            cand --days 'Length of the window in days, ending at --until'
+            cand --until 'End of the window (exclusive); default now. Fix it for reproducible reports'
+            cand --format 'Output format'
+            cand --section 'With --format csv: which table of a report with several'
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'genalytics;report;user'= {
+            cand --days 'Length of the window in days, ending at --until'
+            cand --until 'End of the window (exclusive); default now. Fix it for reproducible reports'
+            cand --format 'Output format'
+            cand --section 'With --format csv: which table of a report with several'
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'genalytics;report;models'= {
+            cand --days 'Length of the window in days, ending at --until'
+            cand --until 'End of the window (exclusive); default now. Fix it for reproducible reports'
+            cand --format 'Output format'
+            cand --section 'With --format csv: which table of a report with several'
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'genalytics;report;failures'= {
+            cand --days 'Length of the window in days, ending at --until'
+            cand --until 'End of the window (exclusive); default now. Fix it for reproducible reports'
+            cand --format 'Output format'
+            cand --section 'With --format csv: which table of a report with several'
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'genalytics;report;peak-hours'= {
+            cand --tz 'IANA time zone for the hours of day, e.g. Europe/Berlin'
+            cand --by 'Split each hour of day by weekday'
+            cand --days 'Length of the window in days, ending at --until'
+            cand --until 'End of the window (exclusive); default now. Fix it for reproducible reports'
+            cand --format 'Output format'
+            cand --section 'With --format csv: which table of a report with several'
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'genalytics;report;help'= {
+            cand overview 'Totals, success rate, durations and users over the window (default 7 days)'
+            cand trends 'One point per hour or UTC day, gaps filled with zeros (default 7 days)'
+            cand user 'One user''s generations, recent activity and failures (default 30 days)'
+            cand models 'One row per model checkpoint (default 30 days)'
+            cand failures 'Failures by error type and the daily failure rate (default 7 days)'
+            cand peak-hours 'Average load per hour of day, busiest first (default 30 days)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'genalytics;report;help;overview'= {
+        }
+        &'genalytics;report;help;trends'= {
+        }
+        &'genalytics;report;help;user'= {
+        }
+        &'genalytics;report;help;models'= {
+        }
+        &'genalytics;report;help;failures'= {
+        }
+        &'genalytics;report;help;peak-hours'= {
+        }
+        &'genalytics;report;help;help'= {
+        }
         &'genalytics;completions'= {
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
@@ -129,6 +285,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand migrate 'Create or upgrade the PostgreSQL schema (also adopts the original service''s tables)'
             cand transfer 'Drain the Redis stream into generation_events, exactly once'
             cand aggregate 'Roll events up by UTC hour (every hour with new events, or the hours given)'
+            cand report 'Print a report: overview, trends, user, models, failures, peak-hours'
             cand completions 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
             cand simulate 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -138,6 +295,26 @@ set edit:completion:arg-completer[genalytics] = {|@words|
         &'genalytics;help;transfer'= {
         }
         &'genalytics;help;aggregate'= {
+        }
+        &'genalytics;help;report'= {
+            cand overview 'Totals, success rate, durations and users over the window (default 7 days)'
+            cand trends 'One point per hour or UTC day, gaps filled with zeros (default 7 days)'
+            cand user 'One user''s generations, recent activity and failures (default 30 days)'
+            cand models 'One row per model checkpoint (default 30 days)'
+            cand failures 'Failures by error type and the daily failure rate (default 7 days)'
+            cand peak-hours 'Average load per hour of day, busiest first (default 30 days)'
+        }
+        &'genalytics;help;report;overview'= {
+        }
+        &'genalytics;help;report;trends'= {
+        }
+        &'genalytics;help;report;user'= {
+        }
+        &'genalytics;help;report;models'= {
+        }
+        &'genalytics;help;report;failures'= {
+        }
+        &'genalytics;help;report;peak-hours'= {
         }
         &'genalytics;help;completions'= {
         }

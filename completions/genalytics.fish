@@ -35,6 +35,7 @@ complete -c genalytics -n "__fish_genalytics_needs_command" -s V -l version -d '
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "migrate" -d 'Create or upgrade the PostgreSQL schema (also adopts the original service\'s tables)'
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "transfer" -d 'Drain the Redis stream into generation_events, exactly once'
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "aggregate" -d 'Roll events up by UTC hour (every hour with new events, or the hours given)'
+complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "report" -d 'Print a report: overview, trends, user, models, failures, peak-hours'
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "simulate" -d 'Write realistic synthetic traffic into the stream, exactly as the service\'s producer does'
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -76,6 +77,116 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -s v -l
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -s V -l version -d 'Print version'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -s q -l quiet -d 'Print only errors'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -s h -l help -d 'Print help'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -s V -l version -d 'Print version'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -f -a "overview" -d 'Totals, success rate, durations and users over the window (default 7 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -f -a "trends" -d 'One point per hour or UTC day, gaps filled with zeros (default 7 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -f -a "user" -d 'One user\'s generations, recent activity and failures (default 30 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -f -a "models" -d 'One row per model checkpoint (default 30 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -f -a "failures" -d 'Failures by error type and the daily failure rate (default 7 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -f -a "peak-hours" -d 'Average load per hour of day, busiest first (default 30 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l days -d 'Length of the window in days, ending at --until' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l until -d 'End of the window (exclusive); default now. Fix it for reproducible reports' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l format -d 'Output format' -r -f -a "table\t'Tables for people'
+csv\t'One CSV table (pick it with --section)'
+json\t'The whole report as one JSON object'"
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l section -d 'With --format csv: which table of a report with several' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -s q -l quiet -d 'Print only errors'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -s V -l version -d 'Print version'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l interval -d 'Points per hour or per UTC day' -r -f -a "hourly\t''
+daily\t''"
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l days -d 'Length of the window in days, ending at --until' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l until -d 'End of the window (exclusive); default now. Fix it for reproducible reports' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l format -d 'Output format' -r -f -a "table\t'Tables for people'
+csv\t'One CSV table (pick it with --section)'
+json\t'The whole report as one JSON object'"
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l section -d 'With --format csv: which table of a report with several' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -s q -l quiet -d 'Print only errors'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -s V -l version -d 'Print version'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l days -d 'Length of the window in days, ending at --until' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l until -d 'End of the window (exclusive); default now. Fix it for reproducible reports' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l format -d 'Output format' -r -f -a "table\t'Tables for people'
+csv\t'One CSV table (pick it with --section)'
+json\t'The whole report as one JSON object'"
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l section -d 'With --format csv: which table of a report with several' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -s q -l quiet -d 'Print only errors'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -s V -l version -d 'Print version'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l days -d 'Length of the window in days, ending at --until' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l until -d 'End of the window (exclusive); default now. Fix it for reproducible reports' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l format -d 'Output format' -r -f -a "table\t'Tables for people'
+csv\t'One CSV table (pick it with --section)'
+json\t'The whole report as one JSON object'"
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l section -d 'With --format csv: which table of a report with several' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -s q -l quiet -d 'Print only errors'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -s V -l version -d 'Print version'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l days -d 'Length of the window in days, ending at --until' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l until -d 'End of the window (exclusive); default now. Fix it for reproducible reports' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l format -d 'Output format' -r -f -a "table\t'Tables for people'
+csv\t'One CSV table (pick it with --section)'
+json\t'The whole report as one JSON object'"
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l section -d 'With --format csv: which table of a report with several' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -s q -l quiet -d 'Print only errors'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -s V -l version -d 'Print version'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l tz -d 'IANA time zone for the hours of day, e.g. Europe/Berlin' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l by -d 'Split each hour of day by weekday' -r -f -a "weekday\t''"
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l days -d 'Length of the window in days, ending at --until' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l until -d 'End of the window (exclusive); default now. Fix it for reproducible reports' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l format -d 'Output format' -r -f -a "table\t'Tables for people'
+csv\t'One CSV table (pick it with --section)'
+json\t'The whole report as one JSON object'"
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l section -d 'With --format csv: which table of a report with several' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -s q -l quiet -d 'Print only errors'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -s V -l version -d 'Print version'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from help" -f -a "overview" -d 'Totals, success rate, durations and users over the window (default 7 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from help" -f -a "trends" -d 'One point per hour or UTC day, gaps filled with zeros (default 7 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from help" -f -a "user" -d 'One user\'s generations, recent activity and failures (default 30 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from help" -f -a "models" -d 'One row per model checkpoint (default 30 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from help" -f -a "failures" -d 'Failures by error type and the daily failure rate (default 7 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from help" -f -a "peak-hours" -d 'Average load per hour of day, busiest first (default 30 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
@@ -98,9 +209,16 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s v -l 
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s h -l help -d 'Print help'
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s V -l version -d 'Print version'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from migrate transfer aggregate completions simulate help" -f -a "migrate" -d 'Create or upgrade the PostgreSQL schema (also adopts the original service\'s tables)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from migrate transfer aggregate completions simulate help" -f -a "transfer" -d 'Drain the Redis stream into generation_events, exactly once'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from migrate transfer aggregate completions simulate help" -f -a "aggregate" -d 'Roll events up by UTC hour (every hour with new events, or the hours given)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from migrate transfer aggregate completions simulate help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from migrate transfer aggregate completions simulate help" -f -a "simulate" -d 'Write realistic synthetic traffic into the stream, exactly as the service\'s producer does'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from migrate transfer aggregate completions simulate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from migrate transfer aggregate report completions simulate help" -f -a "migrate" -d 'Create or upgrade the PostgreSQL schema (also adopts the original service\'s tables)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from migrate transfer aggregate report completions simulate help" -f -a "transfer" -d 'Drain the Redis stream into generation_events, exactly once'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from migrate transfer aggregate report completions simulate help" -f -a "aggregate" -d 'Roll events up by UTC hour (every hour with new events, or the hours given)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from migrate transfer aggregate report completions simulate help" -f -a "report" -d 'Print a report: overview, trends, user, models, failures, peak-hours'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from migrate transfer aggregate report completions simulate help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from migrate transfer aggregate report completions simulate help" -f -a "simulate" -d 'Write realistic synthetic traffic into the stream, exactly as the service\'s producer does'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from migrate transfer aggregate report completions simulate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "overview" -d 'Totals, success rate, durations and users over the window (default 7 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "trends" -d 'One point per hour or UTC day, gaps filled with zeros (default 7 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "user" -d 'One user\'s generations, recent activity and failures (default 30 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "models" -d 'One row per model checkpoint (default 30 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "failures" -d 'Failures by error type and the daily failure rate (default 7 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "peak-hours" -d 'Average load per hour of day, busiest first (default 30 days)'

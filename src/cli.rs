@@ -6,7 +6,7 @@
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::commands::{aggregate, completions, migrate, simulate, transfer};
+use crate::commands::{aggregate, completions, migrate, report, simulate, transfer};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -79,6 +79,8 @@ pub enum Command {
     Transfer(transfer::Args),
     /// Roll events up by UTC hour (every hour with new events, or the hours given)
     Aggregate(aggregate::Args),
+    /// Print a report: overview, trends, user, models, failures, peak-hours
+    Report(report::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(completions::Args),
     /// Write realistic synthetic traffic into the stream, exactly as the service's producer does

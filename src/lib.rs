@@ -12,6 +12,7 @@ pub mod error;
 pub mod event;
 pub mod histogram;
 pub mod output;
+pub mod report;
 pub mod stream;
 pub mod throwaway;
 pub mod timearg;

@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod migrations;
+pub mod reports;
 pub mod rollup;
 
 use std::error::Error as _;

@@ -47,9 +47,72 @@ pub fn roll_up(client: &mut Client, hours: &[DateTime<Utc>]) -> anyhow::Result<u
     let written = tx
         .execute(&rollup_sql(), &[&hours])
         .context("cannot compute the hourly figures")?;
+    tx.execute(
+        "DELETE FROM generation_metrics_hourly_models WHERE timestamp = ANY($1)",
+        &[&hours],
+    )?;
+    tx.execute(&models_sql(), &[&hours])
+        .context("cannot compute the hourly figures per model")?;
+    tx.execute(
+        "DELETE FROM generation_metrics_hourly_failures WHERE timestamp = ANY($1)",
+        &[&hours],
+    )?;
+    tx.execute(FAILURES_SQL, &[&hours])
+        .context("cannot compute the hourly figures per error type")?;
     tx.commit()?;
     Ok(written)
 }
+
+/// Per hour and model: completions, outcomes, the duration sum, count and
+/// histogram over successful completions, and the last use.
+fn models_sql() -> String {
+    format!(
+        "WITH hours AS (SELECT DISTINCT unnest($1::timestamptz[]) AS hour)
+        INSERT INTO generation_metrics_hourly_models (
+            timestamp, model_checkpoint, total_generations, successful_generations, failed_generations,
+            duration_sum_ms, duration_count, duration_hist_keys, duration_hist_counts, last_used_at)
+        SELECT m.hour, m.model_checkpoint, m.total, m.successful, m.failed,
+            coalesce(m.duration_sum, 0), m.duration_count,
+            coalesce(b.keys, '{{}}'), coalesce(b.counts, '{{}}'), m.last_used_at
+        FROM (
+            SELECT h.hour, e.model_checkpoint,
+                count(*)::int AS total,
+                (count(*) FILTER (WHERE e.success))::int AS successful,
+                (count(*) FILTER (WHERE NOT e.success))::int AS failed,
+                sum(e.duration_ms) FILTER (WHERE e.success) AS duration_sum,
+                (count(e.duration_ms) FILTER (WHERE e.success))::int AS duration_count,
+                array_agg({KEY_SQL}) FILTER (WHERE e.success AND e.duration_ms IS NOT NULL) AS bucket_keys,
+                max(e.timestamp) AS last_used_at
+            FROM hours h
+            JOIN generation_events e
+              ON e.timestamp >= h.hour AND e.timestamp < h.hour + interval '1 hour'
+            WHERE e.event_type = 'completion'
+            GROUP BY h.hour, e.model_checkpoint
+        ) m
+        CROSS JOIN LATERAL (
+            SELECT array_agg(key ORDER BY key) AS keys, array_agg(n ORDER BY key) AS counts
+            FROM (SELECT key, count(*)::int AS n FROM unnest(m.bucket_keys) AS key GROUP BY key) buckets
+        ) b"
+    )
+}
+
+/// Per hour and error type of failed completions: how many, their
+/// duration as sent (zeros included), who was affected, a few messages.
+const FAILURES_SQL: &str = "
+    WITH hours AS (SELECT DISTINCT unnest($1::timestamptz[]) AS hour)
+    INSERT INTO generation_metrics_hourly_failures (
+        timestamp, error_type, failures, duration_sum_ms, duration_count, user_ids, sample_messages)
+    SELECT h.hour, e.error_type,
+        count(*)::int,
+        coalesce(sum(e.duration_ms), 0),
+        count(e.duration_ms)::int,
+        coalesce(array_agg(DISTINCT e.user_id) FILTER (WHERE e.user_id IS NOT NULL), '{}'),
+        coalesce((array_agg(DISTINCT e.error_message) FILTER (WHERE e.error_message IS NOT NULL))[1:3], '{}')
+    FROM hours h
+    JOIN generation_events e
+      ON e.timestamp >= h.hour AND e.timestamp < h.hour + interval '1 hour'
+    WHERE e.event_type = 'completion' AND NOT e.success
+    GROUP BY h.hour, e.error_type";
 
 /// The upsert for a set of hours: counts, duration figures over successful
 /// completions with a duration (exact percentiles as `percentile_cont`,

@@ -1,5 +1,8 @@
 //! How figures are shown to people and machines.
 
+pub mod csv;
+pub mod table;
+
 /// How a command that does work (transfer, aggregate) reports what it did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SummaryFormat {
@@ -27,10 +30,69 @@ mod tests {
     use super::*;
 
     #[test]
+    fn durations_and_bars_for_people() {
+        assert_eq!(duration(850.0), "850 ms");
+        assert_eq!(duration(41_234.0), "41.2 s");
+        assert_eq!(duration(750_000.0), "12.5 min");
+        assert_eq!(duration(4_320_000.0), "1.2 h");
+        assert_eq!(bar(5.0, 10.0, 4), "██");
+        assert_eq!(bar(1.0, 8.0, 1), "▏");
+        assert_eq!(bar(0.0, 8.0, 4), "");
+        assert_eq!(thousands_signed(-1234), "-1,234");
+    }
+
+    #[test]
     fn groups_by_three() {
         assert_eq!(thousands(0), "0");
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1_000), "1,000");
         assert_eq!(thousands(1_234_567), "1,234,567");
     }
+}
+
+/// How a report is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// Tables for people
+    Table,
+    /// One CSV table (pick it with --section)
+    Csv,
+    /// The whole report as one JSON object
+    Json,
+}
+
+/// A signed count with thousands separators.
+pub fn thousands_signed(n: i64) -> String {
+    if n < 0 {
+        format!("-{}", thousands(n.unsigned_abs()))
+    } else {
+        thousands(n.unsigned_abs())
+    }
+}
+
+/// A duration for people: `850 ms`, `41.2 s`, `12.5 min`, `1.2 h`.
+pub fn duration(ms: f64) -> String {
+    if ms.abs() < 1_000.0 {
+        format!("{ms:.0} ms")
+    } else if ms.abs() < 60_000.0 {
+        format!("{:.1} s", ms / 1_000.0)
+    } else if ms.abs() < 3_600_000.0 {
+        format!("{:.1} min", ms / 60_000.0)
+    } else {
+        format!("{:.1} h", ms / 3_600_000.0)
+    }
+}
+
+/// A horizontal bar `value / max` of the full `width`, in eighths.
+pub fn bar(value: f64, max: f64, width: usize) -> String {
+    const EIGHTHS: [char; 8] = [' ', '▏', '▎', '▍', '▌', '▋', '▊', '▉'];
+    if max <= 0.0 || value <= 0.0 {
+        return String::new();
+    }
+    let eighths = ((value / max).min(1.0) * (width * 8) as f64).round() as usize;
+    let mut out = "█".repeat(eighths / 8);
+    if !eighths.is_multiple_of(8) {
+        out.push(EIGHTHS[eighths % 8]);
+    }
+    out
 }
