@@ -3,121 +3,9 @@
 
 use std::collections::BTreeSet;
 
+use crate::harness::TestEnv;
+use crate::harness::events::{Written, percentile, traffic, write};
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use rand::{RngExt, SeedableRng};
-
-use crate::harness::{TestEnv, xadd};
-
-/// One event the test writes, with what it expects of it.
-#[derive(Debug, Clone)]
-struct Written {
-    at: DateTime<Utc>,
-    kind: &'static str,
-    user: Option<String>,
-    duration_ms: Option<i64>,
-    success: Option<bool>,
-    batch_size: Option<i64>,
-    queue_length: Option<i64>,
-}
-
-impl Written {
-    fn fields(&self) -> Vec<(&'static str, String)> {
-        let mut fields = vec![
-            ("event_type", self.kind.to_string()),
-            (
-                "timestamp",
-                self.at.format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
-            ),
-            ("user_id", self.user.clone().unwrap_or_default()),
-        ];
-        if let Some(d) = self.duration_ms {
-            fields.push(("duration_ms", d.to_string()));
-        }
-        if let Some(s) = self.success {
-            fields.push(("success", if s { "True" } else { "False" }.to_string()));
-        }
-        if let Some(b) = self.batch_size {
-            fields.push(("batch_size", b.to_string()));
-        }
-        if let Some(q) = self.queue_length {
-            fields.push(("queue_length", q.to_string()));
-        }
-        fields
-    }
-}
-
-/// Random traffic in `[hour, hour + 1h)`, in time order.
-fn traffic(hour: DateTime<Utc>, n: usize, seed: u64) -> Vec<Written> {
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
-    let users: Vec<String> = (0..25)
-        .map(|i| format!("00000000-0000-4000-8000-{i:012}"))
-        .collect();
-    let mut events: Vec<Written> = (0..n)
-        .map(|_| {
-            let at = hour + Duration::microseconds(rng.random_range(0..3_600_000_000));
-            let user = rng
-                .random_bool(0.9)
-                .then(|| users[rng.random_range(0..users.len())].clone());
-            let roll: f64 = rng.random();
-            let (kind, duration_ms, success) = if roll < 0.45 {
-                ("request", None, None)
-            } else if roll < 0.8 {
-                (
-                    "completion",
-                    rng.random_bool(0.95).then(|| rng.random_range(1..200_000)),
-                    Some(true),
-                )
-            } else if roll < 0.9 {
-                (
-                    "completion",
-                    Some(if rng.random_bool(0.5) {
-                        0
-                    } else {
-                        rng.random_range(1..50_000)
-                    }),
-                    Some(false),
-                )
-            } else if roll < 0.93 {
-                ("completion", Some(rng.random_range(1..9_000)), None)
-            } else {
-                ("cancellation", None, None)
-            };
-            Written {
-                at,
-                kind,
-                user,
-                duration_ms,
-                success,
-                batch_size: (kind == "completion" && rng.random_bool(0.7))
-                    .then(|| rng.random_range(1..9)),
-                queue_length: rng.random_bool(0.3).then(|| rng.random_range(0..40)),
-            }
-        })
-        .collect();
-    events.sort_by_key(|e| e.at);
-    events
-}
-
-/// Writes events with entry IDs after everything already in the stream.
-fn write(env: &TestEnv, events: &[Written]) {
-    let mut con = env.redis();
-    let key = env.stream_key();
-    for event in events {
-        let fields = event.fields();
-        let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        xadd(&mut con, &key, "*", &pairs);
-    }
-}
-
-/// `percentile_cont`, computed here.
-fn percentile(sorted: &[i64], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = q * (sorted.len() - 1) as f64;
-    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
-    Some(sorted[lo] as f64 + (sorted[hi] - sorted[lo]) as f64 * (rank - lo as f64))
-}
 
 /// An hourly row, or what the test expects it to be.
 #[derive(Debug, PartialEq)]
@@ -220,6 +108,19 @@ fn assert_hour(db: &mut postgres::Client, hour: DateTime<Utc>, events: &[Written
     }
     got.avg_queue = None;
     want.avg_queue = None;
+    // Percentiles are exact to ±1 ms (float rounding at .5).
+    for (got, want, name) in [
+        (&mut got.p50, &mut want.p50, "p50"),
+        (&mut got.p95, &mut want.p95, "p95"),
+        (&mut got.p99, &mut want.p99, "p99"),
+    ] {
+        match (*got, *want) {
+            (Some(a), Some(b)) => assert!((a - b).abs() <= 1, "{name} {a} vs {b}"),
+            (a, b) => assert_eq!(a, b, "{name}"),
+        }
+        *got = None;
+        *want = None;
+    }
     assert_eq!(got, want, "hour {hour}");
 }
 
@@ -286,17 +187,14 @@ fn hour_edges_are_utc_whatever_the_session_time_zone() {
             env.database
         ))
         .unwrap();
-        let edge = |h: u32, m: u32, s: u32, us: u32| Written {
-            at: hour(21, h)
-                + Duration::minutes(m.into())
-                + Duration::seconds(s.into())
-                + Duration::microseconds(us.into()),
-            kind: "request",
-            user: None,
-            duration_ms: None,
-            success: None,
-            batch_size: None,
-            queue_length: None,
+        let edge = |h: u32, m: u32, s: u32, us: u32| {
+            Written::new(
+                hour(21, h)
+                    + Duration::minutes(m.into())
+                    + Duration::seconds(s.into())
+                    + Duration::microseconds(us.into()),
+                "request",
+            )
         };
         let events = vec![
             edge(9, 59, 59, 999_999),
@@ -345,18 +243,7 @@ fn plain_aggregate_rolls_up_new_and_late_events_and_only_complete_hours() {
     write(&env, &second);
     // And one in the current hour, which is not complete yet.
     let now = Utc::now();
-    write(
-        &env,
-        &[Written {
-            at: now,
-            kind: "request",
-            user: None,
-            duration_ms: None,
-            success: None,
-            batch_size: None,
-            queue_length: None,
-        }],
-    );
+    write(&env, &[Written::new(now, "request")]);
     env.genalytics().arg("transfer").ok();
     let ran = env.genalytics().arg("aggregate").ok();
     assert!(
@@ -383,13 +270,15 @@ fn plain_aggregate_rolls_up_new_and_late_events_and_only_complete_hours() {
 
     // A late event for 09:59 arrives much later: 09:00 rolls up again.
     let late = Written {
-        at: h1 + Duration::minutes(59) + Duration::seconds(59),
-        kind: "completion",
         user: Some("00000000-0000-4000-8000-999999999999".into()),
         duration_ms: Some(123_456),
         success: Some(true),
         batch_size: Some(4),
         queue_length: Some(99),
+        ..Written::new(
+            h1 + Duration::minutes(59) + Duration::seconds(59),
+            "completion",
+        )
     };
     write(&env, std::slice::from_ref(&late));
     env.genalytics().arg("transfer").ok();

@@ -12,6 +12,7 @@ mod aggregate;
 mod cli_errors;
 mod generated;
 mod migrate;
+mod report;
 mod servers;
 mod simulate;
 mod transfer;

@@ -2,6 +2,8 @@
 //! `genalytics::throwaway`), and a builder for running the real binary
 //! against them with a clean environment.
 
+pub mod events;
+
 use std::ffi::OsString;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
