@@ -28,6 +28,9 @@ _genalytics() {
             genalytics,migrate)
                 cmd="genalytics__subcmd__migrate"
                 ;;
+            genalytics,prune)
+                cmd="genalytics__subcmd__prune"
+                ;;
             genalytics,report)
                 cmd="genalytics__subcmd__report"
                 ;;
@@ -48,6 +51,9 @@ _genalytics() {
                 ;;
             genalytics__subcmd__help,migrate)
                 cmd="genalytics__subcmd__help__subcmd__migrate"
+                ;;
+            genalytics__subcmd__help,prune)
+                cmd="genalytics__subcmd__help__subcmd__prune"
                 ;;
             genalytics__subcmd__help,report)
                 cmd="genalytics__subcmd__help__subcmd__report"
@@ -125,7 +131,7 @@ _genalytics() {
 
     case "${cmd}" in
         genalytics)
-            opts="-v -q -h -V --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version migrate transfer aggregate report completions simulate help"
+            opts="-v -q -h -V --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version migrate transfer aggregate report prune completions simulate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -231,7 +237,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__help)
-            opts="migrate transfer aggregate report completions simulate help"
+            opts="migrate transfer aggregate report prune completions simulate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -287,6 +293,20 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__help__subcmd__migrate)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__prune)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -433,6 +453,48 @@ _genalytics() {
                 return 0
             fi
             case "${prev}" in
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-ns)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stream)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__prune)
+            opts="-v -q -h -V --older-than --dry-run --batch-size --format --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --older-than)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --batch-size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 --database-url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

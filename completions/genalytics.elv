@@ -34,6 +34,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand transfer 'Drain the Redis stream into generation_events, exactly once'
             cand aggregate 'Roll events up by UTC hour (every hour with new events, or the hours given)'
             cand report 'Print a report: overview, trends, user, models, failures, peak-hours'
+            cand prune 'Delete raw events (and dead letters) older than a cutoff; rollups are kept'
             cand completions 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
             cand simulate 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -247,6 +248,24 @@ set edit:completion:arg-completer[genalytics] = {|@words|
         }
         &'genalytics;report;help;help'= {
         }
+        &'genalytics;prune'= {
+            cand --older-than 'Delete raw events older than this (e.g. 90d, 36h)'
+            cand --batch-size 'Rows deleted per transaction'
+            cand --format 'Summary format'
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --dry-run 'Count what would be deleted; delete nothing'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'genalytics;completions'= {
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
@@ -286,6 +305,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand transfer 'Drain the Redis stream into generation_events, exactly once'
             cand aggregate 'Roll events up by UTC hour (every hour with new events, or the hours given)'
             cand report 'Print a report: overview, trends, user, models, failures, peak-hours'
+            cand prune 'Delete raw events (and dead letters) older than a cutoff; rollups are kept'
             cand completions 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
             cand simulate 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -315,6 +335,8 @@ set edit:completion:arg-completer[genalytics] = {|@words|
         &'genalytics;help;report;failures'= {
         }
         &'genalytics;help;report;peak-hours'= {
+        }
+        &'genalytics;help;prune'= {
         }
         &'genalytics;help;completions'= {
         }

@@ -6,7 +6,7 @@
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::commands::{aggregate, completions, migrate, report, simulate, transfer};
+use crate::commands::{aggregate, completions, migrate, prune, report, simulate, transfer};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -81,6 +81,8 @@ pub enum Command {
     Aggregate(aggregate::Args),
     /// Print a report: overview, trends, user, models, failures, peak-hours
     Report(report::Args),
+    /// Delete raw events (and dead letters) older than a cutoff; rollups are kept
+    Prune(prune::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(completions::Args),
     /// Write realistic synthetic traffic into the stream, exactly as the service's producer does

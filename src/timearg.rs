@@ -61,9 +61,28 @@ pub fn parse_span(text: &str) -> Result<chrono::TimeDelta, String> {
         .ok_or_else(hint)
 }
 
+/// A span as people write it back: `90d`, `36h`, `15m`, `45s`.
+pub fn format_span(span: chrono::TimeDelta) -> String {
+    let seconds = span.num_seconds();
+    match seconds {
+        0 => "0".to_string(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans_format_back() {
+        for text in ["90d", "36h", "15m", "45s", "0"] {
+            assert_eq!(format_span(parse_span(text).unwrap()), text);
+        }
+    }
 
     #[test]
     fn spans() {

@@ -12,6 +12,7 @@ mod aggregate;
 mod cli_errors;
 mod generated;
 mod migrate;
+mod prune;
 mod report;
 mod servers;
 mod simulate;

@@ -3,6 +3,7 @@
 pub mod aggregate;
 pub mod completions;
 pub mod migrate;
+pub mod prune;
 pub mod report;
 pub mod simulate;
 pub mod transfer;
@@ -16,6 +17,7 @@ pub fn run(command: Command, settings: &Settings) -> anyhow::Result<Exit> {
         Command::Aggregate(args) => aggregate::run(&args, settings),
         Command::Completions(args) => completions::run(&args),
         Command::Migrate(args) => migrate::run(&args, settings),
+        Command::Prune(args) => prune::run(&args, settings),
         Command::Report(args) => report::run(&args, settings),
         Command::Simulate(args) => simulate::run(&args, settings),
         Command::Transfer(args) => transfer::run(&args, settings),

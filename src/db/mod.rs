@@ -4,6 +4,7 @@
 pub mod events;
 pub mod migrations;
 pub mod reports;
+pub mod retention;
 pub mod rollup;
 
 use std::error::Error as _;
