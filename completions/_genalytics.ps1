@@ -33,6 +33,7 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('demo', 'demo', [CompletionResultType]::ParameterValue, 'Run the whole pipeline on throwaway local servers: simulate, transfer, aggregate, report')
             [CompletionResult]::new('migrate', 'migrate', [CompletionResultType]::ParameterValue, 'Create or upgrade the PostgreSQL schema (also adopts the original service''s tables)')
             [CompletionResult]::new('transfer', 'transfer', [CompletionResultType]::ParameterValue, 'Drain the Redis stream into generation_events, exactly once')
             [CompletionResult]::new('aggregate', 'aggregate', [CompletionResultType]::ParameterValue, 'Roll events up by UTC hour (every hour with new events, or the hours given)')
@@ -41,6 +42,23 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script (bash, zsh, fish, elvish, powershell)')
             [CompletionResult]::new('simulate', 'simulate', [CompletionResultType]::ParameterValue, 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'genalytics;demo' {
+            [CompletionResult]::new('--events', '--events', [CompletionResultType]::ParameterName, 'Stream entries to simulate over the last 24 hours')
+            [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require')
+            [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Redis connection URL (rediss:// for TLS)')
+            [CompletionResult]::new('--redis-ns', '--redis-ns', [CompletionResultType]::ParameterName, 'Namespace of the stream key: {ns}:generation_events:stream')
+            [CompletionResult]::new('--stream', '--stream', [CompletionResultType]::ParameterName, 'Full stream key, overriding the one built from --redis-ns')
+            [CompletionResult]::new('--keep', '--keep', [CompletionResultType]::ParameterName, 'Leave the servers running and print the settings to try other commands on them')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print only errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print only errors')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
         'genalytics;migrate' {
@@ -326,6 +344,7 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             break
         }
         'genalytics;help' {
+            [CompletionResult]::new('demo', 'demo', [CompletionResultType]::ParameterValue, 'Run the whole pipeline on throwaway local servers: simulate, transfer, aggregate, report')
             [CompletionResult]::new('migrate', 'migrate', [CompletionResultType]::ParameterValue, 'Create or upgrade the PostgreSQL schema (also adopts the original service''s tables)')
             [CompletionResult]::new('transfer', 'transfer', [CompletionResultType]::ParameterValue, 'Drain the Redis stream into generation_events, exactly once')
             [CompletionResult]::new('aggregate', 'aggregate', [CompletionResultType]::ParameterValue, 'Roll events up by UTC hour (every hour with new events, or the hours given)')
@@ -334,6 +353,9 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script (bash, zsh, fish, elvish, powershell)')
             [CompletionResult]::new('simulate', 'simulate', [CompletionResultType]::ParameterValue, 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'genalytics;help;demo' {
             break
         }
         'genalytics;help;migrate' {

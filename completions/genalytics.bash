@@ -22,6 +22,9 @@ _genalytics() {
             genalytics,completions)
                 cmd="genalytics__subcmd__completions"
                 ;;
+            genalytics,demo)
+                cmd="genalytics__subcmd__demo"
+                ;;
             genalytics,help)
                 cmd="genalytics__subcmd__help"
                 ;;
@@ -45,6 +48,9 @@ _genalytics() {
                 ;;
             genalytics__subcmd__help,completions)
                 cmd="genalytics__subcmd__help__subcmd__completions"
+                ;;
+            genalytics__subcmd__help,demo)
+                cmd="genalytics__subcmd__help__subcmd__demo"
                 ;;
             genalytics__subcmd__help,help)
                 cmd="genalytics__subcmd__help__subcmd__help"
@@ -131,7 +137,7 @@ _genalytics() {
 
     case "${cmd}" in
         genalytics)
-            opts="-v -q -h -V --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version migrate transfer aggregate report prune completions simulate help"
+            opts="-v -q -h -V --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version demo migrate transfer aggregate report prune completions simulate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -236,8 +242,42 @@ _genalytics() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        genalytics__subcmd__demo)
+            opts="-v -q -h -V --keep --events --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --events)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-ns)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stream)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         genalytics__subcmd__help)
-            opts="migrate transfer aggregate report prune completions simulate help"
+            opts="demo migrate transfer aggregate report prune completions simulate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -265,6 +305,20 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__demo)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

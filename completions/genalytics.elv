@@ -30,6 +30,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --help 'Print help'
             cand -V 'Print version'
             cand --version 'Print version'
+            cand demo 'Run the whole pipeline on throwaway local servers: simulate, transfer, aggregate, report'
             cand migrate 'Create or upgrade the PostgreSQL schema (also adopts the original service''s tables)'
             cand transfer 'Drain the Redis stream into generation_events, exactly once'
             cand aggregate 'Roll events up by UTC hour (every hour with new events, or the hours given)'
@@ -38,6 +39,22 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand completions 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
             cand simulate 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does'
             cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'genalytics;demo'= {
+            cand --events 'Stream entries to simulate over the last 24 hours'
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --keep 'Leave the servers running and print the settings to try other commands on them'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
         }
         &'genalytics;migrate'= {
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
@@ -301,6 +318,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --version 'Print version'
         }
         &'genalytics;help'= {
+            cand demo 'Run the whole pipeline on throwaway local servers: simulate, transfer, aggregate, report'
             cand migrate 'Create or upgrade the PostgreSQL schema (also adopts the original service''s tables)'
             cand transfer 'Drain the Redis stream into generation_events, exactly once'
             cand aggregate 'Roll events up by UTC hour (every hour with new events, or the hours given)'
@@ -309,6 +327,8 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand completions 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
             cand simulate 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does'
             cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'genalytics;help;demo'= {
         }
         &'genalytics;help;migrate'= {
         }

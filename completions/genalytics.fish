@@ -32,6 +32,7 @@ complete -c genalytics -n "__fish_genalytics_needs_command" -s v -l verbose -d '
 complete -c genalytics -n "__fish_genalytics_needs_command" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_needs_command" -s h -l help -d 'Print help'
 complete -c genalytics -n "__fish_genalytics_needs_command" -s V -l version -d 'Print version'
+complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "demo" -d 'Run the whole pipeline on throwaway local servers: simulate, transfer, aggregate, report'
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "migrate" -d 'Create or upgrade the PostgreSQL schema (also adopts the original service\'s tables)'
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "transfer" -d 'Drain the Redis stream into generation_events, exactly once'
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "aggregate" -d 'Roll events up by UTC hour (every hour with new events, or the hours given)'
@@ -40,6 +41,16 @@ complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "prune" -d 'De
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "simulate" -d 'Write realistic synthetic traffic into the stream, exactly as the service\'s producer does'
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l events -d 'Stream entries to simulate over the last 24 hours' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l keep -d 'Leave the servers running and print the settings to try other commands on them'
+complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -s q -l quiet -d 'Print only errors'
+complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -s h -l help -d 'Print help'
+complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -s V -l version -d 'Print version'
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
@@ -223,14 +234,15 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s v -l 
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s h -l help -d 'Print help'
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s V -l version -d 'Print version'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from migrate transfer aggregate report prune completions simulate help" -f -a "migrate" -d 'Create or upgrade the PostgreSQL schema (also adopts the original service\'s tables)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from migrate transfer aggregate report prune completions simulate help" -f -a "transfer" -d 'Drain the Redis stream into generation_events, exactly once'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from migrate transfer aggregate report prune completions simulate help" -f -a "aggregate" -d 'Roll events up by UTC hour (every hour with new events, or the hours given)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from migrate transfer aggregate report prune completions simulate help" -f -a "report" -d 'Print a report: overview, trends, user, models, failures, peak-hours'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from migrate transfer aggregate report prune completions simulate help" -f -a "prune" -d 'Delete raw events (and dead letters) older than a cutoff; rollups are kept'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from migrate transfer aggregate report prune completions simulate help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from migrate transfer aggregate report prune completions simulate help" -f -a "simulate" -d 'Write realistic synthetic traffic into the stream, exactly as the service\'s producer does'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from migrate transfer aggregate report prune completions simulate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report prune completions simulate help" -f -a "demo" -d 'Run the whole pipeline on throwaway local servers: simulate, transfer, aggregate, report'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report prune completions simulate help" -f -a "migrate" -d 'Create or upgrade the PostgreSQL schema (also adopts the original service\'s tables)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report prune completions simulate help" -f -a "transfer" -d 'Drain the Redis stream into generation_events, exactly once'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report prune completions simulate help" -f -a "aggregate" -d 'Roll events up by UTC hour (every hour with new events, or the hours given)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report prune completions simulate help" -f -a "report" -d 'Print a report: overview, trends, user, models, failures, peak-hours'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report prune completions simulate help" -f -a "prune" -d 'Delete raw events (and dead letters) older than a cutoff; rollups are kept'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report prune completions simulate help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report prune completions simulate help" -f -a "simulate" -d 'Write realistic synthetic traffic into the stream, exactly as the service\'s producer does'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report prune completions simulate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "overview" -d 'Totals, success rate, durations and users over the window (default 7 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "trends" -d 'One point per hour or UTC day, gaps filled with zeros (default 7 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "user" -d 'One user\'s generations, recent activity and failures (default 30 days)'

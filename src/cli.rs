@@ -6,7 +6,7 @@
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::commands::{aggregate, completions, migrate, prune, report, simulate, transfer};
+use crate::commands::{aggregate, completions, demo, migrate, prune, report, simulate, transfer};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -73,6 +73,8 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the whole pipeline on throwaway local servers: simulate, transfer, aggregate, report
+    Demo(demo::Args),
     /// Create or upgrade the PostgreSQL schema (also adopts the original service's tables)
     Migrate(migrate::Args),
     /// Drain the Redis stream into generation_events, exactly once

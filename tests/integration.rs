@@ -10,6 +10,7 @@ mod harness;
 
 mod aggregate;
 mod cli_errors;
+mod demo;
 mod generated;
 mod migrate;
 mod prune;

@@ -2,6 +2,7 @@
 
 pub mod aggregate;
 pub mod completions;
+pub mod demo;
 pub mod migrate;
 pub mod prune;
 pub mod report;
@@ -16,6 +17,7 @@ pub fn run(command: Command, settings: &Settings) -> anyhow::Result<Exit> {
     match command {
         Command::Aggregate(args) => aggregate::run(&args, settings),
         Command::Completions(args) => completions::run(&args),
+        Command::Demo(args) => demo::run(&args, settings),
         Command::Migrate(args) => migrate::run(&args, settings),
         Command::Prune(args) => prune::run(&args, settings),
         Command::Report(args) => report::run(&args, settings),

@@ -55,22 +55,28 @@ fn launch_on_free_port(
     }
 }
 
-/// Starts a server with its output appended to `log`, dying with this
-/// thread (`signal`), and waits until `ready` says it accepts connections;
-/// one that never does is stopped with the same signal.
+/// Starts a server with its output appended to `log`, in a process group
+/// of its own (a Ctrl-C meant for genalytics is not also sent to it), dying
+/// with this thread (`signal`) unless `detached`, and waits until `ready`
+/// says it accepts connections; one that never does is stopped with the
+/// same signal.
 fn spawn_server(
     command: &mut Command,
     what: &str,
     log: &Path,
     signal: Signal,
+    detached: bool,
     ready: impl FnMut() -> bool,
 ) -> anyhow::Result<Child> {
     let out = fs::File::options().create(true).append(true).open(log)?;
     command
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
-        .stderr(out);
-    die_with_parent(command, signal);
+        .stderr(out)
+        .process_group(0);
+    if !detached {
+        die_with_parent(command, signal);
+    }
     let mut child = command
         .spawn()
         .with_context(|| format!("cannot start {}", command.get_program().to_string_lossy()))?;

@@ -23,6 +23,8 @@ pub const SUPERUSER: &str = "postgres";
 
 pub struct Postgres {
     program: PathBuf,
+    /// Outlives this process (`demo --keep`) instead of dying with it.
+    detached: bool,
     owner: Option<(Uid, Gid)>,
     port: u16,
     child: Option<Child>,
@@ -36,9 +38,19 @@ impl Postgres {
         Self::start_with(&[])
     }
 
+    /// Like [`Postgres::start`], but the server does not die with this
+    /// process; [`Postgres::keep`] then leaves it running.
+    pub fn start_detached() -> anyhow::Result<Postgres> {
+        Self::launch_new(&[], true)
+    }
+
     /// Like [`Postgres::start`], with extra `postgresql.conf` settings
     /// (e.g. `("ssl", "on")`).
     pub fn start_with(settings: &[(&str, &str)]) -> anyhow::Result<Postgres> {
+        Self::launch_new(settings, false)
+    }
+
+    fn launch_new(settings: &[(&str, &str)], detached: bool) -> anyhow::Result<Postgres> {
         let initdb = postgres_program("initdb")?;
         let postgres = postgres_program("postgres")?;
         let owner = service_owner()?;
@@ -79,6 +91,7 @@ impl Postgres {
 
         let mut server = Postgres {
             program: postgres,
+            detached,
             owner,
             port: 0,
             child: None,
@@ -110,6 +123,7 @@ impl Postgres {
             "PostgreSQL",
             &self.log(),
             Signal::SIGQUIT,
+            self.detached,
             || {
                 let mut config: postgres::Config = probe.parse().expect("own URL");
                 config.connect_timeout(Duration::from_secs(2));
@@ -162,6 +176,13 @@ impl Postgres {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
         self.launch()
+    }
+
+    /// Leaves the server running and its directory in place; returns the
+    /// server's process ID.
+    pub fn keep(mut self) -> Option<u32> {
+        self.dir.disable_cleanup(true);
+        self.child.take().map(|child| child.id())
     }
 
     pub fn dir(&self) -> &Path {

@@ -13,6 +13,8 @@ use super::{launch_on_free_port, redis_program, spawn_server, stop_child};
 
 pub struct Redis {
     program: PathBuf,
+    /// Outlives this process (`demo --keep`) instead of dying with it.
+    detached: bool,
     port: u16,
     child: Option<Child>,
     dir: TempDir,
@@ -20,6 +22,16 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> anyhow::Result<Redis> {
+        Self::launch_new(false)
+    }
+
+    /// Like [`Redis::start`], but the server does not die with this
+    /// process; [`Redis::keep`] then leaves it running.
+    pub fn start_detached() -> anyhow::Result<Redis> {
+        Self::launch_new(true)
+    }
+
+    fn launch_new(detached: bool) -> anyhow::Result<Redis> {
         let program = redis_program()?;
         let dir = tempfile::Builder::new()
             .prefix("genalytics-redis-")
@@ -27,6 +39,7 @@ impl Redis {
             .context("cannot create a temporary directory for Redis")?;
         let mut server = Redis {
             program,
+            detached,
             port: 0,
             child: None,
             dir,
@@ -53,6 +66,7 @@ impl Redis {
             "redis-server",
             &self.log(),
             Signal::SIGTERM,
+            self.detached,
             || ping(&url),
         )?;
         self.child = Some(child);
@@ -90,6 +104,13 @@ impl Redis {
             saved.context("cannot save the Redis data before restarting")?;
         }
         self.launch()
+    }
+
+    /// Leaves the server running and its directory in place; returns the
+    /// server's process ID.
+    pub fn keep(mut self) -> Option<u32> {
+        self.dir.disable_cleanup(true);
+        self.child.take().map(|child| child.id())
     }
 
     pub fn dir(&self) -> &Path {

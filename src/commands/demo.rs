@@ -1,0 +1,177 @@
+//! `genalytics demo`: the whole pipeline on throwaway servers, with no
+//! configuration — the first thing a newcomer runs.
+//!
+//! It starts a private PostgreSQL and Redis (the code the tests use),
+//! simulates a day of traffic, runs migrate, transfer and aggregate exactly
+//! as an operator would, prints the overview and the hourly trends, and
+//! removes everything it started — also on Ctrl-C. `--keep` leaves the
+//! servers running and prints the settings to try every other command.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, bail};
+use chrono::TimeDelta;
+
+use crate::cli::{Command, GlobalArgs};
+use crate::commands::{aggregate, migrate, report, simulate, transfer};
+use crate::config::Settings;
+use crate::error::Exit;
+use crate::output::{ReportFormat, SummaryFormat};
+use crate::report::Interval;
+use crate::throwaway::{Postgres, Redis};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Leave the servers running and print the settings to try other commands on them
+    #[arg(long)]
+    pub keep: bool,
+
+    /// Stream entries to simulate over the last 24 hours
+    #[arg(long, default_value_t = 20_000, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=5_000_000))]
+    pub events: u64,
+}
+
+pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("cannot install the signal handler")?;
+    }
+    let say = |line: &str| -> anyhow::Result<()> {
+        if !settings.quiet {
+            writeln!(std::io::stdout().lock(), "{line}")?;
+        }
+        Ok(())
+    };
+    let interrupted = || -> anyhow::Result<()> {
+        if stop.load(Ordering::Relaxed) {
+            bail!("interrupted; the throwaway servers are stopped and removed");
+        }
+        Ok(())
+    };
+
+    say("demo: starting a throwaway PostgreSQL and Redis on private ports…")?;
+    let (pg, redis) = if args.keep {
+        (Postgres::start_detached()?, Redis::start_detached()?)
+    } else {
+        (Postgres::start()?, Redis::start()?)
+    };
+    pg.create_database("genalytics")?;
+    let demo = demo_settings(&pg.url("genalytics"), &redis.url(), settings.quiet)?;
+    say(&format!(
+        "demo: PostgreSQL on 127.0.0.1:{}, Redis on 127.0.0.1:{} — yours are not touched\n",
+        pg.port(),
+        redis.port()
+    ))?;
+
+    for (what, command) in steps(args.events) {
+        interrupted()?;
+        say(&format!("$ {what}"))?;
+        super::run(command, &demo)?;
+        say("")?;
+    }
+    interrupted()?;
+
+    if args.keep {
+        let database_url = pg.url("genalytics");
+        let redis_url = redis.url();
+        let dirs = format!("{} {}", pg.dir().display(), redis.dir().display());
+        let pids: Vec<String> = [pg.keep(), redis.keep()]
+            .into_iter()
+            .flatten()
+            .map(|p| p.to_string())
+            .collect();
+        say("demo: the servers keep running. Try any command against them:")?;
+        say(&format!("  export DATABASE_URL={database_url}"))?;
+        say(&format!("  export REDIS_URL={redis_url}"))?;
+        say(
+            "  genalytics report models; genalytics status; genalytics simulate --events 5000 --hours 1",
+        )?;
+        say(&format!(
+            "demo: when done: kill {}; rm -rf {dirs}",
+            pids.join(" ")
+        ))?;
+    } else {
+        drop((pg, redis));
+        say(
+            "demo: stopped and removed the throwaway servers. Run `genalytics demo --keep` to keep them.",
+        )?;
+    }
+    Ok(Exit::Success)
+}
+
+/// The pipeline, as an operator would run it.
+fn steps(events: u64) -> Vec<(&'static str, Command)> {
+    vec![
+        (
+            "genalytics migrate",
+            Command::Migrate(migrate::Args { status: false }),
+        ),
+        (
+            "genalytics simulate --hours 24",
+            Command::Simulate(simulate::Args {
+                events,
+                hours: 24,
+                users: 200,
+                seed: Some(42),
+                end: None,
+                maxlen: 0,
+            }),
+        ),
+        (
+            "genalytics transfer",
+            Command::Transfer(transfer::Args {
+                batch_size: 5_000,
+                max_events: None,
+                follow: false,
+                keep: TimeDelta::hours(2),
+                wait: false,
+                format: SummaryFormat::Text,
+            }),
+        ),
+        (
+            "genalytics aggregate --include-current",
+            Command::Aggregate(aggregate::Args {
+                hour: None,
+                from: None,
+                to: None,
+                include_current: true,
+                format: SummaryFormat::Text,
+            }),
+        ),
+        ("genalytics report overview --days 1", report_command(None)),
+        (
+            "genalytics report trends --days 1",
+            report_command(Some(Interval::Hourly)),
+        ),
+    ]
+}
+
+fn report_command(interval: Option<Interval>) -> Command {
+    let common = report::Common {
+        days: Some(1),
+        until: None,
+        format: ReportFormat::Table,
+        section: None,
+    };
+    Command::Report(report::Args {
+        report: match interval {
+            Some(interval) => report::Which::Trends { interval, common },
+            None => report::Which::Overview(common),
+        },
+    })
+}
+
+fn demo_settings(database_url: &str, redis_url: &str, quiet: bool) -> anyhow::Result<Settings> {
+    Ok(Settings::from_args(&GlobalArgs {
+        database_url: Some(database_url.to_string()),
+        redis_url: redis_url.to_string(),
+        redis_ns: "genonaut".to_string(),
+        stream: None,
+        verbose: 0,
+        quiet,
+    })?)
+}
