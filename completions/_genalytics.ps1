@@ -38,6 +38,8 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('transfer', 'transfer', [CompletionResultType]::ParameterValue, 'Drain the Redis stream into generation_events, exactly once')
             [CompletionResult]::new('aggregate', 'aggregate', [CompletionResultType]::ParameterValue, 'Roll events up by UTC hour (every hour with new events, or the hours given)')
             [CompletionResult]::new('report', 'report', [CompletionResultType]::ParameterValue, 'Print a report: overview, trends, user, models, failures, peak-hours')
+            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Is data flowing? Stream, transfer lag, rollup backlog, table sizes')
+            [CompletionResult]::new('check', 'check', [CompletionResultType]::ParameterValue, 'Alerting: exit 3 when a threshold is breached (failure rate, p95, lag, stale rollups)')
             [CompletionResult]::new('prune', 'prune', [CompletionResultType]::ParameterValue, 'Delete raw events (and dead letters) older than a cutoff; rollups are kept')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script (bash, zsh, fish, elvish, powershell)')
             [CompletionResult]::new('simulate', 'simulate', [CompletionResultType]::ParameterValue, 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does')
@@ -288,6 +290,43 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
         'genalytics;report;help;help' {
             break
         }
+        'genalytics;status' {
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Output format')
+            [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require')
+            [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Redis connection URL (rediss:// for TLS)')
+            [CompletionResult]::new('--redis-ns', '--redis-ns', [CompletionResultType]::ParameterName, 'Namespace of the stream key: {ns}:generation_events:stream')
+            [CompletionResult]::new('--stream', '--stream', [CompletionResultType]::ParameterName, 'Full stream key, overriding the one built from --redis-ns')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print only errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print only errors')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'genalytics;check' {
+            [CompletionResult]::new('--hours', '--hours', [CompletionResultType]::ParameterName, 'Window of the failure-rate and p95 checks, in hours (default 1)')
+            [CompletionResult]::new('--days', '--days', [CompletionResultType]::ParameterName, 'Window of the failure-rate and p95 checks, in days')
+            [CompletionResult]::new('--max-failure-rate', '--max-failure-rate', [CompletionResultType]::ParameterName, 'Breach when failed / completions exceeds this percentage')
+            [CompletionResult]::new('--max-p95', '--max-p95', [CompletionResultType]::ParameterName, 'Breach when the p95 of successful durations exceeds this (e.g. 90s, 2m)')
+            [CompletionResult]::new('--max-lag', '--max-lag', [CompletionResultType]::ParameterName, 'Breach when the oldest entry not yet transferred is older than this')
+            [CompletionResult]::new('--max-stale-hours', '--max-stale-hours', [CompletionResultType]::ParameterName, 'Breach when more complete hours than this await their rollup')
+            [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require')
+            [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Redis connection URL (rediss:// for TLS)')
+            [CompletionResult]::new('--redis-ns', '--redis-ns', [CompletionResultType]::ParameterName, 'Namespace of the stream key: {ns}:generation_events:stream')
+            [CompletionResult]::new('--stream', '--stream', [CompletionResultType]::ParameterName, 'Full stream key, overriding the one built from --redis-ns')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print only errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print only errors')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'genalytics;prune' {
             [CompletionResult]::new('--older-than', '--older-than', [CompletionResultType]::ParameterName, 'Delete raw events older than this (e.g. 90d, 36h)')
             [CompletionResult]::new('--batch-size', '--batch-size', [CompletionResultType]::ParameterName, 'Rows deleted per transaction')
@@ -349,6 +388,8 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('transfer', 'transfer', [CompletionResultType]::ParameterValue, 'Drain the Redis stream into generation_events, exactly once')
             [CompletionResult]::new('aggregate', 'aggregate', [CompletionResultType]::ParameterValue, 'Roll events up by UTC hour (every hour with new events, or the hours given)')
             [CompletionResult]::new('report', 'report', [CompletionResultType]::ParameterValue, 'Print a report: overview, trends, user, models, failures, peak-hours')
+            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Is data flowing? Stream, transfer lag, rollup backlog, table sizes')
+            [CompletionResult]::new('check', 'check', [CompletionResultType]::ParameterValue, 'Alerting: exit 3 when a threshold is breached (failure rate, p95, lag, stale rollups)')
             [CompletionResult]::new('prune', 'prune', [CompletionResultType]::ParameterValue, 'Delete raw events (and dead letters) older than a cutoff; rollups are kept')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script (bash, zsh, fish, elvish, powershell)')
             [CompletionResult]::new('simulate', 'simulate', [CompletionResultType]::ParameterValue, 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does')
@@ -392,6 +433,12 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             break
         }
         'genalytics;help;report;peak-hours' {
+            break
+        }
+        'genalytics;help;status' {
+            break
+        }
+        'genalytics;help;check' {
             break
         }
         'genalytics;help;prune' {

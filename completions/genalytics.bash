@@ -19,6 +19,9 @@ _genalytics() {
             genalytics,aggregate)
                 cmd="genalytics__subcmd__aggregate"
                 ;;
+            genalytics,check)
+                cmd="genalytics__subcmd__check"
+                ;;
             genalytics,completions)
                 cmd="genalytics__subcmd__completions"
                 ;;
@@ -40,11 +43,17 @@ _genalytics() {
             genalytics,simulate)
                 cmd="genalytics__subcmd__simulate"
                 ;;
+            genalytics,status)
+                cmd="genalytics__subcmd__status"
+                ;;
             genalytics,transfer)
                 cmd="genalytics__subcmd__transfer"
                 ;;
             genalytics__subcmd__help,aggregate)
                 cmd="genalytics__subcmd__help__subcmd__aggregate"
+                ;;
+            genalytics__subcmd__help,check)
+                cmd="genalytics__subcmd__help__subcmd__check"
                 ;;
             genalytics__subcmd__help,completions)
                 cmd="genalytics__subcmd__help__subcmd__completions"
@@ -66,6 +75,9 @@ _genalytics() {
                 ;;
             genalytics__subcmd__help,simulate)
                 cmd="genalytics__subcmd__help__subcmd__simulate"
+                ;;
+            genalytics__subcmd__help,status)
+                cmd="genalytics__subcmd__help__subcmd__status"
                 ;;
             genalytics__subcmd__help,transfer)
                 cmd="genalytics__subcmd__help__subcmd__transfer"
@@ -137,7 +149,7 @@ _genalytics() {
 
     case "${cmd}" in
         genalytics)
-            opts="-v -q -h -V --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version demo migrate transfer aggregate report prune completions simulate help"
+            opts="-v -q -h -V --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version demo migrate transfer aggregate report status check prune completions simulate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -187,6 +199,60 @@ _genalytics() {
                     ;;
                 --format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-ns)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stream)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__check)
+            opts="-v -q -h -V --hours --days --max-failure-rate --max-p95 --max-lag --max-stale-hours --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --hours)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --days)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-failure-rate)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-p95)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-lag)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-stale-hours)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --database-url)
@@ -277,7 +343,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__help)
-            opts="demo migrate transfer aggregate report prune completions simulate help"
+            opts="demo migrate transfer aggregate report status check prune completions simulate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -291,6 +357,20 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__help__subcmd__aggregate)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__check)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -473,6 +553,20 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__help__subcmd__simulate)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__status)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1031,6 +1125,40 @@ _genalytics() {
                     ;;
                 --maxlen)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-ns)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stream)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__status)
+            opts="-v -q -h -V --format --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
                 --database-url)

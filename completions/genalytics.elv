@@ -35,6 +35,8 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand transfer 'Drain the Redis stream into generation_events, exactly once'
             cand aggregate 'Roll events up by UTC hour (every hour with new events, or the hours given)'
             cand report 'Print a report: overview, trends, user, models, failures, peak-hours'
+            cand status 'Is data flowing? Stream, transfer lag, rollup backlog, table sizes'
+            cand check 'Alerting: exit 3 when a threshold is breached (failure rate, p95, lag, stale rollups)'
             cand prune 'Delete raw events (and dead letters) older than a cutoff; rollups are kept'
             cand completions 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
             cand simulate 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does'
@@ -265,6 +267,41 @@ set edit:completion:arg-completer[genalytics] = {|@words|
         }
         &'genalytics;report;help;help'= {
         }
+        &'genalytics;status'= {
+            cand --format 'Output format'
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'genalytics;check'= {
+            cand --hours 'Window of the failure-rate and p95 checks, in hours (default 1)'
+            cand --days 'Window of the failure-rate and p95 checks, in days'
+            cand --max-failure-rate 'Breach when failed / completions exceeds this percentage'
+            cand --max-p95 'Breach when the p95 of successful durations exceeds this (e.g. 90s, 2m)'
+            cand --max-lag 'Breach when the oldest entry not yet transferred is older than this'
+            cand --max-stale-hours 'Breach when more complete hours than this await their rollup'
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'genalytics;prune'= {
             cand --older-than 'Delete raw events older than this (e.g. 90d, 36h)'
             cand --batch-size 'Rows deleted per transaction'
@@ -323,6 +360,8 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand transfer 'Drain the Redis stream into generation_events, exactly once'
             cand aggregate 'Roll events up by UTC hour (every hour with new events, or the hours given)'
             cand report 'Print a report: overview, trends, user, models, failures, peak-hours'
+            cand status 'Is data flowing? Stream, transfer lag, rollup backlog, table sizes'
+            cand check 'Alerting: exit 3 when a threshold is breached (failure rate, p95, lag, stale rollups)'
             cand prune 'Delete raw events (and dead letters) older than a cutoff; rollups are kept'
             cand completions 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
             cand simulate 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does'
@@ -355,6 +394,10 @@ set edit:completion:arg-completer[genalytics] = {|@words|
         &'genalytics;help;report;failures'= {
         }
         &'genalytics;help;report;peak-hours'= {
+        }
+        &'genalytics;help;status'= {
+        }
+        &'genalytics;help;check'= {
         }
         &'genalytics;help;prune'= {
         }

@@ -37,6 +37,8 @@ complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "migrate" -d '
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "transfer" -d 'Drain the Redis stream into generation_events, exactly once'
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "aggregate" -d 'Roll events up by UTC hour (every hour with new events, or the hours given)'
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "report" -d 'Print a report: overview, trends, user, models, failures, peak-hours'
+complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "status" -d 'Is data flowing? Stream, transfer lag, rollup backlog, table sizes'
+complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "check" -d 'Alerting: exit 3 when a threshold is breached (failure rate, p95, lag, stale rollups)'
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "prune" -d 'Delete raw events (and dead letters) older than a cutoff; rollups are kept'
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "simulate" -d 'Write realistic synthetic traffic into the stream, exactly as the service\'s producer does'
@@ -199,6 +201,30 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from help" -f -a "failures" -d 'Failures by error type and the daily failure rate (default 7 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from help" -f -a "peak-hours" -d 'Average load per hour of day, busiest first (default 30 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l format -d 'Output format' -r -f -a "text\t'One line for people and cron mail'
+json\t'One JSON object'"
+complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand status" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand status" -s q -l quiet -d 'Print only errors'
+complete -c genalytics -n "__fish_genalytics_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c genalytics -n "__fish_genalytics_using_subcommand status" -s V -l version -d 'Print version'
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l hours -d 'Window of the failure-rate and p95 checks, in hours (default 1)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l days -d 'Window of the failure-rate and p95 checks, in days' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l max-failure-rate -d 'Breach when failed / completions exceeds this percentage' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l max-p95 -d 'Breach when the p95 of successful durations exceeds this (e.g. 90s, 2m)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l max-lag -d 'Breach when the oldest entry not yet transferred is older than this' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l max-stale-hours -d 'Breach when more complete hours than this await their rollup' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -s q -l quiet -d 'Print only errors'
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -s h -l help -d 'Print help'
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -s V -l version -d 'Print version'
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l older-than -d 'Delete raw events older than this (e.g. 90d, 36h)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l batch-size -d 'Rows deleted per transaction' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l format -d 'Summary format' -r -f -a "text\t'One line for people and cron mail'
@@ -234,15 +260,17 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s v -l 
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s h -l help -d 'Print help'
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s V -l version -d 'Print version'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report prune completions simulate help" -f -a "demo" -d 'Run the whole pipeline on throwaway local servers: simulate, transfer, aggregate, report'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report prune completions simulate help" -f -a "migrate" -d 'Create or upgrade the PostgreSQL schema (also adopts the original service\'s tables)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report prune completions simulate help" -f -a "transfer" -d 'Drain the Redis stream into generation_events, exactly once'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report prune completions simulate help" -f -a "aggregate" -d 'Roll events up by UTC hour (every hour with new events, or the hours given)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report prune completions simulate help" -f -a "report" -d 'Print a report: overview, trends, user, models, failures, peak-hours'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report prune completions simulate help" -f -a "prune" -d 'Delete raw events (and dead letters) older than a cutoff; rollups are kept'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report prune completions simulate help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report prune completions simulate help" -f -a "simulate" -d 'Write realistic synthetic traffic into the stream, exactly as the service\'s producer does'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report prune completions simulate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "demo" -d 'Run the whole pipeline on throwaway local servers: simulate, transfer, aggregate, report'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "migrate" -d 'Create or upgrade the PostgreSQL schema (also adopts the original service\'s tables)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "transfer" -d 'Drain the Redis stream into generation_events, exactly once'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "aggregate" -d 'Roll events up by UTC hour (every hour with new events, or the hours given)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "report" -d 'Print a report: overview, trends, user, models, failures, peak-hours'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "status" -d 'Is data flowing? Stream, transfer lag, rollup backlog, table sizes'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "check" -d 'Alerting: exit 3 when a threshold is breached (failure rate, p95, lag, stale rollups)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "prune" -d 'Delete raw events (and dead letters) older than a cutoff; rollups are kept'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "simulate" -d 'Write realistic synthetic traffic into the stream, exactly as the service\'s producer does'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "overview" -d 'Totals, success rate, durations and users over the window (default 7 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "trends" -d 'One point per hour or UTC day, gaps filled with zeros (default 7 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "user" -d 'One user\'s generations, recent activity and failures (default 30 days)'

@@ -6,7 +6,9 @@
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::commands::{aggregate, completions, demo, migrate, prune, report, simulate, transfer};
+use crate::commands::{
+    aggregate, check, completions, demo, migrate, prune, report, simulate, status, transfer,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -83,6 +85,10 @@ pub enum Command {
     Aggregate(aggregate::Args),
     /// Print a report: overview, trends, user, models, failures, peak-hours
     Report(report::Args),
+    /// Is data flowing? Stream, transfer lag, rollup backlog, table sizes
+    Status(status::Args),
+    /// Alerting: exit 3 when a threshold is breached (failure rate, p95, lag, stale rollups)
+    Check(check::Args),
     /// Delete raw events (and dead letters) older than a cutoff; rollups are kept
     Prune(prune::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)

@@ -17,5 +17,6 @@ mod prune;
 mod report;
 mod servers;
 mod simulate;
+mod status;
 mod transfer;
 mod transfer_faults;

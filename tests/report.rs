@@ -620,32 +620,36 @@ fn an_empty_database_gives_zeros_and_bad_input_exits_2() {
 #[test]
 fn a_closed_pipe_is_not_an_error() {
     let (env, _) = loaded();
-    let mut child = env
-        .genalytics()
-        .args(["report", "trends", "--days", "60", "--until", UNTIL])
-        .command()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = [0_u8; 64];
-    child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut first)
-        .unwrap();
-    drop(child.stdout.take());
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(status.success(), "{status}: {stderr}");
-    assert!(stderr.is_empty(), "{stderr}");
+    for format in ["table", "json", "csv"] {
+        let mut child = env
+            .genalytics()
+            .args([
+                "report", "trends", "--days", "60", "--until", UNTIL, "--format", format,
+            ])
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = [0_u8; 64];
+        child
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut first)
+            .unwrap();
+        drop(child.stdout.take());
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(status.success(), "{format}: {status}: {stderr}");
+        assert!(stderr.is_empty(), "{format}: {stderr}");
+    }
 }
 
 #[test]

@@ -1,12 +1,14 @@
 //! One module per command: its flags (`Args`) and its `run`.
 
 pub mod aggregate;
+pub mod check;
 pub mod completions;
 pub mod demo;
 pub mod migrate;
 pub mod prune;
 pub mod report;
 pub mod simulate;
+pub mod status;
 pub mod transfer;
 
 use crate::cli::Command;
@@ -16,12 +18,14 @@ use crate::error::Exit;
 pub fn run(command: Command, settings: &Settings) -> anyhow::Result<Exit> {
     match command {
         Command::Aggregate(args) => aggregate::run(&args, settings),
+        Command::Check(args) => check::run(&args, settings),
         Command::Completions(args) => completions::run(&args),
         Command::Demo(args) => demo::run(&args, settings),
         Command::Migrate(args) => migrate::run(&args, settings),
         Command::Prune(args) => prune::run(&args, settings),
         Command::Report(args) => report::run(&args, settings),
         Command::Simulate(args) => simulate::run(&args, settings),
+        Command::Status(args) => status::run(&args, settings),
         Command::Transfer(args) => transfer::run(&args, settings),
     }
 }

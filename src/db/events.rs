@@ -81,6 +81,30 @@ pub fn position(client: &mut Client, stream_key: &str) -> anyhow::Result<String>
         .get(0))
 }
 
+/// What transfer has recorded for a stream, without creating anything.
+#[derive(Debug, Clone)]
+pub struct TransferState {
+    pub last_id: String,
+    pub events_stored: i64,
+    pub entries_rejected: i64,
+    pub last_transfer_at: DateTime<Utc>,
+}
+
+pub fn state(client: &mut Client, stream_key: &str) -> anyhow::Result<Option<TransferState>> {
+    Ok(client
+        .query_opt(
+            "SELECT last_id, events_stored, entries_rejected, last_transfer_at
+             FROM genalytics_transfer_state WHERE stream_key = $1",
+            &[&stream_key],
+        )?
+        .map(|row| TransferState {
+            last_id: row.get(0),
+            events_stored: row.get(1),
+            entries_rejected: row.get(2),
+            last_transfer_at: row.get(3),
+        }))
+}
+
 /// Another stream already transferred into this database, if any. Entry
 /// IDs are unique only within one stream, so one database holds one.
 pub fn other_stream(client: &mut Client, stream_key: &str) -> anyhow::Result<Option<String>> {

@@ -2,6 +2,7 @@
 //! submodules) every SQL statement the tool runs.
 
 pub mod events;
+pub mod health;
 pub mod migrations;
 pub mod reports;
 pub mod retention;

@@ -37,17 +37,27 @@ pub fn write(out: impl Write, report: &Value, section: &str) -> anyhow::Result<(
         None => Vec::new(),
     };
     if !header.is_empty() {
-        writer.write_record(&header)?;
+        writer.write_record(&header).map_err(unwrap_io)?;
     }
     for row in &rows {
-        writer.write_record(
-            header
-                .iter()
-                .map(|key| cell(row.get(key).unwrap_or(&Value::Null))),
-        )?;
+        writer
+            .write_record(
+                header
+                    .iter()
+                    .map(|key| cell(row.get(key).unwrap_or(&Value::Null))),
+            )
+            .map_err(unwrap_io)?;
     }
     writer.flush()?;
     Ok(())
+}
+
+/// The `io::Error` inside a `csv::Error`, so a closed pipe is seen as one.
+fn unwrap_io(err: csv::Error) -> anyhow::Error {
+    match err.into_kind() {
+        csv::ErrorKind::Io(io) => io.into(),
+        other => anyhow::anyhow!("cannot write CSV: {other:?}"),
+    }
 }
 
 /// A JSON value as CSV text: null is empty, strings are themselves, lists

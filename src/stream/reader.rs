@@ -226,8 +226,20 @@ pub fn trim_before(
         .query(con)
 }
 
-/// Entries after `after`: exact when there are at most `exact_up_to`,
-/// otherwise estimated from the spread of entry times.
+/// The first entry after `after`: the oldest not yet transferred.
+pub fn first_after(
+    con: &mut redis::Connection,
+    key: &str,
+    after: EntryId,
+) -> anyhow::Result<Option<EntryId>> {
+    let entries = range_after(con, key, after, None, 1)
+        .with_context(|| format!("cannot read the stream {key}"))?;
+    Ok(entries.first().and_then(|entry| entry.id.parse().ok()))
+}
+
+/// Entries after `after`: exact when at most `exact_up_to` lie on either
+/// side of it (the stream's length minus what is before), otherwise
+/// estimated from the rate seen in a sample of what follows it.
 pub fn count_after(
     con: &mut redis::Connection,
     key: &str,
@@ -244,17 +256,37 @@ pub fn count_after(
     if first > after {
         return Ok(Backlog::exact(info.length));
     }
-    let sample = range_after(con, key, after, None, exact_up_to + 1)
-        .with_context(|| format!("cannot read the stream {key}"))?;
+    let context = || format!("cannot read the stream {key}");
+    // Usually only the few entries kept for monitoring precede the position.
+    let before: Value = redis::cmd("XREVRANGE")
+        .arg(key)
+        .arg(after.to_string())
+        .arg("-")
+        .arg("COUNT")
+        .arg(exact_up_to + 1)
+        .query(con)
+        .with_context(context)?;
+    let before = match before {
+        Value::Array(items) => items.len(),
+        _ => exact_up_to + 1,
+    };
+    if before <= exact_up_to {
+        return Ok(Backlog::exact(info.length.saturating_sub(before as u64)));
+    }
+    let sample = range_after(con, key, after, None, exact_up_to + 1).with_context(context)?;
     if sample.len() <= exact_up_to {
         return Ok(Backlog::exact(sample.len() as u64));
     }
-    // Share of the stream's time span that lies after `after`.
-    let span = (last.ms.saturating_sub(first.ms)).max(1) as f64;
-    let ahead = last.ms.saturating_sub(after.ms) as f64;
-    let estimate = (info.length as f64 * (ahead / span).min(1.0)).round() as u64;
+    // The sample's rate of entries per millisecond, carried to the end.
+    let sampled_to: EntryId = sample
+        .last()
+        .and_then(|e| e.id.parse().ok())
+        .unwrap_or(last);
+    let sampled_ms = sampled_to.ms.saturating_sub(after.ms).max(1) as f64;
+    let rest_ms = last.ms.saturating_sub(sampled_to.ms) as f64;
+    let estimate = sample.len() as f64 * (1.0 + rest_ms / sampled_ms);
     Ok(Backlog {
-        entries: estimate.max(sample.len() as u64),
+        entries: (estimate.round() as u64).min(info.length),
         exact: false,
     })
 }

@@ -1,0 +1,104 @@
+//! What `status` and `check` ask PostgreSQL: rollup backlog, table sizes,
+//! and a window's failure rate and p95 from raw events.
+
+use chrono::{DateTime, Utc};
+use postgres::Client;
+
+/// Hours awaiting rollup: how many, the oldest, and how many of them are
+/// complete hours (older than the current one) — those are stale.
+pub struct RollupBacklog {
+    pub queued: i64,
+    pub stale: i64,
+    pub oldest: Option<DateTime<Utc>>,
+}
+
+pub fn rollup_backlog(client: &mut Client) -> anyhow::Result<RollupBacklog> {
+    let row = client.query_one(
+        "SELECT count(*), count(*) FILTER (WHERE hour < date_trunc('hour', now(), 'UTC')), min(hour)
+         FROM generation_rollup_queue",
+        &[],
+    )?;
+    Ok(RollupBacklog {
+        queued: row.get(0),
+        stale: row.get(1),
+        oldest: row.get(2),
+    })
+}
+
+/// A table's rows (exact below a million, else the planner's estimate) and
+/// its size on disk with indexes.
+pub struct TableSize {
+    pub table: String,
+    pub rows: i64,
+    pub exact: bool,
+    pub bytes: i64,
+}
+
+pub const TABLES: &[&str] = &[
+    "generation_events",
+    "generation_events_rejected",
+    "generation_metrics_hourly",
+    "generation_metrics_hourly_models",
+    "generation_metrics_hourly_failures",
+];
+
+pub fn table_sizes(client: &mut Client) -> anyhow::Result<Vec<TableSize>> {
+    let mut sizes = Vec::new();
+    for &table in TABLES {
+        let row = client.query_one(
+            "SELECT greatest(reltuples, 0)::int8, pg_total_relation_size(oid) FROM pg_class WHERE oid = $1::text::regclass",
+            &[&table],
+        )?;
+        let (estimate, bytes): (i64, i64) = (row.get(0), row.get(1));
+        let (rows, exact) = if estimate < 1_000_000 {
+            // Table names are our own constants, never input.
+            let count: i64 = client
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])?
+                .get(0);
+            (count, true)
+        } else {
+            (estimate, false)
+        };
+        sizes.push(TableSize {
+            table: table.to_string(),
+            rows,
+            exact,
+            bytes,
+        });
+    }
+    Ok(sizes)
+}
+
+/// The newest stored event's time.
+pub fn newest_event(client: &mut Client) -> anyhow::Result<Option<DateTime<Utc>>> {
+    Ok(client
+        .query_one("SELECT max(timestamp) FROM generation_events", &[])?
+        .get(0))
+}
+
+/// Completions and the p95 of successful durations in `[from, to)`, from
+/// raw events (exact, and cheap for the short windows alerting uses).
+pub struct WindowHealth {
+    pub successful: i64,
+    pub failed: i64,
+    pub p95_ms: Option<f64>,
+}
+
+pub fn window_health(
+    client: &mut Client,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> anyhow::Result<WindowHealth> {
+    let row = client.query_one(
+        "SELECT count(*) FILTER (WHERE success), count(*) FILTER (WHERE NOT success),
+                percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE success)
+         FROM generation_events
+         WHERE event_type = 'completion' AND timestamp >= $1 AND timestamp < $2",
+        &[&from, &to],
+    )?;
+    Ok(WindowHealth {
+        successful: row.get(0),
+        failed: row.get(1),
+        p95_ms: row.get(2),
+    })
+}
