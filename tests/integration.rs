@@ -15,6 +15,7 @@ mod generated;
 mod migrate;
 mod prune;
 mod report;
+mod secrets;
 mod servers;
 mod simulate;
 mod status;
