@@ -65,11 +65,102 @@ pub fn stream_key_for(namespace: &str) -> String {
 #[derive(Clone)]
 pub struct DatabaseUrl {
     pub config: postgres::Config,
+    pub tls: PgTls,
+}
+
+/// How the connection is secured, as libpq's `sslmode` and `sslrootcert`
+/// say: the driver knows only disable/prefer/require, so the verifying
+/// modes and the root certificate are taken out of the string here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PgTls {
+    /// `sslmode=disable`.
+    Off,
+    /// `prefer` (the default) and `require`: encrypted, not verified.
+    Encrypt,
+    /// `verify-ca`: the certificate must chain to a trusted root.
+    VerifyCa(Option<std::path::PathBuf>),
+    /// `verify-full`: that, and the host name must match.
+    VerifyFull(Option<std::path::PathBuf>),
+}
+
+/// Splits libpq TLS options the driver does not know out of a URL or a
+/// `key=value` string; returns the string the driver gets and the TLS mode.
+fn split_tls(url: &str) -> Result<(String, PgTls), UsageError> {
+    let bad = |what: &str| {
+        UsageError(format!(
+            "the PostgreSQL URL (DATABASE_URL / --database-url) has {what}"
+        ))
+    };
+    let mut mode = None;
+    let mut root = None;
+    let mut take = |key: &str, value: &str| -> Result<bool, UsageError> {
+        match key {
+            "sslmode" => {
+                mode = Some(value.to_string());
+                Ok(true)
+            }
+            "sslrootcert" => {
+                root = Some(std::path::PathBuf::from(value));
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    };
+    let mut rest = Vec::new();
+    let rebuilt = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            if !take(&key, &value)? {
+                rest.push((key.into_owned(), value.into_owned()));
+            }
+        }
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        for (key, value) in &rest {
+            query.append_pair(key, value);
+        }
+        (base.to_string(), query.finish(), '?', '&')
+    } else {
+        for token in url.split_whitespace() {
+            match token.split_once('=') {
+                Some((key, value)) if take(key, value)? => {}
+                _ => rest.push((token.to_string(), String::new())),
+            }
+        }
+        (
+            String::new(),
+            rest.iter()
+                .map(|(t, _)| t.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+            ' ',
+            ' ',
+        )
+    };
+    let (base, query, first, next) = rebuilt;
+    let (driver_mode, tls) = match mode.as_deref() {
+        None | Some("prefer") => ("prefer", PgTls::Encrypt),
+        Some("disable") => ("disable", PgTls::Off),
+        Some("allow" | "require") => ("require", PgTls::Encrypt),
+        Some("verify-ca") => ("require", PgTls::VerifyCa(root)),
+        Some("verify-full") => ("require", PgTls::VerifyFull(root)),
+        Some(_) => {
+            return Err(bad(
+                "an sslmode other than disable, prefer, require, verify-ca or verify-full",
+            ));
+        }
+    };
+    let joined = if query.is_empty() {
+        format!("{base}{first}sslmode={driver_mode}")
+    } else {
+        format!("{base}{first}{query}{next}sslmode={driver_mode}")
+    };
+    Ok((joined.trim().to_string(), tls))
 }
 
 impl DatabaseUrl {
     pub fn parse(url: &str) -> Result<Self, UsageError> {
-        let mut config = postgres::Config::from_str(url).map_err(|err| {
+        let (url, tls) = split_tls(url)?;
+        let mut config = postgres::Config::from_str(&url).map_err(|err| {
             UsageError(format!(
                 "the PostgreSQL URL (DATABASE_URL / --database-url) is not valid: {err}"
             ))
@@ -80,7 +171,7 @@ impl DatabaseUrl {
         if config.get_application_name().is_none() {
             config.application_name("genalytics");
         }
-        Ok(DatabaseUrl { config })
+        Ok(DatabaseUrl { config, tls })
     }
 
     /// `host:port` (or the socket directory) for messages.
@@ -113,7 +204,8 @@ impl fmt::Debug for DatabaseUrl {
                 "password",
                 &self.config.get_password().map(|_| "<redacted>"),
             )
-            .finish()
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
     }
 }
 
@@ -185,6 +277,31 @@ mod tests {
             .to_string();
         assert!(err.contains("REDIS_URL"), "{err}");
         assert!(!err.contains("s3cr3t-pw"), "{err}");
+    }
+
+    #[test]
+    fn libpq_tls_options_are_understood() {
+        let url = |text: &str| DatabaseUrl::parse(text).unwrap();
+        assert_eq!(url("postgres://h/db").tls, PgTls::Encrypt);
+        assert_eq!(url("postgres://h/db?sslmode=disable").tls, PgTls::Off);
+        assert_eq!(
+            url("postgres://u:p@h:5433/db?sslmode=verify-full&sslrootcert=/etc/ca%20root.pem&connect_timeout=3").tls,
+            PgTls::VerifyFull(Some("/etc/ca root.pem".into()))
+        );
+        let parsed = url("postgres://u:p@h:5433/db?sslmode=verify-ca&connect_timeout=3");
+        assert_eq!(parsed.tls, PgTls::VerifyCa(None));
+        assert_eq!(
+            parsed.config.get_ssl_mode(),
+            postgres::config::SslMode::Require
+        );
+        assert_eq!(
+            parsed.config.get_connect_timeout(),
+            Some(&std::time::Duration::from_secs(3))
+        );
+        assert_eq!(parsed.target(), "h:5433");
+        let keyword = url("host=h port=5433 dbname=db sslmode=verify-full sslrootcert=/ca.pem");
+        assert_eq!(keyword.tls, PgTls::VerifyFull(Some("/ca.pem".into())));
+        assert!(DatabaseUrl::parse("postgres://h/db?sslmode=sometimes").is_err());
     }
 
     #[test]

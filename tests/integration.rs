@@ -19,5 +19,6 @@ mod secrets;
 mod servers;
 mod simulate;
 mod status;
+mod tls;
 mod transfer;
 mod transfer_faults;

@@ -13,6 +13,8 @@ use super::{launch_on_free_port, redis_program, spawn_server, stop_child};
 
 pub struct Redis {
     program: PathBuf,
+    /// Certificate and key: serve TLS only (`rediss://`).
+    tls: Option<(PathBuf, PathBuf)>,
     /// Outlives this process (`demo --keep`) instead of dying with it.
     detached: bool,
     port: u16,
@@ -22,16 +24,21 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> anyhow::Result<Redis> {
-        Self::launch_new(false)
+        Self::launch_new(false, None)
+    }
+
+    /// A server that speaks only TLS, with this certificate and key.
+    pub fn start_tls(cert: &Path, key: &Path) -> anyhow::Result<Redis> {
+        Self::launch_new(false, Some((cert.to_path_buf(), key.to_path_buf())))
     }
 
     /// Like [`Redis::start`], but the server does not die with this
     /// process; [`Redis::keep`] then leaves it running.
     pub fn start_detached() -> anyhow::Result<Redis> {
-        Self::launch_new(true)
+        Self::launch_new(true, None)
     }
 
-    fn launch_new(detached: bool) -> anyhow::Result<Redis> {
+    fn launch_new(detached: bool, tls: Option<(PathBuf, PathBuf)>) -> anyhow::Result<Redis> {
         let program = redis_program()?;
         let dir = tempfile::Builder::new()
             .prefix("genalytics-redis-")
@@ -39,6 +46,7 @@ impl Redis {
             .context("cannot create a temporary directory for Redis")?;
         let mut server = Redis {
             program,
+            tls,
             detached,
             port: 0,
             child: None,
@@ -54,20 +62,38 @@ impl Redis {
 
     fn launch(&mut self) -> anyhow::Result<()> {
         let mut command = Command::new(&self.program);
+        command.args(["--bind", "127.0.0.1"]);
+        match &self.tls {
+            None => {
+                command.arg("--port").arg(self.port.to_string());
+            }
+            Some((cert, key)) => {
+                command
+                    .args(["--port", "0", "--tls-port"])
+                    .arg(self.port.to_string())
+                    .arg("--tls-cert-file")
+                    .arg(cert)
+                    .arg("--tls-key-file")
+                    .arg(key)
+                    .args(["--tls-auth-clients", "no"]);
+            }
+        }
         command
-            .args(["--bind", "127.0.0.1", "--port"])
-            .arg(self.port.to_string())
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .args(["--protected-mode", "no", "--dir"])
             .arg(self.dir.path());
-        let url = self.url();
+        // Readiness needs no certificate check.
+        let probe = match self.tls {
+            None => self.url(),
+            Some(_) => format!("{}/#insecure", self.url()),
+        };
         let child = spawn_server(
             &mut command,
             "redis-server",
             &self.log(),
             Signal::SIGTERM,
             self.detached,
-            || ping(&url),
+            || ping(&probe),
         )?;
         self.child = Some(child);
         Ok(())
@@ -77,8 +103,12 @@ impl Redis {
         self.port
     }
 
+    /// `redis://127.0.0.1:port`, or `rediss://localhost:port` with TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.tls {
+            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(_) => format!("rediss://localhost:{}", self.port),
+        }
     }
 
     pub fn connection(&self) -> anyhow::Result<redis::Connection> {

@@ -18,6 +18,8 @@ const SCRUBBED: &[&str] = &[
     "NO_COLOR",
     "RUST_BACKTRACE",
     "RUST_LOG",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
 ];
 
 /// One test's private world: its own servers, database and stream namespace.

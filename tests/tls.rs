@@ -1,0 +1,143 @@
+//! TLS to PostgreSQL: a throwaway server with a self-signed certificate,
+//! reached with sslmode=require and verify-full.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use genalytics::config::DatabaseUrl;
+use genalytics::throwaway::{Postgres, Redis};
+
+use crate::harness::{Cmd, TestEnv};
+
+const PASSWORD: &str = "tls-Pw-0193";
+
+/// A self-signed certificate for localhost and 127.0.0.1, readable by the
+/// server (which runs as `postgres` when we are root).
+fn certificate(dir: &Path) -> (String, String) {
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args([
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    if nix::unistd::Uid::effective().is_root() {
+        let user = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+        for file in [&cert, &key] {
+            nix::unistd::chown(file, Some(user.uid), Some(user.gid)).unwrap();
+        }
+    }
+    (cert.display().to_string(), key.display().to_string())
+}
+
+fn uses_tls(url: &str) -> bool {
+    let mut client = genalytics::db::connect(&DatabaseUrl::parse(url).unwrap()).unwrap();
+    client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn postgres_over_tls_with_require_and_verify_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path());
+    let pg = Postgres::start_with(&[
+        ("ssl", "on"),
+        ("ssl_cert_file", &cert),
+        ("ssl_key_file", &key),
+    ])
+    .unwrap();
+    pg.create_database("tls").unwrap();
+    let base = format!("postgres://postgres:{PASSWORD}@localhost:{}/tls", pg.port());
+
+    let require = format!("{base}?sslmode=require");
+    Cmd::new()
+        .args(["migrate", "-q", "--database-url", &require])
+        .ok();
+    assert!(uses_tls(&require));
+
+    let verify = format!("{base}?sslmode=verify-full&sslrootcert={cert}");
+    let ran = Cmd::new()
+        .args(["migrate", "--status", "--database-url", &verify])
+        .ok();
+    assert!(ran.stdout.contains("applied"), "{}", ran.stdout);
+    assert!(uses_tls(&verify));
+
+    // Not trusted without its root certificate: one clear error, exit 1.
+    let untrusted = format!("{base}?sslmode=verify-full");
+    let ran = Cmd::new()
+        .args(["migrate", "--database-url", &untrusted])
+        .code(1);
+    assert!(ran.stderr.contains("sslmode"), "{}", ran.stderr);
+    assert!(!ran.stderr.contains(PASSWORD), "{}", ran.stderr);
+    assert_eq!(ran.stderr.lines().count(), 1, "{}", ran.stderr);
+
+    // A server without TLS and sslmode=require: refused, clearly.
+    let plain = TestEnv::new();
+    let url = format!("{}?sslmode=require", plain.database_url());
+    let ran = Cmd::new().args(["migrate", "--database-url", &url]).code(1);
+    assert!(ran.stderr.contains("TLS"), "{}", ran.stderr);
+}
+
+#[test]
+fn redis_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path());
+    let redis = Redis::start_tls(Path::new(&cert), Path::new(&key)).unwrap();
+    let url = redis.url();
+    assert!(url.starts_with("rediss://"), "{url}");
+    // Verified against the certificate as a trusted root (OpenSSL's
+    // SSL_CERT_FILE), or not verified with #insecure.
+    let ran = Cmd::new()
+        .args(["simulate", "--events", "20", "--redis-url", &url])
+        .env("SSL_CERT_FILE", &cert)
+        .ok();
+    assert!(
+        ran.stdout.starts_with("simulated 20 entries"),
+        "{}",
+        ran.stdout
+    );
+    Cmd::new()
+        .args([
+            "simulate",
+            "--events",
+            "20",
+            "--redis-url",
+            &format!("{url}/#insecure"),
+        ])
+        .ok();
+    // Not trusted: one clear error.
+    let ran = Cmd::new()
+        .args(["simulate", "--events", "20", "--redis-url", &url])
+        .code(1);
+    assert!(ran.stderr.contains("certificate"), "{}", ran.stderr);
+    assert_eq!(ran.stderr.lines().count(), 1, "{}", ran.stderr);
+}
