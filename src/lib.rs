@@ -11,6 +11,7 @@ pub mod db;
 pub mod error;
 pub mod event;
 pub mod histogram;
+pub mod interrupt;
 pub mod output;
 pub mod report;
 pub mod stream;

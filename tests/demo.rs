@@ -5,9 +5,24 @@ use std::path::Path;
 
 use crate::harness::Cmd;
 
-/// Processes whose command line mentions `dir`.
+/// Processes whose command line mentions `dir` (PostgreSQL's postmaster
+/// names its data directory there).
 fn processes_under(dir: &Path) -> Vec<String> {
-    let needle = dir.to_string_lossy().into_owned();
+    processes_mentioning(&dir.to_string_lossy())
+}
+
+/// The redis-server the demo said it started, if it still runs (it
+/// rewrites its command line to `redis-server 127.0.0.1:PORT`).
+fn redis_of(stdout: &str) -> Vec<String> {
+    let port = stdout
+        .split("Redis on 127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no Redis port in:\n{stdout}"));
+    processes_mentioning(&format!("redis-server 127.0.0.1:{port}"))
+}
+
+fn processes_mentioning(needle: &str) -> Vec<String> {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(Result::ok)
@@ -20,7 +35,7 @@ fn processes_under(dir: &Path) -> Vec<String> {
         })
         .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
         .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
-        .filter(|cmdline| cmdline.contains(&needle))
+        .filter(|cmdline| cmdline.contains(needle))
         .collect()
 }
 
@@ -55,6 +70,11 @@ fn demo_runs_end_to_end_and_leaves_nothing_behind() {
         processes_under(tmp.path()).is_empty(),
         "{:?}",
         processes_under(tmp.path())
+    );
+    assert!(
+        redis_of(&ran.stdout).is_empty(),
+        "{:?}",
+        redis_of(&ran.stdout)
     );
 }
 
@@ -104,4 +124,46 @@ fn demo_keep_leaves_servers_the_other_commands_can_use() {
     crate::harness::wait_for("the kept servers to stop", 30, || {
         processes_under(tmp.path()).is_empty()
     });
+}
+
+#[test]
+fn ctrl_c_during_the_demo_still_removes_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let child = Cmd::new()
+        .args(["demo", "--events", "2000000"])
+        .env("TMPDIR", tmp.path())
+        .command()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the servers are up and the simulation is running.
+    crate::harness::wait_for("the demo's servers", 60, || {
+        !processes_under(tmp.path()).is_empty()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(
+        processes_under(tmp.path()).is_empty(),
+        "{:?}",
+        processes_under(tmp.path())
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(redis_of(&stdout).is_empty(), "{:?}", redis_of(&stdout));
 }

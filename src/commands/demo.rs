@@ -8,10 +8,8 @@
 //! servers running and prints the settings to try every other command.
 
 use std::io::Write;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use chrono::TimeDelta;
 
 use crate::cli::{Command, GlobalArgs};
@@ -35,11 +33,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .context("cannot install the signal handler")?;
-    }
+    crate::interrupt::install()?;
     let say = |line: &str| -> anyhow::Result<()> {
         if !settings.quiet {
             writeln!(std::io::stdout().lock(), "{line}")?;
@@ -47,7 +41,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         Ok(())
     };
     let interrupted = || -> anyhow::Result<()> {
-        if stop.load(Ordering::Relaxed) {
+        if crate::interrupt::requested() {
             bail!("interrupted; the throwaway servers are stopped and removed");
         }
         Ok(())
@@ -70,7 +64,10 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     for (what, command) in steps(args.events) {
         interrupted()?;
         say(&format!("$ {what}"))?;
-        super::run(command, &demo)?;
+        if let Err(err) = super::run(command, &demo) {
+            interrupted()?;
+            return Err(err);
+        }
         say("")?;
     }
     interrupted()?;

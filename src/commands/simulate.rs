@@ -86,6 +86,10 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         counts.add(entry.field("event_type"), entry.field("success"));
         batch.push(entry);
         if batch.len() == PIPELINE {
+            if crate::interrupt::requested() {
+                let written = counts.total() - batch.len() as u64;
+                anyhow::bail!("interrupted after writing {} entries", thousands(written));
+            }
             writer.write(&batch)?;
             progress.inc(batch.len() as u64);
             batch.clear();
@@ -135,6 +139,10 @@ struct Counts {
 }
 
 impl Counts {
+    fn total(&self) -> u64 {
+        self.requests + self.completions + self.cancellations
+    }
+
     fn add(&mut self, event_type: Option<&str>, success: Option<&str>) {
         match event_type {
             Some("request") => self.requests += 1,

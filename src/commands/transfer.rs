@@ -101,11 +101,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         );
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .context("cannot install the signal handler")?;
-    }
+    let stop = crate::interrupt::install()?;
     let progress = progress_bar(args, settings, &mut con, &info, cursor)?;
 
     let plan = ReadPlan {
