@@ -35,7 +35,9 @@ fn tls_connector(tls: &PgTls) -> anyhow::Result<postgres_native_tls::MakeTlsConn
         PgTls::Off | PgTls::Encrypt => {
             builder
                 .danger_accept_invalid_certs(true)
-                .danger_accept_invalid_hostnames(true);
+                .danger_accept_invalid_hostnames(true)
+                // Nothing is verified, so the system's roots are not needed.
+                .disable_built_in_roots(true);
             None
         }
         PgTls::VerifyCa(root) => {
@@ -45,6 +47,8 @@ fn tls_connector(tls: &PgTls) -> anyhow::Result<postgres_native_tls::MakeTlsConn
         PgTls::VerifyFull(root) => root.as_ref(),
     };
     if let Some(path) = root {
+        // As libpq: with sslrootcert, trust that root only.
+        builder.disable_built_in_roots(true);
         let pem = std::fs::read(path)
             .with_context(|| format!("cannot read sslrootcert {}", path.display()))?;
         let certificate = native_tls::Certificate::from_pem(&pem)
