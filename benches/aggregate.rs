@@ -14,6 +14,8 @@ use std::time::Instant;
 
 use genalytics::throwaway::{Postgres, Redis};
 
+mod common;
+
 const RUNS: usize = 5;
 const END: &str = "2026-11-01T00:00:00Z";
 
@@ -114,16 +116,19 @@ fn main() -> anyhow::Result<()> {
         let (mut hour_rss, mut backfill_rss) = (0.0_f64, 0.0_f64);
         for _ in 0..RUNS {
             one_hour.push(run(&["aggregate", "--hour", &hour_arg])?);
-            hour_rss = hour_rss.max(rss_mib(time_log.path())?);
+            hour_rss = hour_rss.max(common::peak_rss_kib(time_log.path())? as f64 / 1024.0);
             reference_hour.push(timed(|| {
                 db.query(REFERENCE, &[&busiest, &hour_end]).map(drop)
             })?);
             backfill.push(run(&["aggregate", "--from", &from, "--to", &to])?);
-            backfill_rss = backfill_rss.max(rss_mib(time_log.path())?);
+            backfill_rss = backfill_rss.max(common::peak_rss_kib(time_log.path())? as f64 / 1024.0);
             reference_all.push(timed(|| db.query(REFERENCE, &[&start, &end]).map(drop))?);
         }
-        let (one_hour, backfill) = (median(one_hour), median(backfill));
-        let (reference_hour, reference_all) = (median(reference_hour), median(reference_all));
+        let (one_hour, backfill) = (common::median(&one_hour), common::median(&backfill));
+        let (reference_hour, reference_all) = (
+            common::median(&reference_hour),
+            common::median(&reference_all),
+        );
         println!(
             "  {} ({} hours, busiest hour {busiest_events} events):",
             set.name, set.hours
@@ -145,22 +150,4 @@ fn timed(f: impl FnOnce() -> Result<(), postgres::Error>) -> anyhow::Result<f64>
     let started = Instant::now();
     f()?;
     Ok(started.elapsed().as_secs_f64())
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-/// Peak RSS of the last run, from GNU time's report.
-fn rss_mib(report: &std::path::Path) -> anyhow::Result<f64> {
-    let text = std::fs::read_to_string(report)?;
-    text.lines()
-        .find_map(|line| {
-            line.trim()
-                .strip_prefix("Maximum resident set size (kbytes): ")
-        })
-        .and_then(|kib| kib.trim().parse::<f64>().ok())
-        .map(|kib| kib / 1024.0)
-        .ok_or_else(|| anyhow::anyhow!("no peak RSS in GNU time's report:\n{text}"))
 }

@@ -13,6 +13,8 @@ use std::time::Instant;
 use chrono::{DateTime, TimeDelta, Utc};
 use genalytics::throwaway::{Postgres, Redis};
 
+mod common;
+
 const RUNS: usize = 5;
 const END: &str = "2026-11-01T00:00:00Z";
 const CHUNKS: i64 = 10;
@@ -190,7 +192,7 @@ fn main() -> anyhow::Result<()> {
             }
             theirs.push(started.elapsed().as_secs_f64());
         }
-        let (ours, theirs) = (median(ours), median(theirs));
+        let (ours, theirs) = (common::median(&ours), common::median(&theirs));
         worst = worst.max(ours);
         println!(
             "  {name:<24} genalytics {:>7.0} ms (whole process)   naive query over raw events {:>8.0} ms   {:>6.1}x",
@@ -204,9 +206,4 @@ fn main() -> anyhow::Result<()> {
         worst * 1000.0
     );
     Ok(())
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }

@@ -14,6 +14,8 @@ use std::time::Instant;
 
 use genalytics::throwaway::{Postgres, Redis};
 
+mod common;
+
 const ROUNDS: usize = 3;
 const COLUMNS: &str = "event_type, generation_id, user_id, timestamp, generation_type, duration_ms, \
     success, error_type, error_message, queue_wait_time_ms, generation_time_ms, model_checkpoint, \
@@ -77,7 +79,7 @@ fn main() -> anyhow::Result<()> {
     for round in 0..ROUNDS {
         reset(&mut db)?;
         transfer_secs.push(genalytics(&["transfer", "-q"])?);
-        peak_kib = peak_kib.max(max_rss_kib(time_log.path())?);
+        peak_kib = peak_kib.max(common::peak_rss_kib(time_log.path())?);
         let stored: i64 = db
             .query_one("SELECT count(*) FROM generation_events", &[])?
             .get(0);
@@ -104,8 +106,8 @@ fn main() -> anyhow::Result<()> {
     }
     let rss_in_mebibytes = peak_kib as f64 / 1024.0;
 
-    let transfer = median(&mut transfer_secs);
-    let copy = median(&mut copy_secs);
+    let transfer = common::median(&transfer_secs);
+    let copy = common::median(&copy_secs);
     let rate = |secs: f64| events as f64 / secs;
     println!("transfer benchmark: {events} entries, {ROUNDS} rounds, medians");
     println!(
@@ -129,23 +131,6 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn rounded(values: &[f64]) -> Vec<f64> {
     values.iter().map(|v| (v * 100.0).round() / 100.0).collect()
-}
-
-/// "Maximum resident set size (kbytes)" from GNU time's report.
-fn max_rss_kib(report: &std::path::Path) -> anyhow::Result<u64> {
-    let text = std::fs::read_to_string(report)?;
-    text.lines()
-        .find_map(|line| {
-            line.trim()
-                .strip_prefix("Maximum resident set size (kbytes): ")
-        })
-        .and_then(|kib| kib.trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no peak RSS in GNU time's report:\n{text}"))
 }

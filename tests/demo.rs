@@ -47,16 +47,21 @@ fn requests_in_overview(stdout: &str) -> u64 {
     line.trim().replace(',', "").parse().unwrap()
 }
 
-#[test]
-fn demo_runs_end_to_end_and_leaves_nothing_behind() {
+/// A TMPDIR of the test's own for the demo's servers. PostgreSQL runs as
+/// the postgres user when we are root, so it must be able to enter it.
+fn demo_tmpdir() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
-    // PostgreSQL runs as the postgres user when we are root: it must be
-    // able to reach its directory below this one.
     std::fs::set_permissions(
         tmp.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
+    tmp
+}
+
+#[test]
+fn demo_runs_end_to_end_and_leaves_nothing_behind() {
+    let tmp = demo_tmpdir();
     let ran = Cmd::new()
         .args(["demo", "--events", "4000"])
         .env("TMPDIR", tmp.path())
@@ -80,12 +85,7 @@ fn demo_runs_end_to_end_and_leaves_nothing_behind() {
 
 #[test]
 fn demo_keep_leaves_servers_the_other_commands_can_use() {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let tmp = demo_tmpdir();
     let ran = Cmd::new()
         .args(["demo", "--keep", "--events", "2000"])
         .env("TMPDIR", tmp.path())
@@ -128,12 +128,7 @@ fn demo_keep_leaves_servers_the_other_commands_can_use() {
 
 #[test]
 fn ctrl_c_during_the_demo_still_removes_everything() {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let tmp = demo_tmpdir();
     let child = Cmd::new()
         .args(["demo", "--events", "2000000"])
         .env("TMPDIR", tmp.path())
