@@ -7,7 +7,7 @@
 //! backfill over a year neither holds a year in memory nor in one
 //! transaction.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::Instant;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
@@ -107,20 +107,17 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         seconds: started.elapsed().as_secs_f64(),
     };
     if !settings.quiet {
-        let mut out = std::io::stdout().lock();
-        match args.format {
-            SummaryFormat::Json => writeln!(out, "{}", serde_json::to_string(&summary)?)?,
-            SummaryFormat::Text => writeln!(
-                out,
-                "rolled up {} hours{} in {:.1} s",
+        args.format.print(&summary, || {
+            let empty = match summary.hours - summary.rolled_up {
+                0 => String::new(),
+                empty => format!(" ({} without events)", thousands(empty)),
+            };
+            format!(
+                "rolled up {} hours{empty} in {:.1} s",
                 thousands(summary.rolled_up),
-                match summary.hours - summary.rolled_up {
-                    0 => String::new(),
-                    empty => format!(" ({} without events)", thousands(empty)),
-                },
                 summary.seconds
-            )?,
-        }
+            )
+        })?;
     }
     Ok(Exit::Success)
 }

@@ -6,7 +6,7 @@
 //! forever. It refuses a cutoff that would take raw events of an hour still
 //! waiting for its rollup.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::Instant;
 
 use anyhow::bail;
@@ -83,45 +83,44 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         } else {
             ProgressBar::hidden()
         };
-        summary.events = 0;
-        summary.rejected = 0;
-        loop {
-            let deleted = retention::delete_events_batch(&mut client, cutoff, args.batch_size)?;
-            summary.events += deleted;
-            progress.inc(deleted.unsigned_abs());
-            if deleted < args.batch_size {
-                break;
-            }
-        }
-        loop {
-            let deleted = retention::delete_rejected_batch(&mut client, cutoff, args.batch_size)?;
-            summary.rejected += deleted;
-            progress.inc(deleted.unsigned_abs());
-            if deleted < args.batch_size {
-                break;
-            }
-        }
+        summary.events = drain(&progress, args.batch_size, |size| {
+            retention::delete_events_batch(&mut client, cutoff, size)
+        })?;
+        summary.rejected = drain(&progress, args.batch_size, |size| {
+            retention::delete_rejected_batch(&mut client, cutoff, size)
+        })?;
         progress.finish_and_clear();
     }
     summary.seconds = started.elapsed().as_secs_f64();
     if !settings.quiet {
-        let mut out = std::io::stdout().lock();
-        match args.format {
-            SummaryFormat::Json => writeln!(out, "{}", serde_json::to_string(&summary)?)?,
-            SummaryFormat::Text => writeln!(
-                out,
+        args.format.print(&summary, || {
+            format!(
                 "{} {} events and {} rejected entries older than {} in {:.1} s; hourly rollups are kept",
-                if args.dry_run {
-                    "would prune"
-                } else {
-                    "pruned"
-                },
+                if args.dry_run { "would prune" } else { "pruned" },
                 thousands(summary.events.unsigned_abs()),
                 thousands(summary.rejected.unsigned_abs()),
                 cutoff.format("%Y-%m-%d %H:%M UTC"),
                 summary.seconds
-            )?,
-        }
+            )
+        })?;
     }
     Ok(Exit::Success)
+}
+
+/// Deletes batch after batch until one comes back short of `size`;
+/// returns the total.
+fn drain(
+    progress: &ProgressBar,
+    size: i64,
+    mut batch: impl FnMut(i64) -> anyhow::Result<i64>,
+) -> anyhow::Result<i64> {
+    let mut total = 0;
+    loop {
+        let deleted = batch(size)?;
+        total += deleted;
+        progress.inc(deleted.unsigned_abs());
+        if deleted < size {
+            return Ok(total);
+        }
+    }
 }

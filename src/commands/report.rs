@@ -14,7 +14,7 @@ use crate::error::{Exit, UsageError};
 use crate::output::{ReportFormat, csv, table};
 use crate::report::{
     FailureDay, FailuresReport, Interval, ModelsReport, Overview, PeakHours, Totals, TrendPoint,
-    Trends, Window, failure_rate, mean, peak_hours, percentiles, success_rate,
+    Trends, Window, failure_rate, peak_hours,
 };
 use crate::timearg::parse_instant;
 
@@ -192,7 +192,7 @@ fn overview(client: &mut postgres::Client, window: &Window) -> anyhow::Result<Re
     for hour in &hours {
         totals.add(&hour.figures.totals);
     }
-    let [p50, p95, p99] = percentiles(&totals.histogram);
+    let [p50, p95, p99] = totals.percentiles();
     let report = Overview {
         lookback_days: window.days,
         window_start: window.start,
@@ -201,8 +201,8 @@ fn overview(client: &mut postgres::Client, window: &Window) -> anyhow::Result<Re
         successful_generations: totals.successful,
         failed_generations: totals.failed,
         cancelled_generations: totals.cancelled,
-        success_rate_pct: success_rate(totals.successful, totals.failed),
-        avg_duration_ms: mean(totals.duration_sum, totals.duration_count),
+        success_rate_pct: totals.success_rate(),
+        avg_duration_ms: totals.avg_duration_ms(),
         p50_duration_ms: p50,
         p95_duration_ms: p95,
         p99_duration_ms: p99,

@@ -8,7 +8,7 @@
 //! backlog. Only after a commit is the stream trimmed, never past what is
 //! stored.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -386,27 +386,16 @@ fn progress_bar(
 }
 
 fn say_skipped(format: SummaryFormat, key: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match format {
-        SummaryFormat::Text => writeln!(
-            out,
-            "another transfer of {key} is running; nothing to do (pass --wait to wait for it)"
-        )?,
-        SummaryFormat::Json => writeln!(
-            out,
-            "{}",
-            serde_json::json!({"stream": key, "skipped": "another transfer is running"})
-        )?,
-    }
+    let skipped = serde_json::json!({"stream": key, "skipped": "another transfer is running"});
+    format.print(&skipped, || {
+        format!("another transfer of {key} is running; nothing to do (pass --wait to wait for it)")
+    })?;
     Ok(())
 }
 
 fn print_summary(format: SummaryFormat, summary: &Summary) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match format {
-        SummaryFormat::Json => writeln!(out, "{}", serde_json::to_string(summary)?)?,
-        SummaryFormat::Text => writeln!(
-            out,
+    format.print(summary, || {
+        format!(
             "transferred {} events and {} rejected entries from {} in {:.1} s ({} entries/s); {}{} entries behind",
             thousands(summary.events),
             thousands(summary.rejected),
@@ -415,7 +404,7 @@ fn print_summary(format: SummaryFormat, summary: &Summary) -> anyhow::Result<()>
             thousands(summary.events_per_second.round() as u64),
             if summary.behind_exact { "" } else { "about " },
             thousands(summary.behind),
-        )?,
-    }
+        )
+    })?;
     Ok(())
 }

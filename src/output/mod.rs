@@ -61,6 +61,23 @@ pub enum ReportFormat {
     Json,
 }
 
+impl SummaryFormat {
+    /// Prints a work command's summary: `summary` as one JSON object, or
+    /// `text` as one line.
+    pub fn print(
+        self,
+        summary: &impl serde::Serialize,
+        text: impl FnOnce() -> String,
+    ) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        match self {
+            SummaryFormat::Json => writeln!(out, "{}", serde_json::to_string(summary)?),
+            SummaryFormat::Text => writeln!(out, "{}", text()),
+        }
+    }
+}
+
 /// A signed count with thousands separators.
 pub fn thousands_signed(n: i64) -> String {
     if n < 0 {

@@ -142,6 +142,20 @@ impl Totals {
         self.histogram.merge(&other.histogram);
     }
 
+    pub fn success_rate(&self) -> Option<f64> {
+        success_rate(self.successful, self.failed)
+    }
+
+    /// Weighted: total duration / count, never an average of averages.
+    pub fn avg_duration_ms(&self) -> Option<i64> {
+        mean(self.duration_sum, self.duration_count)
+    }
+
+    /// p50, p95, p99 from the merged histogram.
+    pub fn percentiles(&self) -> [Option<i64>; 3] {
+        percentiles(&self.histogram)
+    }
+
     pub fn avg_queue_length(&self) -> Option<f64> {
         (self.queue_samples > 0).then(|| round2(self.queue_sum as f64 / self.queue_samples as f64))
     }
@@ -188,15 +202,15 @@ impl TrendPoint {
         unique_users: i64,
         exact: Option<[Option<i64>; 3]>,
     ) -> Self {
-        let [p50, p95, p99] = exact.unwrap_or_else(|| percentiles(&totals.histogram));
+        let [p50, p95, p99] = exact.unwrap_or_else(|| totals.percentiles());
         TrendPoint {
             timestamp,
             total_requests: totals.requests,
             successful_generations: totals.successful,
             failed_generations: totals.failed,
             cancelled_generations: totals.cancelled,
-            success_rate_pct: success_rate(totals.successful, totals.failed),
-            avg_duration_ms: mean(totals.duration_sum, totals.duration_count),
+            success_rate_pct: totals.success_rate(),
+            avg_duration_ms: totals.avg_duration_ms(),
             p50_duration_ms: p50,
             p95_duration_ms: p95,
             p99_duration_ms: p99,
