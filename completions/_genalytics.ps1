@@ -80,7 +80,7 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             break
         }
         'genalytics;transfer' {
-            [CompletionResult]::new('--batch-size', '--batch-size', [CompletionResultType]::ParameterName, 'Entries per transaction (and per read from Redis)')
+            [CompletionResult]::new('--batch-size', '--batch-size', [CompletionResultType]::ParameterName, 'Entries per transaction (and at most per read from Redis)')
             [CompletionResult]::new('--max-events', '--max-events', [CompletionResultType]::ParameterName, 'Stop after this many entries')
             [CompletionResult]::new('--keep', '--keep', [CompletionResultType]::ParameterName, 'Stored entries younger than this stay in the stream for live monitoring')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Summary format')
@@ -88,8 +88,9 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Redis connection URL (rediss:// for TLS)')
             [CompletionResult]::new('--redis-ns', '--redis-ns', [CompletionResultType]::ParameterName, 'Namespace of the stream key: {ns}:generation_events:stream')
             [CompletionResult]::new('--stream', '--stream', [CompletionResultType]::ParameterName, 'Full stream key, overriding the one built from --redis-ns')
-            [CompletionResult]::new('--follow', '--follow', [CompletionResultType]::ParameterName, 'Keep reading new entries until SIGINT/SIGTERM, committing at least every second')
+            [CompletionResult]::new('--follow', '--follow', [CompletionResultType]::ParameterName, 'Keep reading new entries until SIGINT/SIGTERM, committing at least every second; survives server restarts')
             [CompletionResult]::new('--wait', '--wait', [CompletionResultType]::ParameterName, 'Wait for a transfer already running instead of exiting')
+            [CompletionResult]::new('--new-stream', '--new-stream', [CompletionResultType]::ParameterName, 'The key holds a new stream (recreated below the stored position): store all its entries, from its first')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print only errors')

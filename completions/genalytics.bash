@@ -1185,7 +1185,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__transfer)
-            opts="-v -q -h -V --batch-size --max-events --follow --keep --wait --format --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            opts="-v -q -h -V --batch-size --max-events --follow --keep --wait --new-stream --format --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -74,7 +74,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --version 'Print version'
         }
         &'genalytics;transfer'= {
-            cand --batch-size 'Entries per transaction (and per read from Redis)'
+            cand --batch-size 'Entries per transaction (and at most per read from Redis)'
             cand --max-events 'Stop after this many entries'
             cand --keep 'Stored entries younger than this stay in the stream for live monitoring'
             cand --format 'Summary format'
@@ -82,8 +82,9 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
-            cand --follow 'Keep reading new entries until SIGINT/SIGTERM, committing at least every second'
+            cand --follow 'Keep reading new entries until SIGINT/SIGTERM, committing at least every second; survives server restarts'
             cand --wait 'Wait for a transfer already running instead of exiting'
+            cand --new-stream 'The key holds a new stream (recreated below the stored position): store all its entries, from its first'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
             cand -q 'Print only errors'

@@ -62,7 +62,7 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -s v -l v
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -s h -l help -d 'Print help'
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -s V -l version -d 'Print version'
-complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l batch-size -d 'Entries per transaction (and per read from Redis)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l batch-size -d 'Entries per transaction (and at most per read from Redis)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l max-events -d 'Stop after this many entries' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l keep -d 'Stored entries younger than this stay in the stream for live monitoring' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l format -d 'Summary format' -r -f -a "text\t'One line for people and cron mail'
@@ -71,8 +71,9 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l datab
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l follow -d 'Keep reading new entries until SIGINT/SIGTERM, committing at least every second'
+complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l follow -d 'Keep reading new entries until SIGINT/SIGTERM, committing at least every second; survives server restarts'
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l wait -d 'Wait for a transfer already running instead of exiting'
+complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l new-stream -d 'The key holds a new stream (recreated below the stored position): store all its entries, from its first'
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -1,16 +1,39 @@
 //! The wire format (SPEC §2) → a typed event, or the reason it cannot be
-//! stored. Pure and total: any field map gives one or the other, never a
-//! panic, which the property test below checks.
+//! stored. Pure and total: any bytes give one or the other, never a panic,
+//! in time linear in the entry's size and field count (the property tests
+//! below check both).
 //!
 //! Liberal in what is clearly meant (zones honoured, `true`/`1`, a missing
 //! timestamp taken from the entry ID), strict in what is not (a number that
 //! is not an integer, a UUID that is not one). Anything PostgreSQL would
-//! refuse — a NUL character, a time outside its range — is refused here, so
-//! a bad entry becomes a dead letter instead of failing a whole batch.
+//! refuse — a NUL character, bytes that are not UTF-8, a number no column
+//! holds, a value longer than an index entry may be — is refused here, so a
+//! bad entry becomes a dead letter instead of failing its batch. (What this
+//! misses, PostgreSQL still catches: `db::events` isolates such rows.)
 
-use chrono::{DateTime, Datelike, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
+
+use crate::stream::EntryId;
+use crate::text::{quoted, quoted_bytes};
+
+/// Longest `model_checkpoint` or `error_type`, in bytes. Both are indexed,
+/// and a btree entry holds at most about 2.7 kB; a checkpoint file name or
+/// an exception class is far shorter than this.
+pub const INDEXED_TEXT_MAX: usize = 1_024;
+
+/// Largest entry stored as an event, in bytes of field names and values.
+/// Larger ones become dead letters (kept whole), so one giant entry cannot
+/// blow a transfer's memory up three times over while it is encoded.
+pub const ENTRY_MAX_BYTES: usize = 16 << 20;
+
+/// `generation_type VARCHAR(20)`.
+const GENERATION_TYPE_MAX: usize = 20;
+
+/// Earliest and latest year of a time genalytics stores: within what every
+/// part of the pipeline (rollup hours, reports, flags) handles.
+pub const YEARS: std::ops::RangeInclusive<i32> = 1900..=9999;
 
 /// The three kinds of entry the producer writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +56,7 @@ impl EventType {
 /// One row of `generation_events`, minus what the database assigns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
-    pub stream_id: String,
+    pub stream_id: EntryId,
     pub event_type: EventType,
     pub generation_id: Option<Uuid>,
     pub user_id: Option<Uuid>,
@@ -54,22 +77,27 @@ pub struct Event {
     pub attributes: Option<Value>,
 }
 
+/// An entry's raw fields, exactly as Redis returned them, in order.
+pub type RawFields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A stream entry that could not become a row, and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejection {
-    pub stream_id: String,
-    /// Every raw field, as a JSON object of strings.
-    pub fields: Value,
+    pub stream_id: EntryId,
+    pub fields: RawFields,
     pub reason: String,
 }
 
-/// Consecutive stream entries, parsed, to be committed together.
+/// Consecutive stream entries, parsed, to be committed together. Each
+/// event keeps its raw fields: should PostgreSQL still refuse its row, the
+/// dead letter holds the entry as it was received.
 #[derive(Debug, Default)]
 pub struct Batch {
-    pub events: Vec<Event>,
+    pub events: Vec<(Event, RawFields)>,
     pub rejected: Vec<Rejection>,
-    /// ID of the batch's last entry: the position once it is committed.
-    pub last_id: String,
+    /// ID of the batch's first and last entry.
+    pub first_id: EntryId,
+    pub last_id: EntryId,
 }
 
 impl Batch {
@@ -81,115 +109,158 @@ impl Batch {
         self.len() == 0
     }
 
-    /// Parses entries as Redis returned them (bytes) into events and
-    /// dead letters.
-    pub fn from_entries<'a>(
-        entries: impl IntoIterator<Item = (&'a str, &'a [(Vec<u8>, Vec<u8>)])>,
-    ) -> Batch {
+    /// Parses entries, in stream order, into events and dead letters.
+    pub fn from_entries(entries: impl IntoIterator<Item = (EntryId, RawFields)>) -> Batch {
         let mut batch = Batch::default();
-        for (id, raw) in entries {
-            match parse_raw(id, raw) {
-                Ok(event) => batch.events.push(event),
-                Err(rejection) => batch.rejected.push(rejection),
+        for (id, fields) in entries {
+            if batch.is_empty() {
+                batch.first_id = id;
             }
-            batch.last_id = id.to_string();
+            batch.last_id = id;
+            match parse(id, &fields) {
+                Ok(event) => batch.events.push((event, fields)),
+                Err(reason) => batch.rejected.push(Rejection {
+                    stream_id: id,
+                    fields,
+                    reason,
+                }),
+            }
         }
         batch
     }
 }
 
-/// [`parse`] for byte values: text that is not UTF-8 is a dead letter too.
-pub fn parse_raw(stream_id: &str, raw: &[(Vec<u8>, Vec<u8>)]) -> Result<Event, Rejection> {
-    let text: Option<Vec<(&str, &str)>> = raw
-        .iter()
-        .map(|(name, value)| {
-            Some((
-                std::str::from_utf8(name).ok()?,
-                std::str::from_utf8(value).ok()?,
-            ))
+/// The fields with a column of their own; everything else goes to
+/// `attributes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    EventType,
+    GenerationId,
+    UserId,
+    Timestamp,
+    GenerationType,
+    DurationMs,
+    Success,
+    ErrorType,
+    ErrorMessage,
+    QueueWaitTimeMs,
+    GenerationTimeMs,
+    ModelCheckpoint,
+    ImageDimensions,
+    BatchSize,
+    PromptTokens,
+    QueueLength,
+}
+
+const FIELD_COUNT: usize = 16;
+
+impl Field {
+    fn of(name: &str) -> Option<Field> {
+        Some(match name {
+            "event_type" => Field::EventType,
+            "generation_id" => Field::GenerationId,
+            "user_id" => Field::UserId,
+            "timestamp" => Field::Timestamp,
+            "generation_type" => Field::GenerationType,
+            "duration_ms" => Field::DurationMs,
+            "success" => Field::Success,
+            "error_type" => Field::ErrorType,
+            "error_message" => Field::ErrorMessage,
+            "queue_wait_time_ms" => Field::QueueWaitTimeMs,
+            "generation_time_ms" => Field::GenerationTimeMs,
+            "model_checkpoint" => Field::ModelCheckpoint,
+            "image_dimensions" => Field::ImageDimensions,
+            "batch_size" => Field::BatchSize,
+            "prompt_tokens" => Field::PromptTokens,
+            "queue_length" => Field::QueueLength,
+            _ => return None,
         })
-        .collect();
-    let outcome = match &text {
-        Some(fields) => parse(stream_id, fields),
-        None => Err("a field name or value is not valid UTF-8".to_string()),
-    };
-    outcome.map_err(|reason| Rejection {
-        stream_id: stream_id.to_string(),
-        fields: raw_fields_json(raw),
-        reason,
-    })
+    }
 }
 
-/// The raw fields as a JSON object PostgreSQL can store: invalid UTF-8 and
-/// NUL characters become U+FFFD (the reason says what was wrong).
-fn raw_fields_json(raw: &[(Vec<u8>, Vec<u8>)]) -> Value {
-    let clean = |bytes: &[u8]| String::from_utf8_lossy(bytes).replace('\0', "\u{fffd}");
-    let mut map = serde_json::Map::new();
+/// Field values by name: a slot per known field, the rest in order.
+struct Fields<'a> {
+    known: [Option<&'a str>; FIELD_COUNT],
+    extra: serde_json::Map<String, Value>,
+}
+
+impl<'a> Fields<'a> {
+    /// A known field's value; `''` is the same as absent.
+    fn get(&self, field: Field) -> Option<&'a str> {
+        self.known[field as usize].filter(|value| !value.is_empty())
+    }
+}
+
+/// Checks that a name or value can be PostgreSQL text.
+fn text(bytes: &[u8]) -> Result<&str, &'static str> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "is not valid UTF-8")?;
+    if bytes.contains(&0) {
+        return Err("contains a NUL character, which PostgreSQL text cannot hold");
+    }
+    Ok(text)
+}
+
+/// Sorts the fields out in one pass: a slot lookup per known name, a hash
+/// lookup per other name, so 100,000 fields cost 100,000 steps.
+fn collect<N: AsRef<[u8]>, V: AsRef<[u8]>>(raw: &[(N, V)]) -> Result<Fields<'_>, String> {
+    let size: usize = raw
+        .iter()
+        .map(|(name, value)| name.as_ref().len() + value.as_ref().len())
+        .sum();
+    if size > ENTRY_MAX_BYTES {
+        return Err(format!(
+            "the entry holds {size} bytes, more than the {ENTRY_MAX_BYTES} genalytics stores as one event"
+        ));
+    }
+    let mut fields = Fields {
+        known: [None; FIELD_COUNT],
+        extra: serde_json::Map::new(),
+    };
     for (name, value) in raw {
-        map.entry(clean(name))
-            .or_insert_with(|| Value::String(clean(value)));
+        let (name, value) = (name.as_ref(), value.as_ref());
+        let name =
+            text(name).map_err(|why| format!("the field name {} {why}", quoted_bytes(name)))?;
+        let value = text(value).map_err(|why| format!("field {} {why}", quoted(name)))?;
+        let twice = |previous: &str| {
+            format!(
+                "field {} appears twice with different values ({} and {})",
+                quoted(name),
+                quoted(previous),
+                quoted(value)
+            )
+        };
+        match Field::of(name) {
+            Some(field) => match fields.known[field as usize] {
+                Some(previous) if previous != value => return Err(twice(previous)),
+                Some(_) => {}
+                None => fields.known[field as usize] = Some(value),
+            },
+            None => match fields.extra.get(name) {
+                Some(Value::String(previous)) if previous != value => {
+                    return Err(twice(previous));
+                }
+                Some(_) => {}
+                None => {
+                    fields
+                        .extra
+                        .insert(name.to_string(), Value::String(value.to_string()));
+                }
+            },
+        }
     }
-    Value::Object(map)
+    Ok(fields)
 }
 
-/// Fields with a column of their own; everything else goes to `attributes`.
-const KNOWN_FIELDS: &[&str] = &[
-    "event_type",
-    "generation_id",
-    "user_id",
-    "timestamp",
-    "generation_type",
-    "duration_ms",
-    "success",
-    "error_type",
-    "error_message",
-    "queue_wait_time_ms",
-    "generation_time_ms",
-    "model_checkpoint",
-    "image_dimensions",
-    "batch_size",
-    "prompt_tokens",
-    "queue_length",
-];
-
-/// `generation_type VARCHAR(20)`.
-const GENERATION_TYPE_MAX: usize = 20;
-
-/// Parses one stream entry; `fields` are its name/value pairs in the order
+/// Parses one stream entry; `raw` is its name/value pairs in the order
 /// Redis returned them.
-pub fn parse<S: AsRef<str>>(stream_id: &str, fields: &[(S, S)]) -> Result<Event, String> {
-    // A handful of fields: a vector beats a map, and allocates once.
-    let mut map: Vec<(&str, &str)> = Vec::with_capacity(fields.len());
-    for (name, value) in fields {
-        let (name, value) = (name.as_ref(), value.as_ref());
-        match map.iter().find(|(seen, _)| *seen == name) {
-            Some((_, previous)) if *previous != value => {
-                return Err(format!(
-                    "field {name} appears twice with different values ({} and {})",
-                    quoted(previous),
-                    quoted(value)
-                ));
-            }
-            Some(_) => {}
-            None => map.push((name, value)),
-        }
-    }
-    for (name, value) in &map {
-        if name.contains('\0') || value.contains('\0') {
-            return Err(format!(
-                "field {} contains a NUL character, which PostgreSQL text cannot hold",
-                name.replace('\0', "\\0")
-            ));
-        }
-    }
-    let get = |name: &str| {
-        map.iter()
-            .find(|(field, _)| *field == name)
-            .map(|(_, value)| *value)
-            .filter(|v| !v.is_empty())
-    };
+pub fn parse<N: AsRef<[u8]>, V: AsRef<[u8]>>(
+    stream_id: EntryId,
+    raw: &[(N, V)],
+) -> Result<Event, String> {
+    let fields = collect(raw)?;
+    let get = |field| fields.get(field);
 
-    let event_type = match get("event_type") {
+    let event_type = match get(Field::EventType) {
         Some("request") => EventType::Request,
         Some("completion") => EventType::Completion,
         Some("cancellation") => EventType::Cancellation,
@@ -201,66 +272,66 @@ pub fn parse<S: AsRef<str>>(stream_id: &str, fields: &[(S, S)]) -> Result<Event,
         }
         None => return Err("event_type is missing".to_string()),
     };
-    let timestamp = match get("timestamp") {
+    let timestamp = match get(Field::Timestamp) {
         Some(text) => parse_timestamp(text)?,
         None => entry_id_time(stream_id)?,
     };
-    let generation_type = get("generation_type").map(str::to_string);
-    if let Some(kind) = &generation_type
-        && kind.chars().count() > GENERATION_TYPE_MAX
-    {
-        return Err(format!(
-            "generation_type {} is longer than {GENERATION_TYPE_MAX} characters",
-            quoted(kind)
-        ));
-    }
-    let image_dimensions = get("image_dimensions").map(parse_json).transpose()?;
-    let attributes: serde_json::Map<String, Value> = map
-        .iter()
-        .filter(|(name, _)| !KNOWN_FIELDS.contains(name))
-        .map(|(name, value)| ((*name).to_string(), Value::String((*value).to_string())))
-        .collect();
+    let generation_type = get(Field::GenerationType)
+        .map(|kind| {
+            if kind.chars().count() > GENERATION_TYPE_MAX {
+                Err(format!(
+                    "generation_type {} is longer than {GENERATION_TYPE_MAX} characters",
+                    quoted(kind)
+                ))
+            } else {
+                Ok(kind.to_string())
+            }
+        })
+        .transpose()?;
+    let indexed = |field: Field, name: &str| {
+        get(field)
+            .map(|value| {
+                if value.len() > INDEXED_TEXT_MAX {
+                    Err(format!(
+                        "{name} {} is longer than the {INDEXED_TEXT_MAX} bytes an indexed column takes",
+                        quoted(value)
+                    ))
+                } else {
+                    Ok(value.to_string())
+                }
+            })
+            .transpose()
+    };
+    let uuid = |field: Field, name: &str| {
+        get(field)
+            .map(|value| {
+                Uuid::parse_str(value.trim())
+                    .map_err(|_| format!("{name} {} is not a UUID", quoted(value)))
+            })
+            .transpose()
+    };
+    let count = |field: Field, name: &str| get(field).map(|v| count(name, v)).transpose();
 
     Ok(Event {
-        stream_id: stream_id.to_string(),
+        stream_id,
         event_type,
-        generation_id: get("generation_id")
-            .map(|v| parse_uuid("generation_id", v))
-            .transpose()?,
-        user_id: get("user_id")
-            .map(|v| parse_uuid("user_id", v))
-            .transpose()?,
+        generation_id: uuid(Field::GenerationId, "generation_id")?,
+        user_id: uuid(Field::UserId, "user_id")?,
         timestamp,
         generation_type,
-        duration_ms: count(get, "duration_ms")?,
-        success: get("success").map(parse_bool).transpose()?,
-        error_type: get("error_type").map(str::to_string),
-        error_message: get("error_message").map(str::to_string),
-        queue_wait_time_ms: count(get, "queue_wait_time_ms")?,
-        generation_time_ms: count(get, "generation_time_ms")?,
-        model_checkpoint: get("model_checkpoint").map(str::to_string),
-        image_dimensions,
-        batch_size: count(get, "batch_size")?,
-        prompt_tokens: count(get, "prompt_tokens")?,
-        queue_length: count(get, "queue_length")?,
-        attributes: (!attributes.is_empty()).then_some(Value::Object(attributes)),
+        duration_ms: count(Field::DurationMs, "duration_ms")?,
+        success: get(Field::Success).map(parse_bool).transpose()?,
+        error_type: indexed(Field::ErrorType, "error_type")?,
+        error_message: get(Field::ErrorMessage).map(str::to_string),
+        queue_wait_time_ms: count(Field::QueueWaitTimeMs, "queue_wait_time_ms")?,
+        generation_time_ms: count(Field::GenerationTimeMs, "generation_time_ms")?,
+        model_checkpoint: indexed(Field::ModelCheckpoint, "model_checkpoint")?,
+        image_dimensions: get(Field::ImageDimensions).map(parse_json).transpose()?,
+        batch_size: count(Field::BatchSize, "batch_size")?,
+        prompt_tokens: count(Field::PromptTokens, "prompt_tokens")?,
+        queue_length: count(Field::QueueLength, "queue_length")?,
+        attributes: (!fields.extra.is_empty()).then(|| Value::Object(fields.extra)),
     })
-}
-
-/// A value for a reason message, shortened so one wild field cannot make
-/// the reason unreadable.
-fn quoted(value: &str) -> String {
-    const MAX: usize = 60;
-    if value.chars().count() <= MAX {
-        format!("'{value}'")
-    } else {
-        let head: String = value.chars().take(MAX).collect();
-        format!("'{head}…'")
-    }
-}
-
-fn parse_uuid(name: &str, value: &str) -> Result<Uuid, String> {
-    Uuid::parse_str(value.trim()).map_err(|_| format!("{name} {} is not a UUID", quoted(value)))
 }
 
 fn parse_bool(value: &str) -> Result<bool, String> {
@@ -275,20 +346,30 @@ fn parse_bool(value: &str) -> Result<bool, String> {
 }
 
 /// A non-negative integer that fits an `INT` column.
-fn count<'a>(get: impl Fn(&str) -> Option<&'a str>, name: &str) -> Result<Option<i32>, String> {
-    let Some(value) = get(name) else {
-        return Ok(None);
+fn count(name: &str, value: &str) -> Result<i32, String> {
+    let trimmed = value.trim();
+    let (negative, digits) = match trimmed.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, trimmed.strip_prefix('+').unwrap_or(trimmed)),
     };
-    let number: i64 = value
-        .trim()
-        .parse()
-        .map_err(|_| format!("{name} {} is not an integer", quoted(value)))?;
-    if number < 0 {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{name} {} is not an integer", quoted(value)));
+    }
+    // Leading zeros are fine (and "-0" is zero); anything past i32 is too large.
+    let significant = digits.trim_start_matches('0');
+    if significant.is_empty() {
+        return Ok(0);
+    }
+    if negative {
         return Err(format!("{name} {} is negative", quoted(value)));
     }
-    i32::try_from(number)
-        .map(Some)
-        .map_err(|_| format!("{name} {} is too large", quoted(value)))
+    significant.parse::<i32>().map_err(|_| {
+        format!(
+            "{name} {} is too large for its column (at most {})",
+            quoted(value),
+            i32::MAX
+        )
+    })
 }
 
 fn parse_json(value: &str) -> Result<Value, String> {
@@ -298,64 +379,96 @@ fn parse_json(value: &str) -> Result<Value, String> {
             quoted(value)
         )
     })?;
-    if holds_nul(&json) {
-        return Err(
-            "image_dimensions contains a NUL character, which PostgreSQL JSONB cannot hold".into(),
-        );
-    }
+    check_json(&json)?;
     Ok(json)
 }
 
-fn holds_nul(json: &Value) -> bool {
+/// What JSONB refuses that JSON allows: a NUL character in a string, a
+/// number outside PostgreSQL's `numeric`.
+fn check_json(json: &Value) -> Result<(), String> {
     match json {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(holds_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
-        _ => false,
+        Value::String(s) if s.contains('\0') => Err(
+            "image_dimensions contains a NUL character, which PostgreSQL JSONB cannot hold".into(),
+        ),
+        Value::Number(n) if !fits_numeric(&n.to_string()) => Err(format!(
+            "image_dimensions holds the number {}, which PostgreSQL numeric cannot hold",
+            quoted(&n.to_string())
+        )),
+        Value::Array(items) => items.iter().try_for_each(check_json),
+        Value::Object(map) => map.iter().try_for_each(|(key, value)| {
+            if key.contains('\0') {
+                return Err(
+                    "image_dimensions contains a NUL character, which PostgreSQL JSONB cannot hold"
+                        .into(),
+                );
+            }
+            check_json(value)
+        }),
+        _ => Ok(()),
     }
+}
+
+/// Whether a JSON number's text fits `numeric`: at most 131,072 digits
+/// before the decimal point and 16,383 after it.
+fn fits_numeric(number: &str) -> bool {
+    let unsigned = number.trim_start_matches('-');
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(at) => (&unsigned[..at], unsigned[at + 1..].parse::<i64>().ok()),
+        None => (unsigned, Some(0)),
+    };
+    let Some(exponent) = exponent else {
+        // An exponent too long for i64 is far outside numeric anyway,
+        // unless the mantissa is zero.
+        return mantissa.bytes().all(|b| b == b'0' || b == b'.');
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let whole = whole.trim_start_matches('0');
+    let fraction = fraction.trim_end_matches('0');
+    if whole.is_empty() && fraction.is_empty() {
+        return true;
+    }
+    let before = whole.len() as i64 + exponent;
+    let after = fraction.len() as i64 - exponent;
+    before <= 131_072 && after <= 16_383
 }
 
 /// Naive ISO 8601 is UTC (what Python's `isoformat()` writes); an explicit
-/// `Z` or offset is honoured; a space instead of `T` (Python's `str()`) is
-/// accepted.
+/// `Z` or offset (`+05:30` or `+0530`) is honoured; a space instead of `T`
+/// (Python's `str()`) is accepted.
 pub fn parse_timestamp(value: &str) -> Result<DateTime<Utc>, String> {
     let text = value.trim();
+    let spaced = text.replacen(' ', "T", 1);
     // The producer's own spelling first: it is by far the most common.
-    let parsed = text
+    let parsed = spaced
         .parse::<NaiveDateTime>()
         .map(|at| at.and_utc())
-        .or_else(|_| DateTime::parse_from_rfc3339(text).map(|at| at.with_timezone(&Utc)))
+        .or_else(|_| DateTime::parse_from_rfc3339(&spaced).map(|at| at.with_timezone(&Utc)))
         .or_else(|_| {
-            DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%:z")
+            DateTime::parse_from_str(&spaced, "%Y-%m-%dT%H:%M:%S%.f%z")
                 .map(|at| at.with_timezone(&Utc))
         })
-        .or_else(|_| {
-            NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").map(|at| at.and_utc())
-        })
         .map_err(|_| format!("timestamp {} is not an ISO 8601 time", quoted(value)))?;
-    check_range(parsed).map_err(|()| format!("timestamp {} is outside 1900–9999", quoted(value)))
+    in_range(parsed).ok_or_else(|| {
+        format!(
+            "timestamp {} is outside the years {}–{}",
+            quoted(value),
+            YEARS.start(),
+            YEARS.end()
+        )
+    })
 }
 
-fn check_range(at: DateTime<Utc>) -> Result<DateTime<Utc>, ()> {
-    if (1900..=9999).contains(&at.year()) {
-        Ok(at)
-    } else {
-        Err(())
-    }
+/// `at`, if its year is one genalytics stores.
+pub fn in_range(at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    use chrono::Datelike;
+    YEARS.contains(&at.year()).then_some(at)
 }
 
 /// The time an entry was added, from its ID's millisecond part.
-pub fn entry_id_time(stream_id: &str) -> Result<DateTime<Utc>, String> {
-    stream_id
-        .split_once('-')
-        .map_or(stream_id, |(ms, _)| ms)
-        .parse::<i64>()
-        .ok()
-        .and_then(DateTime::from_timestamp_millis)
-        .and_then(|at| check_range(at).ok())
-        .ok_or_else(|| {
-            format!("timestamp is empty and the entry ID {stream_id} carries no usable time")
-        })
+fn entry_id_time(stream_id: EntryId) -> Result<DateTime<Utc>, String> {
+    stream_id.time().and_then(in_range).ok_or_else(|| {
+        format!("timestamp is empty and the entry ID {stream_id} carries no usable time")
+    })
 }
 
 #[cfg(test)]
@@ -364,19 +477,17 @@ mod tests {
     use chrono::TimeZone;
     use proptest::prelude::*;
 
-    fn fields(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
-            .collect()
-    }
+    const ID: EntryId = EntryId {
+        ms: 1_795_821_600_000,
+        seq: 0,
+    };
 
     fn ok(pairs: &[(&str, &str)]) -> Event {
-        parse("1795821600000-0", &fields(pairs)).unwrap()
+        parse(ID, pairs).unwrap()
     }
 
     fn rejected(pairs: &[(&str, &str)]) -> String {
-        parse("1795821600000-0", &fields(pairs)).unwrap_err()
+        parse(ID, pairs).unwrap_err()
     }
 
     fn at(text: &str) -> DateTime<Utc> {
@@ -393,11 +504,17 @@ mod tests {
         );
         assert_eq!(at("2026-11-27T14:03:07Z"), base);
         assert_eq!(at("2026-11-27T16:03:07+02:00"), base);
+        assert_eq!(at("2026-11-27T19:33:07+0530"), base);
+        assert_eq!(at("2026-11-27 19:33:07.000+0530"), base);
         assert_eq!(
             at("2026-11-27T14:03:07.5-01:30"),
             base + chrono::Duration::minutes(90) + chrono::Duration::milliseconds(500)
         );
         assert_eq!(at("2026-11-27 14:03:07"), base);
+        assert_eq!(
+            at("9999-12-31T23:59:59"),
+            Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap()
+        );
     }
 
     #[test]
@@ -481,7 +598,58 @@ mod tests {
     }
 
     #[test]
+    fn numbers_are_integers_that_fit_their_column() {
+        let value = |text: &str| {
+            parse(ID, &[("event_type", "completion"), ("batch_size", text)]).map(|e| e.batch_size)
+        };
+        assert_eq!(value("0"), Ok(Some(0)));
+        assert_eq!(value(" 007 "), Ok(Some(7)));
+        assert_eq!(value("+3"), Ok(Some(3)));
+        assert_eq!(value("2147483647"), Ok(Some(i32::MAX)));
+        assert_eq!(value("0000000000000000000000002"), Ok(Some(2)));
+        assert_eq!(value("-0"), Ok(Some(0)));
+        for (text, want) in [
+            ("2147483648", "too large"),
+            ("99999999999999999999999999999", "too large"),
+            ("-1", "negative"),
+            ("1e3", "not an integer"),
+            ("٣", "not an integer"),
+            ("--1", "not an integer"),
+        ] {
+            let reason = value(text).unwrap_err();
+            assert!(reason.contains(want), "{text}: {reason}");
+        }
+    }
+
+    #[test]
+    fn json_numbers_are_kept_exactly_and_checked_against_numeric() {
+        let dims = |text: &str| {
+            parse(
+                ID,
+                &[("event_type", "completion"), ("image_dimensions", text)],
+            )
+            .map(|e| e.image_dimensions.unwrap().to_string())
+        };
+        assert_eq!(
+            dims(
+                "{\"w\": 123456789012345678901234567890, \"r\": 0.1000000000000000055511151231257827}"
+            ),
+            Ok(
+                "{\"w\":123456789012345678901234567890,\"r\":0.1000000000000000055511151231257827}"
+                    .to_string()
+            )
+        );
+        assert_eq!(dims("[1e400]"), Ok("[1e+400]".to_string()));
+        assert!(dims("[1e131073]").unwrap_err().contains("numeric"));
+        assert!(dims("[1e-16384]").unwrap_err().contains("numeric"));
+        assert!(dims("[0e99999999999999999999]").is_ok());
+        assert!(fits_numeric("-12.50"));
+        assert!(!fits_numeric("1e99999999999999999999"));
+    }
+
+    #[test]
     fn malformed_values_are_rejected_with_the_field_and_value() {
+        let long = "m".repeat(INDEXED_TEXT_MAX + 1);
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("event_type", "retry")], "event_type 'retry'"),
             (&[], "event_type is missing"),
@@ -503,6 +671,13 @@ mod tests {
                     ("timestamp", "0001-01-01T00:00:00"),
                 ],
                 "outside",
+            ),
+            (
+                &[
+                    ("event_type", "request"),
+                    ("timestamp", "+10000-01-01T00:00:00Z"),
+                ],
+                "timestamp",
             ),
             (
                 &[("event_type", "completion"), ("duration_ms", "-5")],
@@ -535,6 +710,14 @@ mod tests {
                 "longer than 20",
             ),
             (
+                &[("event_type", "completion"), ("model_checkpoint", &long)],
+                "model_checkpoint",
+            ),
+            (
+                &[("event_type", "completion"), ("error_type", &long)],
+                "indexed column",
+            ),
+            (
                 &[("event_type", "request"), ("error_message", "nul\0here")],
                 "NUL",
             ),
@@ -549,31 +732,133 @@ mod tests {
                 &[("event_type", "request"), ("event_type", "completion")],
                 "appears twice",
             ),
+            (
+                &[("event_type", "request"), ("gpu", "a"), ("gpu", "b")],
+                "field 'gpu' appears twice",
+            ),
+            (
+                &[("event_type", "request"), ("nul\0name", "x")],
+                "'nul\\0name' contains a NUL",
+            ),
         ];
         for (pairs, want) in cases {
             let reason = rejected(pairs);
             assert!(reason.contains(want), "{pairs:?}: {reason}");
+            assert!(!reason.contains('\0'), "{reason:?}");
+            assert!(reason.len() < 400, "{reason}");
         }
     }
 
     #[test]
+    fn reasons_never_carry_control_characters_or_invalid_text() {
+        let reason = parse(
+            ID,
+            &[
+                (b"event_type".to_vec(), b"request".to_vec()),
+                (b"event_type".to_vec(), b"completion\0\x1b[2J".to_vec()),
+            ],
+        )
+        .unwrap_err();
+        assert!(reason.contains("NUL"), "{reason}");
+        let reason = parse(
+            ID,
+            &[
+                (b"event_type".to_vec(), b"request".to_vec()),
+                (b"gp\xffu".to_vec(), b"x".to_vec()),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(reason, "the field name 'gp\\xffu' is not valid UTF-8");
+        let reason = rejected(&[("event_type", "\u{1b}]0;pwned\u{7}")]);
+        assert!(!reason.chars().any(char::is_control), "{reason}");
+    }
+
+    #[test]
+    fn identical_repeats_are_one_field() {
+        let event = ok(&[
+            ("event_type", "request"),
+            ("event_type", "request"),
+            ("gpu", "a"),
+            ("gpu", "a"),
+        ]);
+        assert_eq!(event.attributes, Some(serde_json::json!({"gpu": "a"})));
+    }
+
+    #[test]
     fn an_unusable_entry_id_time_is_a_reason_not_a_panic() {
-        let reason =
-            parse("99999999999999999-0", &fields(&[("event_type", "request")])).unwrap_err();
+        let id = EntryId {
+            ms: 99_999_999_999_999_999,
+            seq: 0,
+        };
+        let reason = parse(id, &[("event_type", "request")]).unwrap_err();
         assert!(reason.contains("entry ID"), "{reason}");
+    }
+
+    #[test]
+    fn an_oversized_entry_is_refused_before_it_is_copied() {
+        let huge = vec![b'x'; ENTRY_MAX_BYTES];
+        let reason = parse(
+            ID,
+            &[
+                (b"event_type".to_vec(), b"request".to_vec()),
+                (b"blob".to_vec(), huge),
+            ],
+        )
+        .unwrap_err();
+        assert!(reason.contains("more than the"), "{reason}");
+    }
+
+    #[test]
+    fn a_hundred_thousand_fields_take_linear_time() {
+        let fields: Vec<(String, String)> =
+            std::iter::once(("event_type".into(), "request".into()))
+                .chain((0..100_000).map(|i| (format!("f{i}"), format!("{i}"))))
+                .collect();
+        let started = std::time::Instant::now();
+        let event = parse(ID, &fields).unwrap();
+        // Quadratic matching took minutes here; linear takes milliseconds.
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(
+            event.attributes.unwrap().as_object().unwrap().len(),
+            100_000
+        );
     }
 
     proptest! {
         #[test]
-        fn arbitrary_field_maps_never_panic(
-            id in "[0-9]{0,20}-[0-9]{0,3}|\\PC*",
-            pairs in proptest::collection::vec(("\\PC{0,12}|event_type|timestamp|success|duration_ms|user_id|image_dimensions", "\\PC{0,40}|request|completion|True|-1|[0-9]{1,12}|\\{.*\\}"), 0..12),
+        fn arbitrary_bytes_never_panic_and_reasons_stay_clean(
+            ms in proptest::num::u64::ANY,
+            pairs in proptest::collection::vec(
+                (
+                    prop_oneof![
+                        Just(b"event_type".to_vec()), Just(b"timestamp".to_vec()),
+                        Just(b"success".to_vec()), Just(b"duration_ms".to_vec()),
+                        Just(b"user_id".to_vec()), Just(b"image_dimensions".to_vec()),
+                        proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+                    ],
+                    prop_oneof![
+                        Just(b"request".to_vec()), Just(b"completion".to_vec()),
+                        Just(b"True".to_vec()), Just(b"-1".to_vec()),
+                        "[0-9]{1,25}".prop_map(String::into_bytes),
+                        "\\{.*\\}".prop_map(String::into_bytes),
+                        proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+                    ],
+                ),
+                0..16,
+            ),
         ) {
-            let _ = parse(&id, &pairs);
+            match parse(EntryId { ms, seq: 0 }, &pairs) {
+                Ok(event) => {
+                    prop_assert!(in_range(event.timestamp).is_some());
+                }
+                Err(reason) => {
+                    prop_assert!(!reason.chars().any(char::is_control), "{:?}", reason);
+                }
+            }
         }
 
         #[test]
-        fn any_valid_naive_timestamp_round_trips(secs in 0i64..4_000_000_000, micros in 0u32..1_000_000) {
+        fn any_valid_naive_timestamp_round_trips(secs in -2_208_988_800i64..4_000_000_000, micros in 0u32..1_000_000) {
             let want = DateTime::from_timestamp(secs, micros * 1000).unwrap();
             let text = crate::traffic::python_isoformat(want);
             prop_assert_eq!(parse_timestamp(&text), Ok(want));

@@ -21,7 +21,7 @@ struct Hourly {
     unique_users: Option<i32>,
     avg_queue: Option<f64>,
     max_queue: Option<i32>,
-    images: Option<i32>,
+    images: Option<i64>,
     duration_sum: Option<i64>,
     duration_count: Option<i32>,
     queue_sum: Option<i64>,
@@ -57,7 +57,7 @@ fn expected(events: &[Written]) -> Hourly {
             events
                 .iter()
                 .filter(|e| e.kind == "completion" && e.success == Some(true))
-                .map(|e| e.batch_size.unwrap_or(1) as i32)
+                .map(|e| e.batch_size.unwrap_or(1))
                 .sum(),
         ),
         duration_sum: Some(sum),

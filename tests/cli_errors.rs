@@ -69,10 +69,7 @@ fn unreachable_redis_names_the_server_and_the_setting() {
 #[test]
 fn a_missing_database_is_named() {
     let env = TestEnv::new();
-    let url = env
-        .pg
-        .url("no_such_db")
-        .replace("postgres@", &format!("postgres:{PASSWORD}@"));
+    let url = env.url_with_password("no_such_db", PASSWORD);
     let ran = Cmd::new().args(["migrate", "--database-url", &url]).code(1);
     assert_one_clean_sentence(&ran.stderr);
     assert!(

@@ -30,12 +30,15 @@ fn expected_columns() -> BTreeMap<(&'static str, &'static str), (&'static str, b
         ("stream_id", "text", true),
         ("queue_length", "integer", true),
         ("attributes", "jsonb", true),
+        ("stream", "integer", true),
     ];
     let rejected = [
         ("stream_id", "text", false),
         ("fields", "jsonb", false),
         ("reason", "text", false),
         ("received_at", "timestamp with time zone", false),
+        ("stream", "integer", true),
+        ("raw_fields", "ARRAY", true),
     ];
     let hourly = [
         ("timestamp", "timestamp with time zone", false),
@@ -50,7 +53,7 @@ fn expected_columns() -> BTreeMap<(&'static str, &'static str), (&'static str, b
         ("unique_users", "integer", true),
         ("avg_queue_length", "double precision", true),
         ("max_queue_length", "integer", true),
-        ("total_images_generated", "integer", true),
+        ("total_images_generated", "bigint", true),
         ("created_at", "timestamp with time zone", false),
         ("duration_sum_ms", "bigint", true),
         ("duration_count", "integer", true),
@@ -101,8 +104,13 @@ const EXPECTED_INDEXES: &[(&str, bool, &str)] = &[
         false,
         "btree (model_checkpoint, \"timestamp\" DESC)",
     ),
-    ("generation_events", true, "btree (stream_id)"),
-    ("generation_events_rejected", true, "btree (stream_id)"),
+    ("generation_events", true, "btree (stream, stream_id)"),
+    (
+        "generation_events_rejected",
+        true,
+        "btree (stream, stream_id)",
+    ),
+    ("generation_events_rejected", false, "btree (received_at)"),
     ("generation_metrics_hourly", true, "btree (\"timestamp\")"),
 ];
 

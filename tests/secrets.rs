@@ -19,11 +19,8 @@ fn assert_no_password(what: &str, stdout: &str, stderr: &str) {
 #[test]
 fn no_command_prints_a_password() {
     let env = TestEnv::new();
-    // The throwaway server trusts local logins, so any password is accepted
-    // and ignored: the commands succeed with a password-bearing URL.
-    let database_url = env
-        .database_url()
-        .replace("postgres@", &format!("postgres:{PASSWORD}@"));
+    // A role whose password is the one that must never be printed.
+    let database_url = env.url_with_password(&env.database, PASSWORD);
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -76,7 +76,13 @@ fn postgres_over_tls_with_require_and_verify_full() {
     ])
     .unwrap();
     pg.create_database("tls").unwrap();
-    let base = format!("postgres://postgres:{PASSWORD}@localhost:{}/tls", pg.port());
+    pg.admin()
+        .unwrap()
+        .batch_execute(&format!(
+            "CREATE ROLE alice LOGIN SUPERUSER PASSWORD '{PASSWORD}'"
+        ))
+        .unwrap();
+    let base = format!("postgres://alice:{PASSWORD}@localhost:{}/tls", pg.port());
 
     let require = format!("{base}?sslmode=require");
     Cmd::new()

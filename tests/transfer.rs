@@ -422,7 +422,7 @@ fn malformed_entries_become_dead_letters_and_their_neighbours_are_stored() {
         assert!(stored_reason.contains(reason), "{id}: {stored_reason}");
         for (name, value) in *fields {
             let kept = stored_fields[*name].as_str().unwrap();
-            assert_eq!(kept, value.replace('\0', "\u{fffd}"), "{id}.{name}");
+            assert_eq!(kept, value.replace('\0', "\\0"), "{id}.{name}");
         }
     }
     let reason: String = db
@@ -577,33 +577,50 @@ fn a_running_transfer_makes_the_next_exit_0_or_wait() {
 }
 
 #[test]
-fn one_database_takes_one_stream() {
+fn streams_with_the_same_entry_ids_are_kept_apart() {
     let env = migrated();
-    env.genalytics()
-        .args(["simulate", "--events", "10", "--hours", "1", "-q"])
-        .ok();
-    env.genalytics().arg("transfer").ok();
-    env.genalytics()
-        .args([
-            "simulate",
-            "--events",
-            "10",
-            "--hours",
-            "1",
-            "-q",
-            "--redis-ns",
-            "other",
-        ])
-        .ok();
+    let mut con = env.redis();
+    let other = format!("{}_other:generation_events:stream", env.namespace);
+    // The same entry IDs in two streams are different events.
+    for (key, kind) in [
+        (env.stream_key(), "request"),
+        (other.clone(), "cancellation"),
+    ] {
+        for id in ["1795821600000-0", "1795821600000-1"] {
+            xadd(&mut con, &key, id, &[("event_type", kind)]);
+        }
+    }
+    env.genalytics().args(["transfer", "--keep", "0"]).ok();
     let ran = env
         .genalytics()
-        .args(["transfer", "--redis-ns", "other"])
-        .code(1);
+        .args(["transfer", "--keep", "0", "--stream", &other])
+        .ok();
     assert!(
-        ran.stderr.contains("one stream per database"),
+        ran.stdout.starts_with("transferred 2 events"),
         "{}",
-        ran.stderr
+        ran.stdout
     );
+    let mut db = env.db();
+    let rows: Vec<(String, String, String)> = db
+        .query(
+            "SELECT s.stream_key, e.stream_id, e.event_type FROM generation_events e
+             JOIN genalytics_streams s ON s.id = e.stream ORDER BY 1, 2",
+            &[],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    let mut want: Vec<(String, String, String)> =
+        [(other, "cancellation"), (env.stream_key(), "request")]
+            .into_iter()
+            .flat_map(|(key, kind)| {
+                ["1795821600000-0", "1795821600000-1"]
+                    .map(|id| (key.clone(), id.to_string(), kind.to_string()))
+            })
+            .collect();
+    want.sort();
+    assert_eq!(rows, want);
 }
 
 #[test]

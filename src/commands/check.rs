@@ -12,11 +12,11 @@ use std::io::Write;
 use chrono::{TimeDelta, Utc};
 
 use crate::config::Settings;
-use crate::db::{self, events, health, migrations};
+use crate::db::{self, health, migrations, streams};
 use crate::error::{Exit, UsageError};
 use crate::output::duration;
 use crate::report::failure_rate;
-use crate::stream::{self, reader};
+use crate::stream::{self, EntryId, reader};
 use crate::timearg::{format_span, parse_span};
 
 #[derive(Debug, clap::Args)]
@@ -115,14 +115,12 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     }
     if let Some(max) = args.max_lag {
         let key = settings.stream_key.as_str();
-        let position: reader::EntryId = events::state(&mut client, key)?
-            .and_then(|state| state.last_id.parse().ok())
-            .unwrap_or(reader::EntryId::ZERO);
+        let position =
+            streams::state(&mut client, key)?.map_or(EntryId::ZERO, |state| state.position);
         let mut con = stream::connect(&settings.redis)?;
         match reader::first_after(&mut con, key, position)? {
             Some(oldest) => {
-                let age =
-                    now - chrono::DateTime::from_timestamp_millis(oldest.ms as i64).unwrap_or(now);
+                let age = now - oldest.time().unwrap_or(now);
                 let line = format!(
                     "oldest untransferred entry is {} old",
                     format_span(TimeDelta::seconds(age.num_seconds().max(0)))

@@ -10,14 +10,11 @@
 use std::io::Write;
 
 use anyhow::bail;
-use chrono::TimeDelta;
+use clap::Parser;
 
-use crate::cli::{Command, GlobalArgs};
-use crate::commands::{aggregate, migrate, report, simulate, transfer};
+use crate::cli::{Cli, Command, GlobalArgs};
 use crate::config::Settings;
 use crate::error::Exit;
-use crate::output::{ReportFormat, SummaryFormat};
-use crate::report::Interval;
 use crate::throwaway::{Postgres, Redis};
 
 #[derive(Debug, clap::Args)]
@@ -61,7 +58,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         redis.port()
     ))?;
 
-    for (what, command) in steps(args.events) {
+    for (what, command) in steps(args.events)? {
         interrupted()?;
         say(&format!("$ {what}"))?;
         if let Err(err) = super::run(command, &demo) {
@@ -100,66 +97,33 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
-/// The pipeline, as an operator would run it.
-fn steps(events: u64) -> Vec<(&'static str, Command)> {
-    vec![
-        (
-            "genalytics migrate",
-            Command::Migrate(migrate::Args { status: false }),
-        ),
-        (
-            "genalytics simulate --hours 24",
-            Command::Simulate(simulate::Args {
-                events,
-                hours: 24,
-                users: 200,
-                seed: Some(42),
-                end: None,
-                maxlen: 0,
-            }),
-        ),
-        (
-            "genalytics transfer",
-            Command::Transfer(transfer::Args {
-                batch_size: 5_000,
-                max_events: None,
-                follow: false,
-                keep: TimeDelta::hours(2),
-                wait: false,
-                format: SummaryFormat::Text,
-            }),
-        ),
-        (
-            "genalytics aggregate --include-current",
-            Command::Aggregate(aggregate::Args {
-                hour: None,
-                from: None,
-                to: None,
-                include_current: true,
-                format: SummaryFormat::Text,
-            }),
-        ),
-        ("genalytics report overview --days 1", report_command(None)),
-        (
-            "genalytics report trends --days 1",
-            report_command(Some(Interval::Hourly)),
-        ),
-    ]
-}
-
-fn report_command(interval: Option<Interval>) -> Command {
-    let common = report::Common {
-        days: Some(1),
-        until: None,
-        format: ReportFormat::Table,
-        section: None,
-    };
-    Command::Report(report::Args {
-        report: match interval {
-            Some(interval) => report::Which::Trends { interval, common },
-            None => report::Which::Overview(common),
-        },
-    })
+/// The pipeline, as an operator would run it: each step is parsed from
+/// its command line, so it runs with exactly the defaults an operator gets.
+fn steps(events: u64) -> anyhow::Result<Vec<(String, Command)>> {
+    let events = events.to_string();
+    let lines: [&[&str]; 6] = [
+        &["migrate"],
+        &[
+            "simulate", "--hours", "24", "--seed", "42", "--maxlen", "0", "--events", &events,
+        ],
+        &["transfer"],
+        &["aggregate", "--include-current"],
+        &["report", "overview", "--days", "1"],
+        &["report", "trends", "--days", "1"],
+    ];
+    lines
+        .iter()
+        .map(|line| {
+            let cli =
+                Cli::try_parse_from(std::iter::once("genalytics").chain(line.iter().copied()))
+                    .map_err(|err| anyhow::anyhow!("demo step {line:?}: {err}"))?;
+            let shown = match line[0] {
+                "simulate" => "genalytics simulate --hours 24".to_string(),
+                _ => format!("genalytics {}", line.join(" ")),
+            };
+            Ok((shown, cli.command))
+        })
+        .collect()
 }
 
 fn demo_settings(database_url: &str, redis_url: &str, quiet: bool) -> anyhow::Result<Settings> {

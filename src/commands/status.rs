@@ -14,10 +14,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::Settings;
-use crate::db::{self, events, health, migrations};
+use crate::db::{self, health, migrations, streams};
 use crate::error::Exit;
 use crate::output::{SummaryFormat, table, thousands};
-use crate::stream::{self, producer::PRODUCER_MAXLEN, reader};
+use crate::stream::{self, EntryId, producer::PRODUCER_MAXLEN, reader};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -73,17 +73,17 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         ..Status::default()
     };
 
-    let state = events::state(&mut client, key)?;
-    let position: reader::EntryId = if let Some(state) = &state {
-        status.position = Some(state.last_id.clone());
+    let state = streams::state(&mut client, key)?;
+    let position = if let Some(state) = &state {
+        status.position = Some(state.position.to_string());
         status.last_transfer_at = Some(state.last_transfer_at);
         status.events_transferred = state.events_stored;
-        state.last_id.parse().unwrap_or(reader::EntryId::ZERO)
+        state.position
     } else {
         status
             .warnings
             .push(format!("nothing has been transferred from {key} yet"));
-        reader::EntryId::ZERO
+        EntryId::ZERO
     };
     if let Err(err) = stream_figures(settings, position, now, &mut status) {
         status.warnings.push(format!("{err:#}"));
@@ -127,7 +127,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
 /// Fills in what Redis knows; an error here becomes a warning.
 fn stream_figures(
     settings: &Settings,
-    position: reader::EntryId,
+    position: EntryId,
     now: DateTime<Utc>,
     status: &mut Status,
 ) -> anyhow::Result<()> {
@@ -138,14 +138,12 @@ fn stream_figures(
     status.cap_used_pct = Some(crate::report::round2(
         info.length as f64 * 100.0 / PRODUCER_MAXLEN as f64,
     ));
-    status.newest_entry_at = info
-        .last_id
-        .and_then(|id| DateTime::from_timestamp_millis(id.ms as i64));
+    status.newest_entry_at = info.last_id.and_then(EntryId::time);
     let behind = reader::count_after(&mut con, key, &info, position, 10_000)?;
     status.behind = Some(behind.entries);
     status.behind_exact = Some(behind.exact);
     if let Some(oldest) = reader::first_after(&mut con, key, position)? {
-        let at = DateTime::from_timestamp_millis(oldest.ms as i64);
+        let at = oldest.time();
         status.oldest_untransferred_at = at;
         status.oldest_untransferred_age_seconds = at.map(|at| (now - at).num_seconds().max(0));
     }

@@ -1,25 +1,47 @@
 //! Storing what transfer read: events by binary COPY, dead letters, the
 //! hours to roll up, and the stream position — all in one transaction, so
 //! a crash at any instant leaves either the whole batch or none of it.
+//!
+//! Should PostgreSQL refuse a batch for something in the data that the
+//! parser did not foresee (a constraint added by hand, a limit), the batch
+//! is split in halves, in savepoints, until the refused rows stand alone;
+//! they become dead letters with PostgreSQL's own words, their neighbours
+//! are stored, and the position still moves once. Rows already stored
+//! (a position set back by hand) are skipped and counted as such.
 
 use std::collections::BTreeSet;
+use std::ops::Range;
 
 use anyhow::{Context, bail};
 use bytes::{BufMut, BytesMut};
-use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
+use postgres::error::SqlState;
 use postgres::types::{IsNull, ToSql, Type};
 use postgres::{Client, Transaction};
+use serde_json::Value;
 
-use crate::event::{Batch, Event};
+use crate::event::{Batch, Event, RawFields, Rejection};
+use crate::hour;
+use crate::stream::EntryId;
+use crate::text::{escape_bytes, escape_controls, truncate};
 
-/// The position before any entry.
-pub const START: &str = "0-0";
+/// Most bytes of entries one batch holds, besides `--batch-size` entries:
+/// with a batch being read, one queued and one being stored, memory stays
+/// well under 100 MiB whatever the entries hold, and no COPY comes near
+/// PostgreSQL's 1 GB message limit.
+pub const BATCH_BYTES: usize = 8 << 20;
 
-const COPY_COLUMNS: &str = "event_type, generation_id, user_id, timestamp, generation_type, \
-    duration_ms, success, error_type, error_message, queue_wait_time_ms, generation_time_ms, \
-    model_checkpoint, image_dimensions, batch_size, prompt_tokens, stream_id, queue_length, attributes";
+/// The unique index that makes an entry a row once per stream.
+const ENTRY_KEY: &str = "generation_events_stream_entry_key";
+
+const COPY_COLUMNS: &str = "stream, stream_id, event_type, generation_id, user_id, timestamp, \
+    generation_type, duration_ms, success, error_type, error_message, queue_wait_time_ms, \
+    generation_time_ms, model_checkpoint, image_dimensions, batch_size, prompt_tokens, \
+    queue_length, attributes";
 
 const COPY_TYPES: &[Type] = &[
+    Type::INT4,
+    Type::TEXT,
     Type::VARCHAR,
     Type::UUID,
     Type::UUID,
@@ -35,148 +57,235 @@ const COPY_TYPES: &[Type] = &[
     Type::JSONB,
     Type::INT4,
     Type::INT4,
-    Type::TEXT,
     Type::INT4,
     Type::JSONB,
 ];
 
-/// Transfers of different streams may run side by side; of one stream, one
-/// at a time. (Class 0x67656e61 = "gena"; the two-key lock space is apart
-/// from the one-key space `migrate` uses.)
-const LOCK_CLASS: i32 = 0x6765_6e61;
-
-/// Takes the stream's transfer lock without waiting; false if another
-/// session holds it. The lock dies with the connection, so a killed
-/// transfer never blocks the next one.
-pub fn try_lock(client: &mut Client, stream_key: &str) -> anyhow::Result<bool> {
-    Ok(client
-        .query_one(
-            "SELECT pg_try_advisory_lock($1, hashtext($2))",
-            &[&LOCK_CLASS, &stream_key],
-        )?
-        .get(0))
-}
-
-/// Waits for the stream's transfer lock.
-pub fn lock(client: &mut Client, stream_key: &str) -> anyhow::Result<()> {
-    client.execute(
-        "SELECT pg_advisory_lock($1, hashtext($2))",
-        &[&LOCK_CLASS, &stream_key],
-    )?;
-    Ok(())
-}
-
-/// The committed position of a stream, creating its state row if needed.
-pub fn position(client: &mut Client, stream_key: &str) -> anyhow::Result<String> {
-    client.execute(
-        "INSERT INTO genalytics_transfer_state (stream_key, last_id) VALUES ($1, $2)
-         ON CONFLICT (stream_key) DO NOTHING",
-        &[&stream_key, &START],
-    )?;
-    Ok(client
-        .query_one(
-            "SELECT last_id FROM genalytics_transfer_state WHERE stream_key = $1",
-            &[&stream_key],
-        )?
-        .get(0))
-}
-
-/// What transfer has recorded for a stream, without creating anything.
-#[derive(Debug, Clone)]
-pub struct TransferState {
-    pub last_id: String,
-    pub events_stored: i64,
-    pub entries_rejected: i64,
-    pub last_transfer_at: DateTime<Utc>,
-}
-
-pub fn state(client: &mut Client, stream_key: &str) -> anyhow::Result<Option<TransferState>> {
-    Ok(client
-        .query_opt(
-            "SELECT last_id, events_stored, entries_rejected, last_transfer_at
-             FROM genalytics_transfer_state WHERE stream_key = $1",
-            &[&stream_key],
-        )?
-        .map(|row| TransferState {
-            last_id: row.get(0),
-            events_stored: row.get(1),
-            entries_rejected: row.get(2),
-            last_transfer_at: row.get(3),
-        }))
-}
-
-/// Another stream already transferred into this database, if any. Entry
-/// IDs are unique only within one stream, so one database holds one.
-pub fn other_stream(client: &mut Client, stream_key: &str) -> anyhow::Result<Option<String>> {
-    Ok(client
-        .query_opt(
-            "SELECT stream_key FROM genalytics_transfer_state
-             WHERE stream_key <> $1 AND events_stored + entries_rejected > 0 LIMIT 1",
-            &[&stream_key],
-        )?
-        .map(|row| row.get(0)))
-}
+/// Where the stream column's value sits in an encoded row: after the
+/// field count (2 bytes) and the field's length (4 bytes).
+const STREAM_OFFSET: usize = 6;
 
 /// A batch with its rows already in COPY's binary format, so encoding can
 /// happen on another thread while PostgreSQL ingests the previous batch.
+/// The stream column is filled in at commit, when the stream is known.
+#[derive(Debug)]
 pub struct Prepared {
-    pub batch: Batch,
+    /// Encoded rows, without the COPY header and trailer.
     rows: BytesMut,
+    /// Where each row starts in `rows`, and one past the last.
+    bounds: Vec<usize>,
+    /// Per row: its entry, its hour and its raw fields.
+    ids: Vec<EntryId>,
+    hours: Vec<DateTime<Utc>>,
+    raws: Vec<RawFields>,
+    rejected: Vec<Rejection>,
+    pub first_id: EntryId,
+    pub last_id: EntryId,
 }
 
+impl Prepared {
+    /// Entries in the batch: rows and dead letters.
+    pub fn len(&self) -> usize {
+        self.ids.len() + self.rejected.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops the entries at or before `position` — stored by another run
+    /// while this one held them — and says whether any are left.
+    pub fn skip_through(&mut self, position: EntryId) -> bool {
+        if self.first_id > position {
+            return true;
+        }
+        if self.last_id <= position {
+            return false;
+        }
+        let keep = self.ids.partition_point(|id| *id <= position);
+        let from = self.bounds[keep];
+        let mut rows = self.rows.split_off(from);
+        std::mem::swap(&mut rows, &mut self.rows);
+        self.bounds = self.bounds[keep..].iter().map(|b| b - from).collect();
+        self.ids.drain(..keep);
+        self.hours.drain(..keep);
+        self.raws.drain(..keep);
+        self.rejected.retain(|r| r.stream_id > position);
+        self.first_id = self
+            .ids
+            .first()
+            .into_iter()
+            .chain(self.rejected.first().map(|r| &r.stream_id))
+            .min()
+            .copied()
+            .unwrap_or(self.last_id);
+        true
+    }
+}
+
+/// Encodes a parsed batch (see [`Prepared`]).
 pub fn prepare(batch: Batch) -> anyhow::Result<Prepared> {
-    let rows = encode_rows(&batch.events)?;
-    Ok(Prepared { batch, rows })
+    let size: usize = batch
+        .events
+        .iter()
+        .map(|(_, raw)| raw.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>())
+        .sum();
+    let mut prepared = Prepared {
+        rows: BytesMut::with_capacity(size + batch.events.len() * 64),
+        bounds: Vec::with_capacity(batch.events.len() + 1),
+        ids: Vec::with_capacity(batch.events.len()),
+        hours: Vec::with_capacity(batch.events.len()),
+        raws: Vec::with_capacity(batch.events.len()),
+        rejected: batch.rejected,
+        first_id: batch.first_id,
+        last_id: batch.last_id,
+    };
+    prepared.bounds.push(0);
+    for (event, raw) in batch.events {
+        encode_row(&mut prepared.rows, &event)?;
+        prepared.bounds.push(prepared.rows.len());
+        prepared.ids.push(event.stream_id);
+        prepared.hours.push(hour::floor(event.timestamp));
+        prepared.raws.push(raw);
+    }
+    Ok(prepared)
+}
+
+/// One row in PostgreSQL's binary COPY format: a field count, then each
+/// field as length + `ToSql` bytes (-1 for NULL).
+fn encode_row(out: &mut BytesMut, e: &Event) -> anyhow::Result<()> {
+    let event_type = e.event_type.as_str();
+    let stream_id = e.stream_id.to_string();
+    let stream_placeholder = 0_i32;
+    let row: [&(dyn ToSql + Sync); 19] = [
+        &stream_placeholder,
+        &stream_id,
+        &event_type,
+        &e.generation_id,
+        &e.user_id,
+        &e.timestamp,
+        &e.generation_type,
+        &e.duration_ms,
+        &e.success,
+        &e.error_type,
+        &e.error_message,
+        &e.queue_wait_time_ms,
+        &e.generation_time_ms,
+        &e.model_checkpoint,
+        &e.image_dimensions,
+        &e.batch_size,
+        &e.prompt_tokens,
+        &e.queue_length,
+        &e.attributes,
+    ];
+    out.put_i16(row.len() as i16);
+    for (value, ty) in row.iter().zip(COPY_TYPES) {
+        let at = out.len();
+        out.put_i32(0);
+        let length = match value
+            .to_sql_checked(ty, out)
+            .map_err(|err| anyhow::anyhow!("cannot encode entry {}: {err}", e.stream_id))?
+        {
+            IsNull::No => i32::try_from(out.len() - at - 4)
+                .with_context(|| format!("entry {} has a value over 2 GB", e.stream_id))?,
+            IsNull::Yes => -1,
+        };
+        out[at..at + 4].copy_from_slice(&length.to_be_bytes());
+    }
+    Ok(())
+}
+
+/// What one committed batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Rows stored.
+    pub stored: u64,
+    /// Entries dead-lettered (by the parser or by PostgreSQL).
+    pub rejected: u64,
+    /// Rows that were already stored, left as they were.
+    pub skipped: u64,
+}
+
+/// The claim a commit makes: the stream is still at `expected`, in the
+/// incarnation `stream_ref`; after it, at the batch's last entry, whose
+/// index in the stream is `index` (when known).
+#[derive(Debug, Clone)]
+pub struct Claim<'a> {
+    pub stream_key: &'a str,
+    pub stream_ref: i32,
+    pub expected: EntryId,
+    pub index: Option<u64>,
+    pub observed_added: Option<u64>,
 }
 
 /// Commits one batch if the stream is still where this run left it.
 pub fn commit(
     client: &mut Client,
-    stream_key: &str,
-    expected: &str,
-    prepared: &Prepared,
-) -> anyhow::Result<()> {
-    let batch = &prepared.batch;
+    claim: &Claim<'_>,
+    prepared: &mut Prepared,
+) -> anyhow::Result<Outcome> {
+    for &start in &prepared.bounds[..prepared.bounds.len() - 1] {
+        prepared.rows[start + STREAM_OFFSET..start + STREAM_OFFSET + 4]
+            .copy_from_slice(&claim.stream_ref.to_be_bytes());
+    }
+    let to_sql = |n: Option<u64>| n.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
     let mut tx = client.transaction()?;
     // The claim comes first: it locks the state row, and a second writer
     // that got here with the same expectation finds it no longer holds.
     let claimed = tx.execute(
         "UPDATE genalytics_transfer_state
-         SET last_id = $3, events_stored = events_stored + $4,
-             entries_rejected = entries_rejected + $5, last_transfer_at = now()
-         WHERE stream_key = $1 AND last_id = $2",
+         SET last_id = $3, last_transfer_at = now(), position_index = $5,
+             observed_added = greatest(observed_added, $6),
+             observed_at = CASE WHEN $6::int8 IS NULL THEN observed_at ELSE now() END
+         WHERE stream_key = $1 AND last_id = $2 AND stream_ref = $4",
         &[
-            &stream_key,
-            &expected,
-            &batch.last_id,
-            &(batch.events.len() as i64),
-            &(batch.rejected.len() as i64),
+            &claim.stream_key,
+            &claim.expected,
+            &prepared.last_id,
+            &claim.stream_ref,
+            &to_sql(claim.index),
+            &to_sql(claim.observed_added),
         ],
     )?;
     if claimed != 1 {
         bail!(
-            "another transfer moved the position of {stream_key} while this one ran; \
-             nothing was stored twice — run transfer again to continue"
+            "another transfer moved the position of {} while this one ran; \
+             nothing was stored twice — run transfer again to continue",
+            claim.stream_key
         );
     }
-    if !batch.events.is_empty() {
-        store_events(&mut tx, &prepared.rows)?;
-    }
-    for rejection in &batch.rejected {
-        tx.execute(
-            "INSERT INTO generation_events_rejected (stream_id, fields, reason) VALUES ($1, $2, $3)
-             ON CONFLICT (stream_id) DO NOTHING",
-            &[&rejection.stream_id, &rejection.fields, &rejection.reason],
-        )?;
-    }
-    let hours: Vec<DateTime<Utc>> = batch
-        .events
+
+    let mut mode = Mode::Copy;
+    let mut refused = Vec::new();
+    let rows = prepared.ids.len();
+    let stored = if rows == 0 {
+        0
+    } else {
+        insert_rows(&mut tx, prepared, 0..rows, &mut mode, &mut refused)?
+    };
+    let refused_rows: BTreeSet<usize> = refused.iter().map(|(row, _)| *row).collect();
+    let mut letters: Vec<Letter<'_>> = prepared
+        .rejected
         .iter()
-        .map(|e| {
-            e.timestamp
-                .duration_trunc(TimeDelta::hours(1))
-                .unwrap_or(e.timestamp)
+        .map(|r| Letter {
+            stream_id: r.stream_id,
+            fields: &r.fields,
+            reason: r.reason.clone(),
         })
+        .collect();
+    letters.extend(refused.iter().map(|(row, message)| Letter {
+        stream_id: prepared.ids[*row],
+        fields: &prepared.raws[*row],
+        reason: format!("PostgreSQL refused the row: {message}"),
+    }));
+    store_dead_letters(&mut tx, claim.stream_ref, &letters)?;
+
+    let hours: Vec<DateTime<Utc>> = prepared
+        .hours
+        .iter()
+        .enumerate()
+        .filter(|(row, _)| !refused_rows.contains(row))
+        .map(|(_, hour)| *hour)
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -190,96 +299,318 @@ pub fn commit(
             &[&hours],
         )?;
     }
+    let outcome = Outcome {
+        stored,
+        rejected: letters.len() as u64,
+        skipped: (rows - refused.len()) as u64 - stored,
+    };
+    tx.execute(
+        "UPDATE genalytics_transfer_state
+         SET events_stored = events_stored + $2, entries_rejected = entries_rejected + $3,
+             entries_skipped = entries_skipped + $4
+         WHERE stream_key = $1",
+        &[
+            &claim.stream_key,
+            &(outcome.stored as i64),
+            &(outcome.rejected as i64),
+            &(outcome.skipped as i64),
+        ],
+    )?;
     tx.commit().context("cannot commit the batch")?;
-    Ok(())
+    Ok(outcome)
 }
 
-/// COPY straight into the table; should rows with these stream IDs already
-/// exist (a position reset by hand), go through a staging table and skip
-/// them instead of failing every run from now on.
-fn store_events(tx: &mut Transaction<'_>, rows: &[u8]) -> anyhow::Result<()> {
+/// How rows go in: straight by COPY, or — once some turned out to be
+/// stored already — through a staging table that skips those.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Copy,
+    Staged,
+}
+
+/// Stores the rows in `range`, each attempt in a savepoint; a refusal for
+/// something in the data splits the range until each refused row stands
+/// alone (it goes to `refused` with PostgreSQL's message). Returns the rows
+/// stored.
+fn insert_rows(
+    tx: &mut Transaction<'_>,
+    prepared: &Prepared,
+    range: Range<usize>,
+    mode: &mut Mode,
+    refused: &mut Vec<(usize, String)>,
+) -> anyhow::Result<u64> {
     let mut attempt = tx.transaction()?;
-    match copy_into(&mut attempt, "generation_events", rows) {
-        Ok(()) => {
+    let result = match mode {
+        Mode::Copy => copy_rows(&mut attempt, "generation_events", prepared, range.clone()),
+        Mode::Staged => staged_insert(&mut attempt, prepared, range.clone()),
+    };
+    let err = match result {
+        Ok(stored) => {
             attempt.commit()?;
-            return Ok(());
+            return Ok(stored);
         }
-        Err(err) if is_unique_violation(&err) => attempt.rollback()?,
-        Err(err) => return Err(err).context("cannot store events"),
+        Err(err) => err,
+    };
+    attempt.rollback()?;
+    if *mode == Mode::Copy && is_entry_key_conflict(&err) {
+        tracing::warn!("some entries were already stored; skipping them");
+        *mode = Mode::Staged;
+        return insert_rows(tx, prepared, range, mode, refused);
     }
-    tracing::warn!("some entries were already stored; skipping them");
+    if !is_data_error(&err) {
+        return Err(err);
+    }
+    if range.len() == 1 {
+        refused.push((range.start, describe(&err)));
+        return Ok(0);
+    }
+    let middle = range.start + range.len() / 2;
+    let first = insert_rows(tx, prepared, range.start..middle, mode, refused)?;
+    let second = insert_rows(tx, prepared, middle..range.end, mode, refused)?;
+    Ok(first + second)
+}
+
+/// COPY's binary header: signature, flags, header extension length.
+const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// COPY's binary trailer: a field count of -1.
+const COPY_TRAILER: &[u8] = &[0xff, 0xff];
+
+fn copy_rows(
+    tx: &mut Transaction<'_>,
+    table: &str,
+    prepared: &Prepared,
+    range: Range<usize>,
+) -> anyhow::Result<u64> {
+    let body = &prepared.rows[prepared.bounds[range.start]..prepared.bounds[range.end]];
+    let mut sink = tx.copy_in(&format!(
+        "COPY {table} ({COPY_COLUMNS}) FROM STDIN (FORMAT binary)"
+    ))?;
+    // Few large writes: the driver's row-at-a-time writer enters its async
+    // runtime once per row, which cost more than encoding.
+    let written = [COPY_HEADER, body, COPY_TRAILER]
+        .into_iter()
+        .try_for_each(|part| std::io::Write::write_all(&mut sink, part));
+    match (written, sink.finish()) {
+        (_, Err(err)) => Err(err.into()),
+        (Err(err), Ok(_)) => Err(anyhow::Error::new(err).context("cannot send rows to PostgreSQL")),
+        (Ok(()), Ok(stored)) => Ok(stored),
+    }
+}
+
+/// Through the staging table: rows already stored are skipped by
+/// `ON CONFLICT`, the rest inserted.
+fn staged_insert(
+    tx: &mut Transaction<'_>,
+    prepared: &Prepared,
+    range: Range<usize>,
+) -> anyhow::Result<u64> {
     tx.batch_execute(
         "CREATE TEMP TABLE IF NOT EXISTS genalytics_staging
              (LIKE generation_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
     )?;
-    copy_into(tx, "genalytics_staging", rows).context("cannot stage events")?;
-    tx.batch_execute(&format!(
-        "INSERT INTO generation_events ({COPY_COLUMNS}) SELECT {COPY_COLUMNS} FROM genalytics_staging
-         ON CONFLICT (stream_id) DO NOTHING"
-    ))?;
-    Ok(())
+    copy_rows(tx, "genalytics_staging", prepared, range)?;
+    let stored = tx.execute(
+        &format!(
+            "INSERT INTO generation_events ({COPY_COLUMNS}) SELECT {COPY_COLUMNS} FROM genalytics_staging
+             ON CONFLICT (stream, stream_id) DO NOTHING"
+        ),
+        &[],
+    )?;
+    tx.batch_execute("DELETE FROM genalytics_staging")?;
+    Ok(stored)
 }
 
-fn copy_into(tx: &mut Transaction<'_>, table: &str, rows: &[u8]) -> anyhow::Result<()> {
-    let mut sink = tx.copy_in(&format!(
-        "COPY {table} ({COPY_COLUMNS}) FROM STDIN (FORMAT binary)"
-    ))?;
-    // One write, one CopyData message: the driver's row-at-a-time writer
-    // enters its async runtime once per row, which cost more than encoding.
-    std::io::Write::write_all(&mut sink, rows)?;
-    sink.finish()?;
-    Ok(())
+fn is_entry_key_conflict(err: &anyhow::Error) -> bool {
+    pg_error(err)
+        .and_then(postgres::Error::as_db_error)
+        .is_some_and(|db| {
+            *db.code() == SqlState::UNIQUE_VIOLATION && db.constraint() == Some(ENTRY_KEY)
+        })
 }
 
-/// Encodes events in PostgreSQL's binary COPY format: a header, then per
-/// row a field count and each field as length + `ToSql` bytes, then -1.
-fn encode_rows(events: &[Event]) -> anyhow::Result<BytesMut> {
-    let mut out = BytesMut::with_capacity(64 + events.len() * 200);
-    out.put_slice(b"PGCOPY\n\xff\r\n\0");
-    out.put_i32(0); // flags
-    out.put_i32(0); // header extension length
-    for e in events {
-        let event_type = e.event_type.as_str();
-        let row: [&(dyn ToSql + Sync); 18] = [
-            &event_type,
-            &e.generation_id,
-            &e.user_id,
-            &e.timestamp,
-            &e.generation_type,
-            &e.duration_ms,
-            &e.success,
-            &e.error_type,
-            &e.error_message,
-            &e.queue_wait_time_ms,
-            &e.generation_time_ms,
-            &e.model_checkpoint,
-            &e.image_dimensions,
-            &e.batch_size,
-            &e.prompt_tokens,
-            &e.stream_id,
-            &e.queue_length,
-            &e.attributes,
-        ];
-        out.put_i16(row.len() as i16);
-        for (value, ty) in row.iter().zip(COPY_TYPES) {
-            let at = out.len();
-            out.put_i32(0);
-            let length = match value
-                .to_sql_checked(ty, &mut out)
-                .map_err(|err| anyhow::anyhow!("cannot encode entry {}: {err}", e.stream_id))?
-            {
-                IsNull::No => i32::try_from(out.len() - at - 4)?,
-                IsNull::Yes => -1,
-            };
-            out[at..at + 4].copy_from_slice(&length.to_be_bytes());
+/// Refusals caused by what a row holds: data exceptions (22…), integrity
+/// constraints (23…) and program limits (54…, e.g. an index row too large).
+fn is_data_error(err: &anyhow::Error) -> bool {
+    pg_error(err)
+        .and_then(postgres::Error::code)
+        .is_some_and(|code| matches!(&code.code()[..2], "22" | "23" | "54"))
+}
+
+fn pg_error(err: &anyhow::Error) -> Option<&postgres::Error> {
+    err.chain()
+        .find_map(|cause| cause.downcast_ref::<postgres::Error>())
+}
+
+/// PostgreSQL's words for a refused row, safe to store and to show.
+fn describe(err: &anyhow::Error) -> String {
+    match pg_error(err).and_then(postgres::Error::as_db_error) {
+        Some(db) => {
+            let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                text.push_str(": ");
+                text.push_str(detail);
+            }
+            escape_controls(&truncate(&text, 2_000)).into_owned()
+        }
+        None => escape_controls(&format!("{err:#}")).into_owned(),
+    }
+}
+
+/// A dead letter about to be stored.
+struct Letter<'a> {
+    stream_id: EntryId,
+    fields: &'a RawFields,
+    reason: String,
+}
+
+/// Longest value `fields` shows; the exact bytes are in `raw_fields`.
+const READABLE_VALUE_MAX: usize = 64 << 10;
+
+/// The raw fields as a readable JSON object: names and values as text,
+/// escaped where they are not printable UTF-8, long values shortened, every
+/// value of a repeated name kept (as an array, in order).
+pub fn readable_fields(raw: &RawFields) -> Value {
+    let mut map = serde_json::Map::new();
+    for (name, value) in raw {
+        let name = escape_bytes(name).into_owned();
+        let value = Value::String(truncate(&escape_bytes(value), READABLE_VALUE_MAX).into_owned());
+        match map.get_mut(&name) {
+            Some(Value::Array(values)) => values.push(value),
+            Some(first) => {
+                let first = first.take();
+                map.insert(name, Value::Array(vec![first, value]));
+            }
+            None => {
+                map.insert(name, value);
+            }
         }
     }
-    out.put_i16(-1);
-    Ok(out)
+    Value::Object(map)
 }
 
-fn is_unique_violation(err: &anyhow::Error) -> bool {
-    err.downcast_ref::<postgres::Error>()
-        .and_then(postgres::Error::code)
-        == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
+/// The raw fields flattened (name, value, name, value, …) for `BYTEA[]`.
+fn flat_raw(raw: &RawFields) -> Vec<&[u8]> {
+    raw.iter()
+        .flat_map(|(name, value)| [name.as_slice(), value.as_slice()])
+        .collect()
+}
+
+/// Stores dead letters; one that is already there (a position set back by
+/// hand) stays as it was. Everything in them is escaped or bytes, so
+/// nothing in an entry can refuse them; should PostgreSQL refuse one all
+/// the same, it is stored without its fields, with the reason why.
+fn store_dead_letters(
+    tx: &mut Transaction<'_>,
+    stream: i32,
+    letters: &[Letter<'_>],
+) -> anyhow::Result<()> {
+    const INSERT: &str =
+        "INSERT INTO generation_events_rejected (stream, stream_id, fields, reason, raw_fields)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (stream, stream_id) DO NOTHING";
+    if letters.is_empty() {
+        return Ok(());
+    }
+    let statement = tx.prepare(INSERT)?;
+    for letter in letters {
+        let fields = readable_fields(letter.fields);
+        let raw = flat_raw(letter.fields);
+        let mut attempt = tx.transaction()?;
+        let stored = attempt.execute(
+            &statement,
+            &[&stream, &letter.stream_id, &fields, &letter.reason, &raw],
+        );
+        match stored.map_err(anyhow::Error::from) {
+            Ok(_) => attempt.commit()?,
+            Err(err) if is_data_error(&err) => {
+                attempt.rollback()?;
+                let reason = format!(
+                    "{}; the entry's fields could not be stored either: {}",
+                    letter.reason,
+                    describe(&err)
+                );
+                let none: Option<Vec<&[u8]>> = None;
+                tx.execute(
+                    &statement,
+                    &[
+                        &stream,
+                        &letter.stream_id,
+                        &serde_json::json!({}),
+                        &reason,
+                        &none,
+                    ],
+                )?;
+            }
+            Err(err) => return Err(err).context("cannot store a dead letter"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(pairs: &[(&[u8], &[u8])]) -> RawFields {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn readable_fields_keep_every_value_and_escape_what_json_cannot_hold() {
+        let fields = readable_fields(&raw(&[
+            (b"event_type", b"request"),
+            (b"event_type", b"completion\0x"),
+            (b"bad\xff", b"\x1b[2J"),
+            (b"event_type", b"third"),
+        ]));
+        assert_eq!(
+            fields,
+            serde_json::json!({
+                "event_type": ["request", "completion\\0x", "third"],
+                "bad\\xff": "\\x1b[2J",
+            })
+        );
+        let huge = readable_fields(&raw(&[(b"blob", &vec![b'x'; 1 << 20])]));
+        let shown = huge["blob"].as_str().unwrap();
+        assert!(
+            shown.len() < 70_000 && shown.ends_with("more bytes)"),
+            "{}",
+            shown.len()
+        );
+    }
+
+    fn batch(ids: &[u64]) -> Prepared {
+        let batch = Batch::from_entries(ids.iter().map(|&ms| {
+            (
+                EntryId::at_ms(ms),
+                raw(&[(
+                    b"event_type",
+                    if ms % 2 == 0 {
+                        b"request" as &[u8]
+                    } else {
+                        b"bogus"
+                    },
+                )]),
+            )
+        }));
+        prepare(batch).unwrap()
+    }
+
+    #[test]
+    fn skipping_what_another_run_stored_keeps_rows_and_letters_consistent() {
+        let mut prepared = batch(&[10, 11, 12, 13, 14, 16]);
+        assert_eq!(prepared.len(), 6);
+        assert!(prepared.skip_through(EntryId::at_ms(5)));
+        assert_eq!(prepared.len(), 6);
+        assert!(prepared.skip_through(EntryId::at_ms(12)));
+        assert_eq!(prepared.ids, [EntryId::at_ms(14), EntryId::at_ms(16)]);
+        assert_eq!(prepared.rejected.len(), 1);
+        assert_eq!(prepared.first_id, EntryId::at_ms(13));
+        assert_eq!(prepared.bounds.len(), 3);
+        assert_eq!(prepared.bounds[0], 0);
+        assert_eq!(*prepared.bounds.last().unwrap(), prepared.rows.len());
+        assert!(!prepared.skip_through(EntryId::at_ms(16)));
+    }
 }

@@ -52,7 +52,7 @@ pub fn hours(client: &mut Client, window: &Window) -> anyhow::Result<Vec<HourRow
                         cancelled: int(4),
                         duration_sum: row.get(5),
                         duration_count: int(6),
-                        images: int(7),
+                        images: row.get(7),
                         queue_sum: row.get(8),
                         queue_samples: int(9),
                         max_queue: optional(10),

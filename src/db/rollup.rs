@@ -141,7 +141,7 @@ fn rollup_sql() -> String {
             round(f.percentiles[2]::numeric)::int,
             round(f.percentiles[3]::numeric)::int,
             coalesce(cardinality(f.user_ids), 0),
-            f.avg_queue::float8, f.max_queue, coalesce(f.images, 0)::int,
+            f.avg_queue::float8, f.max_queue, coalesce(f.images, 0),
             coalesce(f.duration_sum, 0), f.duration_count,
             coalesce(b.keys, '{{}}'), coalesce(b.counts, '{{}}'), coalesce(f.user_ids, '{{}}'),
             coalesce(f.queue_sum, 0), f.queue_samples, now()

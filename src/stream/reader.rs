@@ -1,89 +1,133 @@
-//! Reading the stream (XRANGE to drain, XREAD BLOCK to follow), looking at
-//! it (XINFO), and trimming what is safely stored (XTRIM MINID).
+//! Reading the stream (XRANGE to drain, XREAD BLOCK to follow) in reads
+//! bounded by bytes as well as entries, looking at it (XINFO), and
+//! trimming what is safely stored (XTRIM MINID, guarded so that a stream
+//! recreated under the same key is never trimmed by the old position).
 
-use std::fmt;
-use std::str::FromStr;
+use std::sync::LazyLock;
 
 use anyhow::Context;
 use redis::Value;
 
-/// A stream entry ID, `<ms>-<seq>`, ordered as Redis orders them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct EntryId {
-    pub ms: u64,
-    pub seq: u64,
-}
-
-impl EntryId {
-    pub const ZERO: EntryId = EntryId { ms: 0, seq: 0 };
-}
-
-impl FromStr for EntryId {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (ms, seq) = text.split_once('-').unwrap_or((text, "0"));
-        match (ms.parse(), seq.parse()) {
-            (Ok(ms), Ok(seq)) => Ok(EntryId { ms, seq }),
-            _ => Err(format!("'{text}' is not a stream entry ID")),
-        }
-    }
-}
-
-impl fmt::Display for EntryId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
-    }
-}
+use super::EntryId;
+use crate::event::RawFields;
 
 /// One entry as Redis returned it: values are bytes, the producer's are
 /// UTF-8 but nothing guarantees it.
 #[derive(Debug, Clone)]
 pub struct RawEntry {
-    pub id: String,
-    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+    pub id: EntryId,
+    pub fields: RawFields,
+}
+
+impl RawEntry {
+    /// Bytes of its ID, names and values: what it costs to hold.
+    pub fn size(&self) -> usize {
+        24 + self
+            .fields
+            .iter()
+            .map(|(name, value)| name.len() + value.len() + 48)
+            .sum::<usize>()
+    }
+}
+
+/// Most entries one read asks for. Redis cannot cap a reply by bytes, so
+/// a backlog of small entries followed by huge ones costs at most this many
+/// huge ones in memory, once; after that each read is sized by the largest
+/// entry seen. Reads this size keep the round trips under a few percent of
+/// the work (measured by the transfer benchmark).
+pub const READ_MAX_ENTRIES: usize = 256;
+
+/// Chooses how many entries to ask for next: starts small, doubles while
+/// entries are small, and never asks for more than the bytes left in the
+/// batch would hold at the size of the largest entry seen lately.
+#[derive(Debug, Clone)]
+pub struct ReadSize {
+    next: usize,
+    largest: usize,
+}
+
+impl Default for ReadSize {
+    fn default() -> Self {
+        ReadSize {
+            next: 16,
+            largest: 0,
+        }
+    }
+}
+
+impl ReadSize {
+    /// Entries to ask for, given how many the batch still takes and how
+    /// many bytes it has left; at least one, so a giant entry comes alone.
+    pub fn count(&self, entries_left: usize, bytes_left: usize) -> usize {
+        let by_bytes = bytes_left / self.largest.max(1);
+        self.next.min(entries_left).min(by_bytes).max(1)
+    }
+
+    /// Learns from what a read returned.
+    pub fn observe(&mut self, entries: &[RawEntry]) {
+        let largest = entries.iter().map(RawEntry::size).max().unwrap_or(0);
+        // Halve the memory of old giants so that reads grow again after them.
+        self.largest = largest.max(self.largest / 2);
+        self.next = (self.next * 2).min(READ_MAX_ENTRIES);
+    }
 }
 
 /// What XINFO STREAM says, as far as transfer and status care.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamInfo {
+    /// The key exists (a missing key reads as an empty stream).
+    pub exists: bool,
     pub length: u64,
     pub first_id: Option<EntryId>,
     pub last_id: Option<EntryId>,
-    /// Highest ID ever removed (XTRIM, XDEL, MAXLEN); Redis ≥ 7.
+    /// Highest ID the stream ever handed out, trimmed or not.
+    pub last_generated_id: EntryId,
+    /// Highest ID ever removed (XTRIM, XDEL, MAXLEN); `None` before Redis 7.
     pub max_deleted_id: Option<EntryId>,
+    /// Entries ever added to this stream; `None` before Redis 7.
+    pub entries_added: Option<u64>,
 }
 
-/// Looks at the stream; a missing key is an empty stream.
-pub fn info(con: &mut redis::Connection, key: &str) -> anyhow::Result<StreamInfo> {
-    let kind: String = redis::cmd("TYPE")
-        .arg(key)
-        .query(con)
-        .with_context(|| format!("cannot inspect the key {key}"))?;
-    match kind.as_str() {
-        "none" => return Ok(StreamInfo::default()),
-        "stream" => {}
-        other => anyhow::bail!(
-            "the key {key} holds a {other}, not a stream; check --redis-ns or --stream"
-        ),
+impl StreamInfo {
+    /// Whether Redis reports what tells one stream from its successor
+    /// (`entries-added`, `max-deleted-entry-id`: Redis 7).
+    pub fn knows_history(&self) -> bool {
+        self.entries_added.is_some() && self.max_deleted_id.is_some()
     }
-    let reply: Value = redis::cmd("XINFO")
-        .arg("STREAM")
-        .arg(key)
-        .query(con)
-        .with_context(|| format!("cannot read the stream {key}"))?;
-    let mut info = StreamInfo::default();
+}
+
+/// Looks at the stream; a missing key is an empty stream that does not
+/// exist.
+pub fn info(con: &mut impl redis::ConnectionLike, key: &str) -> anyhow::Result<StreamInfo> {
+    let reply: Value = match redis::cmd("XINFO").arg("STREAM").arg(key).query(con) {
+        Ok(reply) => reply,
+        Err(err) if err.detail().is_some_and(|d| d.contains("no such key")) => {
+            return Ok(StreamInfo::default());
+        }
+        Err(err) if err.code() == Some("WRONGTYPE") => anyhow::bail!(
+            "the key {key} holds something other than a stream; check --redis-ns or --stream"
+        ),
+        Err(err) => {
+            return Err(err).with_context(|| format!("cannot read the stream {key}"));
+        }
+    };
+    let mut info = StreamInfo {
+        exists: true,
+        ..StreamInfo::default()
+    };
+    let id = |value: Value| {
+        redis::from_redis_value::<String>(value)
+            .ok()
+            .and_then(|id| id.parse().ok())
+    };
     for (name, value) in pairs(reply) {
         match name.as_str() {
             "length" => info.length = redis::from_redis_value(value).unwrap_or(0),
             "first-entry" => info.first_id = entry_id_of(value),
             "last-entry" => info.last_id = entry_id_of(value),
-            "max-deleted-entry-id" => {
-                info.max_deleted_id = redis::from_redis_value::<String>(value)
-                    .ok()
-                    .and_then(|id| id.parse().ok())
-                    .filter(|id| *id != EntryId::ZERO);
-            }
+            "last-generated-id" => info.last_generated_id = id(value).unwrap_or_default(),
+            "max-deleted-entry-id" => info.max_deleted_id = id(value),
+            "entries-added" => info.entries_added = redis::from_redis_value(value).ok(),
             _ => {}
         }
     }
@@ -125,7 +169,7 @@ fn entry_id_of(entry: Value) -> Option<EntryId> {
 
 /// Up to `count` entries after `after` (exclusive), up to `until` (inclusive).
 pub fn range_after(
-    con: &mut redis::Connection,
+    con: &mut impl redis::ConnectionLike,
     key: &str,
     after: EntryId,
     until: Option<EntryId>,
@@ -143,7 +187,7 @@ pub fn range_after(
 
 /// Waits up to `block_ms` for entries after `after`.
 pub fn read_after(
-    con: &mut redis::Connection,
+    con: &mut impl redis::ConnectionLike,
     key: &str,
     after: EntryId,
     count: usize,
@@ -191,7 +235,10 @@ fn entries(reply: Value) -> redis::RedisResult<Vec<RawEntry>> {
         while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
             fields.push((bytes(name), bytes(value)));
         }
-        let id = String::from_utf8(id).map_err(|_| malformed(&Value::Nil))?;
+        let id = std::str::from_utf8(&id)
+            .ok()
+            .and_then(|id| id.parse().ok())
+            .ok_or_else(|| malformed(&Value::BulkString(id.clone())))?;
         out.push(RawEntry { id, fields });
     }
     Ok(out)
@@ -206,42 +253,90 @@ fn bytes(value: Value) -> Vec<u8> {
 }
 
 fn malformed(value: &Value) -> redis::RedisError {
+    let mut shown = format!("{value:?}");
+    shown.truncate(200);
     redis::RedisError::from((
         redis::ErrorKind::Parse,
         "unexpected reply to a stream read",
-        format!("{value:?}"),
+        shown,
     ))
 }
 
-/// Removes entries older than `min_id` (exclusive); returns how many.
-pub fn trim_before(
-    con: &mut redis::Connection,
+/// Trims what is stored: XTRIM MINID `bound` (bound ≤ `position`, the last
+/// stored entry), but only while the stream is the one `position` belongs
+/// to — its entry is still there, or Redis recorded it as deleted. A stream
+/// recreated under the same key fails that test and is left alone. Returns
+/// the entries removed, `None` when the check refused.
+static TRIM_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("trim_stored.lua")));
+
+pub fn trim_stored(
+    con: &mut impl redis::ConnectionLike,
     key: &str,
-    min_id: EntryId,
-) -> redis::RedisResult<u64> {
-    redis::cmd("XTRIM")
+    position: EntryId,
+    bound: EntryId,
+) -> redis::RedisResult<Option<u64>> {
+    debug_assert!(bound <= position);
+    let trimmed: i64 = match TRIM_SCRIPT
+        .key(key)
+        .arg(position.to_string())
+        .arg(bound.to_string())
+        .invoke(con)
+    {
+        Ok(trimmed) => trimmed,
+        // Scripting disabled (some managed Redis): the same check, in two steps.
+        Err(err) if scripting_unavailable(&err) => {
+            if !entry_exists(con, key, position)? {
+                return Ok(None);
+            }
+            redis::cmd("XTRIM")
+                .arg(key)
+                .arg("MINID")
+                .arg(bound.to_string())
+                .query(con)?
+        }
+        Err(err) => return Err(err),
+    };
+    Ok(u64::try_from(trimmed).ok())
+}
+
+fn scripting_unavailable(err: &redis::RedisError) -> bool {
+    let text = err.to_string().to_lowercase();
+    text.contains("unknown command") || text.contains("noscript") && text.contains("eval")
+}
+
+/// Whether the entry `id` is in the stream.
+pub fn entry_exists(
+    con: &mut impl redis::ConnectionLike,
+    key: &str,
+    id: EntryId,
+) -> redis::RedisResult<bool> {
+    let reply: Value = redis::cmd("XRANGE")
         .arg(key)
-        .arg("MINID")
-        .arg(min_id.to_string())
-        .query(con)
+        .arg(id.to_string())
+        .arg(id.to_string())
+        .arg("COUNT")
+        .arg(1)
+        .query(con)?;
+    Ok(matches!(reply, Value::Array(items) if !items.is_empty()))
 }
 
 /// The first entry after `after`: the oldest not yet transferred.
 pub fn first_after(
-    con: &mut redis::Connection,
+    con: &mut impl redis::ConnectionLike,
     key: &str,
     after: EntryId,
 ) -> anyhow::Result<Option<EntryId>> {
     let entries = range_after(con, key, after, None, 1)
         .with_context(|| format!("cannot read the stream {key}"))?;
-    Ok(entries.first().and_then(|entry| entry.id.parse().ok()))
+    Ok(entries.first().map(|entry| entry.id))
 }
 
 /// Entries after `after`: exact when at most `exact_up_to` lie on either
 /// side of it (the stream's length minus what is before), otherwise
 /// estimated from the rate seen in a sample of what follows it.
 pub fn count_after(
-    con: &mut redis::Connection,
+    con: &mut impl redis::ConnectionLike,
     key: &str,
     info: &StreamInfo,
     after: EntryId,
@@ -278,10 +373,7 @@ pub fn count_after(
         return Ok(Backlog::exact(sample.len() as u64));
     }
     // The sample's rate of entries per millisecond, carried to the end.
-    let sampled_to: EntryId = sample
-        .last()
-        .and_then(|e| e.id.parse().ok())
-        .unwrap_or(last);
+    let sampled_to = sample.last().map_or(last, |e| e.id);
     let sampled_ms = sampled_to.ms.saturating_sub(after.ms).max(1) as f64;
     let rest_ms = last.ms.saturating_sub(sampled_to.ms) as f64;
     let estimate = sample.len() as f64 * (1.0 + rest_ms / sampled_ms);
@@ -311,17 +403,32 @@ impl Backlog {
 mod tests {
     use super::*;
 
+    fn entry(bytes: usize) -> RawEntry {
+        RawEntry {
+            id: EntryId::ZERO,
+            fields: vec![(b"f".to_vec(), vec![b'x'; bytes])],
+        }
+    }
+
     #[test]
-    fn entry_ids_order_numerically_not_textually() {
-        let a: EntryId = "999-5".parse().unwrap();
-        let b: EntryId = "1000-0".parse().unwrap();
-        assert!(a < b);
-        assert!("1000-0".parse::<EntryId>().unwrap() < "1000-1".parse().unwrap());
-        assert_eq!(
-            "1000".parse::<EntryId>().unwrap(),
-            EntryId { ms: 1000, seq: 0 }
-        );
-        assert_eq!(b.to_string(), "1000-0");
-        assert!("x-1".parse::<EntryId>().is_err());
+    fn reads_grow_while_entries_are_small_and_shrink_for_giants() {
+        let mut size = ReadSize::default();
+        let budget = 8 << 20;
+        assert_eq!(size.count(5_000, budget), 16);
+        for _ in 0..10 {
+            let n = size.count(5_000, budget);
+            size.observe(&vec![entry(500); n]);
+        }
+        assert_eq!(size.count(5_000, budget), READ_MAX_ENTRIES);
+        assert_eq!(size.count(7, budget), 7);
+        size.observe(&[entry(2 << 20)]);
+        assert_eq!(size.count(5_000, budget), 3);
+        // A giant alone, whatever is left.
+        assert_eq!(size.count(5_000, 10), 1);
+        // Giants fade from memory once reads hold small entries again.
+        for _ in 0..16 {
+            size.observe(&[entry(500)]);
+        }
+        assert_eq!(size.count(5_000, budget), READ_MAX_ENTRIES);
     }
 }

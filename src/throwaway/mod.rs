@@ -1,6 +1,8 @@
 //! Throwaway PostgreSQL and Redis servers, for the test suite and `demo`.
 //!
-//! Each server lives in its own temporary directory on a free private port,
+//! Each server lives in its own temporary directory (0700: its data and log
+//! are no one else's) on a free private port, answers only to a random
+//! password,
 //! is polled for readiness with a bound (its log goes into any failure), and
 //! is stopped and its directory removed when dropped — also when a test
 //! panics. PostgreSQL refuses to run as root, so as root it runs under the
@@ -31,6 +33,22 @@ use nix::unistd::Pid;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a server may take to stop before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A password for a throwaway server: 32 letters and digits.
+fn random_password() -> String {
+    use rand::RngExt;
+    let mut rng = rand::rng();
+    (0..32)
+        .map(|_| {
+            let n: u8 = rng.random_range(0..62);
+            char::from(match n {
+                0..=9 => b'0' + n,
+                10..=35 => b'a' + n - 10,
+                _ => b'A' + n - 36,
+            })
+        })
+        .collect()
+}
 
 /// A port nobody listens on right now. Another process could take it before
 /// the server binds it; servers retry with a new port when that happens.

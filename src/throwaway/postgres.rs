@@ -1,6 +1,7 @@
 //! A private PostgreSQL: `initdb` into a temporary directory, `postgres` on
-//! a free port of 127.0.0.1, trust authentication, durability off (it is
-//! thrown away anyway).
+//! a free port of 127.0.0.1 and a socket in that (0700) directory, a random
+//! password for the superuser (SCRAM: no other local user gets in), and
+//! durability off (it is thrown away anyway).
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -23,6 +24,8 @@ pub const SUPERUSER: &str = "postgres";
 
 pub struct Postgres {
     program: PathBuf,
+    /// The superuser's password, random per server.
+    password: String,
     /// Outlives this process (`demo --keep`) instead of dying with it.
     detached: bool,
     owner: Option<(Uid, Gid)>,
@@ -63,12 +66,32 @@ impl Postgres {
                 .context("cannot hand the temporary directory to the postgres user")?;
         }
 
+        let password = super::random_password();
+        let pwfile = dir.path().join("pwfile");
+        fs::write(&pwfile, format!("{password}\n"))?;
+        if let Some((uid, gid)) = owner {
+            nix::unistd::chown(&pwfile, Some(uid), Some(gid))?;
+        }
         let log = dir.path().join("initdb.log");
         let log_file = File::create(&log)?;
         let mut command = Command::new(&initdb);
         command
-            .args(["-D", "data", "-U", SUPERUSER, "-A", "trust", "-E", "UTF8"])
-            .args(["--locale=C", "--no-sync", "--no-instructions"])
+            .args([
+                "-D",
+                "data",
+                "-U",
+                SUPERUSER,
+                "-A",
+                "scram-sha-256",
+                "-E",
+                "UTF8",
+            ])
+            .args([
+                "--pwfile=pwfile",
+                "--locale=C",
+                "--no-sync",
+                "--no-instructions",
+            ])
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
@@ -77,12 +100,14 @@ impl Postgres {
         let status = command
             .status()
             .with_context(|| format!("cannot run {}", initdb.display()))?;
+        let _ = fs::remove_file(&pwfile);
         if !status.success() {
             bail!("initdb failed ({status}); its log:\n{}", log_tail(&log));
         }
         let mut conf = String::from(
-            "listen_addresses = '127.0.0.1'\nfsync = off\nsynchronous_commit = off\n\
-             full_page_writes = off\nmax_connections = 100\nshared_buffers = 64MB\n",
+            "listen_addresses = '127.0.0.1'\nunix_socket_permissions = 0700\nfsync = off\n\
+             synchronous_commit = off\nfull_page_writes = off\nmax_connections = 100\n\
+             shared_buffers = 64MB\n",
         );
         for (key, value) in settings {
             let _ = writeln!(conf, "{key} = '{value}'");
@@ -91,6 +116,7 @@ impl Postgres {
 
         let mut server = Postgres {
             program: postgres,
+            password,
             detached,
             owner,
             port: 0,
@@ -138,9 +164,21 @@ impl Postgres {
         self.port
     }
 
-    /// The URL of one database on this server.
+    /// The URL of one database on this server, with the superuser's
+    /// password.
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
+        format!(
+            "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}",
+            self.password, self.port
+        )
+    }
+
+    /// The URL of one database for another role.
+    pub fn url_as(&self, user: &str, password: &str, database: &str) -> String {
+        format!(
+            "postgres://{user}:{password}@127.0.0.1:{}/{database}",
+            self.port
+        )
     }
 
     /// A superuser connection to the `postgres` database.

@@ -1,5 +1,6 @@
-//! A private `redis-server` on a free port of 127.0.0.1, persisting nothing
-//! unless asked to (a restart that keeps the data saves an RDB first).
+//! A private `redis-server` on a free port of 127.0.0.1 with a random
+//! password, persisting nothing unless asked to (a restart that keeps the
+//! data saves an RDB first).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -13,6 +14,7 @@ use super::{launch_on_free_port, redis_program, spawn_server, stop_child};
 
 pub struct Redis {
     program: PathBuf,
+    password: String,
     /// Certificate and key: serve TLS only (`rediss://`).
     tls: Option<(PathBuf, PathBuf)>,
     /// Outlives this process (`demo --keep`) instead of dying with it.
@@ -46,6 +48,7 @@ impl Redis {
             .context("cannot create a temporary directory for Redis")?;
         let mut server = Redis {
             program,
+            password: super::random_password(),
             tls,
             detached,
             port: 0,
@@ -80,7 +83,9 @@ impl Redis {
         }
         command
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .args(["--protected-mode", "no", "--dir"])
+            .arg("--requirepass")
+            .arg(&self.password)
+            .arg("--dir")
             .arg(self.dir.path());
         // Readiness needs no certificate check.
         let probe = match self.tls {
@@ -103,12 +108,18 @@ impl Redis {
         self.port
     }
 
-    /// `redis://127.0.0.1:port`, or `rediss://localhost:port` with TLS.
+    /// `redis://:password@127.0.0.1:port`, or `rediss://…@localhost:port`
+    /// with TLS.
     pub fn url(&self) -> String {
         match self.tls {
-            None => format!("redis://127.0.0.1:{}", self.port),
-            Some(_) => format!("rediss://localhost:{}", self.port),
+            None => format!("redis://:{}@127.0.0.1:{}", self.password, self.port),
+            Some(_) => format!("rediss://:{}@localhost:{}", self.password, self.port),
         }
+    }
+
+    /// The same URL without the password, which the server refuses.
+    pub fn url_without_password(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
     }
 
     pub fn connection(&self) -> anyhow::Result<redis::Connection> {

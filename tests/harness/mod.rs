@@ -53,6 +53,25 @@ impl TestEnv {
         self.pg.url(&self.database)
     }
 
+    /// A URL to `database` for a superuser role that logs in with
+    /// `password` (created on first use): for tests about passwords.
+    #[track_caller]
+    pub fn url_with_password(&self, database: &str, password: &str) -> String {
+        let mut admin = self.pg.admin().unwrap_or_else(|err| panic!("{err:#}"));
+        let exists = !admin
+            .query("SELECT 1 FROM pg_roles WHERE rolname = 'alice'", &[])
+            .unwrap()
+            .is_empty();
+        let verb = if exists { "ALTER" } else { "CREATE" };
+        admin
+            .batch_execute(&format!(
+                "{verb} ROLE alice LOGIN SUPERUSER PASSWORD '{}'",
+                password.replace('\'', "''")
+            ))
+            .unwrap();
+        self.pg.url_as("alice", password, database)
+    }
+
     pub fn stream_key(&self) -> String {
         format!("{}:generation_events:stream", self.namespace)
     }

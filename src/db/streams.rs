@@ -1,0 +1,226 @@
+//! Where transfer stands in each stream: the position (the last entry
+//! stored or dead-lettered), which incarnation of the key is being read,
+//! what Redis said about it, and the lock that lets one transfer of a
+//! stream run at a time.
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use postgres::{Client, GenericClient};
+
+use crate::stream::EntryId;
+use crate::stream::identity::Position;
+
+/// Transfers of different streams may run side by side; of one stream, one
+/// at a time. (Class 0x67656e61 = "gena"; the two-key lock space is apart
+/// from the one-key space `migrate` uses.)
+const LOCK_CLASS: i32 = 0x6765_6e61;
+
+/// Takes the stream's transfer lock without waiting; false if another
+/// session holds it. The lock dies with the connection, so a killed
+/// transfer never blocks the next one.
+pub fn try_lock(client: &mut Client, stream_key: &str) -> anyhow::Result<bool> {
+    Ok(client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))",
+            &[&LOCK_CLASS, &stream_key],
+        )?
+        .get(0))
+}
+
+/// Waits for the stream's transfer lock.
+pub fn lock(client: &mut Client, stream_key: &str) -> anyhow::Result<()> {
+    client.execute(
+        "SELECT pg_advisory_lock($1, hashtext($2))",
+        &[&LOCK_CLASS, &stream_key],
+    )?;
+    Ok(())
+}
+
+/// What transfer has recorded for one stream key.
+#[derive(Debug, Clone)]
+pub struct TransferState {
+    pub stream_key: String,
+    /// The incarnation of the key being read (`genalytics_streams.id`).
+    pub stream_ref: i32,
+    pub position: EntryId,
+    pub position_index: Option<u64>,
+    pub observed_added: Option<u64>,
+    pub events_stored: i64,
+    pub entries_rejected: i64,
+    pub entries_skipped: i64,
+    pub last_transfer_at: DateTime<Utc>,
+    pub resets: i32,
+    pub last_reset_at: Option<DateTime<Utc>>,
+    pub last_reset_lost: Option<i64>,
+}
+
+impl TransferState {
+    pub fn position(&self) -> Position {
+        Position {
+            id: self.position,
+            index: self.position_index,
+        }
+    }
+
+    /// Entries the stream received that were never stored, as far as
+    /// known: what Redis reported having added, less the position's index.
+    pub fn unseen(&self) -> Option<u64> {
+        Some(self.observed_added?.saturating_sub(self.position_index?))
+    }
+}
+
+const STATE_COLUMNS: &str = "stream_key, stream_ref, last_id, position_index, observed_added, \
+    events_stored, entries_rejected, entries_skipped, last_transfer_at, resets, last_reset_at, \
+    last_reset_lost";
+
+fn state_of(row: &postgres::Row) -> anyhow::Result<TransferState> {
+    let count = |index: usize| row.get::<_, Option<i64>>(index).map(i64::unsigned_abs);
+    let stream_key: String = row.get(0);
+    let position = row.try_get(2).map_err(|_| {
+        anyhow::anyhow!(
+            "the stored position of {stream_key} (genalytics_transfer_state.last_id) is not a stream entry ID; \
+             set it to the last entry ID stored, or '0-0' to read the stream from its start"
+        )
+    })?;
+    Ok(TransferState {
+        stream_key,
+        stream_ref: row.get(1),
+        position,
+        position_index: count(3),
+        observed_added: count(4),
+        events_stored: row.get(5),
+        entries_rejected: row.get(6),
+        entries_skipped: row.get(7),
+        last_transfer_at: row.get(8),
+        resets: row.get(9),
+        last_reset_at: row.get(10),
+        last_reset_lost: row.get(11),
+    })
+}
+
+/// The recorded state, without creating anything.
+pub fn state(
+    client: &mut impl GenericClient,
+    stream_key: &str,
+) -> anyhow::Result<Option<TransferState>> {
+    client
+        .query_opt(
+            &format!("SELECT {STATE_COLUMNS} FROM genalytics_transfer_state WHERE stream_key = $1"),
+            &[&stream_key],
+        )?
+        .as_ref()
+        .map(state_of)
+        .transpose()
+}
+
+/// The state of a stream, creating it (and the key's first incarnation)
+/// when transfer meets the key for the first time.
+pub fn open(client: &mut Client, stream_key: &str) -> anyhow::Result<TransferState> {
+    if let Some(state) = state(client, stream_key)? {
+        return Ok(state);
+    }
+    let mut tx = client.transaction()?;
+    tx.execute(
+        "WITH incarnation AS (
+             INSERT INTO genalytics_streams (stream_key, incarnation) VALUES ($1, 1)
+             ON CONFLICT (stream_key, incarnation) DO UPDATE SET stream_key = EXCLUDED.stream_key
+             RETURNING id)
+         INSERT INTO genalytics_transfer_state (stream_key, last_id, stream_ref)
+         SELECT $1, '0-0', id FROM incarnation
+         ON CONFLICT (stream_key) DO NOTHING",
+        &[&stream_key],
+    )?;
+    let state =
+        state(&mut tx, stream_key)?.context("the transfer state just created is missing")?;
+    tx.commit()?;
+    Ok(state)
+}
+
+/// Records that the key now holds another stream: a new incarnation, the
+/// reset counted with the entries the old one had that were never stored
+/// (`lost`, when known). With `from_start`, reading starts at the new
+/// stream's first entry (`transfer --new-stream`); otherwise it goes on
+/// after the position (the new stream's entries all come after it).
+/// Refuses if another transfer moved the position meanwhile.
+pub fn new_incarnation(
+    client: &mut Client,
+    old: &TransferState,
+    lost: Option<u64>,
+    from_start: bool,
+) -> anyhow::Result<TransferState> {
+    let mut tx = client.transaction()?;
+    let created: i32 = tx
+        .query_one(
+            "INSERT INTO genalytics_streams (stream_key, incarnation)
+             SELECT $1, coalesce(max(incarnation), 0) + 1 FROM genalytics_streams WHERE stream_key = $1
+             RETURNING id",
+            &[&old.stream_key],
+        )?
+        .get(0);
+    let position = if from_start {
+        EntryId::ZERO
+    } else {
+        old.position
+    };
+    let lost = lost.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+    let changed = tx.execute(
+        "UPDATE genalytics_transfer_state
+         SET stream_ref = $3, last_id = $4, position_index = NULL, observed_added = NULL,
+             observed_at = NULL, resets = resets + 1, last_reset_at = now(), last_reset_lost = $5
+         WHERE stream_key = $1 AND last_id = $2 AND stream_ref = $6",
+        &[
+            &old.stream_key,
+            &old.position,
+            &created,
+            &position,
+            &lost,
+            &old.stream_ref,
+        ],
+    )?;
+    if changed != 1 {
+        bail!(
+            "another transfer moved the position of {} meanwhile; nothing was changed — run transfer again",
+            old.stream_key
+        );
+    }
+    let state = state(&mut tx, &old.stream_key)?.context("the transfer state is missing")?;
+    tx.commit()?;
+    Ok(state)
+}
+
+/// What Redis said of the stream since the last commit, for the next
+/// comparison: written only while the position is still `position`.
+pub fn note_observed(
+    client: &mut Client,
+    stream_key: &str,
+    position: &Position,
+    observed_added: Option<u64>,
+) -> anyhow::Result<()> {
+    let to_sql = |n: Option<u64>| n.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+    client.execute(
+        "UPDATE genalytics_transfer_state
+         SET position_index = coalesce($3, position_index),
+             observed_added = greatest(observed_added, $4),
+             observed_at = CASE WHEN $4::int8 IS NULL THEN observed_at ELSE now() END
+         WHERE stream_key = $1 AND last_id = $2",
+        &[
+            &stream_key,
+            &position.id,
+            &to_sql(position.index),
+            &to_sql(observed_added),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Every stream key with a recorded state.
+pub fn all(client: &mut Client) -> anyhow::Result<Vec<TransferState>> {
+    client
+        .query(
+            &format!("SELECT {STATE_COLUMNS} FROM genalytics_transfer_state ORDER BY stream_key"),
+            &[],
+        )?
+        .iter()
+        .map(state_of)
+        .collect()
+}

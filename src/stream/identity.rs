@@ -1,0 +1,223 @@
+//! Is the stream under the key still the one the stored position belongs
+//! to? A stream deleted and recreated, flushed, or failed over to a replica
+//! can come back with the same key and entry IDs at, below or above the
+//! position; transfer, status and check all ask this one pure question
+//! (SPEC §9).
+//!
+//! Within one stream, an entry at or below the position disappears only by
+//! deletion, which Redis 7 records in `max-deleted-entry-id`, and
+//! `entries-added` only grows. So on Redis 7: the position's entry gone
+//! without a record of its deletion, or fewer entries ever added than the
+//! position's index, means another stream. Redis 6.2 keeps neither figure;
+//! there, IDs that went backwards, or entries below the position while the
+//! position's own entry is gone, are what can be told — and the verdict says
+//! when it could not tell.
+
+use super::EntryId;
+use super::reader::StreamInfo;
+
+/// What is known about the stored position, for the comparison.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    pub id: EntryId,
+    /// The stream's `entries-added` when its entry `id` was added, when
+    /// known: how many entries of this stream lie at or before `id`.
+    pub index: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// The stream the position belongs to (or nothing was transferred yet).
+    Same,
+    /// No stream under the key: nothing to read, nothing to trim.
+    Missing,
+    /// Entries after the position may be gone: the producer's cap trimmed
+    /// them, or the stream was replaced — Redis < 7 cannot tell which.
+    /// Reading on is right either way.
+    Gap,
+    /// Another stream whose entries all come after the position: read on,
+    /// and record the reset.
+    ResetAbove,
+    /// Another stream holding entries at or below the position, which
+    /// transfer would never read: an operator must decide
+    /// (`transfer --new-stream`). `certain` is false on Redis < 7.
+    ResetBelow {
+        first: EntryId,
+        last: EntryId,
+        length: u64,
+        certain: bool,
+    },
+}
+
+impl Identity {
+    pub fn is_reset(&self) -> bool {
+        matches!(self, Identity::ResetAbove | Identity::ResetBelow { .. })
+    }
+}
+
+/// Judges `info` against the position; `position_exists` says whether the
+/// position's entry is in the stream.
+pub fn judge(position: Position, info: &StreamInfo, position_exists: bool) -> Identity {
+    if position.id == EntryId::ZERO {
+        return Identity::Same;
+    }
+    if !info.exists {
+        return Identity::Missing;
+    }
+    let below = || match (info.first_id, info.last_id) {
+        (Some(first), Some(last)) if first <= position.id => Some(Identity::ResetBelow {
+            first,
+            last,
+            length: info.length,
+            certain: true,
+        }),
+        _ => None,
+    };
+    // IDs went backwards: only another stream does that.
+    if info.last_generated_id < position.id {
+        return below().unwrap_or(Identity::ResetAbove);
+    }
+    match (info.entries_added, info.max_deleted_id) {
+        (Some(added), Some(deleted)) => {
+            let fewer = position.index.is_some_and(|index| added < index);
+            let vanished = !position_exists && deleted < position.id;
+            if fewer || vanished {
+                below().unwrap_or(Identity::ResetAbove)
+            } else {
+                Identity::Same
+            }
+        }
+        // Redis < 7.
+        _ if position_exists => Identity::Same,
+        _ => match below() {
+            Some(Identity::ResetBelow {
+                first,
+                last,
+                length,
+                ..
+            }) => Identity::ResetBelow {
+                first,
+                last,
+                length,
+                certain: false,
+            },
+            _ => Identity::Gap,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ms: u64) -> EntryId {
+        EntryId::at_ms(ms)
+    }
+
+    fn redis7(first: u64, last: u64, length: u64, added: u64, deleted: u64) -> StreamInfo {
+        StreamInfo {
+            exists: true,
+            length,
+            first_id: (length > 0).then(|| id(first)),
+            last_id: (length > 0).then(|| id(last)),
+            last_generated_id: id(last),
+            max_deleted_id: Some(id(deleted)),
+            entries_added: Some(added),
+        }
+    }
+
+    fn at(ms: u64, index: Option<u64>) -> Position {
+        Position { id: id(ms), index }
+    }
+
+    #[test]
+    fn the_same_stream_moving_on_is_the_same() {
+        // Trimmed up to the position, entries added after it.
+        let info = redis7(1_000, 2_000, 50, 120, 999);
+        assert_eq!(judge(at(1_500, Some(100)), &info, true), Identity::Same);
+        // The producer's cap took the position's entry: recorded as deleted.
+        let info = redis7(1_800, 2_000, 20, 120, 1_799);
+        assert_eq!(judge(at(1_500, Some(100)), &info, false), Identity::Same);
+        // Nothing transferred yet: nothing to compare.
+        assert_eq!(judge(at(0, None), &info, false), Identity::Same);
+    }
+
+    #[test]
+    fn a_stream_recreated_below_the_position_needs_an_operator() {
+        let info = redis7(500, 600, 10, 10, 0);
+        assert_eq!(
+            judge(at(1_500, Some(100)), &info, false),
+            Identity::ResetBelow {
+                first: id(500),
+                last: id(600),
+                length: 10,
+                certain: true
+            }
+        );
+        // Recreated with entries on both sides of the position.
+        let info = redis7(500, 3_000, 10, 10, 0);
+        assert!(matches!(
+            judge(at(1_500, None), &info, false),
+            Identity::ResetBelow { .. }
+        ));
+    }
+
+    #[test]
+    fn a_stream_that_came_back_empty_or_above_is_read_on() {
+        // Redis restarted without persistence, then the producer went on.
+        let info = redis7(5_000, 6_000, 30, 30, 0);
+        assert_eq!(
+            judge(at(1_500, Some(100)), &info, false),
+            Identity::ResetAbove
+        );
+        // More entries than the position's index, but the position's entry
+        // vanished without a deletion on record.
+        let info = redis7(5_000, 6_000, 300, 300, 0);
+        assert_eq!(
+            judge(at(1_500, Some(100)), &info, false),
+            Identity::ResetAbove
+        );
+        // Empty stream created anew.
+        let mut empty = redis7(0, 0, 0, 0, 0);
+        empty.last_generated_id = id(0);
+        assert_eq!(
+            judge(at(1_500, Some(100)), &empty, false),
+            Identity::ResetAbove
+        );
+        assert_eq!(
+            judge(at(1_500, Some(100)), &StreamInfo::default(), false),
+            Identity::Missing
+        );
+    }
+
+    #[test]
+    fn redis_6_can_tell_less_and_says_so() {
+        let old = |first: u64, last: u64, length: u64| StreamInfo {
+            max_deleted_id: None,
+            entries_added: None,
+            ..redis7(first, last, length, 0, 0)
+        };
+        assert_eq!(
+            judge(at(1_500, Some(100)), &old(1_000, 2_000, 9), true),
+            Identity::Same
+        );
+        assert_eq!(
+            judge(at(1_500, Some(100)), &old(1_800, 2_000, 9), false),
+            Identity::Gap
+        );
+        assert_eq!(
+            judge(at(1_500, Some(100)), &old(1_000, 2_000, 9), false),
+            Identity::ResetBelow {
+                first: id(1_000),
+                last: id(2_000),
+                length: 9,
+                certain: false
+            }
+        );
+        // IDs that went backwards are certain on any version.
+        assert!(matches!(
+            judge(at(1_500, Some(100)), &old(100, 200, 9), false),
+            Identity::ResetBelow { certain: true, .. }
+        ));
+    }
+}
