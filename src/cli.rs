@@ -96,3 +96,62 @@ pub enum Command {
     /// Write realistic synthetic traffic into the stream, exactly as the service's producer does
     Simulate(simulate::Args),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Every flag that takes a time, with the rest of a valid command line.
+    const TIME_FLAGS: &[(&[&str], &str)] = &[
+        (&["report", "overview"], "--until"),
+        (&["report", "trends", "--interval", "daily"], "--until"),
+        (
+            &["report", "peak-hours", "--tz", "Pacific/Chatham"],
+            "--until",
+        ),
+        (&["aggregate"], "--hour"),
+        (&["aggregate", "--to", "2026-01-01"], "--from"),
+        (&["aggregate", "--from", "1950-01-01"], "--to"),
+        (&["simulate"], "--end"),
+    ];
+
+    fn times() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,30}",
+            (-300_000i64..300_000, 0u32..14, 0u32..33, 0u32..26, 0u32..61)
+                .prop_map(|(y, mo, d, h, mi)| format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:00")),
+            (1800i32..10_100, 0u32..25).prop_map(|(y, h)| format!("{y}-12-31T{h:02}")),
+            (-300_000i64..300_000).prop_map(|y| format!("{y}-01-02T00:00:00Z")),
+        ]
+    }
+
+    proptest! {
+        /// No value of any time flag panics: it is a usage error, or it
+        /// parses into a time whose windows and hours all exist.
+        #[test]
+        fn no_time_flag_value_panics(which in 0..TIME_FLAGS.len(), value in times(), days in 1u32..=36_500) {
+            let (command, flag) = TIME_FLAGS[which];
+            let mut line = vec!["genalytics".to_string()];
+            line.extend(command.iter().map(|s| (*s).to_string()));
+            line.push(format!("{flag}={value}"));
+            let Ok(cli) = Cli::try_parse_from(&line) else {
+                return Ok(());
+            };
+            let at = match cli.command {
+                Command::Report(args) => args.until(),
+                Command::Aggregate(args) => args.hour.or(args.from).or(args.to),
+                Command::Simulate(args) => args.end,
+                _ => None,
+            };
+            if let Some(at) = at {
+                let window = crate::report::Window::new(days.min(400), at);
+                prop_assert!(window.start <= window.end);
+                prop_assert!(window.hours().len() <= 400 * 24 + 1);
+                let _ = window.days();
+                prop_assert_eq!(crate::hour::floor(at).timestamp() % 3_600, 0);
+                let _ = crate::hour::count(crate::hour::floor(at), at + chrono::TimeDelta::days(i64::from(days)));
+            }
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! that never shows a password.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::cli::GlobalArgs;
@@ -68,23 +69,99 @@ pub struct DatabaseUrl {
     pub tls: PgTls,
 }
 
-/// How the connection is secured, as libpq's `sslmode` and `sslrootcert`
-/// say: the driver knows only disable/prefer/require, so the verifying
-/// modes and the root certificate are taken out of the string here.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PgTls {
+/// How the connection is secured, as libpq's `sslmode`, `sslrootcert`,
+/// `sslcert` and `sslkey` say: the driver knows only disable/prefer/require,
+/// so the verifying modes and the files are taken out of the string here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PgTls {
+    pub mode: SslMode,
+    /// `sslrootcert`: with it, the only trusted root (as libpq).
+    pub root: Option<PathBuf>,
+    /// `sslcert` and `sslkey`: a client certificate (PEM, PKCS#8 key).
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SslMode {
     /// `sslmode=disable`, and no sslmode at all.
+    #[default]
     Off,
     /// `prefer` and `require`: encrypted, not verified.
     Encrypt,
     /// `verify-ca`: the certificate must chain to a trusted root.
-    VerifyCa(Option<std::path::PathBuf>),
+    VerifyCa,
     /// `verify-full`: that, and the host name must match.
-    VerifyFull(Option<std::path::PathBuf>),
+    VerifyFull,
 }
 
-/// Splits libpq TLS options the driver does not know out of a URL or a
-/// `key=value` string; returns the string the driver gets and the TLS mode.
+/// libpq's URI percent-decoding (`+` stays a plus, unlike in forms).
+fn percent_decode(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// The `key=value` tokens of a libpq keyword string, with where each one
+/// ends, honouring single quotes and backslash escapes in values.
+fn conninfo_tokens(text: &str) -> Vec<(String, String, std::ops::Range<usize>)> {
+    let bytes = text.as_bytes();
+    let mut tokens = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        while at < bytes.len() && bytes[at].is_ascii_whitespace() {
+            at += 1;
+        }
+        if at >= bytes.len() {
+            break;
+        }
+        let start = at;
+        while at < bytes.len() && bytes[at] != b'=' && !bytes[at].is_ascii_whitespace() {
+            at += 1;
+        }
+        let key = text[start..at].to_string();
+        while at < bytes.len() && bytes[at].is_ascii_whitespace() {
+            at += 1;
+        }
+        let mut value = String::new();
+        if at < bytes.len() && bytes[at] == b'=' {
+            at += 1;
+            while at < bytes.len() && bytes[at].is_ascii_whitespace() {
+                at += 1;
+            }
+            let quoted = at < bytes.len() && bytes[at] == b'\'';
+            if quoted {
+                at += 1;
+            }
+            let mut chars = text[at..].char_indices();
+            let mut end = text.len();
+            while let Some((offset, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, next)) = chars.next() {
+                            value.push(next);
+                        }
+                    }
+                    '\'' if quoted => {
+                        end = at + offset + 1;
+                        break;
+                    }
+                    c if !quoted && c.is_whitespace() => {
+                        end = at + offset;
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            at = end;
+        }
+        tokens.push((key, value, start..at));
+    }
+    tokens
+}
+
+/// Takes libpq's TLS options out of a URL or keyword string, leaving every
+/// other parameter exactly as written, for the driver to parse as libpq
+/// would; returns the string the driver gets and the TLS settings.
 fn split_tls(url: &str) -> Result<(String, PgTls), UsageError> {
     let bad = |what: &str| {
         UsageError(format!(
@@ -93,70 +170,70 @@ fn split_tls(url: &str) -> Result<(String, PgTls), UsageError> {
     };
     let mut mode = None;
     let mut root = None;
-    let mut take = |key: &str, value: &str| -> Result<bool, UsageError> {
-        match key {
-            "sslmode" => {
-                mode = Some(value.to_string());
-                Ok(true)
-            }
-            "sslrootcert" => {
-                root = Some(std::path::PathBuf::from(value));
-                Ok(true)
-            }
-            _ => Ok(false),
+    let mut cert = None;
+    let mut key = None;
+    let mut take = |name: &str, value: String| -> bool {
+        match name {
+            "sslmode" => mode = Some(value),
+            "sslrootcert" => root = Some(PathBuf::from(value)),
+            "sslcert" => cert = Some(PathBuf::from(value)),
+            "sslkey" => key = Some(PathBuf::from(value)),
+            _ => return false,
         }
+        true
     };
-    let mut rest = Vec::new();
-    let rebuilt = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    let (rest, separator) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
-            if !take(&key, &value)? {
-                rest.push((key.into_owned(), value.into_owned()));
-            }
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|piece| !piece.is_empty())
+            .filter(|piece| {
+                let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
+                !take(&percent_decode(name), percent_decode(value))
+            })
+            .collect();
+        if kept.is_empty() {
+            (format!("{base}?"), "")
+        } else {
+            (format!("{base}?{}", kept.join("&")), "&")
         }
-        let mut query = url::form_urlencoded::Serializer::new(String::new());
-        for (key, value) in &rest {
-            query.append_pair(key, value);
-        }
-        (base.to_string(), query.finish(), '?', '&')
     } else {
-        for token in url.split_whitespace() {
-            match token.split_once('=') {
-                Some((key, value)) if take(key, value)? => {}
-                _ => rest.push((token.to_string(), String::new())),
+        let mut kept = String::new();
+        for (name, value, span) in conninfo_tokens(url) {
+            if !take(&name, value) {
+                kept.push_str(&url[span]);
+                kept.push(' ');
             }
         }
-        (
-            String::new(),
-            rest.iter()
-                .map(|(t, _)| t.as_str())
-                .collect::<Vec<_>>()
-                .join(" "),
-            ' ',
-            ' ',
-        )
+        (kept, "")
     };
-    let (base, query, first, next) = rebuilt;
-    let (driver_mode, tls) = match mode.as_deref() {
+    let (driver_mode, mode) = match mode.as_deref() {
         // Unlike libpq, no sslmode means no TLS: setting up OpenSSL costs
         // ~70 ms a run, and an unverified "prefer" protects little.
-        None | Some("disable") => ("disable", PgTls::Off),
-        Some("prefer") => ("prefer", PgTls::Encrypt),
-        Some("allow" | "require") => ("require", PgTls::Encrypt),
-        Some("verify-ca") => ("require", PgTls::VerifyCa(root)),
-        Some("verify-full") => ("require", PgTls::VerifyFull(root)),
+        None | Some("disable") => ("disable", SslMode::Off),
+        Some("prefer") => ("prefer", SslMode::Encrypt),
+        Some("allow" | "require") => ("require", SslMode::Encrypt),
+        Some("verify-ca") => ("require", SslMode::VerifyCa),
+        Some("verify-full") => ("require", SslMode::VerifyFull),
         Some(_) => {
             return Err(bad(
                 "an sslmode other than disable, prefer, require, verify-ca or verify-full",
             ));
         }
     };
-    let joined = if query.is_empty() {
-        format!("{base}{first}sslmode={driver_mode}")
-    } else {
-        format!("{base}{first}{query}{next}sslmode={driver_mode}")
+    let client = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => {
+            return Err(bad(
+                "only one of sslcert and sslkey; a client certificate needs both",
+            ));
+        }
     };
-    Ok((joined.trim().to_string(), tls))
+    Ok((
+        format!("{rest}{separator}sslmode={driver_mode}"),
+        PgTls { mode, root, client },
+    ))
 }
 
 impl DatabaseUrl {
@@ -172,6 +249,15 @@ impl DatabaseUrl {
         }
         if config.get_application_name().is_none() {
             config.application_name("genalytics");
+        }
+        // A server gone silent (a network partition, not a closed
+        // connection) is noticed within about a minute, not hours: a
+        // follower must reconnect rather than hang.
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(std::time::Duration::from_secs(60));
+        }
+        if config.get_keepalives_idle() == std::time::Duration::from_secs(2 * 60 * 60) {
+            config.keepalives_idle(std::time::Duration::from_secs(30));
         }
         Ok(DatabaseUrl { config, tls })
     }
@@ -284,15 +370,22 @@ mod tests {
     #[test]
     fn libpq_tls_options_are_understood() {
         let url = |text: &str| DatabaseUrl::parse(text).unwrap();
-        assert_eq!(url("postgres://h/db").tls, PgTls::Off);
-        assert_eq!(url("postgres://h/db?sslmode=prefer").tls, PgTls::Encrypt);
-        assert_eq!(url("postgres://h/db?sslmode=disable").tls, PgTls::Off);
+        assert_eq!(url("postgres://h/db").tls.mode, SslMode::Off);
         assert_eq!(
-            url("postgres://u:p@h:5433/db?sslmode=verify-full&sslrootcert=/etc/ca%20root.pem&connect_timeout=3").tls,
-            PgTls::VerifyFull(Some("/etc/ca root.pem".into()))
+            url("postgres://h/db?sslmode=prefer").tls.mode,
+            SslMode::Encrypt
         );
+        assert_eq!(
+            url("postgres://h/db?sslmode=disable").tls.mode,
+            SslMode::Off
+        );
+        let full = url(
+            "postgres://u:p@h:5433/db?sslmode=verify-full&sslrootcert=/etc/ca%20root.pem&connect_timeout=3",
+        );
+        assert_eq!(full.tls.mode, SslMode::VerifyFull);
+        assert_eq!(full.tls.root, Some("/etc/ca root.pem".into()));
         let parsed = url("postgres://u:p@h:5433/db?sslmode=verify-ca&connect_timeout=3");
-        assert_eq!(parsed.tls, PgTls::VerifyCa(None));
+        assert_eq!(parsed.tls.mode, SslMode::VerifyCa);
         assert_eq!(
             parsed.config.get_ssl_mode(),
             postgres::config::SslMode::Require
@@ -303,8 +396,33 @@ mod tests {
         );
         assert_eq!(parsed.target(), "h:5433");
         let keyword = url("host=h port=5433 dbname=db sslmode=verify-full sslrootcert=/ca.pem");
-        assert_eq!(keyword.tls, PgTls::VerifyFull(Some("/ca.pem".into())));
+        assert_eq!(keyword.tls.mode, SslMode::VerifyFull);
+        assert_eq!(keyword.tls.root, Some("/ca.pem".into()));
+        let client = url("postgres://h/db?sslmode=require&sslcert=/c.pem&sslkey=/k.pem");
+        assert_eq!(client.tls.client, Some(("/c.pem".into(), "/k.pem".into())));
         assert!(DatabaseUrl::parse("postgres://h/db?sslmode=sometimes").is_err());
+        assert!(DatabaseUrl::parse("postgres://h/db?sslcert=/c.pem").is_err());
+    }
+
+    #[test]
+    fn other_parameters_reach_the_driver_as_written() {
+        let url = DatabaseUrl::parse(
+            "postgres://u:p@h/db?options=-c%20statement_timeout%3D5000&application_name=nightly+etl&sslmode=require",
+        )
+        .unwrap();
+        assert_eq!(url.config.get_options(), Some("-c statement_timeout=5000"));
+        // libpq URIs are percent-decoded, not form-decoded: a plus is a plus.
+        assert_eq!(url.config.get_application_name(), Some("nightly+etl"));
+        let keyword = DatabaseUrl::parse(
+            "host=h dbname=db options='-c statement_timeout=5000 -c search_path=\\'a b\\'' sslmode = disable application_name=x",
+        )
+        .unwrap();
+        assert_eq!(
+            keyword.config.get_options(),
+            Some("-c statement_timeout=5000 -c search_path='a b'")
+        );
+        assert_eq!(keyword.config.get_application_name(), Some("x"));
+        assert_eq!(keyword.tls.mode, SslMode::Off);
     }
 
     #[test]

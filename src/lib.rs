@@ -21,6 +21,7 @@ pub mod stream;
 pub mod text;
 pub mod throwaway;
 pub mod timearg;
+pub mod tls;
 pub mod traffic;
 
 use std::io;

@@ -7,8 +7,22 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 const FORMATS_HINT: &str =
     "expected RFC 3339 (2026-11-27T14:03:07Z), naive UTC (2026-11-27T14:03:07) or 2026-11-27T14";
 
-/// Parses an instant given on the command line.
+/// Parses an instant given on the command line: one of the forms above,
+/// in the years genalytics stores (so that every window and hour built from
+/// it exists).
 pub fn parse_instant(text: &str) -> Result<DateTime<Utc>, String> {
+    let at = parse_any_instant(text)?;
+    crate::event::in_range(at).ok_or_else(|| {
+        format!(
+            "'{}' is outside the years {}–{}",
+            crate::text::escape_controls(text.trim()),
+            crate::event::YEARS.start(),
+            crate::event::YEARS.end()
+        )
+    })
+}
+
+fn parse_any_instant(text: &str) -> Result<DateTime<Utc>, String> {
     let text = text.trim();
     if let Ok(at) = DateTime::parse_from_rfc3339(text) {
         return Ok(at.with_timezone(&Utc));
@@ -33,7 +47,10 @@ pub fn parse_instant(text: &str) -> Result<DateTime<Utc>, String> {
             .expect("midnight exists")
             .and_utc());
     }
-    Err(format!("'{text}' is not a time: {FORMATS_HINT}"))
+    Err(format!(
+        "'{}' is not a time: {FORMATS_HINT}",
+        crate::text::escape_controls(text)
+    ))
 }
 
 /// Parses a span such as `90d`, `2h`, `30m`, `45s` (or `0`).

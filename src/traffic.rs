@@ -13,7 +13,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::f64::consts::PI;
 
-use chrono::{DateTime, Duration, DurationRound, Timelike, Utc};
+use chrono::{DateTime, Duration, Timelike, Utc};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, LogNormal};
@@ -168,7 +168,7 @@ fn plan_slots(start: DateTime<Utc>, end: DateTime<Utc>, requests: u64) -> Vec<Sl
     let mut weights = Vec::new();
     let mut at = start;
     while at < end {
-        let hour_start = at.duration_trunc(Duration::hours(1)).expect("hour");
+        let hour_start = crate::hour::floor(at);
         let slot_end = (hour_start + Duration::hours(1)).min(end);
         let covered = (slot_end - at).num_milliseconds() as f64 / 3_600_000.0;
         weights.push(daily_rhythm(hour_start.hour()) * covered);

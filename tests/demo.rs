@@ -112,6 +112,53 @@ fn demo_keep_leaves_servers_the_other_commands_can_use() {
         .env("DATABASE_URL", &database_url)
         .env("REDIS_URL", &redis_url)
         .run();
+    // Without the printed credentials, neither server lets anyone in.
+    let without_password = |url: &str| {
+        let (scheme, rest) = url.split_once("://").unwrap();
+        let (userinfo, host) = rest.split_once('@').unwrap();
+        let user = userinfo.split(':').next().unwrap();
+        format!(
+            "{scheme}://{user}{}{host}",
+            if user.is_empty() { "" } else { "@" }
+        )
+    };
+    let no_pg = Cmd::new()
+        .args([
+            "migrate",
+            "--status",
+            "--database-url",
+            &without_password(&database_url),
+        ])
+        .run();
+    let no_redis = Cmd::new()
+        .args([
+            "simulate",
+            "--events",
+            "1",
+            "--redis-url",
+            &without_password(&redis_url),
+        ])
+        .run();
+    // Their files are their owner's alone.
+    let modes: Vec<(String, u32)> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flat_map(|dir| {
+            let dir = dir.unwrap().path();
+            let mut found = vec![dir.clone()];
+            found.extend(
+                std::fs::read_dir(&dir)
+                    .unwrap()
+                    .map(|entry| entry.unwrap().path())
+                    .filter(|path| path.extension().is_some_and(|ext| ext == "log")),
+            );
+            found
+        })
+        .map(|path| {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            (path.display().to_string(), mode)
+        })
+        .collect();
     // Clean up as the demo says, whatever the report did.
     let status = std::process::Command::new("sh")
         .arg("-c")
@@ -121,6 +168,14 @@ fn demo_keep_leaves_servers_the_other_commands_can_use() {
     assert!(status.success(), "{cleanup}");
     assert_eq!(overview.code, Some(0), "{}", overview.stderr);
     assert!(requests_in_overview(&overview.stdout) > 0);
+    assert_eq!(no_pg.code, Some(1), "{}", no_pg.stderr);
+    assert!(no_pg.stderr.contains("password"), "{}", no_pg.stderr);
+    assert_eq!(no_redis.code, Some(1), "{}", no_redis.stderr);
+    assert!(no_redis.stderr.contains("Redis"), "{}", no_redis.stderr);
+    assert!(modes.len() >= 4, "{modes:?}");
+    for (path, mode) in &modes {
+        assert_eq!(mode & 0o077, 0, "{path} is open to others: {mode:o}");
+    }
     crate::harness::wait_for("the kept servers to stop", 30, || {
         processes_under(tmp.path()).is_empty()
     });

@@ -15,6 +15,10 @@ const PASSWORD: &str = "tls-Pw-0193";
 /// A self-signed certificate for localhost and 127.0.0.1, readable by the
 /// server (which runs as `postgres` when we are root).
 fn certificate(dir: &Path) -> (String, String) {
+    certificate_for(dir, "localhost", "DNS:localhost,IP:127.0.0.1")
+}
+
+fn certificate_for(dir: &Path, cn: &str, names: &str) -> (String, String) {
     let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
     let status = Command::new("openssl")
         .args([
@@ -26,13 +30,9 @@ fn certificate(dir: &Path) -> (String, String) {
             "-days",
             "2",
             "-subj",
-            "/CN=localhost",
+            &format!("/CN={cn}"),
         ])
-        .args([
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-keyout",
-        ])
+        .args(["-addext", &format!("subjectAltName={names}"), "-keyout"])
         .arg(&key)
         .arg("-out")
         .arg(&cert)
@@ -146,4 +146,68 @@ fn redis_over_tls() {
         .code(1);
     assert!(ran.stderr.contains("certificate"), "{}", ran.stderr);
     assert_eq!(ran.stderr.lines().count(), 1, "{}", ran.stderr);
+}
+
+#[test]
+fn tls_failures_name_their_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate_for(dir.path(), "wrong.example", "DNS:wrong.example");
+    let pg = Postgres::start_with(&[
+        ("ssl", "on"),
+        ("ssl_cert_file", &cert),
+        ("ssl_key_file", &key),
+    ])
+    .unwrap();
+    let url = |mode: &str| {
+        let plain = pg.url("postgres");
+        format!("{plain}?sslmode={mode}&sslrootcert={cert}")
+    };
+    // The certificate is trusted, but for another host: both names said.
+    let ran = Cmd::new()
+        .args(["migrate", "--status", "--database-url", &url("verify-full")])
+        .code(1);
+    assert_eq!(ran.stderr.lines().count(), 1, "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("certificate is for wrong.example, not for 127.0.0.1 (host name mismatch)"),
+        "{}",
+        ran.stderr
+    );
+    // verify-ca does not check the name: it connects.
+    Cmd::new()
+        .args(["migrate", "--status", "--database-url", &url("verify-ca")])
+        .ok();
+    // No trusted root for it: an unknown issuer.
+    let ran = Cmd::new()
+        .args(["migrate", "--status", "--database-url"])
+        .arg(url("verify-ca").replace(&format!("&sslrootcert={cert}"), ""))
+        .env("SSL_CERT_FILE", "/nonexistent")
+        .code(1);
+    assert!(ran.stderr.contains("unknown issuer"), "{}", ran.stderr);
+    // A server without TLS.
+    let plain = TestEnv::new();
+    let ran = Cmd::new()
+        .args(["migrate", "--database-url"])
+        .arg(format!("{}?sslmode=require", plain.database_url()))
+        .code(1);
+    assert!(ran.stderr.contains("does not speak TLS"), "{}", ran.stderr);
+    // Redis: TLS asked of a server that speaks none.
+    let ran = Cmd::new()
+        .args(["simulate", "--events", "1", "--redis-url"])
+        .arg(plain.redis.url().replace("redis://", "rediss://"))
+        .code(1);
+    assert!(ran.stderr.contains("does not speak TLS"), "{}", ran.stderr);
+    assert_eq!(ran.stderr.lines().count(), 1, "{}", ran.stderr);
+    // Redis with a certificate for another host.
+    let redis = Redis::start_tls(Path::new(&cert), Path::new(&key)).unwrap();
+    let ran = Cmd::new()
+        .args(["simulate", "--events", "1", "--redis-url", &redis.url()])
+        .env("SSL_CERT_FILE", &cert)
+        .code(1);
+    assert!(
+        ran.stderr
+            .contains("certificate is for wrong.example, not for localhost"),
+        "{}",
+        ran.stderr
+    );
 }

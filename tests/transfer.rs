@@ -624,6 +624,55 @@ fn streams_with_the_same_entry_ids_are_kept_apart() {
 }
 
 #[test]
+fn libpq_parameters_reach_postgresql_as_written() {
+    let env = TestEnv::new();
+    let mut db = env.db();
+    db.batch_execute("CREATE SCHEMA elsewhere").unwrap();
+    let url = format!(
+        "{}?options=-c%20search_path%3Delsewhere&application_name=nightly+etl",
+        env.database_url()
+    );
+    env.genalytics()
+        .args(["migrate", "-q", "--database-url", &url])
+        .ok();
+    let schemas: Vec<String> = db
+        .query(
+            "SELECT DISTINCT table_schema::text FROM information_schema.tables
+             WHERE table_name = 'generation_events'",
+            &[],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(schemas, ["elsewhere"]);
+    // The application name, as libpq decodes it (a plus is a plus).
+    let follow = env
+        .genalytics()
+        .args(["transfer", "--follow", "--database-url", &url])
+        .command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the follower's connection", 30, || {
+        !db.query(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = 'nightly+etl'",
+            &[],
+        )
+        .unwrap()
+        .is_empty()
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(follow.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = follow.wait_with_output().unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
 fn transfer_needs_a_migrated_database() {
     let env = TestEnv::new();
     let ran = env.genalytics().arg("transfer").code(1);

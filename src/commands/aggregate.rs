@@ -10,13 +10,15 @@
 use std::io::IsTerminal;
 use std::time::Instant;
 
-use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use anyhow::bail;
+use chrono::{DateTime, TimeDelta, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::db::{self, migrations, rollup};
+use crate::db::{self, rollup};
 use crate::error::{Exit, UsageError};
+use crate::hour;
 use crate::output::{SummaryFormat, thousands};
 use crate::timearg::parse_instant;
 
@@ -53,13 +55,21 @@ struct Summary {
     hours: u64,
     /// Of those, hours with events: each has an up-to-date row now.
     rolled_up: u64,
+    /// Hours whose rollup PostgreSQL refused: they stay queued.
+    failed: Vec<FailedHour>,
     seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct FailedHour {
+    hour: DateTime<Utc>,
+    error: String,
 }
 
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     let started = Instant::now();
-    let hours = match (args.hour, args.from, args.to) {
-        (Some(at), _, _) => Some(vec![hour_of(at)]),
+    let range = match (args.hour, args.from, args.to) {
+        (Some(at), _, _) => Some((hour::floor(at), hour::floor(at) + TimeDelta::hours(1))),
         (None, Some(from), Some(to)) => {
             if from >= to {
                 return Err(UsageError(format!(
@@ -69,46 +79,50 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
                 ))
                 .into());
             }
-            Some(hours_between(from, to))
+            Some((from, to))
         }
         _ => None,
     };
     let database = settings.database()?;
-    let mut client = db::connect(database)?;
-    migrations::ensure_current(&mut client)?;
-    let backfill = hours.is_some();
-    let hours = match hours {
-        Some(hours) => hours,
-        None => rollup::queued_hours(&mut client, args.include_current)?,
-    };
+    let mut client = db::connect_current(database)?;
+    let (count, hours): (u64, Box<dyn Iterator<Item = DateTime<Utc>>>) =
+        if let Some((from, to)) = range {
+            (hour::count(from, to), Box::new(hour::starts(from, to)))
+        } else {
+            let queued = rollup::queued_hours(&mut client, args.include_current)?;
+            (queued.len() as u64, Box::new(queued.into_iter()))
+        };
 
-    let progress = if backfill
-        && hours.len() > CHUNK_HOURS
+    let progress = if range.is_some()
+        && count > CHUNK_HOURS as u64
         && std::io::stderr().is_terminal()
         && !settings.quiet
     {
-        ProgressBar::new(hours.len() as u64).with_style(
+        ProgressBar::new(count).with_style(
             ProgressStyle::with_template("{bar:40} {human_pos}/{human_len} hours  eta {eta}")
                 .expect("valid template"),
         )
     } else {
         ProgressBar::hidden()
     };
-    let mut rolled_up = 0;
-    for chunk in hours.chunks(CHUNK_HOURS) {
-        rolled_up += rollup::roll_up(&mut client, chunk)?;
+    let mut summary = Summary {
+        hours: count,
+        rolled_up: 0,
+        failed: Vec::new(),
+        seconds: 0.0,
+    };
+    let mut hours = hours.peekable();
+    while hours.peek().is_some() {
+        let chunk: Vec<DateTime<Utc>> = hours.by_ref().take(CHUNK_HOURS).collect();
+        roll_up_chunk(&mut client, &chunk, &mut summary)?;
         progress.inc(chunk.len() as u64);
     }
     progress.finish_and_clear();
 
-    let summary = Summary {
-        hours: hours.len() as u64,
-        rolled_up,
-        seconds: started.elapsed().as_secs_f64(),
-    };
+    summary.seconds = started.elapsed().as_secs_f64();
     if !settings.quiet {
         args.format.print(&summary, || {
-            let empty = match summary.hours - summary.rolled_up {
+            let empty = match summary.hours - summary.rolled_up - summary.failed.len() as u64 {
                 0 => String::new(),
                 empty => format!(" ({} without events)", thousands(empty)),
             };
@@ -119,43 +133,73 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
             )
         })?;
     }
-    Ok(Exit::Success)
-}
-
-/// Start of the UTC hour containing `at`.
-pub fn hour_of(at: DateTime<Utc>) -> DateTime<Utc> {
-    at.duration_trunc(TimeDelta::hours(1)).unwrap_or(at)
-}
-
-/// Starts of the hours that begin in `[from, to)`, counting the hour
-/// containing `from`.
-pub fn hours_between(from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<DateTime<Utc>> {
-    let mut hours = Vec::new();
-    let mut at = hour_of(from);
-    while at < to {
-        hours.push(at);
-        at += TimeDelta::hours(1);
+    match summary.failed.as_slice() {
+        [] => Ok(Exit::Success),
+        [first, ..] => bail!(
+            "{} hour{} could not be rolled up (the first, {}: {}); {} stay{} queued, `genalytics status` \
+             shows {}, and every other hour was rolled up",
+            summary.failed.len(),
+            if summary.failed.len() == 1 { "" } else { "s" },
+            first.hour.format("%Y-%m-%d %H:00 UTC"),
+            first.error,
+            if summary.failed.len() == 1 {
+                "it"
+            } else {
+                "they"
+            },
+            if summary.failed.len() == 1 { "s" } else { "" },
+            if summary.failed.len() == 1 {
+                "it"
+            } else {
+                "them"
+            },
+        ),
     }
-    hours
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::timearg::parse_instant;
-
-    #[test]
-    fn hours_are_utc_hour_starts() {
-        let at = parse_instant("2026-11-27T14:59:59.999999").unwrap();
-        assert_eq!(hour_of(at), parse_instant("2026-11-27T14").unwrap());
-        let hours = hours_between(
-            parse_instant("2026-11-27T22:30").unwrap(),
-            parse_instant("2026-11-28T01").unwrap(),
-        );
-        let want: Vec<_> = ["2026-11-27T22", "2026-11-27T23", "2026-11-28T00"]
-            .iter()
-            .map(|t| parse_instant(t).unwrap())
-            .collect();
-        assert_eq!(hours, want);
+/// Rolls up a chunk in one transaction; should PostgreSQL refuse it for
+/// something in the data, each hour on its own, so one bad hour is named,
+/// stays queued, and holds up no other. A server that went away stops the
+/// run: the next one picks up.
+fn roll_up_chunk(
+    client: &mut postgres::Client,
+    chunk: &[DateTime<Utc>],
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    match rollup::roll_up(client, chunk) {
+        Ok(rolled_up) => {
+            summary.rolled_up += rolled_up;
+            return Ok(());
+        }
+        Err(err) if db::is_transient(&err) => return Err(err),
+        Err(_) if chunk.len() > 1 => {}
+        Err(err) => {
+            fail(client, chunk[0], &err, summary)?;
+            return Ok(());
+        }
     }
+    for &hour in chunk {
+        match rollup::roll_up(client, &[hour]) {
+            Ok(rolled_up) => summary.rolled_up += rolled_up,
+            Err(err) if db::is_transient(&err) => return Err(err),
+            Err(err) => fail(client, hour, &err, summary)?,
+        }
+    }
+    Ok(())
+}
+
+fn fail(
+    client: &mut postgres::Client,
+    hour: DateTime<Utc>,
+    err: &anyhow::Error,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    let error = crate::text::escape_controls(&format!("{err:#}")).into_owned();
+    tracing::error!(
+        "cannot roll up the hour {}: {error}; it stays queued",
+        hour.format("%Y-%m-%d %H:00 UTC")
+    );
+    rollup::record_failure(client, hour, &error)?;
+    summary.failed.push(FailedHour { hour, error });
+    Ok(())
 }

@@ -12,11 +12,13 @@ use std::io::Write;
 use chrono::{TimeDelta, Utc};
 
 use crate::config::Settings;
-use crate::db::{self, health, migrations, streams};
+use crate::db::streams::{self, TransferState};
+use crate::db::{self, health, migrations};
 use crate::error::{Exit, UsageError};
 use crate::output::duration;
 use crate::report::failure_rate;
-use crate::stream::{self, EntryId, reader};
+use crate::stream::identity::{self, Identity};
+use crate::stream::{self, reader};
 use crate::timearg::{format_span, parse_span};
 
 #[derive(Debug, clap::Args)]
@@ -114,21 +116,9 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         }
     }
     if let Some(max) = args.max_lag {
-        let key = settings.stream_key.as_str();
-        let position =
-            streams::state(&mut client, key)?.map_or(EntryId::ZERO, |state| state.position);
-        let mut con = stream::connect(&settings.redis)?;
-        match reader::first_after(&mut con, key, position)? {
-            Some(oldest) => {
-                let age = now - oldest.time().unwrap_or(now);
-                let line = format!(
-                    "oldest untransferred entry is {} old",
-                    format_span(TimeDelta::seconds(age.num_seconds().max(0)))
-                );
-                let limit = format!("more than {}", format_span(max));
-                judge(age > max, line, &limit, &mut breaches, &mut fine);
-            }
-            None => fine.push("nothing waits for transfer".to_string()),
+        match lag(settings, &mut client, max, now)? {
+            (true, line) => breaches.push(line),
+            (false, line) => fine.push(line),
         }
     }
     if let Some(max) = args.max_stale_hours {
@@ -169,4 +159,51 @@ fn judge(
     } else {
         fine.push(line);
     }
+}
+
+/// The age of the oldest entry not yet transferred against `max`: whether
+/// it breaches, and the line saying so. A stream replaced below the
+/// position breaches whatever its age: transfer will not read it alone.
+fn lag(
+    settings: &Settings,
+    client: &mut postgres::Client,
+    max: TimeDelta,
+    now: chrono::DateTime<Utc>,
+) -> anyhow::Result<(bool, String)> {
+    let key = settings.stream_key.as_str();
+    let state = streams::state(client, key)?;
+    let position = state
+        .as_ref()
+        .map(TransferState::position)
+        .unwrap_or_default();
+    let stream_ref = state.as_ref().map_or(0, |state| state.stream_ref);
+    let mut con = stream::connect(&settings.redis)?;
+    let (_, verdict) = identity::inspect(&mut con, key, position, |id| {
+        streams::stores(client, stream_ref, id)
+    })?;
+    if let Identity::ResetBelow { length, .. } = verdict {
+        return Ok((
+            true,
+            format!(
+                "the stream {key} was replaced below the stored position {}: {length} entries wait that \
+                 transfer will not read without --new-stream",
+                position.id
+            ),
+        ));
+    }
+    Ok(match reader::first_after(&mut con, key, position.id)? {
+        Some(oldest) => {
+            let age = now - oldest.time().unwrap_or(now);
+            let line = format!(
+                "oldest untransferred entry is {} old",
+                format_span(TimeDelta::seconds(age.num_seconds().max(0)))
+            );
+            if age > max {
+                (true, format!("{line}: more than {}", format_span(max)))
+            } else {
+                (false, line)
+            }
+        }
+        None => (false, "nothing waits for transfer".to_string()),
+    })
 }

@@ -104,13 +104,24 @@ struct Rendered {
     tables: Vec<(Option<&'static str>, comfy_table::Table)>,
 }
 
+impl Args {
+    /// The flags every report takes, and the report's default window in days.
+    pub fn common(&self) -> (&Common, u32) {
+        match &self.report {
+            Which::Overview(c) | Which::Failures(c) => (c, 7),
+            Which::Trends { common, .. } => (common, 7),
+            Which::User { common, .. } | Which::PeakHours { common, .. } => (common, 30),
+            Which::Models(c) => (c, 30),
+        }
+    }
+
+    pub fn until(&self) -> Option<DateTime<Utc>> {
+        self.common().0.until
+    }
+}
+
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
-    let (common, default_days) = match &args.report {
-        Which::Overview(c) | Which::Failures(c) => (c, 7),
-        Which::Trends { common, .. } => (common, 7),
-        Which::User { common, .. } | Which::PeakHours { common, .. } => (common, 30),
-        Which::Models(c) => (c, 30),
-    };
+    let (common, default_days) = args.common();
     let window = Window::new(
         common.days.unwrap_or(default_days),
         common.until.unwrap_or_else(Utc::now),

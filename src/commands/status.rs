@@ -1,22 +1,25 @@
-//! `genalytics status`: is data flowing? The stream and its distance to
-//! the producer's trim cap, what is not yet transferred and how old it is,
-//! the last transfer, dead letters, the newest stored event, hours waiting
-//! for their rollup, and table sizes — with a warning for each thing an
-//! operator should act on.
+//! `genalytics status`: is data flowing? The stream and whether it is still
+//! the one the position belongs to, what is not yet transferred (and so at
+//! risk from the producer's trim cap) and how old it is, the last transfer
+//! and the last time the stream was replaced, dead letters, the newest
+//! stored event, hours waiting for their rollup or failing it, and table
+//! sizes — with a warning for each thing an operator should act on.
 //!
 //! Redis being unreachable is itself an answer (a warning), so status still
 //! reports what PostgreSQL knows; it fails only without PostgreSQL.
 
 use std::io::Write;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::Settings;
-use crate::db::{self, health, migrations, streams};
+use crate::db::streams::{self, TransferState};
+use crate::db::{self, health, migrations};
 use crate::error::Exit;
 use crate::output::{SummaryFormat, table, thousands};
+use crate::stream::identity::{self, Identity, Position};
 use crate::stream::{self, EntryId, producer::PRODUCER_MAXLEN, reader};
 
 #[derive(Debug, clap::Args)]
@@ -26,9 +29,9 @@ pub struct Args {
     pub format: SummaryFormat,
 }
 
-/// The stream fills up to this share of the producer's cap before status
-/// warns.
-const WARN_AT: u64 = PRODUCER_MAXLEN / 2;
+/// Entries not yet stored may fill up to this share of the producer's cap
+/// before status warns: past the cap, the producer trims them unread.
+pub const WARN_AT: u64 = PRODUCER_MAXLEN / 2;
 
 #[derive(Debug, Default, Serialize)]
 struct Status {
@@ -38,17 +41,27 @@ struct Status {
     cap_used_pct: Option<f64>,
     newest_entry_at: Option<DateTime<Utc>>,
     position: Option<String>,
+    /// Whether the key still holds the stream the position belongs to:
+    /// `same`, `missing`, `gap`, `rewound`, `replaced` (read on) or
+    /// `replaced_below_position`.
+    stream_identity: Option<&'static str>,
     behind: Option<u64>,
     behind_exact: Option<bool>,
     oldest_untransferred_at: Option<DateTime<Utc>>,
     oldest_untransferred_age_seconds: Option<i64>,
     last_transfer_at: Option<DateTime<Utc>>,
     events_transferred: i64,
+    entries_skipped: i64,
+    stream_resets: i32,
+    last_reset_at: Option<DateTime<Utc>>,
+    last_reset_lost_entries: Option<i64>,
     rejected_entries: i64,
     newest_event_at: Option<DateTime<Utc>>,
     hours_awaiting_rollup: i64,
     stale_hours: i64,
     oldest_hour_awaiting_rollup: Option<DateTime<Utc>>,
+    failing_hours: i64,
+    last_rollup_error: Option<String>,
     tables: Vec<TableRow>,
     warnings: Vec<String>,
 }
@@ -74,18 +87,30 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     };
 
     let state = streams::state(&mut client, key)?;
-    let position = if let Some(state) = &state {
+    if let Some(state) = &state {
         status.position = Some(state.position.to_string());
         status.last_transfer_at = Some(state.last_transfer_at);
         status.events_transferred = state.events_stored;
-        state.position
+        status.entries_skipped = state.entries_skipped;
+        status.stream_resets = state.resets;
+        status.last_reset_at = state.last_reset_at;
+        status.last_reset_lost_entries = state.last_reset_lost;
+        if let Some(at) = state
+            .last_reset_at
+            .filter(|at| now - *at < TimeDelta::days(1))
+        {
+            status.warnings.push(format!(
+                "the stream was replaced on {} (Redis restarted empty, flushed or failed over){}",
+                at.format("%Y-%m-%d %H:%M:%S UTC"),
+                identity::loss(state.last_reset_lost.map(i64::unsigned_abs))
+            ));
+        }
     } else {
         status
             .warnings
             .push(format!("nothing has been transferred from {key} yet"));
-        EntryId::ZERO
-    };
-    if let Err(err) = stream_figures(settings, position, now, &mut status) {
+    }
+    if let Err(err) = stream_figures(settings, &mut client, state.as_ref(), now, &mut status) {
         status.warnings.push(format!("{err:#}"));
     }
 
@@ -97,6 +122,17 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     status.hours_awaiting_rollup = backlog.queued;
     status.stale_hours = backlog.stale;
     status.oldest_hour_awaiting_rollup = backlog.oldest;
+    let failing = health::failing_hours(&mut client)?;
+    status.failing_hours = failing.count;
+    status.last_rollup_error.clone_from(&failing.last_error);
+    if let (Some(hour), Some(error)) = (failing.oldest, &failing.last_error) {
+        status.warnings.push(format!(
+            "{} hour{} could not be rolled up (oldest {}; last error: {error}); they stay queued",
+            failing.count,
+            if failing.count == 1 { "" } else { "s" },
+            hour.format("%Y-%m-%d %H:00 UTC"),
+        ));
+    }
     if backlog.stale > 0 {
         status.warnings.push(format!(
             "{} complete hour{} with events not yet rolled up (oldest {}); run `genalytics aggregate`",
@@ -127,40 +163,107 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
 /// Fills in what Redis knows; an error here becomes a warning.
 fn stream_figures(
     settings: &Settings,
-    position: EntryId,
+    client: &mut postgres::Client,
+    state: Option<&TransferState>,
     now: DateTime<Utc>,
     status: &mut Status,
 ) -> anyhow::Result<()> {
     let key = settings.stream_key.as_str();
     let mut con = stream::connect(&settings.redis)?;
-    let info = reader::info(&mut con, key)?;
+    let position = state.map_or_else(Position::default, TransferState::position);
+    let stream_ref = state.map_or(0, |state| state.stream_ref);
+    let (info, verdict) = identity::inspect(&mut con, key, position, |id| {
+        streams::stores(client, stream_ref, id)
+    })?;
     status.stream_length = Some(info.length);
     status.cap_used_pct = Some(crate::report::round2(
         info.length as f64 * 100.0 / PRODUCER_MAXLEN as f64,
     ));
     status.newest_entry_at = info.last_id.and_then(EntryId::time);
-    let behind = reader::count_after(&mut con, key, &info, position, 10_000)?;
+    status.stream_identity = Some(identity_name(&verdict));
+    if let Some(warning) = identity_warning(key, position.id, &verdict) {
+        status.warnings.push(warning);
+    }
+    // Entries of a stream replaced below the position all wait, and
+    // transfer will not read them on its own.
+    let after = match verdict {
+        Identity::ResetBelow { .. } => Position::default(),
+        Identity::Same => position,
+        _ => Position {
+            id: position.id,
+            index: None,
+        },
+    };
+    let behind = reader::behind(&mut con, key, &info, after)?;
+    let after = after.id;
     status.behind = Some(behind.entries);
     status.behind_exact = Some(behind.exact);
-    if let Some(oldest) = reader::first_after(&mut con, key, position)? {
+    if let Some(oldest) = reader::first_after(&mut con, key, after)? {
         let at = oldest.time();
         status.oldest_untransferred_at = at;
         status.oldest_untransferred_age_seconds = at.map(|at| (now - at).num_seconds().max(0));
     }
-    if info.length > WARN_AT {
+    if behind.entries > WARN_AT {
         status.warnings.push(format!(
-            "the stream holds {} entries, more than half the producer's ~{} cap: transfer is falling behind, \
-             and the producer trims unread entries at the cap",
-            thousands(info.length),
+            "{}{} entries are not yet stored, more than half the producer's ~{} cap: transfer is falling \
+             behind, and the producer trims unread entries at the cap",
+            if behind.exact { "" } else { "about " },
+            thousands(behind.entries),
             thousands(PRODUCER_MAXLEN)
         ));
     }
-    if let Some(lost) = info.max_deleted_id.filter(|&lost| lost > position) {
+    if let Some(lost) = info.max_deleted_id.filter(|&lost| lost > position.id) {
         status.warnings.push(format!(
             "entries up to {lost} were removed from the stream before they were stored (the producer's cap?)"
         ));
     }
     Ok(())
+}
+
+/// The verdict as a JSON value.
+pub fn identity_name(verdict: &Identity) -> &'static str {
+    match verdict {
+        Identity::Same => "same",
+        Identity::Missing => "missing",
+        Identity::Gap => "gap",
+        Identity::Rewound { .. } => "rewound",
+        Identity::ResetAbove => "replaced",
+        Identity::ResetBelow { .. } => "replaced_below_position",
+    }
+}
+
+/// What an operator should know about the verdict, if anything.
+pub fn identity_warning(key: &str, position: EntryId, verdict: &Identity) -> Option<String> {
+    match verdict {
+        Identity::Same => None,
+        Identity::Missing => Some(format!(
+            "the stream {key} does not exist (Redis restarted empty, or the producer has not written yet)"
+        )),
+        Identity::Gap => Some(format!(
+            "the entry {position} of {key} is gone: the producer's cap trimmed entries before they were stored, \
+             or the stream was replaced (Redis < 7 cannot tell which)"
+        )),
+        Identity::Rewound { last } => Some(format!(
+            "the stream {key} went back to an older state of itself (restarted from a snapshot, or a replica \
+             that lagged): its entries after {last} up to {position} are gone from Redis but were stored; \
+             transfer reads on"
+        )),
+        Identity::ResetAbove => Some(format!(
+            "the stream {key} was replaced (Redis restarted empty, flushed or failed over); the next transfer \
+             reads on and records it"
+        )),
+        Identity::ResetBelow {
+            first,
+            last,
+            length,
+            ..
+        } => Some(format!(
+            "the stream {key} was replaced: its {} entries ({first} to {last}) are at or below the stored \
+             position {position}, so transfer will not read them; run `genalytics transfer --new-stream` \
+             if it is a new stream",
+            thousands(*length)
+        )),
+    }
 }
 
 fn print(format: SummaryFormat, status: &Status) -> anyhow::Result<()> {
@@ -186,11 +289,13 @@ fn print(format: SummaryFormat, status: &Status) -> anyhow::Result<()> {
             ("behind", "not yet transferred"),
             ("oldest_untransferred_at", "oldest not transferred"),
             ("last_transfer_at", "last transfer"),
+            ("stream_identity", "stream"),
             ("events_transferred", "events transferred"),
             ("rejected_entries", "dead letters"),
             ("newest_event_at", "newest stored event"),
             ("hours_awaiting_rollup", "hours awaiting rollup"),
             ("stale_hours", "stale hours"),
+            ("failing_hours", "hours failing rollup"),
         ],
     );
     writeln!(out, "{figures}")?;

@@ -126,6 +126,15 @@ impl Fault {
         }
     }
 
+    /// For what may come from either server.
+    fn of(err: anyhow::Error) -> Fault {
+        if db::is_transient(&err) || stream::is_transient(&err) {
+            Fault::Transient(err)
+        } else {
+            Fault::Fatal(err)
+        }
+    }
+
     fn of_redis(err: anyhow::Error) -> Fault {
         if stream::is_transient(&err) {
             Fault::Transient(err)
@@ -278,8 +287,14 @@ impl Run<'_> {
     fn session(&mut self) -> Result<(), Fault> {
         let key = self.key;
         let state = streams::open(self.pg()?, key).map_err(Fault::of_pg)?;
-        let info = reader::info(self.redis()?, key).map_err(Fault::of_redis)?;
-        let state = self.check_identity(state, &info)?;
+        let (mut info, mut verdict) = self.inspect(&state)?;
+        if self.args.follow && verdict == Identity::Missing {
+            // The key is gone (Redis restarted empty?). Whatever appears
+            // under it is judged before a single entry of it is read.
+            self.wait_for_stream()?;
+            (info, verdict) = self.inspect(&state)?;
+        }
+        let state = self.act_on(state, &verdict)?;
         let position = state.position;
         self.state = Some(state.clone());
         if self.summary.last_id.is_empty() {
@@ -292,7 +307,7 @@ impl Run<'_> {
             );
         }
         if !self.ready {
-            self.progress = self.progress_bar(&info, position)?;
+            self.progress = self.progress_bar(&info)?;
             service::ready();
             service::status(&format!("transferring {key}"));
             self.ready = true;
@@ -329,35 +344,53 @@ impl Run<'_> {
         outcome
     }
 
-    /// Compares the stream with the stored position (see
-    /// `stream::identity`), recording a new stream when it is one to read
-    /// on; returns the state to read from.
-    fn check_identity(
-        &mut self,
-        state: TransferState,
-        info: &StreamInfo,
-    ) -> Result<TransferState, Fault> {
+    /// What the stream under the key is, against the stored position.
+    fn inspect(&mut self, state: &TransferState) -> Result<(StreamInfo, Identity), Fault> {
+        self.pg()?;
+        self.redis()?;
+        let (Some(pg), Some(con)) = (self.pg.as_mut(), self.redis.as_mut()) else {
+            unreachable!("both connected above");
+        };
+        identity::inspect(con, self.key, state.position(), |id| {
+            streams::stores(pg, state.stream_ref, id)
+        })
+        .map_err(Fault::of)
+    }
+
+    /// Waits for the stream key to exist again (following), feeding the
+    /// watchdog; a stop ends the session.
+    fn wait_for_stream(&mut self) -> Result<StreamInfo, Fault> {
+        let key = self.key;
+        tracing::warn!("the stream {key} does not exist (Redis restarted empty?); waiting for it");
+        service::status(&format!("waiting for the stream {key} to exist"));
+        loop {
+            if !crate::retry::sleep_unless_stopped(Duration::from_millis(250), &self.stop) {
+                return Err(Fault::Transient(anyhow!(
+                    "stopped while waiting for the stream {key}"
+                )));
+            }
+            let info = reader::info(self.redis()?, key).map_err(Fault::of_redis)?;
+            if info.exists {
+                return Ok(info);
+            }
+        }
+    }
+
+    /// Acts on what the stream turned out to be (see `stream::identity`):
+    /// records a new stream when it is one to read on, refuses one that
+    /// needs an operator; returns the state to read from.
+    fn act_on(&mut self, state: TransferState, verdict: &Identity) -> Result<TransferState, Fault> {
         let key = self.key;
         let position = state.position;
-        let exists = if position == EntryId::ZERO || !info.exists {
-            false
-        } else {
-            reader::entry_exists(self.redis()?, key, position)
-                .map_err(|err| Fault::of_redis(err.into()))?
-        };
-        let verdict = identity::judge(state.position(), info, exists);
-        let from_start = match (&verdict, self.new_stream) {
+        let from_start = match (verdict, self.new_stream) {
             (Identity::ResetBelow { .. } | Identity::Gap | Identity::ResetAbove, true) => true,
-            (Identity::Same | Identity::Missing, true) if self.summary.reset.is_none() => {
+            (Identity::Same | Identity::Missing | Identity::Rewound { .. }, true)
+                if self.summary.reset.is_none() =>
+            {
                 return Err(Fault::Fatal(
                     UsageError(format!(
-                        "--new-stream: the stream {key} is still the one transfer has been reading{}; \
-                         run transfer without --new-stream",
-                        if exists {
-                            format!(" (its entry {position} is there)")
-                        } else {
-                            String::new()
-                        }
+                        "--new-stream: the stream {key} is still the one transfer has been reading \
+                         (its entries up to {position} are the ones stored); run transfer without --new-stream"
                     ))
                     .into(),
                 ));
@@ -393,6 +426,17 @@ impl Run<'_> {
                 );
                 return Ok(state);
             }
+            (Identity::Rewound { last }, _) => {
+                tracing::warn!(
+                    "the stream {key} went back to an older state of itself (Redis restarted from a snapshot, \
+                     or failed over to a replica that lagged): its entries after {last} up to {position} were \
+                     stored before Redis lost them; reading on after {position}"
+                );
+                streams::rewound(self.pg()?, &state).map_err(Fault::of_pg)?;
+                let mut state = state;
+                state.position_index = None;
+                return Ok(state);
+            }
             (Identity::Same | Identity::Missing, _) => return Ok(state),
         };
         let lost = state.unseen();
@@ -402,13 +446,7 @@ impl Run<'_> {
         let at = state.last_reset_at.unwrap_or_else(Utc::now);
         tracing::warn!(
             "the stream {key} was replaced (Redis restarted empty, flushed, or failed over){}; {}",
-            match lost {
-                Some(n) => format!(
-                    ": the old one had received at least {} entries that were never stored",
-                    thousands(n)
-                ),
-                None => String::new(),
-            },
+            identity::loss(lost),
             if from_start {
                 "storing the new stream from its first entry".to_string()
             } else {
@@ -582,28 +620,35 @@ impl Run<'_> {
     /// next run's identity check.
     fn count_behind(&mut self, end: EntryId) -> anyhow::Result<reader::Backlog> {
         let key = self.key;
+        let state = self.state.clone();
         let con = match self.redis() {
             Ok(con) => con,
             Err(Fault::Transient(err) | Fault::Fatal(err)) => return Err(err),
         };
         let info = reader::info(con, key)?;
-        let behind = reader::count_after(con, key, &info, end, 1_000)?;
-        if let Some(state) = &self.state
-            && state.position == end
-        {
-            let index = (info.last_generated_id == end)
-                .then_some(info.entries_added)
-                .flatten()
-                .or(state.position_index);
-            let position = identity::Position { id: end, index };
-            if let Some(pg) = self.pg.as_mut() {
-                streams::note_observed(pg, key, &position, info.entries_added)?;
+        let position = match &state {
+            Some(state) if state.position == end => {
+                let index = (info.last_generated_id == end)
+                    .then_some(info.entries_added)
+                    .flatten()
+                    .or(state.position_index);
+                identity::Position { id: end, index }
             }
+            _ => identity::Position {
+                id: end,
+                index: None,
+            },
+        };
+        let behind = reader::behind(con, key, &info, position)?;
+        if position.index.is_some()
+            && let Some(pg) = self.pg.as_mut()
+        {
+            streams::note_observed(pg, key, &position, info.entries_added)?;
         }
         Ok(behind)
     }
 
-    fn progress_bar(&mut self, info: &StreamInfo, position: EntryId) -> Result<ProgressBar, Fault> {
+    fn progress_bar(&mut self, info: &StreamInfo) -> Result<ProgressBar, Fault> {
         if self.settings.quiet || !std::io::stderr().is_terminal() {
             return Ok(ProgressBar::hidden());
         }
@@ -618,8 +663,12 @@ impl Run<'_> {
             return Ok(spinner);
         }
         let key = self.key;
-        let backlog = reader::count_after(self.redis()?, key, info, position, 10_000)
-            .map_err(Fault::of_redis)?;
+        let position = self
+            .state
+            .as_ref()
+            .map_or_else(Default::default, TransferState::position);
+        let backlog =
+            reader::behind(self.redis()?, key, info, position).map_err(Fault::of_redis)?;
         let total = self
             .args
             .max_events
@@ -685,6 +734,15 @@ impl Pending {
         }
         self.bytes += entries.iter().map(RawEntry::size).sum::<usize>();
         self.entries.extend(entries);
+    }
+
+    /// Drops what was read after the first `keep` entries.
+    fn truncate(&mut self, keep: usize) {
+        self.entries.truncate(keep);
+        self.bytes = self.entries.iter().map(RawEntry::size).sum();
+        if self.entries.is_empty() {
+            self.since = None;
+        }
     }
 
     /// Parses and encodes what is pending and sends it; false when the
@@ -763,8 +821,10 @@ fn read_batches(mut con: redis::Connection, plan: &ReadPlan, sender: &SyncSender
         if let Some(last) = entries.last() {
             after = last.id;
         }
+        let index_before = progress.index;
         progress.index = progress.index.map(|index| index + read as u64);
         left = left.saturating_sub(read as u64);
+        let read_from = pending.entries.len();
         pending.add(entries);
         let reached_end = read < count;
         if reached_end {
@@ -776,6 +836,11 @@ fn read_batches(mut con: redis::Connection, plan: &ReadPlan, sender: &SyncSender
                     let replaced = info.last_generated_id < after
                         || matches!((info.entries_added, progress.index), (Some(added), Some(index)) if added < index);
                     if replaced {
+                        // The last read may hold the new stream's entries:
+                        // they are left for a session that knows which
+                        // stream they belong to.
+                        pending.truncate(read_from);
+                        progress.index = index_before;
                         let err = anyhow::Error::new(StreamChanged(plan.key.clone()));
                         return fail(&mut pending, progress, Fault::Transient(err));
                     }
@@ -841,13 +906,7 @@ fn print_summary(format: SummaryFormat, summary: &Summary) -> anyhow::Result<()>
                 line,
                 "; the stream was replaced on {}{}",
                 reset.at.format("%Y-%m-%d %H:%M:%S UTC"),
-                match reset.lost_at_least {
-                    Some(lost) => format!(
-                        " (the old one had received at least {} entries that were never stored)",
-                        thousands(lost)
-                    ),
-                    None => String::new(),
-                }
+                identity::loss(reset.lost_at_least)
             );
         }
         line

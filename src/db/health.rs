@@ -25,6 +25,29 @@ pub fn rollup_backlog(client: &mut Client) -> anyhow::Result<RollupBacklog> {
     })
 }
 
+/// Queued hours whose rollup failed: how many, the oldest, and the last
+/// error PostgreSQL gave.
+pub struct FailingHours {
+    pub count: i64,
+    pub oldest: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+pub fn failing_hours(client: &mut Client) -> anyhow::Result<FailingHours> {
+    let row = client.query_one(
+        "SELECT count(*), min(hour),
+                (SELECT last_error FROM generation_rollup_queue
+                 WHERE last_error IS NOT NULL ORDER BY failed_at DESC LIMIT 1)
+         FROM generation_rollup_queue WHERE last_error IS NOT NULL",
+        &[],
+    )?;
+    Ok(FailingHours {
+        count: row.get(0),
+        oldest: row.get(1),
+        last_error: row.get(2),
+    })
+}
+
 /// A table's rows (exact below a million, else the planner's estimate) and
 /// its size on disk with indexes.
 pub struct TableSize {

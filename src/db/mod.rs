@@ -15,7 +15,7 @@ use std::io;
 use anyhow::Context;
 use postgres::{Client, NoTls};
 
-use crate::config::{DatabaseUrl, PgTls};
+use crate::config::{DatabaseUrl, PgTls, SslMode};
 
 /// A connection that could not be opened: one sentence saying where and
 /// what to do, and whether trying again later may work (a server down or
@@ -30,9 +30,9 @@ pub struct ConnectError {
 /// Opens one connection, over TLS as `sslmode` asks; the error says where
 /// it tried and what to do.
 pub fn connect(url: &DatabaseUrl) -> anyhow::Result<Client> {
-    let connected = match &url.tls {
-        PgTls::Off => url.config.connect(NoTls),
-        tls => url.config.connect(tls_connector(tls)?),
+    let connected = match url.tls.mode {
+        SslMode::Off => url.config.connect(NoTls),
+        _ => url.config.connect(tls_connector(&url.tls)?),
     };
     connected.map_err(|err| {
         anyhow::Error::new(ConnectError {
@@ -96,22 +96,20 @@ fn is_transient_pg(err: &postgres::Error) -> bool {
 /// also checks the host name.
 fn tls_connector(tls: &PgTls) -> anyhow::Result<postgres_native_tls::MakeTlsConnector> {
     let mut builder = native_tls::TlsConnector::builder();
-    let root = match tls {
-        PgTls::Off | PgTls::Encrypt => {
+    match tls.mode {
+        SslMode::Off | SslMode::Encrypt => {
             builder
                 .danger_accept_invalid_certs(true)
                 .danger_accept_invalid_hostnames(true)
                 // Nothing is verified, so the system's roots are not needed.
                 .disable_built_in_roots(true);
-            None
         }
-        PgTls::VerifyCa(root) => {
+        SslMode::VerifyCa => {
             builder.danger_accept_invalid_hostnames(true);
-            root.as_ref()
         }
-        PgTls::VerifyFull(root) => root.as_ref(),
-    };
-    if let Some(path) = root {
+        SslMode::VerifyFull => {}
+    }
+    if let Some(path) = tls.root.as_ref().filter(|_| tls.mode >= SslMode::VerifyCa) {
         // As libpq: with sslrootcert, trust that root only.
         builder.disable_built_in_roots(true);
         let pem = std::fs::read(path)
@@ -119,6 +117,15 @@ fn tls_connector(tls: &PgTls) -> anyhow::Result<postgres_native_tls::MakeTlsConn
         let certificate = native_tls::Certificate::from_pem(&pem)
             .with_context(|| format!("sslrootcert {} is not a PEM certificate", path.display()))?;
         builder.add_root_certificate(certificate);
+    }
+    if let Some((cert, key)) = &tls.client {
+        let read = |path: &std::path::Path, what: &str| {
+            std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+        };
+        let identity =
+            native_tls::Identity::from_pkcs8(&read(cert, "sslcert")?, &read(key, "sslkey")?)
+                .context("sslcert and sslkey are not a PEM certificate and its PKCS#8 key")?;
+        builder.identity(identity);
     }
     let connector = builder.build().context("cannot set up TLS")?;
     Ok(postgres_native_tls::MakeTlsConnector::new(connector))
@@ -148,17 +155,39 @@ fn describe_connect_error(url: &DatabaseUrl, err: &postgres::Error) -> String {
         }
         cause = inner.source();
     }
+    let text = crate::tls::chain_text(err);
+    if let Some(tls) = crate::tls::cause(&text).filter(|_| url.tls.mode != SslMode::Off) {
+        let host = target
+            .rsplit_once(':')
+            .map_or(target.as_str(), |(host, _)| host);
+        let names = (tls == crate::tls::Cause::HostMismatch)
+            .then(|| {
+                let port = url.config.get_ports().first().copied().unwrap_or(5432);
+                crate::tls::peer_names(host, port, true)
+            })
+            .flatten();
+        return format!(
+            "cannot connect to PostgreSQL at {target} over TLS: {} — check sslmode, sslrootcert and the host \
+             in DATABASE_URL / --database-url",
+            crate::tls::explain(tls, host, names.as_deref())
+        );
+    }
     let reason = match io_kind {
         Some(io::ErrorKind::ConnectionRefused) => "connection refused".to_string(),
         Some(io::ErrorKind::TimedOut) => "timed out".to_string(),
         Some(io::ErrorKind::NotFound) => "no such host or socket".to_string(),
-        _ if err.to_string().contains("timeout") => "timed out".to_string(),
-        _ if err.to_string().contains("TLS") => {
+        _ if text.contains("password missing") => {
             return format!(
-                "cannot connect to PostgreSQL at {target}: {err} — check sslmode and sslrootcert in DATABASE_URL / --database-url"
+                "PostgreSQL at {target} asks for a password and DATABASE_URL / --database-url has none — add it"
             );
         }
-        _ => err.to_string(),
+        _ if text.contains("timeout") => "timed out".to_string(),
+        _ if text.contains("TLS") => {
+            return format!(
+                "cannot connect to PostgreSQL at {target}: {text} — check sslmode and sslrootcert in DATABASE_URL / --database-url"
+            );
+        }
+        _ => text,
     };
     format!(
         "cannot connect to PostgreSQL at {target}: {reason} — is the server running? Set DATABASE_URL or --database-url"

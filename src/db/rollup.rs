@@ -26,6 +26,19 @@ pub fn queued_hours(
     Ok(rows.into_iter().map(|row| row.get(0)).collect())
 }
 
+/// Files an hour whose rollup failed: it stays (or goes) on the queue with
+/// PostgreSQL's words, for `status` and the next run.
+pub fn record_failure(client: &mut Client, hour: DateTime<Utc>, error: &str) -> anyhow::Result<()> {
+    client.execute(
+        "INSERT INTO generation_rollup_queue AS q (hour, last_error, failed_at, failures)
+         VALUES ($1, $2, now(), 1)
+         ON CONFLICT (hour) DO UPDATE
+         SET last_error = EXCLUDED.last_error, failed_at = now(), failures = q.failures + 1",
+        &[&hour, &error],
+    )?;
+    Ok(())
+}
+
 /// Rolls up `hours` (hour starts) in one transaction; returns how many of
 /// them had events (and so have a row now).
 ///

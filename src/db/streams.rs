@@ -213,6 +213,29 @@ pub fn note_observed(
     Ok(())
 }
 
+/// Whether the entry `id` of the stream `stream_ref` is stored, as a row
+/// or a dead letter.
+pub fn stores(client: &mut Client, stream_ref: i32, id: EntryId) -> anyhow::Result<bool> {
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM generation_events WHERE stream = $1 AND stream_id = $2)
+                 OR EXISTS (SELECT 1 FROM generation_events_rejected WHERE stream = $1 AND stream_id = $2)",
+            &[&stream_ref, &id],
+        )?
+        .get(0))
+}
+
+/// Records that the stream went back to an older state of itself: what
+/// was known of its counters no longer holds.
+pub fn rewound(client: &mut Client, state: &TransferState) -> anyhow::Result<()> {
+    client.execute(
+        "UPDATE genalytics_transfer_state SET position_index = NULL, observed_added = NULL
+         WHERE stream_key = $1 AND last_id = $2",
+        &[&state.stream_key, &state.position],
+    )?;
+    Ok(())
+}
+
 /// Every stream key with a recorded state.
 pub fn all(client: &mut Client) -> anyhow::Result<Vec<TransferState>> {
     client

@@ -10,6 +10,7 @@ use comfy_table::{
 use serde_json::{Map, Value};
 
 use super::{bar, duration, thousands_signed};
+use crate::text::escape_controls;
 
 /// Width of a bar column, in characters.
 const BAR_WIDTH: usize = 20;
@@ -125,12 +126,15 @@ pub fn format_value(field: &str, value: &Value) -> String {
                 |_| text.clone(),
                 |at| at.format("%Y-%m-%d %H:%M UTC").to_string(),
             ),
-        Value::String(text) => text.clone(),
+        // Text from the data never reaches the terminal as control codes.
+        Value::String(text) => escape_controls(text).into_owned(),
         Value::Array(items) => items
             .iter()
             .map(|item| {
-                item.as_str()
-                    .map_or_else(|| item.to_string(), str::to_string)
+                item.as_str().map_or_else(
+                    || item.to_string(),
+                    |text| escape_controls(text).into_owned(),
+                )
             })
             .collect::<Vec<_>>()
             .join("; "),
@@ -166,5 +170,13 @@ mod tests {
         );
         assert_eq!(format_value("success", &json!(false)), "failed");
         assert_eq!(format_value("sample_messages", &json!(["a", "b"])), "a; b");
+        assert_eq!(
+            format_value("model_checkpoint", &json!("evil\u{1b}]0;title\u{7}\r")),
+            "evil\\x1b]0;title\\x07\\r"
+        );
+        assert_eq!(
+            format_value("sample_messages", &json!(["a\u{1b}[2J"])),
+            "a\\x1b[2J"
+        );
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, DurationRound, NaiveDate, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use serde::Serialize;
 
 use crate::histogram::Histogram;
@@ -30,13 +30,7 @@ impl Window {
 
     /// Starts of the hours that begin inside the window.
     pub fn hours(&self) -> Vec<DateTime<Utc>> {
-        let mut at = ceil_hour(self.start);
-        let mut hours = Vec::new();
-        while at < self.end {
-            hours.push(at);
-            at += TimeDelta::hours(1);
-        }
-        hours
+        crate::hour::starts(crate::hour::ceil(self.start), self.end).collect()
     }
 
     /// The UTC days that overlap the window.
@@ -48,15 +42,6 @@ impl Window {
             day = day.succ_opt().expect("a next day");
         }
         days
-    }
-}
-
-fn ceil_hour(at: DateTime<Utc>) -> DateTime<Utc> {
-    let floor = at.duration_trunc(TimeDelta::hours(1)).unwrap_or(at);
-    if floor == at {
-        at
-    } else {
-        floor + TimeDelta::hours(1)
     }
 }
 

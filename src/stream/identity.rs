@@ -35,6 +35,12 @@ pub enum Identity {
     /// them, or the stream was replaced — Redis < 7 cannot tell which.
     /// Reading on is right either way.
     Gap,
+    /// The same stream gone back to an older state of itself — Redis
+    /// restarted from a snapshot, or failed over to a replica that lagged:
+    /// its newest entry at or below the position, `last`, is one transfer
+    /// stored. Entries after `last` up to the position were stored before
+    /// Redis lost them; reading on after the position loses nothing.
+    Rewound { last: EntryId },
     /// Another stream whose entries all come after the position: read on,
     /// and record the reset.
     ResetAbove,
@@ -55,55 +61,99 @@ impl Identity {
     }
 }
 
-/// Judges `info` against the position; `position_exists` says whether the
-/// position's entry is in the stream.
-pub fn judge(position: Position, info: &StreamInfo, position_exists: bool) -> Identity {
+/// What a replacement cost, for a sentence: `lost` is how many entries
+/// the old stream had received that were never stored (at least).
+pub fn loss(lost: Option<u64>) -> String {
+    match lost {
+        Some(0) => "; every entry of the old one had been stored".to_string(),
+        Some(n) => format!(
+            "; the old one had received at least {} entries that were never stored",
+            crate::output::thousands(n)
+        ),
+        None => String::new(),
+    }
+}
+
+/// What is known of the stream's entries at or below the position.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Below {
+    /// The position's own entry is in the stream.
+    pub position_exists: bool,
+    /// The newest entry at or below the position, if that one is stored
+    /// (it belongs to the stream the position does).
+    pub newest_stored: Option<EntryId>,
+}
+
+/// Judges `info` against the position.
+pub fn judge(position: Position, info: &StreamInfo, below: Below) -> Identity {
     if position.id == EntryId::ZERO {
         return Identity::Same;
     }
     if !info.exists {
         return Identity::Missing;
     }
-    let below = || match (info.first_id, info.last_id) {
-        (Some(first), Some(last)) if first <= position.id => Some(Identity::ResetBelow {
+    let holds_below = info.first_id.is_some_and(|first| first <= position.id);
+    let replaced = |certain: bool| match (info.first_id, info.last_id) {
+        _ if !holds_below => Identity::ResetAbove,
+        _ if let Some(last) = below.newest_stored => Identity::Rewound { last },
+        (Some(first), Some(last)) => Identity::ResetBelow {
             first,
             last,
             length: info.length,
-            certain: true,
-        }),
-        _ => None,
+            certain,
+        },
+        _ => Identity::ResetAbove,
     };
-    // IDs went backwards: only another stream does that.
+    // IDs went backwards: only another stream, or an older state of this
+    // one, does that.
     if info.last_generated_id < position.id {
-        return below().unwrap_or(Identity::ResetAbove);
+        return replaced(true);
     }
     match (info.entries_added, info.max_deleted_id) {
         (Some(added), Some(deleted)) => {
             let fewer = position.index.is_some_and(|index| added < index);
-            let vanished = !position_exists && deleted < position.id;
+            let vanished = !below.position_exists && deleted < position.id;
             if fewer || vanished {
-                below().unwrap_or(Identity::ResetAbove)
+                replaced(true)
             } else {
                 Identity::Same
             }
         }
         // Redis < 7.
-        _ if position_exists => Identity::Same,
-        _ => match below() {
-            Some(Identity::ResetBelow {
-                first,
-                last,
-                length,
-                ..
-            }) => Identity::ResetBelow {
-                first,
-                last,
-                length,
-                certain: false,
-            },
-            _ => Identity::Gap,
-        },
+        _ if below.position_exists => Identity::Same,
+        _ if holds_below => replaced(false),
+        _ => Identity::Gap,
     }
+}
+
+/// Gathers what [`judge`] needs — XINFO, whether the position's entry is
+/// there, whether the newest entry below it was stored (`is_stored` asks
+/// the database) — and judges.
+pub fn inspect(
+    con: &mut impl redis::ConnectionLike,
+    key: &str,
+    position: Position,
+    mut is_stored: impl FnMut(EntryId) -> anyhow::Result<bool>,
+) -> anyhow::Result<(StreamInfo, Identity)> {
+    use anyhow::Context;
+    let info = super::reader::info(con, key)?;
+    let mut below = Below::default();
+    if position.id != EntryId::ZERO && info.exists {
+        below.position_exists = super::reader::entry_exists(con, key, position.id)
+            .with_context(|| format!("cannot read the stream {key}"))?;
+        let suspicious = info.last_generated_id < position.id
+            || !below.position_exists
+            || matches!((info.entries_added, position.index), (Some(added), Some(index)) if added < index);
+        if suspicious
+            && let Some(newest) = super::reader::newest_at_or_before(con, key, position.id)
+                .with_context(|| format!("cannot read the stream {key}"))?
+            && is_stored(newest)?
+        {
+            below.newest_stored = Some(newest);
+        }
+    }
+    let verdict = judge(position, &info, below);
+    Ok((info, verdict))
 }
 
 #[cfg(test)]
@@ -130,23 +180,36 @@ mod tests {
         Position { id: id(ms), index }
     }
 
+    fn there(position_exists: bool) -> Below {
+        Below {
+            position_exists,
+            newest_stored: None,
+        }
+    }
+
     #[test]
     fn the_same_stream_moving_on_is_the_same() {
         // Trimmed up to the position, entries added after it.
         let info = redis7(1_000, 2_000, 50, 120, 999);
-        assert_eq!(judge(at(1_500, Some(100)), &info, true), Identity::Same);
+        assert_eq!(
+            judge(at(1_500, Some(100)), &info, there(true)),
+            Identity::Same
+        );
         // The producer's cap took the position's entry: recorded as deleted.
         let info = redis7(1_800, 2_000, 20, 120, 1_799);
-        assert_eq!(judge(at(1_500, Some(100)), &info, false), Identity::Same);
+        assert_eq!(
+            judge(at(1_500, Some(100)), &info, there(false)),
+            Identity::Same
+        );
         // Nothing transferred yet: nothing to compare.
-        assert_eq!(judge(at(0, None), &info, false), Identity::Same);
+        assert_eq!(judge(at(0, None), &info, there(false)), Identity::Same);
     }
 
     #[test]
     fn a_stream_recreated_below_the_position_needs_an_operator() {
         let info = redis7(500, 600, 10, 10, 0);
         assert_eq!(
-            judge(at(1_500, Some(100)), &info, false),
+            judge(at(1_500, Some(100)), &info, there(false)),
             Identity::ResetBelow {
                 first: id(500),
                 last: id(600),
@@ -157,7 +220,7 @@ mod tests {
         // Recreated with entries on both sides of the position.
         let info = redis7(500, 3_000, 10, 10, 0);
         assert!(matches!(
-            judge(at(1_500, None), &info, false),
+            judge(at(1_500, None), &info, there(false)),
             Identity::ResetBelow { .. }
         ));
     }
@@ -167,27 +230,47 @@ mod tests {
         // Redis restarted without persistence, then the producer went on.
         let info = redis7(5_000, 6_000, 30, 30, 0);
         assert_eq!(
-            judge(at(1_500, Some(100)), &info, false),
+            judge(at(1_500, Some(100)), &info, there(false)),
             Identity::ResetAbove
         );
         // More entries than the position's index, but the position's entry
         // vanished without a deletion on record.
         let info = redis7(5_000, 6_000, 300, 300, 0);
         assert_eq!(
-            judge(at(1_500, Some(100)), &info, false),
+            judge(at(1_500, Some(100)), &info, there(false)),
             Identity::ResetAbove
         );
         // Empty stream created anew.
         let mut empty = redis7(0, 0, 0, 0, 0);
         empty.last_generated_id = id(0);
         assert_eq!(
-            judge(at(1_500, Some(100)), &empty, false),
+            judge(at(1_500, Some(100)), &empty, there(false)),
             Identity::ResetAbove
         );
         assert_eq!(
-            judge(at(1_500, Some(100)), &StreamInfo::default(), false),
+            judge(at(1_500, Some(100)), &StreamInfo::default(), there(false)),
             Identity::Missing
         );
+    }
+
+    #[test]
+    fn a_stream_restored_from_an_older_state_of_itself_is_read_on() {
+        // Restarted from a snapshot: its newest entry below the position is
+        // one transfer stored; the position's entry is gone.
+        let info = redis7(1_000, 1_400, 40, 80, 0);
+        let stored = Below {
+            position_exists: false,
+            newest_stored: Some(id(1_400)),
+        };
+        assert_eq!(
+            judge(at(1_500, Some(100)), &info, stored),
+            Identity::Rewound { last: id(1_400) }
+        );
+        // The same shape, but the entry below is not one transfer stored.
+        assert!(matches!(
+            judge(at(1_500, Some(100)), &info, there(false)),
+            Identity::ResetBelow { .. }
+        ));
     }
 
     #[test]
@@ -198,15 +281,15 @@ mod tests {
             ..redis7(first, last, length, 0, 0)
         };
         assert_eq!(
-            judge(at(1_500, Some(100)), &old(1_000, 2_000, 9), true),
+            judge(at(1_500, Some(100)), &old(1_000, 2_000, 9), there(true)),
             Identity::Same
         );
         assert_eq!(
-            judge(at(1_500, Some(100)), &old(1_800, 2_000, 9), false),
+            judge(at(1_500, Some(100)), &old(1_800, 2_000, 9), there(false)),
             Identity::Gap
         );
         assert_eq!(
-            judge(at(1_500, Some(100)), &old(1_000, 2_000, 9), false),
+            judge(at(1_500, Some(100)), &old(1_000, 2_000, 9), there(false)),
             Identity::ResetBelow {
                 first: id(1_000),
                 last: id(2_000),
@@ -215,8 +298,9 @@ mod tests {
             }
         );
         // IDs that went backwards are certain on any version.
+        // (below)
         assert!(matches!(
-            judge(at(1_500, Some(100)), &old(100, 200, 9), false),
+            judge(at(1_500, Some(100)), &old(100, 200, 9), there(false)),
             Identity::ResetBelow { certain: true, .. }
         ));
     }

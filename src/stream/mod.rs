@@ -8,6 +8,8 @@ use anyhow::anyhow;
 use crate::config::RedisUrl;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for one reply; blocking reads ask for far less.
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A connection that could not be opened: where, why, what to do, and
 /// whether trying again later may work.
@@ -21,14 +23,33 @@ pub struct ConnectError {
 /// Opens one connection and checks it answers; the error says where it tried.
 pub fn connect(url: &RedisUrl) -> anyhow::Result<redis::Connection> {
     let target = url.target();
+    let tls = matches!(url.info.addr(), redis::ConnectionAddr::TcpTls { .. });
     let failed = |err: &redis::RedisError| ConnectError {
-        message: describe_connect_error(&target, err),
+        message: describe_connect_error(&target, tls, err),
         transient: is_transient_redis(err),
     };
     let client = redis::Client::open(url.info.clone())
         .map_err(|err| anyhow!("cannot use the Redis URL for {target}: {}", describe(&err)))?;
+    if let redis::ConnectionAddr::TcpTls { host, port, .. } = url.info.addr()
+        && let crate::tls::Probe::NoTls = crate::tls::probe(host, *port, false)
+    {
+        // The client would wait for a handshake a plain server never sends.
+        return Err(ConnectError {
+            message: format!(
+                "cannot connect to Redis at {target} over TLS: {} — use redis:// for a server without TLS",
+                crate::tls::explain(crate::tls::Cause::NoTls, host, None)
+            ),
+            transient: false,
+        }
+        .into());
+    }
     let mut con = client
         .get_connection_with_timeout(CONNECT_TIMEOUT)
+        .map_err(|err| failed(&err))?;
+    // A server that stops answering without closing the connection (a
+    // network partition) must not hold a run, or a follower, forever.
+    con.set_read_timeout(Some(IO_TIMEOUT))
+        .and_then(|()| con.set_write_timeout(Some(IO_TIMEOUT)))
         .map_err(|err| failed(&err))?;
     redis::cmd("PING")
         .query::<()>(&mut con)
@@ -62,7 +83,7 @@ fn is_transient_redis(err: &redis::RedisError) -> bool {
         )
 }
 
-fn describe_connect_error(target: &str, err: &redis::RedisError) -> String {
+fn describe_connect_error(target: &str, tls: bool, err: &redis::RedisError) -> String {
     if err.is_connection_refusal() {
         return format!(
             "cannot connect to Redis at {target}: connection refused — is the server running? Set REDIS_URL or --redis-url"
@@ -73,10 +94,25 @@ fn describe_connect_error(target: &str, err: &redis::RedisError) -> String {
             "cannot connect to Redis at {target}: timed out — is the address right? Set REDIS_URL or --redis-url"
         );
     }
+    let text = crate::tls::chain_text(err);
+    if let Some(tls) = crate::tls::cause(&text).filter(|_| tls) {
+        let (host, port) = target.rsplit_once(':').unwrap_or((target, "6379"));
+        let names = (tls == crate::tls::Cause::HostMismatch)
+            .then(|| crate::tls::peer_names(host, port.parse().ok()?, false))
+            .flatten();
+        return format!(
+            "cannot connect to Redis at {target} over TLS: {} — check the host in REDIS_URL / --redis-url, \
+             or give the authority with SSL_CERT_FILE",
+            crate::tls::explain(tls, host, names.as_deref())
+        );
+    }
     match err.kind() {
         redis::ErrorKind::AuthenticationFailed => format!(
             "Redis at {target} refused the login: {} — check the password in REDIS_URL / --redis-url",
             describe(err)
+        ),
+        _ if err.code() == Some("NOAUTH") => format!(
+            "Redis at {target} asks for a password and REDIS_URL / --redis-url has none — add it"
         ),
         _ => format!(
             "cannot connect to Redis at {target}: {} — Set REDIS_URL or --redis-url",

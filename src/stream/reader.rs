@@ -321,6 +321,22 @@ pub fn entry_exists(
     Ok(matches!(reply, Value::Array(items) if !items.is_empty()))
 }
 
+/// The newest entry at or before `id`.
+pub fn newest_at_or_before(
+    con: &mut impl redis::ConnectionLike,
+    key: &str,
+    id: EntryId,
+) -> redis::RedisResult<Option<EntryId>> {
+    let reply: Value = redis::cmd("XREVRANGE")
+        .arg(key)
+        .arg(id.to_string())
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query(con)?;
+    Ok(entries(reply)?.first().map(|entry| entry.id))
+}
+
 /// The first entry after `after`: the oldest not yet transferred.
 pub fn first_after(
     con: &mut impl redis::ConnectionLike,
@@ -330,6 +346,25 @@ pub fn first_after(
     let entries = range_after(con, key, after, None, 1)
         .with_context(|| format!("cannot read the stream {key}"))?;
     Ok(entries.first().map(|entry| entry.id))
+}
+
+/// Entries after the position. Exact from Redis 7's counters when the
+/// position's index is known and nothing after it was deleted (one XINFO,
+/// whatever the backlog); otherwise counted or estimated by [`count_after`].
+pub fn behind(
+    con: &mut impl redis::ConnectionLike,
+    key: &str,
+    info: &StreamInfo,
+    position: crate::stream::identity::Position,
+) -> anyhow::Result<Backlog> {
+    if let (Some(added), Some(index), Some(deleted)) =
+        (info.entries_added, position.index, info.max_deleted_id)
+        && deleted <= position.id
+        && added >= index
+    {
+        return Ok(Backlog::exact(added - index));
+    }
+    count_after(con, key, info, position.id, 10_000)
 }
 
 /// Entries after `after`: exact when at most `exact_up_to` lie on either

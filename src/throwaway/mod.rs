@@ -34,6 +34,28 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a server may take to stop before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A temporary directory only its owner can enter (tempfile leaves the
+/// mode to the umask).
+fn private_dir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .permissions(fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .with_context(|| format!("cannot create a temporary directory for {prefix}"))?;
+    Ok(dir)
+}
+
+/// A log file (appended to) only its owner can read.
+fn private_file(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::File::options()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
 /// A password for a throwaway server: 32 letters and digits.
 fn random_password() -> String {
     use rand::RngExt;
@@ -86,7 +108,7 @@ fn spawn_server(
     detached: bool,
     ready: impl FnMut() -> bool,
 ) -> anyhow::Result<Child> {
-    let out = fs::File::options().create(true).append(true).open(log)?;
+    let out = private_file(log)?;
     command
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)

@@ -4,7 +4,7 @@
 //! durability off (it is thrown away anyway).
 
 use std::fmt::Write as _;
-use std::fs::{self, File};
+use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -57,10 +57,7 @@ impl Postgres {
         let initdb = postgres_program("initdb")?;
         let postgres = postgres_program("postgres")?;
         let owner = service_owner()?;
-        let dir = tempfile::Builder::new()
-            .prefix("genalytics-pg-")
-            .tempdir()
-            .context("cannot create a temporary directory for PostgreSQL")?;
+        let dir = super::private_dir("genalytics-pg-")?;
         if let Some((uid, gid)) = owner {
             nix::unistd::chown(dir.path(), Some(uid), Some(gid))
                 .context("cannot hand the temporary directory to the postgres user")?;
@@ -73,7 +70,7 @@ impl Postgres {
             nix::unistd::chown(&pwfile, Some(uid), Some(gid))?;
         }
         let log = dir.path().join("initdb.log");
-        let log_file = File::create(&log)?;
+        let log_file = super::private_file(&log)?;
         let mut command = Command::new(&initdb);
         command
             .args([

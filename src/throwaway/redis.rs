@@ -42,10 +42,7 @@ impl Redis {
 
     fn launch_new(detached: bool, tls: Option<(PathBuf, PathBuf)>) -> anyhow::Result<Redis> {
         let program = redis_program()?;
-        let dir = tempfile::Builder::new()
-            .prefix("genalytics-redis-")
-            .tempdir()
-            .context("cannot create a temporary directory for Redis")?;
+        let dir = super::private_dir("genalytics-redis-")?;
         let mut server = Redis {
             program,
             password: super::random_password(),
@@ -135,14 +132,33 @@ impl Redis {
         }
     }
 
+    /// Starts a stopped server again on the same port, empty (it persists
+    /// nothing): Redis restarted without persistence.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        let _ = std::fs::remove_file(self.dir.path().join("dump.rdb"));
+        self.launch()
+    }
+
+    /// Stops without saving and starts again with the last snapshot taken
+    /// (`SAVE`): Redis restarted from an older state of its data.
+    pub fn restart_from_last_save(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.launch()
+    }
+
     /// Saves the data, stops, and starts again on the same port with it.
+    /// `SHUTDOWN SAVE` saves and exits in one step: no write acknowledged
+    /// before it is lost.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
-            let saved = self
+            let shutdown = self
                 .connection()
-                .and_then(|mut con| Ok(redis::cmd("SAVE").query::<()>(&mut con)?));
-            stop_child(&mut child, Signal::SIGTERM);
-            saved.context("cannot save the Redis data before restarting")?;
+                .map(|mut con| redis::cmd("SHUTDOWN").arg("SAVE").query::<()>(&mut con));
+            let exited = child.wait();
+            // The server closes the connection as it goes: that is the answer.
+            let _ = shutdown.context("cannot ask Redis to save and shut down")?;
+            exited.context("cannot wait for Redis to shut down")?;
         }
         self.launch()
     }

@@ -1,0 +1,281 @@
+//! `transfer --follow` as a service (SPEC §9, issue 14): it outlives
+//! PostgreSQL and Redis restarts, commits what it read before a server went
+//! away, reads on when Redis comes back empty, and SIGTERM still exits 0.
+//! Each test proves its fault happened: the server was really down while
+//! the follower ran (its log shows it waited), not after it finished.
+
+use std::io::Read;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::harness::{TestEnv, stored_ids, stream_ids, wait_for, xadd};
+
+fn migrated() -> TestEnv {
+    let env = TestEnv::new();
+    env.genalytics().args(["migrate", "-q"]).ok();
+    env
+}
+
+/// A follower with its log in a file the test can read while it runs.
+struct Follower {
+    child: Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl Follower {
+    fn start(env: &TestEnv) -> Follower {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = env
+            .genalytics()
+            .args(["transfer", "--follow", "--keep", "100h", "--format", "json"])
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        Follower { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap()
+    }
+
+    #[track_caller]
+    fn assert_running(&mut self) {
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "the follower exited:\n{}",
+            self.log()
+        );
+    }
+
+    /// Waits up to a minute for `n` stored rows, showing the log if not.
+    #[track_caller]
+    fn wait_stored(&self, db: &mut postgres::Client, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let stored = stored_ids(db).len();
+            if stored >= n {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{stored} of {n} entries stored after a minute; the follower said:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM; asserts exit 0 and returns the JSON summary.
+    #[track_caller]
+    fn stop(mut self) -> serde_json::Value {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status}\n{}", self.log());
+        let mut stdout = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|err| panic!("{err}: {stdout}\n{}", self.log()))
+    }
+}
+
+/// Writes entries at a steady pace until told to stop, reconnecting when
+/// Redis goes away; what it wrote is read back from the stream at the end.
+fn producer(env: &TestEnv, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let url = env.redis.url();
+    let key = env.stream_key();
+    std::thread::spawn(move || {
+        let client = redis::Client::open(url).unwrap();
+        let mut con = None;
+        while !stop.load(Ordering::Relaxed) {
+            if con.is_none() {
+                con = client
+                    .get_connection_with_timeout(Duration::from_secs(1))
+                    .ok();
+            }
+            if let Some(c) = con.as_mut() {
+                let added: redis::RedisResult<String> = redis::cmd("XADD")
+                    .arg(&key)
+                    .arg("*")
+                    .arg("event_type")
+                    .arg("request")
+                    .query(c);
+                if added.is_err() {
+                    con = None;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(4));
+        }
+    })
+}
+
+/// Runs a producer and a follower across `fault`, then checks the follower
+/// stayed up, waited for the server, and stored every entry once.
+fn survive(fault: impl FnOnce(&mut TestEnv), waited_for: &str) {
+    let mut env = migrated();
+    let mut follower = Follower::start(&env);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writing = producer(&env, Arc::clone(&stop));
+    let mut db = env.db();
+    wait_for("the follower to store entries", 30, || {
+        stored_ids(&mut db).len() > 200
+    });
+    follower.assert_running();
+    fault(&mut env);
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    writing.join().unwrap();
+    let written = {
+        let mut ids = stream_ids(&mut env.redis(), &env.stream_key());
+        ids.sort();
+        ids
+    };
+    let mut db = env.db();
+    follower.wait_stored(&mut db, written.len());
+    follower.assert_running();
+    let log = follower.log();
+    assert!(log.contains(waited_for), "the fault was not seen:\n{log}");
+    let summary = follower.stop();
+    assert!(summary["reconnects"].as_u64().unwrap() >= 1, "{summary}");
+    assert_eq!(stored_ids(&mut db), written, "every entry exactly once");
+}
+
+#[test]
+fn follow_outlives_a_postgres_restart() {
+    survive(
+        |env| env.pg.restart().unwrap(),
+        "cannot store entries in PostgreSQL",
+    );
+}
+
+#[test]
+fn follow_outlives_a_redis_restart() {
+    survive(|env| env.redis.restart().unwrap(), "cannot read the stream");
+}
+
+#[test]
+fn entries_read_before_redis_dies_are_stored_and_a_fresh_redis_is_read_on() {
+    let mut env = migrated();
+    let mut follower = Follower::start(&env);
+    let key = env.stream_key();
+    let mut db = env.db();
+    // The follower is up and idle.
+    wait_for("the follower's state", 30, || {
+        !db.query("SELECT 1 FROM genalytics_transfer_state", &[])
+            .unwrap()
+            .is_empty()
+    });
+    let mut con = env.redis();
+    let written: Vec<String> = (0..100)
+        .map(|_| xadd(&mut con, &key, "*", &[("event_type", "request")]))
+        .collect();
+    // Read, not yet committed (it commits a partial batch after a second).
+    std::thread::sleep(Duration::from_millis(400));
+    let before = stored_ids(&mut db).len();
+    assert!(
+        before < 100,
+        "everything was committed before the fault: nothing is tested"
+    );
+    env.redis.stop();
+    wait_for("the entries read before Redis died", 20, || {
+        stored_ids(&mut db).len() == 100
+    });
+    let mut want = written.clone();
+    want.sort();
+    assert_eq!(stored_ids(&mut db), want);
+    follower.assert_running();
+
+    // Redis comes back empty; the producer goes on with new entries.
+    env.redis.start_again().unwrap();
+    let mut con = env.redis();
+    let fresh: Vec<String> = (0..30)
+        .map(|_| xadd(&mut con, &key, "*", &[("event_type", "cancellation")]))
+        .collect();
+    wait_for("the new stream's entries", 60, || {
+        stored_ids(&mut db).len() == 130
+    });
+    follower.assert_running();
+    let status: serde_json::Value = serde_json::from_str(
+        &env.genalytics()
+            .args(["status", "--format", "json"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(status["stream_resets"], 1, "{status:#}");
+    assert!(
+        status["warnings"].to_string().contains("replaced"),
+        "{status:#}"
+    );
+    let summary = follower.stop();
+    assert!(summary["reset"].is_object(), "{summary}");
+    let incarnations: Vec<(i32, i64)> = db
+        .query(
+            "SELECT s.incarnation, count(*) FROM generation_events e
+             JOIN genalytics_streams s ON s.id = e.stream GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(incarnations, [(1, 100), (2, 30)]);
+    let mut all = written;
+    all.extend(fresh);
+    all.sort();
+    assert_eq!(stored_ids(&mut db), all);
+}
+
+#[test]
+fn the_cap_warning_counts_entries_not_yet_stored() {
+    let env = migrated();
+    env.genalytics()
+        .args([
+            "simulate", "-q", "--events", "60000", "--hours", "1", "--maxlen", "0",
+        ])
+        .ok();
+    // All stored, and kept in the stream for monitoring: no warning.
+    env.genalytics()
+        .args(["transfer", "-q", "--keep", "100h"])
+        .ok();
+    let status: serde_json::Value = serde_json::from_str(
+        &env.genalytics()
+            .args(["status", "--format", "json"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(status["stream_length"], 60_000);
+    assert_eq!(status["behind"], 0);
+    assert!(
+        !status["warnings"].to_string().contains("cap"),
+        "{status:#}"
+    );
+    // Over half the cap waiting: a warning.
+    env.genalytics()
+        .args([
+            "simulate", "-q", "--events", "50001", "--hours", "1", "--maxlen", "0",
+        ])
+        .ok();
+    let status: serde_json::Value = serde_json::from_str(
+        &env.genalytics()
+            .args(["status", "--format", "json"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(status["behind"], 50_001);
+    assert!(status["warnings"].to_string().contains("cap"), "{status:#}");
+}
