@@ -88,48 +88,6 @@ pub struct Rejection {
     pub reason: String,
 }
 
-/// Consecutive stream entries, parsed, to be committed together. Each
-/// event keeps its raw fields: should PostgreSQL still refuse its row, the
-/// dead letter holds the entry as it was received.
-#[derive(Debug, Default)]
-pub struct Batch {
-    pub events: Vec<(Event, RawFields)>,
-    pub rejected: Vec<Rejection>,
-    /// ID of the batch's first and last entry.
-    pub first_id: EntryId,
-    pub last_id: EntryId,
-}
-
-impl Batch {
-    pub fn len(&self) -> usize {
-        self.events.len() + self.rejected.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Parses entries, in stream order, into events and dead letters.
-    pub fn from_entries(entries: impl IntoIterator<Item = (EntryId, RawFields)>) -> Batch {
-        let mut batch = Batch::default();
-        for (id, fields) in entries {
-            if batch.is_empty() {
-                batch.first_id = id;
-            }
-            batch.last_id = id;
-            match parse(id, &fields) {
-                Ok(event) => batch.events.push((event, fields)),
-                Err(reason) => batch.rejected.push(Rejection {
-                    stream_id: id,
-                    fields,
-                    reason,
-                }),
-            }
-        }
-        batch
-    }
-}
-
 /// The fields with a column of their own; everything else goes to
 /// `attributes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,7 +32,6 @@ use crate::db::events::{self, BATCH_BYTES, Claim, Outcome, Prepared};
 use crate::db::streams::{self, TransferState};
 use crate::db::{self};
 use crate::error::{Exit, UsageError};
-use crate::event::Batch;
 use crate::output::{SummaryFormat, thousands};
 use crate::retry::Backoff;
 use crate::service;
@@ -754,8 +753,7 @@ impl Pending {
         let entries = std::mem::take(&mut self.entries);
         self.bytes = 0;
         self.since = None;
-        let batch = Batch::from_entries(entries.into_iter().map(|e| (e.id, e.fields)));
-        let message = match events::prepare(batch) {
+        let message = match events::prepare(entries.into_iter().map(|e| (e.id, e.fields))) {
             Ok(prepared) => Message::Batch(Box::new(prepared), progress),
             Err(err) => Message::Failed(Fault::Fatal(err)),
         };

@@ -20,7 +20,7 @@ use postgres::types::{IsNull, ToSql, Type};
 use postgres::{Client, Transaction};
 use serde_json::Value;
 
-use crate::event::{Batch, Event, RawFields, Rejection};
+use crate::event::{Event, RawFields, Rejection, parse};
 use crate::hour;
 use crate::stream::EntryId;
 use crate::text::{escape_bytes, escape_controls, truncate};
@@ -29,7 +29,7 @@ use crate::text::{escape_bytes, escape_controls, truncate};
 /// with a batch being read, one queued and one being stored, memory stays
 /// well under 100 MiB whatever the entries hold, and no COPY comes near
 /// PostgreSQL's 1 GB message limit.
-pub const BATCH_BYTES: usize = 8 << 20;
+pub const BATCH_BYTES: usize = 2 << 20;
 
 /// The unique index that makes an entry a row once per stream.
 const ENTRY_KEY: &str = "generation_events_stream_entry_key";
@@ -123,30 +123,44 @@ impl Prepared {
     }
 }
 
-/// Encodes a parsed batch (see [`Prepared`]).
-pub fn prepare(batch: Batch) -> anyhow::Result<Prepared> {
-    let size: usize = batch
-        .events
-        .iter()
-        .map(|(_, raw)| raw.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>())
-        .sum();
+/// Parses consecutive entries and encodes the events among them (see
+/// [`Prepared`]), one entry at a time: an event lives only until its row
+/// is encoded, so a batch costs its raw entries and their rows, no more.
+pub fn prepare(
+    entries: impl IntoIterator<Item = (EntryId, RawFields)>,
+) -> anyhow::Result<Prepared> {
+    let entries = entries.into_iter();
+    let (expected, _) = entries.size_hint();
     let mut prepared = Prepared {
-        rows: BytesMut::with_capacity(size + batch.events.len() * 64),
-        bounds: Vec::with_capacity(batch.events.len() + 1),
-        ids: Vec::with_capacity(batch.events.len()),
-        hours: Vec::with_capacity(batch.events.len()),
-        raws: Vec::with_capacity(batch.events.len()),
-        rejected: batch.rejected,
-        first_id: batch.first_id,
-        last_id: batch.last_id,
+        rows: BytesMut::new(),
+        bounds: Vec::with_capacity(expected + 1),
+        ids: Vec::with_capacity(expected),
+        hours: Vec::with_capacity(expected),
+        raws: Vec::with_capacity(expected),
+        rejected: Vec::new(),
+        first_id: EntryId::ZERO,
+        last_id: EntryId::ZERO,
     };
     prepared.bounds.push(0);
-    for (event, raw) in batch.events {
-        encode_row(&mut prepared.rows, &event)?;
-        prepared.bounds.push(prepared.rows.len());
-        prepared.ids.push(event.stream_id);
-        prepared.hours.push(hour::floor(event.timestamp));
-        prepared.raws.push(raw);
+    for (index, (id, raw)) in entries.enumerate() {
+        if index == 0 {
+            prepared.first_id = id;
+        }
+        prepared.last_id = id;
+        match parse(id, &raw) {
+            Ok(event) => {
+                encode_row(&mut prepared.rows, &event)?;
+                prepared.bounds.push(prepared.rows.len());
+                prepared.ids.push(id);
+                prepared.hours.push(hour::floor(event.timestamp));
+                prepared.raws.push(raw);
+            }
+            Err(reason) => prepared.rejected.push(Rejection {
+                stream_id: id,
+                fields: raw,
+                reason,
+            }),
+        }
     }
     Ok(prepared)
 }
@@ -582,7 +596,7 @@ mod tests {
     }
 
     fn batch(ids: &[u64]) -> Prepared {
-        let batch = Batch::from_entries(ids.iter().map(|&ms| {
+        prepare(ids.iter().map(|&ms| {
             (
                 EntryId::at_ms(ms),
                 raw(&[(
@@ -594,8 +608,8 @@ mod tests {
                     },
                 )]),
             )
-        }));
-        prepare(batch).unwrap()
+        }))
+        .unwrap()
     }
 
     #[test]

@@ -37,9 +37,10 @@ impl RawEntry {
 /// the work (measured by the transfer benchmark).
 pub const READ_MAX_ENTRIES: usize = 256;
 
-/// Chooses how many entries to ask for next: starts small, doubles while
-/// entries are small, and never asks for more than the bytes left in the
-/// batch would hold at the size of the largest entry seen lately.
+/// Chooses how many entries to ask for next: starts at one (nothing is
+/// known of their size yet), grows fourfold while entries are small, and
+/// never asks for more than the bytes left in the batch would hold at the
+/// size of the largest entry seen lately.
 #[derive(Debug, Clone)]
 pub struct ReadSize {
     next: usize,
@@ -49,7 +50,7 @@ pub struct ReadSize {
 impl Default for ReadSize {
     fn default() -> Self {
         ReadSize {
-            next: 16,
+            next: 1,
             largest: 0,
         }
     }
@@ -68,7 +69,7 @@ impl ReadSize {
         let largest = entries.iter().map(RawEntry::size).max().unwrap_or(0);
         // Halve the memory of old giants so that reads grow again after them.
         self.largest = largest.max(self.largest / 2);
-        self.next = (self.next * 2).min(READ_MAX_ENTRIES);
+        self.next = (self.next * 4).min(READ_MAX_ENTRIES);
     }
 }
 
@@ -449,7 +450,7 @@ mod tests {
     fn reads_grow_while_entries_are_small_and_shrink_for_giants() {
         let mut size = ReadSize::default();
         let budget = 8 << 20;
-        assert_eq!(size.count(5_000, budget), 16);
+        assert_eq!(size.count(5_000, budget), 1);
         for _ in 0..10 {
             let n = size.count(5_000, budget);
             size.observe(&vec![entry(500); n]);
