@@ -109,10 +109,33 @@ fn main() -> anyhow::Result<()> {
         tx.commit()?;
         copy_secs.push(started.elapsed().as_secs_f64());
     }
-    let rss_in_mebibytes = peak_kib as f64 / 1024.0;
 
-    // 2 MB entries: a traceback or a payload in every one.
     reset(&mut db)?;
+    let (big_secs, big_rss) = big_entries(&mut db, &redis, &genalytics, time_log.path())?;
+
+    print_figures(
+        events,
+        &transfer_secs,
+        &copy_secs,
+        peak_kib as f64 / 1024.0,
+        (big_secs, big_rss),
+    );
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+fn rounded(values: &[f64]) -> Vec<f64> {
+    values.iter().map(|v| (v * 100.0).round() / 100.0).collect()
+}
+
+/// Drains `BIG_ENTRIES` entries of 2 MB (a traceback or a payload in each):
+/// seconds and peak RSS in MiB.
+fn big_entries(
+    db: &mut postgres::Client,
+    redis: &Redis,
+    genalytics: &dyn Fn(&[&str]) -> anyhow::Result<f64>,
+    time_log: &std::path::Path,
+) -> anyhow::Result<(f64, f64)> {
     let key = "genonaut:generation_events:stream";
     let mut con = redis.connection()?;
     let _: i64 = redis::cmd("DEL").arg(key).query(&mut con)?;
@@ -129,8 +152,8 @@ fn main() -> anyhow::Result<()> {
             .arg(&big)
             .query(&mut con)?;
     }
-    let big_secs = genalytics(&["transfer", "-q"])?;
-    let big_rss = common::peak_rss_kib(time_log.path())? as f64 / 1024.0;
+    let seconds = genalytics(&["transfer", "-q"])?;
+    let rss = common::peak_rss_kib(time_log)? as f64 / 1024.0;
     let stored: i64 = db
         .query_one("SELECT count(*) FROM generation_events", &[])?
         .get(0);
@@ -138,22 +161,31 @@ fn main() -> anyhow::Result<()> {
         stored as usize == BIG_ENTRIES,
         "stored {stored} of {BIG_ENTRIES} big entries"
     );
+    Ok((seconds, rss))
+}
 
-    let transfer = common::median(&transfer_secs);
-    let copy = common::median(&copy_secs);
+fn print_figures(
+    events: u64,
+    transfer_secs: &[f64],
+    copy_secs: &[f64],
+    rss_in_mebibytes: f64,
+    (big_secs, big_rss): (f64, f64),
+) {
+    let transfer = common::median(transfer_secs);
+    let copy = common::median(copy_secs);
     let rate = |secs: f64| events as f64 / secs;
     println!("transfer benchmark: {events} entries, {ROUNDS} rounds, medians");
     println!(
         "  genalytics transfer (end to end)  {:>7.2} s  {:>9.0} events/s   rounds {:?}",
         transfer,
         rate(transfer),
-        rounded(&transfer_secs)
+        rounded(transfer_secs)
     );
     println!(
         "  COPY FROM STDIN binary (limit)    {:>7.2} s  {:>9.0} events/s   rounds {:?}",
         copy,
         rate(copy),
-        rounded(&copy_secs)
+        rounded(copy_secs)
     );
     println!(
         "  ratio transfer/limit              {:>7.2}   (target >= 0.80)",
@@ -163,10 +195,4 @@ fn main() -> anyhow::Result<()> {
     println!(
         "  {BIG_ENTRIES} entries of 2 MB            {big_secs:>7.2} s, peak RSS {big_rss:.1} MiB (target < 100)"
     );
-    std::io::stdout().flush()?;
-    Ok(())
-}
-
-fn rounded(values: &[f64]) -> Vec<f64> {
-    values.iter().map(|v| (v * 100.0).round() / 100.0).collect()
 }
