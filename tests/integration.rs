@@ -10,6 +10,7 @@ mod harness;
 
 mod aggregate;
 mod cli_errors;
+mod contrib;
 mod demo;
 mod follow;
 mod generated;

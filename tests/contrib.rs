@@ -1,0 +1,117 @@
+//! What `contrib/` ships: systemd units that systemd itself accepts, and a
+//! follower that speaks systemd's notify protocol (READY, WATCHDOG,
+//! STOPPING) to the socket it is given.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::TestEnv;
+
+const UNITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/systemd");
+
+#[test]
+fn systemd_units_pass_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut copied = Vec::new();
+    for entry in std::fs::read_dir(UNITS).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let text = std::fs::read_to_string(&path).unwrap();
+        if name.ends_with(".service") {
+            assert!(text.contains("ExecStart=/usr/bin/genalytics "), "{name}");
+            assert!(
+                text.contains("TimeoutStartSec="),
+                "{name}: a hung run must time out"
+            );
+            assert!(
+                text.contains("DynamicUser=yes"),
+                "{name}: nothing to create by hand"
+            );
+            assert!(text.contains("ProtectSystem=strict"), "{name}");
+            assert!(text.contains("NoNewPrivileges=yes"), "{name}");
+        }
+        if let Some(stem) = name.strip_suffix(".timer") {
+            assert!(
+                Path::new(UNITS).join(format!("{stem}.service")).exists(),
+                "{name} has no service"
+            );
+        }
+        // The package puts the binary in /usr/bin; here it is the one built.
+        let text = text.replace("/usr/bin/genalytics", env!("CARGO_BIN_EXE_genalytics"));
+        let target = dir.path().join(&name);
+        std::fs::write(&target, text).unwrap();
+        copied.push(target);
+    }
+    assert!(copied.len() >= 7, "{copied:?}");
+    assert!(
+        copied
+            .iter()
+            .any(|p| p.ends_with("genalytics-transfer-follow.service"))
+    );
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(&copied)
+        .output()
+        .expect("systemd-analyze is installed (.ci/run installs systemd)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.trim().is_empty(),
+        "systemd-analyze complained:\n{stderr}"
+    );
+}
+
+/// Messages on a notify socket until `want` arrives or time runs out.
+fn wait_message(socket: &UnixDatagram, want: &str, seen: &mut Vec<String>) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buffer = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = socket.recv(&mut buffer) {
+            let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
+            let found = message.lines().any(|line| line == want);
+            seen.push(message);
+            if found {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn the_follower_tells_systemd_it_is_ready_alive_and_stopping() {
+    let env = TestEnv::new();
+    env.genalytics().args(["migrate", "-q"]).ok();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut follower = env
+        .genalytics()
+        .args(["transfer", "--follow", "-q"])
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "1000000")
+        .command()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    assert!(wait_message(&socket, "READY=1", &mut seen), "{seen:?}");
+    assert!(wait_message(&socket, "WATCHDOG=1", &mut seen), "{seen:?}");
+    // Still fed a second later: the ping is periodic, not once.
+    let pings = seen.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    assert!(wait_message(&socket, "WATCHDOG=1", &mut seen), "{seen:?}");
+    assert!(seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() > pings);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(follower.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(wait_message(&socket, "STOPPING=1", &mut seen), "{seen:?}");
+    assert!(follower.wait().unwrap().success());
+}
