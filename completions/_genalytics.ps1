@@ -135,10 +135,10 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('overview', 'overview', [CompletionResultType]::ParameterValue, 'Totals, success rate, durations and users over the window (default 7 days)')
-            [CompletionResult]::new('trends', 'trends', [CompletionResultType]::ParameterValue, 'One point per hour or UTC day, gaps filled with zeros (default 7 days)')
+            [CompletionResult]::new('trends', 'trends', [CompletionResultType]::ParameterValue, 'One point per hour or local day, gaps filled with zeros (default 7 days)')
             [CompletionResult]::new('user', 'user', [CompletionResultType]::ParameterValue, 'One user''s generations, recent activity and failures (default 30 days)')
             [CompletionResult]::new('models', 'models', [CompletionResultType]::ParameterValue, 'One row per model checkpoint (default 30 days)')
-            [CompletionResult]::new('failures', 'failures', [CompletionResultType]::ParameterValue, 'Failures by error type and the daily failure rate (default 7 days)')
+            [CompletionResult]::new('failures', 'failures', [CompletionResultType]::ParameterValue, 'Failures by error type and the failure rate per day (default 7 days)')
             [CompletionResult]::new('peak-hours', 'peak-hours', [CompletionResultType]::ParameterValue, 'Average load per hour of day, busiest first (default 30 days)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -146,12 +146,14 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
         'genalytics;report;overview' {
             [CompletionResult]::new('--days', '--days', [CompletionResultType]::ParameterName, 'Length of the window in days, ending at --until')
             [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'End of the window (exclusive); default now. Fix it for reproducible reports')
+            [CompletionResult]::new('--tz', '--tz', [CompletionResultType]::ParameterName, 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Output format')
             [CompletionResult]::new('--section', '--section', [CompletionResultType]::ParameterName, 'With --format csv: which table of a report with several')
             [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require')
             [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Redis connection URL (rediss:// for TLS)')
             [CompletionResult]::new('--redis-ns', '--redis-ns', [CompletionResultType]::ParameterName, 'Namespace of the stream key: {ns}:generation_events:stream')
             [CompletionResult]::new('--stream', '--stream', [CompletionResultType]::ParameterName, 'Full stream key, overriding the one built from --redis-ns')
+            [CompletionResult]::new('--compare', '--compare', [CompletionResultType]::ParameterName, 'Show each figure beside the previous window of the same length, and its change')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print only errors')
@@ -163,9 +165,10 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             break
         }
         'genalytics;report;trends' {
-            [CompletionResult]::new('--interval', '--interval', [CompletionResultType]::ParameterName, 'Points per hour or per UTC day')
+            [CompletionResult]::new('--interval', '--interval', [CompletionResultType]::ParameterName, 'Points per hour or per day (in --tz)')
             [CompletionResult]::new('--days', '--days', [CompletionResultType]::ParameterName, 'Length of the window in days, ending at --until')
             [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'End of the window (exclusive); default now. Fix it for reproducible reports')
+            [CompletionResult]::new('--tz', '--tz', [CompletionResultType]::ParameterName, 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Output format')
             [CompletionResult]::new('--section', '--section', [CompletionResultType]::ParameterName, 'With --format csv: which table of a report with several')
             [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require')
@@ -185,6 +188,7 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
         'genalytics;report;user' {
             [CompletionResult]::new('--days', '--days', [CompletionResultType]::ParameterName, 'Length of the window in days, ending at --until')
             [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'End of the window (exclusive); default now. Fix it for reproducible reports')
+            [CompletionResult]::new('--tz', '--tz', [CompletionResultType]::ParameterName, 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Output format')
             [CompletionResult]::new('--section', '--section', [CompletionResultType]::ParameterName, 'With --format csv: which table of a report with several')
             [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require')
@@ -204,6 +208,7 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
         'genalytics;report;models' {
             [CompletionResult]::new('--days', '--days', [CompletionResultType]::ParameterName, 'Length of the window in days, ending at --until')
             [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'End of the window (exclusive); default now. Fix it for reproducible reports')
+            [CompletionResult]::new('--tz', '--tz', [CompletionResultType]::ParameterName, 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Output format')
             [CompletionResult]::new('--section', '--section', [CompletionResultType]::ParameterName, 'With --format csv: which table of a report with several')
             [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require')
@@ -223,6 +228,7 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
         'genalytics;report;failures' {
             [CompletionResult]::new('--days', '--days', [CompletionResultType]::ParameterName, 'Length of the window in days, ending at --until')
             [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'End of the window (exclusive); default now. Fix it for reproducible reports')
+            [CompletionResult]::new('--tz', '--tz', [CompletionResultType]::ParameterName, 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Output format')
             [CompletionResult]::new('--section', '--section', [CompletionResultType]::ParameterName, 'With --format csv: which table of a report with several')
             [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require')
@@ -240,10 +246,11 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             break
         }
         'genalytics;report;peak-hours' {
-            [CompletionResult]::new('--tz', '--tz', [CompletionResultType]::ParameterName, 'IANA time zone for the hours of day, e.g. Europe/Berlin')
-            [CompletionResult]::new('--by', '--by', [CompletionResultType]::ParameterName, 'Split each hour of day by weekday')
+            [CompletionResult]::new('--by', '--by', [CompletionResultType]::ParameterName, 'Split each hour of day by weekday (a heatmap in a table)')
+            [CompletionResult]::new('--sort', '--sort', [CompletionResultType]::ParameterName, 'Busiest slots first, or in hour order')
             [CompletionResult]::new('--days', '--days', [CompletionResultType]::ParameterName, 'Length of the window in days, ending at --until')
             [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'End of the window (exclusive); default now. Fix it for reproducible reports')
+            [CompletionResult]::new('--tz', '--tz', [CompletionResultType]::ParameterName, 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Output format')
             [CompletionResult]::new('--section', '--section', [CompletionResultType]::ParameterName, 'With --format csv: which table of a report with several')
             [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require')
@@ -262,10 +269,10 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
         }
         'genalytics;report;help' {
             [CompletionResult]::new('overview', 'overview', [CompletionResultType]::ParameterValue, 'Totals, success rate, durations and users over the window (default 7 days)')
-            [CompletionResult]::new('trends', 'trends', [CompletionResultType]::ParameterValue, 'One point per hour or UTC day, gaps filled with zeros (default 7 days)')
+            [CompletionResult]::new('trends', 'trends', [CompletionResultType]::ParameterValue, 'One point per hour or local day, gaps filled with zeros (default 7 days)')
             [CompletionResult]::new('user', 'user', [CompletionResultType]::ParameterValue, 'One user''s generations, recent activity and failures (default 30 days)')
             [CompletionResult]::new('models', 'models', [CompletionResultType]::ParameterValue, 'One row per model checkpoint (default 30 days)')
-            [CompletionResult]::new('failures', 'failures', [CompletionResultType]::ParameterValue, 'Failures by error type and the daily failure rate (default 7 days)')
+            [CompletionResult]::new('failures', 'failures', [CompletionResultType]::ParameterValue, 'Failures by error type and the failure rate per day (default 7 days)')
             [CompletionResult]::new('peak-hours', 'peak-hours', [CompletionResultType]::ParameterValue, 'Average load per hour of day, busiest first (default 30 days)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -411,10 +418,10 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
         }
         'genalytics;help;report' {
             [CompletionResult]::new('overview', 'overview', [CompletionResultType]::ParameterValue, 'Totals, success rate, durations and users over the window (default 7 days)')
-            [CompletionResult]::new('trends', 'trends', [CompletionResultType]::ParameterValue, 'One point per hour or UTC day, gaps filled with zeros (default 7 days)')
+            [CompletionResult]::new('trends', 'trends', [CompletionResultType]::ParameterValue, 'One point per hour or local day, gaps filled with zeros (default 7 days)')
             [CompletionResult]::new('user', 'user', [CompletionResultType]::ParameterValue, 'One user''s generations, recent activity and failures (default 30 days)')
             [CompletionResult]::new('models', 'models', [CompletionResultType]::ParameterValue, 'One row per model checkpoint (default 30 days)')
-            [CompletionResult]::new('failures', 'failures', [CompletionResultType]::ParameterValue, 'Failures by error type and the daily failure rate (default 7 days)')
+            [CompletionResult]::new('failures', 'failures', [CompletionResultType]::ParameterValue, 'Failures by error type and the failure rate per day (default 7 days)')
             [CompletionResult]::new('peak-hours', 'peak-hours', [CompletionResultType]::ParameterValue, 'Average load per hour of day, busiest first (default 30 days)')
             break
         }

@@ -127,22 +127,24 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
             cand overview 'Totals, success rate, durations and users over the window (default 7 days)'
-            cand trends 'One point per hour or UTC day, gaps filled with zeros (default 7 days)'
+            cand trends 'One point per hour or local day, gaps filled with zeros (default 7 days)'
             cand user 'One user''s generations, recent activity and failures (default 30 days)'
             cand models 'One row per model checkpoint (default 30 days)'
-            cand failures 'Failures by error type and the daily failure rate (default 7 days)'
+            cand failures 'Failures by error type and the failure rate per day (default 7 days)'
             cand peak-hours 'Average load per hour of day, busiest first (default 30 days)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'genalytics;report;overview'= {
             cand --days 'Length of the window in days, ending at --until'
             cand --until 'End of the window (exclusive); default now. Fix it for reproducible reports'
+            cand --tz 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin'
             cand --format 'Output format'
             cand --section 'With --format csv: which table of a report with several'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --compare 'Show each figure beside the previous window of the same length, and its change'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
             cand -q 'Print only errors'
@@ -153,9 +155,10 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --version 'Print version'
         }
         &'genalytics;report;trends'= {
-            cand --interval 'Points per hour or per UTC day'
+            cand --interval 'Points per hour or per day (in --tz)'
             cand --days 'Length of the window in days, ending at --until'
             cand --until 'End of the window (exclusive); default now. Fix it for reproducible reports'
+            cand --tz 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin'
             cand --format 'Output format'
             cand --section 'With --format csv: which table of a report with several'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
@@ -174,6 +177,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
         &'genalytics;report;user'= {
             cand --days 'Length of the window in days, ending at --until'
             cand --until 'End of the window (exclusive); default now. Fix it for reproducible reports'
+            cand --tz 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin'
             cand --format 'Output format'
             cand --section 'With --format csv: which table of a report with several'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
@@ -192,6 +196,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
         &'genalytics;report;models'= {
             cand --days 'Length of the window in days, ending at --until'
             cand --until 'End of the window (exclusive); default now. Fix it for reproducible reports'
+            cand --tz 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin'
             cand --format 'Output format'
             cand --section 'With --format csv: which table of a report with several'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
@@ -210,6 +215,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
         &'genalytics;report;failures'= {
             cand --days 'Length of the window in days, ending at --until'
             cand --until 'End of the window (exclusive); default now. Fix it for reproducible reports'
+            cand --tz 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin'
             cand --format 'Output format'
             cand --section 'With --format csv: which table of a report with several'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
@@ -226,10 +232,11 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --version 'Print version'
         }
         &'genalytics;report;peak-hours'= {
-            cand --tz 'IANA time zone for the hours of day, e.g. Europe/Berlin'
-            cand --by 'Split each hour of day by weekday'
+            cand --by 'Split each hour of day by weekday (a heatmap in a table)'
+            cand --sort 'Busiest slots first, or in hour order'
             cand --days 'Length of the window in days, ending at --until'
             cand --until 'End of the window (exclusive); default now. Fix it for reproducible reports'
+            cand --tz 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin'
             cand --format 'Output format'
             cand --section 'With --format csv: which table of a report with several'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
@@ -247,10 +254,10 @@ set edit:completion:arg-completer[genalytics] = {|@words|
         }
         &'genalytics;report;help'= {
             cand overview 'Totals, success rate, durations and users over the window (default 7 days)'
-            cand trends 'One point per hour or UTC day, gaps filled with zeros (default 7 days)'
+            cand trends 'One point per hour or local day, gaps filled with zeros (default 7 days)'
             cand user 'One user''s generations, recent activity and failures (default 30 days)'
             cand models 'One row per model checkpoint (default 30 days)'
-            cand failures 'Failures by error type and the daily failure rate (default 7 days)'
+            cand failures 'Failures by error type and the failure rate per day (default 7 days)'
             cand peak-hours 'Average load per hour of day, busiest first (default 30 days)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -378,10 +385,10 @@ set edit:completion:arg-completer[genalytics] = {|@words|
         }
         &'genalytics;help;report'= {
             cand overview 'Totals, success rate, durations and users over the window (default 7 days)'
-            cand trends 'One point per hour or UTC day, gaps filled with zeros (default 7 days)'
+            cand trends 'One point per hour or local day, gaps filled with zeros (default 7 days)'
             cand user 'One user''s generations, recent activity and failures (default 30 days)'
             cand models 'One row per model checkpoint (default 30 days)'
-            cand failures 'Failures by error type and the daily failure rate (default 7 days)'
+            cand failures 'Failures by error type and the failure rate per day (default 7 days)'
             cand peak-hours 'Average load per hour of day, busiest first (default 30 days)'
         }
         &'genalytics;help;report;overview'= {

@@ -101,14 +101,15 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -s h -l help -d 'Print help'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -s V -l version -d 'Print version'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -f -a "overview" -d 'Totals, success rate, durations and users over the window (default 7 days)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -f -a "trends" -d 'One point per hour or UTC day, gaps filled with zeros (default 7 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -f -a "trends" -d 'One point per hour or local day, gaps filled with zeros (default 7 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -f -a "user" -d 'One user\'s generations, recent activity and failures (default 30 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -f -a "models" -d 'One row per model checkpoint (default 30 days)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -f -a "failures" -d 'Failures by error type and the daily failure rate (default 7 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -f -a "failures" -d 'Failures by error type and the failure rate per day (default 7 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -f -a "peak-hours" -d 'Average load per hour of day, busiest first (default 30 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l days -d 'Length of the window in days, ending at --until' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l until -d 'End of the window (exclusive); default now. Fix it for reproducible reports' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l tz -d 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l format -d 'Output format' -r -f -a "table\t'Tables for people'
 csv\t'One CSV table (pick it with --section)'
 json\t'The whole report as one JSON object'"
@@ -117,14 +118,16 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l compare -d 'Show each figure beside the previous window of the same length, and its change'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -s V -l version -d 'Print version'
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l interval -d 'Points per hour or per UTC day' -r -f -a "hourly\t''
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l interval -d 'Points per hour or per day (in --tz)' -r -f -a "hourly\t''
 daily\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l days -d 'Length of the window in days, ending at --until' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l until -d 'End of the window (exclusive); default now. Fix it for reproducible reports' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l tz -d 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l format -d 'Output format' -r -f -a "table\t'Tables for people'
 csv\t'One CSV table (pick it with --section)'
 json\t'The whole report as one JSON object'"
@@ -139,6 +142,7 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -s V -l version -d 'Print version'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l days -d 'Length of the window in days, ending at --until' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l until -d 'End of the window (exclusive); default now. Fix it for reproducible reports' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l tz -d 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l format -d 'Output format' -r -f -a "table\t'Tables for people'
 csv\t'One CSV table (pick it with --section)'
 json\t'The whole report as one JSON object'"
@@ -153,6 +157,7 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -s V -l version -d 'Print version'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l days -d 'Length of the window in days, ending at --until' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l until -d 'End of the window (exclusive); default now. Fix it for reproducible reports' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l tz -d 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l format -d 'Output format' -r -f -a "table\t'Tables for people'
 csv\t'One CSV table (pick it with --section)'
 json\t'The whole report as one JSON object'"
@@ -167,6 +172,7 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -s V -l version -d 'Print version'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l days -d 'Length of the window in days, ending at --until' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l until -d 'End of the window (exclusive); default now. Fix it for reproducible reports' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l tz -d 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l format -d 'Output format' -r -f -a "table\t'Tables for people'
 csv\t'One CSV table (pick it with --section)'
 json\t'The whole report as one JSON object'"
@@ -179,10 +185,12 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -s V -l version -d 'Print version'
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l tz -d 'IANA time zone for the hours of day, e.g. Europe/Berlin' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l by -d 'Split each hour of day by weekday' -r -f -a "weekday\t''"
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l by -d 'Split each hour of day by weekday (a heatmap in a table)' -r -f -a "weekday\t''"
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l sort -d 'Busiest slots first, or in hour order' -r -f -a "busiest\t'Busiest first'
+hour\t'In (weekday and) hour order'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l days -d 'Length of the window in days, ending at --until' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l until -d 'End of the window (exclusive); default now. Fix it for reproducible reports' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l tz -d 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l format -d 'Output format' -r -f -a "table\t'Tables for people'
 csv\t'One CSV table (pick it with --section)'
 json\t'The whole report as one JSON object'"
@@ -196,10 +204,10 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -s V -l version -d 'Print version'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from help" -f -a "overview" -d 'Totals, success rate, durations and users over the window (default 7 days)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from help" -f -a "trends" -d 'One point per hour or UTC day, gaps filled with zeros (default 7 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from help" -f -a "trends" -d 'One point per hour or local day, gaps filled with zeros (default 7 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from help" -f -a "user" -d 'One user\'s generations, recent activity and failures (default 30 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from help" -f -a "models" -d 'One row per model checkpoint (default 30 days)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from help" -f -a "failures" -d 'Failures by error type and the daily failure rate (default 7 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from help" -f -a "failures" -d 'Failures by error type and the failure rate per day (default 7 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from help" -f -a "peak-hours" -d 'Average load per hour of day, busiest first (default 30 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l format -d 'Output format' -r -f -a "text\t'One line for people and cron mail'
@@ -273,8 +281,8 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fi
 complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "simulate" -d 'Write realistic synthetic traffic into the stream, exactly as the service\'s producer does'
 complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "overview" -d 'Totals, success rate, durations and users over the window (default 7 days)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "trends" -d 'One point per hour or UTC day, gaps filled with zeros (default 7 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "trends" -d 'One point per hour or local day, gaps filled with zeros (default 7 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "user" -d 'One user\'s generations, recent activity and failures (default 30 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "models" -d 'One row per model checkpoint (default 30 days)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "failures" -d 'Failures by error type and the daily failure rate (default 7 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "failures" -d 'Failures by error type and the failure rate per day (default 7 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "peak-hours" -d 'Average load per hour of day, busiest first (default 30 days)'

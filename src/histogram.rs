@@ -67,6 +67,16 @@ impl Histogram {
         histogram
     }
 
+    /// A histogram of durations given by their bucket keys (as SQL's
+    /// [`KEY_SQL`] computes them).
+    pub fn from_keys(keys: &[i32]) -> Self {
+        let mut histogram = Histogram::new();
+        for &key in keys {
+            *histogram.counts.entry(key).or_default() += 1;
+        }
+        histogram
+    }
+
     pub fn add(&mut self, duration_ms: i64) {
         *self.counts.entry(key(duration_ms)).or_default() += 1;
     }

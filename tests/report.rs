@@ -177,6 +177,10 @@ fn overview_and_trends_equal_what_the_events_say() {
         time(&overview["latest_data_timestamp"]),
         *hours.last().unwrap()
     );
+    // Every hour was rolled up by genalytics: nothing is partial.
+    assert_eq!(overview["percentiles_partial"], false);
+    assert_eq!(overview["unique_users_lower_bound"], false);
+    assert_eq!(overview["legacy_hours"], 0);
     let keys: Vec<&str> = overview
         .as_object()
         .unwrap()
@@ -201,7 +205,10 @@ fn overview_and_trends_equal_what_the_events_say() {
             "unique_users",
             "total_images_generated",
             "hours_with_data",
-            "latest_data_timestamp"
+            "latest_data_timestamp",
+            "percentiles_partial",
+            "unique_users_lower_bound",
+            "legacy_hours"
         ]
     );
 

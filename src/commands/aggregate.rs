@@ -7,6 +7,7 @@
 //! backfill over a year neither holds a year in memory nor in one
 //! transaction.
 
+use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::time::Instant;
 
@@ -55,9 +56,22 @@ struct Summary {
     hours: u64,
     /// Of those, hours with events: each has an up-to-date row now.
     rolled_up: u64,
+    /// Hours before the raw horizon that late events were merged into.
+    merged: u64,
+    /// Hours before the raw horizon kept as they were: their raw events
+    /// were pruned, so they are not rolled up again.
+    kept: u64,
     /// Hours whose rollup PostgreSQL refused: they stay queued.
     failed: Vec<FailedHour>,
     seconds: f64,
+}
+
+impl Summary {
+    fn add(&mut self, outcome: rollup::Outcome) {
+        self.rolled_up += outcome.rolled_up;
+        self.merged += outcome.merged;
+        self.kept += outcome.kept;
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -108,6 +122,8 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     let mut summary = Summary {
         hours: count,
         rolled_up: 0,
+        merged: 0,
+        kept: 0,
         failed: Vec::new(),
         seconds: 0.0,
     };
@@ -122,15 +138,27 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     summary.seconds = started.elapsed().as_secs_f64();
     if !settings.quiet {
         args.format.print(&summary, || {
-            let empty = match summary.hours - summary.rolled_up - summary.failed.len() as u64 {
+            let before_horizon = summary.merged + summary.kept;
+            let empty = match summary.hours
+                - summary.rolled_up
+                - before_horizon
+                - summary.failed.len() as u64
+            {
                 0 => String::new(),
                 empty => format!(" ({} without events)", thousands(empty)),
             };
-            format!(
-                "rolled up {} hours{empty} in {:.1} s",
-                thousands(summary.rolled_up),
-                summary.seconds
-            )
+            let mut line = format!("rolled up {} hours{empty}", thousands(summary.rolled_up));
+            if before_horizon > 0 {
+                let _ = write!(
+                    line,
+                    "; kept {} hours before the raw horizon (their raw events were pruned), merging late \
+                     events into {} of them",
+                    thousands(before_horizon),
+                    thousands(summary.merged)
+                );
+            }
+            let _ = write!(line, " in {:.1} s", summary.seconds);
+            line
         })?;
     }
     match summary.failed.as_slice() {
@@ -167,8 +195,8 @@ fn roll_up_chunk(
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
     match rollup::roll_up(client, chunk) {
-        Ok(rolled_up) => {
-            summary.rolled_up += rolled_up;
+        Ok(outcome) => {
+            summary.add(outcome);
             return Ok(());
         }
         Err(err) if db::is_transient(&err) => return Err(err),
@@ -180,7 +208,7 @@ fn roll_up_chunk(
     }
     for &hour in chunk {
         match rollup::roll_up(client, &[hour]) {
-            Ok(rolled_up) => summary.rolled_up += rolled_up,
+            Ok(outcome) => summary.add(outcome),
             Err(err) if db::is_transient(&err) => return Err(err),
             Err(err) => fail(client, hour, &err, summary)?,
         }

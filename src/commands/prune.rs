@@ -1,22 +1,26 @@
 //! `genalytics prune --older-than 90d`: retention of raw events.
 //!
-//! Deletes raw events (and dead letters) older than the cutoff in bounded
-//! batches, one transaction each, so a prune of millions of rows neither
-//! holds long locks nor bloats one transaction. Hourly rollups are kept
-//! forever. It refuses a cutoff that would take raw events of an hour still
-//! waiting for its rollup.
+//! Cuts on whole hours: it moves the raw horizon (see `db::retention`) to
+//! the start of the hour the cutoff falls in — or less far, when an hour
+//! still waits for its rollup — and deletes the raw events before it, in
+//! bounded batches, one transaction each, so a prune of millions of rows
+//! neither holds long locks nor bloats one transaction. Events of an hour
+//! that waits for a rollup or a merge are kept until it is done. Hourly
+//! rollups are kept forever, and no later aggregate rebuilds an hour before
+//! the horizon from the few raw events left. Dead letters received before
+//! the cutoff go too.
 
 use std::io::IsTerminal;
 use std::time::Instant;
 
-use anyhow::bail;
-use chrono::{TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::db::{self, migrations, retention};
+use crate::db::{self, retention};
 use crate::error::Exit;
+use crate::hour;
 use crate::output::{SummaryFormat, thousands};
 use crate::timearg::parse_span;
 
@@ -42,7 +46,12 @@ pub struct Args {
 
 #[derive(Debug, Serialize)]
 struct Summary {
-    cutoff: chrono::DateTime<Utc>,
+    /// Raw events before this are pruned: the raw horizon.
+    horizon: Option<DateTime<Utc>>,
+    /// The hour that held the horizon back: it waits for its rollup.
+    held_by: Option<DateTime<Utc>>,
+    /// Dead letters received before this are pruned.
+    cutoff: DateTime<Utc>,
     dry_run: bool,
     events: i64,
     rejected: i64,
@@ -51,23 +60,25 @@ struct Summary {
 
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     let started = Instant::now();
-    let cutoff = Utc::now() - args.older_than;
+    let now = Utc::now();
+    let cutoff = now - args.older_than;
+    let hour = hour::floor(cutoff);
     let database = settings.database()?;
-    let mut client = db::connect(database)?;
-    migrations::ensure_current(&mut client)?;
-    if let Some(hour) = retention::oldest_pending_hour(&mut client)?
-        && hour < cutoff
-    {
-        bail!(
-            "the hour {} still waits for its rollup, and --older-than {} would delete its raw events; \
-             run `genalytics aggregate` first (or prune less)",
-            hour.format("%Y-%m-%d %H:00 UTC"),
-            crate::timearg::format_span(args.older_than)
-        );
-    }
-
-    let (events, rejected) = retention::count_older(&mut client, cutoff)?;
+    let mut client = db::connect_current(database)?;
+    let plan = if args.dry_run {
+        retention::plan(&mut client, hour)?
+    } else {
+        retention::advance(&mut client, hour)?
+    };
+    let horizon = plan.target.max(plan.horizon);
+    let (events, rejected) = retention::count_older(
+        &mut client,
+        horizon.unwrap_or(DateTime::<Utc>::MIN_UTC),
+        cutoff,
+    )?;
     let mut summary = Summary {
+        horizon,
+        held_by: plan.held_by,
         cutoff,
         dry_run: args.dry_run,
         events,
@@ -83,24 +94,45 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         } else {
             ProgressBar::hidden()
         };
-        summary.events = drain(&progress, args.batch_size, |size| {
-            retention::delete_events_batch(&mut client, cutoff, size)
-        })?;
+        if let Some(horizon) = horizon {
+            summary.events = drain(&progress, args.batch_size, |size| {
+                retention::delete_events_batch(&mut client, horizon, size)
+            })?;
+        }
         summary.rejected = drain(&progress, args.batch_size, |size| {
             retention::delete_rejected_batch(&mut client, cutoff, size)
         })?;
         progress.finish_and_clear();
     }
     summary.seconds = started.elapsed().as_secs_f64();
+    if let Some(held) = summary.held_by {
+        tracing::warn!(
+            "kept the raw events from {} on: that hour waits for its rollup — run `genalytics aggregate`",
+            held.format("%Y-%m-%d %H:00 UTC")
+        );
+    }
     if !settings.quiet {
         args.format.print(&summary, || {
             format!(
-                "{} {} events and {} rejected entries older than {} in {:.1} s; hourly rollups are kept",
-                if args.dry_run { "would prune" } else { "pruned" },
+                "{} {} events older than {} and {} rejected entries received before {} in {:.1} s; \
+                 hourly rollups are kept, and raw events are complete from {} on",
+                if args.dry_run {
+                    "would prune"
+                } else {
+                    "pruned"
+                },
                 thousands(summary.events.unsigned_abs()),
+                horizon.map_or_else(
+                    || "—".to_string(),
+                    |h| h.format("%Y-%m-%d %H:00 UTC").to_string()
+                ),
                 thousands(summary.rejected.unsigned_abs()),
                 cutoff.format("%Y-%m-%d %H:%M UTC"),
-                summary.seconds
+                summary.seconds,
+                horizon.map_or_else(
+                    || "the first event".to_string(),
+                    |h| h.format("%Y-%m-%d %H:00 UTC").to_string()
+                ),
             )
         })?;
     }

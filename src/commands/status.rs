@@ -12,13 +12,14 @@ use std::io::Write;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::config::Settings;
 use crate::db::streams::{self, TransferState};
 use crate::db::{self, health, migrations};
 use crate::error::Exit;
-use crate::output::{SummaryFormat, table, thousands};
+use crate::output::{SummaryFormat, thousands};
+use crate::render::table::TableRenderer;
+use crate::render::{Cell, Layout, Renderer, Report, Section};
 use crate::stream::identity::{self, Identity, Position};
 use crate::stream::{self, EntryId, producer::PRODUCER_MAXLEN, reader};
 
@@ -36,9 +37,17 @@ pub const WARN_AT: u64 = PRODUCER_MAXLEN / 2;
 #[derive(Debug, Default, Serialize)]
 struct Status {
     stream: String,
+    /// When status looked.
+    at: DateTime<Utc>,
     stream_length: Option<u64>,
     producer_cap: u64,
+    /// The stream's length as a share of the producer's cap.
     cap_used_pct: Option<f64>,
+    /// Entries not yet stored as a share of the cap: what the producer's
+    /// trimming can destroy.
+    behind_cap_pct: Option<f64>,
+    /// Requests per hour over the last 24 hours, from the rollups.
+    requests_last_24h: Vec<i64>,
     newest_entry_at: Option<DateTime<Utc>>,
     position: Option<String>,
     /// Whether the key still holds the stream the position belongs to:
@@ -62,6 +71,16 @@ struct Status {
     oldest_hour_awaiting_rollup: Option<DateTime<Utc>>,
     failing_hours: i64,
     last_rollup_error: Option<String>,
+    /// Raw events are complete from this hour on; rollups of earlier hours
+    /// are only merged into, never recomputed.
+    raw_horizon: Option<DateTime<Utc>>,
+    /// Hours rolled up only by the original service (no histogram or user
+    /// list): they count, but their percentiles and users are partial.
+    legacy_hours: i64,
+    /// Hourly rows written or changed by something other than genalytics.
+    foreign_rollup_rows: i64,
+    /// Events stored for hours before the horizon, waiting to be merged.
+    late_events_waiting: i64,
     tables: Vec<TableRow>,
     warnings: Vec<String>,
 }
@@ -82,7 +101,9 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     let now = Utc::now();
     let mut status = Status {
         stream: key.to_string(),
+        at: now,
         producer_cap: PRODUCER_MAXLEN,
+        requests_last_24h: health::requests_per_hour(&mut client, now, 24)?,
         ..Status::default()
     };
 
@@ -122,6 +143,20 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     status.hours_awaiting_rollup = backlog.queued;
     status.stale_hours = backlog.stale;
     status.oldest_hour_awaiting_rollup = backlog.oldest;
+    let rollups = health::rollup_health(&mut client)?;
+    status.raw_horizon = rollups.raw_horizon;
+    status.legacy_hours = rollups.legacy_hours;
+    status.foreign_rollup_rows = rollups.foreign_rows;
+    status.late_events_waiting = rollups.late_events;
+    if rollups.foreign_rows > 0 {
+        status.warnings.push(format!(
+            "{} hourly rollup row{} were written or changed by something other than genalytics — is the \
+             original service's aggregate task still running? Stop it: it rewrites hours without failures' \
+             rules and knows nothing of the histograms",
+            thousands(rollups.foreign_rows.unsigned_abs()),
+            if rollups.foreign_rows == 1 { "" } else { "s" },
+        ));
+    }
     let failing = health::failing_hours(&mut client)?;
     status.failing_hours = failing.count;
     status.last_rollup_error.clone_from(&failing.last_error);
@@ -198,6 +233,9 @@ fn stream_figures(
     let after = after.id;
     status.behind = Some(behind.entries);
     status.behind_exact = Some(behind.exact);
+    status.behind_cap_pct = Some(crate::report::round2(
+        behind.entries as f64 * 100.0 / PRODUCER_MAXLEN as f64,
+    ));
     if let Some(oldest) = reader::first_after(&mut con, key, after)? {
         let at = oldest.time();
         status.oldest_untransferred_at = at;
@@ -273,59 +311,160 @@ fn print(format: SummaryFormat, status: &Status) -> anyhow::Result<()> {
         writeln!(out)?;
         return Ok(());
     }
-    let json = serde_json::to_value(status)?;
-    writeln!(
-        out,
-        "Status of {}, {}",
-        status.stream,
-        Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
-    )?;
-    let figures = table::figures(
-        json.as_object().expect("an object"),
-        &[
-            ("stream_length", "stream length"),
-            ("cap_used_pct", "of the producer's cap"),
-            ("newest_entry_at", "newest entry"),
-            ("behind", "not yet transferred"),
-            ("oldest_untransferred_at", "oldest not transferred"),
-            ("last_transfer_at", "last transfer"),
-            ("stream_identity", "stream"),
-            ("events_transferred", "events transferred"),
-            ("rejected_entries", "dead letters"),
-            ("newest_event_at", "newest stored event"),
-            ("hours_awaiting_rollup", "hours awaiting rollup"),
-            ("stale_hours", "stale hours"),
-            ("failing_hours", "hours failing rollup"),
-        ],
-    );
-    writeln!(out, "{figures}")?;
-    let tables: Vec<Value> = json["tables"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|mut row| {
-            let bytes = row["bytes"].as_i64().unwrap_or(0);
-            row["size"] = Value::String(human_bytes(bytes));
-            row
-        })
-        .collect();
-    writeln!(
-        out,
-        "{}",
-        table::rows(
-            &tables,
-            &[("table", "table"), ("rows", "rows"), ("size", "size")],
-            None
-        )
-    )?;
+    let renderer = TableRenderer {
+        styled: crate::render::table::styled(),
+        tz: chrono_tz::UTC,
+    };
+    renderer.render(status, &mut out)?;
     if status.warnings.is_empty() {
         writeln!(out, "no warnings: data is flowing")?;
     }
     for warning in &status.warnings {
-        writeln!(out, "warning: {warning}")?;
+        writeln!(out, "warning: {}", crate::text::escape_controls(warning))?;
     }
     Ok(())
+}
+
+impl Status {
+    /// (field, title, cell) for each figure the table shows.
+    fn figures(&self) -> Vec<(&'static str, &'static str, Cell)> {
+        let count =
+            |n: Option<u64>| Cell::Count(n.map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX)));
+        vec![
+            (
+                "requests_last_24h",
+                "requests per hour, 24 h",
+                Cell::Spark(self.requests_last_24h.iter().map(|&n| n as f64).collect()),
+            ),
+            (
+                "stream_length",
+                "stream length",
+                match self.stream_length {
+                    Some(n) => count(Some(n)),
+                    None => Cell::Text(None),
+                },
+            ),
+            (
+                "stream_identity",
+                "stream",
+                Cell::Text(self.stream_identity.map(str::to_string)),
+            ),
+            (
+                "behind",
+                "not yet transferred",
+                match self.behind {
+                    Some(n) => count(Some(n)),
+                    None => Cell::Text(None),
+                },
+            ),
+            (
+                "behind_cap_pct",
+                "of the producer's cap",
+                Cell::Percent(self.behind_cap_pct),
+            ),
+            (
+                "oldest_untransferred_at",
+                "oldest not transferred",
+                Cell::Time(self.oldest_untransferred_at),
+            ),
+            (
+                "newest_entry_at",
+                "newest entry",
+                Cell::Time(self.newest_entry_at),
+            ),
+            (
+                "last_transfer_at",
+                "last transfer",
+                Cell::Time(self.last_transfer_at),
+            ),
+            (
+                "events_transferred",
+                "events transferred",
+                Cell::Count(self.events_transferred),
+            ),
+            (
+                "rejected_entries",
+                "dead letters",
+                Cell::Count(self.rejected_entries),
+            ),
+            (
+                "newest_event_at",
+                "newest stored event",
+                Cell::Time(self.newest_event_at),
+            ),
+            (
+                "hours_awaiting_rollup",
+                "hours awaiting rollup",
+                Cell::Count(self.hours_awaiting_rollup),
+            ),
+            ("stale_hours", "stale hours", Cell::Count(self.stale_hours)),
+            (
+                "failing_hours",
+                "hours failing rollup",
+                Cell::Count(self.failing_hours),
+            ),
+            (
+                "raw_horizon",
+                "raw events complete from",
+                Cell::Time(self.raw_horizon),
+            ),
+            (
+                "legacy_hours",
+                "hours from the original service",
+                Cell::Count(self.legacy_hours),
+            ),
+        ]
+    }
+}
+
+impl Report for Status {
+    fn heading(&self) -> String {
+        format!(
+            "Status of {}, {}",
+            crate::text::escape_controls(&self.stream),
+            self.at.format("%Y-%m-%d %H:%M:%S UTC")
+        )
+    }
+
+    fn sections(&self) -> Vec<Section> {
+        let figures = self.figures();
+        let (columns, row): (Vec<_>, Vec<_>) = figures
+            .into_iter()
+            .map(|(field, title, cell)| ((field, title), cell))
+            .unzip();
+        vec![
+            Section {
+                name: "summary",
+                title: None,
+                layout: Layout::Figures,
+                columns,
+                rows: vec![row],
+                bar: None,
+            },
+            Section {
+                name: "tables",
+                title: None,
+                layout: Layout::Rows,
+                columns: vec![("table", "table"), ("rows", "rows"), ("size", "size")],
+                rows: self
+                    .tables
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            Cell::Text(Some(t.table.clone())),
+                            Cell::Count(t.rows),
+                            Cell::Text(Some(human_bytes(t.bytes))),
+                        ]
+                    })
+                    .collect(),
+                bar: None,
+            },
+        ]
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
 }
 
 fn human_bytes(bytes: i64) -> String {

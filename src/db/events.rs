@@ -269,6 +269,11 @@ pub fn commit(
         );
     }
 
+    // Held until commit: a prune cannot move the horizon meanwhile, so an
+    // event is marked late exactly when its hour's raw events are gone.
+    let horizon: Option<DateTime<Utc>> = tx
+        .query_one("SELECT horizon FROM genalytics_raw_horizon FOR SHARE", &[])?
+        .get(0);
     let mut mode = Mode::Copy;
     let mut refused = Vec::new();
     let rows = prepared.ids.len();
@@ -294,6 +299,9 @@ pub fn commit(
     }));
     store_dead_letters(&mut tx, claim.stream_ref, &letters)?;
 
+    if let Some(horizon) = horizon {
+        mark_late(&mut tx, claim.stream_ref, prepared, &refused_rows, horizon)?;
+    }
     let hours: Vec<DateTime<Utc>> = prepared
         .hours
         .iter()
@@ -332,6 +340,37 @@ pub fn commit(
     )?;
     tx.commit().context("cannot commit the batch")?;
     Ok(outcome)
+}
+
+/// Marks the rows this transaction stored for hours before the horizon as
+/// late events, for aggregate to merge into those hours' rollups (their
+/// raw events are gone, so the hours are never rolled up again). Rows that
+/// were already stored keep their older `created_at` and are not marked.
+fn mark_late(
+    tx: &mut Transaction<'_>,
+    stream: i32,
+    prepared: &Prepared,
+    refused: &BTreeSet<usize>,
+    horizon: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let late: Vec<EntryId> = prepared
+        .hours
+        .iter()
+        .enumerate()
+        .filter(|(row, hour)| **hour < horizon && !refused.contains(row))
+        .map(|(row, _)| prepared.ids[row])
+        .collect();
+    if late.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT INTO generation_rollup_late (event_id, event_at, hour)
+         SELECT id, timestamp, date_trunc('hour', timestamp, 'UTC') FROM generation_events
+         WHERE stream = $1 AND stream_id = ANY($2) AND created_at = now()
+         ON CONFLICT (event_id) DO NOTHING",
+        &[&stream, &late],
+    )?;
+    Ok(())
 }
 
 /// How rows go in: straight by COPY, or — once some turned out to be

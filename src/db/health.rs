@@ -25,6 +25,31 @@ pub fn rollup_backlog(client: &mut Client) -> anyhow::Result<RollupBacklog> {
     })
 }
 
+/// Requests per hour over the `hours` complete and current hours up to
+/// `now`, oldest first, from the rollups (zeros where there is no row).
+pub fn requests_per_hour(
+    client: &mut Client,
+    now: DateTime<Utc>,
+    hours: i64,
+) -> anyhow::Result<Vec<i64>> {
+    let last = crate::hour::floor(now);
+    let first = last - chrono::TimeDelta::hours(hours - 1);
+    let rows: std::collections::HashMap<DateTime<Utc>, i64> = client
+        .query(
+            "SELECT timestamp, total_requests::int8 FROM generation_metrics_hourly
+             WHERE timestamp >= $1 AND timestamp <= $2",
+            &[&first, &last],
+        )?
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    Ok(
+        crate::hour::starts(first, last + chrono::TimeDelta::hours(1))
+            .map(|hour| rows.get(&hour).copied().unwrap_or(0))
+            .collect(),
+    )
+}
+
 /// Queued hours whose rollup failed: how many, the oldest, and the last
 /// error PostgreSQL gave.
 pub struct FailingHours {
@@ -45,6 +70,33 @@ pub fn failing_hours(client: &mut Client) -> anyhow::Result<FailingHours> {
         count: row.get(0),
         oldest: row.get(1),
         last_error: row.get(2),
+    })
+}
+
+/// What status says of the rollups themselves: where raw events start
+/// being complete, how many hours only the original service rolled up, and
+/// how many rows something other than genalytics wrote or changed.
+pub struct RollupHealth {
+    pub raw_horizon: Option<DateTime<Utc>>,
+    pub legacy_hours: i64,
+    pub foreign_rows: i64,
+    pub late_events: i64,
+}
+
+pub fn rollup_health(client: &mut Client) -> anyhow::Result<RollupHealth> {
+    let row = client.query_one(
+        "SELECT (SELECT horizon FROM genalytics_raw_horizon),
+                count(*) FILTER (WHERE m.legacy),
+                count(*) FILTER (WHERE m.checksum IS DISTINCT FROM genalytics_hourly_checksum(m)),
+                (SELECT count(*) FROM generation_rollup_late)
+         FROM generation_metrics_hourly m",
+        &[],
+    )?;
+    Ok(RollupHealth {
+        raw_horizon: row.get(0),
+        legacy_hours: row.get(1),
+        foreign_rows: row.get(2),
+        late_events: row.get(3),
     })
 }
 

@@ -1,36 +1,104 @@
-//! Deleting old raw events and dead letters, in bounded batches.
+//! Retention: the raw horizon and deleting what lies before it.
+//!
+//! The horizon is the start of the oldest hour that still has all its raw
+//! events (SPEC §10). It only moves forward, on whole hours, and never past
+//! an hour still waiting for its rollup; it is moved in a transaction of its
+//! own, under the lock transfer and aggregate share, before any raw event
+//! is deleted. From then on, an hour before it is never rolled up again
+//! from raw events (it would be rebuilt from a fraction); events arriving
+//! for it are merged in instead.
 
 use chrono::{DateTime, Utc};
 use postgres::Client;
 
-/// The oldest hour whose rollup is still to be done, if any.
-pub fn oldest_pending_hour(client: &mut Client) -> anyhow::Result<Option<DateTime<Utc>>> {
-    Ok(client
-        .query_one("SELECT min(hour) FROM generation_rollup_queue", &[])?
-        .get(0))
+/// Where the horizon stands and where a prune would move it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// The horizon now (`None`: every hour has all its raw events).
+    pub horizon: Option<DateTime<Utc>>,
+    /// Where it goes: the cutoff, or earlier if an hour from the old
+    /// horizon on still waits for its rollup.
+    pub target: Option<DateTime<Utc>>,
+    /// That hour, if it held the horizon back.
+    pub held_by: Option<DateTime<Utc>>,
 }
 
-/// Raw events and dead letters older than `cutoff`.
-pub fn count_older(client: &mut Client, cutoff: DateTime<Utc>) -> anyhow::Result<(i64, i64)> {
+const PLAN_SQL: &str = "SELECT h.horizon,
+        (SELECT min(q.hour) FROM generation_rollup_queue q
+         WHERE q.hour >= coalesce(h.horizon, '-infinity'))
+    FROM genalytics_raw_horizon h";
+
+fn plan_of(row: &postgres::Row, cutoff: DateTime<Utc>) -> Plan {
+    let horizon: Option<DateTime<Utc>> = row.get(0);
+    let pending: Option<DateTime<Utc>> = row.get(1);
+    let held_by = pending.filter(|hour| *hour < cutoff);
+    let target = held_by
+        .unwrap_or(cutoff)
+        .max(horizon.unwrap_or(DateTime::<Utc>::MIN_UTC));
+    Plan {
+        horizon,
+        target: Some(target),
+        held_by,
+    }
+}
+
+/// What a prune with this cutoff (a whole hour) would do; changes nothing.
+pub fn plan(client: &mut Client, cutoff: DateTime<Utc>) -> anyhow::Result<Plan> {
+    Ok(plan_of(&client.query_one(PLAN_SQL, &[])?, cutoff))
+}
+
+/// Moves the horizon to the plan's target, in a transaction of its own that
+/// waits for running transfers and aggregates (they hold the horizon row
+/// shared) and sees every hour they queued.
+pub fn advance(client: &mut Client, cutoff: DateTime<Utc>) -> anyhow::Result<Plan> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT 1 FROM genalytics_raw_horizon FOR UPDATE", &[])?;
+    let plan = plan_of(&tx.query_one(PLAN_SQL, &[])?, cutoff);
+    if plan.target > plan.horizon {
+        tx.execute(
+            "UPDATE genalytics_raw_horizon SET horizon = $1, set_at = now()",
+            &[&plan.target],
+        )?;
+    }
+    tx.commit()?;
+    Ok(plan)
+}
+
+/// Raw events before `horizon` whose hour waits for nothing, and dead
+/// letters received before `received_before`.
+pub fn count_older(
+    client: &mut Client,
+    horizon: DateTime<Utc>,
+    received_before: DateTime<Utc>,
+) -> anyhow::Result<(i64, i64)> {
     let row = client.query_one(
-        "SELECT (SELECT count(*) FROM generation_events WHERE timestamp < $1),
-                (SELECT count(*) FROM generation_events_rejected WHERE received_at < $1)",
-        &[&cutoff],
+        &format!(
+            "SELECT (SELECT count(*) FROM generation_events e WHERE {PRUNABLE}),
+                    (SELECT count(*) FROM generation_events_rejected WHERE received_at < $2)"
+        ),
+        &[&horizon, &received_before],
     )?;
     Ok((row.get(0), row.get(1)))
 }
 
-/// Deletes up to `limit` raw events older than `cutoff`, oldest first (via
-/// the timestamp index); returns how many.
+/// A raw event prune may delete: before the horizon (`$1`), in an hour
+/// that waits for nothing (late events wait to be merged).
+const PRUNABLE: &str = "e.timestamp < $1 AND NOT EXISTS (
+    SELECT 1 FROM generation_rollup_queue q WHERE q.hour = date_trunc('hour', e.timestamp, 'UTC'))";
+
+/// Deletes up to `limit` prunable raw events, oldest first (via the
+/// timestamp index); returns how many.
 pub fn delete_events_batch(
     client: &mut Client,
-    cutoff: DateTime<Utc>,
+    horizon: DateTime<Utc>,
     limit: i64,
 ) -> anyhow::Result<i64> {
     let deleted = client.execute(
-        "DELETE FROM generation_events WHERE id IN (
-             SELECT id FROM generation_events WHERE timestamp < $1 ORDER BY timestamp LIMIT $2)",
-        &[&cutoff, &limit],
+        &format!(
+            "DELETE FROM generation_events WHERE id IN (
+                 SELECT e.id FROM generation_events e WHERE {PRUNABLE} ORDER BY e.timestamp LIMIT $2)"
+        ),
+        &[&horizon, &limit],
     )?;
     Ok(deleted as i64)
 }
@@ -42,9 +110,16 @@ pub fn delete_rejected_batch(
     limit: i64,
 ) -> anyhow::Result<i64> {
     let deleted = client.execute(
-        "DELETE FROM generation_events_rejected WHERE stream_id IN (
-             SELECT stream_id FROM generation_events_rejected WHERE received_at < $1 LIMIT $2)",
+        "DELETE FROM generation_events_rejected WHERE ctid IN (
+             SELECT ctid FROM generation_events_rejected WHERE received_at < $1 LIMIT $2)",
         &[&cutoff, &limit],
     )?;
     Ok(deleted as i64)
+}
+
+/// The horizon as it stands.
+pub fn horizon(client: &mut Client) -> anyhow::Result<Option<DateTime<Utc>>> {
+    Ok(client
+        .query_one("SELECT horizon FROM genalytics_raw_horizon", &[])?
+        .get(0))
 }

@@ -1,7 +1,5 @@
-//! How figures are shown to people and machines.
-
-pub mod csv;
-pub mod table;
+//! How the work commands report what they did, and the number and
+//! duration formats people read everywhere.
 
 /// How a command that does work (transfer, aggregate) reports what it did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -23,42 +21,6 @@ pub fn thousands(n: u64) -> String {
         out.push(digit);
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_and_bars_for_people() {
-        assert_eq!(duration(850.0), "850 ms");
-        assert_eq!(duration(41_234.0), "41.2 s");
-        assert_eq!(duration(750_000.0), "12.5 min");
-        assert_eq!(duration(4_320_000.0), "1.2 h");
-        assert_eq!(bar(5.0, 10.0, 4), "██");
-        assert_eq!(bar(1.0, 8.0, 1), "▏");
-        assert_eq!(bar(0.0, 8.0, 4), "");
-        assert_eq!(thousands_signed(-1234), "-1,234");
-    }
-
-    #[test]
-    fn groups_by_three() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1_000), "1,000");
-        assert_eq!(thousands(1_234_567), "1,234,567");
-    }
-}
-
-/// How a report is printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ReportFormat {
-    /// Tables for people
-    Table,
-    /// One CSV table (pick it with --section)
-    Csv,
-    /// The whole report as one JSON object
-    Json,
 }
 
 impl SummaryFormat {
@@ -112,4 +74,29 @@ pub fn bar(value: f64, max: f64, width: usize) -> String {
         out.push(EIGHTHS[eighths % 8]);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_bars_for_people() {
+        assert_eq!(duration(850.0), "850 ms");
+        assert_eq!(duration(41_234.0), "41.2 s");
+        assert_eq!(duration(750_000.0), "12.5 min");
+        assert_eq!(duration(4_320_000.0), "1.2 h");
+        assert_eq!(bar(5.0, 10.0, 4), "██");
+        assert_eq!(bar(1.0, 8.0, 1), "▏");
+        assert_eq!(bar(0.0, 8.0, 4), "");
+        assert_eq!(thousands_signed(-1234), "-1,234");
+    }
+
+    #[test]
+    fn groups_by_three() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
 }
