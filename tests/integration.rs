@@ -18,6 +18,7 @@ mod hostile;
 mod migrate;
 mod prune;
 mod report;
+mod rollups;
 mod secrets;
 mod servers;
 mod simulate;
