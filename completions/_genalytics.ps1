@@ -105,6 +105,7 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('--hour', '--hour', [CompletionResultType]::ParameterName, 'Roll up the hour containing this time (2026-11-27T14, RFC 3339 or naive UTC)')
             [CompletionResult]::new('--from', '--from', [CompletionResultType]::ParameterName, 'Backfill every hour from this time …')
             [CompletionResult]::new('--to', '--to', [CompletionResultType]::ParameterName, '… up to this time (exclusive)')
+            [CompletionResult]::new('--jobs', '--jobs', [CompletionResultType]::ParameterName, 'Connections rolling up hours at once (default: the CPUs, at most 4)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Summary format')
             [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require')
             [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Redis connection URL (rediss:// for TLS)')

@@ -179,7 +179,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__aggregate)
-            opts="-v -q -h -V --hour --from --to --include-current --format --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            opts="-v -q -h -V --hour --from --to --include-current --jobs --format --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -194,6 +194,10 @@ _genalytics() {
                     return 0
                     ;;
                 --to)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --jobs)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -98,6 +98,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --hour 'Roll up the hour containing this time (2026-11-27T14, RFC 3339 or naive UTC)'
             cand --from 'Backfill every hour from this time …'
             cand --to '… up to this time (exclusive)'
+            cand --jobs 'Connections rolling up hours at once (default: the CPUs, at most 4)'
             cand --format 'Summary format'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'

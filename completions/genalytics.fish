@@ -81,6 +81,7 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -s V -l 
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l hour -d 'Roll up the hour containing this time (2026-11-27T14, RFC 3339 or naive UTC)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l from -d 'Backfill every hour from this time …' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l to -d '… up to this time (exclusive)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l jobs -d 'Connections rolling up hours at once (default: the CPUs, at most 4)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l format -d 'Summary format' -r -f -a "text\t'One line for people and cron mail'
 json\t'One JSON object'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r

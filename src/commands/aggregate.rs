@@ -9,6 +9,7 @@
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::bail;
@@ -23,9 +24,10 @@ use crate::hour;
 use crate::output::{SummaryFormat, thousands};
 use crate::timearg::parse_instant;
 
-/// Hours per transaction: a week. Each hour is aggregated on its own, so a
-/// chunk bounds the transaction, not the memory.
-const CHUNK_HOURS: usize = 168;
+/// Most hours per transaction: a day. Each hour is aggregated on its own,
+/// so a chunk bounds the transaction, not the memory; chunks this small
+/// keep each connection of a parallel backfill busy until the end.
+const CHUNK_HOURS: usize = 24;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -45,12 +47,16 @@ pub struct Args {
     #[arg(long)]
     pub include_current: bool,
 
+    /// Connections rolling up hours at once (default: the CPUs, at most 4)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub jobs: Option<u32>,
+
     /// Summary format
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
     pub format: SummaryFormat,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 struct Summary {
     /// Hours looked at.
     hours: u64,
@@ -67,6 +73,27 @@ struct Summary {
 }
 
 impl Summary {
+    /// The summary for people and cron mail.
+    fn line(&self) -> String {
+        let before_horizon = self.merged + self.kept;
+        let empty = match self.hours - self.rolled_up - before_horizon - self.failed.len() as u64 {
+            0 => String::new(),
+            empty => format!(" ({} without events)", thousands(empty)),
+        };
+        let mut line = format!("rolled up {} hours{empty}", thousands(self.rolled_up));
+        if before_horizon > 0 {
+            let _ = write!(
+                line,
+                "; kept {} hours before the raw horizon (their raw events were pruned), merging late \
+                 events into {} of them",
+                thousands(before_horizon),
+                thousands(self.merged)
+            );
+        }
+        let _ = write!(line, " in {:.1} s", self.seconds);
+        line
+    }
+
     fn add(&mut self, outcome: rollup::Outcome) {
         self.rolled_up += outcome.rolled_up;
         self.merged += outcome.merged;
@@ -99,7 +126,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     };
     let database = settings.database()?;
     let mut client = db::connect_current(database)?;
-    let (count, hours): (u64, Box<dyn Iterator<Item = DateTime<Utc>>>) =
+    let (count, hours): (u64, Box<dyn Iterator<Item = DateTime<Utc>> + Send>) =
         if let Some((from, to)) = range {
             (hour::count(from, to), Box::new(hour::starts(from, to)))
         } else {
@@ -119,47 +146,21 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     } else {
         ProgressBar::hidden()
     };
-    let mut summary = Summary {
-        hours: count,
-        rolled_up: 0,
-        merged: 0,
-        kept: 0,
-        failed: Vec::new(),
-        seconds: 0.0,
-    };
-    let mut hours = hours.peekable();
-    while hours.peek().is_some() {
-        let chunk: Vec<DateTime<Utc>> = hours.by_ref().take(CHUNK_HOURS).collect();
-        roll_up_chunk(&mut client, &chunk, &mut summary)?;
-        progress.inc(chunk.len() as u64);
-    }
+    let jobs = args.jobs.map_or_else(
+        || {
+            std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .min(4)
+        },
+        |jobs| jobs as usize,
+    );
+    let mut summary = roll_up_all(database, &mut client, hours, count, jobs, &progress)?;
+    summary.hours = count;
     progress.finish_and_clear();
 
     summary.seconds = started.elapsed().as_secs_f64();
     if !settings.quiet {
-        args.format.print(&summary, || {
-            let before_horizon = summary.merged + summary.kept;
-            let empty = match summary.hours
-                - summary.rolled_up
-                - before_horizon
-                - summary.failed.len() as u64
-            {
-                0 => String::new(),
-                empty => format!(" ({} without events)", thousands(empty)),
-            };
-            let mut line = format!("rolled up {} hours{empty}", thousands(summary.rolled_up));
-            if before_horizon > 0 {
-                let _ = write!(
-                    line,
-                    "; kept {} hours before the raw horizon (their raw events were pruned), merging late \
-                     events into {} of them",
-                    thousands(before_horizon),
-                    thousands(summary.merged)
-                );
-            }
-            let _ = write!(line, " in {:.1} s", summary.seconds);
-            line
-        })?;
+        args.format.print(&summary, || summary.line())?;
     }
     match summary.failed.as_slice() {
         [] => Ok(Exit::Success),
@@ -182,6 +183,87 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
                 "them"
             },
         ),
+    }
+}
+
+/// Rolls up `hours` on up to `jobs` connections (`client` and more), each
+/// taking the next chunk: PostgreSQL then works on every core, and each
+/// hour stays atomic in its own transaction.
+fn roll_up_all(
+    database: &crate::config::DatabaseUrl,
+    client: &mut postgres::Client,
+    hours: Box<dyn Iterator<Item = DateTime<Utc>> + Send>,
+    count: u64,
+    jobs: usize,
+    progress: &ProgressBar,
+) -> anyhow::Result<Summary> {
+    // Chunks small enough that every connection gets some: ten busy hours
+    // go to two connections as chunks of three.
+    let size = count.div_ceil(2 * jobs as u64).clamp(1, CHUNK_HOURS as u64) as usize;
+    let chunks = Mutex::new(Chunks {
+        hours: hours.peekable(),
+        size,
+    });
+    let parallel = jobs.min(count.div_ceil(size as u64).max(1) as usize);
+    let outcomes = std::thread::scope(|scope| {
+        let workers: Vec<_> = (1..parallel)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut client = db::connect_current(database)?;
+                    roll_up_chunks(&mut client, &chunks, progress)
+                })
+            })
+            .collect();
+        let mut outcomes = vec![roll_up_chunks(client, &chunks, progress)];
+        outcomes.extend(workers.into_iter().map(|worker| {
+            worker
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a rollup worker failed")))
+        }));
+        outcomes
+    });
+    let mut summary = Summary::default();
+    for outcome in outcomes {
+        let part = outcome?;
+        summary.rolled_up += part.rolled_up;
+        summary.merged += part.merged;
+        summary.kept += part.kept;
+        summary.failed.extend(part.failed);
+    }
+    summary.failed.sort_by_key(|failed| failed.hour);
+    Ok(summary)
+}
+
+/// The hours left to roll up, handed out a chunk at a time.
+struct Chunks<I: Iterator<Item = DateTime<Utc>>> {
+    hours: std::iter::Peekable<I>,
+    size: usize,
+}
+
+impl<I: Iterator<Item = DateTime<Utc>>> Chunks<I> {
+    fn next_chunk(&mut self) -> Option<Vec<DateTime<Utc>>> {
+        self.hours.peek()?;
+        Some(self.hours.by_ref().take(self.size).collect())
+    }
+}
+
+/// Takes chunks until none are left; stops at a server that went away.
+fn roll_up_chunks<I: Iterator<Item = DateTime<Utc>>>(
+    client: &mut postgres::Client,
+    chunks: &Mutex<Chunks<I>>,
+    progress: &ProgressBar,
+) -> anyhow::Result<Summary> {
+    let mut summary = Summary::default();
+    loop {
+        let chunk = chunks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .next_chunk();
+        let Some(chunk) = chunk else {
+            return Ok(summary);
+        };
+        roll_up_chunk(client, &chunk, &mut summary)?;
+        progress.inc(chunk.len() as u64);
     }
 }
 
