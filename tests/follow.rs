@@ -279,3 +279,120 @@ fn the_cap_warning_counts_entries_not_yet_stored() {
     assert_eq!(status["behind"], 50_001);
     assert!(status["warnings"].to_string().contains("cap"), "{status:#}");
 }
+
+#[test]
+fn a_stream_replaced_while_follow_runs_is_judged_before_its_entries_are_stored() {
+    let env = migrated();
+    let mut follower = Follower::start(&env);
+    let key = env.stream_key();
+    let mut db = env.db();
+    let mut con = env.redis();
+    for _ in 0..10 {
+        xadd(&mut con, &key, "*", &[("event_type", "request")]);
+    }
+    follower.wait_stored(&mut db, 10);
+    // Deleted and recreated in one step, with more entries than the old
+    // stream ever had and than one read takes: its counters alone do not
+    // give it away before a read of it is stored.
+    let mut replace = redis::pipe();
+    replace.atomic().cmd("DEL").arg(&key).ignore();
+    for _ in 0..300 {
+        replace
+            .cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("event_type")
+            .arg("cancellation")
+            .ignore();
+    }
+    replace.exec(&mut con).unwrap();
+    follower.wait_stored(&mut db, 310);
+    follower.assert_running();
+    let incarnations: Vec<(i32, String, i64)> = db
+        .query(
+            "SELECT s.incarnation, e.event_type, count(*) FROM generation_events e
+             JOIN genalytics_streams s ON s.id = e.stream GROUP BY 1, 2 ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    assert_eq!(
+        incarnations,
+        [
+            (1, "request".to_string(), 10),
+            (2, "cancellation".to_string(), 300)
+        ],
+        "{}",
+        follower.log()
+    );
+    let summary = follower.stop();
+    assert!(summary["reset"].is_object(), "{summary}");
+}
+
+#[test]
+fn follow_goes_on_after_another_transfer_stored_entries_while_it_was_cut_off() {
+    let env = migrated();
+    let mut admin = env.db();
+    // The follower logs in as a role of its own, which the test can lock
+    // out while a one-off transfer, as another role, goes ahead.
+    admin
+        .batch_execute(
+            "CREATE ROLE follower LOGIN PASSWORD 'follower';
+             GRANT ALL ON ALL TABLES IN SCHEMA public TO follower;
+             GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO follower;",
+        )
+        .unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let child = env
+        .genalytics()
+        .env(
+            "DATABASE_URL",
+            env.pg.url_as("follower", "follower", &env.database),
+        )
+        .args(["transfer", "--follow", "--keep", "100h", "--format", "json"])
+        .command()
+        .stdout(Stdio::piped())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let mut follower = Follower { child, log };
+    let key = env.stream_key();
+    let mut con = env.redis();
+    let mut written: Vec<String> = (0..50)
+        .map(|_| xadd(&mut con, &key, "*", &[("event_type", "request")]))
+        .collect();
+    follower.wait_stored(&mut admin, 50);
+
+    // Cut off: no new connection, and the one it has (with the stream's
+    // lock) ended.
+    admin
+        .batch_execute(
+            "ALTER ROLE follower CONNECTION LIMIT 0;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'follower';",
+        )
+        .unwrap();
+    written.extend((0..50).map(|_| xadd(&mut con, &key, "*", &[("event_type", "request")])));
+    wait_for("the follower to find PostgreSQL gone", 30, || {
+        follower.log().contains("cannot store entries")
+    });
+    let ran = env.genalytics().args(["transfer", "--keep", "100h"]).ok();
+    assert!(
+        ran.stdout.starts_with("transferred 50 events"),
+        "{}",
+        ran.stdout
+    );
+    written.extend((0..20).map(|_| xadd(&mut con, &key, "*", &[("event_type", "request")])));
+    admin
+        .batch_execute("ALTER ROLE follower CONNECTION LIMIT -1")
+        .unwrap();
+    follower.wait_stored(&mut admin, 120);
+    std::thread::sleep(Duration::from_millis(500));
+    follower.assert_running();
+    let summary = follower.stop();
+    assert!(summary["reconnects"].as_u64().unwrap() >= 1, "{summary}");
+    assert_eq!(summary["events"], 70, "{summary}");
+    written.sort();
+    assert_eq!(stored_ids(&mut admin), written, "every entry exactly once");
+}

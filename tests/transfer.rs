@@ -739,3 +739,69 @@ fn follow_picks_up_new_entries_and_commits_everything_on_sigterm() {
     assert!(stored.len() >= 200);
     assert_eq!(after_next_run, written);
 }
+
+#[test]
+fn without_scripting_in_redis_transfer_reads_and_trims_all_the_same() {
+    let env = migrated();
+    let key = env.stream_key();
+    let mut con = env.redis();
+    // A managed Redis that forbids scripts: a user without them.
+    let _: String = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("noscripts")
+        .arg("on")
+        .arg(">noscripts")
+        .arg("~*")
+        .arg("+@all")
+        .arg("-@scripting")
+        .query(&mut con)
+        .unwrap();
+    let url = format!("redis://noscripts:noscripts@127.0.0.1:{}", env.redis.port());
+    let mut written: Vec<String> = (0..300)
+        .map(|i| {
+            let kind = if i % 3 == 0 { "request" } else { "completion" };
+            xadd(&mut con, &key, "*", &[("event_type", kind)])
+        })
+        .collect();
+    let ran = env
+        .genalytics()
+        .env("REDIS_URL", &url)
+        .args(["transfer", "--batch-size", "40", "--keep", "0"])
+        .ok();
+    assert!(
+        ran.stdout.starts_with("transferred 300 events"),
+        "{}",
+        ran.stdout
+    );
+    // Trimmed up to the position, which stays.
+    assert_eq!(stream_ids(&mut con, &key), written[299..]);
+
+    let follower = env
+        .genalytics()
+        .env("REDIS_URL", &url)
+        .args(["transfer", "--follow", "--keep", "0"])
+        .command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    written.extend((0..25).map(|_| xadd(&mut con, &key, "*", &[("event_type", "request")])));
+    let mut db = env.db();
+    wait_for("the follower to store them", 30, || {
+        stored_ids(&mut db).len() == 325
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(follower.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = follower.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stream_ids(&mut con, &key), written[324..]);
+    written.sort();
+    assert_eq!(stored_ids(&mut db), written);
+}

@@ -178,8 +178,8 @@ fn lag(
         .unwrap_or_default();
     let stream_ref = state.as_ref().map_or(0, |state| state.stream_ref);
     let mut con = stream::connect(&settings.redis)?;
-    let (_, verdict) = identity::inspect(&mut con, key, position, |id| {
-        streams::stores(client, stream_ref, id)
+    let (_, verdict) = identity::inspect(&mut con, key, position, |entry| {
+        streams::stores(client, stream_ref, entry)
     })?;
     if let Identity::ResetBelow { length, .. } = verdict {
         return Ok((

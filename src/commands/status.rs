@@ -207,8 +207,8 @@ fn stream_figures(
     let mut con = stream::connect(&settings.redis)?;
     let position = state.map_or_else(Position::default, TransferState::position);
     let stream_ref = state.map_or(0, |state| state.stream_ref);
-    let (info, verdict) = identity::inspect(&mut con, key, position, |id| {
-        streams::stores(client, stream_ref, id)
+    let (info, verdict) = identity::inspect(&mut con, key, position, |entry| {
+        streams::stores(client, stream_ref, entry)
     })?;
     status.stream_length = Some(info.length);
     status.cap_used_pct = Some(crate::report::round2(
@@ -278,8 +278,9 @@ pub fn identity_warning(key: &str, position: EntryId, verdict: &Identity) -> Opt
             "the stream {key} does not exist (Redis restarted empty, or the producer has not written yet)"
         )),
         Identity::Gap => Some(format!(
-            "the entry {position} of {key} is gone: the producer's cap trimmed entries before they were stored, \
-             or the stream was replaced (Redis < 7 cannot tell which)"
+            "the entry {position} of {key} is gone with everything before it: the producer's cap trimmed the \
+             stream past it (entries after it may have gone before they were stored), or the stream was \
+             replaced (Redis cannot tell which); transfer reads on"
         )),
         Identity::Rewound { last } => Some(format!(
             "the stream {key} went back to an older state of itself (restarted from a snapshot, or a replica \
@@ -296,8 +297,8 @@ pub fn identity_warning(key: &str, position: EntryId, verdict: &Identity) -> Opt
             length,
             ..
         } => Some(format!(
-            "the stream {key} was replaced: its {} entries ({first} to {last}) are at or below the stored \
-             position {position}, so transfer will not read them; run `genalytics transfer --new-stream` \
+            "the stream {key} was replaced: it holds {} entries, {first} to {last}, starting at or below the \
+             stored position {position}, which transfer will not read; run `genalytics transfer --new-stream` \
              if it is a new stream",
             thousands(*length)
         )),

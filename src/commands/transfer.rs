@@ -29,14 +29,14 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::db::events::{self, BATCH_BYTES, Claim, Outcome, Prepared};
-use crate::db::streams::{self, TransferState};
+use crate::db::streams::{self, PositionMoved, TransferState};
 use crate::db::{self};
 use crate::error::{Exit, UsageError};
 use crate::output::{SummaryFormat, thousands};
 use crate::retry::Backoff;
 use crate::service;
 use crate::stream::identity::{self, Identity};
-use crate::stream::reader::{self, RawEntry, ReadSize, StreamInfo};
+use crate::stream::reader::{self, RawEntry, StreamInfo};
 use crate::stream::{self, EntryId};
 use crate::timearg::parse_span;
 
@@ -143,13 +143,25 @@ impl Fault {
     }
 }
 
-/// The reader saw the stream's last ID or entry count go back: the key
-/// holds another stream, which a new session judges.
+/// The reader found the key holding what may be another stream (the
+/// entry it read last is gone, or the last ID or entry count went back):
+/// a new session judges it.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "the stream {0} changed under the reader (its last ID or entry count went back); run transfer again to check it"
+    "the stream {0} changed under the reader (the entry it read last is gone, or its last ID or entry count went back); run transfer again to check it"
 )]
 struct StreamChanged(String);
+
+/// Another run recorded a new stream under the key while this one was cut
+/// off from PostgreSQL: a new session judges the stream again.
+#[derive(Debug, thiserror::Error)]
+#[error("another transfer recorded a new stream under {0} while this one ran; run transfer again")]
+struct StateChanged(String);
+
+/// Whether a new session mends the fault, in a run that does not follow.
+fn starts_over(err: &anyhow::Error) -> bool {
+    err.is::<StreamChanged>() || err.is::<StateChanged>()
+}
 
 /// What the reader thread sends.
 enum Message {
@@ -208,6 +220,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         return Ok(Exit::Success);
     }
     let mut backoff = Backoff::new("transfer cannot go on", &stop);
+    let mut restarts = 0;
     let outcome = loop {
         let before = run.summary.entries();
         match run.session() {
@@ -221,6 +234,10 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
                     break Ok(());
                 }
                 run.summary.reconnects += 1;
+            }
+            Err(Fault::Transient(err)) if starts_over(&err) && restarts < 3 => {
+                tracing::info!("{err:#}; judging the stream again");
+                restarts += 1;
             }
             Err(Fault::Transient(err) | Fault::Fatal(err)) => break Err(err),
         }
@@ -350,8 +367,8 @@ impl Run<'_> {
         let (Some(pg), Some(con)) = (self.pg.as_mut(), self.redis.as_mut()) else {
             unreachable!("both connected above");
         };
-        identity::inspect(con, self.key, state.position(), |id| {
-            streams::stores(pg, state.stream_ref, id)
+        identity::inspect(con, self.key, state.position(), |entry| {
+            streams::stores(pg, state.stream_ref, entry)
         })
         .map_err(Fault::of)
     }
@@ -404,8 +421,8 @@ impl Run<'_> {
                 false,
             ) => {
                 return Err(Fault::Fatal(anyhow!(
-                    "the stream {key} was replaced: it now holds {} entries ({first} to {last}) at or below \
-                     the stored position {position}, which transfer would never read; nothing was trimmed{} — \
+                    "the stream {key} was replaced: it now holds {} entries, {first} to {last}, starting at or \
+                     below the stored position {position}, which transfer would never read; nothing was trimmed{} — \
                      if it is a new stream, run `genalytics transfer --new-stream` to store all its entries once",
                     thousands(*length),
                     if *certain {
@@ -420,8 +437,9 @@ impl Run<'_> {
             (Identity::ResetAbove, false) => false,
             (Identity::Gap, false) => {
                 tracing::warn!(
-                    "the entry {position} of {key} is gone: the producer's cap trimmed entries after it before \
-                     they were stored, or the stream was replaced (Redis < 7 cannot tell which); reading on"
+                    "the entry {position} of {key} is gone with everything before it: the producer's cap trimmed \
+                     the stream past it (entries after it may have gone before they were stored), or the stream \
+                     was replaced (Redis cannot tell which); reading on"
                 );
                 return Ok(state);
             }
@@ -483,10 +501,13 @@ impl Run<'_> {
     }
 
     /// Commits one batch; following, a lost connection to PostgreSQL is
-    /// waited for and the batch committed after it (or dropped when another
-    /// run stored it meanwhile).
+    /// waited for and the batch committed after it. Should the position
+    /// have moved meanwhile (another run stored some of these entries while
+    /// this one was cut off), the state is read again and only what is
+    /// still unstored is committed.
     fn commit(&mut self, prepared: &mut Prepared, progress: Progress) -> Result<(), Fault> {
         let mut backoff = Backoff::new("cannot store entries in PostgreSQL", &self.stop);
+        let mut moves = 0;
         loop {
             let state = self.state.clone().expect("a session has a state");
             if !prepared.skip_through(state.position) {
@@ -519,6 +540,10 @@ impl Run<'_> {
                     self.committed(prepared, progress, outcome);
                     return Ok(());
                 }
+                Err(err) if err.is::<PositionMoved>() && moves < 3 => {
+                    moves += 1;
+                    self.reread_state(&state)?;
+                }
                 Err(err) if self.args.follow && db::is_transient(&err) => {
                     self.pg = None;
                     if !backoff.wait(&err) {
@@ -528,27 +553,27 @@ impl Run<'_> {
                         ))));
                     }
                     self.summary.reconnects += 1;
-                    // Where the stream stands now: another run may have
-                    // stored some of these entries meanwhile.
-                    let key = self.key;
-                    let fresh = match self.pg() {
-                        Ok(pg) => streams::state(pg, key).map_err(Fault::of_pg)?,
-                        Err(Fault::Transient(_)) => continue,
-                        Err(fatal) => return Err(fatal),
-                    };
-                    match fresh {
-                        Some(fresh) if fresh.stream_ref == state.stream_ref => {
-                            self.state = Some(fresh);
-                        }
-                        _ => {
-                            return Err(Fault::Transient(anyhow!(
-                                "the transfer state of {key} changed while PostgreSQL was away; starting over"
-                            )));
-                        }
-                    }
+                    // Another run may have stored some of these entries
+                    // meanwhile: the claim finds out, and the state is
+                    // read again.
                 }
                 Err(err) => return Err(Fault::of_pg(err)),
             }
+        }
+    }
+
+    /// Reads the stored state again after the position may have moved:
+    /// the session goes on if the key still holds the stream it read.
+    fn reread_state(&mut self, old: &TransferState) -> Result<(), Fault> {
+        let key = self.key;
+        match streams::state(self.pg()?, key).map_err(Fault::of_pg)? {
+            Some(fresh) if fresh.stream_ref == old.stream_ref => {
+                self.state = Some(fresh);
+                Ok(())
+            }
+            _ => Err(Fault::Transient(anyhow::Error::new(StateChanged(
+                key.to_string(),
+            )))),
         }
     }
 
@@ -577,8 +602,8 @@ impl Run<'_> {
             Ok(None) if !self.trim_warned => {
                 self.trim_warned = true;
                 tracing::warn!(
-                    "not trimming {key}: its entry {position} is gone without a deletion on record, so the key \
-                     may hold another stream now; the next run checks"
+                    "not trimming {key}: its entry {position} is gone (the producer's cap trimmed it, or the key \
+                     holds another stream now); the next commit or run checks"
                 );
             }
             Ok(None) => {}
@@ -718,6 +743,27 @@ struct ReadPlan {
     index: Option<u64>,
 }
 
+impl ReadPlan {
+    /// The next read after `after`, filling what a batch holding `queued`
+    /// entries of `bytes` has room for, with `left` entries to go.
+    fn request(
+        &self,
+        after: EntryId,
+        anchored: bool,
+        queued: usize,
+        bytes: usize,
+        left: u64,
+    ) -> reader::ReadRequest {
+        reader::ReadRequest {
+            after,
+            until: self.until,
+            count: (self.batch_size - queued).min(usize::try_from(left).unwrap_or(usize::MAX)),
+            budget: BATCH_BYTES.saturating_sub(bytes),
+            anchored,
+        }
+    }
+}
+
 /// Entries read but not yet sent.
 #[derive(Default)]
 struct Pending {
@@ -763,22 +809,235 @@ impl Pending {
 
 /// Reads and parses batches until the plan is done, a stop is asked for,
 /// or the receiver hangs up. A failure is sent on after what was read.
-fn read_batches(mut con: redis::Connection, plan: &ReadPlan, sender: &SyncSender<Message>) {
-    let mut after = plan.after;
-    let mut left = plan.max_events.unwrap_or(u64::MAX);
-    let mut pending = Pending::default();
-    let mut size = ReadSize::default();
-    let mut progress = Progress {
-        index: plan.index,
-        observed_added: None,
+fn read_batches(con: redis::Connection, plan: &ReadPlan, sender: &SyncSender<Message>) {
+    let mut reading = Reading {
+        con,
+        plan,
+        after: plan.after,
+        anchored: false,
+        left: plan.max_events.unwrap_or(u64::MAX),
+        pending: Pending::default(),
+        reader: reader::BoundedReader::default(),
+        progress: Progress {
+            index: plan.index,
+            observed_added: None,
+        },
+        gap_warned: false,
     };
-    let fail = |pending: &mut Pending, progress, fault: Fault| {
-        if pending.flush(sender, progress) {
+    if let Err(fault) = reading.run(sender) {
+        let progress = reading.progress;
+        if reading.pending.flush(sender, progress) {
             let _ = sender.send(Message::Failed(fault));
         }
-    };
-    let read_error = |err: anyhow::Error| {
-        let transient = stream::is_transient(&err);
+    }
+}
+
+/// The reader thread's state.
+///
+/// Every read looks at its starting entry in the same atomic step: while
+/// that entry is there, what follows it is its stream's. Should it be gone —
+/// the producer's cap trimmed past it, or the key holds another stream —
+/// the stream is judged again before the read is used.
+struct Reading<'a> {
+    con: redis::Connection,
+    plan: &'a ReadPlan,
+    /// The last entry read.
+    after: EntryId,
+    /// `after` is an entry of the stream being read, to check reads by.
+    anchored: bool,
+    left: u64,
+    pending: Pending,
+    reader: reader::BoundedReader,
+    progress: Progress,
+    gap_warned: bool,
+}
+
+/// What came of one read.
+enum Step {
+    /// Read on at once.
+    More,
+    /// Nothing more in the stream for now.
+    CaughtUp,
+    /// The plan is done or the receiver is gone.
+    Done,
+}
+
+impl Reading<'_> {
+    /// Reads until done; a fault is returned with what was read still
+    /// pending, for the caller to send on first.
+    fn run(&mut self, sender: &SyncSender<Message>) -> Result<(), Fault> {
+        // The session judged the stream at the position; when the
+        // position's entry is gone (a trimmed stream read on), the first
+        // read has no anchor, and every later one starts at an entry it read.
+        if self.after != EntryId::ZERO {
+            self.anchored = reader::entry_exists(&mut self.con, &self.plan.key, self.after)
+                .map_err(|err| self.read_error(&err.into()))?;
+        }
+        let mut caught_up = false;
+        loop {
+            if self.left == 0 || self.plan.stop.load(Ordering::Relaxed) {
+                self.pending.flush(sender, self.progress);
+                return Ok(());
+            }
+            if self.plan.follow && caught_up {
+                // Wait for the next entry, then read it with its anchor.
+                let woken = reader::read_after(
+                    &mut self.con,
+                    &self.plan.key,
+                    self.after,
+                    1,
+                    FOLLOW_BLOCK_MS,
+                )
+                .map_err(|err| self.read_error(&err.into()))?;
+                if woken.is_empty() {
+                    let due = self
+                        .pending
+                        .since
+                        .is_some_and(|since| since.elapsed() >= FOLLOW_FLUSH);
+                    if due && !self.pending.flush(sender, self.progress) {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            }
+            caught_up = match self.step(sender)? {
+                Step::More => false,
+                Step::CaughtUp => true,
+                Step::Done => return Ok(()),
+            };
+        }
+    }
+
+    /// One read: checked, added to the batch, the next read sent ahead,
+    /// the batch sent when due.
+    fn step(&mut self, sender: &SyncSender<Message>) -> Result<Step, Fault> {
+        let key = &self.plan.key;
+        let (request, read) = if let Some(request) = self.reader.in_flight() {
+            (request, self.reader.receive(&mut self.con, key))
+        } else {
+            let request = self.plan.request(
+                self.after,
+                self.anchored,
+                self.pending.entries.len(),
+                self.pending.bytes,
+                self.left,
+            );
+            (request, self.reader.read(&mut self.con, key, request))
+        };
+        let read = read.map_err(|err| self.read_error(&err.into()))?;
+        if !read.anchor_held {
+            self.judge_unanchored()?;
+        }
+        let verified = request.anchored && read.anchor_held;
+        let count = read.entries.len() as u64;
+        if let Some(last) = read.entries.last() {
+            self.after = last.id;
+            self.anchored = true;
+        }
+        let index_before = self.progress.index;
+        self.progress.index = self.progress.index.map(|index| index + count);
+        self.left = self.left.saturating_sub(count);
+        let read_from = self.pending.entries.len();
+        self.pending.add(read.entries);
+        if read.drained {
+            self.check_caught_up(verified, read_from, index_before)?;
+        }
+        let finished = !self.plan.follow && read.drained;
+        let due = self.pending.entries.len() >= self.plan.batch_size
+            || self.pending.bytes >= BATCH_BYTES
+            || self.left == 0
+            || finished
+            || self
+                .pending
+                .since
+                .is_some_and(|since| since.elapsed() >= FOLLOW_FLUSH);
+        if !read.drained && self.left > 0 && !self.plan.stop.load(Ordering::Relaxed) {
+            // Redis reads on while this read is parsed.
+            let (queued, bytes) = if due {
+                (0, 0)
+            } else {
+                (self.pending.entries.len(), self.pending.bytes)
+            };
+            let next = self
+                .plan
+                .request(self.after, self.anchored, queued, bytes, self.left);
+            self.reader
+                .send(&mut self.con, key, next)
+                .map_err(|err| self.read_error(&err.into()))?;
+        }
+        if due && !self.pending.flush(sender, self.progress) || finished {
+            return Ok(Step::Done);
+        }
+        Ok(if read.drained {
+            Step::CaughtUp
+        } else {
+            Step::More
+        })
+    }
+
+    /// The entry the read started from is gone: the same stream trimmed
+    /// past it reads on; another stream waits for a new session, which
+    /// knows which stream its entries belong to.
+    fn judge_unanchored(&mut self) -> Result<(), Fault> {
+        let info =
+            reader::info(&mut self.con, &self.plan.key).map_err(|err| self.read_error(&err))?;
+        let position = identity::Position {
+            id: self.after,
+            index: self.progress.index,
+        };
+        match identity::judge(position, &info, identity::Below::default()) {
+            Identity::Same => Ok(()),
+            Identity::Gap => {
+                if !self.gap_warned {
+                    self.gap_warned = true;
+                    tracing::warn!(
+                        "the producer's cap trimmed {} past {} while transfer was reading it: entries after \
+                         it may have gone before they were read; transfer more often to keep up",
+                        self.plan.key,
+                        self.after
+                    );
+                }
+                Ok(())
+            }
+            _ => Err(self.changed()),
+        }
+    }
+
+    /// Caught up for now: what Redis says anchors the position's index,
+    /// and shows a stream whose IDs or count went back since the read.
+    fn check_caught_up(
+        &mut self,
+        verified: bool,
+        read_from: usize,
+        index_before: Option<u64>,
+    ) -> Result<(), Fault> {
+        let info =
+            reader::info(&mut self.con, &self.plan.key).map_err(|err| self.read_error(&err))?;
+        let progress = &mut self.progress;
+        progress.observed_added = progress.observed_added.max(info.entries_added);
+        let replaced = info.last_generated_id < self.after
+            || matches!((info.entries_added, progress.index), (Some(added), Some(index)) if added < index);
+        if replaced {
+            // A read whose anchor held is the old stream's; any other is
+            // left for a session that knows which stream it belongs to.
+            if !verified {
+                self.pending.truncate(read_from);
+                progress.index = index_before;
+            }
+            return Err(self.changed());
+        }
+        if info.last_generated_id == self.after && info.entries_added.is_some() {
+            progress.index = info.entries_added;
+        }
+        Ok(())
+    }
+
+    fn changed(&self) -> Fault {
+        Fault::Transient(anyhow::Error::new(StreamChanged(self.plan.key.clone())))
+    }
+
+    fn read_error(&self, err: &anyhow::Error) -> Fault {
+        let transient = stream::is_transient(err);
         let reason = match err.downcast_ref::<redis::RedisError>() {
             Some(redis) if redis.is_connection_dropped() || redis.is_io_error() => {
                 format!("the connection was lost ({})", stream::describe(redis))
@@ -788,80 +1047,13 @@ fn read_batches(mut con: redis::Connection, plan: &ReadPlan, sender: &SyncSender
         };
         let err = anyhow!(
             "cannot read the stream {} from Redis at {}: {reason}; what was read before is stored",
-            plan.key,
-            plan.redis,
+            self.plan.key,
+            self.plan.redis,
         );
         if transient {
             Fault::Transient(err)
         } else {
             Fault::Fatal(err)
-        }
-    };
-    loop {
-        if left == 0 || plan.stop.load(Ordering::Relaxed) {
-            pending.flush(sender, progress);
-            return;
-        }
-        let entries_left = (plan.batch_size - pending.entries.len())
-            .min(usize::try_from(left).unwrap_or(usize::MAX));
-        let count = size.count(entries_left, BATCH_BYTES.saturating_sub(pending.bytes));
-        let read = if plan.follow {
-            reader::read_after(&mut con, &plan.key, after, count, FOLLOW_BLOCK_MS)
-        } else {
-            reader::range_after(&mut con, &plan.key, after, plan.until, count)
-        };
-        let entries = match read {
-            Ok(entries) => entries,
-            Err(err) => return fail(&mut pending, progress, read_error(err.into())),
-        };
-        size.observe(&entries);
-        let read = entries.len();
-        if let Some(last) = entries.last() {
-            after = last.id;
-        }
-        let index_before = progress.index;
-        progress.index = progress.index.map(|index| index + read as u64);
-        left = left.saturating_sub(read as u64);
-        let read_from = pending.entries.len();
-        pending.add(entries);
-        let reached_end = read < count;
-        if reached_end {
-            // Caught up for now: what Redis says anchors the position's
-            // index, and shows a stream replaced under the reader.
-            match reader::info(&mut con, &plan.key) {
-                Ok(info) => {
-                    progress.observed_added = progress.observed_added.max(info.entries_added);
-                    let replaced = info.last_generated_id < after
-                        || matches!((info.entries_added, progress.index), (Some(added), Some(index)) if added < index);
-                    if replaced {
-                        // The last read may hold the new stream's entries:
-                        // they are left for a session that knows which
-                        // stream they belong to.
-                        pending.truncate(read_from);
-                        progress.index = index_before;
-                        let err = anyhow::Error::new(StreamChanged(plan.key.clone()));
-                        return fail(&mut pending, progress, Fault::Transient(err));
-                    }
-                    if info.last_generated_id == after && info.entries_added.is_some() {
-                        progress.index = info.entries_added;
-                    }
-                }
-                Err(err) => return fail(&mut pending, progress, read_error(err)),
-            }
-        }
-        let finished = !plan.follow && reached_end;
-        let due = pending.entries.len() >= plan.batch_size
-            || pending.bytes >= BATCH_BYTES
-            || left == 0
-            || finished
-            || pending
-                .since
-                .is_some_and(|since| since.elapsed() >= FOLLOW_FLUSH);
-        if due && !pending.flush(sender, progress) {
-            return;
-        }
-        if finished {
-            return;
         }
     }
 }

@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 use std::ops::Range;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
 use postgres::error::SqlState;
@@ -20,6 +20,7 @@ use postgres::types::{IsNull, ToSql, Type};
 use postgres::{Client, Transaction};
 use serde_json::Value;
 
+use crate::db::streams::PositionMoved;
 use crate::event::{Event, RawFields, Rejection, parse};
 use crate::hour;
 use crate::stream::EntryId;
@@ -248,7 +249,7 @@ pub fn commit(
     // that got here with the same expectation finds it no longer holds.
     let claimed = tx.execute(
         "UPDATE genalytics_transfer_state
-         SET last_id = $3, last_transfer_at = now(), position_index = $5,
+         SET last_id = $3, last_transfer_at = now(), position_index = $5, index_id = $3,
              observed_added = greatest(observed_added, $6),
              observed_at = CASE WHEN $6::int8 IS NULL THEN observed_at ELSE now() END
          WHERE stream_key = $1 AND last_id = $2 AND stream_ref = $4",
@@ -262,11 +263,7 @@ pub fn commit(
         ],
     )?;
     if claimed != 1 {
-        bail!(
-            "another transfer moved the position of {} while this one ran; \
-             nothing was stored twice — run transfer again to continue",
-            claim.stream_key
-        );
+        return Err(PositionMoved(claim.stream_key.to_string()).into());
     }
 
     // Held until commit: a prune cannot move the horizon meanwhile, so an
@@ -297,7 +294,7 @@ pub fn commit(
         fields: &prepared.raws[*row],
         reason: format!("PostgreSQL refused the row: {message}"),
     }));
-    store_dead_letters(&mut tx, claim.stream_ref, &letters)?;
+    let lettered = store_dead_letters(&mut tx, claim.stream_ref, &letters)?;
 
     if let Some(horizon) = horizon {
         mark_late(&mut tx, claim.stream_ref, prepared, &refused_rows, horizon)?;
@@ -323,8 +320,8 @@ pub fn commit(
     }
     let outcome = Outcome {
         stored,
-        rejected: letters.len() as u64,
-        skipped: (rows - refused.len()) as u64 - stored,
+        rejected: lettered,
+        skipped: (rows - refused.len()) as u64 - stored + (letters.len() as u64 - lettered),
     };
     tx.execute(
         "UPDATE genalytics_transfer_state
@@ -518,15 +515,30 @@ struct Letter<'a> {
 
 /// Longest value `fields` shows; the exact bytes are in `raw_fields`.
 const READABLE_VALUE_MAX: usize = 64 << 10;
+/// Most fields, and bytes of them, `fields` shows: enough to see what is
+/// wrong with any entry a producer meant to write, and a dead letter of a
+/// million fields stays a row one can SELECT.
+const READABLE_FIELDS_MAX: usize = 1_000;
+const READABLE_BYTES_MAX: usize = 1 << 20;
 
 /// The raw fields as a readable JSON object: names and values as text,
 /// escaped where they are not printable UTF-8, long values shortened, every
-/// value of a repeated name kept (as an array, in order).
-pub fn readable_fields(raw: &RawFields) -> Value {
+/// value of a repeated name kept (as an array, in order) — up to the first
+/// [`READABLE_FIELDS_MAX`] fields or [`READABLE_BYTES_MAX`] bytes. Returns
+/// the object and how many fields it shows.
+pub fn readable_fields(raw: &RawFields) -> (Value, usize) {
     let mut map = serde_json::Map::new();
+    let mut bytes = 0;
+    let mut shown = 0;
     for (name, value) in raw {
+        if shown == READABLE_FIELDS_MAX || bytes >= READABLE_BYTES_MAX {
+            break;
+        }
         let name = escape_bytes(name).into_owned();
-        let value = Value::String(truncate(&escape_bytes(value), READABLE_VALUE_MAX).into_owned());
+        let value = truncate(&escape_bytes(value), READABLE_VALUE_MAX).into_owned();
+        bytes += name.len() + value.len();
+        shown += 1;
+        let value = Value::String(value);
         match map.get_mut(&name) {
             Some(Value::Array(values)) => values.push(value),
             Some(first) => {
@@ -538,11 +550,11 @@ pub fn readable_fields(raw: &RawFields) -> Value {
             }
         }
     }
-    Value::Object(map)
+    (Value::Object(map), shown)
 }
 
 /// The raw fields flattened (name, value, name, value, …) for `BYTEA[]`.
-fn flat_raw(raw: &RawFields) -> Vec<&[u8]> {
+pub(crate) fn flat_raw(raw: &RawFields) -> Vec<&[u8]> {
     raw.iter()
         .flat_map(|(name, value)| [name.as_slice(), value.as_slice()])
         .collect()
@@ -556,24 +568,37 @@ fn store_dead_letters(
     tx: &mut Transaction<'_>,
     stream: i32,
     letters: &[Letter<'_>],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u64> {
     const INSERT: &str =
         "INSERT INTO generation_events_rejected (stream, stream_id, fields, reason, raw_fields)
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (stream, stream_id) DO NOTHING";
     if letters.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let statement = tx.prepare(INSERT)?;
+    let mut inserted = 0;
     for letter in letters {
-        let fields = readable_fields(letter.fields);
+        let (fields, shown) = readable_fields(letter.fields);
+        let reason = if shown < letter.fields.len() {
+            format!(
+                "{}; `fields` shows the first {shown} of its {} fields, `raw_fields` holds them all",
+                letter.reason,
+                letter.fields.len()
+            )
+        } else {
+            letter.reason.clone()
+        };
         let raw = flat_raw(letter.fields);
         let mut attempt = tx.transaction()?;
         let stored = attempt.execute(
             &statement,
-            &[&stream, &letter.stream_id, &fields, &letter.reason, &raw],
+            &[&stream, &letter.stream_id, &fields, &reason, &raw],
         );
         match stored.map_err(anyhow::Error::from) {
-            Ok(_) => attempt.commit()?,
+            Ok(n) => {
+                attempt.commit()?;
+                inserted += n;
+            }
             Err(err) if is_data_error(&err) => {
                 attempt.rollback()?;
                 let reason = format!(
@@ -582,7 +607,7 @@ fn store_dead_letters(
                     describe(&err)
                 );
                 let none: Option<Vec<&[u8]>> = None;
-                tx.execute(
+                inserted += tx.execute(
                     &statement,
                     &[
                         &stream,
@@ -596,7 +621,7 @@ fn store_dead_letters(
             Err(err) => return Err(err).context("cannot store a dead letter"),
         }
     }
-    Ok(())
+    Ok(inserted)
 }
 
 #[cfg(test)]
@@ -612,7 +637,7 @@ mod tests {
 
     #[test]
     fn readable_fields_keep_every_value_and_escape_what_json_cannot_hold() {
-        let fields = readable_fields(&raw(&[
+        let (fields, _) = readable_fields(&raw(&[
             (b"event_type", b"request"),
             (b"event_type", b"completion\0x"),
             (b"bad\xff", b"\x1b[2J"),
@@ -625,13 +650,27 @@ mod tests {
                 "bad\\xff": "\\x1b[2J",
             })
         );
-        let huge = readable_fields(&raw(&[(b"blob", &vec![b'x'; 1 << 20])]));
+        let (huge, _) = readable_fields(&raw(&[(b"blob", &vec![b'x'; 1 << 20])]));
         let shown = huge["blob"].as_str().unwrap();
         assert!(
             shown.len() < 70_000 && shown.ends_with("more bytes)"),
             "{}",
             shown.len()
         );
+        // A million fields: the first thousand shown.
+        let many: RawFields = (0..1_000_000)
+            .map(|i| (format!("f{i}").into_bytes(), b"v".to_vec()))
+            .collect();
+        let (fields, shown) = readable_fields(&many);
+        assert_eq!(shown, READABLE_FIELDS_MAX);
+        assert_eq!(fields.as_object().unwrap().len(), READABLE_FIELDS_MAX);
+        assert_eq!(fields["f999"], "v");
+        // Big values: the bytes budget ends it first.
+        let big: RawFields = (0..100)
+            .map(|i| (format!("f{i}").into_bytes(), vec![b'x'; 100_000]))
+            .collect();
+        let (_, shown) = readable_fields(&big);
+        assert_eq!(shown, 16, "16 values of 64 KiB make 1 MiB");
     }
 
     fn batch(ids: &[u64]) -> Prepared {

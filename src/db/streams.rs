@@ -3,12 +3,13 @@
 //! what Redis said about it, and the lock that lets one transfer of a
 //! stream run at a time.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use postgres::{Client, GenericClient};
 
 use crate::stream::EntryId;
 use crate::stream::identity::Position;
+use crate::stream::reader::RawEntry;
 
 /// Transfers of different streams may run side by side; of one stream, one
 /// at a time. (Class 0x67656e61 = "gena"; the two-key lock space is apart
@@ -35,6 +36,15 @@ pub fn lock(client: &mut Client, stream_key: &str) -> anyhow::Result<()> {
     )?;
     Ok(())
 }
+
+/// The stored position is no longer the one this run read from: another
+/// transfer (one that ran while this one was cut off from PostgreSQL), or a
+/// hand, moved it. Nothing was written; reading the state again mends it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "another transfer moved the position of {0} while this one ran; nothing was stored twice — run transfer again to continue"
+)]
+pub struct PositionMoved(pub String);
 
 /// What transfer has recorded for one stream key.
 #[derive(Debug, Clone)]
@@ -69,7 +79,8 @@ impl TransferState {
     }
 }
 
-const STATE_COLUMNS: &str = "stream_key, stream_ref, last_id, position_index, observed_added, \
+const STATE_COLUMNS: &str = "stream_key, stream_ref, last_id, \
+    CASE WHEN index_id = last_id THEN position_index END, observed_added, \
     events_stored, entries_rejected, entries_skipped, last_transfer_at, resets, last_reset_at, \
     last_reset_lost";
 
@@ -178,10 +189,7 @@ pub fn new_incarnation(
         ],
     )?;
     if changed != 1 {
-        bail!(
-            "another transfer moved the position of {} meanwhile; nothing was changed — run transfer again",
-            old.stream_key
-        );
+        return Err(PositionMoved(old.stream_key.clone()).into());
     }
     let state = state(&mut tx, &old.stream_key)?.context("the transfer state is missing")?;
     tx.commit()?;
@@ -200,6 +208,7 @@ pub fn note_observed(
     client.execute(
         "UPDATE genalytics_transfer_state
          SET position_index = coalesce($3, position_index),
+             index_id = CASE WHEN $3::int8 IS NULL THEN index_id ELSE last_id END,
              observed_added = greatest(observed_added, $4),
              observed_at = CASE WHEN $4::int8 IS NULL THEN observed_at ELSE now() END
          WHERE stream_key = $1 AND last_id = $2",
@@ -213,14 +222,42 @@ pub fn note_observed(
     Ok(())
 }
 
-/// Whether the entry `id` of the stream `stream_ref` is stored, as a row
-/// or a dead letter.
-pub fn stores(client: &mut Client, stream_ref: i32, id: EntryId) -> anyhow::Result<bool> {
+/// Whether transfer stored this very entry of the stream `stream_ref`:
+/// a row with its ID and what makes the event itself (type, generation,
+/// user, time), or a dead letter with its ID and exactly its bytes. An ID
+/// alone proves nothing: a new stream hands out the same IDs.
+pub fn stores(client: &mut Client, stream_ref: i32, entry: &RawEntry) -> anyhow::Result<bool> {
+    let as_row = match crate::event::parse(entry.id, &entry.fields) {
+        Ok(event) => client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM generation_events
+                     WHERE stream = $1 AND stream_id = $2 AND event_type = $3
+                       AND generation_id IS NOT DISTINCT FROM $4 AND user_id IS NOT DISTINCT FROM $5
+                       AND timestamp = $6)",
+                &[
+                    &stream_ref,
+                    &entry.id,
+                    &event.event_type.as_str(),
+                    &event.generation_id,
+                    &event.user_id,
+                    &event.timestamp,
+                ],
+            )?
+            .get(0),
+        Err(_) => false,
+    };
+    if as_row {
+        return Ok(true);
+    }
     Ok(client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM generation_events WHERE stream = $1 AND stream_id = $2)
-                 OR EXISTS (SELECT 1 FROM generation_events_rejected WHERE stream = $1 AND stream_id = $2)",
-            &[&stream_ref, &id],
+            "SELECT EXISTS (SELECT 1 FROM generation_events_rejected
+                 WHERE stream = $1 AND stream_id = $2 AND raw_fields = $3)",
+            &[
+                &stream_ref,
+                &entry.id,
+                &crate::db::events::flat_raw(&entry.fields),
+            ],
         )?
         .get(0))
 }

@@ -19,6 +19,11 @@ pub struct EntryId {
 impl EntryId {
     /// Before every entry: where a new stream is read from.
     pub const ZERO: EntryId = EntryId { ms: 0, seq: 0 };
+    /// The highest ID Redis can hand out: nothing comes after it.
+    pub const MAX: EntryId = EntryId {
+        ms: u64::MAX,
+        seq: u64::MAX,
+    };
 
     /// When the entry was added (its ID's millisecond part); `None` past
     /// what a time can hold.

@@ -4,17 +4,20 @@
 //! position; transfer, status and check all ask this one pure question
 //! (SPEC §9).
 //!
-//! Within one stream, an entry at or below the position disappears only by
-//! deletion, which Redis 7 records in `max-deleted-entry-id`, and
-//! `entries-added` only grows. So on Redis 7: the position's entry gone
-//! without a record of its deletion, or fewer entries ever added than the
-//! position's index, means another stream. Redis 6.2 keeps neither figure;
-//! there, IDs that went backwards, or entries below the position while the
-//! position's own entry is gone, are what can be told — and the verdict says
-//! when it could not tell.
+//! Within one stream, `entries-added` (Redis 7) only grows, and entries
+//! leave in ID order unless deleted one by one (XDEL, which Redis records in
+//! `max-deleted-entry-id`; trims are not recorded before Redis 7.2). So:
+//! fewer entries ever added than the position's index, IDs gone backwards,
+//! or entries at or below the position while the position's own entry is
+//! gone and not recorded as deleted, mean another stream — unless the
+//! newest of those entries is one transfer stored, content and all, which
+//! is this stream restored from an older state of itself. With everything
+//! up to the position gone, a stream from which nothing was ever removed
+//! is another one; otherwise the producer's cap may have trimmed it, and
+//! the verdict says that it cannot tell.
 
 use super::EntryId;
-use super::reader::StreamInfo;
+use super::reader::{RawEntry, StreamInfo};
 
 /// What is known about the stored position, for the comparison.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -31,9 +34,10 @@ pub enum Identity {
     Same,
     /// No stream under the key: nothing to read, nothing to trim.
     Missing,
-    /// Entries after the position may be gone: the producer's cap trimmed
-    /// them, or the stream was replaced — Redis < 7 cannot tell which.
-    /// Reading on is right either way.
+    /// The position's entry and everything before it are gone: the
+    /// producer's cap trimmed them (and perhaps entries after them, before
+    /// they were stored), or the stream was replaced and then trimmed —
+    /// Redis cannot tell which. Reading on is right either way.
     Gap,
     /// The same stream gone back to an older state of itself — Redis
     /// restarted from a snapshot, or failed over to a replica that lagged:
@@ -65,7 +69,9 @@ impl Identity {
 /// the old stream had received that were never stored (at least).
 pub fn loss(lost: Option<u64>) -> String {
     match lost {
-        Some(0) => "; every entry of the old one had been stored".to_string(),
+        Some(0) => {
+            "; as far as genalytics saw, every entry of the old one had been stored".to_string()
+        }
         Some(n) => format!(
             "; the old one had received at least {} entries that were never stored",
             crate::output::thousands(n)
@@ -79,8 +85,9 @@ pub fn loss(lost: Option<u64>) -> String {
 pub struct Below {
     /// The position's own entry is in the stream.
     pub position_exists: bool,
-    /// The newest entry at or below the position, if that one is stored
-    /// (it belongs to the stream the position does).
+    /// The newest entry at or below the position, if transfer stored that
+    /// very entry — the same ID and the same content — from the stream the
+    /// position belongs to.
     pub newest_stored: Option<EntryId>,
 }
 
@@ -111,13 +118,23 @@ pub fn judge(position: Position, info: &StreamInfo, below: Below) -> Identity {
     }
     match (info.entries_added, info.max_deleted_id) {
         (Some(added), Some(deleted)) => {
-            let fewer = position.index.is_some_and(|index| added < index);
-            let vanished = !below.position_exists && deleted < position.id;
-            if fewer || vanished {
-                replaced(true)
-            } else {
-                Identity::Same
+            if position.index.is_some_and(|index| added < index) {
+                return replaced(true);
             }
+            if below.position_exists || deleted >= position.id {
+                return Identity::Same;
+            }
+            if holds_below {
+                // Trims take the oldest entries first: what is left below
+                // the position would have gone before it.
+                return replaced(true);
+            }
+            if added == info.length {
+                // Nothing was ever removed from this stream, yet the
+                // position's entry is not in it.
+                return Identity::ResetAbove;
+            }
+            Identity::Gap
         }
         // Redis < 7.
         _ if below.position_exists => Identity::Same,
@@ -127,13 +144,13 @@ pub fn judge(position: Position, info: &StreamInfo, below: Below) -> Identity {
 }
 
 /// Gathers what [`judge`] needs — XINFO, whether the position's entry is
-/// there, whether the newest entry below it was stored (`is_stored` asks
-/// the database) — and judges.
+/// there, whether the newest entry below it is one transfer stored
+/// (`is_stored` compares it with the database) — and judges.
 pub fn inspect(
     con: &mut impl redis::ConnectionLike,
     key: &str,
     position: Position,
-    mut is_stored: impl FnMut(EntryId) -> anyhow::Result<bool>,
+    mut is_stored: impl FnMut(&RawEntry) -> anyhow::Result<bool>,
 ) -> anyhow::Result<(StreamInfo, Identity)> {
     use anyhow::Context;
     let info = super::reader::info(con, key)?;
@@ -147,9 +164,9 @@ pub fn inspect(
         if suspicious
             && let Some(newest) = super::reader::newest_at_or_before(con, key, position.id)
                 .with_context(|| format!("cannot read the stream {key}"))?
-            && is_stored(newest)?
+            && is_stored(&newest)?
         {
-            below.newest_stored = Some(newest);
+            below.newest_stored = Some(newest.id);
         }
     }
     let verdict = judge(position, &info, below);
@@ -201,6 +218,19 @@ mod tests {
             judge(at(1_500, Some(100)), &info, there(false)),
             Identity::Same
         );
+        // The cap took it, and Redis 7.0 did not record the trim: entries
+        // were removed from this stream, so it may be the same one.
+        let info = redis7(1_800, 2_000, 20, 120, 0);
+        assert_eq!(
+            judge(at(1_500, Some(100)), &info, there(false)),
+            Identity::Gap
+        );
+        // XDEL of the position itself, entries below still there.
+        let info = redis7(1_000, 2_000, 49, 120, 1_500);
+        assert_eq!(
+            judge(at(1_500, Some(100)), &info, there(false)),
+            Identity::Same
+        );
         // Nothing transferred yet: nothing to compare.
         assert_eq!(judge(at(0, None), &info, there(false)), Identity::Same);
     }
@@ -234,7 +264,7 @@ mod tests {
             Identity::ResetAbove
         );
         // More entries than the position's index, but the position's entry
-        // vanished without a deletion on record.
+        // is not there and nothing was ever removed from this stream.
         let info = redis7(5_000, 6_000, 300, 300, 0);
         assert_eq!(
             judge(at(1_500, Some(100)), &info, there(false)),

@@ -20,12 +20,14 @@ pub struct RawEntry {
 }
 
 impl RawEntry {
-    /// Bytes of its ID, names and values: what it costs to hold.
+    /// Bytes it costs to hold: its names and values, and per field two
+    /// vectors and their allocations (which dwarf the bytes of an entry of
+    /// many tiny fields).
     pub fn size(&self) -> usize {
-        24 + self
+        64 + self
             .fields
             .iter()
-            .map(|(name, value)| name.len() + value.len() + 48)
+            .map(|(name, value)| name.len() + value.len() + 128)
             .sum::<usize>()
     }
 }
@@ -176,14 +178,221 @@ pub fn range_after(
     until: Option<EntryId>,
     count: usize,
 ) -> redis::RedisResult<Vec<RawEntry>> {
-    let reply: Value = redis::cmd("XRANGE")
-        .arg(key)
+    if after == EntryId::MAX {
+        return Ok(Vec::new());
+    }
+    entries(range_cmd(key, after, until, count).query(con)?)
+}
+
+fn range_cmd(key: &str, after: EntryId, until: Option<EntryId>, count: usize) -> redis::Cmd {
+    let mut cmd = redis::cmd("XRANGE");
+    cmd.arg(key)
         .arg(format!("({after}"))
         .arg(until.map_or_else(|| "+".to_string(), |id| id.to_string()))
         .arg("COUNT")
-        .arg(count)
+        .arg(count);
+    cmd
+}
+
+/// What [`range_after_anchored`] or [`BoundedReader::read`] read.
+#[derive(Debug)]
+pub struct Anchored {
+    /// The entry `after` was in the stream when the entries were read: they
+    /// are the ones that followed it in its stream.
+    pub anchor_held: bool,
+    pub entries: Vec<RawEntry>,
+    /// No entry of the range was left unread.
+    pub drained: bool,
+}
+
+/// [`range_after`], with a look at the entry `after` in the same MULTI, so
+/// that a stream deleted and recreated between two reads cannot pass its
+/// entries off as the old stream's: entries read while `after` was there
+/// follow it in its own stream.
+pub fn range_after_anchored(
+    con: &mut impl redis::ConnectionLike,
+    key: &str,
+    after: EntryId,
+    until: Option<EntryId>,
+    count: usize,
+) -> redis::RedisResult<Anchored> {
+    if after == EntryId::MAX {
+        return Ok(Anchored {
+            anchor_held: true,
+            entries: Vec::new(),
+            drained: true,
+        });
+    }
+    let (anchor, read): (Value, Value) = redis::pipe()
+        .atomic()
+        .cmd("XRANGE")
+        .arg(key)
+        .arg(after.to_string())
+        .arg(after.to_string())
+        .arg("COUNT")
+        .arg(1)
+        .add_command(range_cmd(key, after, until, count))
         .query(con)?;
-    entries(reply)
+    let entries = entries(read)?;
+    Ok(Anchored {
+        anchor_held: matches!(anchor, Value::Array(items) if !items.is_empty()),
+        drained: entries.len() < count,
+        entries,
+    })
+}
+
+static READ_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("read_after.lua")));
+
+/// One read: up to `count` entries after `after` (exclusive), up to `until`
+/// (inclusive), and no more than `budget` bytes beyond the first entry;
+/// with `anchored`, also whether the entry `after` was there.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadRequest {
+    pub after: EntryId,
+    pub until: Option<EntryId>,
+    pub count: usize,
+    pub budget: usize,
+    pub anchored: bool,
+}
+
+/// Reads entries after a point, bounded by bytes as well as entries.
+/// Redis's script takes entries a few at a time and stops at the byte
+/// budget; where scripting is disabled (some managed Redis), reads sized by
+/// [`ReadSize`] in a MULTI do the same job less tightly. A scripted read can
+/// be sent ahead ([`BoundedReader::send`]) so that Redis works on it while
+/// the caller parses the previous one.
+#[derive(Debug, Default)]
+pub struct BoundedReader {
+    size: ReadSize,
+    unscripted: bool,
+    /// The script is known to be loaded: reads may be sent by EVALSHA.
+    loaded: bool,
+    in_flight: Option<ReadRequest>,
+}
+
+impl BoundedReader {
+    pub fn read(
+        &mut self,
+        con: &mut redis::Connection,
+        key: &str,
+        request: ReadRequest,
+    ) -> redis::RedisResult<Anchored> {
+        if request.after == EntryId::MAX {
+            return Ok(Anchored {
+                anchor_held: true,
+                entries: Vec::new(),
+                drained: true,
+            });
+        }
+        if !self.unscripted {
+            let mut invocation = READ_SCRIPT.prepare_invoke();
+            invocation.key(key);
+            for arg in request_args(&request) {
+                invocation.arg(arg);
+            }
+            match invocation.invoke(con) {
+                Ok(reply) => {
+                    self.loaded = true;
+                    return scripted(reply);
+                }
+                Err(err) if scripting_unavailable(&err) => self.unscripted = true,
+                Err(err) => return Err(err),
+            }
+        }
+        let count = self
+            .size
+            .count(request.count.clamp(1, READ_MAX_ENTRIES), request.budget);
+        let read = if request.anchored {
+            range_after_anchored(con, key, request.after, request.until, count)?
+        } else {
+            let entries = range_after(con, key, request.after, request.until, count)?;
+            Anchored {
+                anchor_held: true,
+                drained: entries.len() < count,
+                entries,
+            }
+        };
+        self.size.observe(&read.entries);
+        Ok(read)
+    }
+
+    /// Sends a read without waiting for it, when the script is loaded;
+    /// false when it cannot be sent ahead (then [`BoundedReader::read`] it).
+    pub fn send(
+        &mut self,
+        con: &mut redis::Connection,
+        key: &str,
+        request: ReadRequest,
+    ) -> redis::RedisResult<bool> {
+        if !self.loaded || self.in_flight.is_some() || request.after == EntryId::MAX {
+            return Ok(false);
+        }
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(READ_SCRIPT.get_hash())
+            .arg(1)
+            .arg(key)
+            .arg(&request_args(&request)[..]);
+        con.send_packed_command(&cmd.get_packed_command())?;
+        self.in_flight = Some(request);
+        Ok(true)
+    }
+
+    /// The read sent ahead, if any.
+    pub fn in_flight(&self) -> Option<ReadRequest> {
+        self.in_flight
+    }
+
+    /// Receives the read sent ahead; should Redis have lost the script
+    /// meanwhile (SCRIPT FLUSH), reads it again the usual way.
+    pub fn receive(
+        &mut self,
+        con: &mut redis::Connection,
+        key: &str,
+    ) -> redis::RedisResult<Anchored> {
+        let request = self
+            .in_flight
+            .take()
+            .expect("receive follows a send that returned true");
+        match con.recv_response() {
+            Ok(reply) => scripted(reply),
+            Err(err)
+                if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                self.loaded = false;
+                self.read(con, key, request)
+            }
+            Err(err) => Err(err),
+        }
+    }
+}
+
+/// The script's ARGV for a request.
+fn request_args(request: &ReadRequest) -> [String; 5] {
+    [
+        request.after.to_string(),
+        request
+            .until
+            .map_or_else(|| "+".to_string(), |id| id.to_string()),
+        request.count.clamp(1, READ_MAX_ENTRIES).to_string(),
+        request.budget.to_string(),
+        if request.anchored { "1" } else { "0" }.to_string(),
+    ]
+}
+
+/// The script's reply: {held, entries, drained}.
+fn scripted(reply: Value) -> redis::RedisResult<Anchored> {
+    match reply {
+        Value::Array(parts) if parts.len() == 3 => {
+            let [held, read, drained] = <[Value; 3]>::try_from(parts).expect("three parts");
+            Ok(Anchored {
+                anchor_held: held == Value::Int(1),
+                entries: entries(read)?,
+                drained: drained == Value::Int(1),
+            })
+        }
+        other => Err(malformed(&other)),
+    }
 }
 
 /// Waits up to `block_ms` for entries after `after`.
@@ -263,14 +472,13 @@ fn malformed(value: &Value) -> redis::RedisError {
     ))
 }
 
-/// Trims what is stored: XTRIM MINID `bound` (bound ≤ `position`, the last
-/// stored entry), but only while the stream is the one `position` belongs
-/// to — its entry is still there, or Redis recorded it as deleted. A stream
-/// recreated under the same key fails that test and is left alone. Returns
-/// the entries removed, `None` when the check refused.
 static TRIM_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("trim_stored.lua")));
 
+/// Trims what is stored: XTRIM MINID `bound` (bound ≤ `position`, the last
+/// stored entry), but only while the stream holds the entry `position`, so
+/// a stream recreated under the same key is never trimmed by the old
+/// position. Returns the entries removed, `None` when the check refused.
 pub fn trim_stored(
     con: &mut impl redis::ConnectionLike,
     key: &str,
@@ -285,25 +493,37 @@ pub fn trim_stored(
         .invoke(con)
     {
         Ok(trimmed) => trimmed,
-        // Scripting disabled (some managed Redis): the same check, in two steps.
+        // Scripting disabled (some managed Redis): the same check under
+        // WATCH, so a key written meanwhile aborts the trim (the next
+        // commit tries again).
         Err(err) if scripting_unavailable(&err) => {
+            redis::cmd("WATCH").arg(key).exec(con)?;
             if !entry_exists(con, key, position)? {
+                redis::cmd("UNWATCH").exec(con)?;
                 return Ok(None);
             }
-            redis::cmd("XTRIM")
+            let trimmed: Option<(i64,)> = redis::pipe()
+                .atomic()
+                .cmd("XTRIM")
                 .arg(key)
                 .arg("MINID")
                 .arg(bound.to_string())
-                .query(con)?
+                .query(con)?;
+            trimmed.map_or(0, |(n,)| n)
         }
         Err(err) => return Err(err),
     };
     Ok(u64::try_from(trimmed).ok())
 }
 
+/// Scripts renamed away, or forbidden by an ACL (`-@scripting`).
 fn scripting_unavailable(err: &redis::RedisError) -> bool {
     let text = err.to_string().to_lowercase();
-    text.contains("unknown command") || text.contains("noscript") && text.contains("eval")
+    let about_scripts = text.contains("eval") || text.contains("script");
+    let refused = text.contains("unknown command")
+        || err.code() == Some("NOPERM")
+        || text.contains("no permissions");
+    refused && about_scripts
 }
 
 /// Whether the entry `id` is in the stream.
@@ -327,7 +547,7 @@ pub fn newest_at_or_before(
     con: &mut impl redis::ConnectionLike,
     key: &str,
     id: EntryId,
-) -> redis::RedisResult<Option<EntryId>> {
+) -> redis::RedisResult<Option<RawEntry>> {
     let reply: Value = redis::cmd("XREVRANGE")
         .arg(key)
         .arg(id.to_string())
@@ -335,7 +555,7 @@ pub fn newest_at_or_before(
         .arg("COUNT")
         .arg(1)
         .query(con)?;
-    Ok(entries(reply)?.first().map(|entry| entry.id))
+    Ok(entries(reply)?.into_iter().next())
 }
 
 /// The first entry after `after`: the oldest not yet transferred.

@@ -1,0 +1,49 @@
+-- Entries of KEYS[1] after ARGV[1] (exclusive) up to ARGV[2] ('+' or an ID),
+-- at most ARGV[3] of them and, beyond the first, at most ARGV[4] bytes.
+-- Redis cannot bound a reply by bytes, so entries are taken a few at a time
+-- (one at first, more while they are small against the budget, never more
+-- than CHUNK_MAX) and the reply ends once the budget is spent: a run of
+-- giant entries after small ones costs the reader one giant, not a read's
+-- count of them.
+-- With ARGV[5] = '1' it also says whether the entry ARGV[1] is there, in
+-- the same atomic step: entries read while it is there follow it in its
+-- own stream. Returns {held (1/0), {entry, …}, drained (1/0)}: drained when
+-- no entry in the range was left unread.
+local key, after, last = KEYS[1], ARGV[1], ARGV[2]
+local count, budget = tonumber(ARGV[3]), tonumber(ARGV[4])
+local CHUNK_MAX = 64
+-- What holding a field costs the reader besides its bytes (two vectors).
+local PER_FIELD = 128
+
+local held = 1
+if ARGV[5] == '1' and #redis.call('XRANGE', key, after, after, 'COUNT', 1) == 0 then
+  held = 0
+end
+
+local out, bytes, largest, start, drained = {}, 0, 1, '(' .. after, 0
+local chunk = 1
+while #out < count and (#out == 0 or bytes < budget) do
+  local got = redis.call('XRANGE', key, start, last, 'COUNT', chunk)
+  local taken = 0
+  for i = 1, #got do
+    if #out > 0 and bytes >= budget then break end
+    local entry = got[i]
+    local fields, size = entry[2], 64
+    for j = 1, #fields, 2 do
+      size = size + #fields[j] + #fields[j + 1] + PER_FIELD
+    end
+    out[#out + 1] = entry
+    taken = taken + 1
+    bytes = bytes + size
+    if size > largest then largest = size end
+    start = '(' .. entry[1]
+  end
+  if taken < #got then break end
+  if #got < chunk then
+    drained = 1
+    break
+  end
+  local room = math.floor((budget - bytes) / largest)
+  chunk = math.max(1, math.min(CHUNK_MAX, chunk * 2, count - #out, room))
+end
+return {held, out, drained}
