@@ -82,12 +82,15 @@ impl Summary {
         };
         let mut line = format!("rolled up {} hours{empty}", thousands(self.rolled_up));
         if before_horizon > 0 {
+            let merged = match self.merged {
+                0 => String::new(),
+                merged => format!("; late events merged into {}", thousands(merged)),
+            };
             let _ = write!(
                 line,
-                "; kept {} hours before the raw horizon (their raw events were pruned), merging late \
-                 events into {} of them",
+                " and kept {} hours before the raw horizon as they were (their raw events were \
+                 pruned{merged})",
                 thousands(before_horizon),
-                thousands(self.merged)
             );
         }
         let _ = write!(line, " in {:.1} s", self.seconds);

@@ -60,7 +60,7 @@ pub fn value(cell: &Cell) -> String {
     match cell {
         Cell::Count(n) => n.to_string(),
         Cell::MaybeCount(n) => n.map_or_else(String::new, |n| n.to_string()),
-        Cell::Decimal(v) | Cell::Percent(v) => number(v),
+        Cell::Decimal(v) | Cell::Percent(v) | Cell::Change(v) => number(v),
         Cell::Duration(v) => v.map_or_else(String::new, |v| v.to_string()),
         Cell::Time(at) => at.map_or_else(String::new, |at| {
             at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)

@@ -65,6 +65,8 @@ pub enum Cell {
     MaybeCount(Option<i64>),
     Decimal(Option<f64>),
     Percent(Option<f64>),
+    /// A relative change, in percent: shown with its sign.
+    Change(Option<f64>),
     /// Milliseconds.
     Duration(Option<i64>),
     Time(Option<DateTime<Utc>>),
@@ -84,7 +86,7 @@ impl Cell {
         match self {
             Cell::Count(n) => Some(*n as f64),
             Cell::MaybeCount(n) => n.map(|n| n as f64),
-            Cell::Decimal(v) | Cell::Percent(v) => *v,
+            Cell::Decimal(v) | Cell::Percent(v) | Cell::Change(v) => *v,
             Cell::Duration(v) => v.map(|v| v as f64),
             _ => None,
         }

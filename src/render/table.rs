@@ -137,6 +137,10 @@ impl TableRenderer {
             Cell::MaybeCount(n) => n.map_or_else(absent, thousands_signed),
             Cell::Decimal(v) => v.map_or_else(absent, decimal),
             Cell::Percent(v) => v.map_or_else(absent, |v| format!("{v:.2} %")),
+            Cell::Change(v) => v.map_or_else(absent, |v| {
+                let sign = if v > 0.0 { "+" } else { "" };
+                format!("{sign}{} %", decimal(v))
+            }),
             Cell::Duration(v) => v.map_or_else(absent, |v| duration(v as f64)),
             Cell::Time(at) => at.map_or_else(absent, |at| self.time(at)),
             Cell::Date(date) => date.to_string(),
@@ -173,6 +177,7 @@ fn is_numeric(cell: &Cell) -> bool {
             | Cell::MaybeCount(_)
             | Cell::Decimal(_)
             | Cell::Percent(_)
+            | Cell::Change(_)
             | Cell::Duration(_)
     )
 }
@@ -220,6 +225,8 @@ mod tests {
         let r = renderer();
         assert_eq!(r.show(&Cell::Duration(Some(41_234))), "41.2 s");
         assert_eq!(r.show(&Cell::Percent(Some(97.5))), "97.50 %");
+        assert_eq!(r.show(&Cell::Change(Some(4504.391))), "+4,504.39 %");
+        assert_eq!(r.show(&Cell::Change(Some(-50.0))), "-50.00 %");
         assert_eq!(r.show(&Cell::Count(1_234_567)), "1,234,567");
         assert_eq!(r.show(&Cell::Decimal(Some(1_234.5))), "1,234.50");
         assert_eq!(r.show(&Cell::Decimal(Some(-0.5))), "-0.50");

@@ -233,8 +233,8 @@ impl Report for Overview {
             .zip(previous.figures())
             .map(|((_, title, now), (_, _, then))| {
                 let change = match now {
-                    Cell::Time(_) => Cell::Percent(None),
-                    _ => Cell::Percent(change_pct(now.number(), then.number())),
+                    Cell::Time(_) => Cell::Change(None),
+                    _ => Cell::Change(change_pct(now.number(), then.number())),
                 };
                 vec![Cell::Text(Some(title.to_string())), now, then, change]
             })
