@@ -19,12 +19,9 @@ ORDER BY events_stored + entries_rejected DESC, stream_key;
 ALTER TABLE genalytics_transfer_state
     -- The incarnation now being read.
     ADD COLUMN stream_ref      INTEGER REFERENCES genalytics_streams (id),
-    -- The stream's entries-added when the entry index_id was added, when
-    -- known: compared with what Redis says to tell a new stream from this
-    -- one. It counts only while index_id is last_id (not after last_id was
-    -- set by hand).
+    -- The stream's entries-added when the entry at last_id was added, when
+    -- known: compared with what Redis says to tell a new stream from this one.
     ADD COLUMN position_index  BIGINT,
-    ADD COLUMN index_id        TEXT,
     -- The highest entries-added seen of this incarnation, and when.
     ADD COLUMN observed_added  BIGINT,
     ADD COLUMN observed_at     TIMESTAMPTZ,

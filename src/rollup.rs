@@ -1,11 +1,12 @@
-//! One hour's rollups as values — overall, per model, per error type — and
+//! One hour's rollups as values — overall, per model, per error type, per
+//! user — and
 //! merging into them the rollup of events that arrived after the hour's
 //! raw events were pruned (SPEC §10). Pure: counts and sums add, histograms
 //! merge, user sets unite; the merged hour's percentiles then come from its
 //! histogram and say they are no longer exact. The property test below
 //! checks that merging the parts equals rolling up the whole.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -135,12 +136,49 @@ impl FailureRollup {
     }
 }
 
+/// One hour and user (`generation_metrics_hourly_users`): what the user
+/// report needs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserRollup {
+    pub requests: i64,
+    pub successful: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+    /// Over successful completions with a duration.
+    pub duration_sum: i64,
+    pub duration_count: i64,
+    pub histogram: Histogram,
+    /// Failed completions by error type.
+    pub errors: BTreeMap<Option<String>, i64>,
+    pub first_event_at: Option<DateTime<Utc>>,
+    pub last_event_at: Option<DateTime<Utc>>,
+}
+
+impl UserRollup {
+    pub fn merge(&mut self, late: &UserRollup) {
+        self.requests += late.requests;
+        self.successful += late.successful;
+        self.failed += late.failed;
+        self.cancelled += late.cancelled;
+        self.duration_sum += late.duration_sum;
+        self.duration_count += late.duration_count;
+        self.histogram.merge(&late.histogram);
+        for (error, n) in &late.errors {
+            *self.errors.entry(error.clone()).or_default() += n;
+        }
+        self.first_event_at = match (self.first_event_at, late.first_event_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last_event_at = self.last_event_at.max(late.last_event_at);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::histogram::{RELATIVE_ACCURACY, exact_quantile};
     use proptest::prelude::*;
-    use std::collections::BTreeMap;
 
     /// An event as far as the rollups care.
     #[derive(Debug, Clone)]
@@ -175,6 +213,7 @@ mod tests {
         HourRollup,
         BTreeMap<Option<u8>, ModelRollup>,
         BTreeMap<Option<u8>, FailureRollup>,
+        BTreeMap<u8, UserRollup>,
     );
 
     /// The rollups of `events`, computed here the long way: what the SQL
@@ -188,10 +227,33 @@ mod tests {
         };
         let mut models: BTreeMap<Option<u8>, ModelRollup> = BTreeMap::new();
         let mut failures: BTreeMap<Option<u8>, FailureRollup> = BTreeMap::new();
+        let mut users: BTreeMap<u8, UserRollup> = BTreeMap::new();
         let mut durations = Vec::new();
         for e in events {
             if let Some(user) = e.user {
                 hour.users.insert(uuid(user));
+                let u = users.entry(user).or_default();
+                let time = at(e.minute);
+                u.first_event_at = Some(u.first_event_at.map_or(time, |t| t.min(time)));
+                u.last_event_at = u.last_event_at.max(Some(time));
+                match e.kind {
+                    Kind::Request => u.requests += 1,
+                    Kind::Cancellation => u.cancelled += 1,
+                    Kind::Success(duration) => {
+                        u.successful += 1;
+                        if let Some(d) = duration {
+                            u.duration_sum += d;
+                            u.duration_count += 1;
+                            u.histogram.add(d);
+                        }
+                    }
+                    Kind::Failure(_) => {
+                        u.failed += 1;
+                        *u.errors
+                            .entry(e.error.map(|n| format!("E{n}")))
+                            .or_default() += 1;
+                    }
+                }
             }
             if let Some(q) = e.queue {
                 hour.queue_sum += q;
@@ -247,7 +309,7 @@ mod tests {
         hour.percentiles =
             [0.5, 0.95, 0.99].map(|q| exact_quantile(&durations, q).map(crate::report::whole_ms));
         hour.unique_users = hour.users.len() as i64;
-        (hour, models, failures)
+        (hour, models, failures, users)
     }
 
     fn events() -> impl Strategy<Value = Vec<Event>> {
@@ -292,8 +354,8 @@ mod tests {
         fn merging_late_events_equals_rolling_up_everything(all in events(), split in 0usize..=120) {
             let split = split.min(all.len());
             let (before, late) = all.split_at(split);
-            let (mut hour, mut models, mut failures) = rollup(before);
-            let (late_hour, late_models, late_failures) = rollup(late);
+            let (mut hour, mut models, mut failures, mut users) = rollup(before);
+            let (late_hour, late_models, late_failures, late_users) = rollup(late);
             hour.merge(&late_hour);
             for (key, model) in late_models {
                 models.entry(key).or_default().merge(&model);
@@ -301,7 +363,10 @@ mod tests {
             for (key, failure) in late_failures {
                 failures.entry(key).or_default().merge(&failure);
             }
-            let (want, want_models, want_failures) = rollup(&all);
+            for (key, user) in late_users {
+                users.entry(key).or_default().merge(&user);
+            }
+            let (want, want_models, want_failures, want_users) = rollup(&all);
 
             let counts = |h: &HourRollup| (
                 h.requests, h.successful, h.failed, h.cancelled, h.duration_sum, h.duration_count,
@@ -322,6 +387,7 @@ mod tests {
             }
             prop_assert_eq!(models, want_models);
             prop_assert_eq!(failures, want_failures);
+            prop_assert_eq!(users, want_users);
         }
     }
 

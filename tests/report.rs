@@ -726,3 +726,107 @@ Models, last 1 day: 2026-11-19 00:00 → 2026-11-20 00:00 UTC
     // (p50/p95 come from the 1 %-accurate histogram: 41.4 s for 41.2 s.)
     assert_eq!(table, want);
 }
+
+#[test]
+fn a_user_above_the_exactness_threshold_gets_histogram_percentiles_and_says_so() {
+    let (env, events) = loaded();
+    let mut per_user: BTreeMap<&String, usize> = BTreeMap::new();
+    for e in &events {
+        if let Some(u) = &e.user {
+            *per_user.entry(u).or_default() += 1;
+        }
+    }
+    let user = (*per_user.iter().max_by_key(|(_, n)| **n).unwrap().0).clone();
+    // A window off the hour: its edges come from raw events, the whole
+    // hours between from the per-user rollups; one hour still queued.
+    let end = until() - Duration::minutes(30);
+    let start = end - Duration::days(2);
+    let mine: Vec<Written> = events
+        .iter()
+        .filter(|e| e.user.as_ref() == Some(&user) && e.at >= start && e.at < end)
+        .cloned()
+        .collect();
+    let mut db = env.db();
+    db.execute(
+        "INSERT INTO generation_rollup_queue (hour) VALUES ($1)",
+        &[&(until() - Duration::hours(20))],
+    )
+    .unwrap();
+    let durations = success_durations(&mine);
+    assert!(durations.len() > 10, "the busiest user has durations");
+    let run = |exact_max: Option<&str>| -> Value {
+        let mut cmd = env
+            .genalytics()
+            .args(["report", "user", &user, "--days", "2"]);
+        cmd = cmd.args(["--until", &end.to_rfc3339(), "--format", "json"]);
+        if let Some(n) = exact_max {
+            cmd = cmd.env("GENALYTICS_USER_EXACT_MAX", n);
+        }
+        serde_json::from_str(&cmd.ok().stdout).unwrap()
+    };
+    let (ok, failed) = (
+        count(&mine, Written::is_success),
+        count(&mine, Written::is_failure),
+    );
+    for (exact_max, exact) in [(None, true), (Some("10"), false)] {
+        let report = run(exact_max);
+        let what = format!("with GENALYTICS_USER_EXACT_MAX={exact_max:?}");
+        assert_eq!(
+            report["total_requests"],
+            count(&mine, |e| e.kind == "request"),
+            "{what}"
+        );
+        assert_eq!(report["successful_generations"], ok, "{what}");
+        assert_eq!(report["failed_generations"], failed, "{what}");
+        assert_eq!(
+            report["cancelled_generations"],
+            count(&mine, |e| e.kind == "cancellation"),
+            "{what}"
+        );
+        assert_eq!(report["avg_duration_ms"], mean_ms(&durations), "{what}");
+        assert_eq!(
+            time(&report["first_generation_at"]),
+            mine.first().unwrap().at
+        );
+        assert_eq!(time(&report["last_generation_at"]), mine.last().unwrap().at);
+        assert_eq!(report["percentiles_exact"], exact, "{what}");
+        for (field, q) in [("p50_duration_ms", 0.5), ("p95_duration_ms", 0.95)] {
+            if exact {
+                let want = percentile(&durations, q).unwrap();
+                let got = report[field].as_f64().unwrap();
+                assert!((got - want).abs() <= 1.0, "{what} {field}: {got} vs {want}");
+            } else {
+                assert_close(&report[field], &durations, q, field);
+            }
+        }
+        let table = env
+            .genalytics()
+            .args([
+                "report",
+                "user",
+                &user,
+                "--days",
+                "2",
+                "--until",
+                &end.to_rfc3339(),
+            ])
+            .env("GENALYTICS_USER_EXACT_MAX", exact_max.unwrap_or("100000"))
+            .ok();
+        assert_eq!(
+            table.stdout.contains("merged hourly histograms"),
+            !exact,
+            "{}",
+            table.stdout
+        );
+    }
+    let ran = env
+        .genalytics()
+        .args(["report", "user", &user])
+        .env("GENALYTICS_USER_EXACT_MAX", "many")
+        .code(2);
+    assert!(
+        ran.stderr.contains("GENALYTICS_USER_EXACT_MAX"),
+        "{}",
+        ran.stderr
+    );
+}

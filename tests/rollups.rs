@@ -76,6 +76,16 @@ fn reports_are_the_same_after_prune_and_a_backfill_across_the_horizon() {
     let until = (first + Duration::hours(30)).to_rfc3339();
     let before = every_report(&env, &until, "2");
     assert!(before[0].1["total_requests"].as_i64().unwrap() > 0);
+    let mut per_user: BTreeMap<&String, usize> = BTreeMap::new();
+    for user in events.iter().filter_map(|e| e.user.as_ref()) {
+        *per_user.entry(user).or_default() += 1;
+    }
+    let busiest = (*per_user.iter().max_by_key(|(_, n)| **n).unwrap().0).clone();
+    let user_before = json(
+        &env,
+        &["report", "user", &busiest, "--until", &until, "--days", "2"],
+    );
+    assert!(user_before["total_requests"].as_i64().unwrap() > 0);
 
     let ran = env
         .genalytics()
@@ -127,6 +137,40 @@ fn reports_are_the_same_after_prune_and_a_backfill_across_the_horizon() {
     for ((name, want), (_, got)) in before.iter().zip(&after) {
         assert_eq!(got, want, "{name} changed");
     }
+    // The busiest user's report keeps every count; its percentiles, exact
+    // from raw events before, now come from histograms and say so.
+    let user_after = json(
+        &env,
+        &["report", "user", &busiest, "--until", &until, "--days", "2"],
+    );
+    for field in [
+        "total_requests",
+        "successful_generations",
+        "failed_generations",
+        "cancelled_generations",
+        "success_rate_pct",
+        "avg_duration_ms",
+        "first_generation_at",
+        "last_generation_at",
+        "failure_breakdown",
+    ] {
+        assert_eq!(
+            user_after[field], user_before[field],
+            "user {field} changed"
+        );
+    }
+    assert_eq!(user_before["percentiles_exact"], true);
+    assert_eq!(user_after["percentiles_exact"], false);
+    for field in ["p50_duration_ms", "p95_duration_ms"] {
+        let (exact, now) = (
+            user_before[field].as_f64().unwrap(),
+            user_after[field].as_f64().unwrap(),
+        );
+        assert!(
+            (now - exact).abs() <= exact * 0.01 + 1.0,
+            "user {field}: {now} vs {exact}"
+        );
+    }
     let status = json(&env, &["status"]);
     assert_eq!(
         status["raw_horizon"]
@@ -158,6 +202,10 @@ fn a_late_event_for_a_pruned_hour_adds_exactly_one_to_the_right_figures() {
             (
                 "generation_metrics_hourly_failures",
                 format!("{hour_text}, error_type"),
+            ),
+            (
+                "generation_metrics_hourly_users",
+                format!("{hour_text}, user_id"),
             ),
         ] {
             for row in db
@@ -294,10 +342,31 @@ fn a_late_event_for_a_pruned_hour_adds_exactly_one_to_the_right_figures() {
         assert!(
             key.starts_with(&hour_key("generation_metrics_hourly"))
                 || key.starts_with(&hour_key("generation_metrics_hourly_models"))
-                || key.starts_with(&hour_key("generation_metrics_hourly_failures")),
+                || key.starts_with(&hour_key("generation_metrics_hourly_failures"))
+                || key.starts_with(&hour_key("generation_metrics_hourly_users")),
             "{key} changed"
         );
     }
+    // The late user's report: their two events, from the merged rollup.
+    let report = json(
+        &env,
+        &[
+            "report",
+            "user",
+            &user,
+            "--days",
+            "3",
+            "--until",
+            &(first + Duration::hours(30)).to_rfc3339(),
+        ],
+    );
+    assert_eq!(report["total_requests"], 1, "{report:#}");
+    assert_eq!(report["successful_generations"], 1);
+    assert_eq!(report["failed_generations"], 0);
+    assert_eq!(report["avg_duration_ms"], 12_345);
+    let p50 = report["p50_duration_ms"].as_f64().unwrap();
+    assert!((p50 - 12_345.0).abs() <= 124.0, "{p50}");
+    assert_eq!(report["percentiles_exact"], false, "raw events were pruned");
     // Merged once: another aggregate changes nothing.
     env.genalytics().arg("aggregate").ok();
     assert_eq!(figures(&mut db), after);

@@ -7,10 +7,10 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Settings;
 use crate::db::{self, reports};
-use crate::error::Exit;
+use crate::error::{Exit, UsageError};
 use crate::render::{self, Format, Report};
 use crate::report::trends::{self, Interval};
-use crate::report::{Window, failures, models, overview, peak};
+use crate::report::{Window, failures, models, overview, peak, user};
 use crate::timearg::parse_instant;
 
 #[derive(Debug, clap::Args)]
@@ -137,6 +137,26 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
+/// How many successful completions the user report reads one by one for
+/// exact percentiles: `GENALYTICS_USER_EXACT_MAX`, or the default.
+fn exact_max() -> anyhow::Result<i64> {
+    match std::env::var("GENALYTICS_USER_EXACT_MAX") {
+        Err(_) => Ok(user::EXACT_MAX),
+        Ok(text) => text
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| {
+                UsageError(format!(
+                    "GENALYTICS_USER_EXACT_MAX must be a whole number of completions, not {}",
+                    crate::text::quoted(&text)
+                ))
+                .into()
+            }),
+    }
+}
+
 /// Fetches a report's parts and builds it.
 fn build(
     client: &mut postgres::Client,
@@ -160,7 +180,9 @@ fn build(
                 }
             })
         }
-        Which::User { user_id, .. } => Box::new(reports::user(client, window, *user_id)?),
+        Which::User { user_id, .. } => {
+            Box::new(reports::user(client, window, *user_id, exact_max()?)?)
+        }
         Which::Models(_) => {
             let legacy = reports::legacy_hours(&reports::hours(client, window)?);
             Box::new(models::build(

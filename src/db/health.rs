@@ -115,6 +115,7 @@ pub const TABLES: &[&str] = &[
     "generation_metrics_hourly",
     "generation_metrics_hourly_models",
     "generation_metrics_hourly_failures",
+    "generation_metrics_hourly_users",
 ];
 
 pub fn table_sizes(client: &mut Client) -> anyhow::Result<Vec<TableSize>> {

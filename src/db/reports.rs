@@ -1,18 +1,20 @@
 //! The queries behind the reports: they fetch the hourly parts a window is
 //! made of — thousands of rows for a quarter, whatever the event volume —
 //! and the report (`report/`) does the arithmetic. The user report reads
-//! one user's raw events through their index.
+//! one user's hourly rollups and, for what they do not cover, raw events.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use postgres::Client;
 use uuid::Uuid;
 
+use crate::db::rollup::{KIND_SQL, USER_COLUMNS, user_rollup};
 use crate::histogram::Histogram;
-use crate::report::user::{Activity, ErrorCount, UserReport};
-use crate::report::{HourPart, Totals, Window, mean, success_rate, whole_ms};
-use crate::rollup::{FailureRollup, ModelRollup};
+use crate::histogram::KEY_SQL;
+use crate::report::user::{self, Activity, UserReport};
+use crate::report::{HourPart, Totals, Window, whole_ms};
+use crate::rollup::{FailureRollup, ModelRollup, UserRollup};
 
 /// Hourly rows whose hour starts in the window, oldest first. The original
 /// service's rows have no duration sum: their average, weighted by their
@@ -160,48 +162,114 @@ pub fn failure_parts(
         .collect())
 }
 
-/// One user's figures over the window, exact, from their raw events.
-pub fn user(client: &mut Client, window: &Window, user_id: Uuid) -> anyhow::Result<UserReport> {
-    let row = client.query_one(
-        "SELECT count(*) FILTER (WHERE event_type = 'request'),
-                count(*) FILTER (WHERE event_type = 'completion' AND success),
-                count(*) FILTER (WHERE event_type = 'completion' AND NOT success),
-                count(*) FILTER (WHERE event_type = 'cancellation'),
-                coalesce(sum(duration_ms) FILTER (WHERE event_type = 'completion' AND success), 0)::bigint,
-                count(duration_ms) FILTER (WHERE event_type = 'completion' AND success),
-                percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY duration_ms)
-                    FILTER (WHERE event_type = 'completion' AND success),
-                min(timestamp), max(timestamp)
-         FROM generation_events
-         WHERE user_id = $1 AND timestamp >= $2 AND timestamp < $3",
-        &[&user_id, &window.start, &window.end],
-    )?;
-    let (successful, failed): (i64, i64) = (row.get(1), row.get(2));
-    let quantiles: Option<Vec<f64>> = row.get(6);
-    let quantile = |i: usize| {
-        quantiles
-            .as_ref()
-            .and_then(|q| q.get(i))
-            .map(|&v| whole_ms(v))
+/// One user's figures over the window: whole hours from the per-user
+/// rollups, the rest from raw events (see [`crate::report::user`]).
+/// Percentiles are read from raw events while the window holds at most
+/// `exact_max` successful completions of the user and all its raw events.
+pub fn user(
+    client: &mut Client,
+    window: &Window,
+    user_id: Uuid,
+    exact_max: i64,
+) -> anyhow::Result<UserReport> {
+    let horizon: Option<DateTime<Utc>> = client
+        .query_one("SELECT horizon FROM genalytics_raw_horizon", &[])?
+        .get(0);
+    let queued: BTreeSet<DateTime<Utc>> = client
+        .query(
+            "SELECT hour FROM generation_rollup_queue WHERE hour >= $1 AND hour < $2",
+            &[&crate::hour::floor(window.start), &window.end],
+        )?
+        .into_iter()
+        .map(|row| row.get(0))
+        .collect();
+    let sources = user::sources(window, horizon, &queued);
+
+    let mut figures = UserRollup::default();
+    for row in client.query(
+        &format!(
+            "SELECT {USER_COLUMNS} FROM generation_metrics_hourly_users
+             WHERE user_id = $1 AND timestamp = ANY($2)"
+        ),
+        &[&user_id, &sources.rolled],
+    )? {
+        figures.merge(&user_rollup(&row));
+    }
+    let hours_missing: i64 = client
+        .query_one(
+            "SELECT count(*) FROM generation_metrics_hourly
+             WHERE timestamp = ANY($1) AND NOT users_rolled_up",
+            &[&sources.rolled],
+        )?
+        .get(0);
+    if !sources.raw.is_empty() {
+        let (from, to): (Vec<DateTime<Utc>>, Vec<DateTime<Utc>>) =
+            sources.raw.iter().copied().unzip();
+        let row = client.query_one(
+            &format!(
+                "SELECT count(*) FILTER (WHERE kind = 1), count(*) FILTER (WHERE kind = 2),
+                     count(*) FILTER (WHERE kind = 3), count(*) FILTER (WHERE kind = 4),
+                     coalesce(sum(duration_ms) FILTER (WHERE kind = 2), 0)::int8,
+                     count(duration_ms) FILTER (WHERE kind = 2),
+                     coalesce(array_agg({KEY_SQL}) FILTER (WHERE kind = 2 AND duration_ms IS NOT NULL), '{{}}'),
+                     coalesce(array_agg(error_type) FILTER (WHERE kind = 3), '{{}}'),
+                     min(timestamp), max(timestamp)
+                 FROM unnest($2::timestamptz[], $3::timestamptz[]) AS r(lo, hi)
+                 CROSS JOIN LATERAL (
+                     SELECT {KIND_SQL} AS kind, e.duration_ms, e.error_type, e.timestamp
+                     FROM generation_events e
+                     WHERE e.user_id = $1 AND e.timestamp >= r.lo AND e.timestamp < r.hi) e"
+            ),
+            &[&user_id, &from, &to],
+        )?;
+        let keys: Vec<i32> = row.get(6);
+        let errors: Vec<Option<String>> = row.get(7);
+        let mut raw = UserRollup {
+            requests: row.get(0),
+            successful: row.get(1),
+            failed: row.get(2),
+            cancelled: row.get(3),
+            duration_sum: row.get(4),
+            duration_count: row.get(5),
+            histogram: Histogram::from_keys(&keys),
+            first_event_at: row.get(8),
+            last_event_at: row.get(9),
+            ..UserRollup::default()
+        };
+        for error in errors {
+            *raw.errors.entry(error).or_default() += 1;
+        }
+        figures.merge(&raw);
+    }
+    let exact = if sources.raw_complete && figures.duration_count <= exact_max {
+        let quantiles: Option<Vec<f64>> = client
+            .query_one(
+                "SELECT percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY duration_ms)
+                 FROM generation_events
+                 WHERE user_id = $1 AND timestamp >= $2 AND timestamp < $3
+                   AND event_type = 'completion' AND success",
+                &[&user_id, &window.start, &window.end],
+            )?
+            .get(0);
+        let quantile = |i: usize| {
+            quantiles
+                .as_ref()
+                .and_then(|q| q.get(i))
+                .map(|&v| whole_ms(v))
+        };
+        Some([quantile(0), quantile(1)])
+    } else {
+        None
     };
-    Ok(UserReport {
+    let recent = recent_activity(client, window, user_id)?;
+    Ok(user::build(
+        window,
         user_id,
-        lookback_days: window.days,
-        total_requests: row.get(0),
-        successful_generations: successful,
-        failed_generations: failed,
-        cancelled_generations: row.get(3),
-        success_rate_pct: success_rate(successful, failed),
-        avg_duration_ms: mean(row.get(4), row.get(5)),
-        p50_duration_ms: quantile(0),
-        p95_duration_ms: quantile(1),
-        percentiles_exact: true,
-        first_generation_at: row.get(7),
-        last_generation_at: row.get(8),
-        recent_activity: recent_activity(client, window, user_id)?,
-        failure_breakdown: failure_breakdown(client, window, user_id)?,
-        window: *window,
-    })
+        &figures,
+        exact,
+        recent,
+        hours_missing,
+    ))
 }
 
 /// The user's newest 20 completions in the window, through the
@@ -228,29 +296,6 @@ fn recent_activity(
             error_type: r.get(3),
             generation_type: r.get(4),
             model_checkpoint: r.get(5),
-        })
-        .collect())
-}
-
-fn failure_breakdown(
-    client: &mut Client,
-    window: &Window,
-    user_id: Uuid,
-) -> anyhow::Result<Vec<ErrorCount>> {
-    Ok(client
-        .query(
-            "SELECT error_type, count(*)
-             FROM generation_events
-             WHERE user_id = $1 AND event_type = 'completion' AND NOT success
-               AND timestamp >= $2 AND timestamp < $3
-             GROUP BY error_type
-             ORDER BY count(*) DESC, error_type NULLS LAST",
-            &[&user_id, &window.start, &window.end],
-        )?
-        .into_iter()
-        .map(|r| ErrorCount {
-            error_type: r.get(0),
-            count: r.get(1),
         })
         .collect())
 }

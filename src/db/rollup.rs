@@ -11,7 +11,7 @@ use postgres::{Client, Transaction};
 use uuid::Uuid;
 
 use crate::histogram::{Histogram, KEY_SQL};
-use crate::rollup::{FailureRollup, HourRollup, ModelRollup};
+use crate::rollup::{FailureRollup, HourRollup, ModelRollup, UserRollup};
 
 /// Queued hours that are complete (or all of them, `include_current`),
 /// oldest first.
@@ -99,6 +99,12 @@ pub fn roll_up(client: &mut Client, hours: &[DateTime<Utc>]) -> anyhow::Result<O
         )?;
         tx.execute(&failures_sql(), &[&from])
             .context("cannot compute the hourly figures per error type")?;
+        tx.execute(
+            "DELETE FROM generation_metrics_hourly_users WHERE timestamp = ANY($1)",
+            &[&from],
+        )?;
+        tx.execute(&users_sql(), &[&from])
+            .context("cannot compute the hourly figures per user")?;
     }
     if !before.is_empty() {
         outcome.merged = merge_late(&mut tx, &before).context("cannot merge late events")?;
@@ -187,18 +193,19 @@ fn merge_late(tx: &mut Transaction<'_>, hours: &[DateTime<Utc>]) -> anyhow::Resu
             users_complete: true,
             legacy: false,
         };
-        let merged = match read_hour(tx, hour)? {
+        let (merged, new) = match read_hour(tx, hour)? {
             Some(mut stored) => {
                 stored.merge(&late);
-                stored
+                (stored, false)
             }
             // An hour that had no events: these are all of them.
-            None => late,
+            None => (late, true),
         };
-        write_hour(tx, hour, &merged)?;
+        write_hour(tx, hour, &merged, new)?;
     }
     merge_late_models(tx, &ids, &ats)?;
     merge_late_failures(tx, &ids, &ats)?;
+    merge_late_users(tx, &ids, &ats)?;
     Ok(late_hours.len() as u64)
 }
 
@@ -254,7 +261,14 @@ fn read_hour(tx: &mut Transaction<'_>, hour: DateTime<Utc>) -> anyhow::Result<Op
     }))
 }
 
-fn write_hour(tx: &mut Transaction<'_>, hour: DateTime<Utc>, h: &HourRollup) -> anyhow::Result<()> {
+/// Writes a merged hour; `new` when the hour had no row, so that its
+/// per-user rows, merged beside it, are all of them.
+fn write_hour(
+    tx: &mut Transaction<'_>,
+    hour: DateTime<Utc>,
+    h: &HourRollup,
+    new: bool,
+) -> anyhow::Result<()> {
     let (keys, counts) = h.histogram.to_parts();
     let users: Vec<Uuid> = h.users.iter().copied().collect();
     let [p50, p95, p99] = h.percentiles;
@@ -264,11 +278,11 @@ fn write_hour(tx: &mut Transaction<'_>, hour: DateTime<Utc>, h: &HourRollup) -> 
              avg_duration_ms, p50_duration_ms, p95_duration_ms, p99_duration_ms, unique_users,
              avg_queue_length, max_queue_length, total_images_generated, duration_sum_ms, duration_count,
              duration_hist_keys, duration_hist_counts, user_ids, queue_length_sum, queue_length_samples,
-             percentiles_exact, hist_complete, users_complete, legacy, updated_at)
+             percentiles_exact, hist_complete, users_complete, legacy, users_rolled_up, updated_at)
          VALUES ($1, $2::int8::int4, $3::int8::int4, $4::int8::int4, $5::int8::int4,
              $6::int8::int4, $7::int8::int4, $8::int8::int4, $9::int8::int4, $10::int8::int4,
              $11, $12::int8::int4, $13, $14, $15::int8::int4,
-             $16, $17, $18, $19, $20::int8::int4, $21, $22, $23, $24, now())
+             $16, $17, $18, $19, $20::int8::int4, $21, $22, $23, $24, $25, now())
          ON CONFLICT (timestamp) DO UPDATE SET
              total_requests = EXCLUDED.total_requests,
              successful_generations = EXCLUDED.successful_generations,
@@ -319,6 +333,7 @@ fn write_hour(tx: &mut Transaction<'_>, hour: DateTime<Utc>, h: &HourRollup) -> 
             &h.hist_complete,
             &h.users_complete,
             &h.legacy,
+            &new,
         ],
     )?;
     Ok(())
@@ -469,6 +484,120 @@ fn merge_late_failures(
     Ok(())
 }
 
+fn merge_late_users(
+    tx: &mut Transaction<'_>,
+    ids: &[i64],
+    ats: &[DateTime<Utc>],
+) -> anyhow::Result<()> {
+    let rows = tx.query(
+        &format!(
+            "WITH {LATE}
+             SELECT date_trunc('hour', e.timestamp, 'UTC'), e.user_id,
+                 count(*) FILTER (WHERE kind = 1), count(*) FILTER (WHERE kind = 2),
+                 count(*) FILTER (WHERE kind = 3), count(*) FILTER (WHERE kind = 4),
+                 coalesce(sum(e.duration_ms) FILTER (WHERE kind = 2), 0)::int8,
+                 count(e.duration_ms) FILTER (WHERE kind = 2),
+                 coalesce(array_agg({KEY_SQL}) FILTER (WHERE kind = 2 AND e.duration_ms IS NOT NULL), '{{}}'),
+                 coalesce(array_agg(e.error_type) FILTER (WHERE kind = 3), '{{}}'),
+                 min(e.timestamp), max(e.timestamp)
+             FROM late e CROSS JOIN LATERAL (SELECT {KIND_SQL} AS kind) k
+             WHERE e.user_id IS NOT NULL GROUP BY 1, 2"
+        ),
+        &[&ids, &ats],
+    )?;
+    for row in rows {
+        let hour: DateTime<Utc> = row.get(0);
+        let user: Uuid = row.get(1);
+        let keys: Vec<i32> = row.get(8);
+        let errors: Vec<Option<String>> = row.get(9);
+        let mut late = UserRollup {
+            requests: row.get(2),
+            successful: row.get(3),
+            failed: row.get(4),
+            cancelled: row.get(5),
+            duration_sum: row.get(6),
+            duration_count: row.get(7),
+            histogram: Histogram::from_keys(&keys),
+            first_event_at: row.get(10),
+            last_event_at: row.get(11),
+            ..UserRollup::default()
+        };
+        for error in errors {
+            *late.errors.entry(error).or_default() += 1;
+        }
+        let stored = tx.query_opt(
+            &format!(
+                "DELETE FROM generation_metrics_hourly_users WHERE timestamp = $1 AND user_id = $2
+                 RETURNING {USER_COLUMNS}"
+            ),
+            &[&hour, &user],
+        )?;
+        let merged = match stored {
+            Some(row) => {
+                let mut stored = user_rollup(&row);
+                stored.merge(&late);
+                stored
+            }
+            None => late,
+        };
+        let (keys, counts) = merged.histogram.to_parts();
+        let (types, type_counts): (Vec<Option<String>>, Vec<i64>) =
+            merged.errors.into_iter().unzip();
+        tx.execute(
+            "INSERT INTO generation_metrics_hourly_users (
+                 timestamp, user_id, total_requests, successful_generations, failed_generations,
+                 cancelled_generations, duration_sum_ms, duration_count, duration_hist_keys,
+                 duration_hist_counts, error_types, error_counts, first_event_at, last_event_at)
+             VALUES ($1, $2, $3::int8::int4, $4::int8::int4, $5::int8::int4, $6::int8::int4, $7,
+                 $8::int8::int4, $9, $10, $11, $12::int8[]::int4[], $13, $14)",
+            &[
+                &hour,
+                &user,
+                &merged.requests,
+                &merged.successful,
+                &merged.failed,
+                &merged.cancelled,
+                &merged.duration_sum,
+                &merged.duration_count,
+                &keys,
+                &counts,
+                &types,
+                &type_counts,
+                &merged.first_event_at,
+                &merged.last_event_at,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// The columns [`user_rollup`] reads, in its order.
+pub const USER_COLUMNS: &str = "total_requests, successful_generations, failed_generations,
+    cancelled_generations, duration_sum_ms, duration_count, duration_hist_keys, duration_hist_counts,
+    error_types, error_counts, first_event_at, last_event_at";
+
+/// A `generation_metrics_hourly_users` row, selected as [`USER_COLUMNS`].
+pub fn user_rollup(row: &postgres::Row) -> UserRollup {
+    let int = |i: usize| i64::from(row.get::<_, i32>(i));
+    let (keys, counts): (Vec<i32>, Vec<i32>) = (row.get(6), row.get(7));
+    let (types, type_counts): (Vec<Option<String>>, Vec<i32>) = (row.get(8), row.get(9));
+    UserRollup {
+        requests: int(0),
+        successful: int(1),
+        failed: int(2),
+        cancelled: int(3),
+        duration_sum: row.get(4),
+        duration_count: int(5),
+        histogram: Histogram::from_parts(&keys, &counts),
+        errors: types
+            .into_iter()
+            .zip(type_counts.into_iter().map(i64::from))
+            .collect(),
+        first_event_at: row.get(10),
+        last_event_at: row.get(11),
+    }
+}
+
 /// A sample message as kept: its first 300 characters (a message of
 /// megabytes is an example, not a report).
 const SAMPLE: &str = "left(error_message, 300)";
@@ -567,12 +696,7 @@ const BUCKETS: &str =
 /// locked in hour order, so overlapping runs cannot deadlock.
 fn rollup_sql() -> String {
     let source = each_hour(
-        "CASE e.event_type
-             WHEN 'request' THEN 1
-             WHEN 'completion' THEN CASE WHEN e.success THEN 2 WHEN NOT e.success THEN 3 END
-             WHEN 'cancellation' THEN 4
-         END AS kind,
-         e.duration_ms, e.user_id, e.batch_size, e.queue_length",
+        &format!("{KIND_SQL} AS kind, e.duration_ms, e.user_id, e.batch_size, e.queue_length"),
         "",
         "",
         &format!(
@@ -601,7 +725,7 @@ fn rollup_sql() -> String {
             avg_queue_length, max_queue_length, total_images_generated,
             duration_sum_ms, duration_count, duration_hist_keys, duration_hist_counts, user_ids,
             queue_length_sum, queue_length_samples, percentiles_exact, hist_complete, users_complete,
-            legacy, updated_at)
+            legacy, users_rolled_up, updated_at)
         SELECT f.hour, f.requests, f.successful, f.failed, f.cancelled,
             round(f.duration_sum::numeric / nullif(f.duration_count, 0))::int,
             round(f.percentiles[1]::numeric)::int,
@@ -611,7 +735,7 @@ fn rollup_sql() -> String {
             f.avg_queue::float8, f.max_queue, coalesce(f.images, 0),
             coalesce(f.duration_sum, 0), f.duration_count,
             coalesce(b.keys, '{{}}'), coalesce(b.counts, '{{}}'), coalesce(f.user_ids, '{{}}'),
-            coalesce(f.queue_sum, 0), f.queue_samples, true, true, true, false, now()
+            coalesce(f.queue_sum, 0), f.queue_samples, true, true, true, false, true, now()
         FROM {source}
         CROSS JOIN LATERAL ({BUCKETS}) b
         WHERE f.events > 0
@@ -640,6 +764,52 @@ fn rollup_sql() -> String {
             hist_complete = EXCLUDED.hist_complete,
             users_complete = EXCLUDED.users_complete,
             legacy = EXCLUDED.legacy,
+            users_rolled_up = EXCLUDED.users_rolled_up,
             updated_at = EXCLUDED.updated_at"
     )
 }
+
+/// Per hour and user: counts, the duration sum, count and histogram over
+/// successful completions, failures by error type, the first and last
+/// event — what the user report adds up.
+fn users_sql() -> String {
+    let source = each_hour(
+        &format!("{KIND_SQL} AS kind, e.duration_ms, e.user_id, e.error_type, e.timestamp AS at"),
+        "AND e.user_id IS NOT NULL",
+        "user_id",
+        &format!(
+            "(count(*) FILTER (WHERE kind = 1))::int AS requests,
+             (count(*) FILTER (WHERE kind = 2))::int AS successful,
+             (count(*) FILTER (WHERE kind = 3))::int AS failed,
+             (count(*) FILTER (WHERE kind = 4))::int AS cancelled,
+             coalesce(sum(duration_ms) FILTER (WHERE kind = 2), 0) AS duration_sum,
+             (count(duration_ms) FILTER (WHERE kind = 2))::int AS duration_count,
+             array_agg({KEY_SQL}) FILTER (WHERE kind = 2 AND duration_ms IS NOT NULL) AS bucket_keys,
+             array_agg(error_type) FILTER (WHERE kind = 3) AS errors,
+             min(at) AS first_at, max(at) AS last_at"
+        ),
+    );
+    format!(
+        "INSERT INTO generation_metrics_hourly_users (
+            timestamp, user_id, total_requests, successful_generations, failed_generations,
+            cancelled_generations, duration_sum_ms, duration_count, duration_hist_keys,
+            duration_hist_counts, error_types, error_counts, first_event_at, last_event_at)
+        SELECT f.hour, f.user_id, f.requests, f.successful, f.failed, f.cancelled, f.duration_sum,
+            f.duration_count, coalesce(b.keys, '{{}}'), coalesce(b.counts, '{{}}'),
+            coalesce(x.types, '{{}}'), coalesce(x.counts, '{{}}'), f.first_at, f.last_at
+        FROM {source}
+        CROSS JOIN LATERAL ({BUCKETS}) b
+        CROSS JOIN LATERAL (
+            SELECT array_agg(t ORDER BY t NULLS LAST) AS types, array_agg(n ORDER BY t NULLS LAST) AS counts
+            FROM (SELECT t, count(*)::int AS n FROM unnest(f.errors) AS t GROUP BY t) errors
+        ) x"
+    )
+}
+
+/// An event's kind as a small integer, computed once per event: 1 request,
+/// 2 successful and 3 failed completion, 4 cancellation.
+pub const KIND_SQL: &str = "CASE e.event_type
+    WHEN 'request' THEN 1
+    WHEN 'completion' THEN CASE WHEN e.success THEN 2 WHEN NOT e.success THEN 3 END
+    WHEN 'cancellation' THEN 4
+END";
