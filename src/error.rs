@@ -30,3 +30,40 @@ impl From<Exit> for ExitCode {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+/// The error and its causes as one line, `: `-joined like anyhow's `{:#}`,
+/// without a cause that only repeats what the line already ends with (a
+/// Redis or I/O error often shows its source's text as its own).
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_that_repeats_the_line_is_left_out() {
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "Broken pipe (os error 32)");
+        let err = anyhow::Error::new(io)
+            .context("Broken pipe (os error 32)")
+            .context("cannot read the stream s");
+        assert_eq!(
+            one_line(&err),
+            "cannot read the stream s: Broken pipe (os error 32)"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(one_line(&plain), format!("{plain:#}"));
+    }
+}

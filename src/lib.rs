@@ -44,7 +44,7 @@ pub fn report_error(err: &anyhow::Error) -> Exit {
     if is_broken_pipe(err) {
         return Exit::Success;
     }
-    eprintln!("genalytics: {err:#}");
+    eprintln!("genalytics: {}", crate::error::one_line(err));
     if err.downcast_ref::<UsageError>().is_some() {
         Exit::Usage
     } else {

@@ -39,14 +39,15 @@ impl Backoff {
     pub fn wait(&mut self, cause: &anyhow::Error) -> bool {
         self.attempts += 1;
         let since = *self.since.get_or_insert_with(Instant::now);
+        let cause = crate::error::one_line(cause);
         tracing::warn!(
-            "{} (attempt {}, for {} s): {cause:#}; retrying in {:.1} s",
+            "{} (attempt {}, for {} s): {cause}; retrying in {:.1} s",
             self.what,
             self.attempts,
             since.elapsed().as_secs(),
             self.next.as_secs_f64()
         );
-        service::status(&format!("{}: {cause:#}", self.what));
+        service::status(&format!("{}: {cause}", self.what));
         let pause = self.next;
         self.next = (self.next * 2).min(LONGEST);
         sleep_unless_stopped(pause, &self.stop)

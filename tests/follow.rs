@@ -396,3 +396,37 @@ fn follow_goes_on_after_another_transfer_stored_entries_while_it_was_cut_off() {
     written.sort();
     assert_eq!(stored_ids(&mut admin), written, "every entry exactly once");
 }
+
+#[test]
+fn an_idle_follower_reconnects_to_a_restarted_redis_and_survives_a_script_flush() {
+    let mut env = migrated();
+    let mut follower = Follower::start(&env);
+    let key = env.stream_key();
+    let mut db = env.db();
+    let mut con = env.redis();
+    let mut written: Vec<String> = (0..10)
+        .map(|_| xadd(&mut con, &key, "*", &[("event_type", "request")]))
+        .collect();
+    follower.wait_stored(&mut db, 10);
+    // Idle, then Redis restarts (keeping its data): nothing to commit, so
+    // only a fresh connection brings the follower back.
+    env.redis.restart().unwrap();
+    let mut con = env.redis();
+    written.extend((0..20).map(|_| xadd(&mut con, &key, "*", &[("event_type", "request")])));
+    follower.wait_stored(&mut db, 30);
+    follower.assert_running();
+    // Redis forgets its scripts while a backlog is being read.
+    written.extend((0..3_000).map(|_| xadd(&mut con, &key, "*", &[("event_type", "completion")])));
+    let _: String = redis::cmd("SCRIPT").arg("FLUSH").query(&mut con).unwrap();
+    written.extend((0..20).map(|_| xadd(&mut con, &key, "*", &[("event_type", "request")])));
+    follower.wait_stored(&mut db, written.len());
+    follower.assert_running();
+    let log = follower.log();
+    assert!(
+        log.contains("cannot read the stream"),
+        "the restart was seen:\n{log}"
+    );
+    follower.stop();
+    written.sort();
+    assert_eq!(stored_ids(&mut db), written);
+}

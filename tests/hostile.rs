@@ -384,10 +384,15 @@ fn rows_postgresql_refuses_are_isolated_and_dead_lettered_with_its_words() {
         } else {
             rng.random_range(14..90)
         };
-        let fields = vec![
+        let mut fields = vec![
             (b("event_type"), b("request")),
             (b("prompt_tokens"), tokens.to_string().into_bytes()),
         ];
+        if i % 500 == 499 {
+            // Large enough that the batch lets its raw fields go: a refused
+            // one is read again from Redis for its dead letter.
+            fields.push((b("note"), vec![b'n'; 100_000]));
+        }
         let id = xadd_raw(&mut con, &key, "*", &fields);
         let fate = if tokens == 13 {
             Fate::Rejected("no_thirteen")
@@ -1159,4 +1164,115 @@ fn a_position_set_back_by_hand_reads_again_and_stores_nothing_twice() {
     assert_eq!(stored_ids(&mut db).len(), 15);
     assert_eq!(dead_letters(&mut db).len(), 5);
     assert_eq!(position(&mut db, &key), written[19]);
+}
+
+#[test]
+fn a_stream_recreated_with_the_same_ids_is_not_taken_for_the_old_one_nor_trimmed() {
+    let env = migrated();
+    let key = env.stream_key();
+    let mut con = env.redis();
+    let ids: Vec<String> = (0..20).map(|i| format!("{}-0", 5_000 + i)).collect();
+    for id in &ids {
+        xadd(&mut con, &key, id, &[("event_type", "request")]);
+    }
+    env.genalytics()
+        .args(["transfer", "-q", "--keep", "100h"])
+        .ok();
+    // Deleted and recreated in one step: the same IDs, other entries, and
+    // some above the position.
+    let mut recreate = redis::pipe();
+    recreate.atomic().cmd("DEL").arg(&key).ignore();
+    for id in ids
+        .iter()
+        .cloned()
+        .chain((0..5).map(|i| format!("{}-0", 6_000 + i)))
+    {
+        recreate
+            .cmd("XADD")
+            .arg(&key)
+            .arg(id)
+            .arg("event_type")
+            .arg("cancellation")
+            .ignore();
+    }
+    recreate.exec(&mut con).unwrap();
+    let before = stream_ids(&mut con, &key);
+    assert_eq!(before.len(), 25);
+    let status: serde_json::Value = serde_json::from_str(
+        &env.genalytics()
+            .args(["status", "--format", "json"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(
+        status["stream_identity"], "replaced_below_position",
+        "{status:#}"
+    );
+    let ran = env.genalytics().args(["transfer", "--keep", "0"]).code(1);
+    assert!(ran.stderr.contains("--new-stream"), "{}", ran.stderr);
+    assert_eq!(stream_ids(&mut con, &key), before, "nothing was trimmed");
+    env.genalytics()
+        .args(["transfer", "-q", "--new-stream", "--keep", "0"])
+        .ok();
+    let mut db = env.db();
+    let per_stream: Vec<(i32, String, i64)> = db
+        .query(
+            "SELECT s.incarnation, e.event_type, count(*) FROM generation_events e
+             JOIN genalytics_streams s ON s.id = e.stream GROUP BY 1, 2 ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    assert_eq!(
+        per_stream,
+        [
+            (1, "request".to_string(), 20),
+            (2, "cancellation".to_string(), 25)
+        ]
+    );
+}
+
+#[test]
+fn a_position_written_by_hand_is_read_as_an_entry_id_or_named_as_the_cause() {
+    let env = migrated();
+    let key = env.stream_key();
+    let mut con = env.redis();
+    let written: Vec<String> = (0..10)
+        .map(|i| {
+            xadd(
+                &mut con,
+                &key,
+                &format!("{}-0", 7_000 + i),
+                &[("event_type", "request")],
+            )
+        })
+        .collect();
+    env.genalytics()
+        .args(["transfer", "-q", "--keep", "100h"])
+        .ok();
+    let mut db = env.db();
+    // `0` and a bare millisecond time are entry IDs as Redis reads them.
+    for hand in ["0", "7004"] {
+        db.execute(
+            "UPDATE genalytics_transfer_state SET last_id = $1",
+            &[&hand],
+        )
+        .unwrap();
+        let ran = env.genalytics().arg("transfer").ok();
+        assert!(ran.stdout.contains("skipped"), "{hand}: {}", ran.stdout);
+        assert_eq!(position(&mut db, &key), written[9], "{hand}");
+    }
+    // Past the stream's end: not taken for Redis having lost entries.
+    db.execute(
+        "UPDATE genalytics_transfer_state SET last_id = '9999999999999-0'",
+        &[],
+    )
+    .unwrap();
+    xadd(&mut con, &key, "8000-0", &[("event_type", "request")]);
+    let ran = env.genalytics().arg("transfer").code(1);
+    assert!(ran.stderr.contains("set by hand"), "{}", ran.stderr);
+    assert_eq!(stored_ids(&mut db).len(), 10);
 }

@@ -779,7 +779,7 @@ fn without_scripting_in_redis_transfer_reads_and_trims_all_the_same() {
     let follower = env
         .genalytics()
         .env("REDIS_URL", &url)
-        .args(["transfer", "--follow", "--keep", "0"])
+        .args(["transfer", "--follow", "--keep", "0", "-v"])
         .command()
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -796,12 +796,61 @@ fn without_scripting_in_redis_transfer_reads_and_trims_all_the_same() {
     )
     .unwrap();
     let out = follower.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(stream_ids(&mut con, &key), written[324..]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(stream_ids(&mut con, &key), written[324..], "{log}");
     written.sort();
     assert_eq!(stored_ids(&mut db), written);
+}
+
+#[test]
+fn redis_forgetting_its_scripts_mid_run_costs_nothing() {
+    let env = migrated();
+    let key = env.stream_key();
+    let mut con = env.redis();
+    let mut pipe = redis::pipe();
+    for i in 0..20_000 {
+        pipe.cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("event_type")
+            .arg(if i % 2 == 0 {
+                "request"
+            } else {
+                "cancellation"
+            })
+            .ignore();
+    }
+    pipe.exec(&mut con).unwrap();
+    // SCRIPT FLUSH over and over while the backlog is read, reads sent
+    // ahead among them.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flushes = {
+        let stop = std::sync::Arc::clone(&stop);
+        let mut con = env.redis();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _: String = redis::cmd("SCRIPT").arg("FLUSH").query(&mut con).unwrap();
+                n += 1;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            n
+        })
+    };
+    let ran = env
+        .genalytics()
+        .args(["transfer", "--batch-size", "300", "--keep", "100h"])
+        .ok();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        flushes.join().unwrap() > 10,
+        "the scripts were flushed during the run"
+    );
+    assert!(
+        ran.stdout.starts_with("transferred 20,000 events"),
+        "{}",
+        ran.stdout
+    );
+    assert_eq!(stored_ids(&mut env.db()).len(), 20_000);
 }

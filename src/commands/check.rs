@@ -178,9 +178,12 @@ fn lag(
         .unwrap_or_default();
     let stream_ref = state.as_ref().map_or(0, |state| state.stream_ref);
     let mut con = stream::connect(&settings.redis)?;
-    let (_, verdict) = identity::inspect(&mut con, key, position, |entry| {
-        streams::stores(client, stream_ref, entry)
-    })?;
+    let mut store = streams::Stored {
+        client,
+        stream_key: key,
+        stream_ref,
+    };
+    let verdict = identity::inspect(&mut con, key, position, &mut store)?.verdict;
     if let Identity::ResetBelow { length, .. } = verdict {
         return Ok((
             true,

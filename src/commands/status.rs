@@ -207,9 +207,13 @@ fn stream_figures(
     let mut con = stream::connect(&settings.redis)?;
     let position = state.map_or_else(Position::default, TransferState::position);
     let stream_ref = state.map_or(0, |state| state.stream_ref);
-    let (info, verdict) = identity::inspect(&mut con, key, position, |entry| {
-        streams::stores(client, stream_ref, entry)
-    })?;
+    let mut store = streams::Stored {
+        client,
+        stream_key: key,
+        stream_ref,
+    };
+    let identity::Inspected { info, verdict, .. } =
+        identity::inspect(&mut con, key, position, &mut store)?;
     status.stream_length = Some(info.length);
     status.cap_used_pct = Some(crate::report::round2(
         info.length as f64 * 100.0 / PRODUCER_MAXLEN as f64,
@@ -277,11 +281,7 @@ pub fn identity_warning(key: &str, position: EntryId, verdict: &Identity) -> Opt
         Identity::Missing => Some(format!(
             "the stream {key} does not exist (Redis restarted empty, or the producer has not written yet)"
         )),
-        Identity::Gap => Some(format!(
-            "the entry {position} of {key} is gone with everything before it: the producer's cap trimmed the \
-             stream past it (entries after it may have gone before they were stored), or the stream was \
-             replaced (Redis cannot tell which); transfer reads on"
-        )),
+        Identity::Gap => Some(identity::gap_warning(key, position, None)),
         Identity::Rewound { last } => Some(format!(
             "the stream {key} went back to an older state of itself (restarted from a snapshot, or a replica \
              that lagged): its entries after {last} up to {position} are gone from Redis but were stored; \
@@ -291,17 +291,7 @@ pub fn identity_warning(key: &str, position: EntryId, verdict: &Identity) -> Opt
             "the stream {key} was replaced (Redis restarted empty, flushed or failed over); the next transfer \
              reads on and records it"
         )),
-        Identity::ResetBelow {
-            first,
-            last,
-            length,
-            ..
-        } => Some(format!(
-            "the stream {key} was replaced: it holds {} entries, {first} to {last}, starting at or below the \
-             stored position {position}, which transfer will not read; run `genalytics transfer --new-stream` \
-             if it is a new stream",
-            thousands(*length)
-        )),
+        Identity::ResetBelow { .. } => Some(identity::below_position(key, position, verdict)),
     }
 }
 

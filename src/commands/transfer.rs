@@ -18,7 +18,7 @@
 use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,12 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
     pub format: SummaryFormat,
 }
+
+/// Most bytes of entries read and not yet committed before the reader
+/// waits. Batches of small entries never reach it (two are in flight at
+/// most); a batch of giant entries makes the reader wait until it is
+/// committed, so one giant at a time is in memory, not three.
+const IN_FLIGHT_MAX: usize = 2 * BATCH_BYTES;
 
 /// How long `--follow` waits before committing a partial batch.
 const FOLLOW_FLUSH: Duration = Duration::from_secs(1);
@@ -165,7 +171,8 @@ fn starts_over(err: &anyhow::Error) -> bool {
 
 /// What the reader thread sends.
 enum Message {
-    Batch(Box<Prepared>, Progress),
+    /// A batch, with the bytes of entries it was read from.
+    Batch(Box<Prepared>, Progress, usize),
     /// Reading stopped; whatever was read before was sent first.
     Failed(Fault),
 }
@@ -194,6 +201,8 @@ struct Run<'a> {
     ready: bool,
     /// `--new-stream`, until it has been used once.
     new_stream: bool,
+    /// Bytes of entries read and not yet committed (see [`IN_FLIGHT_MAX`]).
+    in_flight: Arc<AtomicUsize>,
 }
 
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
@@ -215,6 +224,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         trim_warned: false,
         ready: false,
         new_stream: args.new_stream,
+        in_flight: Arc::new(AtomicUsize::new(0)),
     };
     if !args.follow && !run.take_turn()? {
         return Ok(Exit::Success);
@@ -226,6 +236,9 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         match run.session() {
             Ok(()) => break Ok(()),
             Err(Fault::Transient(err)) if args.follow => {
+                // A connection a fault left behind may be dead: the next
+                // session makes a new one.
+                run.redis = None;
                 // A session that got work done starts the backoff afresh.
                 if run.summary.entries() > before {
                     backoff.reset();
@@ -237,6 +250,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
             }
             Err(Fault::Transient(err)) if starts_over(&err) && restarts < 3 => {
                 tracing::info!("{err:#}; judging the stream again");
+                run.redis = None;
                 restarts += 1;
             }
             Err(Fault::Transient(err) | Fault::Fatal(err)) => break Err(err),
@@ -303,15 +317,23 @@ impl Run<'_> {
     fn session(&mut self) -> Result<(), Fault> {
         let key = self.key;
         let state = streams::open(self.pg()?, key).map_err(Fault::of_pg)?;
-        let (mut info, mut verdict) = self.inspect(&state)?;
-        if self.args.follow && verdict == Identity::Missing {
+        let mut inspected = self.inspect(&state)?;
+        if self.args.follow && inspected.verdict == Identity::Missing {
             // The key is gone (Redis restarted empty?). Whatever appears
             // under it is judged before a single entry of it is read.
             self.wait_for_stream()?;
-            (info, verdict) = self.inspect(&state)?;
+            inspected = self.inspect(&state)?;
         }
-        let state = self.act_on(state, &verdict)?;
+        let identity::Inspected {
+            info,
+            verdict,
+            anchor,
+        } = inspected;
+        let state = self.act_on(state, &info, &verdict)?;
         let position = state.position;
+        // The position's entry as the session found it, for the reader's
+        // first read (the stream is the one the position belongs to).
+        let anchor = anchor.filter(|_| verdict == Identity::Same);
         self.state = Some(state.clone());
         if self.summary.last_id.is_empty() {
             self.summary.last_id = position.to_string();
@@ -343,11 +365,14 @@ impl Run<'_> {
             follow: self.args.follow,
             stop: Arc::clone(&self.stop),
             index: state.position_index,
+            anchor,
+            in_flight: Arc::clone(&self.in_flight),
         };
         if !plan.follow && plan.until.is_none_or(|until| until <= position) {
             return Ok(());
         }
         let reader_con = stream::connect(&self.settings.redis).map_err(Fault::of_redis)?;
+        self.in_flight.store(0, Ordering::Relaxed);
         let (sender, batches) = sync_channel::<Message>(1);
         let reader = std::thread::Builder::new()
             .name("stream-reader".into())
@@ -361,16 +386,18 @@ impl Run<'_> {
     }
 
     /// What the stream under the key is, against the stored position.
-    fn inspect(&mut self, state: &TransferState) -> Result<(StreamInfo, Identity), Fault> {
+    fn inspect(&mut self, state: &TransferState) -> Result<identity::Inspected, Fault> {
         self.pg()?;
         self.redis()?;
         let (Some(pg), Some(con)) = (self.pg.as_mut(), self.redis.as_mut()) else {
             unreachable!("both connected above");
         };
-        identity::inspect(con, self.key, state.position(), |entry| {
-            streams::stores(pg, state.stream_ref, entry)
-        })
-        .map_err(Fault::of)
+        let mut store = streams::Stored {
+            client: pg,
+            stream_key: self.key,
+            stream_ref: state.stream_ref,
+        };
+        identity::inspect(con, self.key, state.position(), &mut store).map_err(Fault::of)
     }
 
     /// Waits for the stream key to exist again (following), feeding the
@@ -395,7 +422,12 @@ impl Run<'_> {
     /// Acts on what the stream turned out to be (see `stream::identity`):
     /// records a new stream when it is one to read on, refuses one that
     /// needs an operator; returns the state to read from.
-    fn act_on(&mut self, state: TransferState, verdict: &Identity) -> Result<TransferState, Fault> {
+    fn act_on(
+        &mut self,
+        state: TransferState,
+        info: &StreamInfo,
+        verdict: &Identity,
+    ) -> Result<TransferState, Fault> {
         let key = self.key;
         let position = state.position;
         let from_start = match (verdict, self.new_stream) {
@@ -411,36 +443,16 @@ impl Run<'_> {
                     .into(),
                 ));
             }
-            (
-                Identity::ResetBelow {
-                    first,
-                    last,
-                    length,
-                    certain,
-                },
-                false,
-            ) => {
+            (Identity::ResetBelow { .. }, false) => {
                 return Err(Fault::Fatal(anyhow!(
-                    "the stream {key} was replaced: it now holds {} entries, {first} to {last}, starting at or \
-                     below the stored position {position}, which transfer would never read; nothing was trimmed{} — \
-                     if it is a new stream, run `genalytics transfer --new-stream` to store all its entries once",
-                    thousands(*length),
-                    if *certain {
-                        String::new()
-                    } else {
-                        format!(
-                            " (Redis < 7 cannot tell a replaced stream from one whose entry {position} was deleted)"
-                        )
-                    }
+                    "{}; nothing was trimmed",
+                    identity::below_position(key, position, verdict)
                 )));
             }
             (Identity::ResetAbove, false) => false,
             (Identity::Gap, false) => {
-                tracing::warn!(
-                    "the entry {position} of {key} is gone with everything before it: the producer's cap trimmed \
-                     the stream past it (entries after it may have gone before they were stored), or the stream \
-                     was replaced (Redis cannot tell which); reading on"
-                );
+                let lost = identity::gap_lost(info, state.position_index);
+                tracing::warn!("{}; reading on", identity::gap_warning(key, position, lost));
                 return Ok(state);
             }
             (Identity::Rewound { last }, _) => {
@@ -492,8 +504,11 @@ impl Run<'_> {
             };
             service::watchdog();
             match message {
-                Message::Batch(mut prepared, progress) => {
-                    self.commit(&mut prepared, progress)?;
+                Message::Batch(mut prepared, progress, bytes) => {
+                    let committed = self.commit(&mut prepared, progress);
+                    drop(prepared);
+                    self.in_flight.fetch_sub(bytes, Ordering::Relaxed);
+                    committed?;
                 }
                 Message::Failed(fault) => return Err(fault),
             }
@@ -525,8 +540,10 @@ impl Run<'_> {
                 .database()
                 .map_err(|e| Fault::Fatal(e.into()))?
                 .target();
+            let (settings, key) = (self.settings, self.key);
+            let mut refetch = |id| refetch(settings, key, id);
             let committed = match self.pg() {
-                Ok(pg) => events::commit(pg, &claim, prepared).with_context(|| {
+                Ok(pg) => events::commit(pg, &claim, prepared, &mut refetch).with_context(|| {
                     format!(
                         "cannot store entries after {} in PostgreSQL at {database}; that batch was not \
                          committed and the next run resumes there",
@@ -594,7 +611,8 @@ impl Run<'_> {
         ));
         let key = self.key;
         let trimmed = match self.redis() {
-            Ok(con) => reader::trim_stored(con, key, position, bound).map_err(anyhow::Error::from),
+            Ok(con) => reader::trim_stored(con, key, position, &prepared.last_print, bound)
+                .map_err(anyhow::Error::from),
             Err(Fault::Transient(err) | Fault::Fatal(err)) => Err(err),
         };
         match trimmed {
@@ -706,6 +724,15 @@ impl Run<'_> {
     }
 }
 
+/// An entry's fields read again from Redis (on a connection of its own:
+/// a rare need, for a large row PostgreSQL refused); none if it is gone or
+/// Redis cannot say.
+fn refetch(settings: &Settings, key: &str, id: EntryId) -> Option<crate::event::RawFields> {
+    let mut con = stream::connect(&settings.redis).ok()?;
+    let entry = reader::entry_at(&mut con, key, id).ok()??;
+    Some(entry.fields)
+}
+
 /// Takes the stream's lock, waiting for a run that holds it; a stop ends
 /// the wait.
 fn wait_for_lock(
@@ -741,6 +768,11 @@ struct ReadPlan {
     stop: Arc<AtomicBool>,
     /// The position's index in the stream, if known.
     index: Option<u64>,
+    /// The fingerprint of the position's entry, when the session found it
+    /// there as stored.
+    anchor: Option<String>,
+    /// Bytes of entries sent to the committer and not yet committed.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl ReadPlan {
@@ -749,7 +781,7 @@ impl ReadPlan {
     fn request(
         &self,
         after: EntryId,
-        anchored: bool,
+        anchor: Option<String>,
         queued: usize,
         bytes: usize,
         left: u64,
@@ -759,17 +791,18 @@ impl ReadPlan {
             until: self.until,
             count: (self.batch_size - queued).min(usize::try_from(left).unwrap_or(usize::MAX)),
             budget: BATCH_BYTES.saturating_sub(bytes),
-            anchored,
+            anchor,
         }
     }
 }
 
 /// Entries read but not yet sent.
-#[derive(Default)]
 struct Pending {
     entries: Vec<RawEntry>,
     bytes: usize,
     since: Option<Instant>,
+    /// Bytes sent to the committer and not yet committed (shared with it).
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl Pending {
@@ -797,10 +830,11 @@ impl Pending {
             return true;
         }
         let entries = std::mem::take(&mut self.entries);
-        self.bytes = 0;
         self.since = None;
+        let bytes = std::mem::take(&mut self.bytes);
+        self.in_flight.fetch_add(bytes, Ordering::Relaxed);
         let message = match events::prepare(entries.into_iter().map(|e| (e.id, e.fields))) {
-            Ok(prepared) => Message::Batch(Box::new(prepared), progress),
+            Ok(prepared) => Message::Batch(Box::new(prepared), progress, bytes),
             Err(err) => Message::Failed(Fault::Fatal(err)),
         };
         sender.send(message).is_ok()
@@ -814,10 +848,15 @@ fn read_batches(con: redis::Connection, plan: &ReadPlan, sender: &SyncSender<Mes
         con,
         plan,
         after: plan.after,
-        anchored: false,
         left: plan.max_events.unwrap_or(u64::MAX),
-        pending: Pending::default(),
+        pending: Pending {
+            entries: Vec::new(),
+            bytes: 0,
+            since: None,
+            in_flight: Arc::clone(&plan.in_flight),
+        },
         reader: reader::BoundedReader::default(),
+        anchor: plan.anchor.clone(),
         progress: Progress {
             index: plan.index,
             observed_added: None,
@@ -843,8 +882,9 @@ struct Reading<'a> {
     plan: &'a ReadPlan,
     /// The last entry read.
     after: EntryId,
-    /// `after` is an entry of the stream being read, to check reads by.
-    anchored: bool,
+    /// The fingerprint of the entry `after`, as read: the next read checks
+    /// it is still there (none when the entry is gone, e.g. trimmed).
+    anchor: Option<String>,
     left: u64,
     pending: Pending,
     reader: reader::BoundedReader,
@@ -866,16 +906,17 @@ impl Reading<'_> {
     /// Reads until done; a fault is returned with what was read still
     /// pending, for the caller to send on first.
     fn run(&mut self, sender: &SyncSender<Message>) -> Result<(), Fault> {
-        // The session judged the stream at the position; when the
-        // position's entry is gone (a trimmed stream read on), the first
-        // read has no anchor, and every later one starts at an entry it read.
-        if self.after != EntryId::ZERO {
-            self.anchored = reader::entry_exists(&mut self.con, &self.plan.key, self.after)
-                .map_err(|err| self.read_error(&err.into()))?;
-        }
+        // The session judged the stream at the position and found its entry
+        // as stored (the plan's anchor); when that entry is gone (a trimmed
+        // stream read on) the first read has no anchor, and every later one
+        // starts at an entry it read.
         let mut caught_up = false;
         loop {
             if self.left == 0 || self.plan.stop.load(Ordering::Relaxed) {
+                self.pending.flush(sender, self.progress);
+                return Ok(());
+            }
+            if !self.reader.has_in_flight() && !self.wait_for_room() {
                 self.pending.flush(sender, self.progress);
                 return Ok(());
             }
@@ -912,27 +953,28 @@ impl Reading<'_> {
     /// the batch sent when due.
     fn step(&mut self, sender: &SyncSender<Message>) -> Result<Step, Fault> {
         let key = &self.plan.key;
-        let (request, read) = if let Some(request) = self.reader.in_flight() {
+        let (request, read) = if let Some(request) = self.reader.in_flight().cloned() {
             (request, self.reader.receive(&mut self.con, key))
         } else {
             let request = self.plan.request(
                 self.after,
-                self.anchored,
+                self.anchor.clone(),
                 self.pending.entries.len(),
                 self.pending.bytes,
                 self.left,
             );
-            (request, self.reader.read(&mut self.con, key, request))
+            let read = self.reader.read(&mut self.con, key, &request);
+            (request, read)
         };
         let read = read.map_err(|err| self.read_error(&err.into()))?;
         if !read.anchor_held {
             self.judge_unanchored()?;
         }
-        let verified = request.anchored && read.anchor_held;
+        let verified = request.anchor.is_some() && read.anchor_held;
         let count = read.entries.len() as u64;
         if let Some(last) = read.entries.last() {
             self.after = last.id;
-            self.anchored = true;
+            self.anchor = Some(reader::fingerprint(&last.fields));
         }
         let index_before = self.progress.index;
         self.progress.index = self.progress.index.map(|index| index + count);
@@ -951,8 +993,11 @@ impl Reading<'_> {
                 .pending
                 .since
                 .is_some_and(|since| since.elapsed() >= FOLLOW_FLUSH);
-        if !read.drained && self.left > 0 && !self.plan.stop.load(Ordering::Relaxed) {
-            // Redis reads on while this read is parsed.
+        let room = self.pending.bytes < BATCH_BYTES
+            && self.plan.in_flight.load(Ordering::Relaxed) < BATCH_BYTES;
+        if !read.drained && room && self.left > 0 && !self.plan.stop.load(Ordering::Relaxed) {
+            // Redis reads on while this read is parsed (not while giant
+            // entries are about: one at a time is enough).
             let (queued, bytes) = if due {
                 (0, 0)
             } else {
@@ -960,7 +1005,7 @@ impl Reading<'_> {
             };
             let next = self
                 .plan
-                .request(self.after, self.anchored, queued, bytes, self.left);
+                .request(self.after, self.anchor.clone(), queued, bytes, self.left);
             self.reader
                 .send(&mut self.con, key, next)
                 .map_err(|err| self.read_error(&err.into()))?;
@@ -973,6 +1018,20 @@ impl Reading<'_> {
         } else {
             Step::More
         })
+    }
+
+    /// Waits while the committer holds [`IN_FLIGHT_MAX`] bytes of entries
+    /// or more; false if a stop came meanwhile.
+    fn wait_for_room(&self) -> bool {
+        while self.plan.in_flight.load(Ordering::Relaxed) + self.pending.bytes >= IN_FLIGHT_MAX
+            && self.plan.in_flight.load(Ordering::Relaxed) > 0
+        {
+            if self.plan.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
     }
 
     /// The entry the read started from is gone: the same stream trimmed
@@ -990,11 +1049,10 @@ impl Reading<'_> {
             Identity::Gap => {
                 if !self.gap_warned {
                     self.gap_warned = true;
+                    let lost = identity::gap_lost(&info, self.progress.index);
                     tracing::warn!(
-                        "the producer's cap trimmed {} past {} while transfer was reading it: entries after \
-                         it may have gone before they were read; transfer more often to keep up",
-                        self.plan.key,
-                        self.after
+                        "{} (while transfer was reading it)",
+                        identity::gap_warning(&self.plan.key, self.after, lost)
                     );
                 }
                 Ok(())

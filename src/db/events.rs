@@ -32,6 +32,9 @@ use crate::text::{escape_bytes, escape_controls, truncate};
 /// PostgreSQL's 1 GB message limit.
 pub const BATCH_BYTES: usize = 2 << 20;
 
+/// Largest entry whose raw fields a prepared batch keeps beside its row.
+const RAW_KEEP_MAX: usize = 64 << 10;
+
 /// The unique index that makes an entry a row once per stream.
 const ENTRY_KEY: &str = "generation_events_stream_entry_key";
 
@@ -75,13 +78,19 @@ pub struct Prepared {
     rows: BytesMut,
     /// Where each row starts in `rows`, and one past the last.
     bounds: Vec<usize>,
-    /// Per row: its entry, its hour and its raw fields.
+    /// Per row: its entry, its hour and its raw fields — kept only up to
+    /// [`RAW_KEEP_MAX`] bytes: they serve only should PostgreSQL refuse the
+    /// row, and a giant entry is read again from Redis then rather than
+    /// held twice meanwhile.
     ids: Vec<EntryId>,
     hours: Vec<DateTime<Utc>>,
-    raws: Vec<RawFields>,
+    raws: Vec<Option<RawFields>>,
     rejected: Vec<Rejection>,
     pub first_id: EntryId,
     pub last_id: EntryId,
+    /// The fingerprint of the entry `last_id`, which the trim after the
+    /// commit checks is still in the stream.
+    pub last_print: String,
 }
 
 impl Prepared {
@@ -141,8 +150,11 @@ pub fn prepare(
         rejected: Vec::new(),
         first_id: EntryId::ZERO,
         last_id: EntryId::ZERO,
+        last_print: String::new(),
     };
     prepared.bounds.push(0);
+    // The fingerprint of the last entry whose raw fields were let go.
+    let mut dropped_print = String::new();
     for (index, (id, raw)) in entries.enumerate() {
         if index == 0 {
             prepared.first_id = id;
@@ -150,11 +162,22 @@ pub fn prepare(
         prepared.last_id = id;
         match parse(id, &raw) {
             Ok(event) => {
+                let size: usize = raw.iter().map(|(n, v)| n.len() + v.len()).sum();
+                // Room for the row at once: a giant value is copied once,
+                // not through a doubling buffer.
+                prepared.rows.reserve(size + 256);
+                let kept = if size > RAW_KEEP_MAX {
+                    dropped_print = crate::stream::reader::fingerprint(&raw);
+                    drop(raw);
+                    None
+                } else {
+                    Some(raw)
+                };
                 encode_row(&mut prepared.rows, &event)?;
+                prepared.raws.push(kept);
                 prepared.bounds.push(prepared.rows.len());
                 prepared.ids.push(id);
                 prepared.hours.push(hour::floor(event.timestamp));
-                prepared.raws.push(raw);
             }
             Err(reason) => prepared.rejected.push(Rejection {
                 stream_id: id,
@@ -163,6 +186,14 @@ pub fn prepare(
             }),
         }
     }
+    prepared.last_print = match (prepared.ids.last(), prepared.rejected.last()) {
+        (Some(&id), _) if id == prepared.last_id => match prepared.raws.last() {
+            Some(Some(raw)) => crate::stream::reader::fingerprint(raw),
+            _ => dropped_print,
+        },
+        (_, Some(rejected)) => crate::stream::reader::fingerprint(&rejected.fields),
+        _ => String::new(),
+    };
     Ok(prepared)
 }
 
@@ -234,10 +265,13 @@ pub struct Claim<'a> {
 }
 
 /// Commits one batch if the stream is still where this run left it.
+/// `refetch` reads an entry's fields again from Redis, for a row that
+/// PostgreSQL refused and whose raw fields the batch did not keep.
 pub fn commit(
     client: &mut Client,
     claim: &Claim<'_>,
     prepared: &mut Prepared,
+    refetch: &mut dyn FnMut(EntryId) -> Option<RawFields>,
 ) -> anyhow::Result<Outcome> {
     for &start in &prepared.bounds[..prepared.bounds.len() - 1] {
         prepared.rows[start + STREAM_OFFSET..start + STREAM_OFFSET + 4]
@@ -280,20 +314,14 @@ pub fn commit(
         insert_rows(&mut tx, prepared, 0..rows, &mut mode, &mut refused)?
     };
     let refused_rows: BTreeSet<usize> = refused.iter().map(|(row, _)| *row).collect();
-    let mut letters: Vec<Letter<'_>> = prepared
-        .rejected
+    let again: Vec<Option<RawFields>> = refused
         .iter()
-        .map(|r| Letter {
-            stream_id: r.stream_id,
-            fields: &r.fields,
-            reason: r.reason.clone(),
+        .map(|(row, _)| match prepared.raws[*row] {
+            Some(_) => None,
+            None => refetch(prepared.ids[*row]),
         })
         .collect();
-    letters.extend(refused.iter().map(|(row, message)| Letter {
-        stream_id: prepared.ids[*row],
-        fields: &prepared.raws[*row],
-        reason: format!("PostgreSQL refused the row: {message}"),
-    }));
+    let letters = letters(prepared, &refused, &again);
     let lettered = store_dead_letters(&mut tx, claim.stream_ref, &letters)?;
 
     if let Some(horizon) = horizon {
@@ -504,6 +532,40 @@ fn describe(err: &anyhow::Error) -> String {
         }
         None => escape_controls(&format!("{err:#}")).into_owned(),
     }
+}
+
+/// The batch's dead letters: entries the parser refused, and rows
+/// PostgreSQL refused (with their raw fields as kept, or as `again` read
+/// them from Redis).
+fn letters<'a>(
+    prepared: &'a Prepared,
+    refused: &[(usize, String)],
+    again: &'a [Option<RawFields>],
+) -> Vec<Letter<'a>> {
+    static NONE: RawFields = Vec::new();
+    let mut letters: Vec<Letter<'a>> = prepared
+        .rejected
+        .iter()
+        .map(|r| Letter {
+            stream_id: r.stream_id,
+            fields: &r.fields,
+            reason: r.reason.clone(),
+        })
+        .collect();
+    letters.extend(refused.iter().zip(again).map(|((row, message), again)| {
+        let kept = prepared.raws[*row].as_ref().or(again.as_ref());
+        Letter {
+            stream_id: prepared.ids[*row],
+            fields: kept.unwrap_or(&NONE),
+            reason: match kept {
+                Some(_) => format!("PostgreSQL refused the row: {message}"),
+                None => format!(
+                    "PostgreSQL refused the row: {message}; its fields were no longer in Redis to keep"
+                ),
+            },
+        }
+    }));
+    letters
 }
 
 /// A dead letter about to be stored.

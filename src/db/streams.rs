@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use postgres::{Client, GenericClient};
 
 use crate::stream::EntryId;
-use crate::stream::identity::Position;
+use crate::stream::identity::{Match, Position};
 use crate::stream::reader::RawEntry;
 
 /// Transfers of different streams may run side by side; of one stream, one
@@ -128,6 +128,18 @@ pub fn state(
 /// when transfer meets the key for the first time.
 pub fn open(client: &mut Client, stream_key: &str) -> anyhow::Result<TransferState> {
     if let Some(state) = state(client, stream_key)? {
+        // A position set by hand as `0` or `01795866564637` means `0-0` or
+        // `1795866564637-0`: written so, since commits compare the text.
+        // Computed from the row itself, so a commit meanwhile is kept.
+        client.execute(
+            "UPDATE genalytics_transfer_state
+             SET last_id = split_part(last_id, '-', 1)::numeric::text || '-'
+                 || coalesce(nullif(split_part(last_id, '-', 2), ''), '0')::numeric::text
+             WHERE stream_key = $1 AND last_id ~ '^[0-9]+(-[0-9]+)?$'
+               AND last_id <> split_part(last_id, '-', 1)::numeric::text || '-'
+                 || coalesce(nullif(split_part(last_id, '-', 2), ''), '0')::numeric::text",
+            &[&stream_key],
+        )?;
         return Ok(state);
     }
     let mut tx = client.transaction()?;
@@ -222,44 +234,83 @@ pub fn note_observed(
     Ok(())
 }
 
-/// Whether transfer stored this very entry of the stream `stream_ref`:
-/// a row with its ID and what makes the event itself (type, generation,
-/// user, time), or a dead letter with its ID and exactly its bytes. An ID
-/// alone proves nothing: a new stream hands out the same IDs.
-pub fn stores(client: &mut Client, stream_ref: i32, entry: &RawEntry) -> anyhow::Result<bool> {
-    let as_row = match crate::event::parse(entry.id, &entry.fields) {
-        Ok(event) => client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM generation_events
-                     WHERE stream = $1 AND stream_id = $2 AND event_type = $3
-                       AND generation_id IS NOT DISTINCT FROM $4 AND user_id IS NOT DISTINCT FROM $5
-                       AND timestamp = $6)",
-                &[
-                    &stream_ref,
-                    &entry.id,
-                    &event.event_type.as_str(),
-                    &event.generation_id,
-                    &event.user_id,
-                    &event.timestamp,
-                ],
-            )?
-            .get(0),
-        Err(_) => false,
-    };
-    if as_row {
-        return Ok(true);
+/// What the database holds of an entry, for [`identity`]: the entry
+/// itself, another entry under its ID, or nothing under its ID.
+///
+/// [`identity`]: crate::stream::identity
+pub struct Stored<'a> {
+    pub client: &'a mut Client,
+    pub stream_key: &'a str,
+    /// The incarnation the position belongs to.
+    pub stream_ref: i32,
+}
+
+impl crate::stream::identity::Store for Stored<'_> {
+    /// A row with its ID and what makes the event itself (type, generation,
+    /// user, time), or a dead letter with its ID and exactly its bytes: an
+    /// ID alone proves nothing, a new stream hands out the same IDs.
+    fn compare(&mut self, entry: &RawEntry) -> anyhow::Result<Match> {
+        let row: Option<bool> = match crate::event::parse(entry.id, &entry.fields) {
+            Ok(event) => self
+                .client
+                .query_opt(
+                    "SELECT event_type = $3 AND generation_id IS NOT DISTINCT FROM $4
+                         AND user_id IS NOT DISTINCT FROM $5 AND timestamp = $6
+                     FROM generation_events WHERE stream = $1 AND stream_id = $2",
+                    &[
+                        &self.stream_ref,
+                        &entry.id,
+                        &event.event_type.as_str(),
+                        &event.generation_id,
+                        &event.user_id,
+                        &event.timestamp,
+                    ],
+                )?
+                .map(|row| row.get(0)),
+            Err(_) => self
+                .client
+                .query_opt(
+                    "SELECT false FROM generation_events WHERE stream = $1 AND stream_id = $2",
+                    &[&self.stream_ref, &entry.id],
+                )?
+                .map(|row| row.get(0)),
+        };
+        let same = match row {
+            Some(same) => Some(same),
+            None => self
+                .client
+                .query_opt(
+                    "SELECT raw_fields IS NOT DISTINCT FROM $3 FROM generation_events_rejected
+                     WHERE stream = $1 AND stream_id = $2",
+                    &[
+                        &self.stream_ref,
+                        &entry.id,
+                        &crate::db::events::flat_raw(&entry.fields),
+                    ],
+                )?
+                .map(|row| row.get(0)),
+        };
+        Ok(match same {
+            Some(true) => Match::Same,
+            Some(false) => Match::Different,
+            None => Match::Absent,
+        })
     }
-    Ok(client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM generation_events_rejected
-                 WHERE stream = $1 AND stream_id = $2 AND raw_fields = $3)",
-            &[
-                &stream_ref,
-                &entry.id,
-                &crate::db::events::flat_raw(&entry.fields),
-            ],
-        )?
-        .get(0))
+
+    /// Stored as a row or a dead letter from any stream of the key.
+    fn holds_id(&mut self, id: EntryId) -> anyhow::Result<bool> {
+        Ok(self
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM generation_events e JOIN genalytics_streams s ON s.id = e.stream
+                                WHERE s.stream_key = $1 AND e.stream_id = $2)
+                     OR EXISTS (SELECT 1 FROM generation_events_rejected r
+                                JOIN genalytics_streams s ON s.id = r.stream
+                                WHERE s.stream_key = $1 AND r.stream_id = $2)",
+                &[&self.stream_key, &id],
+            )?
+            .get(0))
+    }
 }
 
 /// Records that the stream went back to an older state of itself: what

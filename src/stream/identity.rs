@@ -56,13 +56,102 @@ pub enum Identity {
         last: EntryId,
         length: u64,
         certain: bool,
+        /// The position is an entry transfer stored; false when it was set
+        /// by hand to one it never stored (then the hand is the likelier
+        /// cause).
+        position_stored: bool,
     },
+}
+
+/// What the database holds under an entry's ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Match {
+    /// This very entry: the same ID and content.
+    Same,
+    /// Another entry with the same ID.
+    Different,
+    /// Nothing under the ID in the position's stream.
+    Absent,
+}
+
+/// The database's side of the comparison.
+pub trait Store {
+    /// What the position's stream holds under `entry`'s ID.
+    fn compare(&mut self, entry: &RawEntry) -> anyhow::Result<Match>;
+    /// Whether `id` is an entry transfer stored from the key, in any of its
+    /// streams.
+    fn holds_id(&mut self, id: EntryId) -> anyhow::Result<bool>;
 }
 
 impl Identity {
     pub fn is_reset(&self) -> bool {
         matches!(self, Identity::ResetAbove | Identity::ResetBelow { .. })
     }
+}
+
+/// The sentence for [`Identity::ResetBelow`]: what the key holds, and what
+/// the operator can do.
+pub fn below_position(key: &str, position: EntryId, verdict: &Identity) -> String {
+    let Identity::ResetBelow {
+        first,
+        last,
+        length,
+        certain,
+        position_stored,
+    } = verdict
+    else {
+        return String::new();
+    };
+    let held = format!(
+        "the stream {key} holds {} entries, {first} to {last}, starting at or below the stored position \
+         {position}, which transfer will not read",
+        crate::output::thousands(*length)
+    );
+    if !position_stored {
+        return format!(
+            "{held}; that position is no entry transfer stored — was genalytics_transfer_state.last_id set by \
+             hand? Set it back to the last entry stored (or to '0-0' to read the stream from its start), or, if \
+             the key holds a new stream, run `genalytics transfer --new-stream`"
+        );
+    }
+    format!(
+        "{held}: it was replaced{} — if it is a new stream, run `genalytics transfer --new-stream` to store \
+         all its entries once",
+        if *certain {
+            ""
+        } else {
+            " (Redis < 7 cannot tell a replaced stream from one whose entry at the position was deleted)"
+        }
+    )
+}
+
+/// In a [`Identity::Gap`], what went: the entries added after the
+/// position that the stream no longer holds (everything it holds comes
+/// after the position), when Redis 7's count and the position's index are
+/// known.
+pub fn gap_lost(info: &StreamInfo, index: Option<u64>) -> Option<u64> {
+    Some(
+        info.entries_added?
+            .checked_sub(index?)?
+            .saturating_sub(info.length),
+    )
+}
+
+/// The Gap warning: the position's entry gone with everything before it.
+pub fn gap_warning(key: &str, position: EntryId, lost: Option<u64>) -> String {
+    let lost = match lost {
+        Some(0) => "no entry after it was lost".to_string(),
+        Some(n) => format!(
+            "{} entries after it went before they were stored",
+            crate::output::thousands(n)
+        ),
+        None => "entries after it may have gone before they were stored".to_string(),
+    };
+    format!(
+        "the entry {position} of {key} is gone with everything before it — the producer's cap trimmed the \
+         stream past it, or the stream was replaced (Redis cannot tell which): {lost}; transfer more often to \
+         keep up"
+    )
 }
 
 /// What a replacement cost, for a sentence: `lost` is how many entries
@@ -83,8 +172,12 @@ pub fn loss(lost: Option<u64>) -> String {
 /// What is known of the stream's entries at or below the position.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Below {
-    /// The position's own entry is in the stream.
+    /// The position's own entry is in the stream: the one stored, or any
+    /// entry under that ID if transfer never stored one (a position set by
+    /// hand).
     pub position_exists: bool,
+    /// The position is an entry transfer stored.
+    pub position_stored: bool,
     /// The newest entry at or below the position, if transfer stored that
     /// very entry — the same ID and the same content — from the stream the
     /// position belongs to.
@@ -102,12 +195,20 @@ pub fn judge(position: Position, info: &StreamInfo, below: Below) -> Identity {
     let holds_below = info.first_id.is_some_and(|first| first <= position.id);
     let replaced = |certain: bool| match (info.first_id, info.last_id) {
         _ if !holds_below => Identity::ResetAbove,
-        _ if let Some(last) = below.newest_stored => Identity::Rewound { last },
+        // An older state of the stream: its newest entry below the
+        // position is one stored, and so is the position itself (a
+        // position set by hand past the stream's end is no sign of it).
+        _ if let Some(last) = below.newest_stored
+            && below.position_stored =>
+        {
+            Identity::Rewound { last }
+        }
         (Some(first), Some(last)) => Identity::ResetBelow {
             first,
             last,
             length: info.length,
             certain,
+            position_stored: below.position_stored,
         },
         _ => Identity::ResetAbove,
     };
@@ -144,33 +245,58 @@ pub fn judge(position: Position, info: &StreamInfo, below: Below) -> Identity {
 }
 
 /// Gathers what [`judge`] needs — XINFO, whether the position's entry is
-/// there, whether the newest entry below it is one transfer stored
-/// (`is_stored` compares it with the database) — and judges.
+/// there as it was stored, whether the newest entry below it is one
+/// transfer stored (`store` compares them with the database) — and judges.
+/// Also returns the [`fingerprint`] of the position's entry when it is
+/// there, for the reader to check its first read by.
+///
+/// [`fingerprint`]: super::reader::fingerprint
 pub fn inspect(
     con: &mut impl redis::ConnectionLike,
     key: &str,
     position: Position,
-    mut is_stored: impl FnMut(&RawEntry) -> anyhow::Result<bool>,
-) -> anyhow::Result<(StreamInfo, Identity)> {
+    store: &mut dyn Store,
+) -> anyhow::Result<Inspected> {
     use anyhow::Context;
     let info = super::reader::info(con, key)?;
     let mut below = Below::default();
+    let mut anchor = None;
     if position.id != EntryId::ZERO && info.exists {
-        below.position_exists = super::reader::entry_exists(con, key, position.id)
-            .with_context(|| format!("cannot read the stream {key}"))?;
+        let context = || format!("cannot read the stream {key}");
+        below.position_stored = store.holds_id(position.id)?;
+        if let Some(entry) = super::reader::entry_at(con, key, position.id).with_context(context)? {
+            // Another entry under the position's ID is another stream's.
+            below.position_exists = store.compare(&entry)? != Match::Different;
+            if below.position_exists {
+                anchor = Some(super::reader::fingerprint(&entry.fields));
+            }
+        }
         let suspicious = info.last_generated_id < position.id
             || !below.position_exists
             || matches!((info.entries_added, position.index), (Some(added), Some(index)) if added < index);
         if suspicious
-            && let Some(newest) = super::reader::newest_at_or_before(con, key, position.id)
-                .with_context(|| format!("cannot read the stream {key}"))?
-            && is_stored(&newest)?
+            && let Some(newest) =
+                super::reader::newest_at_or_before(con, key, position.id).with_context(context)?
+            && store.compare(&newest)? == Match::Same
         {
             below.newest_stored = Some(newest.id);
         }
     }
     let verdict = judge(position, &info, below);
-    Ok((info, verdict))
+    Ok(Inspected {
+        info,
+        verdict,
+        anchor,
+    })
+}
+
+/// What [`inspect`] found.
+#[derive(Debug, Clone)]
+pub struct Inspected {
+    pub info: StreamInfo,
+    pub verdict: Identity,
+    /// The fingerprint of the position's entry, when it is there.
+    pub anchor: Option<String>,
 }
 
 #[cfg(test)]
@@ -200,6 +326,7 @@ mod tests {
     fn there(position_exists: bool) -> Below {
         Below {
             position_exists,
+            position_stored: true,
             newest_stored: None,
         }
     }
@@ -244,7 +371,8 @@ mod tests {
                 first: id(500),
                 last: id(600),
                 length: 10,
-                certain: true
+                certain: true,
+                position_stored: true,
             }
         );
         // Recreated with entries on both sides of the position.
@@ -290,12 +418,26 @@ mod tests {
         let info = redis7(1_000, 1_400, 40, 80, 0);
         let stored = Below {
             position_exists: false,
+            position_stored: true,
             newest_stored: Some(id(1_400)),
         };
         assert_eq!(
             judge(at(1_500, Some(100)), &info, stored),
             Identity::Rewound { last: id(1_400) }
         );
+        // A position set by hand past the stream's end looks the same,
+        // but it is no entry transfer stored: not an older state.
+        let by_hand = Below {
+            position_stored: false,
+            ..stored
+        };
+        assert!(matches!(
+            judge(at(1_500, Some(100)), &info, by_hand),
+            Identity::ResetBelow {
+                position_stored: false,
+                ..
+            }
+        ));
         // The same shape, but the entry below is not one transfer stored.
         assert!(matches!(
             judge(at(1_500, Some(100)), &info, there(false)),
@@ -324,7 +466,8 @@ mod tests {
                 first: id(1_000),
                 last: id(2_000),
                 length: 9,
-                certain: false
+                certain: false,
+                position_stored: true,
             }
         );
         // IDs that went backwards are certain on any version.

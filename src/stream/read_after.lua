@@ -4,20 +4,34 @@
 -- (one at first, more while they are small against the budget, never more
 -- than CHUNK_MAX) and the reply ends once the budget is spent: a run of
 -- giant entries after small ones costs the reader one giant, not a read's
--- count of them.
--- With ARGV[5] = '1' it also says whether the entry ARGV[1] is there, in
--- the same atomic step: entries read while it is there follow it in its
--- own stream. Returns {held (1/0), {entry, …}, drained (1/0)}: drained when
--- no entry in the range was left unread.
+-- count of them (and Redis at most CHUNK_MAX of them for a moment).
+-- With ARGV[5] the fingerprint of the entry ARGV[1] as the reader read it,
+-- it also says whether that very entry is still there, in the same atomic
+-- step: entries read while it is there follow it in its own stream, not in
+-- a stream recreated with the same IDs. The fingerprint is the SHA-1 of the
+-- names and values, each as '<length>:<bytes>' (reader.rs computes the
+-- same). Returns {held (1/0), {entry, …}, drained (1/0)}: drained when no
+-- entry in the range was left unread.
 local key, after, last = KEYS[1], ARGV[1], ARGV[2]
 local count, budget = tonumber(ARGV[3]), tonumber(ARGV[4])
-local CHUNK_MAX = 64
+local CHUNK_MAX = 8
 -- What holding a field costs the reader besides its bytes (two vectors).
 local PER_FIELD = 128
 
+local function fingerprint(fields)
+  local parts = {}
+  for i = 1, #fields do
+    parts[i] = #fields[i] .. ':' .. fields[i]
+  end
+  return redis.sha1hex(table.concat(parts))
+end
+
 local held = 1
-if ARGV[5] == '1' and #redis.call('XRANGE', key, after, after, 'COUNT', 1) == 0 then
-  held = 0
+if ARGV[5] ~= '' then
+  local anchor = redis.call('XRANGE', key, after, after, 'COUNT', 1)[1]
+  if anchor == nil or fingerprint(anchor[2]) ~= ARGV[5] then
+    held = 0
+  end
 end
 
 local out, bytes, largest, start, drained = {}, 0, 1, '(' .. after, 0

@@ -3,6 +3,7 @@
 //! trimming what is safely stored (XTRIM MINID, guarded so that a stream
 //! recreated under the same key is never trimmed by the old position).
 
+use std::fmt::Write as _;
 use std::sync::LazyLock;
 
 use anyhow::Context;
@@ -32,15 +33,40 @@ impl RawEntry {
     }
 }
 
-/// Most entries one read asks for. Redis cannot cap a reply by bytes, so
-/// a backlog of small entries followed by huge ones costs at most this many
-/// huge ones in memory, once; after that each read is sized by the largest
-/// entry seen. Reads this size keep the round trips under a few percent of
-/// the work (measured by the transfer benchmark).
+/// What tells an entry from another with the same ID (a stream recreated
+/// under the key hands out the same IDs): the SHA-1 of its names and
+/// values, each written as `<length>:<bytes>`. The Lua scripts compute the
+/// same with `redis.sha1hex`, so Redis checks an entry is still the one
+/// read without sending it back.
+pub fn fingerprint(fields: &RawFields) -> String {
+    let mut sha = openssl::sha::Sha1::new();
+    for (name, value) in fields {
+        for part in [name, value] {
+            sha.update(part.len().to_string().as_bytes());
+            sha.update(b":");
+            sha.update(part);
+        }
+    }
+    sha.finish()
+        .iter()
+        .fold(String::with_capacity(40), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
+}
+
+/// Most entries one scripted read asks for: the script stops at the byte
+/// budget anyway, and this keeps Redis busy for under a millisecond a read.
 pub const READ_MAX_ENTRIES: usize = 256;
 
-/// Chooses how many entries to ask for next: starts at one (nothing is
-/// known of their size yet), grows fourfold while entries are small, and
+/// Most entries one read asks for where scripts are forbidden. Redis cannot
+/// cap a plain reply by bytes, so small entries followed by huge ones cost
+/// at most this many huge ones in memory, once; after that each read is
+/// sized by the largest entry seen.
+pub const UNSCRIPTED_MAX_ENTRIES: usize = 16;
+
+/// Chooses how many entries a plain read asks for: starts at one (nothing
+/// is known of their size yet), grows fourfold while entries are small, and
 /// never asks for more than the bytes left in the batch would hold at the
 /// size of the largest entry seen lately.
 #[derive(Debug, Clone)]
@@ -71,7 +97,7 @@ impl ReadSize {
         let largest = entries.iter().map(RawEntry::size).max().unwrap_or(0);
         // Halve the memory of old giants so that reads grow again after them.
         self.largest = largest.max(self.largest / 2);
-        self.next = (self.next * 4).min(READ_MAX_ENTRIES);
+        self.next = (self.next * 4).min(UNSCRIPTED_MAX_ENTRIES);
     }
 }
 
@@ -207,12 +233,13 @@ pub struct Anchored {
 
 /// [`range_after`], with a look at the entry `after` in the same MULTI, so
 /// that a stream deleted and recreated between two reads cannot pass its
-/// entries off as the old stream's: entries read while `after` was there
-/// follow it in its own stream.
+/// entries off as the old stream's: entries read while `after` was there,
+/// with the fingerprint `anchor`, follow it in its own stream.
 pub fn range_after_anchored(
     con: &mut impl redis::ConnectionLike,
     key: &str,
     after: EntryId,
+    anchor: &str,
     until: Option<EntryId>,
     count: usize,
 ) -> redis::RedisResult<Anchored> {
@@ -223,6 +250,7 @@ pub fn range_after_anchored(
             drained: true,
         });
     }
+    let anchor_print = anchor;
     let (anchor, read): (Value, Value) = redis::pipe()
         .atomic()
         .cmd("XRANGE")
@@ -233,27 +261,31 @@ pub fn range_after_anchored(
         .arg(1)
         .add_command(range_cmd(key, after, until, count))
         .query(con)?;
-    let entries = entries(read)?;
+    let held = entries(anchor)?
+        .first()
+        .is_some_and(|entry| fingerprint(&entry.fields) == anchor_print);
+    let read = entries(read)?;
     Ok(Anchored {
-        anchor_held: matches!(anchor, Value::Array(items) if !items.is_empty()),
-        drained: entries.len() < count,
-        entries,
+        anchor_held: held,
+        drained: read.len() < count,
+        entries: read,
     })
 }
 
-static READ_SCRIPT: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("read_after.lua")));
+const READ_SOURCE: &str = include_str!("read_after.lua");
+static READ_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(READ_SOURCE));
 
 /// One read: up to `count` entries after `after` (exclusive), up to `until`
 /// (inclusive), and no more than `budget` bytes beyond the first entry;
-/// with `anchored`, also whether the entry `after` was there.
-#[derive(Debug, Clone, Copy)]
+/// with `anchor` (the [`fingerprint`] of the entry `after` as it was read),
+/// also whether that very entry is still there.
+#[derive(Debug, Clone)]
 pub struct ReadRequest {
     pub after: EntryId,
     pub until: Option<EntryId>,
     pub count: usize,
     pub budget: usize,
-    pub anchored: bool,
+    pub anchor: Option<String>,
 }
 
 /// Reads entries after a point, bounded by bytes as well as entries.
@@ -276,7 +308,7 @@ impl BoundedReader {
         &mut self,
         con: &mut redis::Connection,
         key: &str,
-        request: ReadRequest,
+        request: &ReadRequest,
     ) -> redis::RedisResult<Anchored> {
         if request.after == EntryId::MAX {
             return Ok(Anchored {
@@ -286,12 +318,16 @@ impl BoundedReader {
             });
         }
         if !self.unscripted {
-            let mut invocation = READ_SCRIPT.prepare_invoke();
-            invocation.key(key);
-            for arg in request_args(&request) {
-                invocation.arg(arg);
-            }
-            match invocation.invoke(con) {
+            // EVAL, not EVALSHA: it works whatever Redis's script cache
+            // holds (SCRIPT FLUSH, a restart), and caches it for the reads
+            // sent ahead.
+            let reply = redis::cmd("EVAL")
+                .arg(READ_SOURCE)
+                .arg(1)
+                .arg(key)
+                .arg(&request_args(request)[..])
+                .query(con);
+            match reply {
                 Ok(reply) => {
                     self.loaded = true;
                     return scripted(reply);
@@ -300,11 +336,9 @@ impl BoundedReader {
                 Err(err) => return Err(err),
             }
         }
-        let count = self
-            .size
-            .count(request.count.clamp(1, READ_MAX_ENTRIES), request.budget);
-        let read = if request.anchored {
-            range_after_anchored(con, key, request.after, request.until, count)?
+        let count = self.size.count(request.count.max(1), request.budget);
+        let read = if let Some(anchor) = &request.anchor {
+            range_after_anchored(con, key, request.after, anchor, request.until, count)?
         } else {
             let entries = range_after(con, key, request.after, request.until, count)?;
             Anchored {
@@ -339,8 +373,12 @@ impl BoundedReader {
     }
 
     /// The read sent ahead, if any.
-    pub fn in_flight(&self) -> Option<ReadRequest> {
-        self.in_flight
+    pub fn in_flight(&self) -> Option<&ReadRequest> {
+        self.in_flight.as_ref()
+    }
+
+    pub fn has_in_flight(&self) -> bool {
+        self.in_flight.is_some()
     }
 
     /// Receives the read sent ahead; should Redis have lost the script
@@ -354,13 +392,16 @@ impl BoundedReader {
             .in_flight
             .take()
             .expect("receive follows a send that returned true");
-        match con.recv_response() {
+        // A server error comes back as a value here.
+        let reply = match con.recv_response() {
+            Ok(Value::ServerError(err)) => Err(redis::RedisError::from(err)),
+            reply => reply,
+        };
+        match reply {
             Ok(reply) => scripted(reply),
-            Err(err)
-                if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
+            Err(err) if err.code() == Some("NOSCRIPT") => {
                 self.loaded = false;
-                self.read(con, key, request)
+                self.read(con, key, &request)
             }
             Err(err) => Err(err),
         }
@@ -376,7 +417,7 @@ fn request_args(request: &ReadRequest) -> [String; 5] {
             .map_or_else(|| "+".to_string(), |id| id.to_string()),
         request.count.clamp(1, READ_MAX_ENTRIES).to_string(),
         request.budget.to_string(),
-        if request.anchored { "1" } else { "0" }.to_string(),
+        request.anchor.clone().unwrap_or_default(),
     ]
 }
 
@@ -476,13 +517,16 @@ static TRIM_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("trim_stored.lua")));
 
 /// Trims what is stored: XTRIM MINID `bound` (bound ≤ `position`, the last
-/// stored entry), but only while the stream holds the entry `position`, so
-/// a stream recreated under the same key is never trimmed by the old
-/// position. Returns the entries removed, `None` when the check refused.
+/// stored entry), but only while the stream holds the entry `position` as
+/// it was stored (its [`fingerprint`] is `print`), so a stream recreated
+/// under the same key — even with the same IDs — is never trimmed by the
+/// old position. Returns the entries removed, `None` when the check
+/// refused.
 pub fn trim_stored(
     con: &mut impl redis::ConnectionLike,
     key: &str,
     position: EntryId,
+    print: &str,
     bound: EntryId,
 ) -> redis::RedisResult<Option<u64>> {
     debug_assert!(bound <= position);
@@ -490,6 +534,7 @@ pub fn trim_stored(
         .key(key)
         .arg(position.to_string())
         .arg(bound.to_string())
+        .arg(print)
         .invoke(con)
     {
         Ok(trimmed) => trimmed,
@@ -498,7 +543,17 @@ pub fn trim_stored(
         // commit tries again).
         Err(err) if scripting_unavailable(&err) => {
             redis::cmd("WATCH").arg(key).exec(con)?;
-            if !entry_exists(con, key, position)? {
+            let there = entries(
+                redis::cmd("XRANGE")
+                    .arg(key)
+                    .arg(position.to_string())
+                    .arg(position.to_string())
+                    .query(con)?,
+            )?;
+            if there
+                .first()
+                .is_none_or(|e| fingerprint(&e.fields) != print)
+            {
                 redis::cmd("UNWATCH").exec(con)?;
                 return Ok(None);
             }
@@ -524,6 +579,22 @@ fn scripting_unavailable(err: &redis::RedisError) -> bool {
         || err.code() == Some("NOPERM")
         || text.contains("no permissions");
     refused && about_scripts
+}
+
+/// The entry `id`, if it is in the stream.
+pub fn entry_at(
+    con: &mut impl redis::ConnectionLike,
+    key: &str,
+    id: EntryId,
+) -> redis::RedisResult<Option<RawEntry>> {
+    let reply: Value = redis::cmd("XRANGE")
+        .arg(key)
+        .arg(id.to_string())
+        .arg(id.to_string())
+        .arg("COUNT")
+        .arg(1)
+        .query(con)?;
+    Ok(entries(reply)?.into_iter().next())
 }
 
 /// Whether the entry `id` is in the stream.
@@ -675,7 +746,7 @@ mod tests {
             let n = size.count(5_000, budget);
             size.observe(&vec![entry(500); n]);
         }
-        assert_eq!(size.count(5_000, budget), READ_MAX_ENTRIES);
+        assert_eq!(size.count(5_000, budget), UNSCRIPTED_MAX_ENTRIES);
         assert_eq!(size.count(7, budget), 7);
         size.observe(&[entry(2 << 20)]);
         assert_eq!(size.count(5_000, budget), 3);
@@ -685,6 +756,6 @@ mod tests {
         for _ in 0..16 {
             size.observe(&[entry(500)]);
         }
-        assert_eq!(size.count(5_000, budget), READ_MAX_ENTRIES);
+        assert_eq!(size.count(5_000, budget), UNSCRIPTED_MAX_ENTRIES);
     }
 }
