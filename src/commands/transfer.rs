@@ -73,10 +73,11 @@ pub struct Args {
 }
 
 /// Most bytes of entries read and not yet committed before the reader
-/// waits. Batches of small entries never reach it (two are in flight at
-/// most); a batch of giant entries makes the reader wait until it is
-/// committed, so one giant at a time is in memory, not three.
-const IN_FLIGHT_MAX: usize = 2 * BATCH_BYTES;
+/// waits. Batches of small entries never reach it (one being stored, one
+/// queued and one being read); a batch of giant entries makes the reader
+/// wait until it is committed, so one giant at a time is in memory, not
+/// three.
+const IN_FLIGHT_MAX: usize = 3 * BATCH_BYTES;
 
 /// How long `--follow` waits before committing a partial batch.
 const FOLLOW_FLUSH: Duration = Duration::from_secs(1);
@@ -971,6 +972,7 @@ impl Reading<'_> {
             self.judge_unanchored()?;
         }
         let verified = request.anchor.is_some() && read.anchor_held;
+        let largest = read.entries.iter().map(RawEntry::size).max().unwrap_or(0);
         let count = read.entries.len() as u64;
         if let Some(last) = read.entries.last() {
             self.after = last.id;
@@ -993,8 +995,8 @@ impl Reading<'_> {
                 .pending
                 .since
                 .is_some_and(|since| since.elapsed() >= FOLLOW_FLUSH);
-        let room = self.pending.bytes < BATCH_BYTES
-            && self.plan.in_flight.load(Ordering::Relaxed) < BATCH_BYTES;
+        let room = largest < BATCH_BYTES / 2
+            && self.plan.in_flight.load(Ordering::Relaxed) + self.pending.bytes < IN_FLIGHT_MAX;
         if !read.drained && room && self.left > 0 && !self.plan.stop.load(Ordering::Relaxed) {
             // Redis reads on while this read is parsed (not while giant
             // entries are about: one at a time is enough).

@@ -131,6 +131,7 @@ pub fn describe(err: &redis::RedisError) -> String {
 
 pub mod id;
 pub mod identity;
+pub mod pack;
 pub mod producer;
 pub mod reader;
 

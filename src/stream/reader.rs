@@ -35,18 +35,12 @@ impl RawEntry {
 
 /// What tells an entry from another with the same ID (a stream recreated
 /// under the key hands out the same IDs): the SHA-1 of its names and
-/// values, each written as `<length>:<bytes>`. The Lua scripts compute the
-/// same with `redis.sha1hex`, so Redis checks an entry is still the one
-/// read without sending it back.
+/// values as [`super::pack`] packs them. The Lua scripts compute the same
+/// with `redis.sha1hex(cmsgpack.pack(…))`, so Redis checks an entry is
+/// still the one read without sending it back.
 pub fn fingerprint(fields: &RawFields) -> String {
     let mut sha = openssl::sha::Sha1::new();
-    for (name, value) in fields {
-        for part in [name, value] {
-            sha.update(part.len().to_string().as_bytes());
-            sha.update(b":");
-            sha.update(part);
-        }
-    }
+    super::pack::encode(fields, |bytes| sha.update(bytes));
     sha.finish()
         .iter()
         .fold(String::with_capacity(40), |mut hex, b| {
@@ -321,13 +315,12 @@ impl BoundedReader {
             // EVAL, not EVALSHA: it works whatever Redis's script cache
             // holds (SCRIPT FLUSH, a restart), and caches it for the reads
             // sent ahead.
-            let reply = redis::cmd("EVAL")
-                .arg(READ_SOURCE)
+            let mut eval = redis::cmd("EVAL");
+            eval.arg(READ_SOURCE)
                 .arg(1)
                 .arg(key)
-                .arg(&request_args(request)[..])
-                .query(con);
-            match reply {
+                .arg(&request_args(request)[..]);
+            match request_value(con, &eval) {
                 Ok(reply) => {
                     self.loaded = true;
                     return scripted(reply);
@@ -392,12 +385,7 @@ impl BoundedReader {
             .in_flight
             .take()
             .expect("receive follows a send that returned true");
-        // A server error comes back as a value here.
-        let reply = match con.recv_response() {
-            Ok(Value::ServerError(err)) => Err(redis::RedisError::from(err)),
-            reply => reply,
-        };
-        match reply {
+        match server_error(con.recv_response()) {
             Ok(reply) => scripted(reply),
             Err(err) if err.code() == Some("NOSCRIPT") => {
                 self.loaded = false;
@@ -405,6 +393,23 @@ impl BoundedReader {
             }
             Err(err) => Err(err),
         }
+    }
+}
+
+/// Sends a command and takes its reply as it is: a reply of thousands of
+/// entries is not walked again for errors nested in it (as `query` does),
+/// which the stream reads here cannot hold.
+fn request_value(con: &mut redis::Connection, cmd: &redis::Cmd) -> redis::RedisResult<Value> {
+    con.send_packed_command(&cmd.get_packed_command())?;
+    server_error(con.recv_response())
+}
+
+/// A reply that is a server error (which a bare receive returns as a
+/// value), as an error.
+fn server_error(reply: redis::RedisResult<Value>) -> redis::RedisResult<Value> {
+    match reply {
+        Ok(Value::ServerError(err)) => Err(redis::RedisError::from(err)),
+        reply => reply,
     }
 }
 
@@ -421,19 +426,45 @@ fn request_args(request: &ReadRequest) -> [String; 5] {
     ]
 }
 
-/// The script's reply: {held, entries, drained}.
+/// The script's reply: {held, {id, packed fields, …}, drained}.
 fn scripted(reply: Value) -> redis::RedisResult<Anchored> {
     match reply {
         Value::Array(parts) if parts.len() == 3 => {
             let [held, read, drained] = <[Value; 3]>::try_from(parts).expect("three parts");
             Ok(Anchored {
                 anchor_held: held == Value::Int(1),
-                entries: entries(read)?,
+                entries: packed_entries(read)?,
                 drained: drained == Value::Int(1),
             })
         }
         other => Err(malformed(&other)),
     }
+}
+
+/// Entries as the read script sends them: an ID, then the names and values
+/// packed (see [`super::pack`]).
+fn packed_entries(reply: Value) -> redis::RedisResult<Vec<RawEntry>> {
+    let items = match reply {
+        Value::Array(items) => items,
+        // An empty Lua table comes back as an empty array or as nil.
+        Value::Nil => Vec::new(),
+        other => return Err(malformed(&other)),
+    };
+    let mut out = Vec::with_capacity(items.len() / 2);
+    let mut items = items.into_iter();
+    while let (Some(id), Some(packed)) = (items.next(), items.next()) {
+        let (Value::BulkString(id), Value::BulkString(packed)) = (id, packed) else {
+            return Err(malformed(&Value::Nil));
+        };
+        let id = std::str::from_utf8(&id)
+            .ok()
+            .and_then(|id| id.parse().ok())
+            .ok_or_else(|| malformed(&Value::BulkString(id.clone())))?;
+        let fields =
+            super::pack::decode(&packed).ok_or_else(|| malformed(&Value::BulkString(packed)))?;
+        out.push(RawEntry { id, fields });
+    }
+    Ok(out)
 }
 
 /// Waits up to `block_ms` for entries after `after`.
