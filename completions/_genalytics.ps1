@@ -319,7 +319,7 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('--hours', '--hours', [CompletionResultType]::ParameterName, 'Window of the failure-rate and p95 checks, in hours (default 1)')
             [CompletionResult]::new('--days', '--days', [CompletionResultType]::ParameterName, 'Window of the failure-rate and p95 checks, in days')
             [CompletionResult]::new('--max-failure-rate', '--max-failure-rate', [CompletionResultType]::ParameterName, 'Breach when failed / completions exceeds this percentage')
-            [CompletionResult]::new('--max-p95', '--max-p95', [CompletionResultType]::ParameterName, 'Breach when the p95 of successful durations exceeds this (e.g. 90s, 2m)')
+            [CompletionResult]::new('--max-p95', '--max-p95', [CompletionResultType]::ParameterName, 'Breach when the p95 of successful durations exceeds this (e.g. 1500ms, 90s, 2m)')
             [CompletionResult]::new('--max-lag', '--max-lag', [CompletionResultType]::ParameterName, 'Breach when the oldest entry not yet transferred is older than this')
             [CompletionResult]::new('--max-stale-hours', '--max-stale-hours', [CompletionResultType]::ParameterName, 'Breach when more complete hours than this await their rollup')
             [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require')
@@ -337,7 +337,7 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             break
         }
         'genalytics;prune' {
-            [CompletionResult]::new('--older-than', '--older-than', [CompletionResultType]::ParameterName, 'Delete raw events older than this (e.g. 90d, 36h)')
+            [CompletionResult]::new('--older-than', '--older-than', [CompletionResultType]::ParameterName, 'Delete raw events older than this (e.g. 90d, 36h, 1h30m, 2w)')
             [CompletionResult]::new('--batch-size', '--batch-size', [CompletionResultType]::ParameterName, 'Rows deleted per transaction')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Summary format')
             [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require')

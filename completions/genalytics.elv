@@ -295,7 +295,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --hours 'Window of the failure-rate and p95 checks, in hours (default 1)'
             cand --days 'Window of the failure-rate and p95 checks, in days'
             cand --max-failure-rate 'Breach when failed / completions exceeds this percentage'
-            cand --max-p95 'Breach when the p95 of successful durations exceeds this (e.g. 90s, 2m)'
+            cand --max-p95 'Breach when the p95 of successful durations exceeds this (e.g. 1500ms, 90s, 2m)'
             cand --max-lag 'Breach when the oldest entry not yet transferred is older than this'
             cand --max-stale-hours 'Breach when more complete hours than this await their rollup'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
@@ -312,7 +312,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --version 'Print version'
         }
         &'genalytics;prune'= {
-            cand --older-than 'Delete raw events older than this (e.g. 90d, 36h)'
+            cand --older-than 'Delete raw events older than this (e.g. 90d, 36h, 1h30m, 2w)'
             cand --batch-size 'Rows deleted per transaction'
             cand --format 'Summary format'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'

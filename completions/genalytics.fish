@@ -224,7 +224,7 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand status" -s V -l ve
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l hours -d 'Window of the failure-rate and p95 checks, in hours (default 1)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l days -d 'Window of the failure-rate and p95 checks, in days' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l max-failure-rate -d 'Breach when failed / completions exceeds this percentage' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l max-p95 -d 'Breach when the p95 of successful durations exceeds this (e.g. 90s, 2m)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l max-p95 -d 'Breach when the p95 of successful durations exceeds this (e.g. 1500ms, 90s, 2m)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l max-lag -d 'Breach when the oldest entry not yet transferred is older than this' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l max-stale-hours -d 'Breach when more complete hours than this await their rollup' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
@@ -235,7 +235,7 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand check" -s v -l ver
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -s h -l help -d 'Print help'
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -s V -l version -d 'Print version'
-complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l older-than -d 'Delete raw events older than this (e.g. 90d, 36h)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l older-than -d 'Delete raw events older than this (e.g. 90d, 36h, 1h30m, 2w)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l batch-size -d 'Rows deleted per transaction' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l format -d 'Summary format' -r -f -a "text\t'One line for people and cron mail'
 json\t'One JSON object'"

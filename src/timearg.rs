@@ -53,40 +53,38 @@ fn parse_any_instant(text: &str) -> Result<DateTime<Utc>, String> {
     ))
 }
 
-/// Parses a span such as `90d`, `2h`, `30m`, `45s` (or `0`).
+/// Parses a span as people write it: `90d`, `1h30m`, `1500ms`, `2w`,
+/// `1h 30min` (humantime's units, ms to years), or `0`; at most 100 years,
+/// so that every cutoff and window built from it exists.
 pub fn parse_span(text: &str) -> Result<chrono::TimeDelta, String> {
     let text = text.trim();
-    let hint = || {
-        format!("'{text}' is not a duration: expected a number and a unit, e.g. 30s, 15m, 2h, 90d")
+    let hint = |why: &str| {
+        format!(
+            "'{}' is not a duration ({why}): expected numbers with units, e.g. 1500ms, 45s, 15m, 1h30m, 90d, 2w",
+            crate::text::escape_controls(text)
+        )
     };
     if text == "0" {
         return Ok(chrono::TimeDelta::zero());
     }
-    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(hint)?;
-    let (number, unit) = text.split_at(split);
-    let number: i64 = number.parse().map_err(|_| hint())?;
-    let seconds = match unit {
-        "s" => Some(number),
-        "m" => number.checked_mul(60),
-        "h" => number.checked_mul(3_600),
-        "d" => number.checked_mul(86_400),
-        _ => None,
-    };
-    seconds
-        .filter(|&s| s <= 100 * 365 * 86_400)
-        .map(chrono::TimeDelta::seconds)
-        .ok_or_else(hint)
+    let span = humantime::parse_duration(text).map_err(|err| hint(&err.to_string()))?;
+    if span > std::time::Duration::from_secs(100 * 365 * 86_400) {
+        return Err(hint("longer than 100 years"));
+    }
+    chrono::TimeDelta::from_std(span).map_err(|_| hint("out of range"))
 }
 
-/// A span as people write it back: `90d`, `36h`, `15m`, `45s`.
+/// A span as people write it back: `90d`, `36h`, `15m`, `45s`, `1500ms`
+/// (in one unit, the largest that divides it, so `parse_span` reads it back).
 pub fn format_span(span: chrono::TimeDelta) -> String {
-    let seconds = span.num_seconds();
-    match seconds {
+    let millis = span.num_milliseconds();
+    match millis {
         0 => "0".to_string(),
-        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
+        ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
     }
 }
 
@@ -96,7 +94,7 @@ mod tests {
 
     #[test]
     fn spans_format_back() {
-        for text in ["90d", "36h", "15m", "45s", "0"] {
+        for text in ["90d", "36h", "15m", "45s", "1500ms", "0"] {
             assert_eq!(format_span(parse_span(text).unwrap()), text);
         }
     }
@@ -108,7 +106,24 @@ mod tests {
         assert_eq!(parse_span("15m"), Ok(chrono::TimeDelta::minutes(15)));
         assert_eq!(parse_span("45s"), Ok(chrono::TimeDelta::seconds(45)));
         assert_eq!(parse_span("0"), Ok(chrono::TimeDelta::zero()));
-        for bad in ["", "h", "2", "-2h", "2w", "1.5h", "99999999999999d"] {
+        assert_eq!(
+            parse_span("1500ms"),
+            Ok(chrono::TimeDelta::milliseconds(1_500))
+        );
+        assert_eq!(parse_span("1h30m"), Ok(chrono::TimeDelta::minutes(90)));
+        assert_eq!(parse_span("1h 30min"), Ok(chrono::TimeDelta::minutes(90)));
+        assert_eq!(parse_span("2w"), Ok(chrono::TimeDelta::days(14)));
+        assert_eq!(parse_span("1.5h"), Ok(chrono::TimeDelta::minutes(90)));
+        for bad in [
+            "",
+            "h",
+            "2",
+            "-2h",
+            "1.5.5h",
+            "99999999999999d",
+            "101y",
+            "2h\u{1b}[31m",
+        ] {
             assert!(
                 parse_span(bad).unwrap_err().contains("not a duration"),
                 "{bad}"

@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(long, value_name = "PCT", value_parser = parse_percent)]
     pub max_failure_rate: Option<f64>,
 
-    /// Breach when the p95 of successful durations exceeds this (e.g. 90s, 2m)
+    /// Breach when the p95 of successful durations exceeds this (e.g. 1500ms, 90s, 2m)
     #[arg(long, value_name = "DURATION", value_parser = parse_span)]
     pub max_p95: Option<TimeDelta>,
 

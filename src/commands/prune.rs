@@ -26,7 +26,7 @@ use crate::timearg::parse_span;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Delete raw events older than this (e.g. 90d, 36h)
+    /// Delete raw events older than this (e.g. 90d, 36h, 1h30m, 2w)
     #[arg(long, value_name = "DURATION", value_parser = parse_span)]
     pub older_than: TimeDelta,
 
