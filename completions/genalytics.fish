@@ -211,8 +211,10 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from help" -f -a "failures" -d 'Failures by error type and the failure rate per day (default 7 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from help" -f -a "peak-hours" -d 'Average load per hour of day, busiest first (default 30 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l format -d 'Output format' -r -f -a "text\t'One line for people and cron mail'
-json\t'One JSON object'"
+complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l format -d 'Output format' -r -f -a "text\t'A table of figures and one line per warning'
+json\t'One JSON object'
+openmetrics\t'Gauges and counters in the Prometheus/OpenMetrics text format, for the textfile collector of Prometheus\' node exporter'"
+complete -c genalytics -n "__fish_genalytics_using_subcommand status" -s o -l output -d 'Write to this file instead of stdout, atomically (a temporary file in the same directory, renamed over it), readable by all: what the textfile collector of Prometheus\' node exporter needs' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
@@ -223,17 +225,24 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand status" -s h -l he
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -s V -l version -d 'Print version'
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l hours -d 'Window of the failure-rate and p95 checks, in hours (default 1)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l days -d 'Window of the failure-rate and p95 checks, in days' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l max-failure-rate -d 'Breach when failed / completions exceeds this percentage' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l max-p95 -d 'Breach when the p95 of successful durations exceeds this (e.g. 1500ms, 90s, 2m)' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l max-lag -d 'Breach when the oldest entry not yet transferred is older than this' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l max-stale-hours -d 'Breach when more complete hours than this await their rollup' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l max-failure-rate -l crit-failure-rate -d 'Breach (critical) when failed / completions exceeds this percentage' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l max-p95 -l crit-p95 -d 'Breach (critical) when the p95 of successful durations exceeds this (e.g. 1500ms, 90s, 2m)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l max-lag -l crit-lag -d 'Breach (critical) when the oldest entry not yet transferred is older than this' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l max-stale-hours -l crit-stale-hours -d 'Breach (critical) when more complete hours than this await their rollup' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l warn-failure-rate -d 'Warning (not a breach) when the failure rate exceeds this percentage' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l warn-p95 -d 'Warning when the p95 duration exceeds this' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l warn-lag -d 'Warning when the oldest entry not yet transferred is older than this' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l warn-stale-hours -d 'Warning when more complete hours than this await their rollup' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l format -d 'Output format (exit codes stay 0 and 3)' -r -f -a "text\t'One line for people and cron mail'
+json\t'One JSON object'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l nagios -d 'Speak the Monitoring Plugins protocol (Nagios, Icinga, Naemon): one status line with performance data; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN'
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -s q -l quiet -d 'Print only errors'
-complete -c genalytics -n "__fish_genalytics_using_subcommand check" -s h -l help -d 'Print help'
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -s V -l version -d 'Print version'
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l older-than -d 'Delete raw events older than this (e.g. 90d, 36h, 1h30m, 2w)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l batch-size -d 'Rows deleted per transaction' -r

@@ -12,6 +12,9 @@ pub enum Exit {
     Usage,
     /// `check` found a threshold breached.
     Breach,
+    /// `check --nagios`: the Monitoring Plugins' 0 OK, 1 WARNING,
+    /// 2 CRITICAL, 3 UNKNOWN.
+    Plugin(u8),
 }
 
 impl From<Exit> for ExitCode {
@@ -21,6 +24,7 @@ impl From<Exit> for ExitCode {
             Exit::Failure => 1,
             Exit::Usage => 2,
             Exit::Breach => 3,
+            Exit::Plugin(code) => code,
         })
     }
 }

@@ -13,6 +13,7 @@ pub mod event;
 pub mod histogram;
 pub mod hour;
 pub mod interrupt;
+pub mod monitoring;
 pub mod output;
 pub mod render;
 pub mod report;
@@ -50,6 +51,26 @@ pub fn report_error(err: &anyhow::Error) -> Exit {
     } else {
         Exit::Failure
     }
+}
+
+/// Whether the command line asks for the Monitoring Plugins protocol, in
+/// which whatever stops the run (a wrong flag included) is UNKNOWN, exit 3.
+pub fn plugin_mode(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
+    args.into_iter()
+        .take_while(|arg| arg != "--")
+        .any(|arg| arg == "--nagios")
+}
+
+/// Reports what stopped a plugin run as the Monitoring Plugins expect: one
+/// status line on stdout, exit 3.
+pub fn report_plugin_error(message: &str) -> Exit {
+    let first = message.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    println!(
+        "GENALYTICS UNKNOWN - {}",
+        crate::text::escape_controls(first).replace('|', "/")
+    );
+    Exit::Plugin(3)
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

@@ -6,9 +6,19 @@ use clap::Parser;
 use genalytics::cli::Cli;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let plugin = genalytics::plugin_mode(std::env::args_os());
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if plugin && err.use_stderr() => {
+            return genalytics::report_plugin_error(&err.to_string()).into();
+        }
+        Err(err) => err.exit(),
+    };
     match genalytics::run(cli) {
         Ok(code) => code.into(),
+        Err(err) if plugin => {
+            genalytics::report_plugin_error(&genalytics::error::one_line(&err)).into()
+        }
         Err(err) => genalytics::report_error(&err).into(),
     }
 }

@@ -208,6 +208,103 @@ fn check_turns_thresholds_into_exit_codes() {
         lines[1]
     );
 
+    // The Monitoring Plugins protocol: warning and critical limits, exit
+    // 0/1/2, perfdata with the figures, durations in humantime's forms.
+    let plugin = |args: &[&str], code: i32| {
+        let ran = env
+            .genalytics()
+            .args(["check", "--nagios"])
+            .args(args)
+            .code(code);
+        let first = ran.stdout.lines().next().unwrap_or_default().to_string();
+        let (status, perfdata) = first.split_once(" | ").unwrap_or((&first, ""));
+        let perf: std::collections::BTreeMap<String, Vec<String>> = perfdata
+            .split(' ')
+            .filter_map(|item| item.split_once('='))
+            .map(|(label, data)| {
+                (
+                    label.to_string(),
+                    data.split(';').map(str::to_string).collect(),
+                )
+            })
+            .collect();
+        (status.to_string(), perf, ran.stdout)
+    };
+    let (line, perf, _) = plugin(
+        &["--warn-failure-rate", "20", "--crit-failure-rate", "50"],
+        1,
+    );
+    assert!(
+        line.starts_with("GENALYTICS WARNING - failure rate 30.00 %"),
+        "{line}"
+    );
+    assert_eq!(perf["failure_rate"], ["30%", "20", "50", "0", "100"]);
+    let (line, perf, out) = plugin(
+        &[
+            "--crit-failure-rate",
+            "10",
+            "--warn-p95",
+            "1500ms",
+            "--crit-p95",
+            "1h30m",
+        ],
+        2,
+    );
+    assert!(
+        line.starts_with("GENALYTICS CRITICAL - failure rate 30.00 %"),
+        "{line}"
+    );
+    assert!(!line.contains("p95"), "only the worst figures lead: {line}");
+    assert!(out.contains("\nWARNING: p95 duration"), "{out}");
+    let p95_perf = &perf["p95"];
+    let shown: f64 = p95_perf[0].strip_suffix('s').unwrap().parse().unwrap();
+    assert!((shown - p95 / 1_000.0).abs() < 0.001, "{shown} vs {p95}");
+    assert_eq!(p95_perf[1..], ["1.5", "5400", "0"]);
+    let (line, perf, _) = plugin(&["--warn-lag", "2w"], 0);
+    assert!(line.starts_with("GENALYTICS OK - "), "{line}");
+    assert_eq!(perf["lag"], ["0s", "1209600", "", "0"]);
+    // Whatever stops the check is UNKNOWN: a wrong flag, no database.
+    let (line, _, _) = plugin(&["--warn-lag", "5 parsecs"], 3);
+    assert!(line.starts_with("GENALYTICS UNKNOWN - "), "{line}");
+    let ran = env
+        .genalytics()
+        .args(["check", "--nagios", "--crit-lag", "1m"])
+        .env("DATABASE_URL", "postgres://postgres:hunter2@127.0.0.1:1/x")
+        .code(3);
+    assert!(
+        ran.stdout.starts_with("GENALYTICS UNKNOWN - ") && !ran.stdout.contains("hunter2"),
+        "{}",
+        ran.stdout
+    );
+    // JSON for agents: the same figures, exit codes as without --nagios.
+    let ran = env
+        .genalytics()
+        .args([
+            "check",
+            "--format",
+            "json",
+            "--max-failure-rate",
+            "10",
+            "--warn-p95",
+            "1s",
+        ])
+        .code(3);
+    let report: Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(report["status"], "critical");
+    assert_eq!(report["checks"][0]["name"], "failure_rate");
+    assert_eq!(report["checks"][0]["value"], 30.0);
+    assert_eq!(report["checks"][0]["level"], "critical");
+    assert_eq!(report["checks"][1]["level"], "warning");
+    let ran = env
+        .genalytics()
+        .args(["check", "--warn-failure-rate", "10"])
+        .ok();
+    assert!(
+        ran.stdout.starts_with("WARNING: failure rate 30.00 %"),
+        "{}",
+        ran.stdout
+    );
+
     // A window with no completions breaches no rate or duration threshold.
     let empty = migrated();
     let ran = empty
@@ -263,4 +360,194 @@ fn check_turns_thresholds_into_exit_codes() {
         .args(["check", "--max-failure-rate", "5"])
         .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/x")
         .code(1);
+}
+
+/// Runs `promtool check metrics` (Debian package `prometheus`, which
+/// `.ci/run` installs) on an exposition; its complaints, if any.
+fn promtool_complaints(exposition: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (.ci/run installs it from Debian's prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        said
+    } else {
+        format!("exit {:?}: {said}", out.status)
+    }
+}
+
+/// The sample of `family` whose labels include `labels`, as a number.
+fn sample(exposition: &str, family: &str, labels: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let rest = line.strip_prefix(family)?;
+        let (labelled, value) = rest.rsplit_once(' ')?;
+        (labelled.is_empty() && labels.is_empty() || labelled.contains(labels))
+            .then(|| value.parse().unwrap())
+    })
+}
+
+#[test]
+fn status_as_openmetrics_passes_promtool() {
+    let env = migrated();
+    // A stream key with the bytes label values must escape.
+    let key = "odd\"key\\with\nnewline";
+    let mut con = env.redis();
+    let now = Utc::now().timestamp_millis();
+    xadd(
+        &mut con,
+        key,
+        &format!("{}-0", now - 30_000),
+        &[("event_type", "bogus")],
+    );
+    let events: Vec<Written> = (0..7)
+        .map(|i| Written::new(Utc::now() - Duration::minutes(5 + i), "request"))
+        .collect();
+    for (i, event) in events.iter().enumerate() {
+        let fields = event.fields();
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        xadd(&mut con, key, &format!("{}-{}", now - 20_000, i), &fields);
+    }
+    env.genalytics()
+        .args(["transfer", "-q", "--stream", key])
+        .ok();
+    // One more entry waits, 10 s old.
+    xadd(
+        &mut con,
+        key,
+        &format!("{}-0", now - 10_000),
+        &[("event_type", "request")],
+    );
+
+    let ran = env
+        .genalytics()
+        .args(["status", "--format", "openmetrics", "--stream", key])
+        .ok();
+    let text = ran.stdout;
+    assert_eq!(promtool_complaints(&text), "", "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let stream = r#"stream="odd\"key\\with\nnewline""#;
+    assert_eq!(
+        sample(&text, "genalytics_events_transferred_total", stream),
+        Some(7.0)
+    );
+    assert_eq!(sample(&text, "genalytics_rejected_entries", ""), Some(1.0));
+    assert_eq!(sample(&text, "genalytics_stream_length", stream), Some(9.0));
+    assert_eq!(
+        sample(&text, "genalytics_untransferred_entries", stream),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, "genalytics_redis_up", stream), Some(1.0));
+    let age = sample(&text, "genalytics_oldest_untransferred_age_seconds", stream).unwrap();
+    assert!((9.0..120.0).contains(&age), "{age}");
+    let last = sample(&text, "genalytics_last_transfer_timestamp_seconds", stream).unwrap();
+    assert!(
+        (Utc::now().timestamp() as f64 - last).abs() < 120.0,
+        "{last}"
+    );
+    let rows = sample(
+        &text,
+        "genalytics_table_rows",
+        r#"table="generation_events""#,
+    );
+    assert_eq!(rows, Some(7.0));
+    assert!(
+        text.contains("# UNIT genalytics_table_size_bytes bytes\n"),
+        "{text}"
+    );
+
+    // The alerting rules in contrib/ are valid, pass their own unit tests,
+    // and name only metrics that status writes.
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/prometheus");
+    for args in [
+        ["check", "rules", "genalytics-alerts.yml"],
+        ["test", "rules", "genalytics-alerts.test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(rules)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let alerts = std::fs::read_to_string(format!("{rules}/genalytics-alerts.yml")).unwrap();
+    let named: BTreeSet<&str> = alerts
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("genalytics_"))
+        .collect();
+    assert!(named.len() >= 8, "{named:?}");
+    for name in named {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} is not in\n{text}"
+        );
+    }
+
+    // Written to a file for the textfile collector: whole, readable by
+    // all, nothing else left in its directory.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("genalytics.prom");
+    std::fs::write(&file, "stale").unwrap();
+    let ran = env
+        .genalytics()
+        .args(["status", "--format", "openmetrics", "--stream", key, "-o"])
+        .arg(&file)
+        .ok();
+    assert_eq!(ran.stdout, "");
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(promtool_complaints(&written), "", "{written}");
+    assert!(written.ends_with("# EOF\n"));
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o644);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    let ran = env
+        .genalytics()
+        .args(["status", "-o", "/nonexistent/dir/x.prom"])
+        .code(1);
+    assert!(
+        ran.stderr.contains("cannot write /nonexistent/dir/x.prom"),
+        "{}",
+        ran.stderr
+    );
+
+    // Without Redis: what PostgreSQL knows, Redis' figures left out.
+    let ran = env
+        .genalytics()
+        .args(["status", "--format", "openmetrics", "--stream", key])
+        .args(["--redis-url", "redis://127.0.0.1:1"])
+        .ok();
+    assert_eq!(promtool_complaints(&ran.stdout), "", "{}", ran.stdout);
+    assert_eq!(
+        sample(&ran.stdout, "genalytics_redis_up", stream),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&ran.stdout, "genalytics_stream_length", stream),
+        None
+    );
+    assert_eq!(
+        sample(&ran.stdout, "genalytics_events_transferred_total", stream),
+        Some(7.0)
+    );
 }

@@ -1,6 +1,7 @@
 //! `genalytics check`: thresholds turned into an exit code for cron mail
 //! and monitoring agents — 0 when all hold, 3 when any is breached (one
-//! line per breach), 1 when it could not check.
+//! line per breach), 1 when it could not check; with `--nagios`, the
+//! Monitoring Plugins protocol (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN).
 //!
 //! Only the thresholds given are checked. Failure rate and p95 come from
 //! the window's raw events (exact); a window without completions breaches
@@ -15,13 +16,15 @@ use crate::config::Settings;
 use crate::db::streams::{self, TransferState};
 use crate::db::{self, health, migrations};
 use crate::error::{Exit, UsageError};
-use crate::output::duration;
+use crate::monitoring::{self, Figure, Level, Unit};
+use crate::output::{SummaryFormat, duration};
 use crate::report::failure_rate;
 use crate::stream::identity::{self, Identity};
 use crate::stream::{self, reader};
 use crate::timearg::{format_span, parse_span};
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
 pub struct Args {
     /// Window of the failure-rate and p95 checks, in hours (default 1)
     #[arg(long, value_name = "N", conflicts_with = "days",
@@ -32,22 +35,52 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=36_500))]
     pub days: Option<u32>,
 
-    /// Breach when failed / completions exceeds this percentage
-    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    /// Breach (critical) when failed / completions exceeds this percentage
+    #[arg(long, visible_alias = "crit-failure-rate", value_name = "PCT", value_parser = parse_percent)]
     pub max_failure_rate: Option<f64>,
 
-    /// Breach when the p95 of successful durations exceeds this (e.g. 1500ms, 90s, 2m)
-    #[arg(long, value_name = "DURATION", value_parser = parse_span)]
+    /// Breach (critical) when the p95 of successful durations exceeds this (e.g. 1500ms, 90s, 2m)
+    #[arg(long, visible_alias = "crit-p95", value_name = "DURATION", value_parser = parse_span)]
     pub max_p95: Option<TimeDelta>,
 
-    /// Breach when the oldest entry not yet transferred is older than this
-    #[arg(long, value_name = "DURATION", value_parser = parse_span)]
+    /// Breach (critical) when the oldest entry not yet transferred is older than this
+    #[arg(long, visible_alias = "crit-lag", value_name = "DURATION", value_parser = parse_span)]
     pub max_lag: Option<TimeDelta>,
 
-    /// Breach when more complete hours than this await their rollup
-    #[arg(long, value_name = "N")]
+    /// Breach (critical) when more complete hours than this await their rollup
+    #[arg(long, visible_alias = "crit-stale-hours", value_name = "N")]
     pub max_stale_hours: Option<u32>,
+
+    /// Warning (not a breach) when the failure rate exceeds this percentage
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    pub warn_failure_rate: Option<f64>,
+
+    /// Warning when the p95 duration exceeds this
+    #[arg(long, value_name = "DURATION", value_parser = parse_span)]
+    pub warn_p95: Option<TimeDelta>,
+
+    /// Warning when the oldest entry not yet transferred is older than this
+    #[arg(long, value_name = "DURATION", value_parser = parse_span)]
+    pub warn_lag: Option<TimeDelta>,
+
+    /// Warning when more complete hours than this await their rollup
+    #[arg(long, value_name = "N")]
+    pub warn_stale_hours: Option<u32>,
+
+    /// Speak the Monitoring Plugins protocol (Nagios, Icinga, Naemon): one
+    /// status line with performance data; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN
+    #[arg(long, conflicts_with = "format")]
+    pub nagios: bool,
+
+    /// Output format (exit codes stay 0 and 3)
+    #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+    pub format: SummaryFormat,
 }
+
+const EXAMPLES: &str = "Examples:
+  genalytics check --max-lag 10m --max-stale-hours 2
+  genalytics check --hours 6 --max-failure-rate 5 --max-p95 90s
+  genalytics check --nagios --warn-lag 5m --crit-lag 30m --warn-failure-rate 5";
 
 fn parse_percent(text: &str) -> Result<f64, String> {
     match text.trim().trim_end_matches('%').parse::<f64>() {
@@ -56,14 +89,66 @@ fn parse_percent(text: &str) -> Result<f64, String> {
     }
 }
 
+/// Seconds of a span, as the limits of a figure in seconds.
+fn seconds(span: Option<TimeDelta>) -> Option<f64> {
+    span.map(|span| span.num_milliseconds() as f64 / 1_000.0)
+}
+
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
-    if args.max_failure_rate.is_none()
-        && args.max_p95.is_none()
-        && args.max_lag.is_none()
-        && args.max_stale_hours.is_none()
+    if args.nagios {
+        // Whatever stops the check is UNKNOWN to a monitoring system, not 1.
+        return Ok(match figures(args, settings) {
+            Ok(figures) => {
+                print!("{}", monitoring::plugin_output(&figures));
+                Exit::Plugin(monitoring::worst(&figures).plugin_code())
+            }
+            Err(err) => crate::report_plugin_error(&crate::error::one_line(&err)),
+        });
+    }
+    let figures = figures(args, settings)?;
+    let level = monitoring::worst(&figures);
+    let mut out = std::io::stdout().lock();
+    if args.format == SummaryFormat::Json {
+        let report = serde_json::json!({ "status": level, "checks": figures });
+        writeln!(out, "{report}")?;
+    } else if level == Level::Ok {
+        if !settings.quiet {
+            let fine: Vec<&str> = figures.iter().map(|f| f.text.as_str()).collect();
+            writeln!(out, "ok: {}", fine.join("; "))?;
+        }
+    } else {
+        for figure in &figures {
+            match figure.level {
+                Level::Critical => writeln!(out, "BREACH: {}", figure.text)?,
+                Level::Warning => writeln!(out, "WARNING: {}", figure.text)?,
+                Level::Ok => {}
+            }
+        }
+    }
+    Ok(if level == Level::Critical {
+        Exit::Breach
+    } else {
+        Exit::Success
+    })
+}
+
+/// Measures every figure a limit was given for and judges it.
+fn figures(args: &Args, settings: &Settings) -> anyhow::Result<Vec<Figure>> {
+    let rate_limits = (args.warn_failure_rate, args.max_failure_rate);
+    let p95_limits = (seconds(args.warn_p95), seconds(args.max_p95));
+    let lag_limits = (seconds(args.warn_lag), seconds(args.max_lag));
+    let stale_limits = (
+        args.warn_stale_hours.map(f64::from),
+        args.max_stale_hours.map(f64::from),
+    );
+    let given = |(warn, crit): (Option<f64>, Option<f64>)| warn.is_some() || crit.is_some();
+    if ![rate_limits, p95_limits, lag_limits, stale_limits]
+        .into_iter()
+        .any(given)
     {
         return Err(UsageError(
-            "nothing to check: give --max-failure-rate, --max-p95, --max-lag or --max-stale-hours"
+            "nothing to check: give --max-failure-rate, --max-p95, --max-lag or --max-stale-hours \
+             (or their --warn-* and --crit-* forms)"
                 .into(),
         )
         .into());
@@ -78,98 +163,70 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     let mut client = db::connect(database)?;
     migrations::ensure_current(&mut client)?;
     let now = Utc::now();
-    let mut breaches = Vec::new();
-    let mut fine = Vec::new();
+    let mut figures = Vec::new();
 
-    if args.max_failure_rate.is_some() || args.max_p95.is_some() {
-        let figures = health::window_health(&mut client, now - span, now)?;
-        let completions = figures.successful + figures.failed;
-        if let (Some(max), Some(rate)) = (
-            args.max_failure_rate,
-            failure_rate(figures.failed, completions),
-        ) {
-            let line = format!(
-                "failure rate {rate:.2} % ({} of {completions} completions) {window}",
-                figures.failed
-            );
-            judge(
-                rate > max,
-                line,
-                &format!("exceeds {max} %"),
-                &mut breaches,
-                &mut fine,
-            );
+    if given(rate_limits) || given(p95_limits) {
+        let health = health::window_health(&mut client, now - span, now)?;
+        let completions = health.successful + health.failed;
+        if given(rate_limits) {
+            let rate = failure_rate(health.failed, completions);
+            let text = match rate {
+                Some(rate) => format!(
+                    "failure rate {rate:.2} % ({} of {completions} completions) {window}",
+                    health.failed
+                ),
+                None => format!("failure rate: no completions {window}"),
+            };
+            figures.push(Figure::judge(
+                "failure_rate",
+                rate,
+                Unit::Percent,
+                rate_limits,
+                text,
+                None,
+            ));
         }
-        if let (Some(max), Some(p95)) = (args.max_p95, figures.p95_ms) {
-            let line = format!("p95 duration {} {window}", duration(p95));
-            let limit = format!("exceeds {}", format_span(max));
-            judge(
-                p95 > max.num_milliseconds() as f64,
-                line,
-                &limit,
-                &mut breaches,
-                &mut fine,
-            );
-        }
-        if completions == 0 {
-            fine.push(format!("no completions {window}"));
-        }
-    }
-    if let Some(max) = args.max_lag {
-        match lag(settings, &mut client, max, now)? {
-            (true, line) => breaches.push(line),
-            (false, line) => fine.push(line),
+        if given(p95_limits) {
+            let text = match health.p95_ms {
+                Some(p95) => format!("p95 duration {} {window}", duration(p95)),
+                None => format!("p95 duration: no successful completions {window}"),
+            };
+            figures.push(Figure::judge(
+                "p95",
+                health.p95_ms.map(|ms| ms / 1_000.0),
+                Unit::Seconds,
+                p95_limits,
+                text,
+                None,
+            ));
         }
     }
-    if let Some(max) = args.max_stale_hours {
+    if given(lag_limits) {
+        figures.push(lag(settings, &mut client, lag_limits, now)?);
+    }
+    if given(stale_limits) {
         let stale = health::rollup_backlog(&mut client)?.stale;
-        let line = format!("{stale} complete hours await their rollup");
-        judge(
-            stale > i64::from(max),
-            line,
-            &format!("more than {max}"),
-            &mut breaches,
-            &mut fine,
-        );
+        figures.push(Figure::judge(
+            "stale_hours",
+            Some(stale as f64),
+            Unit::Count,
+            stale_limits,
+            format!("{stale} complete hours await their rollup"),
+            None,
+        ));
     }
-
-    let mut out = std::io::stdout().lock();
-    if breaches.is_empty() {
-        if !settings.quiet {
-            writeln!(out, "ok: {}", fine.join("; "))?;
-        }
-        return Ok(Exit::Success);
-    }
-    for breach in &breaches {
-        writeln!(out, "BREACH: {breach}")?;
-    }
-    Ok(Exit::Breach)
+    Ok(figures)
 }
 
-/// Files a figure as a breach (with the limit it broke) or as fine.
-fn judge(
-    over_limit: bool,
-    line: String,
-    limit: &str,
-    breaches: &mut Vec<String>,
-    fine: &mut Vec<String>,
-) {
-    if over_limit {
-        breaches.push(format!("{line}: {limit}"));
-    } else {
-        fine.push(line);
-    }
-}
-
-/// The age of the oldest entry not yet transferred against `max`: whether
-/// it breaches, and the line saying so. A stream replaced below the
-/// position breaches whatever its age: transfer will not read it alone.
+/// The age of the oldest entry not yet transferred, judged. A stream
+/// replaced below the position is critical whatever its age: transfer
+/// will not read it alone.
 fn lag(
     settings: &Settings,
     client: &mut postgres::Client,
-    max: TimeDelta,
+    limits: (Option<f64>, Option<f64>),
     now: chrono::DateTime<Utc>,
-) -> anyhow::Result<(bool, String)> {
+) -> anyhow::Result<Figure> {
     let key = settings.stream_key.as_str();
     let state = streams::state(client, key)?;
     let position = state
@@ -185,28 +242,36 @@ fn lag(
     };
     let verdict = identity::inspect(&mut con, key, position, &mut store)?.verdict;
     if let Identity::ResetBelow { length, .. } = verdict {
-        return Ok((
-            true,
-            format!(
-                "the stream {key} was replaced below the stored position {}: {length} entries wait that \
-                 transfer will not read without --new-stream",
-                position.id
-            ),
+        let text = format!(
+            "the stream {key} was replaced below the stored position {}: {length} entries wait that \
+             transfer will not read without --new-stream",
+            position.id
+        );
+        return Ok(Figure::judge(
+            "lag",
+            None,
+            Unit::Seconds,
+            limits,
+            text,
+            Some(Level::Critical),
         ));
     }
-    Ok(match reader::first_after(&mut con, key, position.id)? {
+    let (age, text) = match reader::first_after(&mut con, key, position.id)? {
         Some(oldest) => {
-            let age = now - oldest.time().unwrap_or(now);
-            let line = format!(
-                "oldest untransferred entry is {} old",
-                format_span(TimeDelta::seconds(age.num_seconds().max(0)))
-            );
-            if age > max {
-                (true, format!("{line}: more than {}", format_span(max)))
-            } else {
-                (false, line)
-            }
+            let age = TimeDelta::seconds((now - oldest.time().unwrap_or(now)).num_seconds().max(0));
+            (
+                age.num_seconds() as f64,
+                format!("oldest untransferred entry is {} old", format_span(age)),
+            )
         }
-        None => (false, "nothing waits for transfer".to_string()),
-    })
+        None => (0.0, "nothing waits for transfer".to_string()),
+    };
+    Ok(Figure::judge(
+        "lag",
+        Some(age),
+        Unit::Seconds,
+        limits,
+        text,
+        None,
+    ))
 }

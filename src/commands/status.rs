@@ -17,18 +17,42 @@ use crate::config::Settings;
 use crate::db::streams::{self, TransferState};
 use crate::db::{self, health, migrations};
 use crate::error::Exit;
-use crate::output::{SummaryFormat, thousands};
+use crate::monitoring::Exposition;
+use crate::output::thousands;
 use crate::render::table::TableRenderer;
 use crate::render::{Cell, Layout, Renderer, Report, Section};
 use crate::stream::identity::{self, Identity, Position};
 use crate::stream::{self, EntryId, producer::PRODUCER_MAXLEN, reader};
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
 pub struct Args {
     /// Output format
-    #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
-    pub format: SummaryFormat,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Write to this file instead of stdout, atomically (a temporary file in
+    /// the same directory, renamed over it), readable by all: what
+    /// the textfile collector of Prometheus' node exporter needs
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A table of figures and one line per warning
+    Text,
+    /// One JSON object
+    Json,
+    /// Gauges and counters in the Prometheus/OpenMetrics text format, for
+    /// the textfile collector of Prometheus' node exporter
+    Openmetrics,
+}
+
+const EXAMPLES: &str = "Examples:
+  genalytics status
+  genalytics status --format json | jq .warnings
+  genalytics status --format openmetrics -o /var/lib/prometheus/node-exporter/genalytics.prom";
 
 /// Entries not yet stored may fill up to this share of the producer's cap
 /// before status warns: past the cap, the producer trims them unread.
@@ -62,6 +86,8 @@ struct Status {
     events_transferred: i64,
     entries_skipped: i64,
     stream_resets: i32,
+    /// Whether Redis answered (its figures are missing when it did not).
+    redis_up: bool,
     last_reset_at: Option<DateTime<Utc>>,
     last_reset_lost_entries: Option<i64>,
     rejected_entries: i64,
@@ -81,6 +107,9 @@ struct Status {
     foreign_rollup_rows: i64,
     /// Events stored for hours before the horizon, waiting to be merged.
     late_events_waiting: i64,
+    /// Successful and failed completions stored for the last hour.
+    successful_last_hour: i64,
+    failed_last_hour: i64,
     tables: Vec<TableRow>,
     warnings: Vec<String>,
 }
@@ -131,19 +160,38 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
             .warnings
             .push(format!("nothing has been transferred from {key} yet"));
     }
-    if let Err(err) = stream_figures(settings, &mut client, state.as_ref(), now, &mut status) {
-        status.warnings.push(format!("{err:#}"));
+    match stream_figures(settings, &mut client, state.as_ref(), now, &mut status) {
+        Ok(()) => status.redis_up = true,
+        Err(err) => status.warnings.push(format!("{err:#}")),
     }
+    stored_figures(&mut client, now, &mut status)?;
+    match &args.output {
+        None => print(args.format, &status, &mut std::io::stdout().lock())?,
+        Some(path) => write_atomically(path, |out| print(args.format, &status, out))?,
+    }
+    Ok(Exit::Success)
+}
+
+/// Fills in what PostgreSQL knows besides the position: completions, dead
+/// letters, rollups, tables.
+fn stored_figures(
+    client: &mut postgres::Client,
+    now: DateTime<Utc>,
+    status: &mut Status,
+) -> anyhow::Result<()> {
+    let last_hour = health::window_health(client, now - TimeDelta::hours(1), now)?;
+    status.successful_last_hour = last_hour.successful;
+    status.failed_last_hour = last_hour.failed;
 
     status.rejected_entries = client
         .query_one("SELECT count(*) FROM generation_events_rejected", &[])?
         .get(0);
-    status.newest_event_at = health::newest_event(&mut client)?;
-    let backlog = health::rollup_backlog(&mut client)?;
+    status.newest_event_at = health::newest_event(client)?;
+    let backlog = health::rollup_backlog(client)?;
     status.hours_awaiting_rollup = backlog.queued;
     status.stale_hours = backlog.stale;
     status.oldest_hour_awaiting_rollup = backlog.oldest;
-    let rollups = health::rollup_health(&mut client)?;
+    let rollups = health::rollup_health(client)?;
     status.raw_horizon = rollups.raw_horizon;
     status.legacy_hours = rollups.legacy_hours;
     status.foreign_rollup_rows = rollups.foreign_rows;
@@ -157,7 +205,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
             if rollups.foreign_rows == 1 { "" } else { "s" },
         ));
     }
-    let failing = health::failing_hours(&mut client)?;
+    let failing = health::failing_hours(client)?;
     status.failing_hours = failing.count;
     status.last_rollup_error.clone_from(&failing.last_error);
     if let (Some(hour), Some(error)) = (failing.oldest, &failing.last_error) {
@@ -182,7 +230,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
             thousands(status.rejected_entries.unsigned_abs())
         ));
     }
-    status.tables = health::table_sizes(&mut client)?
+    status.tables = health::table_sizes(client)?
         .into_iter()
         .map(|t| TableRow {
             table: t.table,
@@ -191,8 +239,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
             bytes: t.bytes,
         })
         .collect();
-    print(args.format, &status)?;
-    Ok(Exit::Success)
+    Ok(())
 }
 
 /// Fills in what Redis knows; an error here becomes a warning.
@@ -295,18 +342,52 @@ pub fn identity_warning(key: &str, position: EntryId, verdict: &Identity) -> Opt
     }
 }
 
-fn print(format: SummaryFormat, status: &Status) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    if format == SummaryFormat::Json {
-        serde_json::to_writer_pretty(&mut out, status)?;
-        writeln!(out)?;
-        return Ok(());
+/// Writes a whole file or nothing: readers (a collector scraping every
+/// few seconds) see the old file or the new one, never half of one.
+fn write_atomically(
+    path: &std::path::Path,
+    write: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    let fail =
+        |err: &dyn std::fmt::Display| anyhow::anyhow!("cannot write {}: {err}", path.display());
+    let mut file = tempfile::Builder::new()
+        .prefix(".genalytics-")
+        .tempfile_in(dir)
+        .map_err(|err| fail(&err))?;
+    let mut buffered = std::io::BufWriter::new(file.as_file_mut());
+    write(&mut buffered)?;
+    buffered.flush().map_err(|err| fail(&err))?;
+    drop(buffered);
+    file.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(|err| fail(&err))?;
+    file.persist(path).map_err(|err| fail(&err.error))?;
+    Ok(())
+}
+
+fn print(format: Format, status: &Status, out: &mut dyn Write) -> anyhow::Result<()> {
+    match format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut *out, status)?;
+            writeln!(out)?;
+            return Ok(());
+        }
+        Format::Openmetrics => {
+            out.write_all(status.exposition().as_bytes())?;
+            return Ok(());
+        }
+        Format::Text => {}
     }
     let renderer = TableRenderer {
         styled: crate::render::table::styled(),
         tz: chrono_tz::UTC,
     };
-    renderer.render(status, &mut out)?;
+    renderer.render(status, out)?;
     if status.warnings.is_empty() {
         writeln!(out, "no warnings: data is flowing")?;
     }
@@ -316,7 +397,209 @@ fn print(format: SummaryFormat, status: &Status) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What each metric family means (its HELP line).
+const HELP: &[(&str, &str)] = &[
+    (
+        "genalytics_redis_up",
+        "Whether Redis answered status (1) or not (0).",
+    ),
+    ("genalytics_stream_length", "Entries in the Redis stream."),
+    (
+        "genalytics_stream_cap_used_ratio",
+        "The stream's length as a share of the producer's trim cap.",
+    ),
+    (
+        "genalytics_untransferred_entries",
+        "Entries not yet stored: what the producer's cap can destroy.",
+    ),
+    (
+        "genalytics_untransferred_cap_ratio",
+        "Entries not yet stored as a share of the producer's cap.",
+    ),
+    (
+        "genalytics_oldest_untransferred_age_seconds",
+        "Age of the oldest entry not yet stored (0: none).",
+    ),
+    (
+        "genalytics_stream_replaced_below_position",
+        "1: the stream was replaced below the position; transfer waits for --new-stream.",
+    ),
+    (
+        "genalytics_last_transfer_timestamp_seconds",
+        "When a transfer last committed.",
+    ),
+    (
+        "genalytics_events_transferred_total",
+        "Events stored from the stream.",
+    ),
+    (
+        "genalytics_stream_resets_total",
+        "Times the stream was found replaced (Redis restarted empty, flushed, failed over).",
+    ),
+    (
+        "genalytics_rejected_entries",
+        "Dead letters in generation_events_rejected.",
+    ),
+    (
+        "genalytics_newest_event_timestamp_seconds",
+        "Time of the newest stored event.",
+    ),
+    ("genalytics_rollup_queued", "Hours queued for their rollup."),
+    (
+        "genalytics_rollup_stale",
+        "Complete hours whose events are not all rolled up.",
+    ),
+    (
+        "genalytics_rollup_failing",
+        "Queued hours whose rollup failed.",
+    ),
+    (
+        "genalytics_raw_horizon_timestamp_seconds",
+        "Raw events are complete from this hour on (set by prune).",
+    ),
+    (
+        "genalytics_rollup_legacy",
+        "Hours rolled up only by the original service.",
+    ),
+    (
+        "genalytics_late_events",
+        "Events stored for hours before the raw horizon, waiting to be merged.",
+    ),
+    (
+        "genalytics_warnings",
+        "Warnings status gives, each a thing to act on.",
+    ),
+    (
+        "genalytics_completions_last_hour",
+        "Completions stored for the last hour, by outcome.",
+    ),
+    (
+        "genalytics_table_rows",
+        "Rows of each table (estimated for large ones).",
+    ),
+    (
+        "genalytics_table_size_bytes",
+        "Size of each table with its indexes and TOAST.",
+    ),
+];
+
+fn help(name: &str) -> &'static str {
+    HELP.iter()
+        .find(|(family, _)| *family == name)
+        .map_or("", |(_, help)| help)
+}
+
+/// Seconds since the epoch, as Prometheus writes times.
+fn epoch(at: DateTime<Utc>) -> f64 {
+    at.timestamp_millis() as f64 / 1_000.0
+}
+
 impl Status {
+    /// The figures as metric families. A figure status could not learn
+    /// (Redis down, nothing transferred yet) is left out rather than shown
+    /// as 0.
+    fn exposition(&self) -> String {
+        let count = |n: i64| Some(n as f64);
+        let per_stream = [
+            (
+                "genalytics_redis_up",
+                Some(f64::from(u8::from(self.redis_up))),
+            ),
+            (
+                "genalytics_stream_length",
+                self.stream_length.map(|n| n as f64),
+            ),
+            (
+                "genalytics_stream_cap_used_ratio",
+                self.cap_used_pct.map(|pct| pct / 100.0),
+            ),
+            (
+                "genalytics_untransferred_entries",
+                self.behind.map(|n| n as f64),
+            ),
+            (
+                "genalytics_untransferred_cap_ratio",
+                self.behind_cap_pct.map(|pct| pct / 100.0),
+            ),
+            (
+                "genalytics_oldest_untransferred_age_seconds",
+                self.redis_up
+                    .then(|| self.oldest_untransferred_age_seconds.unwrap_or(0) as f64),
+            ),
+            (
+                "genalytics_stream_replaced_below_position",
+                self.stream_identity
+                    .map(|id| f64::from(u8::from(id == "replaced_below_position"))),
+            ),
+            (
+                "genalytics_last_transfer_timestamp_seconds",
+                self.last_transfer_at.map(epoch),
+            ),
+            (
+                "genalytics_events_transferred_total",
+                count(self.events_transferred),
+            ),
+            (
+                "genalytics_stream_resets_total",
+                Some(f64::from(self.stream_resets)),
+            ),
+        ];
+        let global = [
+            ("genalytics_rejected_entries", count(self.rejected_entries)),
+            (
+                "genalytics_newest_event_timestamp_seconds",
+                self.newest_event_at.map(epoch),
+            ),
+            (
+                "genalytics_rollup_queued",
+                count(self.hours_awaiting_rollup),
+            ),
+            ("genalytics_rollup_stale", count(self.stale_hours)),
+            ("genalytics_rollup_failing", count(self.failing_hours)),
+            (
+                "genalytics_raw_horizon_timestamp_seconds",
+                self.raw_horizon.map(epoch),
+            ),
+            ("genalytics_rollup_legacy", count(self.legacy_hours)),
+            ("genalytics_late_events", count(self.late_events_waiting)),
+            ("genalytics_warnings", Some(self.warnings.len() as f64)),
+        ];
+        let mut e = Exposition::default();
+        let stream = [("stream", self.stream.as_str())];
+        for (labels, figures) in [(&stream[..], &per_stream[..]), (&[], &global[..])] {
+            for &(name, value) in figures {
+                if let Some(value) = value {
+                    e.family(name, help(name));
+                    e.sample(name, labels, value);
+                }
+            }
+        }
+        let name = "genalytics_completions_last_hour";
+        e.family(name, help(name));
+        e.sample(
+            name,
+            &[("outcome", "success")],
+            count(self.successful_last_hour).unwrap_or_default(),
+        );
+        e.sample(
+            name,
+            &[("outcome", "failure")],
+            count(self.failed_last_hour).unwrap_or_default(),
+        );
+        for name in ["genalytics_table_rows", "genalytics_table_size_bytes"] {
+            e.family(name, help(name));
+            for t in &self.tables {
+                let value = if name.ends_with("rows") {
+                    t.rows
+                } else {
+                    t.bytes
+                };
+                e.sample(name, &[("table", &t.table)], value as f64);
+            }
+        }
+        e.finish()
+    }
+
     /// (field, title, cell) for each figure the table shows.
     fn figures(&self) -> Vec<(&'static str, &'static str, Cell)> {
         let count =
