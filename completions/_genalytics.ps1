@@ -41,6 +41,7 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Is data flowing? Stream, transfer lag, rollup backlog, table sizes')
             [CompletionResult]::new('check', 'check', [CompletionResultType]::ParameterValue, 'Alerting: exit 3 when a threshold is breached (failure rate, p95, lag, stale rollups)')
             [CompletionResult]::new('prune', 'prune', [CompletionResultType]::ParameterValue, 'Delete raw events (and dead letters) older than a cutoff; rollups are kept')
+            [CompletionResult]::new('rejected', 'rejected', [CompletionResultType]::ParameterValue, 'Dead letters: list them, show one as received, replay them after a fix, purge them')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script (bash, zsh, fish, elvish, powershell)')
             [CompletionResult]::new('simulate', 'simulate', [CompletionResultType]::ParameterValue, 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
@@ -367,6 +368,123 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'genalytics;rejected' {
+            [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require')
+            [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Redis connection URL (rediss:// for TLS)')
+            [CompletionResult]::new('--redis-ns', '--redis-ns', [CompletionResultType]::ParameterName, 'Namespace of the stream key: {ns}:generation_events:stream')
+            [CompletionResult]::new('--stream', '--stream', [CompletionResultType]::ParameterName, 'Full stream key, overriding the one built from --redis-ns')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print only errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print only errors')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List dead letters, oldest first: entry ID, stream, when, why')
+            [CompletionResult]::new('show', 'show', [CompletionResultType]::ParameterValue, 'Show one dead letter''s fields exactly as received (bytes that are not printable UTF-8 escaped as \xNN)')
+            [CompletionResult]::new('replay', 'replay', [CompletionResultType]::ParameterValue, 'Parse dead letters again with today''s parser and store those that now pass, exactly once; the rest stay with today''s reason')
+            [CompletionResult]::new('purge', 'purge', [CompletionResultType]::ParameterValue, 'Delete dead letters received before a cutoff')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'genalytics;rejected;list' {
+            [CompletionResult]::new('--reason', '--reason', [CompletionResultType]::ParameterName, 'Only letters whose reason contains this text (any case)')
+            [CompletionResult]::new('--since', '--since', [CompletionResultType]::ParameterName, 'Only letters received at or after this time')
+            [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'Only letters received before this time')
+            [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'Show at most this many (0: all)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'format')
+            [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require')
+            [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Redis connection URL (rediss:// for TLS)')
+            [CompletionResult]::new('--redis-ns', '--redis-ns', [CompletionResultType]::ParameterName, 'Namespace of the stream key: {ns}:generation_events:stream')
+            [CompletionResult]::new('--stream', '--stream', [CompletionResultType]::ParameterName, 'Full stream key, overriding the one built from --redis-ns')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print only errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print only errors')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'genalytics;rejected;show' {
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'format')
+            [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require')
+            [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Redis connection URL (rediss:// for TLS)')
+            [CompletionResult]::new('--redis-ns', '--redis-ns', [CompletionResultType]::ParameterName, 'Namespace of the stream key: {ns}:generation_events:stream')
+            [CompletionResult]::new('--stream', '--stream', [CompletionResultType]::ParameterName, 'Full stream key, overriding the one built from --redis-ns')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print only errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print only errors')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'genalytics;rejected;replay' {
+            [CompletionResult]::new('--reason', '--reason', [CompletionResultType]::ParameterName, 'Only letters whose reason contains this text (any case)')
+            [CompletionResult]::new('--since', '--since', [CompletionResultType]::ParameterName, 'Only letters received at or after this time')
+            [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'Only letters received before this time')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'format')
+            [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require')
+            [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Redis connection URL (rediss:// for TLS)')
+            [CompletionResult]::new('--redis-ns', '--redis-ns', [CompletionResultType]::ParameterName, 'Namespace of the stream key: {ns}:generation_events:stream')
+            [CompletionResult]::new('--stream', '--stream', [CompletionResultType]::ParameterName, 'Full stream key, overriding the one built from --redis-ns')
+            [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'Replay every letter (that the filters match)')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print only errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print only errors')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'genalytics;rejected;purge' {
+            [CompletionResult]::new('--older-than', '--older-than', [CompletionResultType]::ParameterName, 'Delete letters older than this (e.g. 30d, 2w; 0 for all)')
+            [CompletionResult]::new('--reason', '--reason', [CompletionResultType]::ParameterName, 'Only letters whose reason contains this text (any case)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'format')
+            [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require')
+            [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Redis connection URL (rediss:// for TLS)')
+            [CompletionResult]::new('--redis-ns', '--redis-ns', [CompletionResultType]::ParameterName, 'Namespace of the stream key: {ns}:generation_events:stream')
+            [CompletionResult]::new('--stream', '--stream', [CompletionResultType]::ParameterName, 'Full stream key, overriding the one built from --redis-ns')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print only errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print only errors')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'genalytics;rejected;help' {
+            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List dead letters, oldest first: entry ID, stream, when, why')
+            [CompletionResult]::new('show', 'show', [CompletionResultType]::ParameterValue, 'Show one dead letter''s fields exactly as received (bytes that are not printable UTF-8 escaped as \xNN)')
+            [CompletionResult]::new('replay', 'replay', [CompletionResultType]::ParameterValue, 'Parse dead letters again with today''s parser and store those that now pass, exactly once; the rest stay with today''s reason')
+            [CompletionResult]::new('purge', 'purge', [CompletionResultType]::ParameterValue, 'Delete dead letters received before a cutoff')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'genalytics;rejected;help;list' {
+            break
+        }
+        'genalytics;rejected;help;show' {
+            break
+        }
+        'genalytics;rejected;help;replay' {
+            break
+        }
+        'genalytics;rejected;help;purge' {
+            break
+        }
+        'genalytics;rejected;help;help' {
+            break
+        }
         'genalytics;completions' {
             [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require')
             [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Redis connection URL (rediss:// for TLS)')
@@ -412,6 +530,7 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Is data flowing? Stream, transfer lag, rollup backlog, table sizes')
             [CompletionResult]::new('check', 'check', [CompletionResultType]::ParameterValue, 'Alerting: exit 3 when a threshold is breached (failure rate, p95, lag, stale rollups)')
             [CompletionResult]::new('prune', 'prune', [CompletionResultType]::ParameterValue, 'Delete raw events (and dead letters) older than a cutoff; rollups are kept')
+            [CompletionResult]::new('rejected', 'rejected', [CompletionResultType]::ParameterValue, 'Dead letters: list them, show one as received, replay them after a fix, purge them')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script (bash, zsh, fish, elvish, powershell)')
             [CompletionResult]::new('simulate', 'simulate', [CompletionResultType]::ParameterValue, 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
@@ -463,6 +582,25 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             break
         }
         'genalytics;help;prune' {
+            break
+        }
+        'genalytics;help;rejected' {
+            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List dead letters, oldest first: entry ID, stream, when, why')
+            [CompletionResult]::new('show', 'show', [CompletionResultType]::ParameterValue, 'Show one dead letter''s fields exactly as received (bytes that are not printable UTF-8 escaped as \xNN)')
+            [CompletionResult]::new('replay', 'replay', [CompletionResultType]::ParameterValue, 'Parse dead letters again with today''s parser and store those that now pass, exactly once; the rest stay with today''s reason')
+            [CompletionResult]::new('purge', 'purge', [CompletionResultType]::ParameterValue, 'Delete dead letters received before a cutoff')
+            break
+        }
+        'genalytics;help;rejected;list' {
+            break
+        }
+        'genalytics;help;rejected;show' {
+            break
+        }
+        'genalytics;help;rejected;replay' {
+            break
+        }
+        'genalytics;help;rejected;purge' {
             break
         }
         'genalytics;help;completions' {

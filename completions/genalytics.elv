@@ -38,6 +38,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand status 'Is data flowing? Stream, transfer lag, rollup backlog, table sizes'
             cand check 'Alerting: exit 3 when a threshold is breached (failure rate, p95, lag, stale rollups)'
             cand prune 'Delete raw events (and dead letters) older than a cutoff; rollups are kept'
+            cand rejected 'Dead letters: list them, show one as received, replay them after a fix, purge them'
             cand completions 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
             cand simulate 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -341,6 +342,112 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'genalytics;rejected'= {
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+            cand list 'List dead letters, oldest first: entry ID, stream, when, why'
+            cand show 'Show one dead letter''s fields exactly as received (bytes that are not printable UTF-8 escaped as \xNN)'
+            cand replay 'Parse dead letters again with today''s parser and store those that now pass, exactly once; the rest stay with today''s reason'
+            cand purge 'Delete dead letters received before a cutoff'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'genalytics;rejected;list'= {
+            cand --reason 'Only letters whose reason contains this text (any case)'
+            cand --since 'Only letters received at or after this time'
+            cand --until 'Only letters received before this time'
+            cand --limit 'Show at most this many (0: all)'
+            cand --format 'format'
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'genalytics;rejected;show'= {
+            cand --format 'format'
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'genalytics;rejected;replay'= {
+            cand --reason 'Only letters whose reason contains this text (any case)'
+            cand --since 'Only letters received at or after this time'
+            cand --until 'Only letters received before this time'
+            cand --format 'format'
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --all 'Replay every letter (that the filters match)'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'genalytics;rejected;purge'= {
+            cand --older-than 'Delete letters older than this (e.g. 30d, 2w; 0 for all)'
+            cand --reason 'Only letters whose reason contains this text (any case)'
+            cand --format 'format'
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'genalytics;rejected;help'= {
+            cand list 'List dead letters, oldest first: entry ID, stream, when, why'
+            cand show 'Show one dead letter''s fields exactly as received (bytes that are not printable UTF-8 escaped as \xNN)'
+            cand replay 'Parse dead letters again with today''s parser and store those that now pass, exactly once; the rest stay with today''s reason'
+            cand purge 'Delete dead letters received before a cutoff'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'genalytics;rejected;help;list'= {
+        }
+        &'genalytics;rejected;help;show'= {
+        }
+        &'genalytics;rejected;help;replay'= {
+        }
+        &'genalytics;rejected;help;purge'= {
+        }
+        &'genalytics;rejected;help;help'= {
+        }
         &'genalytics;completions'= {
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
@@ -384,6 +491,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand status 'Is data flowing? Stream, transfer lag, rollup backlog, table sizes'
             cand check 'Alerting: exit 3 when a threshold is breached (failure rate, p95, lag, stale rollups)'
             cand prune 'Delete raw events (and dead letters) older than a cutoff; rollups are kept'
+            cand rejected 'Dead letters: list them, show one as received, replay them after a fix, purge them'
             cand completions 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
             cand simulate 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -421,6 +529,20 @@ set edit:completion:arg-completer[genalytics] = {|@words|
         &'genalytics;help;check'= {
         }
         &'genalytics;help;prune'= {
+        }
+        &'genalytics;help;rejected'= {
+            cand list 'List dead letters, oldest first: entry ID, stream, when, why'
+            cand show 'Show one dead letter''s fields exactly as received (bytes that are not printable UTF-8 escaped as \xNN)'
+            cand replay 'Parse dead letters again with today''s parser and store those that now pass, exactly once; the rest stay with today''s reason'
+            cand purge 'Delete dead letters received before a cutoff'
+        }
+        &'genalytics;help;rejected;list'= {
+        }
+        &'genalytics;help;rejected;show'= {
+        }
+        &'genalytics;help;rejected;replay'= {
+        }
+        &'genalytics;help;rejected;purge'= {
         }
         &'genalytics;help;completions'= {
         }

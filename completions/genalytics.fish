@@ -40,6 +40,7 @@ complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "report" -d 'P
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "status" -d 'Is data flowing? Stream, transfer lag, rollup backlog, table sizes'
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "check" -d 'Alerting: exit 3 when a threshold is breached (failure rate, p95, lag, stale rollups)'
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "prune" -d 'Delete raw events (and dead letters) older than a cutoff; rollups are kept'
+complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "rejected" -d 'Dead letters: list them, show one as received, replay them after a fix, purge them'
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "simulate" -d 'Write realistic synthetic traffic into the stream, exactly as the service\'s producer does'
 complete -c genalytics -n "__fish_genalytics_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -257,6 +258,75 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -s v -l ver
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -s V -l version -d 'Print version'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -s q -l quiet -d 'Print only errors'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -s h -l help -d 'Print help'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -s V -l version -d 'Print version'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -f -a "list" -d 'List dead letters, oldest first: entry ID, stream, when, why'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -f -a "show" -d 'Show one dead letter\'s fields exactly as received (bytes that are not printable UTF-8 escaped as \\xNN)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -f -a "replay" -d 'Parse dead letters again with today\'s parser and store those that now pass, exactly once; the rest stay with today\'s reason'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -f -a "purge" -d 'Delete dead letters received before a cutoff'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l reason -d 'Only letters whose reason contains this text (any case)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l since -d 'Only letters received at or after this time' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l until -d 'Only letters received before this time' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l limit -d 'Show at most this many (0: all)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l format -r -f -a "table\t'Tables for people'
+csv\t'One CSV table (pick it with --section)'
+json\t'The whole report as one JSON object'"
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Print only errors'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l format -r -f -a "text\t'One line for people and cron mail'
+json\t'One JSON object'"
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -s q -l quiet -d 'Print only errors'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -s V -l version -d 'Print version'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l reason -d 'Only letters whose reason contains this text (any case)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l since -d 'Only letters received at or after this time' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l until -d 'Only letters received before this time' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l format -r -f -a "text\t'One line for people and cron mail'
+json\t'One JSON object'"
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l all -d 'Replay every letter (that the filters match)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -s q -l quiet -d 'Print only errors'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -s V -l version -d 'Print version'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l older-than -d 'Delete letters older than this (e.g. 30d, 2w; 0 for all)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l reason -d 'Only letters whose reason contains this text (any case)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l format -r -f -a "text\t'One line for people and cron mail'
+json\t'One JSON object'"
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -s q -l quiet -d 'Print only errors'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -s V -l version -d 'Print version'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from help" -f -a "list" -d 'List dead letters, oldest first: entry ID, stream, when, why'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from help" -f -a "show" -d 'Show one dead letter\'s fields exactly as received (bytes that are not printable UTF-8 escaped as \\xNN)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from help" -f -a "replay" -d 'Parse dead letters again with today\'s parser and store those that now pass, exactly once; the rest stay with today\'s reason'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from help" -f -a "purge" -d 'Delete dead letters received before a cutoff'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
@@ -279,20 +349,25 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s v -l 
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s h -l help -d 'Print help'
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s V -l version -d 'Print version'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "demo" -d 'Run the whole pipeline on throwaway local servers: simulate, transfer, aggregate, report'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "migrate" -d 'Create or upgrade the PostgreSQL schema (also adopts the original service\'s tables)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "transfer" -d 'Drain the Redis stream into generation_events, exactly once'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "aggregate" -d 'Roll events up by UTC hour (every hour with new events, or the hours given)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "report" -d 'Print a report: overview, trends, user, models, failures, peak-hours'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "status" -d 'Is data flowing? Stream, transfer lag, rollup backlog, table sizes'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "check" -d 'Alerting: exit 3 when a threshold is breached (failure rate, p95, lag, stale rollups)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "prune" -d 'Delete raw events (and dead letters) older than a cutoff; rollups are kept'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "simulate" -d 'Write realistic synthetic traffic into the stream, exactly as the service\'s producer does'
-complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune completions simulate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune rejected completions simulate help" -f -a "demo" -d 'Run the whole pipeline on throwaway local servers: simulate, transfer, aggregate, report'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune rejected completions simulate help" -f -a "migrate" -d 'Create or upgrade the PostgreSQL schema (also adopts the original service\'s tables)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune rejected completions simulate help" -f -a "transfer" -d 'Drain the Redis stream into generation_events, exactly once'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune rejected completions simulate help" -f -a "aggregate" -d 'Roll events up by UTC hour (every hour with new events, or the hours given)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune rejected completions simulate help" -f -a "report" -d 'Print a report: overview, trends, user, models, failures, peak-hours'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune rejected completions simulate help" -f -a "status" -d 'Is data flowing? Stream, transfer lag, rollup backlog, table sizes'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune rejected completions simulate help" -f -a "check" -d 'Alerting: exit 3 when a threshold is breached (failure rate, p95, lag, stale rollups)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune rejected completions simulate help" -f -a "prune" -d 'Delete raw events (and dead letters) older than a cutoff; rollups are kept'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune rejected completions simulate help" -f -a "rejected" -d 'Dead letters: list them, show one as received, replay them after a fix, purge them'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune rejected completions simulate help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune rejected completions simulate help" -f -a "simulate" -d 'Write realistic synthetic traffic into the stream, exactly as the service\'s producer does'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune rejected completions simulate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "overview" -d 'Totals, success rate, durations and users over the window (default 7 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "trends" -d 'One point per hour or local day, gaps filled with zeros (default 7 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "user" -d 'One user\'s generations, recent activity and failures (default 30 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "models" -d 'One row per model checkpoint (default 30 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "failures" -d 'Failures by error type and the failure rate per day (default 7 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from report" -f -a "peak-hours" -d 'Average load per hour of day, busiest first (default 30 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from rejected" -f -a "list" -d 'List dead letters, oldest first: entry ID, stream, when, why'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from rejected" -f -a "show" -d 'Show one dead letter\'s fields exactly as received (bytes that are not printable UTF-8 escaped as \\xNN)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from rejected" -f -a "replay" -d 'Parse dead letters again with today\'s parser and store those that now pass, exactly once; the rest stay with today\'s reason'
+complete -c genalytics -n "__fish_genalytics_using_subcommand help; and __fish_seen_subcommand_from rejected" -f -a "purge" -d 'Delete dead letters received before a cutoff'

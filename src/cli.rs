@@ -7,7 +7,8 @@
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::commands::{
-    aggregate, check, completions, demo, migrate, prune, report, simulate, status, transfer,
+    aggregate, check, completions, demo, migrate, prune, rejected, report, simulate, status,
+    transfer,
 };
 
 #[derive(Debug, Parser)]
@@ -91,6 +92,8 @@ pub enum Command {
     Check(check::Args),
     /// Delete raw events (and dead letters) older than a cutoff; rollups are kept
     Prune(prune::Args),
+    /// Dead letters: list them, show one as received, replay them after a fix, purge them
+    Rejected(rejected::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(completions::Args),
     /// Write realistic synthetic traffic into the stream, exactly as the service's producer does

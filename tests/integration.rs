@@ -17,6 +17,7 @@ mod generated;
 mod hostile;
 mod migrate;
 mod prune;
+mod rejected;
 mod report;
 mod rollups;
 mod secrets;

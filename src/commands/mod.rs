@@ -6,6 +6,7 @@ pub mod completions;
 pub mod demo;
 pub mod migrate;
 pub mod prune;
+pub mod rejected;
 pub mod report;
 pub mod simulate;
 pub mod status;
@@ -23,6 +24,7 @@ pub fn run(command: Command, settings: &Settings) -> anyhow::Result<Exit> {
         Command::Demo(args) => demo::run(&args, settings),
         Command::Migrate(args) => migrate::run(&args, settings),
         Command::Prune(args) => prune::run(&args, settings),
+        Command::Rejected(args) => rejected::run(&args, settings),
         Command::Report(args) => report::run(&args, settings),
         Command::Simulate(args) => simulate::run(&args, settings),
         Command::Status(args) => status::run(&args, settings),

@@ -273,10 +273,7 @@ pub fn commit(
     prepared: &mut Prepared,
     refetch: &mut dyn FnMut(EntryId) -> Option<RawFields>,
 ) -> anyhow::Result<Outcome> {
-    for &start in &prepared.bounds[..prepared.bounds.len() - 1] {
-        prepared.rows[start + STREAM_OFFSET..start + STREAM_OFFSET + 4]
-            .copy_from_slice(&claim.stream_ref.to_be_bytes());
-    }
+    set_stream(prepared, claim.stream_ref);
     let to_sql = |n: Option<u64>| n.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
     let mut tx = client.transaction()?;
     // The claim comes first: it locks the state row, and a second writer
@@ -365,6 +362,108 @@ pub fn commit(
     )?;
     tx.commit().context("cannot commit the batch")?;
     Ok(outcome)
+}
+
+/// Fills in the stream column of every row.
+fn set_stream(prepared: &mut Prepared, stream: i32) {
+    for &start in &prepared.bounds[..prepared.bounds.len() - 1] {
+        prepared.rows[start + STREAM_OFFSET..start + STREAM_OFFSET + 4]
+            .copy_from_slice(&stream.to_be_bytes());
+    }
+}
+
+/// What a replay of dead letters did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Replayed {
+    /// Stored as events now, their dead letters removed.
+    pub stored: u64,
+    /// Already stored as events (their letters removed, nothing added).
+    pub already_stored: u64,
+    /// Still refused: they stay, with today's reason.
+    pub still_rejected: u64,
+    /// Hours queued for their rollup by the events stored.
+    pub hours_queued: u64,
+}
+
+/// Parses dead letters of `stream` again with today's parser and, in the
+/// caller's transaction, stores those that now pass exactly as transfer
+/// would (hours queued, late events marked), deletes their letters, and
+/// gives those still refused today's reason. The caller has locked the
+/// letters (`rejected::take`), so each is stored at most once; the unique
+/// entry key makes an event already there a no-op.
+pub fn replay(
+    tx: &mut Transaction<'_>,
+    stream: i32,
+    entries: Vec<(EntryId, RawFields)>,
+) -> anyhow::Result<Replayed> {
+    let mut prepared = prepare(entries)?;
+    set_stream(&mut prepared, stream);
+    let horizon: Option<DateTime<Utc>> = tx
+        .query_one("SELECT horizon FROM genalytics_raw_horizon FOR SHARE", &[])?
+        .get(0);
+    let mut mode = Mode::Staged;
+    let mut refused = Vec::new();
+    let rows = prepared.ids.len();
+    let stored = if rows == 0 {
+        0
+    } else {
+        insert_rows(tx, &prepared, 0..rows, &mut mode, &mut refused)?
+    };
+    let refused_rows: BTreeSet<usize> = refused.iter().map(|(row, _)| *row).collect();
+    let done: Vec<EntryId> = (0..rows)
+        .filter(|row| !refused_rows.contains(row))
+        .map(|row| prepared.ids[row])
+        .collect();
+    tx.execute(
+        "DELETE FROM generation_events_rejected WHERE stream = $1 AND stream_id = ANY($2)",
+        &[&stream, &done],
+    )?;
+    let reasons = prepared
+        .rejected
+        .iter()
+        .map(|r| (r.stream_id, r.reason.clone()))
+        .chain(refused.iter().map(|(row, message)| {
+            (
+                prepared.ids[*row],
+                format!("PostgreSQL refused the row: {message}"),
+            )
+        }));
+    let update = tx.prepare(
+        "UPDATE generation_events_rejected SET reason = $3 WHERE stream = $1 AND stream_id = $2",
+    )?;
+    let mut still_rejected = 0;
+    for (id, reason) in reasons {
+        tx.execute(&update, &[&stream, &id, &reason])?;
+        still_rejected += 1;
+    }
+    if let Some(horizon) = horizon {
+        mark_late(tx, stream, &prepared, &refused_rows, horizon)?;
+    }
+    let hours: Vec<DateTime<Utc>> = (0..rows)
+        .filter(|row| !refused_rows.contains(row))
+        .map(|row| prepared.hours[row])
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !hours.is_empty() {
+        tx.execute(
+            "INSERT INTO generation_rollup_queue (hour) SELECT unnest($1::timestamptz[]) ORDER BY 1
+             ON CONFLICT (hour) DO UPDATE SET queued_at = now()",
+            &[&hours],
+        )?;
+    }
+    tx.execute(
+        "UPDATE genalytics_transfer_state
+         SET events_stored = events_stored + $2, entries_rejected = greatest(entries_rejected - $3, 0)
+         WHERE stream_ref = $1",
+        &[&stream, &(stored as i64), &(done.len() as i64)],
+    )?;
+    Ok(Replayed {
+        stored,
+        already_stored: done.len() as u64 - stored,
+        still_rejected,
+        hours_queued: hours.len() as u64,
+    })
 }
 
 /// Marks the rows this transaction stored for hours before the horizon as

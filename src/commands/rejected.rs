@@ -1,0 +1,387 @@
+//! `genalytics rejected list | show | replay | purge`: dead letters an
+//! operator can work with. Transfer keeps every entry it could not store
+//! exactly as received; after a parser fix (or a fix of the producer's
+//! data), `replay` stores them exactly once — each letter's event and its
+//! removal in one transaction — and those still refused stay, with
+//! today's reason.
+
+use std::fmt::Write as _;
+use std::io::Write;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::db::rejected::{self, Filter, Letter, Summary};
+use crate::db::{self, events, migrations};
+use crate::error::{Exit, UsageError};
+use crate::output::{SummaryFormat, thousands};
+use crate::render::{self, Cell, Layout, Report, Section};
+use crate::stream::EntryId;
+use crate::text::{escape_bytes, escape_controls, truncate};
+use crate::timearg::{parse_instant, parse_span};
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
+pub struct Args {
+    #[command(subcommand)]
+    pub action: Action,
+}
+
+const EXAMPLES: &str = "Examples:
+  genalytics rejected list --since 2026-11-27 --reason timestamp
+  genalytics rejected show 1764331200000-0
+  genalytics rejected replay --all
+  genalytics rejected purge --older-than 30d";
+
+/// Which letters: shared by list, replay and purge.
+#[derive(Debug, clap::Args)]
+pub struct Which {
+    /// Only letters whose reason contains this text (any case)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+
+    /// Only letters received at or after this time
+    #[arg(long, value_name = "TIME", value_parser = parse_instant)]
+    pub since: Option<DateTime<Utc>>,
+
+    /// Only letters received before this time
+    #[arg(long, value_name = "TIME", value_parser = parse_instant)]
+    pub until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Action {
+    /// List dead letters, oldest first: entry ID, stream, when, why
+    List {
+        #[command(flatten)]
+        which: Which,
+        /// Show at most this many (0: all)
+        #[arg(long, default_value_t = 100, value_name = "N")]
+        limit: u64,
+        #[arg(long, value_enum, default_value_t = render::Format::Table)]
+        format: render::Format,
+    },
+    /// Show one dead letter's fields exactly as received (bytes that are not
+    /// printable UTF-8 escaped as \xNN)
+    Show {
+        /// The entry ID, e.g. 1764331200000-0
+        #[arg(value_name = "STREAM_ID")]
+        stream_id: String,
+        #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+        format: SummaryFormat,
+    },
+    /// Parse dead letters again with today's parser and store those that now
+    /// pass, exactly once; the rest stay with today's reason
+    Replay {
+        /// Replay every letter (that the filters match)
+        #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+        all: bool,
+        /// Replay the letters of these entry IDs
+        #[arg(value_name = "STREAM_ID")]
+        ids: Vec<String>,
+        #[command(flatten)]
+        which: Which,
+        #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+        format: SummaryFormat,
+    },
+    /// Delete dead letters received before a cutoff
+    Purge {
+        /// Delete letters older than this (e.g. 30d, 2w; 0 for all)
+        #[arg(long, value_name = "DURATION", value_parser = parse_span)]
+        older_than: TimeDelta,
+        /// Only letters whose reason contains this text (any case)
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+        format: SummaryFormat,
+    },
+}
+
+impl Which {
+    fn filter(&self) -> anyhow::Result<Filter> {
+        if let (Some(since), Some(until)) = (self.since, self.until)
+            && since >= until
+        {
+            return Err(
+                UsageError(format!("--since {since} is not before --until {until}")).into(),
+            );
+        }
+        Ok(Filter {
+            reason: self.reason.clone(),
+            since: self.since,
+            until: self.until,
+            ids: None,
+        })
+    }
+}
+
+/// Letters replayed in one transaction: a chunk is stored, or none of it.
+const REPLAY_CHUNK: usize = 1_000;
+
+pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
+    let mut client = db::connect(settings.database()?)?;
+    migrations::ensure_current(&mut client)?;
+    let mut out = std::io::stdout().lock();
+    match &args.action {
+        Action::List {
+            which,
+            limit,
+            format,
+        } => {
+            let filter = which.filter()?;
+            let limit = (*limit > 0).then(|| i64::try_from(*limit).unwrap_or(i64::MAX));
+            let (letters, total) = rejected::list(&mut client, &filter, limit)?;
+            let listing = Listing { letters, total };
+            render::renderer(*format, None, chrono_tz::UTC).render(&listing, &mut out)?;
+        }
+        Action::Show { stream_id, format } => {
+            let id: EntryId = stream_id.parse().map_err(|_| {
+                UsageError(format!(
+                    "'{}' is not an entry ID (e.g. 1764331200000-0)",
+                    escape_controls(stream_id)
+                ))
+            })?;
+            let letters = rejected::show(&mut client, &id.to_string())?;
+            if letters.is_empty() {
+                anyhow::bail!("no dead letter has entry ID {id}");
+            }
+            show(&letters, *format, &mut out)?;
+        }
+        Action::Replay {
+            all: _,
+            ids,
+            which,
+            format,
+        } => {
+            let mut filter = which.filter()?;
+            if !ids.is_empty() {
+                let parsed: Result<Vec<EntryId>, _> = ids.iter().map(|id| id.parse()).collect();
+                let parsed = parsed
+                    .map_err(|_| UsageError("entry IDs look like 1764331200000-0".to_string()))?;
+                filter.ids = Some(parsed.iter().map(ToString::to_string).collect());
+            }
+            let done = replay(&mut client, &filter)?;
+            format.print(&done, || {
+                let mut line = format!(
+                    "replayed {} dead letters: {} stored, {} still rejected",
+                    thousands(done.stored + done.already_stored + done.still_rejected),
+                    thousands(done.stored),
+                    thousands(done.still_rejected),
+                );
+                if done.already_stored > 0 {
+                    let _ = write!(
+                        line,
+                        ", {} were stored already (their letters removed)",
+                        thousands(done.already_stored)
+                    );
+                }
+                if done.hours_queued > 0 {
+                    let _ = write!(
+                        line,
+                        "; {} hours await `genalytics aggregate`",
+                        thousands(done.hours_queued)
+                    );
+                }
+                line
+            })?;
+        }
+        Action::Purge {
+            older_than,
+            reason,
+            format,
+        } => {
+            let cutoff = Utc::now() - *older_than;
+            let filter = Filter {
+                reason: reason.clone(),
+                until: Some(cutoff),
+                ..Filter::default()
+            };
+            let purged = rejected::purge(&mut client, &filter)?;
+            let summary = Purged {
+                purged,
+                received_before: cutoff,
+            };
+            format.print(&summary, || {
+                format!(
+                    "purged {} dead letters received before {}",
+                    thousands(purged),
+                    cutoff.format("%Y-%m-%d %H:%M:%S UTC")
+                )
+            })?;
+        }
+    }
+    Ok(Exit::Success)
+}
+
+#[derive(Serialize)]
+struct Purged {
+    purged: u64,
+    received_before: DateTime<Utc>,
+}
+
+/// Replays the letters `filter` matches, stream by stream, in chunks of
+/// [`REPLAY_CHUNK`], each chunk one transaction.
+fn replay(client: &mut postgres::Client, filter: &Filter) -> anyhow::Result<events::Replayed> {
+    let mut done = events::Replayed::default();
+    for stream in rejected::streams(client, filter)? {
+        let ids = rejected::ids(client, stream, filter)?;
+        for chunk in ids.chunks(REPLAY_CHUNK) {
+            let mut tx = client.transaction()?;
+            let letters = rejected::take(&mut tx, stream, chunk)?;
+            let mut entries = Vec::with_capacity(letters.len());
+            for (id, letter) in letters {
+                match letter.raw {
+                    Some(raw) => entries.push((id, raw)),
+                    // Nothing to parse: it stays as it is.
+                    None => done.still_rejected += 1,
+                }
+            }
+            let replayed = events::replay(&mut tx, stream, entries)?;
+            tx.commit()?;
+            done.stored += replayed.stored;
+            done.already_stored += replayed.already_stored;
+            done.still_rejected += replayed.still_rejected;
+            done.hours_queued += replayed.hours_queued;
+        }
+    }
+    Ok(done)
+}
+
+/// The letters `list` found, and how many matched in all.
+struct Listing {
+    letters: Vec<Summary>,
+    total: i64,
+}
+
+/// Longest reason a table shows; CSV and JSON carry it whole.
+const REASON_SHOWN: usize = 100;
+
+impl Report for Listing {
+    fn heading(&self) -> String {
+        format!(
+            "Dead letters: {} of {}",
+            thousands(self.letters.len() as u64),
+            thousands(self.total.unsigned_abs())
+        )
+    }
+
+    fn sections(&self) -> Vec<Section> {
+        self.section(None)
+    }
+
+    fn table_sections(&self) -> Vec<Section> {
+        self.section(Some(REASON_SHOWN))
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "total": self.total, "letters": self.letters })
+    }
+}
+
+impl Listing {
+    fn section(&self, reason_max: Option<usize>) -> Vec<Section> {
+        vec![Section {
+            name: "letters",
+            title: None,
+            layout: Layout::Rows,
+            columns: vec![
+                ("stream_id", "entry"),
+                ("stream", "stream"),
+                ("received_at", "received"),
+                ("fields", "fields"),
+                ("reason", "reason"),
+            ],
+            rows: self
+                .letters
+                .iter()
+                .map(|l| {
+                    let reason = match reason_max {
+                        Some(max) => truncate(&l.reason, max).into_owned(),
+                        None => l.reason.clone(),
+                    };
+                    vec![
+                        Cell::Text(Some(l.stream_id.clone())),
+                        Cell::Text(Some(stream_name(l))),
+                        Cell::Time(Some(l.received_at)),
+                        Cell::Count(l.fields),
+                        Cell::Text(Some(reason)),
+                    ]
+                })
+                .collect(),
+            bar: None,
+        }]
+    }
+}
+
+/// The stream key, with the incarnation when the key was replaced.
+fn stream_name(letter: &Summary) -> String {
+    if letter.incarnation > 1 {
+        format!("{} (#{})", letter.stream, letter.incarnation)
+    } else {
+        letter.stream.clone()
+    }
+}
+
+#[derive(Serialize)]
+struct Shown<'a> {
+    stream: &'a str,
+    incarnation: i32,
+    stream_id: &'a str,
+    received_at: DateTime<Utc>,
+    reason: &'a str,
+    /// Whether `fields` are the bytes received (not rebuilt from a letter
+    /// stored before genalytics kept them).
+    exact: bool,
+    /// [name, value] pairs in order, escaped as `\xNN` where not UTF-8.
+    fields: Vec<[String; 2]>,
+}
+
+fn show(letters: &[Letter], format: SummaryFormat, out: &mut dyn Write) -> anyhow::Result<()> {
+    for letter in letters {
+        let s = &letter.summary;
+        let fields: Vec<[String; 2]> = letter
+            .raw
+            .iter()
+            .flatten()
+            .map(|(n, v)| [escape_bytes(n).into_owned(), escape_bytes(v).into_owned()])
+            .collect();
+        if format == SummaryFormat::Json {
+            let shown = Shown {
+                stream: &s.stream,
+                incarnation: s.incarnation,
+                stream_id: &s.stream_id,
+                received_at: s.received_at,
+                reason: &s.reason,
+                exact: letter.exact,
+                fields,
+            };
+            writeln!(out, "{}", serde_json::to_string(&shown)?)?;
+            continue;
+        }
+        writeln!(out, "entry     {}", s.stream_id)?;
+        writeln!(out, "stream    {}", escape_controls(&stream_name(s)))?;
+        writeln!(
+            out,
+            "received  {}",
+            s.received_at.format("%Y-%m-%d %H:%M:%S UTC")
+        )?;
+        writeln!(out, "reason    {}", escape_controls(&s.reason))?;
+        match &letter.raw {
+            None => writeln!(out, "fields    (not kept)")?,
+            Some(raw) => {
+                let origin = if letter.exact {
+                    ""
+                } else {
+                    ", rebuilt from JSON"
+                };
+                writeln!(out, "fields    {}{origin}", raw.len())?;
+                for [name, value] in &fields {
+                    writeln!(out, "  {name} = {value}")?;
+                }
+            }
+        }
+        writeln!(out)?;
+    }
+    Ok(())
+}

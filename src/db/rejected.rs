@@ -1,0 +1,296 @@
+//! Dead letters (`generation_events_rejected`): listing, reading one as it
+//! was received, purging, and taking a chunk of them for a replay.
+
+use chrono::{DateTime, Utc};
+use postgres::{Client, Transaction};
+use serde_json::Value;
+
+use crate::event::RawFields;
+use crate::stream::EntryId;
+
+/// Which dead letters a command is about.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    /// Only letters whose reason contains this (any case).
+    pub reason: Option<String>,
+    /// Received at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Received before.
+    pub until: Option<DateTime<Utc>>,
+    /// Only these entry IDs (any stream).
+    pub ids: Option<Vec<String>>,
+}
+
+/// The conditions of `filter` on columns of alias `r`, its parameters
+/// numbered from `$first`.
+fn conditions(
+    filter: &Filter,
+    first: usize,
+) -> (String, Vec<Box<dyn postgres::types::ToSql + Sync>>) {
+    let mut sql = String::from("TRUE");
+    let mut params: Vec<Box<dyn postgres::types::ToSql + Sync>> = Vec::new();
+    let mut add = |condition: &str, param: Box<dyn postgres::types::ToSql + Sync>| {
+        params.push(param);
+        sql.push_str(&condition.replace('?', &format!("${}", first + params.len() - 1)));
+    };
+    if let Some(reason) = &filter.reason {
+        // The reason is matched as text, not as a LIKE pattern.
+        add(
+            " AND strpos(lower(r.reason), lower(?)) > 0",
+            Box::new(reason.clone()),
+        );
+    }
+    if let Some(since) = filter.since {
+        add(" AND r.received_at >= ?", Box::new(since));
+    }
+    if let Some(until) = filter.until {
+        add(" AND r.received_at < ?", Box::new(until));
+    }
+    if let Some(ids) = &filter.ids {
+        add(" AND r.stream_id = ANY(?)", Box::new(ids.clone()));
+    }
+    (sql, params)
+}
+
+fn refs(
+    params: &[Box<dyn postgres::types::ToSql + Sync>],
+) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
+    params.iter().map(|p| &**p as _).collect()
+}
+
+/// A dead letter as `list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    pub stream: String,
+    pub incarnation: i32,
+    pub stream_id: String,
+    pub received_at: DateTime<Utc>,
+    pub reason: String,
+    pub fields: i64,
+}
+
+/// The letters `filter` matches, oldest first, at most `limit` (all for
+/// none), and how many match in all.
+pub fn list(
+    client: &mut Client,
+    filter: &Filter,
+    limit: Option<i64>,
+) -> anyhow::Result<(Vec<Summary>, i64)> {
+    let (conditions, mut params) = conditions(filter, 1);
+    let total: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM generation_events_rejected r WHERE {conditions}"),
+            &refs(&params),
+        )?
+        .get(0);
+    params.push(Box::new(limit));
+    let rows = client.query(
+        &format!(
+            "SELECT coalesce(s.stream_key, ''), coalesce(s.incarnation, 0), r.stream_id, r.received_at,
+                    r.reason, coalesce(cardinality(r.raw_fields) / 2, (SELECT count(*) FROM jsonb_object_keys(r.fields)))
+             FROM generation_events_rejected r LEFT JOIN genalytics_streams s ON s.id = r.stream
+             WHERE {conditions}
+             ORDER BY r.received_at, r.stream, r.stream_id
+             LIMIT ${}",
+            params.len()
+        ),
+        &refs(&params),
+    )?;
+    let letters = rows
+        .into_iter()
+        .map(|row| Summary {
+            stream: row.get(0),
+            incarnation: row.get(1),
+            stream_id: row.get(2),
+            received_at: row.get(3),
+            reason: row.get(4),
+            fields: row.get::<_, Option<i64>>(5).unwrap_or(0),
+        })
+        .collect();
+    Ok((letters, total))
+}
+
+/// A dead letter with the fields it was received with.
+#[derive(Debug, Clone)]
+pub struct Letter {
+    pub summary: Summary,
+    /// Exactly as received, or — for a letter stored before genalytics
+    /// kept bytes — as its JSON `fields` held them; none when neither
+    /// could be kept.
+    pub raw: Option<RawFields>,
+    /// Whether `raw` is the exact bytes (not rebuilt from JSON).
+    pub exact: bool,
+}
+
+/// Every letter of entry `stream_id` (one per stream that had it).
+pub fn show(client: &mut Client, stream_id: &str) -> anyhow::Result<Vec<Letter>> {
+    let rows = client.query(
+        "SELECT coalesce(s.stream_key, ''), coalesce(s.incarnation, 0), r.stream_id, r.received_at,
+                r.reason, r.raw_fields, r.fields
+         FROM generation_events_rejected r LEFT JOIN genalytics_streams s ON s.id = r.stream
+         WHERE r.stream_id = $1 ORDER BY r.stream",
+        &[&stream_id],
+    )?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let (raw, exact) = raw_of(row.get(5), &row.get(6));
+            Letter {
+                summary: Summary {
+                    stream: row.get(0),
+                    incarnation: row.get(1),
+                    stream_id: row.get(2),
+                    received_at: row.get(3),
+                    reason: row.get(4),
+                    fields: raw.as_ref().map_or(0, |raw| raw.len() as i64),
+                },
+                raw,
+                exact,
+            }
+        })
+        .collect())
+}
+
+/// The fields of a letter: its bytes, or its JSON object for letters that
+/// predate them (each value a string, or an array of a repeated name's).
+fn raw_of(flat: Option<Vec<Vec<u8>>>, json: &Value) -> (Option<RawFields>, bool) {
+    if let Some(flat) = flat {
+        let mut pairs = flat.into_iter();
+        let mut raw = Vec::new();
+        while let (Some(name), Some(value)) = (pairs.next(), pairs.next()) {
+            raw.push((name, value));
+        }
+        return (Some(raw), true);
+    }
+    let Some(object) = json.as_object().filter(|o| !o.is_empty()) else {
+        return (None, false);
+    };
+    let text = |value: &Value| match value {
+        Value::String(s) => s.clone().into_bytes(),
+        other => other.to_string().into_bytes(),
+    };
+    let mut raw = Vec::new();
+    for (name, value) in object {
+        match value {
+            Value::Array(values) => {
+                raw.extend(values.iter().map(|v| (name.clone().into_bytes(), text(v))));
+            }
+            value => raw.push((name.clone().into_bytes(), text(value))),
+        }
+    }
+    (Some(raw), false)
+}
+
+/// Deletes the letters `filter` matches; how many went.
+pub fn purge(client: &mut Client, filter: &Filter) -> anyhow::Result<u64> {
+    let (conditions, params) = conditions(filter, 1);
+    Ok(client.execute(
+        &format!("DELETE FROM generation_events_rejected r WHERE {conditions}"),
+        &refs(&params),
+    )?)
+}
+
+/// The streams (by reference) that have letters `filter` matches.
+pub fn streams(client: &mut Client, filter: &Filter) -> anyhow::Result<Vec<i32>> {
+    let (conditions, params) = conditions(filter, 1);
+    Ok(client
+        .query(
+            &format!(
+                "SELECT DISTINCT r.stream FROM generation_events_rejected r
+                 WHERE r.stream IS NOT NULL AND {conditions} ORDER BY 1"
+            ),
+            &refs(&params),
+        )?
+        .into_iter()
+        .map(|row| row.get(0))
+        .collect())
+}
+
+/// The entry IDs of the letters of `stream` that `filter` matches, in
+/// entry order.
+pub fn ids(client: &mut Client, stream: i32, filter: &Filter) -> anyhow::Result<Vec<EntryId>> {
+    let (conditions, params) = conditions(filter, 2);
+    let mut all: Vec<Box<dyn postgres::types::ToSql + Sync>> = vec![Box::new(stream)];
+    all.extend(params);
+    let mut ids: Vec<EntryId> = client
+        .query(
+            &format!(
+                "SELECT r.stream_id FROM generation_events_rejected r WHERE r.stream = $1 AND {conditions}"
+            ),
+            &refs(&all),
+        )?
+        .into_iter()
+        .filter_map(|row| row.get::<_, String>(0).parse().ok())
+        .collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Locks and returns the letters of `stream` with these IDs that are still
+/// there, in entry order. A concurrent replay of the same letters waits
+/// for this transaction and then finds them gone; rows are locked in one
+/// order, so two replays cannot deadlock.
+pub fn take(
+    tx: &mut Transaction<'_>,
+    stream: i32,
+    ids: &[EntryId],
+) -> anyhow::Result<Vec<(EntryId, Letter)>> {
+    let rows = tx.query(
+        "SELECT r.stream_id, r.received_at, r.reason, r.raw_fields, r.fields
+         FROM generation_events_rejected r
+         WHERE r.stream = $1 AND r.stream_id = ANY($2)
+         ORDER BY r.stream_id
+         FOR UPDATE",
+        &[&stream, &ids],
+    )?;
+    let mut letters: Vec<(EntryId, Letter)> = rows
+        .into_iter()
+        .filter_map(|row| {
+            let id: EntryId = row.get::<_, String>(0).parse().ok()?;
+            let (raw, exact) = raw_of(row.get(3), &row.get(4));
+            let letter = Letter {
+                summary: Summary {
+                    stream: String::new(),
+                    incarnation: 0,
+                    stream_id: row.get(0),
+                    received_at: row.get(1),
+                    reason: row.get(2),
+                    fields: raw.as_ref().map_or(0, |raw| raw.len() as i64),
+                },
+                raw,
+                exact,
+            };
+            Some((id, letter))
+        })
+        .collect();
+    letters.sort_unstable_by_key(|(id, _)| *id);
+    Ok(letters)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_come_from_bytes_or_else_from_json() {
+        let flat = vec![b"a".to_vec(), b"1".to_vec(), b"a".to_vec(), b"\0".to_vec()];
+        assert_eq!(
+            raw_of(Some(flat), &Value::Null),
+            (
+                Some(vec![
+                    (b"a".to_vec(), b"1".to_vec()),
+                    (b"a".to_vec(), b"\0".to_vec())
+                ]),
+                true
+            )
+        );
+        let json = serde_json::json!({"a": "1", "b": ["x", "y"], "c": 3});
+        let (raw, exact) = raw_of(None, &json);
+        assert!(!exact);
+        let raw = raw.unwrap();
+        assert_eq!(raw.len(), 4);
+        assert!(raw.contains(&(b"b".to_vec(), b"y".to_vec())));
+        assert!(raw.contains(&(b"c".to_vec(), b"3".to_vec())));
+        assert_eq!(raw_of(None, &serde_json::json!({})), (None, false));
+    }
+}
