@@ -28,9 +28,6 @@ _genalytics() {
             genalytics,demo)
                 cmd="genalytics__subcmd__demo"
                 ;;
-            genalytics,help)
-                cmd="genalytics__subcmd__help"
-                ;;
             genalytics,migrate)
                 cmd="genalytics__subcmd__migrate"
                 ;;
@@ -52,75 +49,6 @@ _genalytics() {
             genalytics,transfer)
                 cmd="genalytics__subcmd__transfer"
                 ;;
-            genalytics__subcmd__help,aggregate)
-                cmd="genalytics__subcmd__help__subcmd__aggregate"
-                ;;
-            genalytics__subcmd__help,check)
-                cmd="genalytics__subcmd__help__subcmd__check"
-                ;;
-            genalytics__subcmd__help,completions)
-                cmd="genalytics__subcmd__help__subcmd__completions"
-                ;;
-            genalytics__subcmd__help,demo)
-                cmd="genalytics__subcmd__help__subcmd__demo"
-                ;;
-            genalytics__subcmd__help,help)
-                cmd="genalytics__subcmd__help__subcmd__help"
-                ;;
-            genalytics__subcmd__help,migrate)
-                cmd="genalytics__subcmd__help__subcmd__migrate"
-                ;;
-            genalytics__subcmd__help,prune)
-                cmd="genalytics__subcmd__help__subcmd__prune"
-                ;;
-            genalytics__subcmd__help,rejected)
-                cmd="genalytics__subcmd__help__subcmd__rejected"
-                ;;
-            genalytics__subcmd__help,report)
-                cmd="genalytics__subcmd__help__subcmd__report"
-                ;;
-            genalytics__subcmd__help,simulate)
-                cmd="genalytics__subcmd__help__subcmd__simulate"
-                ;;
-            genalytics__subcmd__help,status)
-                cmd="genalytics__subcmd__help__subcmd__status"
-                ;;
-            genalytics__subcmd__help,transfer)
-                cmd="genalytics__subcmd__help__subcmd__transfer"
-                ;;
-            genalytics__subcmd__help__subcmd__rejected,list)
-                cmd="genalytics__subcmd__help__subcmd__rejected__subcmd__list"
-                ;;
-            genalytics__subcmd__help__subcmd__rejected,purge)
-                cmd="genalytics__subcmd__help__subcmd__rejected__subcmd__purge"
-                ;;
-            genalytics__subcmd__help__subcmd__rejected,replay)
-                cmd="genalytics__subcmd__help__subcmd__rejected__subcmd__replay"
-                ;;
-            genalytics__subcmd__help__subcmd__rejected,show)
-                cmd="genalytics__subcmd__help__subcmd__rejected__subcmd__show"
-                ;;
-            genalytics__subcmd__help__subcmd__report,failures)
-                cmd="genalytics__subcmd__help__subcmd__report__subcmd__failures"
-                ;;
-            genalytics__subcmd__help__subcmd__report,models)
-                cmd="genalytics__subcmd__help__subcmd__report__subcmd__models"
-                ;;
-            genalytics__subcmd__help__subcmd__report,overview)
-                cmd="genalytics__subcmd__help__subcmd__report__subcmd__overview"
-                ;;
-            genalytics__subcmd__help__subcmd__report,peak-hours)
-                cmd="genalytics__subcmd__help__subcmd__report__subcmd__peak__subcmd__hours"
-                ;;
-            genalytics__subcmd__help__subcmd__report,trends)
-                cmd="genalytics__subcmd__help__subcmd__report__subcmd__trends"
-                ;;
-            genalytics__subcmd__help__subcmd__report,user)
-                cmd="genalytics__subcmd__help__subcmd__report__subcmd__user"
-                ;;
-            genalytics__subcmd__rejected,help)
-                cmd="genalytics__subcmd__rejected__subcmd__help"
-                ;;
             genalytics__subcmd__rejected,list)
                 cmd="genalytics__subcmd__rejected__subcmd__list"
                 ;;
@@ -133,26 +61,8 @@ _genalytics() {
             genalytics__subcmd__rejected,show)
                 cmd="genalytics__subcmd__rejected__subcmd__show"
                 ;;
-            genalytics__subcmd__rejected__subcmd__help,help)
-                cmd="genalytics__subcmd__rejected__subcmd__help__subcmd__help"
-                ;;
-            genalytics__subcmd__rejected__subcmd__help,list)
-                cmd="genalytics__subcmd__rejected__subcmd__help__subcmd__list"
-                ;;
-            genalytics__subcmd__rejected__subcmd__help,purge)
-                cmd="genalytics__subcmd__rejected__subcmd__help__subcmd__purge"
-                ;;
-            genalytics__subcmd__rejected__subcmd__help,replay)
-                cmd="genalytics__subcmd__rejected__subcmd__help__subcmd__replay"
-                ;;
-            genalytics__subcmd__rejected__subcmd__help,show)
-                cmd="genalytics__subcmd__rejected__subcmd__help__subcmd__show"
-                ;;
             genalytics__subcmd__report,failures)
                 cmd="genalytics__subcmd__report__subcmd__failures"
-                ;;
-            genalytics__subcmd__report,help)
-                cmd="genalytics__subcmd__report__subcmd__help"
                 ;;
             genalytics__subcmd__report,models)
                 cmd="genalytics__subcmd__report__subcmd__models"
@@ -169,27 +79,6 @@ _genalytics() {
             genalytics__subcmd__report,user)
                 cmd="genalytics__subcmd__report__subcmd__user"
                 ;;
-            genalytics__subcmd__report__subcmd__help,failures)
-                cmd="genalytics__subcmd__report__subcmd__help__subcmd__failures"
-                ;;
-            genalytics__subcmd__report__subcmd__help,help)
-                cmd="genalytics__subcmd__report__subcmd__help__subcmd__help"
-                ;;
-            genalytics__subcmd__report__subcmd__help,models)
-                cmd="genalytics__subcmd__report__subcmd__help__subcmd__models"
-                ;;
-            genalytics__subcmd__report__subcmd__help,overview)
-                cmd="genalytics__subcmd__report__subcmd__help__subcmd__overview"
-                ;;
-            genalytics__subcmd__report__subcmd__help,peak-hours)
-                cmd="genalytics__subcmd__report__subcmd__help__subcmd__peak__subcmd__hours"
-                ;;
-            genalytics__subcmd__report__subcmd__help,trends)
-                cmd="genalytics__subcmd__report__subcmd__help__subcmd__trends"
-                ;;
-            genalytics__subcmd__report__subcmd__help,user)
-                cmd="genalytics__subcmd__report__subcmd__help__subcmd__user"
-                ;;
             *)
                 ;;
         esac
@@ -197,7 +86,7 @@ _genalytics() {
 
     case "${cmd}" in
         genalytics)
-            opts="-v -q -h -V --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version demo migrate transfer aggregate report status check prune rejected completions simulate help"
+            opts="-v -q -h -V --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version demo migrate transfer aggregate report status check prune rejected completions simulate"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -219,6 +108,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -227,7 +120,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__aggregate)
-            opts="-v -q -h -V --hour --from --to --include-current --jobs --format --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            opts="-v -q -h -V --hour --from --to --include-current --jobs --format --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -269,6 +162,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -277,7 +174,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__check)
-            opts="-v -q -h -V --hours --days --crit-failure-rate --max-failure-rate --crit-p95 --max-p95 --crit-lag --max-lag --crit-stale-hours --max-stale-hours --warn-failure-rate --warn-p95 --warn-lag --warn-stale-hours --nagios --format --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            opts="-v -q -h -V --hours --days --crit-failure-rate --max-failure-rate --crit-p95 --max-p95 --crit-lag --max-lag --crit-stale-hours --max-stale-hours --warn-failure-rate --warn-p95 --warn-lag --warn-stale-hours --nagios --format --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -359,6 +256,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -367,7 +268,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__completions)
-            opts="-v -q -h -V --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version bash elvish fish powershell zsh"
+            opts="-v -q -h -V --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -389,6 +290,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -397,7 +302,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__demo)
-            opts="-v -q -h -V --keep --events --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            opts="-v -q -h -V --keep --events --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -423,328 +328,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                *)
-                    COMPREPLY=()
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
                     ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__help)
-            opts="demo migrate transfer aggregate report status check prune rejected completions simulate help"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__help__subcmd__aggregate)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__help__subcmd__check)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__help__subcmd__completions)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__help__subcmd__demo)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__help__subcmd__help)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__help__subcmd__migrate)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__help__subcmd__prune)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__help__subcmd__rejected)
-            opts="list show replay purge"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__help__subcmd__rejected__subcmd__list)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__help__subcmd__rejected__subcmd__purge)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__help__subcmd__rejected__subcmd__replay)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__help__subcmd__rejected__subcmd__show)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__help__subcmd__report)
-            opts="overview trends user models failures peak-hours"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__help__subcmd__report__subcmd__failures)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__help__subcmd__report__subcmd__models)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__help__subcmd__report__subcmd__overview)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__help__subcmd__report__subcmd__peak__subcmd__hours)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__help__subcmd__report__subcmd__trends)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__help__subcmd__report__subcmd__user)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__help__subcmd__simulate)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__help__subcmd__status)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__help__subcmd__transfer)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
                 *)
                     COMPREPLY=()
                     ;;
@@ -753,7 +340,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__migrate)
-            opts="-v -q -h -V --status --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            opts="-v -q -h -V --status --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -775,6 +362,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -783,7 +374,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__prune)
-            opts="-v -q -h -V --older-than --dry-run --batch-size --format --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            opts="-v -q -h -V --older-than --dry-run --batch-size --format --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -817,6 +408,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -825,7 +420,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected)
-            opts="-v -q -h -V --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version list show replay purge help"
+            opts="-v -q -h -V --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version list show replay purge"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -847,90 +442,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                *)
-                    COMPREPLY=()
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
                     ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__rejected__subcmd__help)
-            opts="list show replay purge help"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__rejected__subcmd__help__subcmd__help)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__rejected__subcmd__help__subcmd__list)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__rejected__subcmd__help__subcmd__purge)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__rejected__subcmd__help__subcmd__replay)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__rejected__subcmd__help__subcmd__show)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
                 *)
                     COMPREPLY=()
                     ;;
@@ -939,7 +454,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected__subcmd__list)
-            opts="-v -q -h -V --reason --since --until --limit --format --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            opts="-v -q -h -V --reason --since --until --limit --format --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -981,6 +496,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -989,7 +508,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected__subcmd__purge)
-            opts="-v -q -h -V --older-than --reason --format --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            opts="-v -q -h -V --older-than --reason --format --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1023,6 +542,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1031,7 +554,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected__subcmd__replay)
-            opts="-v -q -h -V --all --reason --since --until --format --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            opts="-v -q -h -V --all --reason --since --until --format --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1069,6 +592,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1077,7 +604,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected__subcmd__show)
-            opts="-v -q -h -V --format --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            opts="-v -q -h -V --format --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1103,6 +630,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1111,7 +642,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report)
-            opts="-v -q -h -V --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version overview trends user models failures peak-hours help"
+            opts="-v -q -h -V --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version overview trends user models failures peak-hours"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1133,6 +664,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1141,7 +676,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__failures)
-            opts="-v -q -h -V --days --until --tz --format --section --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            opts="-v -q -h -V --days --until --tz --format --section --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1183,118 +718,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                *)
-                    COMPREPLY=()
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
                     ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__report__subcmd__help)
-            opts="overview trends user models failures peak-hours help"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__report__subcmd__help__subcmd__failures)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__report__subcmd__help__subcmd__help)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__report__subcmd__help__subcmd__models)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__report__subcmd__help__subcmd__overview)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__report__subcmd__help__subcmd__peak__subcmd__hours)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__report__subcmd__help__subcmd__trends)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        genalytics__subcmd__report__subcmd__help__subcmd__user)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
                 *)
                     COMPREPLY=()
                     ;;
@@ -1303,7 +730,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__models)
-            opts="-v -q -h -V --days --until --tz --format --section --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            opts="-v -q -h -V --days --until --tz --format --section --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1343,6 +770,10 @@ _genalytics() {
                     ;;
                 --stream)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1353,7 +784,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__overview)
-            opts="-v -q -h -V --compare --days --until --tz --format --section --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            opts="-v -q -h -V --compare --days --until --tz --format --section --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1395,6 +826,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1403,7 +838,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__peak__subcmd__hours)
-            opts="-v -q -h -V --by --sort --days --until --tz --format --section --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            opts="-v -q -h -V --by --sort --days --until --tz --format --section --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1453,6 +888,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1461,7 +900,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__trends)
-            opts="-v -q -h -V --interval --days --until --tz --format --section --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            opts="-v -q -h -V --interval --days --until --tz --format --section --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1507,6 +946,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1515,7 +958,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__user)
-            opts="-v -q -h -V --days --until --tz --format --section --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            opts="-v -q -h -V --days --until --tz --format --section --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1557,6 +1000,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1565,7 +1012,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__simulate)
-            opts="-v -q -h -V --events --hours --users --seed --end --maxlen --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            opts="-v -q -h -V --events --hours --users --seed --end --maxlen --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1611,6 +1058,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1619,7 +1070,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__status)
-            opts="-o -v -q -h -V --format --output --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            opts="-o -v -q -h -V --format --output --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1653,6 +1104,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1661,7 +1116,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__transfer)
-            opts="-v -q -h -V --batch-size --max-events --follow --keep --wait --new-stream --format --database-url --redis-url --redis-ns --stream --verbose --quiet --help --version"
+            opts="-v -q -h -V --batch-size --max-events --follow --keep --wait --new-stream --format --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1697,6 +1152,10 @@ _genalytics() {
                     ;;
                 --stream)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
                 *)

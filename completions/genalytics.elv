@@ -22,6 +22,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
             cand -q 'Print only errors'
@@ -41,7 +42,6 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand rejected 'Dead letters: list them, show one as received, replay them after a fix, purge them'
             cand completions 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
             cand simulate 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does'
-            cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'genalytics;demo'= {
             cand --events 'Stream entries to simulate over the last 24 hours'
@@ -49,6 +49,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
             cand --keep 'Leave the servers running and print the settings to try other commands on them'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
@@ -64,6 +65,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
             cand --status 'List applied and pending migrations instead of applying them'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
@@ -83,6 +85,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
             cand --follow 'Keep reading new entries until SIGINT/SIGTERM, committing at least every second; survives server restarts'
             cand --wait 'Wait for a transfer already running instead of exiting'
             cand --new-stream 'The key holds a new stream (recreated below the stored position): store all its entries, from its first'
@@ -105,6 +108,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
             cand --include-current 'Also roll up the hour in progress'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
@@ -120,6 +124,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
             cand -q 'Print only errors'
@@ -134,7 +139,6 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand models 'One row per model checkpoint (default 30 days)'
             cand failures 'Failures by error type and the failure rate per day (default 7 days)'
             cand peak-hours 'Average load per hour of day, busiest first (default 30 days)'
-            cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'genalytics;report;overview'= {
             cand --days 'Length of the window in days, ending at --until'
@@ -146,6 +150,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
             cand --compare 'Show each figure beside the previous window of the same length, and its change'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
@@ -167,6 +172,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
             cand -q 'Print only errors'
@@ -186,6 +192,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
             cand -q 'Print only errors'
@@ -205,6 +212,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
             cand -q 'Print only errors'
@@ -224,6 +232,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
             cand -q 'Print only errors'
@@ -245,6 +254,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
             cand -q 'Print only errors'
@@ -254,29 +264,6 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
-        &'genalytics;report;help'= {
-            cand overview 'Totals, success rate, durations and users over the window (default 7 days)'
-            cand trends 'One point per hour or local day, gaps filled with zeros (default 7 days)'
-            cand user 'One user''s generations, recent activity and failures (default 30 days)'
-            cand models 'One row per model checkpoint (default 30 days)'
-            cand failures 'Failures by error type and the failure rate per day (default 7 days)'
-            cand peak-hours 'Average load per hour of day, busiest first (default 30 days)'
-            cand help 'Print this message or the help of the given subcommand(s)'
-        }
-        &'genalytics;report;help;overview'= {
-        }
-        &'genalytics;report;help;trends'= {
-        }
-        &'genalytics;report;help;user'= {
-        }
-        &'genalytics;report;help;models'= {
-        }
-        &'genalytics;report;help;failures'= {
-        }
-        &'genalytics;report;help;peak-hours'= {
-        }
-        &'genalytics;report;help;help'= {
-        }
         &'genalytics;status'= {
             cand --format 'Output format'
             cand -o 'Write to this file instead of stdout, atomically (a temporary file in the same directory, renamed over it), readable by all: what the textfile collector of Prometheus'' node exporter needs'
@@ -285,6 +272,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
             cand -q 'Print only errors'
@@ -314,6 +302,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
             cand --nagios 'Speak the Monitoring Plugins protocol (Nagios, Icinga, Naemon): one status line with performance data; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
@@ -332,6 +321,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
             cand --dry-run 'Count what would be deleted; delete nothing'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
@@ -347,6 +337,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
             cand -q 'Print only errors'
@@ -359,7 +350,6 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand show 'Show one dead letter''s fields exactly as received (bytes that are not printable UTF-8 escaped as \xNN)'
             cand replay 'Parse dead letters again with today''s parser and store those that now pass, exactly once; the rest stay with today''s reason'
             cand purge 'Delete dead letters received before a cutoff'
-            cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'genalytics;rejected;list'= {
             cand --reason 'Only letters whose reason contains this text (any case)'
@@ -371,6 +361,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
             cand -q 'Print only errors'
@@ -386,6 +377,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
             cand -q 'Print only errors'
@@ -404,6 +396,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
             cand --all 'Replay every letter (that the filters match)'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
@@ -422,6 +415,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
             cand -q 'Print only errors'
@@ -431,28 +425,12 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
-        &'genalytics;rejected;help'= {
-            cand list 'List dead letters, oldest first: entry ID, stream, when, why'
-            cand show 'Show one dead letter''s fields exactly as received (bytes that are not printable UTF-8 escaped as \xNN)'
-            cand replay 'Parse dead letters again with today''s parser and store those that now pass, exactly once; the rest stay with today''s reason'
-            cand purge 'Delete dead letters received before a cutoff'
-            cand help 'Print this message or the help of the given subcommand(s)'
-        }
-        &'genalytics;rejected;help;list'= {
-        }
-        &'genalytics;rejected;help;show'= {
-        }
-        &'genalytics;rejected;help;replay'= {
-        }
-        &'genalytics;rejected;help;purge'= {
-        }
-        &'genalytics;rejected;help;help'= {
-        }
         &'genalytics;completions'= {
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
             cand -q 'Print only errors'
@@ -473,6 +451,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
             cand -q 'Print only errors'
@@ -481,74 +460,6 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --help 'Print help'
             cand -V 'Print version'
             cand --version 'Print version'
-        }
-        &'genalytics;help'= {
-            cand demo 'Run the whole pipeline on throwaway local servers: simulate, transfer, aggregate, report'
-            cand migrate 'Create or upgrade the PostgreSQL schema (also adopts the original service''s tables)'
-            cand transfer 'Drain the Redis stream into generation_events, exactly once'
-            cand aggregate 'Roll events up by UTC hour (every hour with new events, or the hours given)'
-            cand report 'Print a report: overview, trends, user, models, failures, peak-hours'
-            cand status 'Is data flowing? Stream, transfer lag, rollup backlog, table sizes'
-            cand check 'Alerting: exit 3 when a threshold is breached (failure rate, p95, lag, stale rollups)'
-            cand prune 'Delete raw events (and dead letters) older than a cutoff; rollups are kept'
-            cand rejected 'Dead letters: list them, show one as received, replay them after a fix, purge them'
-            cand completions 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
-            cand simulate 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does'
-            cand help 'Print this message or the help of the given subcommand(s)'
-        }
-        &'genalytics;help;demo'= {
-        }
-        &'genalytics;help;migrate'= {
-        }
-        &'genalytics;help;transfer'= {
-        }
-        &'genalytics;help;aggregate'= {
-        }
-        &'genalytics;help;report'= {
-            cand overview 'Totals, success rate, durations and users over the window (default 7 days)'
-            cand trends 'One point per hour or local day, gaps filled with zeros (default 7 days)'
-            cand user 'One user''s generations, recent activity and failures (default 30 days)'
-            cand models 'One row per model checkpoint (default 30 days)'
-            cand failures 'Failures by error type and the failure rate per day (default 7 days)'
-            cand peak-hours 'Average load per hour of day, busiest first (default 30 days)'
-        }
-        &'genalytics;help;report;overview'= {
-        }
-        &'genalytics;help;report;trends'= {
-        }
-        &'genalytics;help;report;user'= {
-        }
-        &'genalytics;help;report;models'= {
-        }
-        &'genalytics;help;report;failures'= {
-        }
-        &'genalytics;help;report;peak-hours'= {
-        }
-        &'genalytics;help;status'= {
-        }
-        &'genalytics;help;check'= {
-        }
-        &'genalytics;help;prune'= {
-        }
-        &'genalytics;help;rejected'= {
-            cand list 'List dead letters, oldest first: entry ID, stream, when, why'
-            cand show 'Show one dead letter''s fields exactly as received (bytes that are not printable UTF-8 escaped as \xNN)'
-            cand replay 'Parse dead letters again with today''s parser and store those that now pass, exactly once; the rest stay with today''s reason'
-            cand purge 'Delete dead letters received before a cutoff'
-        }
-        &'genalytics;help;rejected;list'= {
-        }
-        &'genalytics;help;rejected;show'= {
-        }
-        &'genalytics;help;rejected;replay'= {
-        }
-        &'genalytics;help;rejected;purge'= {
-        }
-        &'genalytics;help;completions'= {
-        }
-        &'genalytics;help;simulate'= {
-        }
-        &'genalytics;help;help'= {
         }
     ]
     $completions[$command]

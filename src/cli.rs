@@ -16,7 +16,9 @@ use crate::commands::{
     name = "genalytics",
     version,
     about = "Drain image-generation events from Redis into PostgreSQL exactly once, roll them up by hour, and report on them.",
-    propagate_version = true
+    propagate_version = true,
+    disable_help_subcommand = true,
+    after_help = EXAMPLES
 )]
 pub struct Cli {
     #[command(flatten, next_help_heading = "Global options")]
@@ -25,6 +27,13 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+const EXAMPLES: &str = "Examples:
+  genalytics demo
+  genalytics migrate
+  genalytics transfer && genalytics aggregate
+  genalytics report overview --days 7
+  genalytics status";
 
 /// Flags every subcommand accepts, before or after its name.
 #[derive(Debug, Args)]
@@ -72,6 +81,16 @@ pub struct GlobalArgs {
     /// Print only errors
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+
+    /// Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

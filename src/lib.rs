@@ -13,6 +13,7 @@ pub mod event;
 pub mod histogram;
 pub mod hour;
 pub mod interrupt;
+pub mod manpages;
 pub mod monitoring;
 pub mod output;
 pub mod render;
@@ -33,7 +34,7 @@ pub use error::{Exit, UsageError};
 
 /// Runs one parsed command line.
 pub fn run(cli: cli::Cli) -> anyhow::Result<Exit> {
-    init_logging(cli.global.verbose, cli.global.quiet);
+    init_logging(&cli.global);
     let settings = config::Settings::from_args(&cli.global)?;
     commands::run(cli.command, &settings)
 }
@@ -45,7 +46,11 @@ pub fn report_error(err: &anyhow::Error) -> Exit {
     if is_broken_pipe(err) {
         return Exit::Success;
     }
-    eprintln!("genalytics: {}", crate::error::one_line(err));
+    if LOG_JSON.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::error!("{}", crate::error::one_line(err));
+    } else {
+        eprintln!("genalytics: {}", crate::error::one_line(err));
+    }
     if err.downcast_ref::<UsageError>().is_some() {
         Exit::Usage
     } else {
@@ -88,21 +93,49 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
-    let level = match (quiet, verbose) {
-        (true, _) => tracing::Level::ERROR,
-        (false, 0) => tracing::Level::WARN,
-        (false, 1) => tracing::Level::INFO,
-        (false, _) => tracing::Level::DEBUG,
+/// Whether stderr carries JSON lines (`--log-format json`): the final error
+/// is one of them then.
+static LOG_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Logs go to stderr: at the level -v/-q ask for, or as `RUST_LOG`
+/// filters them (tracing's syntax, e.g. `genalytics=debug`), as text for
+/// people or as JSON lines for log shippers.
+fn init_logging(global: &cli::GlobalArgs) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (global.quiet, global.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
     };
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|spec| !spec.trim().is_empty());
+    let (filter, refused) = match spec.as_deref().map(EnvFilter::try_new) {
+        Some(Ok(filter)) => (filter, None),
+        Some(Err(err)) => (EnvFilter::new(level), Some(err)),
+        None => (EnvFilter::new(level), None),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr);
+    LOG_JSON.store(
+        global.log_format == cli::LogFormat::Json,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     // A second initialisation (tests calling run twice) is harmless.
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(io::stderr)
-        .with_target(false)
-        .with_ansi(
-            io::IsTerminal::is_terminal(&io::stderr()) && std::env::var_os("NO_COLOR").is_none(),
-        )
-        .without_time()
-        .try_init();
+    let _ = match global.log_format {
+        cli::LogFormat::Json => builder.json().with_current_span(false).try_init(),
+        cli::LogFormat::Text => builder
+            .with_target(false)
+            .with_ansi(
+                io::IsTerminal::is_terminal(&io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none(),
+            )
+            .without_time()
+            .try_init(),
+    };
+    if let Some(err) = refused {
+        tracing::warn!("RUST_LOG ignored ({err}); logging at the level -v/-q ask for");
+    }
 }

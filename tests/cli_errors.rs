@@ -159,3 +159,67 @@ fn global_flags_work_before_and_after_the_subcommand() {
         .args(["migrate", "--status", "--database-url", &env.database_url()])
         .ok();
 }
+
+#[test]
+fn rust_log_filters_and_json_logs_carry_every_line() {
+    // -v shows each migration applied; RUST_LOG overrides the level.
+    let env = TestEnv::new();
+    let ran = env
+        .genalytics()
+        .args(["migrate", "-v"])
+        .env("RUST_LOG", "warn")
+        .ok();
+    assert!(!ran.stderr.contains("applied migration"), "{}", ran.stderr);
+    let env = TestEnv::new();
+    let ran = env
+        .genalytics()
+        .arg("migrate")
+        .env("RUST_LOG", "genalytics=info")
+        .ok();
+    assert!(ran.stderr.contains("applied migration"), "{}", ran.stderr);
+
+    // As JSON: every line an object with a time, a level and a message,
+    // the final error included; a password still never shows.
+    let env = TestEnv::new();
+    let ran = env
+        .genalytics()
+        .args(["migrate", "-v", "--log-format", "json"])
+        .ok();
+    let lines: Vec<serde_json::Value> = ran
+        .stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}")))
+        .collect();
+    assert!(lines.len() >= 5, "{}", ran.stderr);
+    for line in &lines {
+        assert!(line["timestamp"].is_string(), "{line}");
+        assert_eq!(line["level"], "INFO", "{line}");
+    }
+    assert!(
+        lines[0]["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("applied migration")
+    );
+    let port = closed_port();
+    let ran = Cmd::new()
+        .args(["status", "--log-format", "json", "--database-url"])
+        .arg(format!("postgres://alice:{PASSWORD}@127.0.0.1:{port}/x"))
+        .code(1);
+    let error: serde_json::Value = serde_json::from_str(ran.stderr.trim()).unwrap();
+    assert_eq!(error["level"], "ERROR");
+    assert!(
+        error["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect to PostgreSQL")
+    );
+    assert!(!ran.stderr.contains(PASSWORD));
+    // A RUST_LOG that does not parse is said once, not obeyed.
+    let ran = Cmd::new()
+        .args(["status", "--database-url"])
+        .arg(format!("postgres://alice@127.0.0.1:{port}/x"))
+        .env("RUST_LOG", "a=[")
+        .code(1);
+    assert!(ran.stderr.contains("RUST_LOG ignored"), "{}", ran.stderr);
+}

@@ -40,3 +40,87 @@ fn the_bash_completion_is_valid_bash() {
         .unwrap();
     assert!(status.success());
 }
+
+#[test]
+fn man_pages_cover_every_command_with_examples_that_parse() {
+    let man = Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
+    let generated: std::collections::BTreeSet<String> =
+        genalytics::commands::completions::generated_files()
+            .unwrap()
+            .into_iter()
+            .filter_map(|(path, _)| path.strip_prefix("man/").map(str::to_string))
+            .collect();
+    let committed: std::collections::BTreeSet<String> = std::fs::read_dir(&man)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        committed, generated,
+        "man/ holds exactly the generated pages"
+    );
+    for page in [
+        "genalytics-report-trends.1",
+        "genalytics-report-peak-hours.1",
+        "genalytics-rejected-replay.1",
+    ] {
+        assert!(generated.contains(page), "{page}");
+    }
+    for name in &generated {
+        let text = std::fs::read_to_string(man.join(name)).unwrap();
+        for section in [
+            ".SH NAME",
+            ".SH SYNOPSIS",
+            ".SH OPTIONS",
+            ".SH \"EXIT STATUS\"",
+            ".SH ENVIRONMENT",
+        ] {
+            assert!(text.contains(section), "{name} lacks {section}");
+        }
+        assert!(
+            text.contains("DATABASE_URL") && text.contains("GENALYTICS_REDIS_NS"),
+            "{name}"
+        );
+        // Global options are on every page.
+        assert!(
+            text.contains("\\-\\-database\\-url"),
+            "{name} lacks the global options"
+        );
+        // Every page it refers to exists.
+        let plain = text.replace("\\-", "-");
+        for (at, _) in plain.match_indices("(1)") {
+            let start = plain[..at]
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .map_or(0, |i| i + 1);
+            let referred = format!("{}.1", &plain[start..at]);
+            assert!(
+                generated.contains(&referred),
+                "{name} refers to {referred}, which does not exist"
+            );
+        }
+        // Pages of commands that run (not groups) show examples, and every
+        // example is a command line genalytics accepts.
+        if text.contains(".SH EXAMPLES") {
+            let examples = &plain[plain.find(".SH EXAMPLES").unwrap()..];
+            let examples = &examples[..examples[4..].find(".SH").map_or(examples.len(), |i| i + 4)];
+            for line in examples.lines().filter_map(|l| l.strip_prefix("\\fB")) {
+                let line = line.trim_end_matches("\\fR").replace("\\(ti", "~");
+                for command in line.split("&&") {
+                    let words: Vec<&str> = command
+                        .split_whitespace()
+                        .take_while(|w| !matches!(*w, ">" | "|"))
+                        .collect();
+                    assert_eq!(words.first(), Some(&"genalytics"), "{name}: {line}");
+                    if let Err(err) = <genalytics::cli::Cli as clap::Parser>::try_parse_from(&words)
+                    {
+                        panic!("{name}: example `{line}` does not parse: {err}");
+                    }
+                }
+            }
+        } else {
+            assert!(
+                name == "genalytics-rejected.1" || name == "genalytics-report.1",
+                "{name} has no examples"
+            );
+        }
+    }
+}

@@ -30,6 +30,7 @@ use crate::timearg::parse_instant;
 const CHUNK_HOURS: usize = 24;
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
 pub struct Args {
     /// Roll up the hour containing this time (2026-11-27T14, RFC 3339 or naive UTC)
     #[arg(long, value_name = "TIME", value_parser = parse_instant, conflicts_with_all = ["from", "to"])]
@@ -55,6 +56,11 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
     pub format: SummaryFormat,
 }
+
+const EXAMPLES: &str = "Examples:
+  genalytics aggregate
+  genalytics aggregate --hour 2026-11-27T14
+  genalytics aggregate --from 2026-11-01 --to 2026-11-28";
 
 #[derive(Debug, Default, Serialize)]
 struct Summary {

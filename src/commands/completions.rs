@@ -12,11 +12,17 @@ use crate::cli::Cli;
 use crate::error::Exit;
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
 pub struct Args {
     /// Shell to print the completion script for
     #[arg(value_enum)]
     pub shell: Shell,
 }
+
+const EXAMPLES: &str = "Examples:
+  genalytics completions bash > /etc/bash_completion.d/genalytics
+  genalytics completions zsh > ~/.zfunc/_genalytics
+  genalytics completions fish > ~/.config/fish/completions/genalytics.fish";
 
 pub fn run(args: &Args) -> anyhow::Result<Exit> {
     let mut out = std::io::stdout().lock();
@@ -49,15 +55,8 @@ pub fn generated_files() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
         };
         files.push((format!("completions/{name}"), completion_script(shell)));
     }
-    let command = Cli::command();
-    let mut page = Vec::new();
-    clap_mangen::Man::new(command.clone()).render(&mut page)?;
-    files.push(("man/genalytics.1".to_string(), page));
-    for sub in command.get_subcommands() {
-        let name = format!("genalytics-{}", sub.get_name());
-        let mut page = Vec::new();
-        clap_mangen::Man::new(sub.clone().name(name.clone())).render(&mut page)?;
-        files.push((format!("man/{name}.1"), page));
+    for (name, page) in crate::manpages::pages()? {
+        files.push((format!("man/{name}"), page));
     }
     Ok(files)
 }

@@ -18,6 +18,7 @@ use crate::error::Exit;
 use crate::throwaway::{Postgres, Redis};
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
 pub struct Args {
     /// Leave the servers running and print the settings to try other commands on them
     #[arg(long)]
@@ -28,6 +29,10 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..=5_000_000))]
     pub events: u64,
 }
+
+const EXAMPLES: &str = "Examples:
+  genalytics demo
+  genalytics demo --events 100000 --keep";
 
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     crate::interrupt::install()?;
@@ -134,5 +139,6 @@ fn demo_settings(database_url: &str, redis_url: &str, quiet: bool) -> anyhow::Re
         stream: None,
         verbose: 0,
         quiet,
+        log_format: crate::cli::LogFormat::Text,
     })?)
 }

@@ -10,11 +10,16 @@ use crate::db::{self, migrations};
 use crate::error::Exit;
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
 pub struct Args {
     /// List applied and pending migrations instead of applying them
     #[arg(long)]
     pub status: bool,
 }
+
+const EXAMPLES: &str = "Examples:
+  genalytics migrate
+  genalytics migrate --status";
 
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     let database = settings.database()?;

@@ -25,6 +25,7 @@ use crate::output::{SummaryFormat, thousands};
 use crate::timearg::parse_span;
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
 pub struct Args {
     /// Delete raw events older than this (e.g. 90d, 36h, 1h30m, 2w)
     #[arg(long, value_name = "DURATION", value_parser = parse_span)]
@@ -43,6 +44,10 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
     pub format: SummaryFormat,
 }
+
+const EXAMPLES: &str = "Examples:
+  genalytics prune --older-than 90d
+  genalytics prune --older-than 2w --dry-run";
 
 #[derive(Debug, Serialize)]
 struct Summary {

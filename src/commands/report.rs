@@ -14,10 +14,19 @@ use crate::report::{Window, failures, models, overview, peak, user};
 use crate::timearg::parse_instant;
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
 pub struct Args {
     #[command(subcommand)]
     pub report: Which,
 }
+
+const EXAMPLES: &str = "Examples:
+  genalytics report overview --days 7 --compare
+  genalytics report trends --interval daily --days 30 --tz Europe/Berlin
+  genalytics report user 6f1c2a9e-3b7d-4e1a-9c55-0d2b8f4a7e11 --format json
+  genalytics report models --format csv > models.csv
+  genalytics report failures --days 1
+  genalytics report peak-hours --by weekday";
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Which {

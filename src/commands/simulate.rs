@@ -18,6 +18,7 @@ use crate::traffic::{Traffic, TrafficSpec};
 const PIPELINE: usize = 5_000;
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
 pub struct Args {
     /// Stream entries to write (requests, completions and cancellations together)
     #[arg(long, default_value_t = 10_000, value_name = "N")]
@@ -43,6 +44,10 @@ pub struct Args {
     #[arg(long, default_value_t = producer::PRODUCER_MAXLEN, value_name = "N")]
     pub maxlen: u64,
 }
+
+const EXAMPLES: &str = "Examples:
+  genalytics simulate --events 10000 --hours 24
+  genalytics simulate --events 100000 --seed 7 --end 2026-11-28T00 --maxlen 0";
 
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     let end = args.end.unwrap_or_else(Utc::now);

@@ -41,6 +41,7 @@ use crate::stream::{self, EntryId};
 use crate::timearg::parse_span;
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
 pub struct Args {
     /// Entries per transaction (and at most per read from Redis)
     #[arg(long, default_value_t = 5_000, value_name = "N",
@@ -71,6 +72,12 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
     pub format: SummaryFormat,
 }
+
+const EXAMPLES: &str = "Examples:
+  genalytics transfer
+  genalytics transfer --follow
+  genalytics transfer --keep 6h --format json
+  genalytics transfer --new-stream";
 
 /// Most bytes of entries read and not yet committed before the reader
 /// waits. Batches of small entries never reach it (one being stored, one
