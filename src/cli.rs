@@ -16,6 +16,7 @@ use crate::commands::{
     name = "genalytics",
     version,
     about = "Drain image-generation events from Redis into PostgreSQL exactly once, roll them up by hour, and report on them.",
+    long_version = long_version(),
     propagate_version = true,
     disable_help_subcommand = true,
     after_help = EXAMPLES
@@ -26,6 +27,17 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--version`: the release, the commit it was built from and the TLS
+/// library it speaks through — what a bug report needs.
+fn long_version() -> String {
+    format!(
+        "{}\ncommit {}\nTLS: native-tls on {} (PostgreSQL and Redis)",
+        env!("CARGO_PKG_VERSION"),
+        env!("GENALYTICS_COMMIT"),
+        openssl::version::version()
+    )
 }
 
 const EXAMPLES: &str = "Examples:

@@ -223,3 +223,32 @@ fn rust_log_filters_and_json_logs_carry_every_line() {
         .code(1);
     assert!(ran.stderr.contains("RUST_LOG ignored"), "{}", ran.stderr);
 }
+
+#[test]
+fn version_names_the_commit_and_the_tls_library() {
+    let ran = Cmd::new().arg("--version").ok();
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", ran.stdout);
+    assert_eq!(
+        lines[0],
+        format!("genalytics {}", env!("CARGO_PKG_VERSION"))
+    );
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8(out.stdout).unwrap().trim().to_string());
+    match head {
+        Some(head) => assert_eq!(lines[1], format!("commit {head}")),
+        None => assert!(lines[1].starts_with("commit "), "{}", lines[1]),
+    }
+    assert!(
+        lines[2].starts_with("TLS: native-tls on OpenSSL "),
+        "{}",
+        lines[2]
+    );
+    // -V stays one line, for scripts.
+    assert_eq!(Cmd::new().arg("-V").ok().stdout.trim(), lines[0]);
+}

@@ -83,16 +83,23 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
             .flatten()
             .map(|p| p.to_string())
             .collect();
-        say("demo: the servers keep running. Try any command against them:")?;
-        say(&format!("  export DATABASE_URL={database_url}"))?;
-        say(&format!("  export REDIS_URL={redis_url}"))?;
-        say(
-            "  genalytics report models; genalytics status; genalytics simulate --events 5000 --hours 1",
+        // What --keep is for: printed even with -q.
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "demo: the servers keep running. Try any command against them:"
         )?;
-        say(&format!(
+        writeln!(out, "  export DATABASE_URL={database_url}")?;
+        writeln!(out, "  export REDIS_URL={redis_url}")?;
+        writeln!(
+            out,
+            "  genalytics report models; genalytics status; genalytics simulate --events 5000 --hours 1"
+        )?;
+        writeln!(
+            out,
             "demo: when done: kill {}; rm -rf {dirs}",
             pids.join(" ")
-        ))?;
+        )?;
     } else {
         drop((pg, redis));
         say(
