@@ -115,3 +115,61 @@ fn the_follower_tells_systemd_it_is_ready_alive_and_stopping() {
     assert!(wait_message(&socket, "STOPPING=1", &mut seen), "{seen:?}");
     assert!(follower.wait().unwrap().success());
 }
+
+#[test]
+fn the_debian_package_ships_what_exists() {
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let deb = &metadata["packages"][0]["metadata"]["deb"];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut destinations = Vec::new();
+    for asset in deb["assets"].as_array().unwrap() {
+        let source = asset[0].as_str().unwrap();
+        let target = asset[1].as_str().unwrap();
+        destinations.push(target.to_string());
+        if source.starts_with("target/") {
+            continue;
+        }
+        // A glob's directory holds at least one file; a plain path exists.
+        match source
+            .strip_suffix("/*")
+            .or_else(|| source.strip_suffix("/*.1"))
+        {
+            Some(dir) => assert!(
+                std::fs::read_dir(root.join(dir)).unwrap().next().is_some(),
+                "{source}"
+            ),
+            None => assert!(root.join(source).is_file(), "{source} is missing"),
+        }
+    }
+    for wanted in [
+        "usr/bin/",
+        "usr/share/man/man1/",
+        "usr/lib/systemd/system/",
+        "usr/share/bash-completion/completions/genalytics",
+        "usr/share/zsh/vendor-completions/",
+        "usr/share/fish/vendor_completions.d/",
+        "etc/genalytics/env",
+    ] {
+        assert!(
+            destinations.iter().any(|d| d == wanted),
+            "{wanted} is not shipped"
+        );
+    }
+    // The env file the units read is the package's conffile, private.
+    assert_eq!(
+        deb["conf-files"],
+        serde_json::json!(["/etc/genalytics/env"])
+    );
+    for unit in std::fs::read_dir(UNITS).unwrap() {
+        let text = std::fs::read_to_string(unit.unwrap().path()).unwrap();
+        if text.contains("EnvironmentFile=") {
+            assert!(text.contains("EnvironmentFile=/etc/genalytics/env"));
+        }
+    }
+}
