@@ -402,9 +402,32 @@ fn sample(exposition: &str, family: &str, labels: &str) -> Option<f64> {
     })
 }
 
+fn status_of(env: &TestEnv, key: &str) -> Value {
+    let ran = env
+        .genalytics()
+        .args(["status", "--format", "json", "--stream", key])
+        .ok();
+    serde_json::from_str(&ran.stdout).unwrap()
+}
+
 #[test]
 fn status_as_openmetrics_passes_promtool() {
     let env = migrated();
+    // An empty pipeline: nothing transferred yet, nothing in the stream.
+    let ran = env
+        .genalytics()
+        .args(["status", "--format", "openmetrics"])
+        .ok();
+    assert_eq!(promtool_complaints(&ran.stdout), "", "{}", ran.stdout);
+    assert_eq!(
+        sample(&ran.stdout, "genalytics_rejected_entries", ""),
+        Some(0.0)
+    );
+    assert!(
+        !ran.stdout
+            .contains("genalytics_last_transfer_timestamp_seconds")
+    );
+
     // A stream key with the bytes label values must escape.
     let key = "odd\"key\\with\nnewline";
     let mut con = env.redis();
@@ -469,6 +492,46 @@ fn status_as_openmetrics_passes_promtool() {
     assert!(
         text.contains("# UNIT genalytics_table_size_bytes bytes\n"),
         "{text}"
+    );
+
+    // The same figures as status --format json.
+    let json = status_of(&env, key);
+    for (family, field) in [
+        ("genalytics_stream_length", "stream_length"),
+        ("genalytics_untransferred_entries", "behind"),
+        ("genalytics_events_transferred_total", "events_transferred"),
+        ("genalytics_stream_resets_total", "stream_resets"),
+        (
+            "genalytics_oldest_untransferred_age_seconds",
+            "oldest_untransferred_age_seconds",
+        ),
+    ] {
+        let shown = sample(&text, family, stream).unwrap();
+        let want = json[field].as_f64().unwrap();
+        // Ages move on between the two runs.
+        let slack = if field.ends_with("seconds") { 5.0 } else { 0.0 };
+        assert!(
+            (shown - want).abs() <= slack,
+            "{family} {shown} vs {field} {want}"
+        );
+    }
+    for (family, field) in [
+        ("genalytics_rejected_entries", "rejected_entries"),
+        ("genalytics_rollup_queued", "hours_awaiting_rollup"),
+        ("genalytics_rollup_stale", "stale_hours"),
+        ("genalytics_rollup_failing", "failing_hours"),
+        ("genalytics_rollup_legacy", "legacy_hours"),
+        ("genalytics_late_events", "late_events_waiting"),
+    ] {
+        assert_eq!(sample(&text, family, ""), json[field].as_f64(), "{family}");
+    }
+    assert_eq!(
+        sample(
+            &text,
+            "genalytics_completions_last_hour",
+            "outcome=\"success\""
+        ),
+        json["successful_last_hour"].as_f64()
     );
 
     // The alerting rules in contrib/ are valid, pass their own unit tests,
