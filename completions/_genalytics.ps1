@@ -147,6 +147,7 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('models', 'models', [CompletionResultType]::ParameterValue, 'One row per model checkpoint (default 30 days)')
             [CompletionResult]::new('failures', 'failures', [CompletionResultType]::ParameterValue, 'Failures by error type and the failure rate per day (default 7 days)')
             [CompletionResult]::new('peak-hours', 'peak-hours', [CompletionResultType]::ParameterValue, 'Average load per hour of day, busiest first (default 30 days)')
+            [CompletionResult]::new('html', 'html', [CompletionResultType]::ParameterValue, 'One self-contained HTML page: overview, hourly charts, failure rate per day, the weekday × hour heatmap, models and error types (default 7 days)')
             break
         }
         'genalytics;report;overview' {
@@ -275,6 +276,28 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print only errors')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'genalytics;report;html' {
+            [CompletionResult]::new('--days', '--days', [CompletionResultType]::ParameterName, 'Length of the window in days, ending at --until')
+            [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'End of the window (exclusive); default now')
+            [CompletionResult]::new('--tz', '--tz', [CompletionResultType]::ParameterName, 'IANA time zone for days, hours of day and shown times')
+            [CompletionResult]::new('--failure-limit', '--failure-limit', [CompletionResultType]::ParameterName, 'Draw this failure rate (percent) as a limit on the daily chart')
+            [CompletionResult]::new('-o', '-o', [CompletionResultType]::ParameterName, 'Write the page to this file (atomically) instead of stdout')
+            [CompletionResult]::new('--output', '--output', [CompletionResultType]::ParameterName, 'Write the page to this file (atomically) instead of stdout')
+            [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require')
+            [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Redis connection URL (rediss:// for TLS)')
+            [CompletionResult]::new('--redis-ns', '--redis-ns', [CompletionResultType]::ParameterName, 'Namespace of the stream key: {ns}:generation_events:stream')
+            [CompletionResult]::new('--stream', '--stream', [CompletionResultType]::ParameterName, 'Full stream key, overriding the one built from --redis-ns')
+            [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print only errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print only errors')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break

@@ -139,6 +139,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand models 'One row per model checkpoint (default 30 days)'
             cand failures 'Failures by error type and the failure rate per day (default 7 days)'
             cand peak-hours 'Average load per hour of day, busiest first (default 30 days)'
+            cand html 'One self-contained HTML page: overview, hourly charts, failure rate per day, the weekday × hour heatmap, models and error types (default 7 days)'
         }
         &'genalytics;report;overview'= {
             cand --days 'Length of the window in days, ending at --until'
@@ -261,6 +262,27 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --quiet 'Print only errors'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'genalytics;report;html'= {
+            cand --days 'Length of the window in days, ending at --until'
+            cand --until 'End of the window (exclusive); default now'
+            cand --tz 'IANA time zone for days, hours of day and shown times'
+            cand --failure-limit 'Draw this failure rate (percent) as a limit on the daily chart'
+            cand -o 'Write the page to this file (atomically) instead of stdout'
+            cand --output 'Write the page to this file (atomically) instead of stdout'
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help'
+            cand --help 'Print help'
             cand -V 'Print version'
             cand --version 'Print version'
         }

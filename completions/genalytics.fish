@@ -103,28 +103,30 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -s v -l
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -s V -l version -d 'Print version'
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours" -s q -l quiet -d 'Print only errors'
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours" -s h -l help -d 'Print help'
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours" -s V -l version -d 'Print version'
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours" -f -a "overview" -d 'Totals, success rate, durations and users over the window (default 7 days)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours" -f -a "trends" -d 'One point per hour or local day, gaps filled with zeros (default 7 days)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours" -f -a "user" -d 'One user\'s generations, recent activity and failures (default 30 days)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours" -f -a "models" -d 'One row per model checkpoint (default 30 days)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours" -f -a "failures" -d 'Failures by error type and the failure rate per day (default 7 days)'
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours" -f -a "peak-hours" -d 'Average load per hour of day, busiest first (default 30 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -s q -l quiet -d 'Print only errors'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -s h -l help -d 'Print help'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -s V -l version -d 'Print version'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -f -a "overview" -d 'Totals, success rate, durations and users over the window (default 7 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -f -a "trends" -d 'One point per hour or local day, gaps filled with zeros (default 7 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -f -a "user" -d 'One user\'s generations, recent activity and failures (default 30 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -f -a "models" -d 'One row per model checkpoint (default 30 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -f -a "failures" -d 'Failures by error type and the failure rate per day (default 7 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -f -a "peak-hours" -d 'Average load per hour of day, busiest first (default 30 days)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -f -a "html" -d 'One self-contained HTML page: overview, hourly charts, failure rate per day, the weekday × hour heatmap, models and error types (default 7 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l days -d 'Length of the window in days, ending at --until' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l until -d 'End of the window (exclusive); default now. Fix it for reproducible reports' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l tz -d 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l format -d 'Output format' -r -f -a "table\t'Tables for people'
 csv\t'One CSV table (pick it with --section)'
-json\t'The whole report as one JSON object'"
+json\t'The whole report as one JSON object'
+html\t'One self-contained HTML page (inline CSS and SVG charts)'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l section -d 'With --format csv: which table of a report with several' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
@@ -144,7 +146,8 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l tz -d 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l format -d 'Output format' -r -f -a "table\t'Tables for people'
 csv\t'One CSV table (pick it with --section)'
-json\t'The whole report as one JSON object'"
+json\t'The whole report as one JSON object'
+html\t'One self-contained HTML page (inline CSS and SVG charts)'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l section -d 'With --format csv: which table of a report with several' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
@@ -161,7 +164,8 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l tz -d 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l format -d 'Output format' -r -f -a "table\t'Tables for people'
 csv\t'One CSV table (pick it with --section)'
-json\t'The whole report as one JSON object'"
+json\t'The whole report as one JSON object'
+html\t'One self-contained HTML page (inline CSS and SVG charts)'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l section -d 'With --format csv: which table of a report with several' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
@@ -178,7 +182,8 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l tz -d 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l format -d 'Output format' -r -f -a "table\t'Tables for people'
 csv\t'One CSV table (pick it with --section)'
-json\t'The whole report as one JSON object'"
+json\t'The whole report as one JSON object'
+html\t'One self-contained HTML page (inline CSS and SVG charts)'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l section -d 'With --format csv: which table of a report with several' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
@@ -195,7 +200,8 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l tz -d 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l format -d 'Output format' -r -f -a "table\t'Tables for people'
 csv\t'One CSV table (pick it with --section)'
-json\t'The whole report as one JSON object'"
+json\t'The whole report as one JSON object'
+html\t'One self-contained HTML page (inline CSS and SVG charts)'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l section -d 'With --format csv: which table of a report with several' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
@@ -215,7 +221,8 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l tz -d 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l format -d 'Output format' -r -f -a "table\t'Tables for people'
 csv\t'One CSV table (pick it with --section)'
-json\t'The whole report as one JSON object'"
+json\t'The whole report as one JSON object'
+html\t'One self-contained HTML page (inline CSS and SVG charts)'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l section -d 'With --format csv: which table of a report with several' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
@@ -227,6 +234,21 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -s V -l version -d 'Print version'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l days -d 'Length of the window in days, ending at --until' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l until -d 'End of the window (exclusive); default now' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l tz -d 'IANA time zone for days, hours of day and shown times' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l failure-limit -d 'Draw this failure rate (percent) as a limit on the daily chart' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -s o -l output -d 'Write the page to this file (atomically) instead of stdout' -r -F
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
+json\t''"
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -s q -l quiet -d 'Print only errors'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -s h -l help -d 'Print help'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -s V -l version -d 'Print version'
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l format -d 'Output format' -r -f -a "text\t'A table of figures and one line per warning'
 json\t'One JSON object'
 openmetrics\t'Gauges and counters in the Prometheus/OpenMetrics text format, for the textfile collector of Prometheus\' node exporter'"
@@ -299,7 +321,8 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fi
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l limit -d 'Show at most this many (0: all)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l format -r -f -a "table\t'Tables for people'
 csv\t'One CSV table (pick it with --section)'
-json\t'The whole report as one JSON object'"
+json\t'The whole report as one JSON object'
+html\t'One self-contained HTML page (inline CSS and SVG charts)'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r

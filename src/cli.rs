@@ -144,6 +144,7 @@ mod tests {
             &["report", "peak-hours", "--tz", "Pacific/Chatham"],
             "--until",
         ),
+        (&["report", "html", "--tz", "Asia/Kathmandu"], "--until"),
         (&["aggregate"], "--hour"),
         (&["aggregate", "--to", "2026-01-01"], "--from"),
         (&["aggregate", "--from", "1950-01-01"], "--to"),

@@ -830,3 +830,443 @@ fn a_user_above_the_exactness_threshold_gets_histogram_percentiles_and_says_so()
         ran.stderr
     );
 }
+
+/// Points of the lines drawn in a chart's SVG: every polyline that is not
+/// an axis or a tick (those are black).
+fn drawn_points(figure: scraper::ElementRef<'_>) -> usize {
+    let polylines = scraper::Selector::parse("polyline").unwrap();
+    figure
+        .select(&polylines)
+        .filter(|line| line.value().attr("stroke") != Some("#000000"))
+        .map(|line| {
+            line.value()
+                .attr("points")
+                .unwrap()
+                .split_whitespace()
+                .count()
+        })
+        .sum()
+}
+
+/// A JSON value and a cell's `data-value` say the same.
+#[track_caller]
+fn same_value(json: &Value, shown: &str, what: &str) {
+    match json {
+        Value::Null => assert_eq!(shown, "", "{what}"),
+        Value::Number(n) => {
+            let shown: f64 = shown.parse().unwrap_or_else(|_| panic!("{what}: {shown}"));
+            assert!(
+                (n.as_f64().unwrap() - shown).abs() < 1e-9,
+                "{what}: {n} vs {shown}"
+            );
+        }
+        Value::Bool(b) => assert_eq!(shown, b.to_string(), "{what}"),
+        Value::String(s) => match chrono::DateTime::parse_from_rfc3339(s) {
+            Ok(at) => assert_eq!(
+                chrono::DateTime::parse_from_rfc3339(shown).unwrap(),
+                at,
+                "{what}"
+            ),
+            Err(_) => assert_eq!(shown, s, "{what}"),
+        },
+        Value::Array(items) => {
+            let items: Vec<&str> = items.iter().map(|i| i.as_str().unwrap()).collect();
+            assert_eq!(shown, items.join("\n"), "{what}");
+        }
+        Value::Object(_) => panic!("{what}: an object in a cell"),
+    }
+}
+
+#[test]
+fn the_html_report_is_self_contained_and_shows_the_json_reports_figures() {
+    let (env, _) = loaded();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("report.html");
+    let common = ["--days", "3", "--until", UNTIL, "--tz", "America/New_York"];
+    env.genalytics()
+        .args(["report", "html", "--failure-limit", "5", "-o"])
+        .arg(&file)
+        .args(common)
+        .ok();
+    let html = std::fs::read_to_string(&file).unwrap();
+    let json = |args: &[&str]| -> Value {
+        let ran = env
+            .genalytics()
+            .arg("report")
+            .args(args.iter().copied())
+            .args(common)
+            .args(["--format", "json"])
+            .ok();
+        serde_json::from_str(&ran.stdout).unwrap()
+    };
+    let overview = json(&["overview"]);
+    let trends = json(&["trends"]);
+    let failures = json(&["failures"]);
+    let models = json(&["models"]);
+    let peak = json(&["peak-hours", "--by", "weekday"]);
+
+    let page = scraper::Html::parse_document(&html);
+    assert!(page.errors.is_empty(), "{:?}", page.errors);
+    let select = |css: &str| scraper::Selector::parse(css).unwrap();
+    // Nothing is fetched: no scripts, no links, no sources, no imports.
+    for css in [
+        "script", "link", "img", "iframe", "object", "[src]", "[href]",
+    ] {
+        assert_eq!(page.select(&select(css)).count(), 0, "{css}");
+    }
+    let style: String = page
+        .select(&select("style"))
+        .flat_map(|s| s.text())
+        .collect();
+    assert!(
+        !style.contains("@import") && !style.contains("url("),
+        "{style}"
+    );
+    assert!(!html.contains("https://"));
+    assert_eq!(
+        html.matches("http://").count(),
+        html.matches("xmlns=\"http://www.w3.org/2000/svg\"").count(),
+        "only SVG namespaces mention http"
+    );
+
+    // The overview's figures, value for value.
+    let summary = select("#section-summary td[data-field]");
+    let mut shown = 0;
+    for cell in page.select(&summary) {
+        let field = cell.value().attr("data-field").unwrap();
+        same_value(
+            &overview[field],
+            cell.value().attr("data-value").unwrap(),
+            field,
+        );
+        shown += 1;
+    }
+    assert!(shown >= 15, "{shown} figures");
+    // Models and error types, row for row.
+    for (section, rows) in [
+        ("#section-models", &models["models"]),
+        ("#section-error_types", &failures["error_types"]),
+    ] {
+        let rows = rows.as_array().unwrap();
+        let table_rows: Vec<_> = page
+            .select(&select(&format!("{section} tbody tr")))
+            .collect();
+        assert_eq!(table_rows.len(), rows.len(), "{section}");
+        assert!(!rows.is_empty(), "{section}");
+        for (tr, row) in table_rows.iter().zip(rows) {
+            for cell in tr.select(&select("td")) {
+                let field = cell.value().attr("data-field").unwrap();
+                assert!(
+                    row.get(field).is_some(),
+                    "{field} is not in the JSON report"
+                );
+                same_value(&row[field], cell.value().attr("data-value").unwrap(), field);
+            }
+        }
+    }
+
+    // One SVG per line chart, with as many points as its series have.
+    let figure = |id: &str| {
+        page.select(&select(&format!("figure#chart-{id}")))
+            .next()
+            .unwrap_or_else(|| panic!("no chart {id}"))
+    };
+    let points = trends["data_points"].as_array().unwrap();
+    assert_eq!(points.len(), 72);
+    let present = |field: &str| points.iter().filter(|p| !p[field].is_null()).count();
+    for id in ["requests", "durations", "failure_rate"] {
+        assert_eq!(figure(id).select(&select("svg")).count(), 1, "{id}");
+    }
+    assert_eq!(drawn_points(figure("requests")), points.len());
+    assert!(
+        present("p95_duration_ms") < points.len(),
+        "gaps in the durations"
+    );
+    assert_eq!(
+        drawn_points(figure("durations")),
+        present("p50_duration_ms") + present("p95_duration_ms")
+    );
+    let days = failures["failure_trends"].as_array().unwrap();
+    let rated = days
+        .iter()
+        .filter(|d| !d["failure_rate_pct"].is_null())
+        .count();
+    assert_eq!(
+        drawn_points(figure("failure_rate")),
+        rated + 2,
+        "the days and the limit"
+    );
+    assert!(
+        figure("failure_rate")
+            .text()
+            .any(|t| t.contains("limit 5.0 %"))
+    );
+    // The heatmap: 7 local weekdays × 24 hours, as the JSON report has them.
+    let cells: Vec<f64> = figure("peak_hours")
+        .select(&select("td"))
+        .map(|td| td.value().attr("data-value").unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(cells.len(), 7 * 24);
+    let weekdays = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    let mut want = vec![0.0; 7 * 24];
+    for row in peak["peak_hours"].as_array().unwrap() {
+        let day = weekdays.iter().position(|d| row["weekday"] == *d).unwrap();
+        let hour = row["hour_of_day"].as_u64().unwrap() as usize;
+        want[day * 24 + hour] = row["avg_requests"].as_f64().unwrap();
+    }
+    assert_eq!(cells, want);
+
+    // A model name from the data is text, never markup.
+    let mut db = env.db();
+    db.execute(
+        "UPDATE generation_metrics_hourly_models SET model_checkpoint = '<script>alert(1)</script>'
+         WHERE model_checkpoint = (SELECT min(model_checkpoint) FROM generation_metrics_hourly_models)",
+        &[],
+    )
+    .unwrap();
+    let ran = env.genalytics().args(["report", "html"]).args(common).ok();
+    assert!(!ran.stdout.contains("<script>"), "markup from the data");
+    assert!(ran.stdout.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+
+    // Headless Chromium (Debian's chromium, installed by .ci/run) renders
+    // the page, and the screenshot is not blank.
+    let shot = dir.path().join("shot.png");
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1100,2400",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", file.display()))
+        .output()
+        .expect("chromium is installed (.ci/run installs Debian's chromium)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut pixels).unwrap();
+    let channels = info.color_type.samples();
+    let pixels = &pixels[..info.buffer_size()];
+    let colours: BTreeSet<&[u8]> = pixels.chunks(channels).collect();
+    let light = pixels
+        .chunks(channels)
+        .filter(|p| p.iter().take(3).all(|&c| c > 240))
+        .count();
+    let total = pixels.len() / channels;
+    assert!(colours.len() > 50, "{} colours", colours.len());
+    assert!(
+        light < total * 97 / 100,
+        "{light} of {total} pixels are near white"
+    );
+}
+
+/// One completion at the start of every UTC hour in `[from, to)`, every
+/// third one failed.
+fn hourly_completions(from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<Written> {
+    let mut events = Vec::new();
+    let mut at = from;
+    let mut i = 0;
+    while at < to {
+        events.push(Written {
+            success: Some(i % 3 != 0),
+            duration_ms: Some(1_000 + i),
+            error_type: (i % 3 == 0).then(|| "Timeout".to_string()),
+            ..Written::new(at + Duration::minutes(1), "completion")
+        });
+        at += Duration::hours(1);
+        i += 1;
+    }
+    events
+}
+
+#[test]
+fn local_days_have_23_or_25_hours_at_dst_changes() {
+    let env = TestEnv::new();
+    env.genalytics().args(["migrate", "-q"]).ok();
+    // Around both of New York's changes in 2026: 8 March (23 hours) and
+    // 1 November (25 hours).
+    let spans = [
+        ("2026-03-06T00:00:00Z", "2026-03-10T00:00:00Z"),
+        ("2026-10-30T00:00:00Z", "2026-11-03T00:00:00Z"),
+    ];
+    let tz: chrono_tz::Tz = "America/New_York".parse().unwrap();
+    for (from, to) in spans {
+        let (from, to): (DateTime<Utc>, DateTime<Utc>) =
+            (from.parse().unwrap(), to.parse().unwrap());
+        let events = hourly_completions(from, to);
+        write(&env, &events);
+        env.genalytics()
+            .args(["transfer", "-q", "--keep", "3650d"])
+            .ok();
+        env.genalytics()
+            .args(["aggregate", "-q", "--from"])
+            .arg(from.to_rfc3339())
+            .arg("--to")
+            .arg(to.to_rfc3339())
+            .ok();
+        // Expected: events counted by their local date, here.
+        let mut want: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        for e in &events {
+            let day = want
+                .entry(e.at.with_timezone(&tz).date_naive().to_string())
+                .or_default();
+            day.0 += 1;
+            day.1 += i64::from(e.is_failure());
+        }
+        let common = [
+            "--days",
+            "4",
+            "--until",
+            &to.to_rfc3339(),
+            "--tz",
+            "America/New_York",
+        ];
+        let ran = env
+            .genalytics()
+            .args([
+                "report",
+                "trends",
+                "--interval",
+                "daily",
+                "--format",
+                "json",
+            ])
+            .args(common)
+            .ok();
+        let trends: Value = serde_json::from_str(&ran.stdout).unwrap();
+        let got: BTreeMap<String, i64> = trends["data_points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let at = chrono::DateTime::parse_from_rfc3339(p["timestamp"].as_str().unwrap())
+                    .unwrap()
+                    .with_timezone(&tz);
+                assert_eq!(
+                    (at.hour(), at.minute()),
+                    (0, 0),
+                    "days start at local midnight"
+                );
+                (
+                    at.date_naive().to_string(),
+                    p["successful_generations"].as_i64().unwrap()
+                        + p["failed_generations"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        let want_counts: BTreeMap<String, i64> =
+            want.iter().map(|(d, (n, _))| (d.clone(), *n)).collect();
+        assert_eq!(got, want_counts);
+        let change = if chrono::Datelike::month(&from) == 3 {
+            ("2026-03-08", 23)
+        } else {
+            ("2026-11-01", 25)
+        };
+        assert_eq!(got[change.0], change.1, "{got:?}");
+        // Failures by local day, the same days.
+        let ran = env
+            .genalytics()
+            .args(["report", "failures", "--format", "json"])
+            .args(common)
+            .ok();
+        let failures: Value = serde_json::from_str(&ran.stdout).unwrap();
+        let got: BTreeMap<String, (i64, i64)> = failures["failure_trends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["date"].as_str().unwrap().to_string(),
+                    (
+                        d["total_completions"].as_i64().unwrap(),
+                        d["failures"].as_i64().unwrap(),
+                    ),
+                )
+            })
+            .collect();
+        assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn compare_shows_the_previous_window_and_the_change() {
+    let env = TestEnv::new();
+    env.genalytics().args(["migrate", "-q"]).ok();
+    let end = until();
+    // The previous day had 48 completions, the last day 24.
+    let mut events = hourly_completions(end - Duration::days(2), end - Duration::days(1));
+    events.extend(hourly_completions(
+        end - Duration::days(2),
+        end - Duration::days(1),
+    ));
+    events.extend(hourly_completions(end - Duration::days(1), end));
+    write(&env, &events);
+    env.genalytics()
+        .args(["transfer", "-q", "--keep", "3650d"])
+        .ok();
+    env.genalytics()
+        .args([
+            "aggregate",
+            "-q",
+            "--from",
+            "2026-11-17T00",
+            "--to",
+            "2026-11-20T00",
+        ])
+        .ok();
+    let overview = report_json(&env, &["overview", "--days", "1", "--compare"]);
+    let completed = |o: &Value| {
+        o["successful_generations"].as_i64().unwrap() + o["failed_generations"].as_i64().unwrap()
+    };
+    let in_span = |from: DateTime<Utc>, to: DateTime<Utc>| {
+        events.iter().filter(|e| e.at >= from && e.at < to).count() as i64
+    };
+    assert_eq!(completed(&overview), in_span(end - Duration::days(1), end));
+    let previous = &overview["previous"];
+    assert_eq!(
+        completed(previous),
+        in_span(end - Duration::days(2), end - Duration::days(1))
+    );
+    assert_eq!(completed(previous), 48);
+    assert_eq!(previous["window_end"], overview["window_start"]);
+    let table = env
+        .genalytics()
+        .args([
+            "report",
+            "overview",
+            "--days",
+            "1",
+            "--compare",
+            "--until",
+            UNTIL,
+        ])
+        .ok();
+    let failed_line = table
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("failed"))
+        .unwrap_or_else(|| panic!("{}", table.stdout));
+    // 8 failed now against 16 before: -50 %.
+    let want_now = events
+        .iter()
+        .filter(|e| e.at >= end - Duration::days(1) && e.is_failure())
+        .count();
+    assert_eq!(want_now, 8);
+    assert!(
+        failed_line.contains(" 8 ") && failed_line.contains(" 16 "),
+        "{failed_line}"
+    );
+    assert!(
+        failed_line.trim_end().ends_with("-50.00 %"),
+        "{failed_line}"
+    );
+}

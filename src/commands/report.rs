@@ -1,5 +1,6 @@
 //! `genalytics report …`: overview, trends, user, models, failures and
-//! peak-hours, as tables for people or CSV/JSON for machines. Flags →
+//! peak-hours, as tables for people, CSV/JSON for machines or HTML; and
+//! `report html`, all of them on one page. Flags →
 //! fetch the window's parts → build the typed report → render it; the
 //! arithmetic lives in `report/`, the layouts in `render/`.
 
@@ -8,7 +9,8 @@ use chrono::{DateTime, Utc};
 use crate::config::Settings;
 use crate::db::{self, reports};
 use crate::error::{Exit, UsageError};
-use crate::render::{self, Format, Report};
+use crate::render::{self, Format, Renderer, Report};
+use crate::report::dashboard::Dashboard;
 use crate::report::trends::{self, Interval};
 use crate::report::{Window, failures, models, overview, peak, user};
 use crate::timearg::parse_instant;
@@ -26,7 +28,8 @@ const EXAMPLES: &str = "Examples:
   genalytics report user 6f1c2a9e-3b7d-4e1a-9c55-0d2b8f4a7e11 --format json
   genalytics report models --format csv > models.csv
   genalytics report failures --days 1
-  genalytics report peak-hours --by weekday";
+  genalytics report peak-hours --by weekday
+  genalytics report html --days 7 --failure-limit 5 -o report.html";
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Which {
@@ -69,6 +72,35 @@ pub enum Which {
         #[command(flatten)]
         common: Common,
     },
+    /// One self-contained HTML page: overview, hourly charts, failure rate per day, the
+    /// weekday × hour heatmap, models and error types (default 7 days)
+    Html {
+        /// Length of the window in days, ending at --until
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=400))]
+        days: Option<u32>,
+        /// End of the window (exclusive); default now
+        #[arg(long, value_name = "TIME", value_parser = parse_instant)]
+        until: Option<DateTime<Utc>>,
+        /// IANA time zone for days, hours of day and shown times
+        #[arg(long, default_value = "UTC", value_parser = parse_zone, value_name = "ZONE")]
+        tz: chrono_tz::Tz,
+        /// Draw this failure rate (percent) as a limit on the daily chart
+        #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+        failure_limit: Option<f64>,
+        /// Write the page to this file (atomically) instead of stdout
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+    },
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    match text.trim().trim_end_matches('%').trim().parse::<f64>() {
+        Ok(pct) if (0.0..=100.0).contains(&pct) => Ok(pct),
+        _ => Err(format!(
+            "{} is not a percentage between 0 and 100",
+            crate::text::quoted(text)
+        )),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -115,34 +147,67 @@ pub fn parse_zone(text: &str) -> Result<chrono_tz::Tz, String> {
 }
 
 impl Args {
-    /// The flags every report takes, and the report's default window in days.
-    pub fn common(&self) -> (&Common, u32) {
+    /// The flags every report but `html` takes, and the report's default
+    /// window in days.
+    pub fn common(&self) -> Option<(&Common, u32)> {
         match &self.report {
             Which::Overview { common, .. }
             | Which::Trends { common, .. }
-            | Which::Failures(common) => (common, 7),
+            | Which::Failures(common) => Some((common, 7)),
             Which::User { common, .. }
             | Which::PeakHours { common, .. }
-            | Which::Models(common) => (common, 30),
+            | Which::Models(common) => Some((common, 30)),
+            Which::Html { .. } => None,
         }
     }
 
+    /// The window the flags ask for, ending `now` unless `--until` says.
+    pub fn window(&self, now: DateTime<Utc>) -> Window {
+        let (days, until, tz) = match (&self.report, self.common()) {
+            (
+                Which::Html {
+                    days, until, tz, ..
+                },
+                _,
+            ) => (days.unwrap_or(7), *until, *tz),
+            (_, Some((common, default_days))) => {
+                (common.days.unwrap_or(default_days), common.until, common.tz)
+            }
+            (_, None) => unreachable!("every report but html has the common flags"),
+        };
+        Window::in_zone(days, until.unwrap_or(now), tz)
+    }
+
     pub fn until(&self) -> Option<DateTime<Utc>> {
-        self.common().0.until
+        match &self.report {
+            Which::Html { until, .. } => *until,
+            _ => self.common().and_then(|(common, _)| common.until),
+        }
     }
 }
 
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
-    let (common, default_days) = args.common();
-    let window = Window::in_zone(
-        common.days.unwrap_or(default_days),
-        common.until.unwrap_or_else(Utc::now),
-        common.tz,
-    );
+    let window = args.window(Utc::now());
     let mut client = db::connect_current(settings.database()?)?;
     let report = build(&mut client, &args.report, &window)?;
-    let renderer = render::renderer(common.format, common.section.clone(), window.tz);
-    renderer.render(report.as_ref(), &mut std::io::stdout().lock())?;
+    match (&args.report, args.common()) {
+        (Which::Html { output, .. }, _) => {
+            let renderer = render::html::HtmlRenderer { tz: window.tz };
+            match output {
+                Some(path) => crate::output::write_atomically(path, |out| {
+                    renderer.render(report.as_ref(), out)
+                })?,
+                None => renderer.render(report.as_ref(), &mut std::io::stdout().lock())?,
+            }
+        }
+        (_, common) => {
+            let common = common
+                .expect("every report but html has the common flags")
+                .0;
+            let renderer = render::renderer(common.format, common.section.clone(), window.tz);
+            renderer.render(report.as_ref(), &mut std::io::stdout().lock())?;
+        }
+    }
     Ok(Exit::Success)
 }
 
@@ -214,6 +279,21 @@ fn build(
             *sort,
             &reports::hours(client, window)?,
         )),
+        Which::Html { failure_limit, .. } => {
+            let hours = reports::hours(client, window)?;
+            Box::new(Dashboard {
+                overview: overview::build(window, &hours, reports::users_in_lists(client, window)?),
+                trends: trends::hourly(window, &hours),
+                failures: failures::build(window, &hours, reports::failure_parts(client, window)?),
+                peak: peak::build(window, true, peak::Sort::Hour, &hours),
+                models: models::build(
+                    window,
+                    reports::model_parts(client, window)?,
+                    reports::legacy_hours(&hours),
+                ),
+                failure_limit_pct: *failure_limit,
+            })
+        }
     })
 }
 

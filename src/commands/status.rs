@@ -167,7 +167,9 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     stored_figures(&mut client, now, &mut status)?;
     match &args.output {
         None => print(args.format, &status, &mut std::io::stdout().lock())?,
-        Some(path) => write_atomically(path, |out| print(args.format, &status, out))?,
+        Some(path) => {
+            crate::output::write_atomically(path, |out| print(args.format, &status, out))?;
+        }
     }
     Ok(Exit::Success)
 }
@@ -340,34 +342,6 @@ pub fn identity_warning(key: &str, position: EntryId, verdict: &Identity) -> Opt
         )),
         Identity::ResetBelow { .. } => Some(identity::below_position(key, position, verdict)),
     }
-}
-
-/// Writes a whole file or nothing: readers (a collector scraping every
-/// few seconds) see the old file or the new one, never half of one.
-fn write_atomically(
-    path: &std::path::Path,
-    write: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => std::path::Path::new("."),
-    };
-    let fail =
-        |err: &dyn std::fmt::Display| anyhow::anyhow!("cannot write {}: {err}", path.display());
-    let mut file = tempfile::Builder::new()
-        .prefix(".genalytics-")
-        .tempfile_in(dir)
-        .map_err(|err| fail(&err))?;
-    let mut buffered = std::io::BufWriter::new(file.as_file_mut());
-    write(&mut buffered)?;
-    buffered.flush().map_err(|err| fail(&err))?;
-    drop(buffered);
-    file.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))
-        .map_err(|err| fail(&err))?;
-    file.persist(path).map_err(|err| fail(&err.error))?;
-    Ok(())
 }
 
 fn print(format: Format, status: &Status, out: &mut dyn Write) -> anyhow::Result<()> {

@@ -76,6 +76,35 @@ pub fn bar(value: f64, max: f64, width: usize) -> String {
     out
 }
 
+/// Writes a whole file or nothing: readers (a collector scraping every
+/// few seconds, a web server) see the old file or the new one, never half
+/// of one. The file is readable by all (it holds no secret).
+pub fn write_atomically(
+    path: &std::path::Path,
+    write: impl FnOnce(&mut dyn std::io::Write) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    let fail =
+        |err: &dyn std::fmt::Display| anyhow::anyhow!("cannot write {}: {err}", path.display());
+    let mut file = tempfile::Builder::new()
+        .prefix(".genalytics-")
+        .tempfile_in(dir)
+        .map_err(|err| fail(&err))?;
+    let mut buffered = std::io::BufWriter::new(file.as_file_mut());
+    write(&mut buffered)?;
+    std::io::Write::flush(&mut buffered).map_err(|err| fail(&err))?;
+    drop(buffered);
+    file.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(|err| fail(&err))?;
+    file.persist(path).map_err(|err| fail(&err.error))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@
 //! renderer never queries, a report never prints.
 
 pub mod csv;
+pub mod html;
 pub mod json;
 pub mod table;
 
@@ -28,6 +29,10 @@ pub trait Report {
     }
     /// Footnotes: what a figure leaves out.
     fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Its series as charts, for renderers that draw (HTML).
+    fn charts(&self) -> Vec<Chart> {
         Vec::new()
     }
     /// The whole report as JSON, field names as SPEC §4 gives them.
@@ -93,6 +98,46 @@ impl Cell {
     }
 }
 
+/// A chart of a report: what to draw, not how.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Chart {
+    /// Series over time: one point per hour or day, a gap where a value is
+    /// absent, and an optional horizontal limit.
+    Line {
+        name: &'static str,
+        title: String,
+        x: Vec<DateTime<Utc>>,
+        /// Whether x are days (labels as dates) rather than hours.
+        daily: bool,
+        series: Vec<Series>,
+        unit: Unit,
+        limit: Option<f64>,
+    },
+    /// A grid of values, darker where larger.
+    Heatmap {
+        name: &'static str,
+        title: String,
+        rows: Vec<String>,
+        columns: Vec<String>,
+        values: Vec<Vec<f64>>,
+    },
+}
+
+/// One line of a chart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub label: &'static str,
+    pub values: Vec<Option<f64>>,
+}
+
+/// What a chart's values are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Count,
+    Milliseconds,
+    Percent,
+}
+
 /// How a report is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -102,6 +147,8 @@ pub enum Format {
     Csv,
     /// The whole report as one JSON object
     Json,
+    /// One self-contained HTML page (inline CSS and SVG charts)
+    Html,
 }
 
 /// One renderer per format.
@@ -119,5 +166,6 @@ pub fn renderer(format: Format, section: Option<String>, tz: chrono_tz::Tz) -> B
         }),
         Format::Csv => Box::new(csv::CsvRenderer { section }),
         Format::Json => Box::new(json::JsonRenderer),
+        Format::Html => Box::new(html::HtmlRenderer { tz }),
     }
 }

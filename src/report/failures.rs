@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::figures::{HourPart, failure_rate, mean};
 use super::window::Window;
-use crate::render::{Cell, Layout, Report, Section};
+use crate::render::{Cell, Chart, Layout, Report, Section, Series, Unit};
 use crate::rollup::FailureRollup;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -105,6 +105,29 @@ impl Report for FailuresReport {
             self.window.end,
             self.window.tz,
         )
+    }
+
+    fn charts(&self) -> Vec<Chart> {
+        vec![Chart::Line {
+            name: "failure_rate",
+            title: "Failure rate per day (failed of completed)".to_string(),
+            x: self
+                .failure_trends
+                .iter()
+                .map(|day| super::window::local_midnight(self.window.tz, day.date))
+                .collect(),
+            daily: true,
+            series: vec![Series {
+                label: "failure rate",
+                values: self
+                    .failure_trends
+                    .iter()
+                    .map(|day| day.failure_rate_pct)
+                    .collect(),
+            }],
+            unit: Unit::Percent,
+            limit: None,
+        }]
     }
 
     fn sections(&self) -> Vec<Section> {

@@ -3,6 +3,7 @@
 //! report, with the window and the figures' arithmetic beside them.
 //! Renderers (`render/`) print them; nothing here queries or prints.
 
+pub mod dashboard;
 pub mod failures;
 pub mod figures;
 pub mod models;

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::figures::{HourPart, Totals, round2, whole_ms};
 use super::window::Window;
-use crate::render::{Cell, Layout, Report, Section};
+use crate::render::{Cell, Chart, Layout, Report, Section};
 
 pub const WEEKDAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
 
@@ -127,6 +127,24 @@ pub fn shade(value: f64, max: f64) -> &'static str {
     SHADES[(((value / max) * 4.0).ceil() as usize).clamp(1, 4)]
 }
 
+impl PeakHours {
+    /// Average requests per hour by local weekday (rows, Monday first) and
+    /// hour of day (columns).
+    fn grid(&self) -> [[f64; 24]; 7] {
+        let mut grid = [[0.0_f64; 24]; 7];
+        for row in &self.peak_hours {
+            if let Some(day) = row
+                .weekday
+                .as_deref()
+                .and_then(|d| WEEKDAYS.iter().position(|w| *w == d))
+            {
+                grid[day][row.hour_of_day as usize] = row.avg_requests;
+            }
+        }
+        grid
+    }
+}
+
 impl Report for PeakHours {
     fn heading(&self) -> String {
         super::heading(
@@ -136,6 +154,19 @@ impl Report for PeakHours {
             self.window.end,
             self.window.tz,
         )
+    }
+
+    fn charts(&self) -> Vec<Chart> {
+        if !self.by_weekday {
+            return Vec::new();
+        }
+        vec![Chart::Heatmap {
+            name: "peak_hours",
+            title: format!("Requests per hour by weekday and hour of day ({})", self.tz),
+            rows: WEEKDAYS.iter().map(|d| (*d).to_string()).collect(),
+            columns: HOURS.iter().map(|h| (*h).to_string()).collect(),
+            values: self.grid().iter().map(|hours| hours.to_vec()).collect(),
+        }]
     }
 
     fn sections(&self) -> Vec<Section> {
@@ -191,16 +222,7 @@ impl Report for PeakHours {
             .iter()
             .map(|r| r.avg_requests)
             .fold(0.0, f64::max);
-        let mut grid = [[0.0_f64; 24]; 7];
-        for row in &self.peak_hours {
-            if let Some(day) = row
-                .weekday
-                .as_deref()
-                .and_then(|d| WEEKDAYS.iter().position(|w| *w == d))
-            {
-                grid[day][row.hour_of_day as usize] = row.avg_requests;
-            }
-        }
+        let grid = self.grid();
         let mut columns = vec![("weekday", "")];
         columns.extend(HOURS.iter().map(|h| ("hour", *h)));
         let rows = WEEKDAYS

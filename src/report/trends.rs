@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::figures::{HourPart, Totals};
 use super::window::{Window, local_midnight};
-use crate::render::{Cell, Layout, Report, Section};
+use crate::render::{Cell, Chart, Layout, Report, Section, Series, Unit};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -150,6 +150,39 @@ impl Report for Trends {
             self.window.end,
             self.window.tz,
         )
+    }
+
+    fn charts(&self) -> Vec<Chart> {
+        let x: Vec<DateTime<Utc>> = self.data_points.iter().map(|p| p.timestamp).collect();
+        let daily = self.interval == Interval::Daily;
+        let per = if daily { "day" } else { "hour" };
+        let series = |label, value: fn(&TrendPoint) -> Option<f64>| Series {
+            label,
+            values: self.data_points.iter().map(value).collect(),
+        };
+        vec![
+            Chart::Line {
+                name: "requests",
+                title: format!("Requests per {per}"),
+                x: x.clone(),
+                daily,
+                series: vec![series("requests", |p| Some(p.total_requests as f64))],
+                unit: Unit::Count,
+                limit: None,
+            },
+            Chart::Line {
+                name: "durations",
+                title: format!("Duration of successful generations per {per}"),
+                x,
+                daily,
+                series: vec![
+                    series("p50", |p| p.p50_duration_ms.map(|ms| ms as f64)),
+                    series("p95", |p| p.p95_duration_ms.map(|ms| ms as f64)),
+                ],
+                unit: Unit::Milliseconds,
+                limit: None,
+            },
+        ]
     }
 
     fn sections(&self) -> Vec<Section> {

@@ -1,0 +1,452 @@
+//! One self-contained HTML page: inline CSS, charts as inline SVG drawn by
+//! plotters, tables for the rest — no script, no font, no fetch, readable
+//! in any browser and in a mail client. Figures come first, then charts,
+//! then tables. Every value cell carries its JSON field name and raw value
+//! (`data-field`, `data-value`), so a machine can read the page too and a
+//! test can hold it to the JSON report.
+
+use std::fmt::Write as _;
+use std::io::Write;
+
+use plotters::prelude::*;
+
+use super::table::TableRenderer;
+use super::{Cell, Chart, Layout, Renderer, Report, Section, Series, Unit};
+use crate::output::duration;
+
+pub struct HtmlRenderer {
+    /// The zone times are shown in.
+    pub tz: chrono_tz::Tz,
+}
+
+/// Size of a line chart, in CSS pixels (it scales to the page's width).
+const WIDTH: u32 = 960;
+const HEIGHT: u32 = 300;
+
+/// Series colours, in order, and the limit's.
+const COLOURS: [RGBColor; 4] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+];
+const LIMIT: RGBColor = RGBColor(214, 39, 40);
+
+const CSS: &str = "
+body { font: 15px/1.45 system-ui, -apple-system, 'Segoe UI', sans-serif; color: #222; margin: 0; background: #fafafa; }
+main { max-width: 1000px; margin: 0 auto; padding: 1.5em; }
+h1 { font-size: 1.4em; margin: 0 0 1em; }
+h2 { font-size: 1.1em; margin: 1.6em 0 .5em; }
+table { border-collapse: collapse; background: #fff; }
+th, td { padding: .25em .7em; border-bottom: 1px solid #e4e4e4; text-align: left; vertical-align: top; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.figures th { font-weight: normal; color: #555; }
+figure { margin: 1.6em 0; background: #fff; padding: .5em; border: 1px solid #e4e4e4; }
+figcaption { font-weight: 600; margin-bottom: .3em; }
+figure svg { width: 100%; height: auto; }
+.legend span { margin-right: 1.2em; white-space: nowrap; }
+.legend i { display: inline-block; width: 1.4em; height: .25em; vertical-align: middle; margin-right: .3em; }
+table.heatmap td { width: 2.4em; height: 1.5em; padding: 0; border: 1px solid #fff; }
+table.heatmap th { font-weight: normal; font-size: .8em; color: #555; padding: 0 .2em; }
+p.note { color: #555; font-size: .9em; }
+";
+
+impl Renderer for HtmlRenderer {
+    fn render(&self, report: &dyn Report, out: &mut dyn Write) -> anyhow::Result<()> {
+        out.write_all(self.page(report)?.as_bytes())?;
+        Ok(())
+    }
+}
+
+impl HtmlRenderer {
+    /// The whole page.
+    pub fn page(&self, report: &dyn Report) -> anyhow::Result<String> {
+        let cells = TableRenderer {
+            styled: false,
+            tz: self.tz,
+        };
+        let heading = escape(&report.heading());
+        let mut page = format!(
+            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+             <meta name=\"generator\" content=\"genalytics {}\">\n<title>{heading}</title>\n\
+             <style>{CSS}</style>\n</head>\n<body>\n<main>\n<h1>{heading}</h1>\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        let sections = report.sections();
+        for section in sections.iter().filter(|s| s.layout == Layout::Figures) {
+            figures(&mut page, section, &cells);
+        }
+        for chart in report.charts() {
+            match chart {
+                Chart::Line { .. } => self.line_chart(&mut page, &chart)?,
+                Chart::Heatmap { .. } => heatmap(&mut page, &chart),
+            }
+        }
+        for section in sections.iter().filter(|s| s.layout == Layout::Rows) {
+            rows(&mut page, section, &cells);
+        }
+        for note in report.notes() {
+            let _ = writeln!(page, "<p class=\"note\">* {}</p>", escape(&note));
+        }
+        page.push_str("</main>\n</body>\n</html>\n");
+        Ok(page)
+    }
+
+    fn line_chart(&self, page: &mut String, chart: &Chart) -> anyhow::Result<()> {
+        let Chart::Line {
+            name,
+            title,
+            x,
+            daily,
+            series,
+            unit,
+            limit,
+        } = chart
+        else {
+            return Ok(());
+        };
+        let svg = draw_lines(x, *daily, series, *unit, *limit, self.tz)?;
+        let _ = write!(
+            page,
+            "<figure id=\"chart-{name}\" class=\"chart\">\n<figcaption>{}</figcaption>\n{svg}\n<p class=\"legend\">",
+            escape(title)
+        );
+        for (series, colour) in series.iter().zip(COLOURS) {
+            let _ = write!(
+                page,
+                "<span><i style=\"background:{}\"></i>{}</span>",
+                hex(colour),
+                escape(series.label)
+            );
+        }
+        if let Some(limit) = limit {
+            let _ = write!(
+                page,
+                "<span><i style=\"background:{}\"></i>limit {}</span>",
+                hex(LIMIT),
+                escape(&value_label(*limit, *unit))
+            );
+        }
+        page.push_str("</p>\n</figure>\n");
+        Ok(())
+    }
+}
+
+/// Contiguous runs of present values, as (index, value) points: a line
+/// breaks where a value is absent rather than dropping to zero.
+pub fn runs(values: &[Option<f64>]) -> Vec<Vec<(f64, f64)>> {
+    let mut runs = Vec::new();
+    let mut run = Vec::new();
+    for (index, value) in values.iter().enumerate() {
+        match value {
+            Some(v) => run.push((index as f64, *v)),
+            None if !run.is_empty() => runs.push(std::mem::take(&mut run)),
+            None => {}
+        }
+    }
+    if !run.is_empty() {
+        runs.push(run);
+    }
+    runs
+}
+
+fn draw_lines(
+    x: &[chrono::DateTime<chrono::Utc>],
+    daily: bool,
+    series: &[Series],
+    unit: Unit,
+    limit: Option<f64>,
+    tz: chrono_tz::Tz,
+) -> anyhow::Result<String> {
+    let fail = |err: &dyn std::fmt::Display| anyhow::anyhow!("cannot draw a chart: {err}");
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| fail(&e))?;
+        let last = x.len().saturating_sub(1).max(1) as f64;
+        let top = series
+            .iter()
+            .flat_map(|s| s.values.iter().flatten().copied())
+            .chain(limit)
+            .fold(0.0_f64, f64::max);
+        let top = if top > 0.0 { top * 1.1 } else { 1.0 };
+        let label_at = |index: &f64| -> String {
+            let Some(at) = x.get(index.round().max(0.0) as usize) else {
+                return String::new();
+            };
+            let local = at.with_timezone(&tz);
+            if daily {
+                local.format("%b %d").to_string()
+            } else {
+                local.format("%b %d %H:%M").to_string()
+            }
+        };
+        let y_label = |value: &f64| value_label(*value, unit);
+        let mut chart = ChartBuilder::on(&root)
+            .margin(12)
+            // Room for the last label, centred on the last point.
+            .margin_right(40)
+            .x_label_area_size(28)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0.0..last, 0.0..top)
+            .map_err(|e| fail(&e))?;
+        chart
+            .configure_mesh()
+            // One label per point at most: days are not repeated.
+            .x_labels(x.len().clamp(2, 8))
+            .y_labels(6)
+            .x_label_formatter(&label_at)
+            .y_label_formatter(&y_label)
+            .light_line_style(RGBColor(238, 238, 238))
+            .bold_line_style(RGBColor(220, 220, 220))
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(|e| fail(&e))?;
+        for (series, colour) in series.iter().zip(COLOURS) {
+            for run in runs(&series.values) {
+                chart
+                    .draw_series(LineSeries::new(run, colour.stroke_width(2)))
+                    .map_err(|e| fail(&e))?;
+            }
+        }
+        if let Some(limit) = limit {
+            chart
+                .draw_series(LineSeries::new(
+                    [(0.0, limit), (last, limit)],
+                    LIMIT.stroke_width(1),
+                ))
+                .map_err(|e| fail(&e))?;
+        }
+        root.present().map_err(|e| fail(&e))?;
+    }
+    Ok(svg)
+}
+
+/// A value on an axis or a limit, in the chart's unit.
+fn value_label(value: f64, unit: Unit) -> String {
+    match unit {
+        Unit::Count => {
+            if value.fract() == 0.0 {
+                crate::output::thousands(value.max(0.0) as u64)
+            } else {
+                format!("{value:.1}")
+            }
+        }
+        Unit::Milliseconds => duration(value),
+        Unit::Percent => format!("{value:.1} %"),
+    }
+}
+
+fn hex(colour: RGBColor) -> String {
+    format!("#{:02x}{:02x}{:02x}", colour.0, colour.1, colour.2)
+}
+
+/// A heatmap as a table of shaded cells: readable without script, and its
+/// values in `title` and `data-value`.
+fn heatmap(page: &mut String, chart: &Chart) {
+    let Chart::Heatmap {
+        name,
+        title,
+        rows,
+        columns,
+        values,
+    } = chart
+    else {
+        return;
+    };
+    let max = values.iter().flatten().copied().fold(0.0_f64, f64::max);
+    let _ = write!(
+        page,
+        "<figure id=\"chart-{name}\" class=\"chart\">\n<figcaption>{}</figcaption>\n<table class=\"heatmap\">\n<tr><th></th>",
+        escape(title)
+    );
+    for column in columns {
+        let _ = write!(page, "<th>{}</th>", escape(column));
+    }
+    page.push_str("</tr>\n");
+    for (row, line) in rows.iter().zip(values) {
+        let _ = write!(page, "<tr><th>{}</th>", escape(row));
+        for (column, value) in columns.iter().zip(line) {
+            let alpha = if max > 0.0 { value / max } else { 0.0 };
+            let _ = write!(
+                page,
+                "<td style=\"background:rgba(31,119,180,{alpha:.3})\" title=\"{} {}: {value:.2}\" data-value=\"{value}\"></td>",
+                escape(row),
+                escape(column)
+            );
+        }
+        page.push_str("</tr>\n");
+    }
+    let _ = writeln!(
+        page,
+        "</table>\n<p class=\"legend\">darkest: {max:.2} requests an hour</p>\n</figure>"
+    );
+}
+
+/// A one-row section as title/value lines (sparklines left to the charts).
+fn figures(page: &mut String, section: &Section, cells: &TableRenderer) {
+    let _ = writeln!(
+        page,
+        "<section id=\"section-{}\">\n<table class=\"figures\">",
+        section.name
+    );
+    for row in &section.rows {
+        for ((field, title), cell) in section.columns.iter().zip(row) {
+            if matches!(cell, Cell::Spark(_)) {
+                continue;
+            }
+            let _ = writeln!(
+                page,
+                "<tr><th>{}</th>{}</tr>",
+                escape(title),
+                value_cell(field, cell, cells)
+            );
+        }
+    }
+    page.push_str("</table>\n</section>\n");
+}
+
+fn rows(page: &mut String, section: &Section, cells: &TableRenderer) {
+    let _ = writeln!(page, "<section id=\"section-{}\">", section.name);
+    if let Some(title) = section.title {
+        let _ = writeln!(page, "<h2>{}</h2>", escape(title));
+    }
+    page.push_str("<table>\n<thead><tr>");
+    for (_, title) in &section.columns {
+        let _ = write!(page, "<th>{}</th>", escape(title));
+    }
+    page.push_str("</tr></thead>\n<tbody>\n");
+    for row in &section.rows {
+        page.push_str("<tr>");
+        for ((field, _), cell) in section.columns.iter().zip(row) {
+            page.push_str(&value_cell(field, cell, cells));
+        }
+        page.push_str("</tr>\n");
+    }
+    page.push_str("</tbody>\n</table>\n</section>\n");
+}
+
+/// A `<td>` showing a value as the tables do, with its raw form.
+fn value_cell(field: &str, cell: &Cell, cells: &TableRenderer) -> String {
+    let raw = match cell {
+        Cell::Count(n) => n.to_string(),
+        Cell::MaybeCount(n) => n.map(|n| n.to_string()).unwrap_or_default(),
+        Cell::Decimal(v) | Cell::Percent(v) | Cell::Change(v) => {
+            v.map(|v| v.to_string()).unwrap_or_default()
+        }
+        Cell::Duration(v) => v.map(|v| v.to_string()).unwrap_or_default(),
+        Cell::Time(at) => at.map(|at| at.to_rfc3339()).unwrap_or_default(),
+        Cell::Date(date) => date.to_string(),
+        Cell::Text(text) => text.clone().unwrap_or_default(),
+        Cell::List(items) => items.join("\n"),
+        Cell::Outcome(ok) => ok.map(|ok| ok.to_string()).unwrap_or_default(),
+        Cell::Flag(flag) => flag.to_string(),
+        Cell::Spark(values) => values
+            .iter()
+            .map(f64::to_string)
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    let numeric = cell.number().is_some() || matches!(cell, Cell::Count(_));
+    format!(
+        "<td{} data-field=\"{field}\" data-value=\"{}\">{}</td>",
+        if numeric { " class=\"n\"" } else { "" },
+        escape(&raw),
+        escape(&cells.show(cell))
+    )
+}
+
+/// Text as HTML element content or a quoted attribute value.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_break_at_absent_values() {
+        let values = [
+            Some(1.0),
+            Some(2.0),
+            None,
+            None,
+            Some(3.0),
+            None,
+            Some(4.0),
+            Some(5.0),
+        ];
+        assert_eq!(
+            runs(&values),
+            vec![
+                vec![(0.0, 1.0), (1.0, 2.0)],
+                vec![(4.0, 3.0)],
+                vec![(6.0, 4.0), (7.0, 5.0)],
+            ]
+        );
+        assert!(runs(&[None, None]).is_empty());
+    }
+
+    #[test]
+    fn text_from_the_data_cannot_become_markup() {
+        assert_eq!(
+            escape("<script>alert('x')</script> & \"y\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;y&quot;"
+        );
+    }
+
+    #[test]
+    fn a_chart_is_inline_svg_with_a_line_per_run() {
+        let at = |h: i64| {
+            "2026-11-27T00:00:00Z"
+                .parse::<chrono::DateTime<chrono::Utc>>()
+                .unwrap()
+                + chrono::TimeDelta::hours(h)
+        };
+        let svg = draw_lines(
+            &(0..5).map(at).collect::<Vec<_>>(),
+            false,
+            &[Series {
+                label: "requests",
+                values: vec![Some(1.0), Some(5.0), None, Some(2.0), Some(3.0)],
+            }],
+            Unit::Count,
+            Some(4.0),
+            chrono_tz::UTC,
+        )
+        .unwrap();
+        assert!(svg.starts_with("<svg"), "{svg}");
+        // Axes and ticks are black; the series' two runs and the limit are
+        // drawn in their colours.
+        let drawn: Vec<&str> = svg
+            .lines()
+            .filter(|line| line.starts_with("<polyline") && !line.contains("stroke=\"#000000\""))
+            .collect();
+        assert_eq!(drawn.len(), 3, "{svg}");
+        let points: Vec<usize> = drawn
+            .iter()
+            .map(|line| {
+                line.split("points=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split_whitespace()
+                    .count()
+                    - 1
+            })
+            .collect();
+        assert_eq!(points.iter().sum::<usize>(), 2 + 2 + 2, "{drawn:?}");
+    }
+}
