@@ -337,6 +337,8 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('--warn-lag', '--warn-lag', [CompletionResultType]::ParameterName, 'Warning when the oldest entry not yet transferred is older than this')
             [CompletionResult]::new('--warn-stale-hours', '--warn-stale-hours', [CompletionResultType]::ParameterName, 'Warning when more complete hours than this await their rollup')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Output format (exit codes stay 0 and 3)')
+            [CompletionResult]::new('-t', '-t', [CompletionResultType]::ParameterName, 'Give up after this long (a server that accepts and never answers, a lock): UNKNOWN with --nagios, else exit 1')
+            [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'Give up after this long (a server that accepts and never answers, a lock): UNKNOWN with --nagios, else exit 1')
             [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require')
             [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Redis connection URL (rediss:// for TLS)')
             [CompletionResult]::new('--redis-ns', '--redis-ns', [CompletionResultType]::ParameterName, 'Namespace of the stream key: {ns}:generation_events:stream')

@@ -320,6 +320,8 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --warn-lag 'Warning when the oldest entry not yet transferred is older than this'
             cand --warn-stale-hours 'Warning when more complete hours than this await their rollup'
             cand --format 'Output format (exit codes stay 0 and 3)'
+            cand -t 'Give up after this long (a server that accepts and never answers, a lock): UNKNOWN with --nagios, else exit 1'
+            cand --timeout 'Give up after this long (a server that accepts and never answers, a lock): UNKNOWN with --nagios, else exit 1'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'

@@ -11,7 +11,9 @@ use crate::cli::Cli;
 
 /// Every page, as (file name, contents), the top-level page first.
 pub fn pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
-    let mut root = Cli::command();
+    // The long version names the commit: a page would change with every
+    // commit. Pages show the release alone.
+    let mut root = Cli::command().long_version(None::<&str>);
     root.build();
     let mut pages = Vec::new();
     walk(&root, &[], &[], &mut pages)?;

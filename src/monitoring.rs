@@ -110,6 +110,8 @@ fn show(limit: Option<f64>, unit: Unit) -> String {
     let limit = limit.unwrap_or_default();
     match unit {
         Unit::Percent => format!("{} %", number(limit)),
+        // Below a millisecond, in seconds as given.
+        Unit::Seconds if limit > 0.0 && limit < 0.001 => format!("{limit}s"),
         Unit::Seconds => crate::timearg::format_span(chrono::TimeDelta::milliseconds(
             (limit * 1_000.0).round() as i64,
         )),

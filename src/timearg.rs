@@ -54,8 +54,8 @@ fn parse_any_instant(text: &str) -> Result<DateTime<Utc>, String> {
 }
 
 /// Parses a span as people write it: `90d`, `1h30m`, `1500ms`, `2w`,
-/// `1h 30min` (humantime's units, ms to years), or `0`; at most 100 years,
-/// so that every cutoff and window built from it exists.
+/// `1h 30min` (humantime's units, ms to years of 365.25 days), or `0`; at
+/// most 100 such years, so that every cutoff and window built from it exists.
 pub fn parse_span(text: &str) -> Result<chrono::TimeDelta, String> {
     let text = text.trim();
     let hint = |why: &str| {
@@ -68,7 +68,7 @@ pub fn parse_span(text: &str) -> Result<chrono::TimeDelta, String> {
         return Ok(chrono::TimeDelta::zero());
     }
     let span = humantime::parse_duration(text).map_err(|err| hint(&err.to_string()))?;
-    if span > std::time::Duration::from_secs(100 * 365 * 86_400) {
+    if span > std::time::Duration::from_secs(100 * 31_557_600) {
         return Err(hint("longer than 100 years"));
     }
     chrono::TimeDelta::from_std(span).map_err(|_| hint("out of range"))
@@ -114,6 +114,10 @@ mod tests {
         assert_eq!(parse_span("1h 30min"), Ok(chrono::TimeDelta::minutes(90)));
         assert_eq!(parse_span("2w"), Ok(chrono::TimeDelta::days(14)));
         assert_eq!(parse_span("1.5h"), Ok(chrono::TimeDelta::minutes(90)));
+        assert_eq!(
+            parse_span("100y"),
+            Ok(chrono::TimeDelta::seconds(3_155_760_000))
+        );
         for bad in [
             "",
             "h",

@@ -202,11 +202,9 @@ fn dead_letters_are_listed_shown_replayed_once_and_purged() {
         .unwrap();
     env.genalytics().args(["aggregate", "-q"]).ok();
     let ran = env.genalytics().args(["rejected", "replay", "--all"]).ok();
-    assert!(
-        ran.stdout
-            .starts_with("replayed 3 dead letters: 2 stored, 1 still rejected"),
-        "{}",
-        ran.stdout
+    assert_eq!(
+        ran.stdout.trim(),
+        "replayed 3 dead letters: 2 stored, 1 still rejected; 1 hours await `genalytics aggregate`",
     );
     assert_eq!(stored(&mut db, &banned_id), 1);
     assert_eq!(stored(&mut db, &legacy_id), 1);
@@ -247,6 +245,57 @@ fn dead_letters_are_listed_shown_replayed_once_and_purged() {
     assert_eq!(again["stored"], 0);
     assert_eq!(again["still_rejected"], 1);
     assert_eq!(stored(&mut db, &banned_id), 1);
+
+    // Letters no replay may store stay as they are, and say so: one
+    // rebuilt from JSON that lost bytes (U+FFFD), one with no stream
+    // recorded; a letter whose JSON is not an object still lists.
+    db.execute(
+        "INSERT INTO generation_events_rejected (stream, stream_id, fields, reason)
+         SELECT stream_ref, '1700000000000-1', $1, 'not valid UTF-8' FROM genalytics_transfer_state",
+        &[&serde_json::json!({
+            "event_type": "request",
+            "timestamp": legacy_at.format("%Y-%m-%dT%H:%M:%S").to_string(),
+            "user_id": "",
+            "note": "bad \u{FFFD} bytes",
+        })],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO generation_events_rejected (stream, stream_id, fields, reason)
+         VALUES (NULL, '1700000000000-2', '[1, 2, 3]', 'from before streams were recorded')",
+        &[],
+    )
+    .unwrap();
+    let listed = json(
+        &env.genalytics()
+            .args(["rejected", "list", "--format", "json"])
+            .ok(),
+    );
+    assert_eq!(listed["total"], 3);
+    let again = json(
+        &env.genalytics()
+            .args(["rejected", "replay", "--all", "--format", "json"])
+            .ok(),
+    );
+    assert_eq!(again["letters"], 3);
+    assert_eq!(again["stored"], 0);
+    assert_eq!(again["not_replayable"], 2);
+    assert_eq!(stored(&mut db, "1700000000000-1"), 0);
+    assert_eq!(letters(&mut db).len(), 3);
+    let ran = env
+        .genalytics()
+        .args(["rejected", "replay", "1234-5"])
+        .code(1);
+    assert!(
+        ran.stderr.contains("no dead letter has entry ID 1234-5"),
+        "{}",
+        ran.stderr
+    );
+    db.execute(
+        "DELETE FROM generation_events_rejected WHERE stream_id LIKE '1700000000000-%'",
+        &[],
+    )
+    .unwrap();
 
     // purge: by age, then all.
     let ran = env
@@ -321,4 +370,61 @@ fn two_replays_at_once_store_each_letter_once() {
         .map(|row| (row.get(0), row.get(1)))
         .unwrap();
     assert_eq!((rows, distinct), (1_200, 1_200));
+}
+
+#[test]
+fn a_replay_beside_a_running_transfer_neither_deadlocks_nor_loses() {
+    let env = migrated();
+    let mut db = env.db();
+    // A first transfer records the stream.
+    let key = env.stream_key();
+    xadd(&mut env.redis(), &key, "*", &[("event_type", "request")]);
+    env.genalytics().args(["transfer", "-q"]).ok();
+    // A backlog in the last hour, and as many valid letters for the same
+    // hours (an older parser refused them): both commit into the same
+    // rollup-queue rows.
+    env.genalytics()
+        .args([
+            "simulate", "-q", "--events", "40000", "--hours", "1", "--maxlen", "0", "--seed", "5",
+        ])
+        .ok();
+    db.execute(
+        "INSERT INTO generation_events_rejected (stream, stream_id, fields, reason, raw_fields)
+         SELECT t.stream_ref, '1-' || g, '{}', 'an older parser refused it',
+                ARRAY[convert_to('event_type', 'UTF8'), convert_to('request', 'UTF8'),
+                      convert_to('timestamp', 'UTF8'),
+                      convert_to(to_char((now() - (g % 50) * interval '1 minute') AT TIME ZONE 'UTC',
+                                         'YYYY-MM-DD\"T\"HH24:MI:SS'), 'UTF8')]
+         FROM genalytics_transfer_state t, generate_series(1, 20000) g",
+        &[],
+    )
+    .unwrap();
+    let spawn = |args: &[&str]| {
+        env.genalytics()
+            .args(args.iter().copied())
+            .command()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let transfer = spawn(&["transfer", "--batch-size", "500"]);
+    let replay = spawn(&["rejected", "replay", "--all", "--format", "json"]);
+    for (what, child) in [("transfer", transfer), ("replay", replay)] {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (rows, distinct): (i64, i64) = db
+        .query_one(
+            "SELECT count(*), count(DISTINCT stream_id) FROM generation_events",
+            &[],
+        )
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    assert_eq!((rows, distinct), (1 + 40_000 + 20_000, 1 + 40_000 + 20_000));
+    assert!(letters(&mut db).is_empty());
 }

@@ -263,6 +263,12 @@ fn check_turns_thresholds_into_exit_codes() {
     let (line, perf, _) = plugin(&["--warn-lag", "2w"], 0);
     assert!(line.starts_with("GENALYTICS OK - "), "{line}");
     assert_eq!(perf["lag"], ["0s", "1209600", "", "0"]);
+    // A stream that does not exist (a typo in --stream) is never plainly OK.
+    let (line, _, _) = plugin(&["--crit-lag", "5m", "--stream", "typo:key"], 1);
+    assert!(
+        line.starts_with("GENALYTICS WARNING - the stream typo:key does not exist"),
+        "{line}"
+    );
     // Whatever stops the check is UNKNOWN: a wrong flag, no database.
     let (line, _, _) = plugin(&["--warn-lag", "5 parsecs"], 3);
     assert!(line.starts_with("GENALYTICS UNKNOWN - "), "{line}");
@@ -466,7 +472,7 @@ fn status_as_openmetrics_passes_promtool() {
     assert!(text.ends_with("# EOF\n"), "{text}");
     let stream = r#"stream="odd\"key\\with\nnewline""#;
     assert_eq!(
-        sample(&text, "genalytics_events_transferred_total", stream),
+        sample(&text, "genalytics_events_transferred", stream),
         Some(7.0)
     );
     assert_eq!(sample(&text, "genalytics_rejected_entries", ""), Some(1.0));
@@ -499,8 +505,8 @@ fn status_as_openmetrics_passes_promtool() {
     for (family, field) in [
         ("genalytics_stream_length", "stream_length"),
         ("genalytics_untransferred_entries", "behind"),
-        ("genalytics_events_transferred_total", "events_transferred"),
-        ("genalytics_stream_resets_total", "stream_resets"),
+        ("genalytics_events_transferred", "events_transferred"),
+        ("genalytics_stream_resets", "stream_resets"),
         (
             "genalytics_oldest_untransferred_age_seconds",
             "oldest_untransferred_age_seconds",
@@ -594,6 +600,41 @@ fn status_as_openmetrics_passes_promtool() {
         ran.stderr
     );
 
+    // A symlink is followed, not replaced; what is not a regular file is
+    // refused and left as it is.
+    let real = dir.path().join("real.prom");
+    std::fs::write(&real, "old").unwrap();
+    let link = dir.path().join("link.prom");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    env.genalytics()
+        .args(["status", "--format", "openmetrics", "-o"])
+        .arg(&link)
+        .ok();
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(std::fs::read_to_string(&real).unwrap().ends_with("# EOF\n"));
+    let fifo = dir.path().join("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let ran = env.genalytics().args(["status", "-o"]).arg(&fifo).code(1);
+    assert!(
+        ran.stderr.contains("it is not a regular file"),
+        "{}",
+        ran.stderr
+    );
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(
+        &std::fs::symlink_metadata(&fifo).unwrap().file_type()
+    ));
+
     // Without Redis: what PostgreSQL knows, Redis' figures left out.
     let ran = env
         .genalytics()
@@ -610,7 +651,56 @@ fn status_as_openmetrics_passes_promtool() {
         None
     );
     assert_eq!(
-        sample(&ran.stdout, "genalytics_events_transferred_total", stream),
+        sample(&ran.stdout, "genalytics_events_transferred", stream),
         Some(7.0)
     );
+}
+
+#[test]
+fn check_gives_up_on_a_server_that_never_answers() {
+    // Accepts connections (the kernel does, into the backlog) and never
+    // says a word: what a proxy in front of a dead server looks like.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "postgres://u:p@127.0.0.1:{}/db",
+        silent.local_addr().unwrap().port()
+    );
+    let started = std::time::Instant::now();
+    let ran = crate::harness::Cmd::new()
+        .args([
+            "check",
+            "--nagios",
+            "--crit-lag",
+            "5m",
+            "-t",
+            "2s",
+            "--database-url",
+            &url,
+        ])
+        .code(3);
+    assert!(
+        ran.stdout
+            .starts_with("GENALYTICS UNKNOWN - no answer within 2s"),
+        "{}",
+        ran.stdout
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    let ran = crate::harness::Cmd::new()
+        .args([
+            "check",
+            "--max-failure-rate",
+            "5",
+            "--timeout",
+            "1500ms",
+            "--database-url",
+            &url,
+        ])
+        .code(1);
+    assert!(
+        ran.stderr
+            .contains("check gave up: no answer within 1500ms"),
+        "{}",
+        ran.stderr
+    );
+    drop(silent);
 }

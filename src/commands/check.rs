@@ -75,6 +75,11 @@ pub struct Args {
     /// Output format (exit codes stay 0 and 3)
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
     pub format: SummaryFormat,
+
+    /// Give up after this long (a server that accepts and never answers, a
+    /// lock): UNKNOWN with --nagios, else exit 1
+    #[arg(short, long, default_value = "30s", value_name = "DURATION", value_parser = parse_span)]
+    pub timeout: TimeDelta,
 }
 
 const EXAMPLES: &str = "Examples:
@@ -95,6 +100,7 @@ fn seconds(span: Option<TimeDelta>) -> Option<f64> {
 }
 
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
+    give_up_after(args.timeout, args.nagios);
     if args.nagios {
         // Whatever stops the check is UNKNOWN to a monitoring system, not 1.
         return Ok(match figures(args, settings) {
@@ -130,6 +136,34 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     } else {
         Exit::Success
     })
+}
+
+/// Ends the process once `timeout` has passed, as a plugin's alarm does:
+/// connecting and every query may wait on a server that never answers, and
+/// a check that hangs tells a monitoring system nothing. Nothing is written
+/// by a check, so nothing is left half done.
+fn give_up_after(timeout: TimeDelta, plugin: bool) {
+    let Ok(wait) = timeout.to_std() else {
+        return;
+    };
+    if wait.is_zero() {
+        return;
+    }
+    std::thread::spawn(move || {
+        std::thread::sleep(wait);
+        let message = format!(
+            "no answer within {} (a server that accepts and never answers, or a lock); --timeout changes the limit",
+            format_span(timeout)
+        );
+        let code = if plugin {
+            crate::report_plugin_error(&message)
+        } else {
+            eprintln!("genalytics: check gave up: {message}");
+            Exit::Failure
+        };
+        let _ = std::io::stdout().flush();
+        std::process::exit(i32::from(code.code()));
+    });
 }
 
 /// Measures every figure a limit was given for and judges it.
@@ -240,7 +274,23 @@ fn lag(
         stream_key: key,
         stream_ref,
     };
-    let verdict = identity::inspect(&mut con, key, position, &mut store)?.verdict;
+    let inspected = identity::inspect(&mut con, key, position, &mut store)?;
+    let verdict = inspected.verdict;
+    if !inspected.info.exists {
+        // Nothing waits, but a mistyped --stream or --redis-ns looks the
+        // same: never plainly OK.
+        return Ok(Figure::judge(
+            "lag",
+            None,
+            Unit::Seconds,
+            limits,
+            format!(
+                "the stream {key} does not exist (a wrong --stream or --redis-ns, Redis restarted empty, or \
+                 no producer yet)"
+            ),
+            Some(Level::Warning),
+        ));
+    }
     if let Identity::ResetBelow { length, .. } = verdict {
         let text = format!(
             "the stream {key} was replaced below the stored position {}: {length} entries wait that \

@@ -161,30 +161,17 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
                     .map_err(|_| UsageError("entry IDs look like 1764331200000-0".to_string()))?;
                 filter.ids = Some(parsed.iter().map(ToString::to_string).collect());
             }
-            let done = replay(&mut client, &filter)?;
-            format.print(&done, || {
-                let mut line = format!(
-                    "replayed {} dead letters: {} stored, {} still rejected",
-                    thousands(done.stored + done.already_stored + done.still_rejected),
-                    thousands(done.stored),
-                    thousands(done.still_rejected),
+            let summary = replay(&mut client, &filter)?;
+            if !ids.is_empty() && summary.replayed.letters == 0 {
+                anyhow::bail!(
+                    "no dead letter has entry ID {}",
+                    ids.iter()
+                        .map(|id| escape_controls(id))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
-                if done.already_stored > 0 {
-                    let _ = write!(
-                        line,
-                        ", {} were stored already (their letters removed)",
-                        thousands(done.already_stored)
-                    );
-                }
-                if done.hours_queued > 0 {
-                    let _ = write!(
-                        line,
-                        "; {} hours await `genalytics aggregate`",
-                        thousands(done.hours_queued)
-                    );
-                }
-                line
-            })?;
+            }
+            format.print(&summary, || replay_line(&summary))?;
         }
         Action::Purge {
             older_than,
@@ -214,6 +201,38 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
+fn replay_line(summary: &ReplaySummary) -> String {
+    let done = &summary.replayed;
+    let mut line = format!(
+        "replayed {} dead letters: {} stored, {} still rejected",
+        thousands(done.letters),
+        thousands(done.stored),
+        thousands(done.still_rejected),
+    );
+    if done.already_stored > 0 {
+        let _ = write!(
+            line,
+            ", {} were stored already (their letters removed)",
+            thousands(done.already_stored)
+        );
+    }
+    if done.not_replayable > 0 {
+        let _ = write!(
+            line,
+            ", {} left as they are (no stream or entry ID recorded, or fields not kept exactly)",
+            thousands(done.not_replayable)
+        );
+    }
+    if summary.hours_queued > 0 {
+        let _ = write!(
+            line,
+            "; {} hours await `genalytics aggregate`",
+            thousands(summary.hours_queued)
+        );
+    }
+    line
+}
+
 #[derive(Serialize)]
 struct Purged {
     purged: u64,
@@ -222,30 +241,47 @@ struct Purged {
 
 /// Replays the letters `filter` matches, stream by stream, in chunks of
 /// [`REPLAY_CHUNK`], each chunk one transaction.
-fn replay(client: &mut postgres::Client, filter: &Filter) -> anyhow::Result<events::Replayed> {
+fn replay(client: &mut postgres::Client, filter: &Filter) -> anyhow::Result<ReplaySummary> {
     let mut done = events::Replayed::default();
+    let unplaceable = rejected::unplaceable(client, filter)?.unsigned_abs();
+    done.letters += unplaceable;
+    done.not_replayable += unplaceable;
     for stream in rejected::streams(client, filter)? {
         let ids = rejected::ids(client, stream, filter)?;
         for chunk in ids.chunks(REPLAY_CHUNK) {
             let mut tx = client.transaction()?;
+            // Locks in transfer's order: the stream's state row first.
+            rejected::lock_stream(&mut tx, stream)?;
             let letters = rejected::take(&mut tx, stream, chunk)?;
+            done.letters += letters.len() as u64;
             let mut entries = Vec::with_capacity(letters.len());
-            for (id, letter) in letters {
-                match letter.raw {
-                    Some(raw) => entries.push((id, raw)),
-                    // Nothing to parse: it stays as it is.
-                    None => done.still_rejected += 1,
+            for (id, letter) in &letters {
+                match letter.replayable() {
+                    Some(raw) => entries.push((*id, raw.clone())),
+                    None => done.not_replayable += 1,
                 }
             }
+            drop(letters);
             let replayed = events::replay(&mut tx, stream, entries)?;
             tx.commit()?;
             done.stored += replayed.stored;
             done.already_stored += replayed.already_stored;
             done.still_rejected += replayed.still_rejected;
-            done.hours_queued += replayed.hours_queued;
+            done.hours.extend(replayed.hours);
         }
     }
-    Ok(done)
+    Ok(ReplaySummary {
+        hours_queued: done.hours.len() as u64,
+        replayed: done,
+    })
+}
+
+/// What a replay did, as its summary prints it.
+#[derive(Serialize)]
+struct ReplaySummary {
+    #[serde(flatten)]
+    replayed: events::Replayed,
+    hours_queued: u64,
 }
 
 /// The letters `list` found, and how many matched in all.

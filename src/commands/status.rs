@@ -403,11 +403,11 @@ const HELP: &[(&str, &str)] = &[
         "When a transfer last committed.",
     ),
     (
-        "genalytics_events_transferred_total",
+        "genalytics_events_transferred",
         "Events stored from the stream.",
     ),
     (
-        "genalytics_stream_resets_total",
+        "genalytics_stream_resets",
         "Times the stream was found replaced (Redis restarted empty, flushed, failed over).",
     ),
     (
@@ -510,11 +510,11 @@ impl Status {
                 self.last_transfer_at.map(epoch),
             ),
             (
-                "genalytics_events_transferred_total",
+                "genalytics_events_transferred",
                 count(self.events_transferred),
             ),
             (
-                "genalytics_stream_resets_total",
+                "genalytics_stream_resets",
                 Some(f64::from(self.stream_resets)),
             ),
         ];

@@ -375,14 +375,20 @@ fn set_stream(prepared: &mut Prepared, stream: i32) {
 /// What a replay of dead letters did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Replayed {
+    /// Letters the replay looked at.
+    pub letters: u64,
     /// Stored as events now, their dead letters removed.
     pub stored: u64,
     /// Already stored as events (their letters removed, nothing added).
     pub already_stored: u64,
     /// Still refused: they stay, with today's reason.
     pub still_rejected: u64,
+    /// Left as they are: no stream or entry ID to store them under, or
+    /// fields that were not kept exactly.
+    pub not_replayable: u64,
     /// Hours queued for their rollup by the events stored.
-    pub hours_queued: u64,
+    #[serde(skip)]
+    pub hours: std::collections::BTreeSet<DateTime<Utc>>,
 }
 
 /// Parses dead letters of `stream` again with today's parser and, in the
@@ -459,10 +465,12 @@ pub fn replay(
         &[&stream, &(stored as i64), &(done.len() as i64)],
     )?;
     Ok(Replayed {
+        letters: (rows + prepared.rejected.len()) as u64,
         stored,
         already_stored: done.len() as u64 - stored,
         still_rejected,
-        hours_queued: hours.len() as u64,
+        not_replayable: 0,
+        hours: hours.into_iter().collect(),
     })
 }
 

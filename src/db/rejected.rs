@@ -87,7 +87,15 @@ pub fn list(
     let rows = client.query(
         &format!(
             "SELECT coalesce(s.stream_key, ''), coalesce(s.incarnation, 0), r.stream_id, r.received_at,
-                    r.reason, coalesce(cardinality(r.raw_fields) / 2, (SELECT count(*) FROM jsonb_object_keys(r.fields)))
+                    r.reason,
+                    coalesce(
+                        cardinality(r.raw_fields) / 2,
+                        CASE WHEN jsonb_typeof(r.fields) = 'object' THEN
+                            (SELECT coalesce(sum(CASE WHEN jsonb_typeof(value) = 'array'
+                                                      THEN jsonb_array_length(value) ELSE 1 END), 0)::int8
+                             FROM jsonb_each(r.fields))
+                        END,
+                        0)
              FROM generation_events_rejected r LEFT JOIN genalytics_streams s ON s.id = r.stream
              WHERE {conditions}
              ORDER BY r.received_at, r.stream, r.stream_id
@@ -120,6 +128,22 @@ pub struct Letter {
     pub raw: Option<RawFields>,
     /// Whether `raw` is the exact bytes (not rebuilt from JSON).
     pub exact: bool,
+}
+
+impl Letter {
+    /// Fields that replay may store: the exact bytes, or fields rebuilt
+    /// from JSON that show no sign of loss (the JSON of letters from before
+    /// raw bytes were kept replaced invalid UTF-8 with U+FFFD).
+    pub fn replayable(&self) -> Option<&RawFields> {
+        let raw = self.raw.as_ref()?;
+        let lossy = !self.exact
+            && raw.iter().any(|(n, v)| {
+                [n, v]
+                    .iter()
+                    .any(|b| String::from_utf8_lossy(b).contains('\u{FFFD}'))
+            });
+        (!lossy).then_some(raw)
+    }
 }
 
 /// Every letter of entry `stream_id` (one per stream that had it).
@@ -190,6 +214,21 @@ pub fn purge(client: &mut Client, filter: &Filter) -> anyhow::Result<u64> {
     )?)
 }
 
+/// Letters `filter` matches that no replay can store: without a stream
+/// (from before streams were recorded) or without a valid entry ID.
+pub fn unplaceable(client: &mut Client, filter: &Filter) -> anyhow::Result<i64> {
+    let (conditions, params) = conditions(filter, 1);
+    Ok(client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM generation_events_rejected r
+                 WHERE (r.stream IS NULL OR r.stream_id !~ '^[0-9]+-[0-9]+$') AND {conditions}"
+            ),
+            &refs(&params),
+        )?
+        .get(0))
+}
+
 /// The streams (by reference) that have letters `filter` matches.
 pub fn streams(client: &mut Client, filter: &Filter) -> anyhow::Result<Vec<i32>> {
     let (conditions, params) = conditions(filter, 1);
@@ -224,6 +263,18 @@ pub fn ids(client: &mut Client, stream: i32, filter: &Filter) -> anyhow::Result<
         .collect();
     ids.sort_unstable();
     Ok(ids)
+}
+
+/// Locks the transfer state row of `stream` (if it is still the stream
+/// transfer reads): a replay then takes its locks in the order a transfer's
+/// commit does — state, letters, rollup queue — so the two cannot deadlock,
+/// and one waits for the other's batch.
+pub fn lock_stream(tx: &mut Transaction<'_>, stream: i32) -> anyhow::Result<()> {
+    tx.query(
+        "SELECT 1 FROM genalytics_transfer_state WHERE stream_ref = $1 FOR UPDATE",
+        &[&stream],
+    )?;
+    Ok(())
 }
 
 /// Locks and returns the letters of `stream` with these IDs that are still

@@ -84,12 +84,26 @@ pub fn write_atomically(
     write: impl FnOnce(&mut dyn std::io::Write) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let dir = match path.parent() {
+    let fail =
+        |err: &dyn std::fmt::Display| anyhow::anyhow!("cannot write {}: {err}", path.display());
+    // A symlink is followed (the file it names is replaced, the link
+    // stays); anything but a regular file is refused rather than replaced
+    // by one (`-o /dev/null` as root would otherwise delete the device).
+    let target = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            std::fs::canonicalize(path).map_err(|err| fail(&err))?
+        }
+        _ => path.to_path_buf(),
+    };
+    if let Ok(meta) = std::fs::metadata(&target)
+        && !meta.is_file()
+    {
+        return Err(fail(&"it is not a regular file"));
+    }
+    let dir = match target.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => std::path::Path::new("."),
     };
-    let fail =
-        |err: &dyn std::fmt::Display| anyhow::anyhow!("cannot write {}: {err}", path.display());
     let mut file = tempfile::Builder::new()
         .prefix(".genalytics-")
         .tempfile_in(dir)
@@ -101,7 +115,10 @@ pub fn write_atomically(
     file.as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o644))
         .map_err(|err| fail(&err))?;
-    file.persist(path).map_err(|err| fail(&err.error))?;
+    // On disk before it replaces the old file: a crash leaves one or the
+    // other, never an empty file under the name.
+    file.as_file().sync_all().map_err(|err| fail(&err))?;
+    file.persist(&target).map_err(|err| fail(&err.error))?;
     Ok(())
 }
 
