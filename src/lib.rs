@@ -41,15 +41,19 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<Exit> {
 
 /// Prints an error the way every command reports failure and picks its exit
 /// code: usage mistakes exit 2, a closed stdout (`… | head`) is success, all
-/// else exits 1. The whole cause chain goes to stderr on one line.
+/// else exits 1. The whole cause chain goes to stderr on one line, control
+/// characters escaped.
 pub fn report_error(err: &anyhow::Error) -> Exit {
     if is_broken_pipe(err) {
         return Exit::Success;
     }
+    // Data (a stream key, a server's message) may hold control characters:
+    // escaped, the error stays one line and cannot move a terminal's cursor.
+    let line = crate::text::escape_controls(&crate::error::one_line(err)).into_owned();
     if LOG_JSON.load(std::sync::atomic::Ordering::Relaxed) {
-        tracing::error!("{}", crate::error::one_line(err));
+        tracing::error!("{line}");
     } else {
-        eprintln!("genalytics: {}", crate::error::one_line(err));
+        eprintln!("genalytics: {line}");
     }
     if err.downcast_ref::<UsageError>().is_some() {
         Exit::Usage

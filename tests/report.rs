@@ -1238,6 +1238,21 @@ fn compare_shows_the_previous_window_and_the_change() {
     );
     assert_eq!(completed(previous), 48);
     assert_eq!(previous["window_end"], overview["window_start"]);
+    // The previous window is exactly what a separate run over it reports.
+    let before = (end - Duration::days(1)).to_rfc3339();
+    let ran = env
+        .genalytics()
+        .args([
+            "report", "overview", "--days", "1", "--format", "json", "--until", &before,
+        ])
+        .ok();
+    let separate: Value = serde_json::from_str(&ran.stdout).unwrap();
+    let mut previous = previous.clone();
+    let mut separate = separate;
+    for o in [&mut previous, &mut separate] {
+        o.as_object_mut().unwrap().remove("previous");
+    }
+    assert_eq!(previous, separate);
     let table = env
         .genalytics()
         .args([

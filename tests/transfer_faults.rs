@@ -101,10 +101,13 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
 /// line naming that server; the next run completes exactly once.
 fn restart_mid_run(server: &str, restart: impl FnOnce(&mut TestEnv)) {
     let (mut env, written) = backlog(BACKLOG);
-    let mut child = spawn_transfer(&env, &["--batch-size", "500"]);
+    // Small batches: a run of many commits, so that it is surely still
+    // running when the server goes, however loaded the machine.
+    let mut child = spawn_transfer(&env, &["--batch-size", "100"]);
     let mut db = env.db();
     crate::harness::wait_for("the transfer to store its first batch", 30, || {
-        !stored_ids(&mut db).is_empty()
+        db.query_one("SELECT EXISTS (SELECT 1 FROM generation_events)", &[])
+            .is_ok_and(|row| row.get(0))
     });
     drop(db);
     assert!(

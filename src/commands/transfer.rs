@@ -173,6 +173,20 @@ struct StreamChanged(String);
 struct StateChanged(String);
 
 /// Whether a new session mends the fault, in a run that does not follow.
+/// Whether a system call was interrupted by a signal (`EINTR`).
+fn interrupted(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::Interrupted)
+            || cause
+                .downcast_ref::<redis::RedisError>()
+                .is_some_and(|redis| {
+                    redis.is_io_error() && redis.to_string().contains("os error 4")
+                })
+    })
+}
+
 fn starts_over(err: &anyhow::Error) -> bool {
     err.is::<StreamChanged>() || err.is::<StateChanged>()
 }
@@ -618,11 +632,22 @@ impl Run<'_> {
             horizon.timestamp_millis().max(0).unsigned_abs(),
         ));
         let key = self.key;
-        let trimmed = match self.redis() {
-            Ok(con) => reader::trim_stored(con, key, position, &prepared.last_print, bound)
-                .map_err(anyhow::Error::from),
-            Err(Fault::Transient(err) | Fault::Fatal(err)) => Err(err),
-        };
+        // A signal (SIGTERM asking this run to stop after the commit)
+        // interrupts a socket read with a timeout even under SA_RESTART:
+        // once more then, on a new connection (the old one may be mid-reply).
+        let mut trimmed = Ok(None);
+        for attempt in 0..2 {
+            trimmed = match self.redis() {
+                Ok(con) => reader::trim_stored(con, key, position, &prepared.last_print, bound)
+                    .map_err(anyhow::Error::from),
+                Err(Fault::Transient(err) | Fault::Fatal(err)) => Err(err),
+            };
+            if attempt == 0 && trimmed.as_ref().is_err_and(interrupted) {
+                self.redis = None;
+                continue;
+            }
+            break;
+        }
         match trimmed {
             Ok(Some(trimmed)) => self.summary.trimmed += trimmed,
             Ok(None) if !self.trim_warned => {
