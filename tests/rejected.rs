@@ -33,6 +33,30 @@ fn stored(db: &mut postgres::Client, id: &str) -> i64 {
     .get(0)
 }
 
+/// Holds the stream's transfer state row locked — where a replay chunk and
+/// a transfer commit both start — until `n` other sessions wait for it, so
+/// that what the test starts next really runs at the same time; then lets
+/// them go.
+fn start_together(env: &TestEnv, n: i64, start: impl FnOnce()) {
+    let mut db = env.db();
+    let mut gate = db.transaction().unwrap();
+    gate.query("SELECT 1 FROM genalytics_transfer_state FOR UPDATE", &[])
+        .unwrap();
+    start();
+    let mut watcher = env.db();
+    crate::harness::wait_for("both to wait at the gate", 60, || {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        waiting >= n
+    });
+    gate.commit().unwrap();
+}
+
 fn json(ran: &crate::harness::Ran) -> Value {
     serde_json::from_str(&ran.stdout).unwrap_or_else(|err| panic!("{err}: {}", ran.stdout))
 }
@@ -352,9 +376,10 @@ fn two_replays_at_once_store_each_letter_once() {
             .spawn()
             .unwrap()
     };
-    let (first, second) = (spawn(), spawn());
+    let mut children = Vec::new();
+    start_together(&env, 2, || children.extend([spawn(), spawn()]));
     let mut stored_by_both = 0;
-    for child in [first, second] {
+    for child in children {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success());
         let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -408,9 +433,15 @@ fn a_replay_beside_a_running_transfer_neither_deadlocks_nor_loses() {
             .spawn()
             .unwrap()
     };
-    let transfer = spawn(&["transfer", "--batch-size", "500"]);
-    let replay = spawn(&["rejected", "replay", "--all", "--format", "json"]);
-    for (what, child) in [("transfer", transfer), ("replay", replay)] {
+    let mut children = Vec::new();
+    start_together(&env, 2, || {
+        children.push(("transfer", spawn(&["transfer", "--batch-size", "500"])));
+        children.push((
+            "replay",
+            spawn(&["rejected", "replay", "--all", "--format", "json"]),
+        ));
+    });
+    for (what, child) in children {
         let out = child.wait_with_output().unwrap();
         assert!(
             out.status.success(),

@@ -161,8 +161,13 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
                     .map_err(|_| UsageError("entry IDs look like 1764331200000-0".to_string()))?;
                 filter.ids = Some(parsed.iter().map(ToString::to_string).collect());
             }
-            let summary = replay(&mut client, &filter)?;
-            if !ids.is_empty() && summary.replayed.letters == 0 {
+            let replayed = replay(&mut client, &filter)?;
+            let summary = ReplaySummary {
+                letters: replayed.letters(),
+                hours_queued: replayed.hours.len() as u64,
+                replayed,
+            };
+            if !ids.is_empty() && summary.letters == 0 {
                 anyhow::bail!(
                     "no dead letter has entry ID {}",
                     ids.iter()
@@ -205,7 +210,7 @@ fn replay_line(summary: &ReplaySummary) -> String {
     let done = &summary.replayed;
     let mut line = format!(
         "replayed {} dead letters: {} stored, {} still rejected",
-        thousands(done.letters),
+        thousands(summary.letters),
         thousands(done.stored),
         thousands(done.still_rejected),
     );
@@ -241,11 +246,11 @@ struct Purged {
 
 /// Replays the letters `filter` matches, stream by stream, in chunks of
 /// [`REPLAY_CHUNK`], each chunk one transaction.
-fn replay(client: &mut postgres::Client, filter: &Filter) -> anyhow::Result<ReplaySummary> {
-    let mut done = events::Replayed::default();
-    let unplaceable = rejected::unplaceable(client, filter)?.unsigned_abs();
-    done.letters += unplaceable;
-    done.not_replayable += unplaceable;
+fn replay(client: &mut postgres::Client, filter: &Filter) -> anyhow::Result<events::Replayed> {
+    let mut done = events::Replayed {
+        not_replayable: rejected::unplaceable(client, filter)?.unsigned_abs(),
+        ..events::Replayed::default()
+    };
     for stream in rejected::streams(client, filter)? {
         let ids = rejected::ids(client, stream, filter)?;
         for chunk in ids.chunks(REPLAY_CHUNK) {
@@ -253,7 +258,6 @@ fn replay(client: &mut postgres::Client, filter: &Filter) -> anyhow::Result<Repl
             // Locks in transfer's order: the stream's state row first.
             rejected::lock_stream(&mut tx, stream)?;
             let letters = rejected::take(&mut tx, stream, chunk)?;
-            done.letters += letters.len() as u64;
             let mut entries = Vec::with_capacity(letters.len());
             for (id, letter) in &letters {
                 match letter.replayable() {
@@ -262,23 +266,17 @@ fn replay(client: &mut postgres::Client, filter: &Filter) -> anyhow::Result<Repl
                 }
             }
             drop(letters);
-            let replayed = events::replay(&mut tx, stream, entries)?;
+            done += events::replay(&mut tx, stream, entries)?;
             tx.commit()?;
-            done.stored += replayed.stored;
-            done.already_stored += replayed.already_stored;
-            done.still_rejected += replayed.still_rejected;
-            done.hours.extend(replayed.hours);
         }
     }
-    Ok(ReplaySummary {
-        hours_queued: done.hours.len() as u64,
-        replayed: done,
-    })
+    Ok(done)
 }
 
-/// What a replay did, as its summary prints it.
+/// What a replay did, as its summary shows it.
 #[derive(Serialize)]
 struct ReplaySummary {
+    letters: u64,
     #[serde(flatten)]
     replayed: events::Replayed,
     hours_queued: u64,

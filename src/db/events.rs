@@ -297,20 +297,10 @@ pub fn commit(
         return Err(PositionMoved(claim.stream_key.to_string()).into());
     }
 
-    // Held until commit: a prune cannot move the horizon meanwhile, so an
-    // event is marked late exactly when its hour's raw events are gone.
-    let horizon: Option<DateTime<Utc>> = tx
-        .query_one("SELECT horizon FROM genalytics_raw_horizon FOR SHARE", &[])?
-        .get(0);
-    let mut mode = Mode::Copy;
-    let mut refused = Vec::new();
+    let RowsStored {
+        stored, refused, ..
+    } = store_rows(&mut tx, claim.stream_ref, prepared, Mode::Copy)?;
     let rows = prepared.ids.len();
-    let stored = if rows == 0 {
-        0
-    } else {
-        insert_rows(&mut tx, prepared, 0..rows, &mut mode, &mut refused)?
-    };
-    let refused_rows: BTreeSet<usize> = refused.iter().map(|(row, _)| *row).collect();
     let again: Vec<Option<RawFields>> = refused
         .iter()
         .map(|(row, _)| match prepared.raws[*row] {
@@ -320,29 +310,6 @@ pub fn commit(
         .collect();
     let letters = letters(prepared, &refused, &again);
     let lettered = store_dead_letters(&mut tx, claim.stream_ref, &letters)?;
-
-    if let Some(horizon) = horizon {
-        mark_late(&mut tx, claim.stream_ref, prepared, &refused_rows, horizon)?;
-    }
-    let hours: Vec<DateTime<Utc>> = prepared
-        .hours
-        .iter()
-        .enumerate()
-        .filter(|(row, _)| !refused_rows.contains(row))
-        .map(|(_, hour)| *hour)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if !hours.is_empty() {
-        tx.execute(
-            // DO UPDATE, not DO NOTHING: it locks a queued hour's row, so an
-            // aggregate taking that hour off the queue waits for this commit
-            // and then sees these events (see db::rollup::roll_up).
-            "INSERT INTO generation_rollup_queue (hour) SELECT unnest($1::timestamptz[]) ORDER BY 1
-             ON CONFLICT (hour) DO UPDATE SET queued_at = now()",
-            &[&hours],
-        )?;
-    }
     let outcome = Outcome {
         stored,
         rejected: lettered,
@@ -372,11 +339,9 @@ fn set_stream(prepared: &mut Prepared, stream: i32) {
     }
 }
 
-/// What a replay of dead letters did.
+/// What a replay of dead letters did (one chunk, or all of them).
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Replayed {
-    /// Letters the replay looked at.
-    pub letters: u64,
     /// Stored as events now, their dead letters removed.
     pub stored: u64,
     /// Already stored as events (their letters removed, nothing added).
@@ -388,7 +353,24 @@ pub struct Replayed {
     pub not_replayable: u64,
     /// Hours queued for their rollup by the events stored.
     #[serde(skip)]
-    pub hours: std::collections::BTreeSet<DateTime<Utc>>,
+    pub hours: BTreeSet<DateTime<Utc>>,
+}
+
+impl Replayed {
+    /// Letters looked at.
+    pub fn letters(&self) -> u64 {
+        self.stored + self.already_stored + self.still_rejected + self.not_replayable
+    }
+}
+
+impl std::ops::AddAssign for Replayed {
+    fn add_assign(&mut self, chunk: Replayed) {
+        self.stored += chunk.stored;
+        self.already_stored += chunk.already_stored;
+        self.still_rejected += chunk.still_rejected;
+        self.not_replayable += chunk.not_replayable;
+        self.hours.extend(chunk.hours);
+    }
 }
 
 /// Parses dead letters of `stream` again with today's parser and, in the
@@ -404,19 +386,13 @@ pub fn replay(
 ) -> anyhow::Result<Replayed> {
     let mut prepared = prepare(entries)?;
     set_stream(&mut prepared, stream);
-    let horizon: Option<DateTime<Utc>> = tx
-        .query_one("SELECT horizon FROM genalytics_raw_horizon FOR SHARE", &[])?
-        .get(0);
-    let mut mode = Mode::Staged;
-    let mut refused = Vec::new();
-    let rows = prepared.ids.len();
-    let stored = if rows == 0 {
-        0
-    } else {
-        insert_rows(tx, &prepared, 0..rows, &mut mode, &mut refused)?
-    };
+    let RowsStored {
+        stored,
+        refused,
+        hours,
+    } = store_rows(tx, stream, &prepared, Mode::Staged)?;
     let refused_rows: BTreeSet<usize> = refused.iter().map(|(row, _)| *row).collect();
-    let done: Vec<EntryId> = (0..rows)
+    let done: Vec<EntryId> = (0..prepared.ids.len())
         .filter(|row| !refused_rows.contains(row))
         .map(|row| prepared.ids[row])
         .collect();
@@ -442,22 +418,6 @@ pub fn replay(
         tx.execute(&update, &[&stream, &id, &reason])?;
         still_rejected += 1;
     }
-    if let Some(horizon) = horizon {
-        mark_late(tx, stream, &prepared, &refused_rows, horizon)?;
-    }
-    let hours: Vec<DateTime<Utc>> = (0..rows)
-        .filter(|row| !refused_rows.contains(row))
-        .map(|row| prepared.hours[row])
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if !hours.is_empty() {
-        tx.execute(
-            "INSERT INTO generation_rollup_queue (hour) SELECT unnest($1::timestamptz[]) ORDER BY 1
-             ON CONFLICT (hour) DO UPDATE SET queued_at = now()",
-            &[&hours],
-        )?;
-    }
     tx.execute(
         "UPDATE genalytics_transfer_state
          SET events_stored = events_stored + $2, entries_rejected = greatest(entries_rejected - $3, 0)
@@ -465,12 +425,66 @@ pub fn replay(
         &[&stream, &(stored as i64), &(done.len() as i64)],
     )?;
     Ok(Replayed {
-        letters: (rows + prepared.rejected.len()) as u64,
         stored,
         already_stored: done.len() as u64 - stored,
         still_rejected,
         not_replayable: 0,
-        hours: hours.into_iter().collect(),
+        hours,
+    })
+}
+
+/// What [`store_rows`] did: rows stored, rows PostgreSQL refused (with its
+/// words), and the hours queued for their rollup.
+struct RowsStored {
+    stored: u64,
+    refused: Vec<(usize, String)>,
+    hours: BTreeSet<DateTime<Utc>>,
+}
+
+/// Stores a batch's rows as transfer and replay both do: each refused row
+/// isolated, rows for hours before the raw horizon marked late, and the
+/// hours of the rows stored queued for their rollup.
+fn store_rows(
+    tx: &mut Transaction<'_>,
+    stream: i32,
+    prepared: &Prepared,
+    mut mode: Mode,
+) -> anyhow::Result<RowsStored> {
+    // Held until commit: a prune cannot move the horizon meanwhile, so an
+    // event is marked late exactly when its hour's raw events are gone.
+    let horizon: Option<DateTime<Utc>> = tx
+        .query_one("SELECT horizon FROM genalytics_raw_horizon FOR SHARE", &[])?
+        .get(0);
+    let mut refused = Vec::new();
+    let rows = prepared.ids.len();
+    let stored = if rows == 0 {
+        0
+    } else {
+        insert_rows(tx, prepared, 0..rows, &mut mode, &mut refused)?
+    };
+    let refused_rows: BTreeSet<usize> = refused.iter().map(|(row, _)| *row).collect();
+    if let Some(horizon) = horizon {
+        mark_late(tx, stream, prepared, &refused_rows, horizon)?;
+    }
+    let hours: BTreeSet<DateTime<Utc>> = (0..rows)
+        .filter(|row| !refused_rows.contains(row))
+        .map(|row| prepared.hours[row])
+        .collect();
+    if !hours.is_empty() {
+        let list: Vec<DateTime<Utc>> = hours.iter().copied().collect();
+        tx.execute(
+            // DO UPDATE, not DO NOTHING: it locks a queued hour's row, so an
+            // aggregate taking that hour off the queue waits for this commit
+            // and then sees these events (see db::rollup::roll_up).
+            "INSERT INTO generation_rollup_queue (hour) SELECT unnest($1::timestamptz[]) ORDER BY 1
+             ON CONFLICT (hour) DO UPDATE SET queued_at = now()",
+            &[&list],
+        )?;
+    }
+    Ok(RowsStored {
+        stored,
+        refused,
+        hours,
     })
 }
 
