@@ -275,7 +275,7 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l warn-lag
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l warn-stale-hours -d 'Warning when more complete hours than this await their rollup' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l format -d 'Output format (exit codes stay 0 and 3)' -r -f -a "text\t'One line for people and cron mail'
 json\t'One JSON object'"
-complete -c genalytics -n "__fish_genalytics_using_subcommand check" -s t -l timeout -d 'Give up after this long (a server that accepts and never answers, a lock): UNKNOWN with --nagios, else exit 1' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -s t -l timeout -d 'Give up after this long (a server that accepts and never answers, a lock): UNKNOWN with --nagios, else exit 1; 0 waits forever' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r

@@ -73,12 +73,7 @@ pub fn plugin_mode(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
 /// Reports what stopped a plugin run as the Monitoring Plugins expect: one
 /// status line on stdout, exit 3.
 pub fn report_plugin_error(message: &str) -> Exit {
-    let first = message.lines().next().unwrap_or_default();
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    println!(
-        "GENALYTICS UNKNOWN - {}",
-        crate::text::escape_controls(first).replace('|', "/")
-    );
+    println!("{}", monitoring::unknown_line(message));
     Exit::Plugin(3)
 }
 

@@ -182,6 +182,13 @@ fn perfdata(figure: &Figure) -> Option<String> {
     )
 }
 
+/// The line a plugin prints when it could not check: UNKNOWN, exit 3.
+pub fn unknown_line(message: &str) -> String {
+    let first = message.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    format!("GENALYTICS UNKNOWN - {}", plugin_text(first))
+}
+
 /// Plugin text may not hold `|` (it starts the performance data) nor
 /// break lines; data in it (a stream key) could.
 fn plugin_text(text: &str) -> String {
@@ -215,15 +222,10 @@ pub struct Exposition {
 }
 
 impl Exposition {
-    /// Starts a family.
+    /// Starts a gauge family.
     pub fn family(&mut self, name: &str, help: &str) {
         let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
-        let kind = if name.ends_with("_total") {
-            "counter"
-        } else {
-            "gauge"
-        };
-        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+        let _ = writeln!(self.text, "# TYPE {name} gauge");
         if let Some(unit) = ["seconds", "bytes", "ratio"]
             .into_iter()
             .find(|unit| name.ends_with(&format!("_{unit}")))
@@ -242,12 +244,23 @@ impl Exposition {
                 .collect();
             let _ = write!(self.text, "{{{}}}", labels.join(","));
         }
-        let _ = writeln!(self.text, " {}", number(value));
+        let _ = writeln!(self.text, " {}", exposed(value));
     }
 
     pub fn finish(mut self) -> String {
         self.text.push_str("# EOF\n");
         self.text
+    }
+}
+
+/// A sample's value at full precision (Rust never writes an exponent), the
+/// infinities as both formats spell them.
+fn exposed(value: f64) -> String {
+    match value {
+        v if v.is_nan() => "NaN".into(),
+        v if v == f64::INFINITY => "+Inf".into(),
+        v if v == f64::NEG_INFINITY => "-Inf".into(),
+        v => format!("{v}"),
     }
 }
 
@@ -368,13 +381,13 @@ mod tests {
         let mut e = Exposition::default();
         e.family("x_bytes", "Size.\nof \\ it");
         e.sample("x_bytes", &[("table", "a\"b\\c\nd")], 3.0);
-        e.family("y_total", "Y.");
-        e.sample("y_total", &[], 2.0);
+        e.family("y_ratio", "Y.");
+        e.sample("y_ratio", &[], 0.123_456_7);
         assert_eq!(
             e.finish(),
             "# HELP x_bytes Size.\\nof \\\\ it\n# TYPE x_bytes gauge\n# UNIT x_bytes bytes\n\
-             x_bytes{table=\"a\\\"b\\\\c\\nd\"} 3\n# HELP y_total Y.\n# TYPE y_total counter\n\
-             y_total 2\n# EOF\n"
+             x_bytes{table=\"a\\\"b\\\\c\\nd\"} 3\n# HELP y_ratio Y.\n# TYPE y_ratio gauge\n\
+             # UNIT y_ratio ratio\ny_ratio 0.1234567\n# EOF\n"
         );
     }
 }

@@ -1,6 +1,7 @@
 //! Time arguments (`--end`, `--hour`, `--from`, `--to`, `--until`): RFC 3339,
-//! naive ISO 8601 meaning UTC, or the short `YYYY-MM-DDTHH`. Pure, so clap
-//! can use it as a value parser and report mistakes as usage errors.
+//! naive ISO 8601 meaning UTC, or the short `YYYY-MM-DDTHH`; durations and
+//! percentage limits. Pure, so clap can use them as value parsers and
+//! report mistakes as usage errors.
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 
@@ -72,6 +73,17 @@ pub fn parse_span(text: &str) -> Result<chrono::TimeDelta, String> {
         return Err(hint("longer than 100 years"));
     }
     chrono::TimeDelta::from_std(span).map_err(|_| hint("out of range"))
+}
+
+/// Parses a percentage given as a limit: `5`, `2.5`, `10%`, from 0 to 100.
+pub fn parse_percent(text: &str) -> Result<f64, String> {
+    match text.trim().trim_end_matches('%').trim().parse::<f64>() {
+        Ok(pct) if (0.0..=100.0).contains(&pct) => Ok(pct),
+        _ => Err(format!(
+            "{} is not a percentage between 0 and 100",
+            crate::text::quoted(text)
+        )),
+    }
 }
 
 /// A span as people write it back: `90d`, `36h`, `15m`, `45s`, `1500ms`

@@ -228,7 +228,7 @@ fn dead_letters_are_listed_shown_replayed_once_and_purged() {
     let ran = env.genalytics().args(["rejected", "replay", "--all"]).ok();
     assert_eq!(
         ran.stdout.trim(),
-        "replayed 3 dead letters: 2 stored, 1 still rejected; 1 hours await `genalytics aggregate`",
+        "replayed 3 dead letters: 2 stored, 1 still rejected; 1 hour awaits `genalytics aggregate`",
     );
     assert_eq!(stored(&mut db, &banned_id), 1);
     assert_eq!(stored(&mut db, &legacy_id), 1);
@@ -336,7 +336,7 @@ fn dead_letters_are_listed_shown_replayed_once_and_purged() {
         .args(["rejected", "purge", "--older-than", "0"])
         .ok();
     assert!(
-        ran.stdout.starts_with("purged 1 dead letters"),
+        ran.stdout.starts_with("purged 1 dead letter received"),
         "{}",
         ran.stdout
     );

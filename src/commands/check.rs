@@ -36,7 +36,7 @@ pub struct Args {
     pub days: Option<u32>,
 
     /// Breach (critical) when failed / completions exceeds this percentage
-    #[arg(long, visible_alias = "crit-failure-rate", value_name = "PCT", value_parser = parse_percent)]
+    #[arg(long, visible_alias = "crit-failure-rate", value_name = "PCT", value_parser = crate::timearg::parse_percent)]
     pub max_failure_rate: Option<f64>,
 
     /// Breach (critical) when the p95 of successful durations exceeds this (e.g. 1500ms, 90s, 2m)
@@ -52,7 +52,7 @@ pub struct Args {
     pub max_stale_hours: Option<u32>,
 
     /// Warning (not a breach) when the failure rate exceeds this percentage
-    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    #[arg(long, value_name = "PCT", value_parser = crate::timearg::parse_percent)]
     pub warn_failure_rate: Option<f64>,
 
     /// Warning when the p95 duration exceeds this
@@ -77,7 +77,7 @@ pub struct Args {
     pub format: SummaryFormat,
 
     /// Give up after this long (a server that accepts and never answers, a
-    /// lock): UNKNOWN with --nagios, else exit 1
+    /// lock): UNKNOWN with --nagios, else exit 1; 0 waits forever
     #[arg(short, long, default_value = "30s", value_name = "DURATION", value_parser = parse_span)]
     pub timeout: TimeDelta,
 }
@@ -87,13 +87,6 @@ const EXAMPLES: &str = "Examples:
   genalytics check --hours 6 --max-failure-rate 5 --max-p95 90s
   genalytics check --nagios --warn-lag 5m --crit-lag 30m --warn-failure-rate 5";
 
-fn parse_percent(text: &str) -> Result<f64, String> {
-    match text.trim().trim_end_matches('%').parse::<f64>() {
-        Ok(pct) if (0.0..=100.0).contains(&pct) => Ok(pct),
-        _ => Err(format!("'{text}' is not a percentage between 0 and 100")),
-    }
-}
-
 /// Seconds of a span, as the limits of a figure in seconds.
 fn seconds(span: Option<TimeDelta>) -> Option<f64> {
     span.map(|span| span.num_milliseconds() as f64 / 1_000.0)
@@ -102,14 +95,10 @@ fn seconds(span: Option<TimeDelta>) -> Option<f64> {
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     give_up_after(args.timeout, args.nagios);
     if args.nagios {
-        // Whatever stops the check is UNKNOWN to a monitoring system, not 1.
-        return Ok(match figures(args, settings) {
-            Ok(figures) => {
-                print!("{}", monitoring::plugin_output(&figures));
-                Exit::Plugin(monitoring::worst(&figures).plugin_code())
-            }
-            Err(err) => crate::report_plugin_error(&crate::error::one_line(&err)),
-        });
+        // An error is UNKNOWN (exit 3): main reports it so in plugin mode.
+        let figures = figures(args, settings)?;
+        print!("{}", monitoring::plugin_output(&figures));
+        return Ok(Exit::Plugin(monitoring::worst(&figures).plugin_code()));
     }
     let figures = figures(args, settings)?;
     let level = monitoring::worst(&figures);
@@ -158,8 +147,7 @@ fn give_up_after(timeout: TimeDelta, plugin: bool) {
         let code = if plugin {
             crate::report_plugin_error(&message)
         } else {
-            eprintln!("genalytics: check gave up: {message}");
-            Exit::Failure
+            crate::report_error(&anyhow::anyhow!("check gave up: {message}"))
         };
         let _ = std::io::stdout().flush();
         std::process::exit(i32::from(code.code()));

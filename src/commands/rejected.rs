@@ -34,7 +34,7 @@ const EXAMPLES: &str = "Examples:
   genalytics rejected replay --all
   genalytics rejected purge --older-than 30d";
 
-/// Which letters: shared by list, replay and purge.
+/// Which letters, by reason and time received: for list and replay.
 #[derive(Debug, clap::Args)]
 pub struct Which {
     /// Only letters whose reason contains this text (any case)
@@ -196,8 +196,9 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
             };
             format.print(&summary, || {
                 format!(
-                    "purged {} dead letters received before {}",
+                    "purged {} dead letter{} received before {}",
                     thousands(purged),
+                    plural(purged),
                     cutoff.format("%Y-%m-%d %H:%M:%S UTC")
                 )
             })?;
@@ -209,8 +210,9 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
 fn replay_line(summary: &ReplaySummary) -> String {
     let done = &summary.replayed;
     let mut line = format!(
-        "replayed {} dead letters: {} stored, {} still rejected",
+        "replayed {} dead letter{}: {} stored, {} still rejected",
         thousands(summary.letters),
+        plural(summary.letters),
         thousands(done.stored),
         thousands(done.still_rejected),
     );
@@ -231,11 +233,17 @@ fn replay_line(summary: &ReplaySummary) -> String {
     if summary.hours_queued > 0 {
         let _ = write!(
             line,
-            "; {} hours await `genalytics aggregate`",
-            thousands(summary.hours_queued)
+            "; {} hour{} await{} `genalytics aggregate`",
+            thousands(summary.hours_queued),
+            plural(summary.hours_queued),
+            if summary.hours_queued == 1 { "s" } else { "" }
         );
     }
     line
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }
 
 #[derive(Serialize)]

@@ -85,22 +85,12 @@ pub enum Which {
         #[arg(long, default_value = "UTC", value_parser = parse_zone, value_name = "ZONE")]
         tz: chrono_tz::Tz,
         /// Draw this failure rate (percent) as a limit on the daily chart
-        #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+        #[arg(long, value_name = "PCT", value_parser = crate::timearg::parse_percent)]
         failure_limit: Option<f64>,
         /// Write the page to this file (atomically) instead of stdout
         #[arg(short, long, value_name = "FILE")]
         output: Option<std::path::PathBuf>,
     },
-}
-
-fn parse_percent(text: &str) -> Result<f64, String> {
-    match text.trim().trim_end_matches('%').trim().parse::<f64>() {
-        Ok(pct) if (0.0..=100.0).contains(&pct) => Ok(pct),
-        _ => Err(format!(
-            "{} is not a percentage between 0 and 100",
-            crate::text::quoted(text)
-        )),
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

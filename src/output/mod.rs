@@ -83,22 +83,20 @@ pub fn write_atomically(
     path: &std::path::Path,
     write: impl FnOnce(&mut dyn std::io::Write) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    use anyhow::Context;
     use std::os::unix::fs::PermissionsExt;
-    let fail =
-        |err: &dyn std::fmt::Display| anyhow::anyhow!("cannot write {}: {err}", path.display());
+    let context = || format!("cannot write {}", path.display());
     // A symlink is followed (the file it names is replaced, the link
     // stays); anything but a regular file is refused rather than replaced
     // by one (`-o /dev/null` as root would otherwise delete the device).
     let target = match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_symlink() => {
-            std::fs::canonicalize(path).map_err(|err| fail(&err))?
+            std::fs::canonicalize(path).with_context(context)?
         }
         _ => path.to_path_buf(),
     };
-    if let Ok(meta) = std::fs::metadata(&target)
-        && !meta.is_file()
-    {
-        return Err(fail(&"it is not a regular file"));
+    if std::fs::metadata(&target).is_ok_and(|meta| !meta.is_file()) {
+        anyhow::bail!("{}: it is not a regular file", context());
     }
     let dir = match target.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -107,18 +105,20 @@ pub fn write_atomically(
     let mut file = tempfile::Builder::new()
         .prefix(".genalytics-")
         .tempfile_in(dir)
-        .map_err(|err| fail(&err))?;
+        .with_context(context)?;
     let mut buffered = std::io::BufWriter::new(file.as_file_mut());
-    write(&mut buffered)?;
-    std::io::Write::flush(&mut buffered).map_err(|err| fail(&err))?;
+    write(&mut buffered).with_context(context)?;
+    std::io::Write::flush(&mut buffered).with_context(context)?;
     drop(buffered);
     file.as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o644))
-        .map_err(|err| fail(&err))?;
+        .with_context(context)?;
     // On disk before it replaces the old file: a crash leaves one or the
     // other, never an empty file under the name.
-    file.as_file().sync_all().map_err(|err| fail(&err))?;
-    file.persist(&target).map_err(|err| fail(&err.error))?;
+    file.as_file().sync_all().with_context(context)?;
+    file.persist(&target)
+        .map_err(|err| err.error)
+        .with_context(context)?;
     Ok(())
 }
 

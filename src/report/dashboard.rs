@@ -39,37 +39,18 @@ impl Report for Dashboard {
     fn sections(&self) -> Vec<Section> {
         let mut sections = self.overview.sections();
         sections.extend(self.models.sections());
-        sections.extend(
-            self.failures
-                .sections()
-                .into_iter()
-                .filter(|s| s.name == "error_types"),
-        );
+        sections.push(self.failures.error_types_section());
         sections
     }
 
     fn charts(&self) -> Vec<Chart> {
         let mut charts = self.trends.charts();
-        charts.extend(self.failures.charts().into_iter().map(|chart| match chart {
-            Chart::Line {
-                name,
-                title,
-                x,
-                daily,
-                series,
-                unit,
-                ..
-            } => Chart::Line {
-                name,
-                title,
-                x,
-                daily,
-                series,
-                unit,
-                limit: self.failure_limit_pct,
-            },
-            heatmap @ Chart::Heatmap { .. } => heatmap,
-        }));
+        for mut chart in self.failures.charts() {
+            if let Chart::Line { limit, .. } = &mut chart {
+                *limit = self.failure_limit_pct;
+            }
+            charts.push(chart);
+        }
         charts.extend(self.peak.charts());
         charts
     }

@@ -96,6 +96,38 @@ pub fn build(
     }
 }
 
+impl FailuresReport {
+    /// Failures by error type: a table of its own, for the HTML report too.
+    pub fn error_types_section(&self) -> Section {
+        Section {
+            name: "error_types",
+            title: Some("By error type"),
+            layout: Layout::Rows,
+            columns: vec![
+                ("error_type", "error"),
+                ("count", "failures"),
+                ("affected_users", "users"),
+                ("avg_duration_ms", "avg duration"),
+                ("sample_messages", "messages"),
+            ],
+            rows: self
+                .error_types
+                .iter()
+                .map(|e| {
+                    vec![
+                        Cell::Text(e.error_type.clone()),
+                        Cell::Count(e.count),
+                        Cell::Count(e.affected_users),
+                        Cell::Duration(e.avg_duration_ms),
+                        Cell::List(e.sample_messages.clone()),
+                    ]
+                })
+                .collect(),
+            bar: None,
+        }
+    }
+}
+
 impl Report for FailuresReport {
     fn heading(&self) -> String {
         super::heading(
@@ -132,32 +164,7 @@ impl Report for FailuresReport {
 
     fn sections(&self) -> Vec<Section> {
         vec![
-            Section {
-                name: "error_types",
-                title: Some("By error type"),
-                layout: Layout::Rows,
-                columns: vec![
-                    ("error_type", "error"),
-                    ("count", "failures"),
-                    ("affected_users", "users"),
-                    ("avg_duration_ms", "avg duration"),
-                    ("sample_messages", "messages"),
-                ],
-                rows: self
-                    .error_types
-                    .iter()
-                    .map(|e| {
-                        vec![
-                            Cell::Text(e.error_type.clone()),
-                            Cell::Count(e.count),
-                            Cell::Count(e.affected_users),
-                            Cell::Duration(e.avg_duration_ms),
-                            Cell::List(e.sample_messages.clone()),
-                        ]
-                    })
-                    .collect(),
-                bar: None,
-            },
+            self.error_types_section(),
             Section {
                 name: "failure_trends",
                 title: Some("By day"),
