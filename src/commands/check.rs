@@ -13,14 +13,14 @@ use std::io::Write;
 use chrono::{TimeDelta, Utc};
 
 use crate::config::Settings;
-use crate::db::streams::{self, TransferState};
+use crate::db::streams;
 use crate::db::{self, health, migrations};
 use crate::error::{Exit, UsageError};
 use crate::monitoring::{self, Figure, Level, Unit};
 use crate::output::{SummaryFormat, duration};
 use crate::report::failure_rate;
-use crate::stream::identity::{self, Identity};
-use crate::stream::{self, reader};
+use crate::stream::identity::Identity;
+use crate::stream::waiting;
 use crate::timearg::{format_span, parse_span};
 
 #[derive(Debug, clap::Args)]
@@ -251,20 +251,8 @@ fn lag(
 ) -> anyhow::Result<Figure> {
     let key = settings.stream_key.as_str();
     let state = streams::state(client, key)?;
-    let position = state
-        .as_ref()
-        .map(TransferState::position)
-        .unwrap_or_default();
-    let stream_ref = state.as_ref().map_or(0, |state| state.stream_ref);
-    let mut con = stream::connect(&settings.redis)?;
-    let mut store = streams::Stored {
-        client,
-        stream_key: key,
-        stream_ref,
-    };
-    let inspected = identity::inspect(&mut con, key, position, &mut store)?;
-    let verdict = inspected.verdict;
-    if !inspected.info.exists {
+    let waiting = waiting::waiting(settings, client, state.as_ref())?;
+    if !waiting.info.exists {
         // Nothing waits, but a mistyped --stream or --redis-ns looks the
         // same: never plainly OK.
         return Ok(Figure::judge(
@@ -279,11 +267,11 @@ fn lag(
             Some(Level::Warning),
         ));
     }
-    if let Identity::ResetBelow { length, .. } = verdict {
+    if let Identity::ResetBelow { length, .. } = waiting.verdict {
         let text = format!(
             "the stream {key} was replaced below the stored position {}: {length} entries wait that \
              transfer will not read without --new-stream",
-            position.id
+            waiting.position.id
         );
         return Ok(Figure::judge(
             "lag",
@@ -294,15 +282,26 @@ fn lag(
             Some(Level::Critical),
         ));
     }
-    let (age, text) = match reader::first_after(&mut con, key, position.id)? {
-        Some(oldest) => {
-            let age = TimeDelta::seconds((now - oldest.time().unwrap_or(now)).num_seconds().max(0));
+    let (age, text) = match (waiting.oldest_at, waiting.backlog.entries) {
+        (Some(oldest), _) => {
+            let age = TimeDelta::seconds((now - oldest).num_seconds().max(0));
             (
                 age.num_seconds() as f64,
                 format!("oldest untransferred entry is {} old", format_span(age)),
             )
         }
-        None => (0.0, "nothing waits for transfer".to_string()),
+        (None, 0) => (0.0, "nothing waits for transfer".to_string()),
+        // IDs past any real time: how long they wait cannot be told.
+        (None, entries) => {
+            return Ok(Figure::judge(
+                "lag",
+                None,
+                Unit::Seconds,
+                limits,
+                format!("{entries} entries wait whose IDs carry no time"),
+                Some(Level::Warning),
+            ));
+        }
     };
     Ok(Figure::judge(
         "lag",

@@ -21,8 +21,9 @@ use crate::monitoring::Exposition;
 use crate::output::thousands;
 use crate::render::table::TableRenderer;
 use crate::render::{Cell, Layout, Renderer, Report, Section};
-use crate::stream::identity::{self, Identity, Position};
-use crate::stream::{self, EntryId, producer::PRODUCER_MAXLEN, reader};
+use crate::stream::identity::{self, Identity};
+use crate::stream::waiting::{self, Waiting};
+use crate::stream::{EntryId, producer::PRODUCER_MAXLEN};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
@@ -253,16 +254,13 @@ fn stream_figures(
     status: &mut Status,
 ) -> anyhow::Result<()> {
     let key = settings.stream_key.as_str();
-    let mut con = stream::connect(&settings.redis)?;
-    let position = state.map_or_else(Position::default, TransferState::position);
-    let stream_ref = state.map_or(0, |state| state.stream_ref);
-    let mut store = streams::Stored {
-        client,
-        stream_key: key,
-        stream_ref,
-    };
-    let identity::Inspected { info, verdict, .. } =
-        identity::inspect(&mut con, key, position, &mut store)?;
+    let Waiting {
+        info,
+        verdict,
+        position,
+        backlog: behind,
+        oldest_at,
+    } = waiting::waiting(settings, client, state)?;
     status.stream_length = Some(info.length);
     status.cap_used_pct = Some(crate::report::round2(
         info.length as f64 * 100.0 / PRODUCER_MAXLEN as f64,
@@ -272,28 +270,13 @@ fn stream_figures(
     if let Some(warning) = identity_warning(key, position.id, &verdict) {
         status.warnings.push(warning);
     }
-    // Entries of a stream replaced below the position all wait, and
-    // transfer will not read them on its own.
-    let after = match verdict {
-        Identity::ResetBelow { .. } => Position::default(),
-        Identity::Same => position,
-        _ => Position {
-            id: position.id,
-            index: None,
-        },
-    };
-    let behind = reader::behind(&mut con, key, &info, after)?;
-    let after = after.id;
     status.behind = Some(behind.entries);
     status.behind_exact = Some(behind.exact);
     status.behind_cap_pct = Some(crate::report::round2(
         behind.entries as f64 * 100.0 / PRODUCER_MAXLEN as f64,
     ));
-    if let Some(oldest) = reader::first_after(&mut con, key, after)? {
-        let at = oldest.time();
-        status.oldest_untransferred_at = at;
-        status.oldest_untransferred_age_seconds = at.map(|at| (now - at).num_seconds().max(0));
-    }
+    status.oldest_untransferred_at = oldest_at;
+    status.oldest_untransferred_age_seconds = oldest_at.map(|at| (now - at).num_seconds().max(0));
     if behind.entries > WARN_AT {
         status.warnings.push(format!(
             "{}{} entries are not yet stored, more than half the producer's ~{} cap: transfer is falling \

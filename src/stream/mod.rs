@@ -134,5 +134,6 @@ pub mod identity;
 pub mod pack;
 pub mod producer;
 pub mod reader;
+pub mod waiting;
 
 pub use id::EntryId;
