@@ -500,6 +500,25 @@ fn status_as_openmetrics_passes_promtool() {
         "{text}"
     );
 
+    // The rollup figures against what the test wrote: nothing rolled up
+    // yet, so every hour with an event waits, and those before this hour
+    // are stale.
+    let current = Utc::now().duration_trunc(Duration::hours(1)).unwrap();
+    let hours: BTreeSet<DateTime<Utc>> = events
+        .iter()
+        .map(|e| e.at.duration_trunc(Duration::hours(1)).unwrap())
+        .collect();
+    let stale = hours.iter().filter(|h| **h < current).count();
+    assert_eq!(
+        sample(&text, "genalytics_rollup_queued", ""),
+        Some(hours.len() as f64)
+    );
+    assert_eq!(
+        sample(&text, "genalytics_rollup_stale", ""),
+        Some(stale as f64)
+    );
+    assert_eq!(sample(&text, "genalytics_rollup_failing", ""), Some(0.0));
+    assert_eq!(sample(&text, "genalytics_late_events", ""), Some(0.0));
     // The same figures as status --format json.
     let json = status_of(&env, key);
     for (family, field) in [

@@ -256,11 +256,12 @@ struct Purged {
 /// [`REPLAY_CHUNK`], each chunk one transaction.
 fn replay(client: &mut postgres::Client, filter: &Filter) -> anyhow::Result<events::Replayed> {
     let mut done = events::Replayed {
-        not_replayable: rejected::unplaceable(client, filter)?.unsigned_abs(),
+        not_replayable: rejected::without_stream(client, filter)?.unsigned_abs(),
         ..events::Replayed::default()
     };
     for stream in rejected::streams(client, filter)? {
-        let ids = rejected::ids(client, stream, filter)?;
+        let (ids, invalid) = rejected::ids(client, stream, filter)?;
+        done.not_replayable += invalid;
         for chunk in ids.chunks(REPLAY_CHUNK) {
             let mut tx = client.transaction()?;
             // Locks in transfer's order: the stream's state row first.

@@ -214,15 +214,14 @@ pub fn purge(client: &mut Client, filter: &Filter) -> anyhow::Result<u64> {
     )?)
 }
 
-/// Letters `filter` matches that no replay can store: without a stream
-/// (from before streams were recorded) or without a valid entry ID.
-pub fn unplaceable(client: &mut Client, filter: &Filter) -> anyhow::Result<i64> {
+/// Letters `filter` matches that have no stream recorded (from before
+/// streams were): no replay can tell which stream to store them under.
+pub fn without_stream(client: &mut Client, filter: &Filter) -> anyhow::Result<i64> {
     let (conditions, params) = conditions(filter, 1);
     Ok(client
         .query_one(
             &format!(
-                "SELECT count(*) FROM generation_events_rejected r
-                 WHERE (r.stream IS NULL OR r.stream_id !~ '^[0-9]+-[0-9]+$') AND {conditions}"
+                "SELECT count(*) FROM generation_events_rejected r WHERE r.stream IS NULL AND {conditions}"
             ),
             &refs(&params),
         )?
@@ -246,23 +245,30 @@ pub fn streams(client: &mut Client, filter: &Filter) -> anyhow::Result<Vec<i32>>
 }
 
 /// The entry IDs of the letters of `stream` that `filter` matches, in
-/// entry order.
-pub fn ids(client: &mut Client, stream: i32, filter: &Filter) -> anyhow::Result<Vec<EntryId>> {
+/// entry order, and how many letters have an ID that is not one.
+pub fn ids(
+    client: &mut Client,
+    stream: i32,
+    filter: &Filter,
+) -> anyhow::Result<(Vec<EntryId>, u64)> {
     let (conditions, params) = conditions(filter, 2);
     let mut all: Vec<Box<dyn postgres::types::ToSql + Sync>> = vec![Box::new(stream)];
     all.extend(params);
-    let mut ids: Vec<EntryId> = client
-        .query(
-            &format!(
-                "SELECT r.stream_id FROM generation_events_rejected r WHERE r.stream = $1 AND {conditions}"
-            ),
-            &refs(&all),
-        )?
-        .into_iter()
-        .filter_map(|row| row.get::<_, String>(0).parse().ok())
-        .collect();
+    let mut ids = Vec::new();
+    let mut invalid = 0;
+    for row in client.query(
+        &format!(
+            "SELECT r.stream_id FROM generation_events_rejected r WHERE r.stream = $1 AND {conditions}"
+        ),
+        &refs(&all),
+    )? {
+        match row.get::<_, String>(0).parse::<EntryId>() {
+            Ok(id) => ids.push(id),
+            Err(_) => invalid += 1,
+        }
+    }
     ids.sort_unstable();
-    Ok(ids)
+    Ok((ids, invalid))
 }
 
 /// Locks the transfer state row of `stream` (if it is still the stream
