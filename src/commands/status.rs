@@ -294,6 +294,10 @@ fn stream_figures(
     Ok(())
 }
 
+/// The verdict on a stream replaced below the position, which transfer
+/// will not read on its own.
+const REPLACED_BELOW: &str = "replaced_below_position";
+
 /// The verdict as a JSON value.
 pub fn identity_name(verdict: &Identity) -> &'static str {
     match verdict {
@@ -302,7 +306,7 @@ pub fn identity_name(verdict: &Identity) -> &'static str {
         Identity::Gap => "gap",
         Identity::Rewound { .. } => "rewound",
         Identity::ResetAbove => "replaced",
-        Identity::ResetBelow { .. } => "replaced_below_position",
+        Identity::ResetBelow { .. } => REPLACED_BELOW,
     }
 }
 
@@ -354,97 +358,8 @@ fn print(format: Format, status: &Status, out: &mut dyn Write) -> anyhow::Result
     Ok(())
 }
 
-/// What each metric family means (its HELP line).
-const HELP: &[(&str, &str)] = &[
-    (
-        "genalytics_redis_up",
-        "Whether Redis answered status (1) or not (0).",
-    ),
-    ("genalytics_stream_length", "Entries in the Redis stream."),
-    (
-        "genalytics_stream_cap_used_ratio",
-        "The stream's length as a share of the producer's trim cap.",
-    ),
-    (
-        "genalytics_untransferred_entries",
-        "Entries not yet stored: what the producer's cap can destroy.",
-    ),
-    (
-        "genalytics_untransferred_cap_ratio",
-        "Entries not yet stored as a share of the producer's cap.",
-    ),
-    (
-        "genalytics_oldest_untransferred_age_seconds",
-        "Age of the oldest entry not yet stored (0: none).",
-    ),
-    (
-        "genalytics_stream_replaced_below_position",
-        "1: the stream was replaced below the position; transfer waits for --new-stream.",
-    ),
-    (
-        "genalytics_last_transfer_timestamp_seconds",
-        "When a transfer last committed.",
-    ),
-    (
-        "genalytics_events_transferred",
-        "Events stored from the stream.",
-    ),
-    (
-        "genalytics_stream_resets",
-        "Times the stream was found replaced (Redis restarted empty, flushed, failed over).",
-    ),
-    (
-        "genalytics_rejected_entries",
-        "Dead letters in generation_events_rejected.",
-    ),
-    (
-        "genalytics_newest_event_timestamp_seconds",
-        "Time of the newest stored event.",
-    ),
-    ("genalytics_rollup_queued", "Hours queued for their rollup."),
-    (
-        "genalytics_rollup_stale",
-        "Complete hours whose events are not all rolled up.",
-    ),
-    (
-        "genalytics_rollup_failing",
-        "Queued hours whose rollup failed.",
-    ),
-    (
-        "genalytics_raw_horizon_timestamp_seconds",
-        "Raw events are complete from this hour on (set by prune).",
-    ),
-    (
-        "genalytics_rollup_legacy",
-        "Hours rolled up only by the original service.",
-    ),
-    (
-        "genalytics_late_events",
-        "Events stored for hours before the raw horizon, waiting to be merged.",
-    ),
-    (
-        "genalytics_warnings",
-        "Warnings status gives, each a thing to act on.",
-    ),
-    (
-        "genalytics_completions_last_hour",
-        "Completions stored for the last hour, by outcome.",
-    ),
-    (
-        "genalytics_table_rows",
-        "Rows of each table (estimated for large ones).",
-    ),
-    (
-        "genalytics_table_size_bytes",
-        "Size of each table with its indexes and TOAST.",
-    ),
-];
-
-fn help(name: &str) -> &'static str {
-    HELP.iter()
-        .find(|(family, _)| *family == name)
-        .map_or("", |(_, help)| help)
-}
+/// A gauge of status: name, help, and its value if status learned it.
+type Gauge = (&'static str, &'static str, Option<f64>);
 
 /// Seconds since the epoch, as Prometheus writes times.
 fn epoch(at: DateTime<Utc>) -> f64 {
@@ -452,109 +367,152 @@ fn epoch(at: DateTime<Utc>) -> f64 {
 }
 
 impl Status {
-    /// The figures as metric families. A figure status could not learn
-    /// (Redis down, nothing transferred yet) is left out rather than shown
-    /// as 0.
+    /// The figures as metric families: (name, help, value). A figure
+    /// status could not learn (Redis down, nothing transferred yet) is left
+    /// out rather than shown as 0.
     fn exposition(&self) -> String {
-        let count = |n: i64| Some(n as f64);
-        let per_stream = [
-            (
-                "genalytics_redis_up",
-                Some(f64::from(u8::from(self.redis_up))),
-            ),
-            (
-                "genalytics_stream_length",
-                self.stream_length.map(|n| n as f64),
-            ),
-            (
-                "genalytics_stream_cap_used_ratio",
-                self.cap_used_pct.map(|pct| pct / 100.0),
-            ),
-            (
-                "genalytics_untransferred_entries",
-                self.behind.map(|n| n as f64),
-            ),
-            (
-                "genalytics_untransferred_cap_ratio",
-                self.behind_cap_pct.map(|pct| pct / 100.0),
-            ),
-            (
-                "genalytics_oldest_untransferred_age_seconds",
-                self.redis_up
-                    .then(|| self.oldest_untransferred_age_seconds.unwrap_or(0) as f64),
-            ),
-            (
-                "genalytics_stream_replaced_below_position",
-                self.stream_identity
-                    .map(|id| f64::from(u8::from(id == "replaced_below_position"))),
-            ),
-            (
-                "genalytics_last_transfer_timestamp_seconds",
-                self.last_transfer_at.map(epoch),
-            ),
-            (
-                "genalytics_events_transferred",
-                count(self.events_transferred),
-            ),
-            (
-                "genalytics_stream_resets",
-                Some(f64::from(self.stream_resets)),
-            ),
-        ];
-        let global = [
-            ("genalytics_rejected_entries", count(self.rejected_entries)),
-            (
-                "genalytics_newest_event_timestamp_seconds",
-                self.newest_event_at.map(epoch),
-            ),
-            (
-                "genalytics_rollup_queued",
-                count(self.hours_awaiting_rollup),
-            ),
-            ("genalytics_rollup_stale", count(self.stale_hours)),
-            ("genalytics_rollup_failing", count(self.failing_hours)),
-            (
-                "genalytics_raw_horizon_timestamp_seconds",
-                self.raw_horizon.map(epoch),
-            ),
-            ("genalytics_rollup_legacy", count(self.legacy_hours)),
-            ("genalytics_late_events", count(self.late_events_waiting)),
-            ("genalytics_warnings", Some(self.warnings.len() as f64)),
-        ];
         let mut e = Exposition::default();
         let stream = [("stream", self.stream.as_str())];
-        for (labels, figures) in [(&stream[..], &per_stream[..]), (&[], &global[..])] {
-            for &(name, value) in figures {
+        for (labels, figures) in [
+            (&stream[..], self.stream_gauges()),
+            (&[], self.stored_gauges()),
+        ] {
+            for (name, help, value) in figures {
                 if let Some(value) = value {
-                    e.family(name, help(name));
+                    e.family(name, help);
                     e.sample(name, labels, value);
                 }
             }
         }
         let name = "genalytics_completions_last_hour";
-        e.family(name, help(name));
-        e.sample(
-            name,
-            &[("outcome", "success")],
-            count(self.successful_last_hour).unwrap_or_default(),
-        );
-        e.sample(
-            name,
-            &[("outcome", "failure")],
-            count(self.failed_last_hour).unwrap_or_default(),
-        );
-        for name in ["genalytics_table_rows", "genalytics_table_size_bytes"] {
-            e.family(name, help(name));
-            for t in &self.tables {
-                let value = if name.ends_with("rows") {
-                    t.rows
-                } else {
-                    t.bytes
-                };
-                e.sample(name, &[("table", &t.table)], value as f64);
-            }
+        e.family(name, "Completions stored for the last hour, by outcome.");
+        for (outcome, n) in [
+            ("success", self.successful_last_hour),
+            ("failure", self.failed_last_hour),
+        ] {
+            e.sample(name, &[("outcome", outcome)], n as f64);
+        }
+        let name = "genalytics_table_rows";
+        e.family(name, "Rows of each table (estimated for large ones).");
+        for t in &self.tables {
+            e.sample(name, &[("table", &t.table)], t.rows as f64);
+        }
+        let name = "genalytics_table_size_bytes";
+        e.family(name, "Size of each table with its indexes and TOAST.");
+        for t in &self.tables {
+            e.sample(name, &[("table", &t.table)], t.bytes as f64);
         }
         e.finish()
+    }
+
+    /// What Redis and the transfer state say about the stream.
+    fn stream_gauges(&self) -> Vec<Gauge> {
+        let flag = |b: bool| f64::from(u8::from(b));
+        vec![
+            (
+                "genalytics_redis_up",
+                "Whether Redis answered status (1) or not (0).",
+                Some(flag(self.redis_up)),
+            ),
+            (
+                "genalytics_stream_length",
+                "Entries in the Redis stream.",
+                self.stream_length.map(|n| n as f64),
+            ),
+            (
+                "genalytics_stream_cap_used_ratio",
+                "The stream's length as a share of the producer's trim cap.",
+                self.cap_used_pct.map(|pct| pct / 100.0),
+            ),
+            (
+                "genalytics_untransferred_entries",
+                "Entries not yet stored: what the producer's cap can destroy.",
+                self.behind.map(|n| n as f64),
+            ),
+            (
+                "genalytics_untransferred_cap_ratio",
+                "Entries not yet stored as a share of the producer's cap.",
+                self.behind_cap_pct.map(|pct| pct / 100.0),
+            ),
+            (
+                "genalytics_oldest_untransferred_age_seconds",
+                "Age of the oldest entry not yet stored (0: none).",
+                self.redis_up
+                    .then(|| self.oldest_untransferred_age_seconds.unwrap_or(0) as f64),
+            ),
+            (
+                "genalytics_stream_replaced_below_position",
+                "1: the stream was replaced below the position; transfer waits for --new-stream.",
+                self.stream_identity.map(|id| flag(id == REPLACED_BELOW)),
+            ),
+            (
+                "genalytics_last_transfer_timestamp_seconds",
+                "When a transfer last committed.",
+                self.last_transfer_at.map(epoch),
+            ),
+            (
+                "genalytics_events_transferred",
+                "Events stored from the stream so far (it only grows).",
+                Some(self.events_transferred as f64),
+            ),
+            (
+                "genalytics_stream_resets",
+                "Times the stream was found replaced (Redis restarted empty, flushed, failed over).",
+                Some(f64::from(self.stream_resets)),
+            ),
+        ]
+    }
+
+    /// What PostgreSQL says about what is stored.
+    fn stored_gauges(&self) -> Vec<Gauge> {
+        let count = |n: i64| Some(n as f64);
+        vec![
+            (
+                "genalytics_rejected_entries",
+                "Dead letters in generation_events_rejected.",
+                count(self.rejected_entries),
+            ),
+            (
+                "genalytics_newest_event_timestamp_seconds",
+                "Time of the newest stored event.",
+                self.newest_event_at.map(epoch),
+            ),
+            (
+                "genalytics_rollup_queued",
+                "Hours queued for their rollup.",
+                count(self.hours_awaiting_rollup),
+            ),
+            (
+                "genalytics_rollup_stale",
+                "Complete hours whose events are not all rolled up.",
+                count(self.stale_hours),
+            ),
+            (
+                "genalytics_rollup_failing",
+                "Queued hours whose rollup failed.",
+                count(self.failing_hours),
+            ),
+            (
+                "genalytics_raw_horizon_timestamp_seconds",
+                "Raw events are complete from this hour on (set by prune).",
+                self.raw_horizon.map(epoch),
+            ),
+            (
+                "genalytics_rollup_legacy",
+                "Hours rolled up only by the original service.",
+                count(self.legacy_hours),
+            ),
+            (
+                "genalytics_late_events",
+                "Events stored for hours before the raw horizon, waiting to be merged.",
+                count(self.late_events_waiting),
+            ),
+            (
+                "genalytics_warnings",
+                "Warnings status gives, each a thing to act on.",
+                Some(self.warnings.len() as f64),
+            ),
+        ]
     }
 
     /// (field, title, cell) for each figure the table shows.
