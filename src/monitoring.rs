@@ -67,42 +67,62 @@ pub struct Figure {
     pub text: String,
 }
 
+/// A figure's warning and critical limits; either may be absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    pub warn: Option<f64>,
+    pub crit: Option<f64>,
+}
+
+impl Limits {
+    /// Whether any limit was given: a figure without one is not measured.
+    pub fn any(self) -> bool {
+        self.warn.is_some() || self.crit.is_some()
+    }
+}
+
 impl Figure {
-    /// Judges `value` against the limits: above a limit (not at it) breaks
-    /// it. `forced` raises the level whatever the value (a stream that
-    /// transfer will not read alone is critical however young).
-    pub fn judge(
-        name: &'static str,
-        value: Option<f64>,
-        unit: Unit,
-        limits: (Option<f64>, Option<f64>),
-        text: String,
-        forced: Option<Level>,
-    ) -> Figure {
-        let (warn, crit) = limits;
-        let over = |limit: Option<f64>| matches!((value, limit), (Some(v), Some(l)) if v > l);
-        let by_value = if over(crit) {
-            Level::Critical
-        } else if over(warn) {
-            Level::Warning
-        } else {
-            Level::Ok
-        };
-        let level = by_value.max(forced.unwrap_or(Level::Ok));
-        let text = match by_value {
-            Level::Critical => format!("{text}: exceeds {}", show(crit, unit)),
-            Level::Warning => format!("{text}: exceeds {}", show(warn, unit)),
-            Level::Ok => text,
-        };
+    /// A figure as measured (none when there was nothing to measure), not
+    /// yet judged: OK, without limits.
+    pub fn new(name: &'static str, unit: Unit, value: Option<f64>, text: String) -> Figure {
         Figure {
             name,
             value,
             unit,
-            warn,
-            crit,
-            level,
+            warn: None,
+            crit: None,
+            level: Level::Ok,
             text,
         }
+    }
+
+    /// Judges the value against `limits`: above a limit (not at it) breaks
+    /// it, and the text says which.
+    #[must_use]
+    pub fn judged(mut self, limits: Limits) -> Figure {
+        let over = |limit: Option<f64>| matches!((self.value, limit), (Some(v), Some(l)) if v > l);
+        let (level, broken) = if over(limits.crit) {
+            (Level::Critical, limits.crit)
+        } else if over(limits.warn) {
+            (Level::Warning, limits.warn)
+        } else {
+            (Level::Ok, None)
+        };
+        if level != Level::Ok {
+            self.text = format!("{}: exceeds {}", self.text, show(broken, self.unit));
+        }
+        self.level = self.level.max(level);
+        self.warn = limits.warn;
+        self.crit = limits.crit;
+        self
+    }
+
+    /// Raises the level whatever the value: a stream that transfer will not
+    /// read alone is critical however young its entries.
+    #[must_use]
+    pub fn at_least(mut self, level: Level) -> Figure {
+        self.level = self.level.max(level);
+        self
     }
 }
 
@@ -286,14 +306,7 @@ mod tests {
     use super::*;
 
     fn figure(value: Option<f64>, warn: Option<f64>, crit: Option<f64>) -> Figure {
-        Figure::judge(
-            "lag",
-            value,
-            Unit::Seconds,
-            (warn, crit),
-            "lag".into(),
-            None,
-        )
+        Figure::new("lag", Unit::Seconds, value, "lag".into()).judged(Limits { warn, crit })
     }
 
     #[test]
@@ -318,14 +331,12 @@ mod tests {
 
     #[test]
     fn forced_levels_win_over_a_fine_value() {
-        let f = Figure::judge(
-            "lag",
-            Some(1.0),
-            Unit::Seconds,
-            (None, Some(60.0)),
-            "replaced".into(),
-            Some(Level::Critical),
-        );
+        let f = Figure::new("lag", Unit::Seconds, Some(1.0), "replaced".into())
+            .judged(Limits {
+                warn: None,
+                crit: Some(60.0),
+            })
+            .at_least(Level::Critical);
         assert_eq!(f.level, Level::Critical);
     }
 
@@ -333,22 +344,20 @@ mod tests {
     fn plugin_output_follows_the_guidelines() {
         let figures = [
             figure(Some(90.0), Some(60.0), Some(3_600.0)),
-            Figure::judge(
+            Figure::new(
                 "failure_rate",
-                Some(2.5),
                 Unit::Percent,
-                (Some(5.0), Some(10.0)),
+                Some(2.5),
                 "failure rate 2.50 %".into(),
-                None,
-            ),
-            Figure::judge(
-                "p95",
-                None,
-                Unit::Seconds,
-                (None, Some(1.5)),
-                "no | completions".into(),
-                None,
-            ),
+            )
+            .judged(Limits {
+                warn: Some(5.0),
+                crit: Some(10.0),
+            }),
+            Figure::new("p95", Unit::Seconds, None, "no | completions".into()).judged(Limits {
+                warn: None,
+                crit: Some(1.5),
+            }),
         ];
         let out = plugin_output(&figures);
         let mut lines = out.lines();

@@ -16,7 +16,7 @@ use crate::config::Settings;
 use crate::db::streams;
 use crate::db::{self, health, migrations};
 use crate::error::{Exit, UsageError};
-use crate::monitoring::{self, Figure, Level, Unit};
+use crate::monitoring::{self, Figure, Level, Limits, Unit};
 use crate::output::{SummaryFormat, duration};
 use crate::report::failure_rate;
 use crate::stream::identity::Identity;
@@ -156,14 +156,23 @@ fn give_up_after(timeout: TimeDelta, plugin: bool) {
 
 /// Measures every figure a limit was given for and judges it.
 fn figures(args: &Args, settings: &Settings) -> anyhow::Result<Vec<Figure>> {
-    let rate_limits = (args.warn_failure_rate, args.max_failure_rate);
-    let p95_limits = (seconds(args.warn_p95), seconds(args.max_p95));
-    let lag_limits = (seconds(args.warn_lag), seconds(args.max_lag));
-    let stale_limits = (
-        args.warn_stale_hours.map(f64::from),
-        args.max_stale_hours.map(f64::from),
-    );
-    let given = |(warn, crit): (Option<f64>, Option<f64>)| warn.is_some() || crit.is_some();
+    let rate_limits = Limits {
+        warn: args.warn_failure_rate,
+        crit: args.max_failure_rate,
+    };
+    let p95_limits = Limits {
+        warn: seconds(args.warn_p95),
+        crit: seconds(args.max_p95),
+    };
+    let lag_limits = Limits {
+        warn: seconds(args.warn_lag),
+        crit: seconds(args.max_lag),
+    };
+    let stale_limits = Limits {
+        warn: args.warn_stale_hours.map(f64::from),
+        crit: args.max_stale_hours.map(f64::from),
+    };
+    let given = Limits::any;
     if ![rate_limits, p95_limits, lag_limits, stale_limits]
         .into_iter()
         .any(given)
@@ -199,28 +208,23 @@ fn figures(args: &Args, settings: &Settings) -> anyhow::Result<Vec<Figure>> {
                 ),
                 None => format!("failure rate: no completions {window}"),
             };
-            figures.push(Figure::judge(
-                "failure_rate",
-                rate,
-                Unit::Percent,
-                rate_limits,
-                text,
-                None,
-            ));
+            figures
+                .push(Figure::new("failure_rate", Unit::Percent, rate, text).judged(rate_limits));
         }
         if given(p95_limits) {
             let text = match health.p95_ms {
                 Some(p95) => format!("p95 duration {} {window}", duration(p95)),
                 None => format!("p95 duration: no successful completions {window}"),
             };
-            figures.push(Figure::judge(
-                "p95",
-                health.p95_ms.map(|ms| ms / 1_000.0),
-                Unit::Seconds,
-                p95_limits,
-                text,
-                None,
-            ));
+            figures.push(
+                Figure::new(
+                    "p95",
+                    Unit::Seconds,
+                    health.p95_ms.map(|ms| ms / 1_000.0),
+                    text,
+                )
+                .judged(p95_limits),
+            );
         }
     }
     if given(lag_limits) {
@@ -228,14 +232,15 @@ fn figures(args: &Args, settings: &Settings) -> anyhow::Result<Vec<Figure>> {
     }
     if given(stale_limits) {
         let stale = health::rollup_backlog(&mut client)?.stale;
-        figures.push(Figure::judge(
-            "stale_hours",
-            Some(stale as f64),
-            Unit::Count,
-            stale_limits,
-            format!("{stale} complete hours await their rollup"),
-            None,
-        ));
+        figures.push(
+            Figure::new(
+                "stale_hours",
+                Unit::Count,
+                Some(stale as f64),
+                format!("{stale} complete hours await their rollup"),
+            )
+            .judged(stale_limits),
+        );
     }
     Ok(figures)
 }
@@ -246,7 +251,7 @@ fn figures(args: &Args, settings: &Settings) -> anyhow::Result<Vec<Figure>> {
 fn lag(
     settings: &Settings,
     client: &mut postgres::Client,
-    limits: (Option<f64>, Option<f64>),
+    limits: Limits,
     now: chrono::DateTime<Utc>,
 ) -> anyhow::Result<Figure> {
     let key = settings.stream_key.as_str();
@@ -255,17 +260,13 @@ fn lag(
     if !waiting.info.exists {
         // Nothing waits, but a mistyped --stream or --redis-ns looks the
         // same: never plainly OK.
-        return Ok(Figure::judge(
-            "lag",
-            None,
-            Unit::Seconds,
-            limits,
-            format!(
-                "the stream {key} does not exist (a wrong --stream or --redis-ns, Redis restarted empty, or \
-                 no producer yet)"
-            ),
-            Some(Level::Warning),
-        ));
+        let text = format!(
+            "the stream {key} does not exist (a wrong --stream or --redis-ns, Redis restarted empty, or \
+             no producer yet)"
+        );
+        return Ok(Figure::new("lag", Unit::Seconds, None, text)
+            .judged(limits)
+            .at_least(Level::Warning));
     }
     if let Identity::ResetBelow { length, .. } = waiting.verdict {
         let text = format!(
@@ -273,14 +274,9 @@ fn lag(
              transfer will not read without --new-stream",
             waiting.position.id
         );
-        return Ok(Figure::judge(
-            "lag",
-            None,
-            Unit::Seconds,
-            limits,
-            text,
-            Some(Level::Critical),
-        ));
+        return Ok(Figure::new("lag", Unit::Seconds, None, text)
+            .judged(limits)
+            .at_least(Level::Critical));
     }
     let (age, text) = match (waiting.oldest_at, waiting.backlog.entries) {
         (Some(oldest), _) => {
@@ -293,22 +289,15 @@ fn lag(
         (None, 0) => (0.0, "nothing waits for transfer".to_string()),
         // IDs past any real time: how long they wait cannot be told.
         (None, entries) => {
-            return Ok(Figure::judge(
+            return Ok(Figure::new(
                 "lag",
-                None,
                 Unit::Seconds,
-                limits,
+                None,
                 format!("{entries} entries wait whose IDs carry no time"),
-                Some(Level::Warning),
-            ));
+            )
+            .judged(limits)
+            .at_least(Level::Warning));
         }
     };
-    Ok(Figure::judge(
-        "lag",
-        Some(age),
-        Unit::Seconds,
-        limits,
-        text,
-        None,
-    ))
+    Ok(Figure::new("lag", Unit::Seconds, Some(age), text).judged(limits))
 }
