@@ -69,7 +69,7 @@ fn walk(
         }
     }
     exit_status(&mut roff, &name);
-    environment(&mut roff, &name);
+    environment(&mut roff, cmd, &name);
     let mut see_also: Vec<String> = ancestors.iter().rev().cloned().collect();
     see_also.extend(children.iter().map(|c| page_name(c)));
     if !see_also.is_empty() {
@@ -137,33 +137,40 @@ fn exit_status(roff: &mut Roff, page: &str) {
     }
 }
 
-fn environment(roff: &mut Roff, page: &str) {
+/// The variables the command line reads (from clap: name, help, default)
+/// and the few read elsewhere.
+fn environment(roff: &mut Roff, cmd: &Command, page: &str) {
     roff.control("SH", ["ENVIRONMENT"]);
-    let mut vars = vec![
-        (
-            "DATABASE_URL",
-            "PostgreSQL connection URL (as --database-url), e.g. \
-             postgres://genalytics:secret@db:5432/analytics?sslmode=verify-full; libpq parameters pass through.",
-        ),
-        (
-            "REDIS_URL",
-            "Redis connection URL (as --redis-url), redis://127.0.0.1:6379 by default; rediss:// for TLS.",
-        ),
-        (
-            "GENALYTICS_REDIS_NS",
-            "Namespace of the stream key {ns}:generation_events:stream (as --redis-ns), genonaut by default.",
-        ),
-        (
-            "RUST_LOG",
-            "Filters the log on stderr in tracing's syntax (e.g. genalytics=debug); overrides -v and -q.",
-        ),
-        ("NO_COLOR", "When set, no colours in tables or logs."),
-    ];
+    let mut vars: Vec<(String, String)> = cmd
+        .get_arguments()
+        .filter_map(|arg| {
+            let var = arg.get_env()?.to_string_lossy().into_owned();
+            let default = arg
+                .get_default_values()
+                .first()
+                .map(|default| format!("; {} by default", default.to_string_lossy()))
+                .unwrap_or_default();
+            let meaning = format!(
+                "{} (as --{}){default}.",
+                arg.get_help().map(ToString::to_string).unwrap_or_default(),
+                arg.get_long().unwrap_or_default()
+            );
+            Some((var, meaning))
+        })
+        .collect();
+    vars.push((
+        "RUST_LOG".into(),
+        "Filters the log on stderr in tracing's syntax (e.g. genalytics=debug); overrides -v and -q.".into(),
+    ));
+    vars.push(("NO_COLOR".into(), "When set, no colours in tables or logs.".into()));
     if page.starts_with("genalytics-report") {
         vars.push((
-            "GENALYTICS_USER_EXACT_MAX",
-            "report user: most successful completions whose durations are read one by one for exact \
-             percentiles (100000 by default); above it they come from merged histograms.",
+            "GENALYTICS_USER_EXACT_MAX".into(),
+            format!(
+                "report user: most successful completions whose durations are read one by one for exact \
+                 percentiles ({} by default); above it they come from merged histograms.",
+                crate::report::user::EXACT_MAX
+            ),
         ));
     }
     for (var, meaning) in vars {
