@@ -162,7 +162,10 @@ fn environment(roff: &mut Roff, cmd: &Command, page: &str) {
         "RUST_LOG".into(),
         "Filters the log on stderr in tracing's syntax (e.g. genalytics=debug); overrides -v and -q.".into(),
     ));
-    vars.push(("NO_COLOR".into(), "When set, no colours in tables or logs.".into()));
+    vars.push((
+        "NO_COLOR".into(),
+        "When set, no colours in tables or logs.".into(),
+    ));
     if page.starts_with("genalytics-report") {
         vars.push((
             "GENALYTICS_USER_EXACT_MAX".into(),

@@ -11,7 +11,7 @@ use std::io::Write;
 use plotters::prelude::*;
 
 use super::table::TableRenderer;
-use super::{Cell, Chart, Layout, Renderer, Report, Section, Series, Unit};
+use super::{Cell, Chart, Heatmap, Layout, LineChart, Renderer, Report, Section, Series, Unit};
 use crate::output::duration;
 
 pub struct HtmlRenderer {
@@ -78,9 +78,9 @@ impl HtmlRenderer {
             figures(&mut page, section, &cells);
         }
         for chart in report.charts() {
-            match chart {
-                Chart::Line { .. } => self.line_chart(&mut page, &chart)?,
-                Chart::Heatmap { .. } => heatmap(&mut page, &chart),
+            match &chart {
+                Chart::Line(line) => self.line_chart(&mut page, line)?,
+                Chart::Heatmap(grid) => heatmap(&mut page, grid),
             }
         }
         for section in sections.iter().filter(|s| s.layout == Layout::Rows) {
@@ -93,8 +93,8 @@ impl HtmlRenderer {
         Ok(page)
     }
 
-    fn line_chart(&self, page: &mut String, chart: &Chart) -> anyhow::Result<()> {
-        let Chart::Line {
+    fn line_chart(&self, page: &mut String, chart: &LineChart) -> anyhow::Result<()> {
+        let LineChart {
             name,
             title,
             x,
@@ -102,10 +102,7 @@ impl HtmlRenderer {
             series,
             unit,
             limit,
-        } = chart
-        else {
-            return Ok(());
-        };
+        } = chart;
         let svg = draw_lines(x, *daily, series, *unit, *limit, self.tz)?;
         let _ = write!(
             page,
@@ -244,17 +241,16 @@ fn hex(colour: RGBColor) -> String {
 
 /// A heatmap as a table of shaded cells: readable without script, and its
 /// values in `title` and `data-value`.
-fn heatmap(page: &mut String, chart: &Chart) {
-    let Chart::Heatmap {
+fn heatmap(page: &mut String, chart: &Heatmap) {
+    let Heatmap {
         name,
         title,
         rows,
         columns,
         values,
-    } = chart
-    else {
-        return;
-    };
+        per,
+    } = chart;
+    let [r, g, b] = [COLOURS[0].0, COLOURS[0].1, COLOURS[0].2];
     let max = values.iter().flatten().copied().fold(0.0_f64, f64::max);
     let _ = write!(
         page,
@@ -271,7 +267,7 @@ fn heatmap(page: &mut String, chart: &Chart) {
             let alpha = if max > 0.0 { value / max } else { 0.0 };
             let _ = write!(
                 page,
-                "<td style=\"background:rgba(31,119,180,{alpha:.3})\" title=\"{} {}: {value:.2}\" data-value=\"{value}\"></td>",
+                "<td style=\"background:rgba({r},{g},{b},{alpha:.3})\" title=\"{} {}: {value:.2} {per}\" data-value=\"{value}\"></td>",
                 escape(row),
                 escape(column)
             );
@@ -280,7 +276,7 @@ fn heatmap(page: &mut String, chart: &Chart) {
     }
     let _ = writeln!(
         page,
-        "</table>\n<p class=\"legend\">darkest: {max:.2} requests an hour</p>\n</figure>"
+        "</table>\n<p class=\"legend\">darkest: {max:.2} {per}</p>\n</figure>"
     );
 }
 
@@ -348,10 +344,13 @@ fn value_cell(field: &str, cell: &Cell, cells: &TableRenderer) -> String {
             .collect::<Vec<_>>()
             .join(" "),
     };
-    let numeric = cell.number().is_some() || matches!(cell, Cell::Count(_));
     format!(
         "<td{} data-field=\"{field}\" data-value=\"{}\">{}</td>",
-        if numeric { " class=\"n\"" } else { "" },
+        if cell.is_numeric() {
+            " class=\"n\""
+        } else {
+            ""
+        },
         escape(&raw),
         escape(&cells.show(cell))
     )

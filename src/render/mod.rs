@@ -86,6 +86,19 @@ pub enum Cell {
 }
 
 impl Cell {
+    /// Whether it holds a number (shown right-aligned, even when absent).
+    pub fn is_numeric(&self) -> bool {
+        matches!(
+            self,
+            Cell::Count(_)
+                | Cell::MaybeCount(_)
+                | Cell::Decimal(_)
+                | Cell::Percent(_)
+                | Cell::Change(_)
+                | Cell::Duration(_)
+        )
+    }
+
     /// The value for a bar or chart, if it has one.
     pub fn number(&self) -> Option<f64> {
         match self {
@@ -101,26 +114,34 @@ impl Cell {
 /// A chart of a report: what to draw, not how.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Chart {
-    /// Series over time: one point per hour or day, a gap where a value is
-    /// absent, and an optional horizontal limit.
-    Line {
-        name: &'static str,
-        title: String,
-        x: Vec<DateTime<Utc>>,
-        /// Whether x are days (labels as dates) rather than hours.
-        daily: bool,
-        series: Vec<Series>,
-        unit: Unit,
-        limit: Option<f64>,
-    },
-    /// A grid of values, darker where larger.
-    Heatmap {
-        name: &'static str,
-        title: String,
-        rows: Vec<String>,
-        columns: Vec<String>,
-        values: Vec<Vec<f64>>,
-    },
+    Line(LineChart),
+    Heatmap(Heatmap),
+}
+
+/// Series over time: one point per hour or day, a gap where a value is
+/// absent, and an optional horizontal limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineChart {
+    pub name: &'static str,
+    pub title: String,
+    pub x: Vec<DateTime<Utc>>,
+    /// Whether x are days (labels as dates) rather than hours.
+    pub daily: bool,
+    pub series: Vec<Series>,
+    pub unit: Unit,
+    pub limit: Option<f64>,
+}
+
+/// A grid of values, darker where larger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heatmap {
+    pub name: &'static str,
+    pub title: String,
+    pub rows: Vec<String>,
+    pub columns: Vec<String>,
+    pub values: Vec<Vec<f64>>,
+    /// What a value is, after the number: "requests an hour".
+    pub per: &'static str,
 }
 
 /// One line of a chart.

@@ -111,7 +111,7 @@ impl TableRenderer {
                         .iter()
                         .map(|cell| {
                             let shown = TableCell::new(self.show(cell));
-                            if cell.number().is_some() || is_numeric(cell) {
+                            if cell.is_numeric() {
                                 shown.set_alignment(CellAlignment::Right)
                             } else {
                                 shown
@@ -168,18 +168,6 @@ impl TableRenderer {
             .format("%Y-%m-%d %H:%M %Z")
             .to_string()
     }
-}
-
-fn is_numeric(cell: &Cell) -> bool {
-    matches!(
-        cell,
-        Cell::Count(_)
-            | Cell::MaybeCount(_)
-            | Cell::Decimal(_)
-            | Cell::Percent(_)
-            | Cell::Change(_)
-            | Cell::Duration(_)
-    )
 }
 
 /// `1234.5` → `1,234.50`.

@@ -46,8 +46,8 @@ impl Report for Dashboard {
     fn charts(&self) -> Vec<Chart> {
         let mut charts = self.trends.charts();
         for mut chart in self.failures.charts() {
-            if let Chart::Line { limit, .. } = &mut chart {
-                *limit = self.failure_limit_pct;
+            if let Chart::Line(line) = &mut chart {
+                line.limit = self.failure_limit_pct;
             }
             charts.push(chart);
         }

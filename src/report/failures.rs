@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::figures::{HourPart, failure_rate, mean};
 use super::window::Window;
-use crate::render::{Cell, Chart, Layout, Report, Section, Series, Unit};
+use crate::render::{Cell, Chart, Layout, LineChart, Report, Section, Series, Unit};
 use crate::rollup::FailureRollup;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -140,7 +140,7 @@ impl Report for FailuresReport {
     }
 
     fn charts(&self) -> Vec<Chart> {
-        vec![Chart::Line {
+        vec![Chart::Line(LineChart {
             name: "failure_rate",
             title: "Failure rate per day (failed of completed)".to_string(),
             x: self
@@ -159,7 +159,7 @@ impl Report for FailuresReport {
             }],
             unit: Unit::Percent,
             limit: None,
-        }]
+        })]
     }
 
     fn sections(&self) -> Vec<Section> {

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::figures::{HourPart, Totals, round2, whole_ms};
 use super::window::Window;
-use crate::render::{Cell, Chart, Layout, Report, Section};
+use crate::render::{Cell, Chart, Heatmap, Layout, Report, Section};
 
 pub const WEEKDAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
 
@@ -160,13 +160,14 @@ impl Report for PeakHours {
         if !self.by_weekday {
             return Vec::new();
         }
-        vec![Chart::Heatmap {
+        vec![Chart::Heatmap(Heatmap {
             name: "peak_hours",
             title: format!("Requests per hour by weekday and hour of day ({})", self.tz),
             rows: WEEKDAYS.iter().map(|d| (*d).to_string()).collect(),
             columns: HOURS.iter().map(|h| (*h).to_string()).collect(),
             values: self.grid().iter().map(|hours| hours.to_vec()).collect(),
-        }]
+            per: "requests an hour",
+        })]
     }
 
     fn sections(&self) -> Vec<Section> {

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::figures::{HourPart, Totals};
 use super::window::{Window, local_midnight};
-use crate::render::{Cell, Chart, Layout, Report, Section, Series, Unit};
+use crate::render::{Cell, Chart, Layout, LineChart, Report, Section, Series, Unit};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -161,7 +161,7 @@ impl Report for Trends {
             values: self.data_points.iter().map(value).collect(),
         };
         vec![
-            Chart::Line {
+            Chart::Line(LineChart {
                 name: "requests",
                 title: format!("Requests per {per}"),
                 x: x.clone(),
@@ -169,8 +169,8 @@ impl Report for Trends {
                 series: vec![series("requests", |p| Some(p.total_requests as f64))],
                 unit: Unit::Count,
                 limit: None,
-            },
-            Chart::Line {
+            }),
+            Chart::Line(LineChart {
                 name: "durations",
                 title: format!("Duration of successful generations per {per}"),
                 x,
@@ -181,7 +181,7 @@ impl Report for Trends {
                 ],
                 unit: Unit::Milliseconds,
                 limit: None,
-            },
+            }),
         ]
     }
 
