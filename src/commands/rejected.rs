@@ -66,8 +66,8 @@ pub enum Action {
     /// printable UTF-8 escaped as \xNN)
     Show {
         /// The entry ID, e.g. 1764331200000-0
-        #[arg(value_name = "STREAM_ID")]
-        stream_id: String,
+        #[arg(value_name = "STREAM_ID", value_parser = parse_entry_id)]
+        stream_id: EntryId,
         #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
         format: SummaryFormat,
     },
@@ -78,8 +78,8 @@ pub enum Action {
         #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
         all: bool,
         /// Replay the letters of these entry IDs
-        #[arg(value_name = "STREAM_ID")]
-        ids: Vec<String>,
+        #[arg(value_name = "STREAM_ID", value_parser = parse_entry_id)]
+        ids: Vec<EntryId>,
         #[command(flatten)]
         which: Which,
         #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
@@ -96,6 +96,15 @@ pub enum Action {
         #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
         format: SummaryFormat,
     },
+}
+
+fn parse_entry_id(text: &str) -> Result<EntryId, String> {
+    text.trim().parse().map_err(|_| {
+        format!(
+            "'{}' is not an entry ID (e.g. 1764331200000-0)",
+            escape_controls(text)
+        )
+    })
 }
 
 impl Which {
@@ -136,12 +145,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
             render::renderer(*format, None, chrono_tz::UTC).render(&listing, &mut out)?;
         }
         Action::Show { stream_id, format } => {
-            let id: EntryId = stream_id.parse().map_err(|_| {
-                UsageError(format!(
-                    "'{}' is not an entry ID (e.g. 1764331200000-0)",
-                    escape_controls(stream_id)
-                ))
-            })?;
+            let id = *stream_id;
             let letters = rejected::show(&mut client, &id.to_string())?;
             if letters.is_empty() {
                 anyhow::bail!("no dead letter has entry ID {id}");
@@ -156,10 +160,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         } => {
             let mut filter = which.filter()?;
             if !ids.is_empty() {
-                let parsed: Result<Vec<EntryId>, _> = ids.iter().map(|id| id.parse()).collect();
-                let parsed = parsed
-                    .map_err(|_| UsageError("entry IDs look like 1764331200000-0".to_string()))?;
-                filter.ids = Some(parsed.iter().map(ToString::to_string).collect());
+                filter.ids = Some(ids.clone());
             }
             let replayed = replay(&mut client, &filter)?;
             let summary = ReplaySummary {
@@ -171,7 +172,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
                 anyhow::bail!(
                     "no dead letter has entry ID {}",
                     ids.iter()
-                        .map(|id| escape_controls(id))
+                        .map(ToString::to_string)
                         .collect::<Vec<_>>()
                         .join(", ")
                 );

@@ -18,7 +18,7 @@ pub struct Filter {
     /// Received before.
     pub until: Option<DateTime<Utc>>,
     /// Only these entry IDs (any stream).
-    pub ids: Option<Vec<String>>,
+    pub ids: Option<Vec<EntryId>>,
 }
 
 /// The conditions of `filter` on columns of alias `r`, its parameters
