@@ -282,8 +282,8 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
         }
         'genalytics;report;html' {
             [CompletionResult]::new('--days', '--days', [CompletionResultType]::ParameterName, 'Length of the window in days, ending at --until')
-            [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'End of the window (exclusive); default now')
-            [CompletionResult]::new('--tz', '--tz', [CompletionResultType]::ParameterName, 'IANA time zone for days, hours of day and shown times')
+            [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'End of the window (exclusive); default now. Fix it for reproducible reports')
+            [CompletionResult]::new('--tz', '--tz', [CompletionResultType]::ParameterName, 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin')
             [CompletionResult]::new('--failure-limit', '--failure-limit', [CompletionResultType]::ParameterName, 'Draw this failure rate (percent) as a limit on the daily chart')
             [CompletionResult]::new('-o', '-o', [CompletionResultType]::ParameterName, 'Write the page to this file (atomically) instead of stdout')
             [CompletionResult]::new('--output', '--output', [CompletionResultType]::ParameterName, 'Write the page to this file (atomically) instead of stdout')

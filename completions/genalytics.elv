@@ -267,8 +267,8 @@ set edit:completion:arg-completer[genalytics] = {|@words|
         }
         &'genalytics;report;html'= {
             cand --days 'Length of the window in days, ending at --until'
-            cand --until 'End of the window (exclusive); default now'
-            cand --tz 'IANA time zone for days, hours of day and shown times'
+            cand --until 'End of the window (exclusive); default now. Fix it for reproducible reports'
+            cand --tz 'IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin'
             cand --failure-limit 'Draw this failure rate (percent) as a limit on the daily chart'
             cand -o 'Write the page to this file (atomically) instead of stdout'
             cand --output 'Write the page to this file (atomically) instead of stdout'

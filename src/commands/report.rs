@@ -75,15 +75,8 @@ pub enum Which {
     /// One self-contained HTML page: overview, hourly charts, failure rate per day, the
     /// weekday × hour heatmap, models and error types (default 7 days)
     Html {
-        /// Length of the window in days, ending at --until
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=400))]
-        days: Option<u32>,
-        /// End of the window (exclusive); default now
-        #[arg(long, value_name = "TIME", value_parser = parse_instant)]
-        until: Option<DateTime<Utc>>,
-        /// IANA time zone for days, hours of day and shown times
-        #[arg(long, default_value = "UTC", value_parser = parse_zone, value_name = "ZONE")]
-        tz: chrono_tz::Tz,
+        #[command(flatten)]
+        window: WindowArgs,
         /// Draw this failure rate (percent) as a limit on the daily chart
         #[arg(long, value_name = "PCT", value_parser = crate::timearg::parse_percent)]
         failure_limit: Option<f64>,
@@ -101,6 +94,21 @@ pub enum By {
 /// Flags every report takes.
 #[derive(Debug, clap::Args)]
 pub struct Common {
+    #[command(flatten)]
+    pub window: WindowArgs,
+
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+
+    /// With --format csv: which table of a report with several
+    #[arg(long, value_name = "NAME")]
+    pub section: Option<String>,
+}
+
+/// The window of a report: every report takes these.
+#[derive(Debug, clap::Args)]
+pub struct WindowArgs {
     /// Length of the window in days, ending at --until
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=36_500))]
     pub days: Option<u32>,
@@ -112,15 +120,11 @@ pub struct Common {
     /// IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin
     #[arg(long, default_value = "UTC", value_parser = parse_zone, value_name = "ZONE")]
     pub tz: chrono_tz::Tz,
-
-    /// Output format
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
-
-    /// With --format csv: which table of a report with several
-    #[arg(long, value_name = "NAME")]
-    pub section: Option<String>,
 }
+
+/// The longest window `report html` draws: its hourly charts have a
+/// point per hour.
+const HTML_DAYS_MAX: u32 = 400;
 
 fn parse_user_id(text: &str) -> Result<uuid::Uuid, String> {
     uuid::Uuid::parse_str(text.trim())
@@ -137,65 +141,63 @@ pub fn parse_zone(text: &str) -> Result<chrono_tz::Tz, String> {
 }
 
 impl Args {
-    /// The flags every report but `html` takes, and the report's default
-    /// window in days.
-    pub fn common(&self) -> Option<(&Common, u32)> {
+    /// The window's flags, and the report's default length in days.
+    fn window_args(&self) -> (&WindowArgs, u32) {
         match &self.report {
             Which::Overview { common, .. }
             | Which::Trends { common, .. }
-            | Which::Failures(common) => Some((common, 7)),
+            | Which::Failures(common) => (&common.window, 7),
             Which::User { common, .. }
             | Which::PeakHours { common, .. }
-            | Which::Models(common) => Some((common, 30)),
-            Which::Html { .. } => None,
+            | Which::Models(common) => (&common.window, 30),
+            Which::Html { window, .. } => (window, 7),
         }
     }
 
     /// The window the flags ask for, ending `now` unless `--until` says.
     pub fn window(&self, now: DateTime<Utc>) -> Window {
-        let (days, until, tz) = match (&self.report, self.common()) {
-            (
-                Which::Html {
-                    days, until, tz, ..
-                },
-                _,
-            ) => (days.unwrap_or(7), *until, *tz),
-            (_, Some((common, default_days))) => {
-                (common.days.unwrap_or(default_days), common.until, common.tz)
-            }
-            (_, None) => unreachable!("every report but html has the common flags"),
-        };
-        Window::in_zone(days, until.unwrap_or(now), tz)
+        let (flags, default_days) = self.window_args();
+        Window::in_zone(
+            flags.days.unwrap_or(default_days),
+            flags.until.unwrap_or(now),
+            flags.tz,
+        )
     }
 
     pub fn until(&self) -> Option<DateTime<Utc>> {
-        match &self.report {
-            Which::Html { until, .. } => *until,
-            _ => self.common().and_then(|(common, _)| common.until),
-        }
+        self.window_args().0.until
     }
 }
 
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     let window = args.window(Utc::now());
+    if matches!(args.report, Which::Html { .. }) && window.days > HTML_DAYS_MAX {
+        return Err(UsageError(format!(
+            "report html draws at most {HTML_DAYS_MAX} days (a point per hour); use --days {HTML_DAYS_MAX} or less"
+        ))
+        .into());
+    }
     let mut client = db::connect_current(settings.database()?)?;
     let report = build(&mut client, &args.report, &window)?;
-    match (&args.report, args.common()) {
-        (Which::Html { output, .. }, _) => {
+    let mut stdout = std::io::stdout().lock();
+    match &args.report {
+        Which::Html { output, .. } => {
             let renderer = render::html::HtmlRenderer { tz: window.tz };
             match output {
                 Some(path) => crate::output::write_atomically(path, |out| {
                     renderer.render(report.as_ref(), out)
                 })?,
-                None => renderer.render(report.as_ref(), &mut std::io::stdout().lock())?,
+                None => renderer.render(report.as_ref(), &mut stdout)?,
             }
         }
-        (_, common) => {
-            let common = common
-                .expect("every report but html has the common flags")
-                .0;
+        Which::Overview { common, .. }
+        | Which::Trends { common, .. }
+        | Which::Failures(common)
+        | Which::User { common, .. }
+        | Which::PeakHours { common, .. }
+        | Which::Models(common) => {
             let renderer = render::renderer(common.format, common.section.clone(), window.tz);
-            renderer.render(report.as_ref(), &mut std::io::stdout().lock())?;
+            renderer.render(report.as_ref(), &mut stdout)?;
         }
     }
     Ok(Exit::Success)
