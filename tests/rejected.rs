@@ -13,6 +13,19 @@ fn migrated() -> TestEnv {
     env
 }
 
+/// A migrated environment where PostgreSQL refuses events of the model
+/// `banned` — a rule the parser knows nothing of — until the test drops
+/// the constraint `no_banned`, as an operator would after a fix.
+fn banning_a_model() -> (TestEnv, postgres::Client) {
+    let env = migrated();
+    let mut db = env.db();
+    db.batch_execute(
+        "ALTER TABLE generation_events ADD CONSTRAINT no_banned CHECK (model_checkpoint IS DISTINCT FROM 'banned')",
+    )
+    .unwrap();
+    (env, db)
+}
+
 fn letters(db: &mut postgres::Client) -> Vec<(String, String)> {
     db.query(
         "SELECT stream_id, reason FROM generation_events_rejected ORDER BY stream_id",
@@ -63,14 +76,7 @@ fn json(ran: &crate::harness::Ran) -> Value {
 
 #[test]
 fn dead_letters_are_listed_shown_replayed_once_and_purged() {
-    let env = migrated();
-    let mut db = env.db();
-    // A rule the parser knows nothing of: PostgreSQL refuses these rows,
-    // until the operator drops it.
-    db.batch_execute(
-        "ALTER TABLE generation_events ADD CONSTRAINT no_banned CHECK (model_checkpoint IS DISTINCT FROM 'banned')",
-    )
-    .unwrap();
+    let (env, mut db) = banning_a_model();
     let key = env.stream_key();
     let mut con = env.redis();
     let hour = (Utc::now() - Duration::hours(3))
@@ -345,12 +351,7 @@ fn dead_letters_are_listed_shown_replayed_once_and_purged() {
 
 #[test]
 fn two_replays_at_once_store_each_letter_once() {
-    let env = migrated();
-    let mut db = env.db();
-    db.batch_execute(
-        "ALTER TABLE generation_events ADD CONSTRAINT no_banned CHECK (model_checkpoint IS DISTINCT FROM 'banned')",
-    )
-    .unwrap();
+    let (env, mut db) = banning_a_model();
     let key = env.stream_key();
     let mut con = env.redis();
     let now = Utc::now();

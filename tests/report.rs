@@ -31,21 +31,20 @@ fn loaded() -> (TestEnv, Vec<Written>) {
         }
         events.extend(traffic(start + Duration::hours(h), 60, 1000 + h as u64));
     }
-    write(&env, &events);
+    store_and_roll_up(&env, &events, "2026-11-16T00", "2026-11-21T00");
+    (env, events)
+}
+
+/// Writes the events to the stream, transfers them and rolls up the hours
+/// `[from, to)`.
+fn store_and_roll_up(env: &TestEnv, events: &[Written], from: &str, to: &str) {
+    write(env, events);
     env.genalytics()
         .args(["transfer", "-q", "--keep", "3650d"])
         .ok();
     env.genalytics()
-        .args([
-            "aggregate",
-            "-q",
-            "--from",
-            "2026-11-16T00",
-            "--to",
-            "2026-11-21T00",
-        ])
+        .args(["aggregate", "-q", "--from", from, "--to", to])
         .ok();
-    (env, events)
 }
 
 fn in_window(events: &[Written], days: i64) -> Vec<Written> {
@@ -1103,16 +1102,7 @@ fn local_days_have_23_or_25_hours_at_dst_changes() {
         let (from, to): (DateTime<Utc>, DateTime<Utc>) =
             (from.parse().unwrap(), to.parse().unwrap());
         let events = hourly_completions(from, to);
-        write(&env, &events);
-        env.genalytics()
-            .args(["transfer", "-q", "--keep", "3650d"])
-            .ok();
-        env.genalytics()
-            .args(["aggregate", "-q", "--from"])
-            .arg(from.to_rfc3339())
-            .arg("--to")
-            .arg(to.to_rfc3339())
-            .ok();
+        store_and_roll_up(&env, &events, &from.to_rfc3339(), &to.to_rfc3339());
         // Expected: events counted by their local date, here.
         let mut want: BTreeMap<String, (i64, i64)> = BTreeMap::new();
         for e in &events {
@@ -1209,20 +1199,7 @@ fn compare_shows_the_previous_window_and_the_change() {
         end - Duration::days(1),
     ));
     events.extend(hourly_completions(end - Duration::days(1), end));
-    write(&env, &events);
-    env.genalytics()
-        .args(["transfer", "-q", "--keep", "3650d"])
-        .ok();
-    env.genalytics()
-        .args([
-            "aggregate",
-            "-q",
-            "--from",
-            "2026-11-17T00",
-            "--to",
-            "2026-11-20T00",
-        ])
-        .ok();
+    store_and_roll_up(&env, &events, "2026-11-17T00", "2026-11-20T00");
     let overview = report_json(&env, &["overview", "--days", "1", "--compare"]);
     let completed = |o: &Value| {
         o["successful_generations"].as_i64().unwrap() + o["failed_generations"].as_i64().unwrap()
