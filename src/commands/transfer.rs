@@ -44,7 +44,7 @@ use crate::timearg::parse_span;
 #[command(after_help = EXAMPLES)]
 pub struct Args {
     /// Entries per transaction (and at most per read from Redis)
-    #[arg(long, default_value_t = 5_000, value_name = "N",
+    #[arg(long, default_value_t = 10_000, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub batch_size: u32,
 
@@ -85,6 +85,10 @@ const EXAMPLES: &str = "Examples:
 /// wait until it is committed, so one giant at a time is in memory, not
 /// three.
 const IN_FLIGHT_MAX: usize = 3 * BATCH_BYTES;
+
+/// An entry at least this large is a giant: while one is about, the reader
+/// does not read ahead, so giants are in memory one batch at a time.
+const GIANT: usize = 1 << 20;
 
 /// How long `--follow` waits before committing a partial batch.
 const FOLLOW_FLUSH: Duration = Duration::from_secs(1);
@@ -1027,7 +1031,7 @@ impl Reading<'_> {
                 .pending
                 .since
                 .is_some_and(|since| since.elapsed() >= FOLLOW_FLUSH);
-        let room = largest < BATCH_BYTES / 2
+        let room = largest < GIANT
             && self.plan.in_flight.load(Ordering::Relaxed) + self.pending.bytes < IN_FLIGHT_MAX;
         if !read.drained && room && self.left > 0 && !self.plan.stop.load(Ordering::Relaxed) {
             // Redis reads on while this read is parsed (not while giant
