@@ -2,6 +2,7 @@
 //! was received, purging, and taking a chunk of them for a replay.
 
 use chrono::{DateTime, Utc};
+use postgres::types::ToSql;
 use postgres::{Client, Transaction};
 use serde_json::Value;
 
@@ -21,41 +22,22 @@ pub struct Filter {
     pub ids: Option<Vec<EntryId>>,
 }
 
-/// The conditions of `filter` on columns of alias `r`, its parameters
-/// numbered from `$first`.
-fn conditions(
-    filter: &Filter,
-    first: usize,
-) -> (String, Vec<Box<dyn postgres::types::ToSql + Sync>>) {
-    let mut sql = String::from("TRUE");
-    let mut params: Vec<Box<dyn postgres::types::ToSql + Sync>> = Vec::new();
-    let mut add = |condition: &str, param: Box<dyn postgres::types::ToSql + Sync>| {
-        params.push(param);
-        sql.push_str(&condition.replace('?', &format!("${}", first + params.len() - 1)));
-    };
-    if let Some(reason) = &filter.reason {
-        // The reason is matched as text, not as a LIKE pattern.
-        add(
-            " AND strpos(lower(r.reason), lower(?)) > 0",
-            Box::new(reason.clone()),
-        );
-    }
-    if let Some(since) = filter.since {
-        add(" AND r.received_at >= ?", Box::new(since));
-    }
-    if let Some(until) = filter.until {
-        add(" AND r.received_at < ?", Box::new(until));
-    }
-    if let Some(ids) = &filter.ids {
-        add(" AND r.stream_id = ANY(?)", Box::new(ids.clone()));
-    }
-    (sql, params)
-}
+/// What a [`Filter`] asks of letters `r`, as parameters $1 to $4 (an
+/// absent one holds for every letter); a statement's own start at $5.
+const MATCHES: &str = "($1::text IS NULL OR strpos(lower(r.reason), lower($1)) > 0)
+     AND ($2::timestamptz IS NULL OR r.received_at >= $2)
+     AND ($3::timestamptz IS NULL OR r.received_at < $3)
+     AND ($4::text[] IS NULL OR r.stream_id = ANY($4))";
 
-fn refs(
-    params: &[Box<dyn postgres::types::ToSql + Sync>],
-) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
-    params.iter().map(|p| &**p as _).collect()
+impl Filter {
+    /// The parameters of [`MATCHES`], then `more`. The reason is matched
+    /// as text, not as a LIKE pattern.
+    fn params<'a>(&'a self, more: &[&'a (dyn ToSql + Sync)]) -> Vec<&'a (dyn ToSql + Sync)> {
+        let mut params: Vec<&(dyn ToSql + Sync)> =
+            vec![&self.reason, &self.since, &self.until, &self.ids];
+        params.extend_from_slice(more);
+        params
+    }
 }
 
 /// A dead letter as `list` shows it.
@@ -76,14 +58,12 @@ pub fn list(
     filter: &Filter,
     limit: Option<i64>,
 ) -> anyhow::Result<(Vec<Summary>, i64)> {
-    let (conditions, mut params) = conditions(filter, 1);
     let total: i64 = client
         .query_one(
-            &format!("SELECT count(*) FROM generation_events_rejected r WHERE {conditions}"),
-            &refs(&params),
+            &format!("SELECT count(*) FROM generation_events_rejected r WHERE {MATCHES}"),
+            &filter.params(&[]),
         )?
         .get(0);
-    params.push(Box::new(limit));
     let rows = client.query(
         &format!(
             "SELECT coalesce(s.stream_key, ''), coalesce(s.incarnation, 0), r.stream_id, r.received_at,
@@ -97,12 +77,11 @@ pub fn list(
                         END,
                         0)
              FROM generation_events_rejected r LEFT JOIN genalytics_streams s ON s.id = r.stream
-             WHERE {conditions}
+             WHERE {MATCHES}
              ORDER BY r.received_at, r.stream, r.stream_id
-             LIMIT ${}",
-            params.len()
+             LIMIT $5"
         ),
-        &refs(&params),
+        &filter.params(&[&limit]),
     )?;
     let letters = rows
         .into_iter()
@@ -207,37 +186,34 @@ fn raw_of(flat: Option<Vec<Vec<u8>>>, json: &Value) -> (Option<RawFields>, bool)
 
 /// Deletes the letters `filter` matches; how many went.
 pub fn purge(client: &mut Client, filter: &Filter) -> anyhow::Result<u64> {
-    let (conditions, params) = conditions(filter, 1);
     Ok(client.execute(
-        &format!("DELETE FROM generation_events_rejected r WHERE {conditions}"),
-        &refs(&params),
+        &format!("DELETE FROM generation_events_rejected r WHERE {MATCHES}"),
+        &filter.params(&[]),
     )?)
 }
 
 /// Letters `filter` matches that have no stream recorded (from before
 /// streams were): no replay can tell which stream to store them under.
 pub fn without_stream(client: &mut Client, filter: &Filter) -> anyhow::Result<i64> {
-    let (conditions, params) = conditions(filter, 1);
     Ok(client
         .query_one(
             &format!(
-                "SELECT count(*) FROM generation_events_rejected r WHERE r.stream IS NULL AND {conditions}"
+                "SELECT count(*) FROM generation_events_rejected r WHERE r.stream IS NULL AND {MATCHES}"
             ),
-            &refs(&params),
+            &filter.params(&[]),
         )?
         .get(0))
 }
 
 /// The streams (by reference) that have letters `filter` matches.
 pub fn streams(client: &mut Client, filter: &Filter) -> anyhow::Result<Vec<i32>> {
-    let (conditions, params) = conditions(filter, 1);
     Ok(client
         .query(
             &format!(
                 "SELECT DISTINCT r.stream FROM generation_events_rejected r
-                 WHERE r.stream IS NOT NULL AND {conditions} ORDER BY 1"
+                 WHERE r.stream IS NOT NULL AND {MATCHES} ORDER BY 1"
             ),
-            &refs(&params),
+            &filter.params(&[]),
         )?
         .into_iter()
         .map(|row| row.get(0))
@@ -251,16 +227,13 @@ pub fn ids(
     stream: i32,
     filter: &Filter,
 ) -> anyhow::Result<(Vec<EntryId>, u64)> {
-    let (conditions, params) = conditions(filter, 2);
-    let mut all: Vec<Box<dyn postgres::types::ToSql + Sync>> = vec![Box::new(stream)];
-    all.extend(params);
     let mut ids = Vec::new();
     let mut invalid = 0;
     for row in client.query(
         &format!(
-            "SELECT r.stream_id FROM generation_events_rejected r WHERE r.stream = $1 AND {conditions}"
+            "SELECT r.stream_id FROM generation_events_rejected r WHERE r.stream = $5 AND {MATCHES}"
         ),
-        &refs(&all),
+        &filter.params(&[&stream]),
     )? {
         match row.get::<_, String>(0).parse::<EntryId>() {
             Ok(id) => ids.push(id),
