@@ -207,13 +207,7 @@ fn entries_read_before_redis_dies_are_stored_and_a_fresh_redis_is_read_on() {
         stored_ids(&mut db).len() == 130
     });
     follower.assert_running();
-    let status: serde_json::Value = serde_json::from_str(
-        &env.genalytics()
-            .args(["status", "--format", "json"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
+    let status: serde_json::Value = env.status_json();
     assert_eq!(status["stream_resets"], 1, "{status:#}");
     assert!(
         status["warnings"].to_string().contains("replaced"),
@@ -250,13 +244,7 @@ fn the_cap_warning_counts_entries_not_yet_stored() {
     env.genalytics()
         .args(["transfer", "-q", "--keep", "100h"])
         .ok();
-    let status: serde_json::Value = serde_json::from_str(
-        &env.genalytics()
-            .args(["status", "--format", "json"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
+    let status: serde_json::Value = env.status_json();
     assert_eq!(status["stream_length"], 60_000);
     assert_eq!(status["behind"], 0);
     assert!(
@@ -269,13 +257,7 @@ fn the_cap_warning_counts_entries_not_yet_stored() {
             "simulate", "-q", "--events", "50001", "--hours", "1", "--maxlen", "0",
         ])
         .ok();
-    let status: serde_json::Value = serde_json::from_str(
-        &env.genalytics()
-            .args(["status", "--format", "json"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
+    let status: serde_json::Value = env.status_json();
     assert_eq!(status["behind"], 50_001);
     assert!(status["warnings"].to_string().contains("cap"), "{status:#}");
 }
@@ -308,16 +290,7 @@ fn a_stream_replaced_while_follow_runs_is_judged_before_its_entries_are_stored()
     replace.exec(&mut con).unwrap();
     follower.wait_stored(&mut db, 310);
     follower.assert_running();
-    let incarnations: Vec<(i32, String, i64)> = db
-        .query(
-            "SELECT s.incarnation, e.event_type, count(*) FROM generation_events e
-             JOIN genalytics_streams s ON s.id = e.stream GROUP BY 1, 2 ORDER BY 1",
-            &[],
-        )
-        .unwrap()
-        .into_iter()
-        .map(|row| (row.get(0), row.get(1), row.get(2)))
-        .collect();
+    let incarnations: Vec<(i32, String, i64)> = crate::harness::events_per_incarnation(&mut db);
     assert_eq!(
         incarnations,
         [

@@ -628,13 +628,7 @@ fn absurd_numbers_and_a_failing_hour_hold_up_no_other_hour() {
     .into_iter()
     .collect();
     assert_eq!(rows, want, "every other hour is rolled up");
-    let status: serde_json::Value = serde_json::from_str(
-        &env.genalytics()
-            .args(["status", "--format", "json"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
+    let status: serde_json::Value = env.status_json();
     assert_eq!(status["failing_hours"], 1, "{status:#}");
     assert!(
         status["last_rollup_error"]
@@ -671,8 +665,9 @@ fn absurd_numbers_and_a_failing_hour_hold_up_no_other_hour() {
     let _ = key;
 }
 
-#[test]
-fn a_stream_recreated_below_the_position_is_stored_only_when_told() {
+/// Ten requests `5000-0` … `5000-9`, stored with `--keep 0`: the position
+/// is `5000-9`.
+fn ten_requests_stored() -> (TestEnv, String, redis::Connection) {
     let env = migrated();
     let key = env.stream_key();
     let mut con = env.redis();
@@ -687,6 +682,12 @@ fn a_stream_recreated_below_the_position_is_stored_only_when_told() {
     env.genalytics()
         .args(["transfer", "-q", "--keep", "0"])
         .ok();
+    (env, key, con)
+}
+
+#[test]
+fn a_stream_recreated_below_the_position_is_stored_only_when_told() {
+    let (env, key, mut con) = ten_requests_stored();
     // Deleted and recreated, with IDs below the position.
     let _: i64 = redis::cmd("DEL").arg(&key).query(&mut con).unwrap();
     let recreated: Vec<String> = (0..5)
@@ -705,13 +706,7 @@ fn a_stream_recreated_below_the_position_is_stored_only_when_told() {
     assert!(ran.stderr.contains("--new-stream"), "{}", ran.stderr);
     assert!(ran.stderr.contains("5000-9"), "{}", ran.stderr);
     assert_eq!(stream_ids(&mut con, &key), recreated, "nothing was trimmed");
-    let status: serde_json::Value = serde_json::from_str(
-        &env.genalytics()
-            .args(["status", "--format", "json"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
+    let status: serde_json::Value = env.status_json();
     assert_eq!(status["stream_identity"], "replaced_below_position");
     assert_eq!(status["behind"], 5);
     assert!(
@@ -734,16 +729,7 @@ fn a_stream_recreated_below_the_position_is_stored_only_when_told() {
     env.genalytics().arg("transfer").ok();
     env.genalytics().args(["check", "--max-lag", "1h"]).ok();
     let mut db = env.db();
-    let per_stream: Vec<(i32, String, i64)> = db
-        .query(
-            "SELECT s.incarnation, e.event_type, count(*) FROM generation_events e
-             JOIN genalytics_streams s ON s.id = e.stream GROUP BY 1, 2 ORDER BY 1",
-            &[],
-        )
-        .unwrap()
-        .into_iter()
-        .map(|row| (row.get(0), row.get(1), row.get(2)))
-        .collect();
+    let per_stream: Vec<(i32, String, i64)> = crate::harness::events_per_incarnation(&mut db);
     assert_eq!(
         per_stream,
         [
@@ -773,26 +759,14 @@ fn a_stream_that_came_back_empty_is_read_on_and_the_reset_named() {
     env.genalytics()
         .args(["transfer", "-q", "--max-events", "1"])
         .ok();
-    let status: serde_json::Value = serde_json::from_str(
-        &env.genalytics()
-            .args(["status", "--format", "json"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
+    let status: serde_json::Value = env.status_json();
     assert_eq!(status["behind"], 2);
     let _: String = redis::cmd("FLUSHALL").query(&mut con).unwrap();
     let mut after = Vec::new();
     for _ in 0..4 {
         after.push(xadd(&mut con, &key, "*", &[("event_type", "cancellation")]));
     }
-    let status: serde_json::Value = serde_json::from_str(
-        &env.genalytics()
-            .args(["status", "--format", "json"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
+    let status: serde_json::Value = env.status_json();
     assert_eq!(status["stream_identity"], "replaced", "{status:#}");
     let ran = env.genalytics().arg("transfer").ok();
     assert!(
@@ -806,13 +780,7 @@ fn a_stream_that_came_back_empty_is_read_on_and_the_reset_named() {
         "{}",
         ran.stdout
     );
-    let status: serde_json::Value = serde_json::from_str(
-        &env.genalytics()
-            .args(["status", "--format", "json"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
+    let status: serde_json::Value = env.status_json();
     assert_eq!(status["stream_identity"], "same");
     assert_eq!(status["stream_resets"], 1);
     assert_eq!(status["last_reset_lost_entries"], 2);
@@ -844,13 +812,7 @@ fn a_stream_restored_from_an_older_snapshot_is_read_on_without_loss() {
     env.redis.restart_from_last_save().unwrap();
     let mut con = env.redis();
     assert_eq!(stream_ids(&mut con, &key), written[..20]);
-    let status: serde_json::Value = serde_json::from_str(
-        &env.genalytics()
-            .args(["status", "--format", "json"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
+    let status: serde_json::Value = env.status_json();
     assert_eq!(status["stream_identity"], "rewound", "{status:#}");
     written.extend((0..5).map(|_| xadd(&mut con, &key, "*", &[("event_type", "cancellation")])));
     let ran = env.genalytics().arg("transfer").ok();
@@ -964,20 +926,7 @@ fn extreme_flag_values_are_usage_errors_or_work_never_panics() {
 
 #[test]
 fn a_new_stream_reusing_a_stored_entry_id_is_not_taken_for_an_older_state() {
-    let env = migrated();
-    let key = env.stream_key();
-    let mut con = env.redis();
-    for seq in 0..10 {
-        xadd(
-            &mut con,
-            &key,
-            &format!("5000-{seq}"),
-            &[("event_type", "request")],
-        );
-    }
-    env.genalytics()
-        .args(["transfer", "-q", "--keep", "0"])
-        .ok();
+    let (env, key, mut con) = ten_requests_stored();
     // Another stream, whose newest entry below the position has the ID of
     // one stored — but other content.
     let _: i64 = redis::cmd("DEL").arg(&key).query(&mut con).unwrap();
@@ -985,13 +934,7 @@ fn a_new_stream_reusing_a_stored_entry_id_is_not_taken_for_an_older_state() {
         xadd(&mut con, &key, "3000-0", &[("event_type", "cancellation")]),
         xadd(&mut con, &key, "5000-4", &[("event_type", "cancellation")]),
     ];
-    let status: serde_json::Value = serde_json::from_str(
-        &env.genalytics()
-            .args(["status", "--format", "json"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
+    let status: serde_json::Value = env.status_json();
     assert_eq!(
         status["stream_identity"], "replaced_below_position",
         "{status:#}"
@@ -1025,13 +968,7 @@ fn a_new_stream_reusing_a_stored_entry_id_is_not_taken_for_an_older_state() {
         .ok();
     let _: i64 = redis::cmd("DEL").arg(&key).query(&mut con).unwrap();
     xadd(&mut con, &key, "3000-0", &[("event_type", "request")]);
-    let status: serde_json::Value = serde_json::from_str(
-        &env.genalytics()
-            .args(["status", "--format", "json"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
+    let status: serde_json::Value = env.status_json();
     assert_eq!(status["stream_identity"], "rewound", "{status:#} ({kept})");
 }
 
@@ -1063,13 +1000,7 @@ fn the_producers_cap_trimming_the_position_is_read_on_not_called_a_new_stream() 
     }
     let survivors = stream_ids(&mut con, &key);
     assert_eq!(survivors, added[30..], "the cap trimmed past the position");
-    let status: serde_json::Value = serde_json::from_str(
-        &env.genalytics()
-            .args(["status", "--format", "json"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
+    let status: serde_json::Value = env.status_json();
     assert!(
         ["gap", "same"].contains(&status["stream_identity"].as_str().unwrap()),
         "{status:#}"
@@ -1081,13 +1012,7 @@ fn the_producers_cap_trimming_the_position_is_read_on_not_called_a_new_stream() 
         ran.stdout
     );
     assert!(!ran.stdout.contains("replaced"), "{}", ran.stdout);
-    let status: serde_json::Value = serde_json::from_str(
-        &env.genalytics()
-            .args(["status", "--format", "json"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
+    let status: serde_json::Value = env.status_json();
     assert_eq!(status["stream_resets"], 0, "{status:#}");
     let mut db = env.db();
     assert_eq!(stored_ids(&mut db).len(), 30);
@@ -1140,13 +1065,7 @@ fn a_position_set_back_by_hand_reads_again_and_stores_nothing_twice() {
         &[&written[4]],
     )
     .unwrap();
-    let status: serde_json::Value = serde_json::from_str(
-        &env.genalytics()
-            .args(["status", "--format", "json"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
+    let status: serde_json::Value = env.status_json();
     assert_eq!(status["behind"], 15, "{status:#}");
     let ran = env.genalytics().arg("transfer").ok();
     assert!(
@@ -1198,13 +1117,7 @@ fn a_stream_recreated_with_the_same_ids_is_not_taken_for_the_old_one_nor_trimmed
     recreate.exec(&mut con).unwrap();
     let before = stream_ids(&mut con, &key);
     assert_eq!(before.len(), 25);
-    let status: serde_json::Value = serde_json::from_str(
-        &env.genalytics()
-            .args(["status", "--format", "json"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
+    let status: serde_json::Value = env.status_json();
     assert_eq!(
         status["stream_identity"], "replaced_below_position",
         "{status:#}"
@@ -1216,16 +1129,7 @@ fn a_stream_recreated_with_the_same_ids_is_not_taken_for_the_old_one_nor_trimmed
         .args(["transfer", "-q", "--new-stream", "--keep", "0"])
         .ok();
     let mut db = env.db();
-    let per_stream: Vec<(i32, String, i64)> = db
-        .query(
-            "SELECT s.incarnation, e.event_type, count(*) FROM generation_events e
-             JOIN genalytics_streams s ON s.id = e.stream GROUP BY 1, 2 ORDER BY 1",
-            &[],
-        )
-        .unwrap()
-        .into_iter()
-        .map(|row| (row.get(0), row.get(1), row.get(2)))
-        .collect();
+    let per_stream: Vec<(i32, String, i64)> = crate::harness::events_per_incarnation(&mut db);
     assert_eq!(
         per_stream,
         [

@@ -15,8 +15,7 @@ fn migrated() -> TestEnv {
 }
 
 fn status(env: &TestEnv) -> Value {
-    let ran = env.genalytics().args(["status", "--format", "json"]).ok();
-    serde_json::from_str(&ran.stdout).unwrap()
+    env.status_json()
 }
 
 fn warned(status: &Value, text: &str) -> bool {

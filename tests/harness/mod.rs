@@ -89,6 +89,12 @@ impl TestEnv {
             .unwrap_or_else(|err| panic!("{err:#}"))
     }
 
+    /// `genalytics status --format json`, parsed.
+    pub fn status_json(&self) -> serde_json::Value {
+        let ran = self.genalytics().args(["status", "--format", "json"]).ok();
+        serde_json::from_str(&ran.stdout).unwrap_or_else(|err| panic!("{err}: {}", ran.stdout))
+    }
+
     /// The binary, pointed at this environment through the environment
     /// variables an operator would set.
     pub fn genalytics(&self) -> Cmd {
@@ -210,6 +216,21 @@ pub fn stream_ids(con: &mut redis::Connection, key: &str) -> Vec<String> {
         .query(con)
         .unwrap();
     entries.into_iter().map(|(id, _)| id).collect()
+}
+
+/// Events stored per incarnation of the stream and event type, as
+/// (incarnation, event type, count), by incarnation.
+#[track_caller]
+pub fn events_per_incarnation(db: &mut postgres::Client) -> Vec<(i32, String, i64)> {
+    db.query(
+        "SELECT s.incarnation, e.event_type, count(*) FROM generation_events e
+         JOIN genalytics_streams s ON s.id = e.stream GROUP BY 1, 2 ORDER BY 1, 2",
+        &[],
+    )
+    .unwrap()
+    .into_iter()
+    .map(|row| (row.get(0), row.get(1), row.get(2)))
+    .collect()
 }
 
 /// Every stream ID stored in `generation_events`, with repeats, sorted.
