@@ -269,8 +269,8 @@ fn replay(client: &mut postgres::Client, filter: &Filter) -> anyhow::Result<even
             rejected::lock_stream(&mut tx, stream)?;
             let letters = rejected::take(&mut tx, stream, chunk)?;
             let mut entries = Vec::with_capacity(letters.len());
-            for (id, letter) in &letters {
-                match letter.replayable() {
+            for (id, fields) in &letters {
+                match fields.replayable() {
                     Some(raw) => entries.push((*id, raw.clone())),
                     None => done.not_replayable += 1,
                 }
@@ -385,6 +385,7 @@ fn show(letters: &[Letter], format: SummaryFormat, out: &mut dyn Write) -> anyho
     for letter in letters {
         let s = &letter.summary;
         let fields: Vec<[String; 2]> = letter
+            .fields
             .raw
             .iter()
             .flatten()
@@ -397,7 +398,7 @@ fn show(letters: &[Letter], format: SummaryFormat, out: &mut dyn Write) -> anyho
                 stream_id: &s.stream_id,
                 received_at: s.received_at,
                 reason: &s.reason,
-                exact: letter.exact,
+                exact: letter.fields.exact,
                 fields,
             };
             writeln!(out, "{}", serde_json::to_string(&shown)?)?;
@@ -411,10 +412,10 @@ fn show(letters: &[Letter], format: SummaryFormat, out: &mut dyn Write) -> anyho
             s.received_at.format("%Y-%m-%d %H:%M:%S UTC")
         )?;
         writeln!(out, "reason    {}", escape_controls(&s.reason))?;
-        match &letter.raw {
+        match &letter.fields.raw {
             None => writeln!(out, "fields    (not kept)")?,
             Some(raw) => {
-                let origin = if letter.exact {
+                let origin = if letter.fields.exact {
                     ""
                 } else {
                     ", rebuilt from JSON"

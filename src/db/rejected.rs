@@ -101,6 +101,12 @@ pub fn list(
 #[derive(Debug, Clone)]
 pub struct Letter {
     pub summary: Summary,
+    pub fields: Fields,
+}
+
+/// A letter's fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fields {
     /// Exactly as received, or — for a letter stored before genalytics
     /// kept bytes — as its JSON `fields` held them; none when neither
     /// could be kept.
@@ -109,7 +115,7 @@ pub struct Letter {
     pub exact: bool,
 }
 
-impl Letter {
+impl Fields {
     /// Fields that replay may store: the exact bytes, or fields rebuilt
     /// from JSON that show no sign of loss (the JSON of letters from before
     /// raw bytes were kept replaced invalid UTF-8 with U+FFFD).
@@ -137,7 +143,7 @@ pub fn show(client: &mut Client, stream_id: &str) -> anyhow::Result<Vec<Letter>>
     Ok(rows
         .into_iter()
         .map(|row| {
-            let (raw, exact) = raw_of(row.get(5), &row.get(6));
+            let fields = raw_of(row.get(5), &row.get(6));
             Letter {
                 summary: Summary {
                     stream: row.get(0),
@@ -145,10 +151,9 @@ pub fn show(client: &mut Client, stream_id: &str) -> anyhow::Result<Vec<Letter>>
                     stream_id: row.get(2),
                     received_at: row.get(3),
                     reason: row.get(4),
-                    fields: raw.as_ref().map_or(0, |raw| raw.len() as i64),
+                    fields: fields.raw.as_ref().map_or(0, |raw| raw.len() as i64),
                 },
-                raw,
-                exact,
+                fields,
             }
         })
         .collect())
@@ -156,17 +161,23 @@ pub fn show(client: &mut Client, stream_id: &str) -> anyhow::Result<Vec<Letter>>
 
 /// The fields of a letter: its bytes, or its JSON object for letters that
 /// predate them (each value a string, or an array of a repeated name's).
-fn raw_of(flat: Option<Vec<Vec<u8>>>, json: &Value) -> (Option<RawFields>, bool) {
+fn raw_of(flat: Option<Vec<Vec<u8>>>, json: &Value) -> Fields {
     if let Some(flat) = flat {
         let mut pairs = flat.into_iter();
         let mut raw = Vec::new();
         while let (Some(name), Some(value)) = (pairs.next(), pairs.next()) {
             raw.push((name, value));
         }
-        return (Some(raw), true);
+        return Fields {
+            raw: Some(raw),
+            exact: true,
+        };
     }
     let Some(object) = json.as_object().filter(|o| !o.is_empty()) else {
-        return (None, false);
+        return Fields {
+            raw: None,
+            exact: false,
+        };
     };
     let text = |value: &Value| match value {
         Value::String(s) => s.clone().into_bytes(),
@@ -181,7 +192,10 @@ fn raw_of(flat: Option<Vec<Vec<u8>>>, json: &Value) -> (Option<RawFields>, bool)
             value => raw.push((name.clone().into_bytes(), text(value))),
         }
     }
-    (Some(raw), false)
+    Fields {
+        raw: Some(raw),
+        exact: false,
+    }
 }
 
 /// Deletes the letters `filter` matches; how many went.
@@ -264,33 +278,20 @@ pub fn take(
     tx: &mut Transaction<'_>,
     stream: i32,
     ids: &[EntryId],
-) -> anyhow::Result<Vec<(EntryId, Letter)>> {
+) -> anyhow::Result<Vec<(EntryId, Fields)>> {
     let rows = tx.query(
-        "SELECT r.stream_id, r.received_at, r.reason, r.raw_fields, r.fields
+        "SELECT r.stream_id, r.raw_fields, r.fields
          FROM generation_events_rejected r
          WHERE r.stream = $1 AND r.stream_id = ANY($2)
          ORDER BY r.stream_id
          FOR UPDATE",
         &[&stream, &ids],
     )?;
-    let mut letters: Vec<(EntryId, Letter)> = rows
+    let mut letters: Vec<(EntryId, Fields)> = rows
         .into_iter()
         .filter_map(|row| {
             let id: EntryId = row.get::<_, String>(0).parse().ok()?;
-            let (raw, exact) = raw_of(row.get(3), &row.get(4));
-            let letter = Letter {
-                summary: Summary {
-                    stream: String::new(),
-                    incarnation: 0,
-                    stream_id: row.get(0),
-                    received_at: row.get(1),
-                    reason: row.get(2),
-                    fields: raw.as_ref().map_or(0, |raw| raw.len() as i64),
-                },
-                raw,
-                exact,
-            };
-            Some((id, letter))
+            Some((id, raw_of(row.get(1), &row.get(2))))
         })
         .collect();
     letters.sort_unstable_by_key(|(id, _)| *id);
@@ -306,21 +307,27 @@ mod tests {
         let flat = vec![b"a".to_vec(), b"1".to_vec(), b"a".to_vec(), b"\0".to_vec()];
         assert_eq!(
             raw_of(Some(flat), &Value::Null),
-            (
-                Some(vec![
+            Fields {
+                raw: Some(vec![
                     (b"a".to_vec(), b"1".to_vec()),
                     (b"a".to_vec(), b"\0".to_vec())
                 ]),
-                true
-            )
+                exact: true
+            }
         );
         let json = serde_json::json!({"a": "1", "b": ["x", "y"], "c": 3});
-        let (raw, exact) = raw_of(None, &json);
+        let Fields { raw, exact } = raw_of(None, &json);
         assert!(!exact);
         let raw = raw.unwrap();
         assert_eq!(raw.len(), 4);
         assert!(raw.contains(&(b"b".to_vec(), b"y".to_vec())));
         assert!(raw.contains(&(b"c".to_vec(), b"3".to_vec())));
-        assert_eq!(raw_of(None, &serde_json::json!({})), (None, false));
+        assert_eq!(
+            raw_of(None, &serde_json::json!({})),
+            Fields {
+                raw: None,
+                exact: false
+            }
+        );
     }
 }
