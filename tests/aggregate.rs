@@ -236,6 +236,7 @@ fn hour_edges_are_utc_whatever_the_session_time_zone() {
 #[test]
 fn plain_aggregate_rolls_up_new_and_late_events_and_only_complete_hours() {
     let env = migrated();
+    crate::harness::clear_of_hour_turn(90);
     let (h1, h2) = (hour(22, 9), hour(22, 10));
     let first = traffic(h1, 300, 2);
     let second = traffic(h2, 300, 3);

@@ -261,3 +261,18 @@ pub fn wait_for(what: &str, seconds: u64, mut condition: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Waits until the wall clock is at least `seconds` before the next whole
+/// hour. Tests whose expectations name "the current hour" call it first, so
+/// the hour cannot turn while they run (a run that starts at 10:59:50 would
+/// otherwise see 10:00 complete before its assertions).
+pub fn clear_of_hour_turn(seconds: i64) {
+    use chrono::Timelike;
+    let now = chrono::Utc::now();
+    let into_hour = i64::from(now.minute() * 60 + now.second());
+    let left = 3600 - into_hour;
+    if left < seconds {
+        eprintln!("waiting {left} s for the hour to turn");
+        std::thread::sleep(std::time::Duration::from_secs(left as u64 + 1));
+    }
+}
