@@ -16,6 +16,7 @@ mod follow;
 mod generated;
 mod hostile;
 mod migrate;
+mod partitions;
 mod prune;
 mod rejected;
 mod report;

@@ -29,7 +29,7 @@ fn json(env: &TestEnv, args: &[&str]) -> Value {
 }
 
 /// Every report over a window, as JSON.
-fn every_report(env: &TestEnv, until: &str, days: &str) -> Vec<(String, Value)> {
+pub(crate) fn every_report(env: &TestEnv, until: &str, days: &str) -> Vec<(String, Value)> {
     let common = ["--until", until, "--days", days];
     [
         &["report", "overview"][..],

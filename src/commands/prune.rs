@@ -2,9 +2,11 @@
 //!
 //! Cuts on whole hours: it moves the raw horizon (see `db::retention`) to
 //! the start of the hour the cutoff falls in — or less far, when an hour
-//! still waits for its rollup — and deletes the raw events before it, in
-//! bounded batches, one transaction each, so a prune of millions of rows
-//! neither holds long locks nor bloats one transaction. Events of an hour
+//! still waits for its rollup — and removes the raw events before it: the
+//! daily partitions wholly before it are detached and dropped (instant, no
+//! bloat), and the rest, at the edge, deleted in bounded batches, one
+//! transaction each, so a prune of millions of rows neither holds long
+//! locks nor bloats one transaction. Events of an hour
 //! that waits for a rollup or a merge are kept until it is done. Hourly
 //! rollups are kept forever, and no later aggregate rebuilds an hour before
 //! the horizon from the few raw events left. Dead letters received before
@@ -15,9 +17,11 @@ use std::time::Instant;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
+use postgres::Client;
 use serde::Serialize;
 
 use crate::config::Settings;
+use crate::db::partitions::{self, Partition};
 use crate::db::{self, retention};
 use crate::error::Exit;
 use crate::hour;
@@ -59,6 +63,8 @@ struct Summary {
     cutoff: DateTime<Utc>,
     dry_run: bool,
     events: i64,
+    /// Daily partitions dropped whole (their events are in `events`).
+    partitions_dropped: u64,
     rejected: i64,
     seconds: f64,
 }
@@ -76,6 +82,15 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         retention::advance(&mut client, hour)?
     };
     let horizon = plan.target.max(plan.horizon);
+    let whole = match horizon {
+        Some(horizon) => partitions::wholly_before(&mut client, horizon)?,
+        None => Vec::new(),
+    };
+    let (partitions_dropped, dropped_events) = if args.dry_run {
+        (0, 0)
+    } else {
+        drop_whole_days(&mut client, &whole)?
+    };
     let (events, rejected) = retention::count_older(
         &mut client,
         horizon.unwrap_or(DateTime::<Utc>::MIN_UTC),
@@ -87,6 +102,11 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         cutoff,
         dry_run: args.dry_run,
         events,
+        partitions_dropped: if args.dry_run {
+            whole.len() as u64
+        } else {
+            partitions_dropped
+        },
         rejected,
         seconds: 0.0,
     };
@@ -100,9 +120,10 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
             ProgressBar::hidden()
         };
         if let Some(horizon) = horizon {
-            summary.events = drain(&progress, args.batch_size, |size| {
-                retention::delete_events_batch(&mut client, horizon, size)
-            })?;
+            summary.events = dropped_events
+                + drain(&progress, args.batch_size, |size| {
+                    retention::delete_events_batch(&mut client, horizon, size)
+                })?;
         }
         summary.rejected = drain(&progress, args.batch_size, |size| {
             retention::delete_rejected_batch(&mut client, cutoff, size)
@@ -117,31 +138,52 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         );
     }
     if !settings.quiet {
-        args.format.print(&summary, || {
-            format!(
-                "{} {} events older than {} and {} rejected entries received before {} in {:.1} s; \
-                 hourly rollups are kept, and raw events are complete from {} on",
-                if args.dry_run {
-                    "would prune"
-                } else {
-                    "pruned"
-                },
-                thousands(summary.events.unsigned_abs()),
-                horizon.map_or_else(
-                    || "—".to_string(),
-                    |h| h.format("%Y-%m-%d %H:00 UTC").to_string()
-                ),
-                thousands(summary.rejected.unsigned_abs()),
-                cutoff.format("%Y-%m-%d %H:%M UTC"),
-                summary.seconds,
-                horizon.map_or_else(
-                    || "the first event".to_string(),
-                    |h| h.format("%Y-%m-%d %H:00 UTC").to_string()
-                ),
-            )
-        })?;
+        args.format.print(&summary, || summary.line())?;
     }
     Ok(Exit::Success)
+}
+
+impl Summary {
+    /// The one-line text form.
+    fn line(&self) -> String {
+        let hour = |h: DateTime<Utc>| h.format("%Y-%m-%d %H:00 UTC").to_string();
+        format!(
+            "{} {} events older than {}{} and {} rejected entries received before {} in {:.1} s; \
+             hourly rollups are kept, and raw events are complete from {} on",
+            if self.dry_run {
+                "would prune"
+            } else {
+                "pruned"
+            },
+            thousands(self.events.unsigned_abs()),
+            self.horizon.map_or_else(|| "—".to_string(), hour),
+            match self.partitions_dropped {
+                0 => String::new(),
+                n => format!(
+                    " ({} {n} daily partition{})",
+                    if self.dry_run { "at most" } else { "dropping" },
+                    if n == 1 { "" } else { "s" }
+                ),
+            },
+            thousands(self.rejected.unsigned_abs()),
+            self.cutoff.format("%Y-%m-%d %H:%M UTC"),
+            self.seconds,
+            self.horizon
+                .map_or_else(|| "the first event".to_string(), hour),
+        )
+    }
+}
+
+/// Drops the daily partitions `whole` (those whose hours all wait for
+/// nothing), and any an interrupted prune left detached; returns how many
+/// partitions and rows went.
+fn drop_whole_days(client: &mut Client, whole: &[Partition]) -> anyhow::Result<(u64, i64)> {
+    let (left, left_rows) = partitions::drop_detached(client)?;
+    for partition in whole {
+        partitions::detach_for_drop(client, partition)?;
+    }
+    let (dropped, rows) = partitions::drop_detached(client)?;
+    Ok((left + dropped, left_rows + rows))
 }
 
 /// Deletes batch after batch until one comes back short of `size`;

@@ -30,7 +30,7 @@ use serde::Serialize;
 use crate::config::Settings;
 use crate::db::events::{self, BATCH_BYTES, Claim, Outcome, Prepared};
 use crate::db::streams::{self, PositionMoved, TransferState};
-use crate::db::{self};
+use crate::db::{self, partitions};
 use crate::error::{Exit, UsageError};
 use crate::output::{SummaryFormat, thousands};
 use crate::retry::Backoff;
@@ -229,6 +229,8 @@ struct Run<'a> {
     new_stream: bool,
     /// Bytes of entries read and not yet committed (see [`IN_FLIGHT_MAX`]).
     in_flight: Arc<AtomicUsize>,
+    /// Days whose partition was seen to.
+    partitions: partitions::Known,
 }
 
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
@@ -251,6 +253,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         ready: false,
         new_stream: args.new_stream,
         in_flight: Arc::new(AtomicUsize::new(0)),
+        partitions: partitions::Known::default(),
     };
     if !args.follow && !run.take_turn()? {
         return Ok(Exit::Success);
@@ -568,8 +571,14 @@ impl Run<'_> {
                 .target();
             let (settings, key) = (self.settings, self.key);
             let mut refetch = |id| refetch(settings, key, id);
+            // Taken out for the call: it is used beside the connection.
+            let mut known = std::mem::take(&mut self.partitions);
             let committed = match self.pg() {
-                Ok(pg) => events::commit(pg, &claim, prepared, &mut refetch).with_context(|| {
+                Ok(pg) => known
+                    .ensure(pg, partitions::days_of(prepared.hours()))
+                    .context("cannot create the partitions for these events")
+                    .and_then(|_| events::commit(pg, &claim, prepared, &mut refetch))
+                    .with_context(|| {
                     format!(
                         "cannot store entries after {} in PostgreSQL at {database}; that batch was not \
                          committed and the next run resumes there",
@@ -578,6 +587,7 @@ impl Run<'_> {
                 }),
                 Err(Fault::Transient(err) | Fault::Fatal(err)) => Err(err),
             };
+            self.partitions = known;
             match committed {
                 Ok(outcome) => {
                     self.committed(prepared, progress, outcome);

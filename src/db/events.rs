@@ -20,6 +20,7 @@ use postgres::types::{IsNull, ToSql, Type};
 use postgres::{Client, Transaction};
 use serde_json::Value;
 
+use crate::db::partitions;
 use crate::db::streams::PositionMoved;
 use crate::event::{Event, RawFields, Rejection, parse};
 use crate::hour;
@@ -37,8 +38,13 @@ pub const BATCH_BYTES: usize = 4 << 20;
 /// Largest entry whose raw fields a prepared batch keeps beside its row.
 const RAW_KEEP_MAX: usize = 64 << 10;
 
-/// The unique index that makes an entry a row once per stream.
-const ENTRY_KEY: &str = "generation_events_stream_entry_key";
+/// How PostgreSQL names the key of a row that is already stored, in a
+/// unique violation's detail: the partitioned entry key (one index per
+/// partition, each with its own name), or the adopted table's older key.
+const ENTRY_KEYS: &[&str] = &[
+    "Key (stream, stream_id, \"timestamp\")=",
+    "Key (stream, stream_id)=",
+];
 
 const COPY_COLUMNS: &str = "stream, stream_id, event_type, generation_id, user_id, timestamp, \
     generation_type, duration_ms, success, error_type, error_message, queue_wait_time_ms, \
@@ -103,6 +109,11 @@ impl Prepared {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The hour of each row.
+    pub fn hours(&self) -> &[DateTime<Utc>] {
+        &self.hours
     }
 
     /// Drops the entries at or before `position` — stored by another run
@@ -388,6 +399,8 @@ pub fn replay(
 ) -> anyhow::Result<Replayed> {
     let mut prepared = prepare(entries)?;
     set_stream(&mut prepared, stream);
+    let days: Vec<_> = partitions::days_of(&prepared.hours).into_iter().collect();
+    partitions::create(tx, &days)?;
     let RowsStored {
         stored,
         refused,
@@ -613,7 +626,7 @@ fn staged_insert(
     let stored = tx.execute(
         &format!(
             "INSERT INTO generation_events ({COPY_COLUMNS}) SELECT {COPY_COLUMNS} FROM genalytics_staging
-             ON CONFLICT (stream, stream_id) DO NOTHING"
+             ON CONFLICT (stream, stream_id, \"timestamp\") DO NOTHING"
         ),
         &[],
     )?;
@@ -625,7 +638,10 @@ fn is_entry_key_conflict(err: &anyhow::Error) -> bool {
     pg_error(err)
         .and_then(postgres::Error::as_db_error)
         .is_some_and(|db| {
-            *db.code() == SqlState::UNIQUE_VIOLATION && db.constraint() == Some(ENTRY_KEY)
+            *db.code() == SqlState::UNIQUE_VIOLATION
+                && db
+                    .detail()
+                    .is_some_and(|detail| ENTRY_KEYS.iter().any(|key| detail.starts_with(key)))
         })
 }
 

@@ -122,7 +122,12 @@ pub fn table_sizes(client: &mut Client) -> anyhow::Result<Vec<TableSize>> {
     let mut sizes = Vec::new();
     for &table in TABLES {
         let row = client.query_one(
-            "SELECT greatest(reltuples, 0)::int8, pg_total_relation_size(oid) FROM pg_class WHERE oid = $1::text::regclass",
+            // Summed over partitions: a partitioned table has no rows or
+            // storage of its own.
+            "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::int8,
+                    coalesce(sum(pg_total_relation_size(c.oid)), 0)::int8
+             FROM pg_partition_tree($1::text::regclass) t JOIN pg_class c ON c.oid = t.relid
+             WHERE t.isleaf",
             &[&table],
         )?;
         let (estimate, bytes): (i64, i64) = (row.get(0), row.get(1));

@@ -168,23 +168,29 @@ pub struct Applied {
 /// Applies every pending migration. Safe to run concurrently: the second
 /// run waits for the lock, then finds nothing left to do.
 pub fn apply(client: &mut Client) -> anyhow::Result<Vec<Applied>> {
+    apply_through(client, i32::MAX)
+}
+
+/// Applies the pending migrations up to version `last`: how the tests build
+/// a database as an older genalytics left it.
+pub fn apply_through(client: &mut Client, last: i32) -> anyhow::Result<Vec<Applied>> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .context("cannot take the migration lock")?;
-    let result = apply_locked(client);
+    let result = apply_locked(client, last);
     // The lock also dies with the connection; unlocking keeps it short.
     let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
     result
 }
 
-fn apply_locked(client: &mut Client) -> anyhow::Result<Vec<Applied>> {
+fn apply_locked(client: &mut Client, last: i32) -> anyhow::Result<Vec<Applied>> {
     client
         .batch_execute(CREATE_HISTORY)
         .context("cannot create the migration history table")?;
     let statuses = status(client)?;
     verify(&statuses)?;
     let mut done = Vec::new();
-    for migration in MIGRATIONS {
+    for migration in MIGRATIONS.iter().filter(|m| m.version <= last) {
         let pending = statuses
             .iter()
             .any(|s| s.version == migration.version && matches!(s.state, State::Pending));

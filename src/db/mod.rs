@@ -4,6 +4,7 @@
 pub mod events;
 pub mod health;
 pub mod migrations;
+pub mod partitions;
 pub mod rejected;
 pub mod reports;
 pub mod retention;

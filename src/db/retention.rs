@@ -87,7 +87,9 @@ const PRUNABLE: &str = "e.timestamp < $1 AND NOT EXISTS (
     SELECT 1 FROM generation_rollup_queue q WHERE q.hour = date_trunc('hour', e.timestamp, 'UTC'))";
 
 /// Deletes up to `limit` prunable raw events, oldest first (via the
-/// timestamp index); returns how many.
+/// timestamp index); returns how many. Only the partitions at the edge
+/// (and the default one) hold such events once whole days are dropped;
+/// the outer condition on time keeps the others out of the plan.
 pub fn delete_events_batch(
     client: &mut Client,
     horizon: DateTime<Utc>,
@@ -95,8 +97,9 @@ pub fn delete_events_batch(
 ) -> anyhow::Result<i64> {
     let deleted = client.execute(
         &format!(
-            "DELETE FROM generation_events WHERE id IN (
-                 SELECT e.id FROM generation_events e WHERE {PRUNABLE} ORDER BY e.timestamp LIMIT $2)"
+            "DELETE FROM generation_events WHERE timestamp < $1 AND (id, timestamp) IN (
+                 SELECT e.id, e.timestamp FROM generation_events e WHERE {PRUNABLE}
+                 ORDER BY e.timestamp LIMIT $2)"
         ),
         &[&horizon, &limit],
     )?;

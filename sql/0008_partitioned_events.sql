@@ -1,0 +1,150 @@
+-- generation_events becomes range-partitioned by timestamp, one partition
+-- per UTC day (SPEC §13): retention drops whole days instead of deleting
+-- rows, and each day's indexes stay the size of one day.
+--
+-- The existing table is not copied. It keeps its rows, its storage and its
+-- own indexes, and is attached as the partition for everything before the
+-- day after its newest event; days after that get partitions of their own.
+-- The only work proportional to its size is building the new unique index
+-- and one scan that proves every row lies in its range.
+--
+-- Exactly-once rests on the position stored in each batch's transaction;
+-- the unique index on (stream, stream_id, timestamp) is the safety net for
+-- a position set back by hand: an entry read again has the same timestamp,
+-- so it meets its stored copy in the same partition.
+
+-- Days from here to the sane limit get partitions; events dated outside
+-- (before 2000, or more than a week ahead) go to the default partition, so
+-- hostile timestamps cannot create thousands of tables.
+CREATE FUNCTION genalytics_partition_day_sane(day date) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT day >= DATE '2000-01-01' AND day < (now() AT TIME ZONE 'UTC')::date + 8
+$$;
+
+DO $$
+DECLARE
+    newest timestamptz;
+    cutover date;
+    adopted text;
+    stray bigint;
+    id_sequence text;
+BEGIN
+    ALTER TABLE generation_events RENAME TO genalytics_events_unpartitioned;
+    -- Columns, types and defaults (the id sequence included) as they are,
+    -- whatever the original service or an earlier genalytics made them.
+    CREATE TABLE generation_events (LIKE genalytics_events_unpartitioned INCLUDING DEFAULTS)
+        PARTITION BY RANGE ("timestamp");
+    -- The id sequence (BIGSERIAL, SPEC §3) now belongs to the parent, so it
+    -- outlives the adopted partition when prune drops that one.
+    id_sequence := pg_get_serial_sequence('genalytics_events_unpartitioned', 'id');
+    IF id_sequence IS NOT NULL THEN
+        EXECUTE format('ALTER SEQUENCE %s OWNED BY generation_events.id', id_sequence);
+    END IF;
+
+    -- The indexes genalytics reads through (see README, "Indexes"): the
+    -- entry key, a user's events by time (report user), and time (aggregate,
+    -- check, prune, status). An attached partition with a matching index
+    -- keeps it; the adopted table keeps its other indexes for its own rows.
+    CREATE UNIQUE INDEX generation_events_stream_entry_time_key
+        ON generation_events (stream, stream_id, "timestamp");
+    CREATE INDEX generation_events_user_time_idx
+        ON generation_events (user_id, "timestamp" DESC);
+    CREATE INDEX generation_events_time_idx
+        ON generation_events ("timestamp" DESC);
+
+    CREATE TABLE generation_events_default (LIKE generation_events INCLUDING DEFAULTS);
+
+    SELECT max("timestamp") INTO newest FROM genalytics_events_unpartitioned
+    WHERE genalytics_partition_day_sane(("timestamp" AT TIME ZONE 'UTC')::date);
+    IF newest IS NULL THEN
+        -- Nothing sane to keep in place: any stray rows move to the
+        -- default partition and the empty table goes.
+        INSERT INTO generation_events_default SELECT * FROM genalytics_events_unpartitioned;
+        DROP TABLE genalytics_events_unpartitioned;
+    ELSE
+        cutover := (newest AT TIME ZONE 'UTC')::date + 1;
+        -- Rows dated after the cutover (years ahead: hostile or broken
+        -- clocks) move to the default partition: a handful, by nature.
+        WITH moved AS (
+            DELETE FROM genalytics_events_unpartitioned
+            WHERE "timestamp" >= (cutover::timestamp AT TIME ZONE 'UTC')
+            RETURNING *)
+        INSERT INTO generation_events_default SELECT * FROM moved;
+        GET DIAGNOSTICS stray = ROW_COUNT;
+        IF stray > 0 THEN
+            RAISE NOTICE 'moved % events dated after % to the default partition', stray, cutover;
+        END IF;
+        adopted := 'generation_events_before_' || to_char(cutover, 'YYYYMMDD');
+        EXECUTE format('ALTER TABLE genalytics_events_unpartitioned RENAME TO %I', adopted);
+        -- The old unique index on (stream, stream_id) and the primary key
+        -- stay on this partition: they still hold for its rows.
+        EXECUTE format(
+            'ALTER TABLE generation_events ATTACH PARTITION %I FOR VALUES FROM (MINVALUE) TO (%L)',
+            adopted, (cutover::timestamp AT TIME ZONE 'UTC'));
+    END IF;
+    ALTER TABLE generation_events ATTACH PARTITION generation_events_default DEFAULT;
+END
+$$;
+
+-- The partitions with their ranges. lo is NULL for MINVALUE, hi for
+-- MAXVALUE; both NULL for the default partition. Bounds are read back from
+-- PostgreSQL's own text in this session, so its settings cannot mislead.
+CREATE VIEW genalytics_event_partitions AS
+SELECT c.oid::regclass AS partition,
+       c.relname::text AS name,
+       b.bound = 'DEFAULT' AS is_default,
+       CASE WHEN m[1] LIKE '''%' THEN trim(BOTH '''' FROM m[1])::timestamptz END AS lo,
+       CASE WHEN m[2] LIKE '''%' THEN trim(BOTH '''' FROM m[2])::timestamptz END AS hi
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+CROSS JOIN LATERAL (SELECT pg_get_expr(c.relpartbound, c.oid) AS bound) b
+LEFT JOIN LATERAL regexp_match(b.bound, '^FOR VALUES FROM \((.*)\) TO \((.*)\)$') m ON true
+WHERE i.inhparent = 'generation_events'::regclass;
+
+-- Creates the partition for one UTC day unless a partition already covers
+-- it or the day is outside the sane range; returns whether it created one.
+-- Rows the default partition holds for that day move into it. Attaching
+-- needs only a SHARE UPDATE EXCLUSIVE lock on generation_events (CREATE
+-- TABLE … PARTITION OF would need an exclusive one), so transfers and
+-- reports go on meanwhile. Concurrent callers are serialised.
+CREATE FUNCTION genalytics_create_event_partition(day date) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    day_lo timestamptz := (day::timestamp AT TIME ZONE 'UTC');
+    day_hi timestamptz := ((day + 1)::timestamp AT TIME ZONE 'UTC');
+    part_name text := 'generation_events_p' || to_char(day, 'YYYYMMDD');
+    fallback regclass;
+BEGIN
+    IF NOT genalytics_partition_day_sane(day) THEN
+        RETURN false;
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtext('genalytics_create_event_partition'));
+    IF EXISTS (
+        SELECT 1 FROM genalytics_event_partitions p
+        WHERE NOT p.is_default
+          AND (p.lo IS NULL OR p.lo < day_hi)
+          AND (p.hi IS NULL OR p.hi > day_lo)
+    ) THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('CREATE TABLE %I (LIKE generation_events INCLUDING DEFAULTS)', part_name);
+    SELECT partition INTO fallback FROM genalytics_event_partitions WHERE is_default;
+    IF fallback IS NOT NULL THEN
+        EXECUTE format(
+            'WITH moved AS (DELETE FROM %s WHERE "timestamp" >= $1 AND "timestamp" < $2 RETURNING *)
+             INSERT INTO %I SELECT * FROM moved', fallback, part_name)
+        USING day_lo, day_hi;
+    END IF;
+    -- The constraint lets ATTACH skip its validation scan.
+    EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I CHECK ("timestamp" >= %L AND "timestamp" < %L)',
+        part_name, part_name || '_range', day_lo, day_hi);
+    EXECUTE format('ALTER TABLE generation_events ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
+        part_name, day_lo, day_hi);
+    EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', part_name, part_name || '_range');
+    RETURN true;
+END
+$$;
+
+-- Today and the next two days, ahead of need; transfer creates the rest.
+SELECT genalytics_create_event_partition((now() AT TIME ZONE 'UTC')::date + d)
+FROM generate_series(0, 2) d;

@@ -1,0 +1,208 @@
+//! The daily partitions of `generation_events` (SPEC §13): created ahead of
+//! need and for any day an event needs, dropped whole by prune.
+//!
+//! The SQL lives in `sql/0008_partitioned_events.sql`:
+//! `genalytics_create_event_partition(day)` creates one day's partition
+//! (unless one covers it, or the day is outside the sane range and its
+//! events belong in the default partition), and the view
+//! `genalytics_event_partitions` lists partitions with their ranges.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Days, NaiveDate, Utc};
+use postgres::{Client, GenericClient};
+
+/// Days whose partition this process has already seen to, so a batch
+/// costs no catalog query unless it holds an event of a new day. Forgotten
+/// when the UTC date changes: the sane range moves with it.
+#[derive(Debug, Default)]
+pub struct Known {
+    today: Option<NaiveDate>,
+    days: BTreeSet<NaiveDate>,
+}
+
+impl Known {
+    /// Sees to the partitions of `days` (and of today and the next two
+    /// days, ahead of need) in a transaction of its own; returns how many
+    /// it created.
+    pub fn ensure(
+        &mut self,
+        client: &mut Client,
+        days: impl IntoIterator<Item = NaiveDate>,
+    ) -> anyhow::Result<u64> {
+        let today = Utc::now().date_naive();
+        if self.today != Some(today) {
+            self.days.clear();
+            self.today = Some(today);
+        }
+        let ahead = (0..3).filter_map(|n| today.checked_add_days(Days::new(n)));
+        let missing: Vec<NaiveDate> = ahead
+            .chain(days)
+            .filter(|day| !self.days.contains(day))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = client.transaction()?;
+        let created = create(&mut tx, &missing)?;
+        tx.commit()?;
+        self.days.extend(missing);
+        Ok(created)
+    }
+}
+
+/// Creates the partitions `days` need, in the caller's transaction (which
+/// then holds the creation lock until it ends); returns how many it made.
+pub fn create(client: &mut impl GenericClient, days: &[NaiveDate]) -> anyhow::Result<u64> {
+    if days.is_empty() {
+        return Ok(0);
+    }
+    let row = client.query_one(
+        "SELECT count(*) FILTER (WHERE genalytics_create_event_partition(day))
+         FROM unnest($1::date[]) AS day",
+        &[&days],
+    )?;
+    Ok(row.get::<_, i64>(0).unsigned_abs())
+}
+
+/// The UTC days of some hours.
+pub fn days_of<'a>(hours: impl IntoIterator<Item = &'a DateTime<Utc>>) -> BTreeSet<NaiveDate> {
+    hours.into_iter().map(DateTime::date_naive).collect()
+}
+
+/// One partition as the catalog describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    pub name: String,
+    /// `None`: from the beginning of time (the adopted table).
+    pub lo: Option<DateTime<Utc>>,
+    /// `None`: to the end of time.
+    pub hi: Option<DateTime<Utc>>,
+    pub is_default: bool,
+}
+
+pub fn list(client: &mut impl GenericClient) -> anyhow::Result<Vec<Partition>> {
+    Ok(client
+        .query(
+            "SELECT name, lo, hi, is_default FROM genalytics_event_partitions
+             ORDER BY is_default, lo NULLS FIRST",
+            &[],
+        )?
+        .iter()
+        .map(|row| Partition {
+            name: row.get(0),
+            lo: row.get(1),
+            hi: row.get(2),
+            is_default: row.get(3),
+        })
+        .collect())
+}
+
+/// The partitions (not the default one) that end at or before `horizon`.
+pub fn wholly_before(
+    client: &mut impl GenericClient,
+    horizon: DateTime<Utc>,
+) -> anyhow::Result<Vec<Partition>> {
+    Ok(list(client)?
+        .into_iter()
+        .filter(|p| !p.is_default && p.hi.is_some_and(|hi| hi <= horizon))
+        .collect())
+}
+
+/// Prefix of a partition prune has detached and is about to drop; one left
+/// by an interrupted prune is dropped by the next.
+const DETACHED: &str = "genalytics_pruned_";
+
+/// Detaches `partition` for dropping if every hour it holds is done (none
+/// waits for its rollup or a merge); the check runs after the detach has
+/// its lock, so it sees every hour a transfer queued into it. Returns
+/// whether it was detached.
+pub fn detach_for_drop(client: &mut Client, partition: &Partition) -> anyhow::Result<bool> {
+    if partition.is_default || partition.hi.is_none() {
+        return Ok(false);
+    }
+    let waiting = "SELECT EXISTS (SELECT 1 FROM generation_rollup_queue
+                   WHERE hour >= coalesce($1, '-infinity'::timestamptz) AND hour < $2)";
+    let busy: bool = client
+        .query_one(waiting, &[&partition.lo, &partition.hi])?
+        .get(0);
+    if busy {
+        return Ok(false);
+    }
+    let mut tx = client.transaction()?;
+    // Names come from the catalog; quoted as identifiers all the same.
+    let name = quote_ident(&partition.name);
+    tx.batch_execute(&format!(
+        "ALTER TABLE generation_events DETACH PARTITION {name}"
+    ))?;
+    let busy: bool = tx
+        .query_one(waiting, &[&partition.lo, &partition.hi])?
+        .get(0);
+    if busy {
+        tx.rollback()?;
+        return Ok(false);
+    }
+    let detached = quote_ident(&format!("{DETACHED}{}", partition.name));
+    tx.batch_execute(&format!("ALTER TABLE {name} RENAME TO {detached}"))?;
+    tx.commit()?;
+    Ok(true)
+}
+
+/// Drops every detached partition, counting its rows first; returns the
+/// partitions dropped and their rows.
+pub fn drop_detached(client: &mut Client) -> anyhow::Result<(u64, i64)> {
+    let names: Vec<String> = client
+        .query(
+            "SELECT c.relname::text FROM pg_class c
+             WHERE c.relkind = 'r' AND c.relnamespace = current_schema()::regnamespace
+               AND starts_with(c.relname, $1) AND NOT c.relispartition",
+            &[&DETACHED],
+        )?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut rows = 0;
+    for name in &names {
+        let table = quote_ident(name);
+        let count: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])?
+            .get(0);
+        client.batch_execute(&format!("DROP TABLE {table}"))?;
+        rows += count;
+    }
+    Ok((names.len() as u64, rows))
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted_whatever_they_hold() {
+        assert_eq!(
+            quote_ident("generation_events_p20261128"),
+            "\"generation_events_p20261128\""
+        );
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn days_of_hours_are_utc_days() {
+        let hours: Vec<DateTime<Utc>> = [
+            "2026-03-29T00:00:00Z",
+            "2026-03-29T23:00:00Z",
+            "2026-03-30T00:00:00Z",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let days: Vec<String> = days_of(&hours).iter().map(ToString::to_string).collect();
+        assert_eq!(days, ["2026-03-29", "2026-03-30"]);
+    }
+}
