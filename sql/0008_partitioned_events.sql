@@ -127,7 +127,10 @@ BEGIN
     ) THEN
         RETURN false;
     END IF;
-    EXECUTE format('CREATE TABLE %I (LIKE generation_events INCLUDING DEFAULTS)', part_name);
+    -- With the table's CHECK constraints (one added by hand too): ATTACH
+    -- requires a partition to have every one of them.
+    EXECUTE format('CREATE TABLE %I (LIKE generation_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+        part_name);
     SELECT partition INTO fallback FROM genalytics_event_partitions WHERE is_default;
     IF fallback IS NOT NULL THEN
         EXECUTE format(

@@ -260,3 +260,40 @@ fn a_table_of_an_older_genalytics_is_partitioned_in_place() {
     );
     assert!(!first.is_empty());
 }
+
+#[test]
+fn a_partition_that_cannot_be_made_sends_its_events_to_the_default_one() {
+    let env = migrated();
+    let mut db = env.db();
+    // A table by hand under the name the day's partition would take.
+    db.batch_execute("CREATE TABLE generation_events_p20200105 (note text)")
+        .unwrap();
+    let at = "2020-01-05T10:00:00";
+    let mut con = env.redis();
+    xadd(
+        &mut con,
+        &env.stream_key(),
+        "*",
+        &[("event_type", "request"), ("timestamp", at)],
+    );
+    let ran = env.genalytics().arg("transfer").ok();
+    assert!(
+        ran.stdout.starts_with("transferred 1 events"),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        ran.stderr.contains("cannot create the partitions of 2020-01-05"),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(
+        count(&mut db, "SELECT count(*) FROM generation_events_default"),
+        1
+    );
+    // The table by hand is left as it was.
+    assert_eq!(
+        count(&mut db, "SELECT count(*) FROM generation_events_p20200105"),
+        0
+    );
+}

@@ -45,9 +45,27 @@ impl Known {
         if missing.is_empty() {
             return Ok(0);
         }
-        let mut tx = client.transaction()?;
-        let created = create(&mut tx, &missing)?;
-        tx.commit()?;
+        let created = client
+            .transaction()
+            .map_err(anyhow::Error::from)
+            .and_then(|mut tx| {
+                let created = create(&mut tx, &missing)?;
+                tx.commit()?;
+                Ok(created)
+            });
+        let created = match created {
+            Ok(created) => created,
+            Err(err) if crate::db::is_transient(&err) => return Err(err),
+            // Nothing in the data may stop transfer: the events of these
+            // days go to the default partition, stored all the same.
+            Err(err) => {
+                tracing::warn!(
+                    "cannot create the partitions of {}: {err:#}; their events go to the default partition",
+                    missing.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                );
+                0
+            }
+        };
         self.days.extend(missing);
         Ok(created)
     }
