@@ -89,7 +89,7 @@ _genalytics() {
 
     case "${cmd}" in
         genalytics)
-            opts="-v -q -h -V --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version demo migrate transfer aggregate report status check prune rejected completions simulate"
+            opts="-v -q -h -V --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version demo migrate transfer aggregate report status check prune rejected completions simulate"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -123,7 +123,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__aggregate)
-            opts="-v -q -h -V --hour --from --to --include-current --jobs --format --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --hour --from --to --include-current --jobs --format --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -177,7 +177,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__check)
-            opts="-t -v -q -h -V --hours --days --crit-failure-rate --max-failure-rate --crit-p95 --max-p95 --crit-lag --max-lag --crit-stale-hours --max-stale-hours --warn-failure-rate --warn-p95 --warn-lag --warn-stale-hours --nagios --format --timeout --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-t -v -q -h -V --hours --days --crit-failure-rate --max-failure-rate --crit-p95 --max-p95 --crit-lag --max-lag --crit-stale-hours --max-stale-hours --warn-failure-rate --warn-p95 --warn-lag --warn-stale-hours --nagios --format --timeout --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -279,7 +279,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__completions)
-            opts="-v -q -h -V --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version bash elvish fish powershell zsh"
+            opts="-v -q -h -V --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -313,7 +313,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__demo)
-            opts="-v -q -h -V --keep --events --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --keep --events --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -351,7 +351,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__migrate)
-            opts="-v -q -h -V --status --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --status --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -385,7 +385,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__prune)
-            opts="-v -q -h -V --older-than --dry-run --batch-size --format --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --older-than --dry-run --batch-size --format --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -431,7 +431,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected)
-            opts="-v -q -h -V --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version list show replay purge"
+            opts="-v -q -h -V --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version list show replay purge"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -465,7 +465,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected__subcmd__list)
-            opts="-v -q -h -V --reason --since --until --limit --format --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --reason --since --until --limit --format --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -519,7 +519,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected__subcmd__purge)
-            opts="-v -q -h -V --older-than --reason --format --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --older-than --reason --format --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -565,7 +565,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected__subcmd__replay)
-            opts="-v -q -h -V --all --reason --since --until --format --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --all --reason --since --until --format --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -615,7 +615,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected__subcmd__show)
-            opts="-v -q -h -V --format --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --format --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -653,7 +653,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report)
-            opts="-v -q -h -V --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version overview trends user models failures peak-hours html"
+            opts="-v -q -h -V --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version overview trends user models failures peak-hours html"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -687,7 +687,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__failures)
-            opts="-v -q -h -V --days --until --tz --format --section --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --days --until --tz --format --section --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -741,7 +741,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__html)
-            opts="-o -v -q -h -V --days --until --tz --failure-limit --output --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-o -v -q -h -V --days --until --tz --failure-limit --output --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -799,7 +799,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__models)
-            opts="-v -q -h -V --days --until --tz --format --section --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --days --until --tz --format --section --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -853,7 +853,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__overview)
-            opts="-v -q -h -V --compare --days --until --tz --format --section --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --compare --days --until --tz --format --section --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -907,7 +907,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__peak__subcmd__hours)
-            opts="-v -q -h -V --by --sort --days --until --tz --format --section --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --by --sort --days --until --tz --format --section --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -969,7 +969,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__trends)
-            opts="-v -q -h -V --interval --days --until --tz --format --section --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --interval --days --until --tz --format --section --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1027,7 +1027,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__user)
-            opts="-v -q -h -V --days --until --tz --format --section --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --days --until --tz --format --section --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1081,7 +1081,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__simulate)
-            opts="-v -q -h -V --events --hours --users --seed --end --maxlen --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --events --hours --users --seed --end --maxlen --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1139,7 +1139,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__status)
-            opts="-o -v -q -h -V --format --output --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-o -v -q -h -V --format --output --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1185,7 +1185,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__transfer)
-            opts="-v -q -h -V --batch-size --max-events --follow --keep --wait --new-stream --format --database-url --redis-url --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --batch-size --max-events --follow --keep --wait --new-stream --parallel --format --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1200,6 +1200,10 @@ _genalytics() {
                     return 0
                     ;;
                 --keep)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --parallel)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_genalytics_global_optspecs
-    string join \n database-url= redis-url= redis-ns= stream= v/verbose q/quiet log-format= h/help V/version
+    string join \n database-url= redis-url= redis-cluster redis-ns= stream= v/verbose q/quiet log-format= h/help V/version
 end
 
 function __fish_genalytics_needs_command
@@ -27,9 +27,10 @@ end
 complete -c genalytics -n "__fish_genalytics_needs_command" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_needs_command" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_needs_command" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_needs_command" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_needs_command" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
 complete -c genalytics -n "__fish_genalytics_needs_command" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
+complete -c genalytics -n "__fish_genalytics_needs_command" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_needs_command" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_needs_command" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_needs_command" -s h -l help -d 'Print help'
@@ -49,10 +50,11 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l events -d
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l keep -d 'Leave the servers running and print the settings to try other commands on them'
+complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -s h -l help -d 'Print help'
@@ -60,10 +62,11 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -s V -l vers
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l status -d 'List applied and pending migrations instead of applying them'
+complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -s h -l help -d 'Print help'
@@ -71,17 +74,19 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -s V -l v
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l batch-size -d 'Entries per transaction (and at most per read from Redis)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l max-events -d 'Stop after this many entries' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l keep -d 'Stored entries younger than this stay in the stream for live monitoring' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l parallel -d 'With several streams (--stream more than once, or a pattern): how many to transfer at once; following, each stream has its own' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l format -d 'Summary format' -r -f -a "text\t'One line for people and cron mail'
 json\t'One JSON object'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l follow -d 'Keep reading new entries until SIGINT/SIGTERM, committing at least every second; survives server restarts'
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l wait -d 'Wait for a transfer already running instead of exiting'
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l new-stream -d 'The key holds a new stream (recreated below the stored position): store all its entries, from its first'
+complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -95,10 +100,11 @@ json\t'One JSON object'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l include-current -d 'Also roll up the hour in progress'
+complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -106,9 +112,10 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -s V -l
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html" -s h -l help -d 'Print help'
@@ -131,10 +138,11 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l compare -d 'Show each figure beside the previous window of the same length, and its change'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -152,9 +160,10 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -170,9 +179,10 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -188,9 +198,10 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -206,9 +217,10 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -227,9 +239,10 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -242,9 +255,10 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -s h -l help -d 'Print help'
@@ -256,9 +270,10 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand status" -s o -l ou
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
+complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -279,10 +294,11 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand check" -s t -l tim
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l nagios -d 'Speak the Monitoring Plugins protocol (Nagios, Icinga, Naemon): one status line with performance data; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN'
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -294,10 +310,11 @@ json\t'One JSON object'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l dry-run -d 'Count what would be deleted; delete nothing'
+complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -305,9 +322,10 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -s V -l ver
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge" -s h -l help -d 'Print help'
@@ -327,9 +345,10 @@ html\t'One self-contained HTML page (inline CSS and SVG charts)'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -339,9 +358,10 @@ json\t'One JSON object'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -354,10 +374,11 @@ json\t'One JSON object'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l all -d 'Replay every letter (that the filters match)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -369,9 +390,10 @@ json\t'One JSON object'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -379,9 +401,10 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fi
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
+complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -s h -l help -d 'Print help'
@@ -395,9 +418,10 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l maxle
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l stream -d 'Full stream key, overriding the one built from --redis-ns' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
+complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s q -l quiet -d 'Print only errors'
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s h -l help -d 'Print help'

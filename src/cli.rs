@@ -71,6 +71,16 @@ pub struct GlobalArgs {
     )]
     pub redis_url: String,
 
+    /// Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated
+    #[arg(
+        long,
+        env = "GENALYTICS_REDIS_CLUSTER",
+        global = true,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        action = ArgAction::SetTrue
+    )]
+    pub redis_cluster: bool,
+
     /// Namespace of the stream key: {ns}:generation_events:stream
     #[arg(
         long,
@@ -82,9 +92,9 @@ pub struct GlobalArgs {
     )]
     pub redis_ns: String,
 
-    /// Full stream key, overriding the one built from --redis-ns
+    /// Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)
     #[arg(long, global = true, value_name = "KEY")]
-    pub stream: Option<String>,
+    pub stream: Vec<String>,
 
     /// Log more to stderr (-v progress, -vv debugging)
     #[arg(short, long, action = ArgAction::Count, global = true)]

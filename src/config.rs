@@ -13,8 +13,15 @@ use crate::error::UsageError;
 #[derive(Debug)]
 pub struct Settings {
     database: Option<DatabaseUrl>,
+    /// Redis, or the first seed node of a cluster.
     pub redis: RedisUrl,
+    /// Every seed node, when Redis is a cluster (`--redis-cluster`).
+    pub redis_cluster: Option<Vec<RedisUrl>>,
+    /// The stream a command works on: the first of `streams`.
     pub stream_key: String,
+    /// Every `--stream` given (keys, or patterns for transfer), or the key
+    /// built from the namespace.
+    pub streams: Vec<String>,
     pub quiet: bool,
 }
 
@@ -26,22 +33,47 @@ impl Settings {
             .filter(|url| !url.trim().is_empty())
             .map(DatabaseUrl::parse)
             .transpose()?;
-        let redis = RedisUrl::parse(&args.redis_url)?;
-        let stream_key = match &args.stream {
-            Some(key) if !key.is_empty() => key.clone(),
-            Some(_) => return Err(UsageError("--stream must not be empty".into())),
-            None if args.redis_ns.is_empty() => {
+        let seeds = args
+            .redis_url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(RedisUrl::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        let redis = match seeds.first() {
+            Some(first) if seeds.len() == 1 || args.redis_cluster => first.clone(),
+            Some(_) => {
                 return Err(UsageError(
-                    "the stream namespace (--redis-ns / GENALYTICS_REDIS_NS) must not be empty"
+                    "REDIS_URL names several servers, which only a cluster has: pass --redis-cluster \
+                     (GENALYTICS_REDIS_CLUSTER=1) or give one URL"
                         .into(),
                 ));
             }
-            None => stream_key_for(&args.redis_ns),
+            None => {
+                return Err(UsageError(
+                    "the Redis URL (REDIS_URL / --redis-url) is empty".into(),
+                ));
+            }
+        };
+        let redis_cluster = args.redis_cluster.then_some(seeds);
+        if args.stream.iter().any(String::is_empty) {
+            return Err(UsageError("--stream must not be empty".into()));
+        }
+        let streams = if !args.stream.is_empty() {
+            args.stream.clone()
+        } else if args.redis_ns.is_empty() {
+            return Err(UsageError(
+                "the stream namespace (--redis-ns / GENALYTICS_REDIS_NS) must not be empty".into(),
+            ));
+        } else {
+            vec![stream_key_for(&args.redis_ns)]
         };
         Ok(Settings {
             database,
             redis,
-            stream_key,
+            redis_cluster,
+            stream_key: streams[0].clone(),
+            streams,
             quiet: args.quiet,
         })
     }
@@ -54,6 +86,11 @@ impl Settings {
             )
         })
     }
+}
+
+/// Whether a `--stream` value is a pattern (Redis glob) rather than a key.
+pub fn is_pattern(stream: &str) -> bool {
+    stream.contains(['*', '?', '['])
 }
 
 /// The stream the service's producer writes to.
@@ -304,6 +341,28 @@ pub struct RedisUrl {
 }
 
 impl RedisUrl {
+    /// The same credentials and TLS settings for another node (a cluster's
+    /// nodes share them).
+    #[must_use]
+    pub fn with_node(&self, host: &str, port: u16) -> RedisUrl {
+        let addr = match self.info.addr() {
+            redis::ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => redis::ConnectionAddr::TcpTls {
+                host: host.to_string(),
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => redis::ConnectionAddr::Tcp(host.to_string(), port),
+        };
+        RedisUrl {
+            info: self.info.clone().set_addr(addr),
+        }
+    }
+
     pub fn parse(url: &str) -> Result<Self, UsageError> {
         use redis::IntoConnectionInfo;
         let info = url.into_connection_info().map_err(|err| {

@@ -10,6 +10,7 @@ mod harness;
 
 mod aggregate;
 mod cli_errors;
+mod cluster;
 mod contrib;
 mod demo;
 mod follow;
@@ -25,6 +26,7 @@ mod secrets;
 mod servers;
 mod simulate;
 mod status;
+mod streams;
 mod tls;
 mod transfer;
 mod transfer_faults;

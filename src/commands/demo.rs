@@ -15,7 +15,7 @@ use clap::Parser;
 use crate::cli::{Cli, Command, GlobalArgs};
 use crate::config::Settings;
 use crate::error::Exit;
-use crate::throwaway::{Postgres, Redis};
+use crate::throwaway::{Postgres, Redis, RedisCluster};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
@@ -49,18 +49,23 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         Ok(())
     };
 
-    say("demo: starting a throwaway PostgreSQL and Redis on private ports…")?;
-    let (pg, redis) = if args.keep {
-        (Postgres::start_detached()?, Redis::start_detached()?)
-    } else {
-        (Postgres::start()?, Redis::start()?)
-    };
-    pg.create_database("genalytics")?;
-    let demo = demo_settings(&pg.url("genalytics"), &redis.url(), settings.quiet)?;
+    let cluster = settings.redis_cluster.is_some();
     say(&format!(
-        "demo: PostgreSQL on 127.0.0.1:{}, Redis on 127.0.0.1:{} — yours are not touched\n",
+        "demo: starting a throwaway PostgreSQL and {} on private ports…",
+        if cluster { "Redis cluster" } else { "Redis" }
+    ))?;
+    let pg = if args.keep {
+        Postgres::start_detached()?
+    } else {
+        Postgres::start()?
+    };
+    let redis = DemoRedis::start(cluster, args.keep)?;
+    pg.create_database("genalytics")?;
+    let demo = demo_settings(&pg.url("genalytics"), &redis.url(), cluster, settings.quiet)?;
+    say(&format!(
+        "demo: PostgreSQL on 127.0.0.1:{}, {} — yours are not touched\n",
         pg.port(),
-        redis.port()
+        redis.described()
     ))?;
 
     for (what, command) in steps(args.events)? {
@@ -77,10 +82,14 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     if args.keep {
         let database_url = pg.url("genalytics");
         let redis_url = redis.url();
-        let dirs = format!("{} {}", pg.dir().display(), redis.dir().display());
-        let pids: Vec<String> = [pg.keep(), redis.keep()]
+        let dirs = std::iter::once(pg.dir().display().to_string())
+            .chain(redis.dirs())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let pids: Vec<String> = pg
+            .keep()
             .into_iter()
-            .flatten()
+            .chain(redis.keep())
             .map(|p| p.to_string())
             .collect();
         // What --keep is for: printed even with -q.
@@ -91,6 +100,9 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         )?;
         writeln!(out, "  export DATABASE_URL={database_url}")?;
         writeln!(out, "  export REDIS_URL={redis_url}")?;
+        if cluster {
+            writeln!(out, "  export GENALYTICS_REDIS_CLUSTER=1")?;
+        }
         writeln!(
             out,
             "  genalytics report models; genalytics status; genalytics simulate --events 5000 --hours 1"
@@ -138,12 +150,78 @@ fn steps(events: u64) -> anyhow::Result<Vec<(String, Command)>> {
         .collect()
 }
 
-fn demo_settings(database_url: &str, redis_url: &str, quiet: bool) -> anyhow::Result<Settings> {
+/// The demo's Redis: one server, or with `--redis-cluster` a cluster of
+/// three masters.
+enum DemoRedis {
+    One(Redis),
+    Cluster(RedisCluster),
+}
+
+impl DemoRedis {
+    fn start(cluster: bool, keep: bool) -> anyhow::Result<DemoRedis> {
+        Ok(match (cluster, keep) {
+            (false, false) => DemoRedis::One(Redis::start()?),
+            (false, true) => DemoRedis::One(Redis::start_detached()?),
+            (true, false) => DemoRedis::Cluster(RedisCluster::start(3)?),
+            (true, true) => DemoRedis::Cluster(RedisCluster::start_detached(3)?),
+        })
+    }
+
+    /// `REDIS_URL`: the server, or the cluster's nodes as seeds.
+    fn url(&self) -> String {
+        match self {
+            DemoRedis::One(redis) => redis.url(),
+            DemoRedis::Cluster(cluster) => cluster.urls(),
+        }
+    }
+
+    fn described(&self) -> String {
+        match self {
+            DemoRedis::One(redis) => format!("Redis on 127.0.0.1:{}", redis.port()),
+            DemoRedis::Cluster(cluster) => format!(
+                "a Redis cluster of {} masters on 127.0.0.1:{}",
+                cluster.nodes().len(),
+                cluster
+                    .nodes()
+                    .iter()
+                    .map(|node| node.port().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    fn dirs(&self) -> Vec<String> {
+        let nodes: &[Redis] = match self {
+            DemoRedis::One(redis) => std::slice::from_ref(redis),
+            DemoRedis::Cluster(cluster) => cluster.nodes(),
+        };
+        nodes
+            .iter()
+            .map(|node| node.dir().display().to_string())
+            .collect()
+    }
+
+    fn keep(self) -> Vec<u32> {
+        match self {
+            DemoRedis::One(redis) => redis.keep().into_iter().collect(),
+            DemoRedis::Cluster(cluster) => cluster.keep(),
+        }
+    }
+}
+
+fn demo_settings(
+    database_url: &str,
+    redis_url: &str,
+    cluster: bool,
+    quiet: bool,
+) -> anyhow::Result<Settings> {
     Ok(Settings::from_args(&GlobalArgs {
         database_url: Some(database_url.to_string()),
         redis_url: redis_url.to_string(),
+        redis_cluster: cluster,
         redis_ns: "genonaut".to_string(),
-        stream: None,
+        stream: Vec::new(),
         verbose: 0,
         quiet,
         log_format: crate::cli::LogFormat::Text,

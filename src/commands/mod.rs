@@ -13,10 +13,19 @@ pub mod status;
 pub mod transfer;
 
 use crate::cli::Command;
-use crate::config::Settings;
+use crate::config::{Settings, is_pattern};
 use crate::error::Exit;
+use crate::error::UsageError;
 
 pub fn run(command: Command, settings: &Settings) -> anyhow::Result<Exit> {
+    let several = settings.streams.len() > 1 || is_pattern(&settings.stream_key);
+    if several && !matches!(command, Command::Transfer(_) | Command::Completions(_)) {
+        return Err(UsageError(
+            "--stream more than once, or a pattern, is for transfer; give this command one stream key"
+                .into(),
+        )
+        .into());
+    }
     match command {
         Command::Aggregate(args) => aggregate::run(&args, settings),
         Command::Check(args) => check::run(&args, settings),

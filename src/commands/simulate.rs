@@ -69,7 +69,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         seed,
     };
 
-    let mut con = stream::connect(&settings.redis)?;
+    let mut con = stream::connect_key(settings, &settings.stream_key)?;
     let maxlen = (args.maxlen > 0).then_some(args.maxlen);
     let mut writer = producer::StreamWriter::open(&mut con, &settings.stream_key, maxlen)?;
 

@@ -27,7 +27,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::config::Settings;
+use crate::config::{Settings, is_pattern};
 use crate::db::events::{self, BATCH_BYTES, Claim, Outcome, Prepared};
 use crate::db::streams::{self, PositionMoved, TransferState};
 use crate::db::{self, partitions};
@@ -35,10 +35,13 @@ use crate::error::{Exit, UsageError};
 use crate::output::{SummaryFormat, thousands};
 use crate::retry::Backoff;
 use crate::service;
+use crate::stream::cluster;
 use crate::stream::identity::{self, Identity};
 use crate::stream::reader::{self, RawEntry, StreamInfo};
 use crate::stream::{self, EntryId};
 use crate::timearg::parse_span;
+
+mod several;
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
@@ -68,6 +71,11 @@ pub struct Args {
     #[arg(long)]
     pub new_stream: bool,
 
+    /// With several streams (--stream more than once, or a pattern): how many to transfer at once; following, each stream has its own
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub parallel: u16,
+
     /// Summary format
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
     pub format: SummaryFormat,
@@ -77,7 +85,8 @@ const EXAMPLES: &str = "Examples:
   genalytics transfer
   genalytics transfer --follow
   genalytics transfer --keep 6h --format json
-  genalytics transfer --new-stream";
+  genalytics transfer --new-stream
+  genalytics transfer --stream 'genonaut:generation_events:stream:*' --parallel 2";
 
 /// Most bytes of entries read and not yet committed before the reader
 /// waits. Batches of small entries never reach it (one being stored, one
@@ -234,18 +243,33 @@ struct Run<'a> {
 }
 
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
-    let started = Instant::now();
     let stop = crate::interrupt::install()?;
+    if settings.streams.len() == 1 && !is_pattern(&settings.stream_key) {
+        transfer_stream(args, settings, &settings.stream_key, &stop)?;
+        return Ok(Exit::Success);
+    }
+    several::run(args, settings, &stop)
+}
+
+/// Transfers one stream until it is drained (or, following, until a stop)
+/// and prints its summary.
+fn transfer_stream(
+    args: &Args,
+    settings: &Settings,
+    key: &str,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
     let mut run = Run {
         args,
         settings,
-        key: settings.stream_key.as_str(),
-        stop: Arc::clone(&stop),
+        key,
+        stop: Arc::clone(stop),
         pg: None,
         redis: None,
         state: None,
         summary: Summary {
-            stream: settings.stream_key.clone(),
+            stream: key.to_string(),
             ..Summary::default()
         },
         progress: ProgressBar::hidden(),
@@ -256,14 +280,22 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         partitions: partitions::Known::default(),
     };
     if !args.follow && !run.take_turn()? {
-        return Ok(Exit::Success);
+        return Ok(());
     }
-    let mut backoff = Backoff::new("transfer cannot go on", &stop);
-    let mut restarts = 0;
+    let mut backoff = Backoff::new("transfer cannot go on", stop);
+    let (mut restarts, mut redirects) = (0, 0);
     let outcome = loop {
         let before = run.summary.entries();
         match run.session() {
             Ok(()) => break Ok(()),
+            Err(Fault::Transient(err))
+                if settings.redis_cluster.is_none() && cluster::is_redirect(&err) =>
+            {
+                break Err(err.context(
+                    "Redis answered with a redirection: it is a cluster node — pass --redis-cluster \
+                     (GENALYTICS_REDIS_CLUSTER=1)",
+                ));
+            }
             Err(Fault::Transient(err)) if args.follow => {
                 // A connection a fault left behind may be dead: the next
                 // session makes a new one.
@@ -282,14 +314,22 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
                 run.redis = None;
                 restarts += 1;
             }
+            // The key's slot is moving to another node (a reshard, a
+            // failover): the next session asks the cluster where it is,
+            // after a pause that lets a migration finish.
+            Err(Fault::Transient(err)) if cluster::is_redirect(&err) && redirects < 10 => {
+                redirects += 1;
+                tracing::warn!("{err}; asking the cluster where {key} is now");
+                run.redis = None;
+                std::thread::sleep(Duration::from_millis(100 * redirects));
+            }
             Err(Fault::Transient(err) | Fault::Fatal(err)) => break Err(err),
         }
     };
     run.progress.finish_and_clear();
     service::stopping();
     outcome?;
-    run.finish(started)?;
-    Ok(Exit::Success)
+    run.finish(started)
 }
 
 impl Summary {
@@ -336,7 +376,8 @@ impl Run<'_> {
 
     fn redis(&mut self) -> Result<&mut redis::Connection, Fault> {
         if self.redis.is_none() {
-            self.redis = Some(stream::connect(&self.settings.redis).map_err(Fault::of_redis)?);
+            self.redis =
+                Some(stream::connect_key(self.settings, self.key).map_err(Fault::of_redis)?);
         }
         Ok(self.redis.as_mut().expect("connected above"))
     }
@@ -382,7 +423,10 @@ impl Run<'_> {
 
         let plan = ReadPlan {
             key: key.to_string(),
-            redis: self.settings.redis.target(),
+            redis: match self.settings.redis_cluster {
+                Some(_) => format!("the cluster of {}", self.settings.redis.target()),
+                None => self.settings.redis.target(),
+            },
             after: position,
             until: if self.args.follow { None } else { info.last_id },
             batch_size: self.args.batch_size as usize,
@@ -400,7 +444,7 @@ impl Run<'_> {
         if !plan.follow && plan.until.is_none_or(|until| until <= position) {
             return Ok(());
         }
-        let reader_con = stream::connect(&self.settings.redis).map_err(Fault::of_redis)?;
+        let reader_con = stream::connect_key(self.settings, self.key).map_err(Fault::of_redis)?;
         self.in_flight.store(0, Ordering::Relaxed);
         let (sender, batches) = sync_channel::<Message>(1);
         let reader = std::thread::Builder::new()
@@ -738,7 +782,9 @@ impl Run<'_> {
     }
 
     fn progress_bar(&mut self, info: &StreamInfo) -> Result<ProgressBar, Fault> {
-        if self.settings.quiet || !std::io::stderr().is_terminal() {
+        // Streams side by side would draw over each other's bars.
+        let alone = self.settings.streams.len() == 1 && !is_pattern(&self.settings.stream_key);
+        if self.settings.quiet || !alone || !std::io::stderr().is_terminal() {
             return Ok(ProgressBar::hidden());
         }
         if self.args.follow {
@@ -775,7 +821,7 @@ impl Run<'_> {
 /// a rare need, for a large row PostgreSQL refused); none if it is gone or
 /// Redis cannot say.
 fn refetch(settings: &Settings, key: &str, id: EntryId) -> Option<crate::event::RawFields> {
-    let mut con = stream::connect(&settings.redis).ok()?;
+    let mut con = stream::connect_key(settings, key).ok()?;
     let entry = reader::entry_at(&mut con, key, id).ok()??;
     Some(entry.fields)
 }
@@ -1144,6 +1190,20 @@ impl Reading<'_> {
 
     fn read_error(&self, err: &anyhow::Error) -> Fault {
         let transient = stream::is_transient(err);
+        if let Some(redis) = err
+            .downcast_ref::<redis::RedisError>()
+            .filter(|redis| matches!(redis.code(), Some("MOVED" | "ASK")))
+        {
+            // Kept as the cause: the run asks the cluster where the key is.
+            return Fault::Transient(anyhow::Error::new(redis.clone()).context(format!(
+                "cannot read the stream {} from Redis at {}: it answered {} {} (the key's slot is \
+                 served elsewhere now); what was read before is stored",
+                self.plan.key,
+                self.plan.redis,
+                redis.code().unwrap_or_default(),
+                stream::describe(redis)
+            )));
+        }
         let reason = match err.downcast_ref::<redis::RedisError>() {
             Some(redis) if redis.is_connection_dropped() || redis.is_io_error() => {
                 format!("the connection was lost ({})", stream::describe(redis))

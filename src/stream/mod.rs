@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 
-use crate::config::RedisUrl;
+use crate::config::{RedisUrl, Settings};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for one reply; blocking reads ask for far less.
@@ -18,6 +18,15 @@ const IO_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct ConnectError {
     pub message: String,
     pub transient: bool,
+}
+
+/// A connection to the server that holds `key`: Redis, or the cluster
+/// master that owns the key's slot.
+pub fn connect_key(settings: &Settings, key: &str) -> anyhow::Result<redis::Connection> {
+    match &settings.redis_cluster {
+        Some(seeds) => cluster::connect_owner(seeds, key),
+        None => connect(&settings.redis),
+    }
 }
 
 /// Opens one connection and checks it answers; the error says where it tried.
@@ -79,7 +88,16 @@ fn is_transient_redis(err: &redis::RedisError) -> bool {
         || err.is_timeout()
         || matches!(
             err.code(),
-            Some("LOADING" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "BUSY")
+            Some(
+                "LOADING"
+                    | "TRYAGAIN"
+                    | "CLUSTERDOWN"
+                    | "MASTERDOWN"
+                    | "READONLY"
+                    | "BUSY"
+                    | "MOVED"
+                    | "ASK"
+            )
         )
 }
 
@@ -129,6 +147,7 @@ pub fn describe(err: &redis::RedisError) -> String {
     }
 }
 
+pub mod cluster;
 pub mod id;
 pub mod identity;
 pub mod pack;

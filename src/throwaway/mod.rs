@@ -16,7 +16,7 @@ mod postgres;
 mod redis;
 
 pub use self::postgres::Postgres;
-pub use self::redis::Redis;
+pub use self::redis::{Redis, RedisCluster};
 
 use std::fs;
 use std::net::TcpListener;

@@ -19,6 +19,8 @@ pub struct Redis {
     tls: Option<(PathBuf, PathBuf)>,
     /// Outlives this process (`demo --keep`) instead of dying with it.
     detached: bool,
+    /// A cluster node, with its cluster bus on this port.
+    cluster_bus: Option<u16>,
     port: u16,
     child: Option<Child>,
     dir: TempDir,
@@ -41,13 +43,23 @@ impl Redis {
     }
 
     fn launch_new(detached: bool, tls: Option<(PathBuf, PathBuf)>) -> anyhow::Result<Redis> {
+        Self::launch_node(super::random_password(), detached, tls, false)
+    }
+
+    fn launch_node(
+        password: String,
+        detached: bool,
+        tls: Option<(PathBuf, PathBuf)>,
+        cluster: bool,
+    ) -> anyhow::Result<Redis> {
         let program = redis_program()?;
         let dir = super::private_dir("genalytics-redis-")?;
         let mut server = Redis {
             program,
-            password: super::random_password(),
+            password,
             tls,
             detached,
+            cluster_bus: None,
             port: 0,
             child: None,
             dir,
@@ -55,6 +67,9 @@ impl Redis {
         let log = server.log();
         launch_on_free_port(&log, |port| {
             server.port = port;
+            if cluster {
+                server.cluster_bus = Some(super::free_port()?);
+            }
             server.launch()
         })?;
         Ok(server)
@@ -77,6 +92,16 @@ impl Redis {
                     .arg(key)
                     .args(["--tls-auth-clients", "no"]);
             }
+        }
+        if let Some(bus) = self.cluster_bus {
+            command
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .arg("--cluster-port")
+                .arg(bus.to_string())
+                .arg("--cluster-config-file")
+                .arg(self.dir.path().join("nodes.conf"))
+                .arg("--masterauth")
+                .arg(&self.password);
         }
         command
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
@@ -194,4 +219,198 @@ fn ping(url: &str) -> bool {
         .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(1)))
         .and_then(|mut con| redis::cmd("PING").query::<String>(&mut con))
         .is_ok()
+}
+
+/// A private Redis Cluster of masters on free ports of 127.0.0.1, sharing
+/// one password, the slots split evenly among them.
+pub struct RedisCluster {
+    nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub fn start(masters: usize) -> anyhow::Result<RedisCluster> {
+        Self::start_with(masters, false)
+    }
+
+    /// Like [`RedisCluster::start`], but the nodes outlive this process
+    /// ([`RedisCluster::keep`]).
+    pub fn start_detached(masters: usize) -> anyhow::Result<RedisCluster> {
+        Self::start_with(masters, true)
+    }
+
+    fn start_with(masters: usize, detached: bool) -> anyhow::Result<RedisCluster> {
+        anyhow::ensure!(masters >= 1, "a cluster needs a master");
+        let password = super::random_password();
+        let nodes = (0..masters)
+            .map(|_| Redis::launch_node(password.clone(), detached, None, true))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let cluster = RedisCluster { nodes };
+        let mut first = cluster.nodes[0].connection()?;
+        for node in &cluster.nodes[1..] {
+            redis::cmd("CLUSTER")
+                .arg("MEET")
+                .arg("127.0.0.1")
+                .arg(node.port)
+                .arg(node.cluster_bus.expect("a cluster node"))
+                .query::<()>(&mut first)
+                .context("cannot introduce the cluster's nodes")?;
+        }
+        let per_node = 16_384 / masters;
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            let start = i * per_node;
+            let end = if i + 1 == masters {
+                16_383
+            } else {
+                start + per_node - 1
+            };
+            redis::cmd("CLUSTER")
+                .arg("ADDSLOTSRANGE")
+                .arg(start)
+                .arg(end)
+                .query::<()>(&mut node.connection()?)
+                .context("cannot give the cluster's slots to its nodes")?;
+        }
+        cluster.wait_until_ok()?;
+        Ok(cluster)
+    }
+
+    /// Waits until every node sees every other and every slot served.
+    fn wait_until_ok(&self) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        let want = format!("cluster_known_nodes:{}", self.nodes.len());
+        loop {
+            let ok = self.nodes.iter().all(|node| {
+                node.connection()
+                    .and_then(|mut con| {
+                        Ok(redis::cmd("CLUSTER")
+                            .arg("INFO")
+                            .query::<String>(&mut con)?)
+                    })
+                    .is_ok_and(|info| info.contains("cluster_state:ok") && info.contains(&want))
+            });
+            if ok {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(60),
+                "the throwaway Redis cluster did not come together within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The seed nodes, comma-separated, as `REDIS_URL` takes them.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(Redis::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn nodes(&self) -> &[Redis] {
+        &self.nodes
+    }
+
+    /// The node that holds `key`.
+    pub fn owner_of(&self, key: &str) -> anyhow::Result<usize> {
+        let slot = self.slot_of(key)?;
+        for (i, node) in self.nodes.iter().enumerate() {
+            let mut con = node.connection()?;
+            let myself: String = redis::cmd("CLUSTER").arg("MYID").query(&mut con)?;
+            let nodes: String = redis::cmd("CLUSTER").arg("NODES").query(&mut con)?;
+            let owns = nodes
+                .lines()
+                .find(|line| line.starts_with(&myself))
+                .is_some_and(|line| owns_slot(line, slot));
+            if owns {
+                return Ok(i);
+            }
+        }
+        anyhow::bail!("no node of the cluster owns the slot of {key}")
+    }
+
+    fn slot_of(&self, key: &str) -> anyhow::Result<u16> {
+        Ok(redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut self.nodes[0].connection()?)?)
+    }
+
+    /// Moves `key`'s slot, and the key, from the node that owns it to the
+    /// next one, as a reshard does (`MIGRATING`/`IMPORTING`, `MIGRATE`,
+    /// `SETSLOT … NODE`): clients of the old owner get `ASK`, then `MOVED`.
+    /// Returns the new owner.
+    pub fn move_slot_of(&self, key: &str) -> anyhow::Result<usize> {
+        let slot = self.slot_of(key)?;
+        let from = self.owner_of(key)?;
+        let to = (from + 1) % self.nodes.len();
+        let id = |i: usize| -> anyhow::Result<String> {
+            Ok(redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query(&mut self.nodes[i].connection()?)?)
+        };
+        let (from_id, to_id) = (id(from)?, id(to)?);
+        let mut source = self.nodes[from].connection()?;
+        let mut target = self.nodes[to].connection()?;
+        redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("IMPORTING")
+            .arg(&from_id)
+            .query::<()>(&mut target)?;
+        redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("MIGRATING")
+            .arg(&to_id)
+            .query::<()>(&mut source)?;
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100)
+                .query(&mut source)?;
+            if keys.is_empty() {
+                break;
+            }
+            redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(self.nodes[to].port)
+                .arg("")
+                .arg(0)
+                .arg(10_000)
+                .arg("AUTH")
+                .arg(&self.nodes[to].password)
+                .arg("KEYS")
+                .arg(&keys)
+                .query::<()>(&mut source)?;
+        }
+        for node in &self.nodes {
+            redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("NODE")
+                .arg(&to_id)
+                .query::<()>(&mut node.connection()?)?;
+        }
+        Ok(to)
+    }
+
+    /// Leaves the nodes running; their process IDs.
+    pub fn keep(self) -> Vec<u32> {
+        self.nodes.into_iter().filter_map(Redis::keep).collect()
+    }
+}
+
+/// Whether a `CLUSTER NODES` line lists `slot` among its slots
+/// (`0-5460 7000 …`, after the eighth field).
+fn owns_slot(line: &str, slot: u16) -> bool {
+    line.split(' ').skip(8).any(|range| {
+        let (start, end) = range.split_once('-').unwrap_or((range, range));
+        match (start.parse::<u16>(), end.parse::<u16>()) {
+            (Ok(start), Ok(end)) => (start..=end).contains(&slot),
+            _ => false,
+        }
+    })
 }

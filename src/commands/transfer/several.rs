@@ -1,0 +1,174 @@
+//! Several streams in one run (`--stream` more than once, or a pattern such
+//! as `genonaut:generation_events:stream:*`). Each stream is transferred as
+//! it would be alone — its own connections, lock and position, its own
+//! summary line — so running them side by side changes nothing about
+//! exactly-once. A run that ends shares `--parallel` workers among the
+//! streams; `--follow` gives every stream a worker of its own, picks up
+//! streams a pattern comes to match, and stops them all (committing what
+//! they read) when one fails for good, so that a supervisor restarts it.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::{Args, transfer_stream};
+use crate::config::{Settings, is_pattern};
+use crate::error::Exit;
+use crate::stream;
+
+/// How often `--follow` looks for new streams matching a pattern.
+const RESCAN: Duration = Duration::from_secs(5);
+
+pub fn run(args: &Args, settings: &Settings, stop: &Arc<AtomicBool>) -> anyhow::Result<Exit> {
+    let keys = resolve(settings)?;
+    if keys.is_empty() && !args.follow {
+        tracing::warn!(
+            "no stream matches {}; nothing to transfer",
+            settings.streams.join(", ")
+        );
+        return Ok(Exit::Success);
+    }
+    let failed: Mutex<Vec<(String, anyhow::Error)>> = Mutex::new(Vec::new());
+    let transfer = |key: &str| {
+        if let Err(err) = transfer_stream(args, settings, key, stop) {
+            tracing::error!("transfer of {key} failed: {err:#}");
+            failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((key.to_string(), err));
+            if args.follow {
+                // The others commit what they read and stop too: a
+                // supervisor restarts the whole service.
+                stop.store(true, Ordering::SeqCst);
+            }
+        }
+    };
+    if args.follow {
+        follow(settings, stop, keys, &transfer);
+    } else {
+        let queue = Mutex::new(keys.iter().cloned().collect::<VecDeque<String>>());
+        let next = || {
+            queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop_front()
+        };
+        let workers = usize::from(args.parallel).min(keys.len());
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| {
+                    while let Some(key) = next() {
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        transfer(&key);
+                    }
+                });
+            }
+        });
+    }
+    let failed = failed
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match failed.len() {
+        0 => Ok(Exit::Success),
+        n => {
+            let names = failed
+                .iter()
+                .map(|(key, _)| key.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let (_, first) = failed.into_iter().next().expect("one failed");
+            Err(first.context(format!(
+                "{n} of the streams failed ({names}); the others were transferred"
+            )))
+        }
+    }
+}
+
+/// Every stream its own worker until a stop; streams that come to match a
+/// pattern get theirs at the next look.
+fn follow(
+    settings: &Settings,
+    stop: &AtomicBool,
+    mut keys: BTreeSet<String>,
+    transfer: &(dyn Fn(&str) + Sync),
+) {
+    let patterns = settings.streams.iter().any(|s| is_pattern(s));
+    std::thread::scope(|scope| {
+        let mut started: BTreeSet<String> = BTreeSet::new();
+        loop {
+            for key in keys.difference(&started) {
+                let key = key.clone();
+                tracing::info!("following {key}");
+                scope.spawn(move || transfer(&key));
+            }
+            started.extend(keys);
+            let look = Instant::now() + RESCAN;
+            while Instant::now() < look && !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if stop.load(Ordering::SeqCst) || !patterns {
+                // Without a pattern there is nothing new to look for; the
+                // workers end at the stop.
+                if !patterns {
+                    while !stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                return;
+            }
+            keys = match resolve(settings) {
+                Ok(keys) => keys,
+                Err(err) => {
+                    tracing::warn!("cannot look for new streams: {err:#}");
+                    BTreeSet::new()
+                }
+            };
+        }
+    });
+}
+
+/// The streams the `--stream` values name: keys as given, patterns matched
+/// against the stream keys Redis holds (`SCAN … TYPE stream`).
+fn resolve(settings: &Settings) -> anyhow::Result<BTreeSet<String>> {
+    let mut keys: BTreeSet<String> = settings
+        .streams
+        .iter()
+        .filter(|s| !is_pattern(s))
+        .cloned()
+        .collect();
+    let patterns: Vec<&String> = settings.streams.iter().filter(|s| is_pattern(s)).collect();
+    if patterns.is_empty() {
+        return Ok(keys);
+    }
+    // Each node of a cluster lists only its own keys.
+    let nodes = match &settings.redis_cluster {
+        Some(seeds) => stream::cluster::masters(seeds)?,
+        None => vec![settings.redis.clone()],
+    };
+    for (node, pattern) in nodes
+        .iter()
+        .flat_map(|n| patterns.iter().map(move |p| (n, p)))
+    {
+        let mut con = stream::connect(node)?;
+        let found: Vec<String> = redis::cmd("SCAN")
+            .cursor_arg(0)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .arg("TYPE")
+            .arg("stream")
+            .clone()
+            .iter(&mut con)
+            .with_context(|| format!("cannot list the streams matching {pattern}"))?
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("cannot list the streams matching {pattern}"))?;
+        keys.extend(found);
+    }
+    Ok(keys)
+}
