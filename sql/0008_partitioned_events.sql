@@ -13,9 +13,15 @@
 -- a position set back by hand: an entry read again has the same timestamp,
 -- so it meets its stored copy in the same partition.
 
--- Days from here to the sane limit get partitions; events dated outside
--- (before 2000, or more than a week ahead) go to the default partition, so
--- hostile timestamps cannot create thousands of tables.
+-- Times below are written and read as text (partition bounds): in ISO and
+-- UTC, whatever the database's or role's DateStyle and TimeZone, so no
+-- zone abbreviation is read back as another zone's.
+SET LOCAL DateStyle = 'ISO, YMD';
+SET LOCAL TimeZone = 'UTC';
+
+-- Days from 2000 to a week ahead get partitions of their own; events dated
+-- outside go to the default partition, so a clock years ahead (broken or
+-- hostile) makes no tables.
 CREATE FUNCTION genalytics_partition_day_sane(day date) RETURNS boolean
 LANGUAGE sql STABLE AS $$
     SELECT day >= DATE '2000-01-01' AND day < (now() AT TIME ZONE 'UTC')::date + 8
@@ -28,7 +34,25 @@ DECLARE
     adopted text;
     stray bigint;
     id_sequence text;
+    dependents text;
+    grant_ record;
 BEGIN
+    -- What the conversion cannot carry over is refused with its name,
+    -- before anything changes.
+    IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'generation_events'::regclass
+               AND attname = 'id' AND attidentity <> '') THEN
+        RAISE EXCEPTION 'generation_events.id is an identity column; genalytics expects BIGSERIAL (SPEC §3): '
+            'make it one (ALTER TABLE generation_events ALTER COLUMN id DROP IDENTITY, with a sequence '
+            'as its default) and migrate again';
+    END IF;
+    SELECT string_agg(DISTINCT r.ev_class::regclass::text, ', ') INTO dependents
+    FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+    WHERE d.refobjid = 'generation_events'::regclass AND r.ev_class <> 'generation_events'::regclass;
+    IF dependents IS NOT NULL THEN
+        RAISE EXCEPTION 'views depend on generation_events (%): drop them, migrate, and create them again '
+            '(they would go on showing only the rows of the table as it was)', dependents;
+    END IF;
+
     ALTER TABLE generation_events RENAME TO genalytics_events_unpartitioned;
     -- Columns, types and defaults (the id sequence included) as they are,
     -- whatever the original service or an earlier genalytics made them.
@@ -52,10 +76,23 @@ BEGIN
     CREATE INDEX generation_events_time_idx
         ON generation_events ("timestamp" DESC);
 
-    CREATE TABLE generation_events_default (LIKE generation_events INCLUDING DEFAULTS);
+    -- Whoever could read or write the table can read or write the new one
+    -- (partitions are reached through it, with its privileges).
+    FOR grant_ IN
+        SELECT a.privilege_type, a.grantee
+        FROM pg_class c, aclexplode(c.relacl) a
+        WHERE c.oid = 'genalytics_events_unpartitioned'::regclass AND a.grantee <> c.relowner
+    LOOP
+        EXECUTE format('GRANT %s ON generation_events TO %s', grant_.privilege_type,
+            CASE WHEN grant_.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(grant_.grantee)) END);
+    END LOOP;
 
+    CREATE TABLE generation_events_default
+        (LIKE generation_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+
+    -- The newest event short of the sane limit, through the time index.
     SELECT max("timestamp") INTO newest FROM genalytics_events_unpartitioned
-    WHERE genalytics_partition_day_sane(("timestamp" AT TIME ZONE 'UTC')::date);
+    WHERE "timestamp" < ((now() AT TIME ZONE 'UTC')::date + 8)::timestamp AT TIME ZONE 'UTC';
     IF newest IS NULL THEN
         -- Nothing sane to keep in place: any stray rows move to the
         -- default partition and the empty table goes.
@@ -88,27 +125,36 @@ $$;
 
 -- The partitions with their ranges. lo is NULL for MINVALUE, hi for
 -- MAXVALUE; both NULL for the default partition. Bounds are read back from
--- PostgreSQL's own text in this session, so its settings cannot mislead.
-CREATE VIEW genalytics_event_partitions AS
-SELECT c.oid::regclass AS partition,
-       c.relname::text AS name,
-       b.bound = 'DEFAULT' AS is_default,
-       CASE WHEN m[1] LIKE '''%' THEN trim(BOTH '''' FROM m[1])::timestamptz END AS lo,
-       CASE WHEN m[2] LIKE '''%' THEN trim(BOTH '''' FROM m[2])::timestamptz END AS hi
+-- PostgreSQL's own text, in ISO and UTC whatever the session's settings.
+CREATE FUNCTION genalytics_event_partition_list()
+RETURNS TABLE (partition regclass, name text, is_default boolean, lo timestamptz, hi timestamptz)
+LANGUAGE sql STABLE SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' AS $$
+SELECT c.oid::regclass,
+       c.relname::text,
+       b.bound = 'DEFAULT',
+       CASE WHEN m[1] LIKE '''%' THEN trim(BOTH '''' FROM m[1])::timestamptz END,
+       CASE WHEN m[2] LIKE '''%' THEN trim(BOTH '''' FROM m[2])::timestamptz END
 FROM pg_inherits i
 JOIN pg_class c ON c.oid = i.inhrelid
 CROSS JOIN LATERAL (SELECT pg_get_expr(c.relpartbound, c.oid) AS bound) b
 LEFT JOIN LATERAL regexp_match(b.bound, '^FOR VALUES FROM \((.*)\) TO \((.*)\)$') m ON true
-WHERE i.inhparent = 'generation_events'::regclass;
+WHERE i.inhparent = 'generation_events'::regclass
+$$;
+CREATE VIEW genalytics_event_partitions AS SELECT * FROM genalytics_event_partition_list();
 
 -- Creates the partition for one UTC day unless a partition already covers
 -- it or the day is outside the sane range; returns whether it created one.
 -- Rows the default partition holds for that day move into it. Attaching
 -- needs only a SHARE UPDATE EXCLUSIVE lock on generation_events (CREATE
 -- TABLE … PARTITION OF would need an exclusive one), so transfers and
--- reports go on meanwhile. Concurrent callers are serialised.
+-- reports go on meanwhile; a lock not had within 10 s is an error, and
+-- transfer then stores the day's events in the default partition.
+-- Concurrent callers are serialised. It runs with the rights of the role
+-- that migrated (who owns the table), so a transfer role that may only
+-- insert can still make the partitions its events need.
 CREATE FUNCTION genalytics_create_event_partition(day date) RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER
+SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET lock_timeout = '10s' AS $$
 DECLARE
     day_lo timestamptz := (day::timestamp AT TIME ZONE 'UTC');
     day_hi timestamptz := ((day + 1)::timestamp AT TIME ZONE 'UTC');
@@ -145,6 +191,15 @@ BEGIN
         part_name, day_lo, day_hi);
     EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', part_name, part_name || '_range');
     RETURN true;
+END
+$$;
+
+-- A SECURITY DEFINER function resolves names in the schema it was made
+-- for, never in one a caller put first on its search_path.
+DO $$
+BEGIN
+    EXECUTE format('ALTER FUNCTION genalytics_create_event_partition(date) SET search_path = %I, pg_temp',
+        current_schema());
 END
 $$;
 

@@ -33,29 +33,33 @@ impl Settings {
             .filter(|url| !url.trim().is_empty())
             .map(DatabaseUrl::parse)
             .transpose()?;
-        let seeds = args
-            .redis_url
-            .split(',')
-            .map(str::trim)
-            .filter(|url| !url.is_empty())
-            .map(RedisUrl::parse)
-            .collect::<Result<Vec<_>, _>>()?;
-        let redis = match seeds.first() {
-            Some(first) if seeds.len() == 1 || args.redis_cluster => first.clone(),
-            Some(_) => {
-                return Err(UsageError(
-                    "REDIS_URL names several servers, which only a cluster has: pass --redis-cluster \
-                     (GENALYTICS_REDIS_CLUSTER=1) or give one URL"
-                        .into(),
-                ));
-            }
-            None => {
-                return Err(UsageError(
-                    "the Redis URL (REDIS_URL / --redis-url) is empty".into(),
-                ));
+        // Only a cluster's URL is a list: a single server's password may
+        // hold a comma.
+        let (redis, redis_cluster) = if args.redis_cluster {
+            let seeds = args
+                .redis_url
+                .split(',')
+                .map(str::trim)
+                .filter(|url| !url.is_empty())
+                .map(RedisUrl::parse)
+                .collect::<Result<Vec<_>, _>>()?;
+            let first = seeds.first().cloned().ok_or_else(|| {
+                UsageError("the Redis URL (REDIS_URL / --redis-url) is empty".into())
+            })?;
+            (first, Some(seeds))
+        } else {
+            match RedisUrl::parse(&args.redis_url) {
+                Ok(url) => (url, None),
+                Err(_) if args.redis_url.contains(",redis") => {
+                    return Err(UsageError(
+                        "REDIS_URL names several servers, which only a cluster has: pass --redis-cluster \
+                         (GENALYTICS_REDIS_CLUSTER=1) or give one URL"
+                            .into(),
+                    ));
+                }
+                Err(err) => return Err(err),
             }
         };
-        let redis_cluster = args.redis_cluster.then_some(seeds);
         if args.stream.iter().any(String::is_empty) {
             return Err(UsageError("--stream must not be empty".into()));
         }
@@ -76,6 +80,12 @@ impl Settings {
             streams,
             quiet: args.quiet,
         })
+    }
+
+    /// Whether more than one stream is named: `--stream` more than once,
+    /// or a pattern.
+    pub fn several_streams(&self) -> bool {
+        self.streams.len() > 1 || is_pattern(&self.stream_key)
     }
 
     /// The database, for commands that need one.

@@ -166,6 +166,19 @@ fn a_table_of_an_older_genalytics_is_partitioned_in_place() {
     db.batch_execute(ROWS).unwrap();
     let before = fingerprint(&mut db);
     assert_eq!(before.0, 2603);
+    // The adopted table's range ends at the day after its newest event
+    // short of the stray one.
+    let newest: DateTime<Utc> = db
+        .query_one(
+            "SELECT max(timestamp) FROM generation_events WHERE timestamp < '2100-01-01'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let cutover = (newest.date_naive() + Duration::days(1))
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
     let storage: u32 = db
         .query_one(
             "SELECT pg_relation_filenode('generation_events')::int8::oid",
@@ -185,7 +198,7 @@ fn a_table_of_an_older_genalytics_is_partitioned_in_place() {
         .unwrap();
     assert_eq!(adopted.get::<_, u32>(0), storage, "the table was rewritten");
     let adopted_name: String = adopted.get(1);
-    let cutover: DateTime<Utc> = adopted.get(2);
+    assert_eq!(adopted.get::<_, DateTime<Utc>>(2), cutover);
     let stray = db
         .query_one(
             "SELECT count(*), min(timestamp) FROM generation_events_default",
@@ -211,24 +224,21 @@ fn a_table_of_an_older_genalytics_is_partitioned_in_place() {
     assert_eq!(reports[0].1["total_requests"], requests);
 
     // Transfer goes on: an entry for a day inside the adopted table, one
-    // for today; read again after a position set back by hand, neither is
-    // stored twice.
+    // for the day after its range (a partition of its own); read again
+    // after a position set back by hand, neither is stored twice.
     let key = older.stream_key();
     let mut con = older.redis();
-    let times = [Utc::now() - Duration::days(2), Utc::now()];
-    let [inside, today] = times.map(|at| at.format("%Y-%m-%dT%H:%M:%S%.6f").to_string());
-    let first = xadd(
-        &mut con,
-        &key,
-        "*",
-        &[("event_type", "request"), ("timestamp", &inside)],
-    );
-    xadd(
-        &mut con,
-        &key,
-        "*",
-        &[("event_type", "request"), ("timestamp", &today)],
-    );
+    let inside = cutover - Duration::days(2);
+    let after = cutover + Duration::hours(30);
+    for at in [inside, after] {
+        let at = at.format("%Y-%m-%dT%H:%M:%S%.6f").to_string();
+        xadd(
+            &mut con,
+            &key,
+            "*",
+            &[("event_type", "request"), ("timestamp", &at)],
+        );
+    }
     older
         .genalytics()
         .args(["transfer", "-q", "--keep", "100h"])
@@ -238,13 +248,12 @@ fn a_table_of_an_older_genalytics_is_partitioned_in_place() {
         2605
     );
     let sql = format!("SELECT count(*) FROM \"{adopted_name}\" WHERE stream_id IS NOT NULL");
-    let in_adopted = times.iter().filter(|at| **at < cutover).count() as i64;
-    assert!(in_adopted >= 1);
-    assert_eq!(
-        count(&mut db, &sql),
-        in_adopted,
-        "entries before {cutover} go to the adopted table"
+    assert_eq!(count(&mut db, &sql), 1, "the entry before {cutover}");
+    let own = format!(
+        "SELECT count(*) FROM generation_events_p{} WHERE stream_id IS NOT NULL",
+        after.format("%Y%m%d")
     );
+    assert_eq!(count(&mut db, &own), 1, "the entry after {cutover}");
     db.execute("UPDATE genalytics_transfer_state SET last_id = '0-0'", &[])
         .unwrap();
     let ran = older.genalytics().arg("transfer").ok();
@@ -258,7 +267,6 @@ fn a_table_of_an_older_genalytics_is_partitioned_in_place() {
         count(&mut db, "SELECT count(*) FROM generation_events"),
         2605
     );
-    assert!(!first.is_empty());
 }
 
 #[test]
@@ -283,7 +291,8 @@ fn a_partition_that_cannot_be_made_sends_its_events_to_the_default_one() {
         ran.stdout
     );
     assert!(
-        ran.stderr.contains("cannot create the partitions of 2020-01-05"),
+        ran.stderr
+            .contains("cannot create the partition of 2020-01-05"),
         "{}",
         ran.stderr
     );
@@ -296,4 +305,79 @@ fn a_partition_that_cannot_be_made_sends_its_events_to_the_default_one() {
         count(&mut db, "SELECT count(*) FROM generation_events_p20200105"),
         0
     );
+}
+
+#[test]
+fn partition_bounds_are_utc_days_whatever_the_sessions_settings() {
+    crate::harness::clear_of_hour_turn(120);
+    let env = TestEnv::new();
+    let mut db = env.db();
+    // Settings that print times with a zone abbreviation PostgreSQL reads
+    // back as another zone (IST: India here, Israel when parsed).
+    db.batch_execute(
+        "DO $$ BEGIN
+             EXECUTE format('ALTER DATABASE %I SET DateStyle = ''SQL, DMY''', current_database());
+             EXECUTE format('ALTER DATABASE %I SET TimeZone = ''Asia/Kolkata''', current_database());
+         END $$",
+    )
+    .unwrap();
+    env.genalytics().args(["migrate", "-q"]).ok();
+    // A day's event at 23:30 UTC, backfilled: its partition is made by
+    // transfer, and holds it.
+    let day = (Utc::now() - Duration::days(3)).date_naive();
+    let at = day.and_hms_opt(23, 30, 0).unwrap().and_utc();
+    let mut con = env.redis();
+    let when = at.format("%Y-%m-%dT%H:%M:%S").to_string();
+    xadd(
+        &mut con,
+        &env.stream_key(),
+        "*",
+        &[("event_type", "request"), ("timestamp", &when)],
+    );
+    env.genalytics().arg("transfer").ok();
+    let mut db = env.db();
+    db.batch_execute("SET DateStyle = 'ISO'; SET TimeZone = 'UTC'")
+        .unwrap();
+    let name = format!("generation_events_p{}", day.format("%Y%m%d"));
+    let bound: String = db
+        .query_one(
+            "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = $1",
+            &[&name],
+        )
+        .unwrap()
+        .get(0);
+    let next = day + Duration::days(1);
+    assert_eq!(
+        bound,
+        format!("FOR VALUES FROM ('{day} 00:00:00+00') TO ('{next} 00:00:00+00')")
+    );
+    let sql = format!("SELECT count(*) FROM \"{name}\"");
+    assert_eq!(count(&mut db, &sql), 1);
+}
+
+#[test]
+fn a_table_with_views_on_it_is_refused_by_name_and_left_as_it_was() {
+    let env = TestEnv::new();
+    let mut db = env.db();
+    genalytics::db::migrations::apply_through(&mut db, 7).unwrap();
+    db.batch_execute(
+        "CREATE VIEW recent_requests AS
+             SELECT * FROM generation_events WHERE event_type = 'request'",
+    )
+    .unwrap();
+    let ran = env.genalytics().arg("migrate").code(1);
+    assert!(
+        ran.stderr
+            .contains("views depend on generation_events (recent_requests)"),
+        "{}",
+        ran.stderr
+    );
+    let kind: i8 = db
+        .query_one(
+            "SELECT relkind::\"char\" FROM pg_class WHERE oid = 'generation_events'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(kind as u8, b'r', "still the plain table");
 }

@@ -13,13 +13,14 @@ pub mod status;
 pub mod transfer;
 
 use crate::cli::Command;
-use crate::config::{Settings, is_pattern};
+use crate::config::Settings;
 use crate::error::Exit;
 use crate::error::UsageError;
 
 pub fn run(command: Command, settings: &Settings) -> anyhow::Result<Exit> {
-    let several = settings.streams.len() > 1 || is_pattern(&settings.stream_key);
-    if several && !matches!(command, Command::Transfer(_) | Command::Completions(_)) {
+    if settings.several_streams()
+        && !matches!(command, Command::Transfer(_) | Command::Completions(_))
+    {
         return Err(UsageError(
             "--stream more than once, or a pattern, is for transfer; give this command one stream key"
                 .into(),

@@ -27,7 +27,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::config::{Settings, is_pattern};
+use crate::config::Settings;
 use crate::db::events::{self, BATCH_BYTES, Claim, Outcome, Prepared};
 use crate::db::streams::{self, PositionMoved, TransferState};
 use crate::db::{self, partitions};
@@ -244,7 +244,7 @@ struct Run<'a> {
 
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     let stop = crate::interrupt::install()?;
-    if settings.streams.len() == 1 && !is_pattern(&settings.stream_key) {
+    if !settings.several_streams() {
         transfer_stream(args, settings, &settings.stream_key, &stop)?;
         return Ok(Exit::Success);
     }
@@ -318,6 +318,10 @@ fn transfer_stream(
             // failover): the next session asks the cluster where it is,
             // after a pause that lets a migration finish.
             Err(Fault::Transient(err)) if cluster::is_redirect(&err) && redirects < 10 => {
+                // Counted since the last session that got work done.
+                if run.summary.entries() > before {
+                    redirects = 0;
+                }
                 redirects += 1;
                 tracing::warn!("{err}; asking the cluster where {key} is now");
                 run.redis = None;
@@ -783,8 +787,10 @@ impl Run<'_> {
 
     fn progress_bar(&mut self, info: &StreamInfo) -> Result<ProgressBar, Fault> {
         // Streams side by side would draw over each other's bars.
-        let alone = self.settings.streams.len() == 1 && !is_pattern(&self.settings.stream_key);
-        if self.settings.quiet || !alone || !std::io::stderr().is_terminal() {
+        if self.settings.quiet
+            || self.settings.several_streams()
+            || !std::io::stderr().is_terminal()
+        {
             return Ok(ProgressBar::hidden());
         }
         if self.args.follow {

@@ -38,13 +38,10 @@ pub const BATCH_BYTES: usize = 4 << 20;
 /// Largest entry whose raw fields a prepared batch keeps beside its row.
 const RAW_KEEP_MAX: usize = 64 << 10;
 
-/// How PostgreSQL names the key of a row that is already stored, in a
-/// unique violation's detail: the partitioned entry key (one index per
-/// partition, each with its own name), or the adopted table's older key.
-const ENTRY_KEYS: &[&str] = &[
-    "Key (stream, stream_id, \"timestamp\")=",
-    "Key (stream, stream_id)=",
-];
+/// The unique index that makes an entry a row once per stream: on the
+/// partitioned table (`sql/0008`), and on a table adopted before it.
+const ENTRY_KEY: &str = "generation_events_stream_entry_time_key";
+const LEGACY_ENTRY_KEY: &str = "generation_events_stream_entry_key";
 
 const COPY_COLUMNS: &str = "stream, stream_id, event_type, generation_id, user_id, timestamp, \
     generation_type, duration_ms, success, error_type, error_message, queue_wait_time_ms, \
@@ -399,8 +396,20 @@ pub fn replay(
 ) -> anyhow::Result<Replayed> {
     let mut prepared = prepare(entries)?;
     set_stream(&mut prepared, stream);
+    // As in transfer: a partition that cannot be made sends its day's
+    // events to the default one.
     let days: Vec<_> = partitions::days_of(&prepared.hours).into_iter().collect();
-    partitions::create(tx, &days)?;
+    let mut attempt = tx.transaction()?;
+    match partitions::create(&mut attempt, &days) {
+        Ok(_) => attempt.commit()?,
+        Err(err) if !crate::db::is_transient(&err) => {
+            attempt.rollback()?;
+            tracing::warn!(
+                "cannot create the partitions these events need: {err:#}; they go to the default partition"
+            );
+        }
+        Err(err) => return Err(err),
+    }
     let RowsStored {
         stored,
         refused,
@@ -566,7 +575,7 @@ fn insert_rows(
         Err(err) => err,
     };
     attempt.rollback()?;
-    if *mode == Mode::Copy && is_entry_key_conflict(&err) {
+    if *mode == Mode::Copy && is_entry_key_conflict(tx, &err)? {
         tracing::warn!("some entries were already stored; skipping them");
         *mode = Mode::Staged;
         return insert_rows(tx, prepared, range, mode, refused);
@@ -634,15 +643,27 @@ fn staged_insert(
     Ok(stored)
 }
 
-fn is_entry_key_conflict(err: &anyhow::Error) -> bool {
-    pg_error(err)
+/// Whether a refusal is the entry key finding rows already stored. Told
+/// by the index's name — one index per partition, each named by
+/// PostgreSQL, all attached to the partitioned key, or the adopted table's
+/// older key — not by the message, which may be translated or, for a role
+/// that may not read the columns, leave the key out.
+fn is_entry_key_conflict(tx: &mut Transaction<'_>, err: &anyhow::Error) -> anyhow::Result<bool> {
+    let Some(index) = pg_error(err)
         .and_then(postgres::Error::as_db_error)
-        .is_some_and(|db| {
-            *db.code() == SqlState::UNIQUE_VIOLATION
-                && db
-                    .detail()
-                    .is_some_and(|detail| ENTRY_KEYS.iter().any(|key| detail.starts_with(key)))
-        })
+        .filter(|db| *db.code() == SqlState::UNIQUE_VIOLATION)
+        .and_then(|db| db.constraint())
+    else {
+        return Ok(false);
+    };
+    Ok(tx
+        .query_one(
+            "SELECT $1 = $2 OR EXISTS (
+                 SELECT 1 FROM pg_partition_tree($3::text::regclass) t
+                 WHERE t.relid = to_regclass(quote_ident($1)))",
+            &[&index, &LEGACY_ENTRY_KEY, &ENTRY_KEY],
+        )?
+        .get(0))
 }
 
 /// Refusals caused by what a row holds: data exceptions (22…), integrity

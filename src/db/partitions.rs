@@ -45,30 +45,34 @@ impl Known {
         if missing.is_empty() {
             return Ok(0);
         }
-        let created = client
-            .transaction()
-            .map_err(anyhow::Error::from)
-            .and_then(|mut tx| {
-                let created = create(&mut tx, &missing)?;
-                tx.commit()?;
-                Ok(created)
-            });
-        let created = match created {
-            Ok(created) => created,
-            Err(err) if crate::db::is_transient(&err) => return Err(err),
-            // Nothing in the data may stop transfer: the events of these
-            // days go to the default partition, stored all the same.
-            Err(err) => {
-                tracing::warn!(
-                    "cannot create the partitions of {}: {err:#}; their events go to the default partition",
-                    missing.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-                );
-                0
+        // A day at a time, each in its own transaction: one that fails
+        // (a table by hand under its name, a lock not had in time) costs
+        // only its own day, and a backfill of years holds no more than one
+        // day's locks at once.
+        let mut created = 0;
+        for day in missing {
+            match create_one(client, day) {
+                Ok(made) => created += u64::from(made),
+                Err(err) if crate::db::is_transient(&err) => return Err(err),
+                // Nothing in the data may stop transfer: the day's events
+                // go to the default partition, stored all the same.
+                Err(err) => tracing::warn!(
+                    "cannot create the partition of {day}: {err:#}; its events go to the default partition"
+                ),
             }
-        };
-        self.days.extend(missing);
+            self.days.insert(day);
+        }
         Ok(created)
     }
+}
+
+fn create_one(client: &mut Client, day: NaiveDate) -> anyhow::Result<bool> {
+    let mut tx = client.transaction()?;
+    let made: bool = tx
+        .query_one("SELECT genalytics_create_event_partition($1)", &[&day])?
+        .get(0);
+    tx.commit()?;
+    Ok(made)
 }
 
 /// Creates the partitions `days` need, in the caller's transaction (which
@@ -152,9 +156,22 @@ pub fn detach_for_drop(client: &mut Client, partition: &Partition) -> anyhow::Re
     let mut tx = client.transaction()?;
     // Names come from the catalog; quoted as identifiers all the same.
     let name = quote_ident(&partition.name);
-    tx.batch_execute(&format!(
+    // Detaching locks the whole table for an instant; waiting long for it
+    // (behind a long report) would hold every transfer behind this prune.
+    // Not had in 5 s, the partition waits for the next prune.
+    tx.batch_execute("SET LOCAL lock_timeout = '5s'")?;
+    if let Err(err) = tx.batch_execute(&format!(
         "ALTER TABLE generation_events DETACH PARTITION {name}"
-    ))?;
+    )) {
+        if err.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+            tracing::warn!(
+                "{} was busy; it is dropped by a later prune and its events stay until then",
+                partition.name
+            );
+            return Ok(false);
+        }
+        return Err(err.into());
+    }
     let busy: bool = tx
         .query_one(waiting, &[&partition.lo, &partition.hi])?
         .get(0);
@@ -181,16 +198,29 @@ pub fn drop_detached(client: &mut Client) -> anyhow::Result<(u64, i64)> {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let mut rows = 0;
+    let (mut dropped, mut rows) = (0, 0);
     for name in &names {
         let table = quote_ident(name);
-        let count: i64 = client
-            .query_one(&format!("SELECT count(*) FROM {table}"), &[])?
-            .get(0);
-        client.batch_execute(&format!("DROP TABLE {table}"))?;
-        rows += count;
+        // Counted for the summary: no one writes a detached table.
+        let gone = client
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .and_then(|row| {
+                client.batch_execute(&format!("DROP TABLE {table}"))?;
+                Ok(row.get::<_, i64>(0))
+            })
+            .map_err(anyhow::Error::from);
+        match gone {
+            Ok(count) => {
+                dropped += 1;
+                rows += count;
+            }
+            Err(err) if crate::db::is_transient(&err) => return Err(err),
+            // Something of the operator's depends on it (a view): prune
+            // goes on, and says so until it can drop it.
+            Err(err) => tracing::warn!("cannot drop {name}, a pruned partition: {err:#}"),
+        }
     }
-    Ok((names.len() as u64, rows))
+    Ok((dropped, rows))
 }
 
 fn quote_ident(name: &str) -> String {

@@ -7,7 +7,7 @@
 //! `ASK`, or goes away: the error is transient, and the next session asks
 //! the cluster again and connects to the new owner.
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, anyhow};
 use redis::Value;
 
 use crate::config::RedisUrl;
@@ -53,26 +53,35 @@ pub fn masters(seeds: &[RedisUrl]) -> anyhow::Result<Vec<RedisUrl>> {
     })
 }
 
-/// Runs `ask` on the first seed that can be reached; a seed that answers
-/// but is not a cluster is an error at once.
+/// Runs `ask` on the seeds in turn until one answers it; a seed that is
+/// not a cluster node is an error at once.
 fn ask_seeds<T>(
     seeds: &[RedisUrl],
     mut ask: impl FnMut(&RedisUrl, &mut redis::Connection) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let mut unreachable = None;
+    let mut last = None;
     for seed in seeds {
-        match super::connect(seed) {
-            Ok(mut con) => return ask(seed, &mut con),
+        let asked = super::connect(seed).and_then(|mut con| ask(seed, &mut con));
+        match asked {
+            Ok(answer) => return Ok(answer),
+            Err(err) if err.is::<NotACluster>() => return Err(err),
             Err(err) => {
                 tracing::debug!("seed node {} did not answer: {err:#}", seed.target());
-                unreachable = Some(err);
+                last = Some(err);
             }
         }
     }
-    Err(unreachable
+    Err(last
         .unwrap_or_else(|| anyhow!("no Redis seed node given"))
         .context("no seed node of the Redis cluster answered (REDIS_URL / --redis-url)"))
 }
+
+/// A seed that is a Redis without cluster support.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "Redis at {0} is not a cluster node (cluster support is disabled): drop --redis-cluster (GENALYTICS_REDIS_CLUSTER)"
+)]
+struct NotACluster(String);
 
 fn cluster_slots(seed: &RedisUrl, con: &mut redis::Connection) -> anyhow::Result<Value> {
     redis::cmd("CLUSTER")
@@ -83,11 +92,7 @@ fn cluster_slots(seed: &RedisUrl, con: &mut redis::Connection) -> anyhow::Result
 
 fn not_a_cluster(seed: &RedisUrl, err: &redis::RedisError) -> anyhow::Error {
     if super::describe(err).contains("cluster support disabled") {
-        return anyhow!(
-            "Redis at {} is not a cluster node (cluster support is disabled): drop --redis-cluster \
-             (GENALYTICS_REDIS_CLUSTER)",
-            seed.target()
-        );
+        return NotACluster(seed.target()).into();
     }
     anyhow::Error::new(err.clone()).context(format!(
         "cannot ask the Redis cluster at {} where keys are",
@@ -152,18 +157,6 @@ pub fn is_redirect(err: &anyhow::Error) -> bool {
             .downcast_ref::<redis::RedisError>()
             .is_some_and(|redis| matches!(redis.code(), Some("MOVED" | "ASK")))
     })
-}
-
-/// Refuses a redirection met without `--redis-cluster`: the server is a
-/// cluster node, and only the cluster knows where keys are.
-pub fn require_cluster_mode(err: &redis::RedisError) -> anyhow::Result<()> {
-    if matches!(err.code(), Some("MOVED" | "ASK")) {
-        bail!(
-            "Redis answered {}: it is a cluster node — pass --redis-cluster (GENALYTICS_REDIS_CLUSTER=1)",
-            err.code().unwrap_or("MOVED")
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

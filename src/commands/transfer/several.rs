@@ -3,9 +3,11 @@
 //! it would be alone — its own connections, lock and position, its own
 //! summary line — so running them side by side changes nothing about
 //! exactly-once. A run that ends shares `--parallel` workers among the
-//! streams; `--follow` gives every stream a worker of its own, picks up
-//! streams a pattern comes to match, and stops them all (committing what
-//! they read) when one fails for good, so that a supervisor restarts it.
+//! streams; `--follow` gives every stream a worker of its own (up to
+//! [`FOLLOW_MAX`]), picks up streams a pattern comes to match, and when one
+//! stream fails for good it says so and tries that one again a minute
+//! later, while the others go on: one shard needing an operator does not
+//! halt the rest.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,13 +18,24 @@ use anyhow::Context;
 
 use super::{Args, transfer_stream};
 use crate::config::{Settings, is_pattern};
-use crate::error::Exit;
+use crate::error::{Exit, UsageError};
 use crate::stream;
 
 /// How often `--follow` looks for new streams matching a pattern.
 const RESCAN: Duration = Duration::from_secs(5);
+/// How long a followed stream that failed waits before it is tried again.
+const RETRY: Duration = Duration::from_secs(60);
+/// Most streams one process follows: each holds a thread and a connection
+/// to each server.
+pub const FOLLOW_MAX: usize = 64;
 
 pub fn run(args: &Args, settings: &Settings, stop: &Arc<AtomicBool>) -> anyhow::Result<Exit> {
+    if args.new_stream {
+        return Err(UsageError(
+            "--new-stream accepts a replaced stream below its position: give the one stream it is for".into(),
+        )
+        .into());
+    }
     let keys = resolve(settings)?;
     if keys.is_empty() && !args.follow {
         tracing::warn!(
@@ -33,16 +46,18 @@ pub fn run(args: &Args, settings: &Settings, stop: &Arc<AtomicBool>) -> anyhow::
     }
     let failed: Mutex<Vec<(String, anyhow::Error)>> = Mutex::new(Vec::new());
     let transfer = |key: &str| {
-        if let Err(err) = transfer_stream(args, settings, key, stop) {
-            tracing::error!("transfer of {key} failed: {err:#}");
-            failed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push((key.to_string(), err));
-            if args.follow {
-                // The others commit what they read and stop too: a
-                // supervisor restarts the whole service.
-                stop.store(true, Ordering::SeqCst);
+        while let Err(err) = transfer_stream(args, settings, key, stop) {
+            if !args.follow {
+                tracing::error!("transfer of {key} failed: {err:#}");
+                failed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push((key.to_string(), err));
+                return;
+            }
+            tracing::error!("transfer of {key} failed: {err:#}; trying it again in a minute");
+            if !pause(stop, RETRY) {
+                return;
             }
         }
     };
@@ -99,26 +114,35 @@ fn follow(
 ) {
     let patterns = settings.streams.iter().any(|s| is_pattern(s));
     std::thread::scope(|scope| {
-        let mut started: BTreeSet<String> = BTreeSet::new();
+        let (mut started, mut refused) = (BTreeSet::new(), BTreeSet::new());
         loop {
-            for key in keys.difference(&started) {
-                let key = key.clone();
-                tracing::info!("following {key}");
-                scope.spawn(move || transfer(&key));
-            }
-            started.extend(keys);
-            let look = Instant::now() + RESCAN;
-            while Instant::now() < look && !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            if stop.load(Ordering::SeqCst) || !patterns {
-                // Without a pattern there is nothing new to look for; the
-                // workers end at the stop.
-                if !patterns {
-                    while !stop.load(Ordering::SeqCst) {
-                        std::thread::sleep(Duration::from_millis(100));
+            let new: Vec<String> = keys.difference(&started).cloned().collect();
+            for key in new {
+                if started.len() == FOLLOW_MAX {
+                    if refused.insert(key.clone()) {
+                        tracing::warn!(
+                            "{key} is not followed: one process follows at most {FOLLOW_MAX} streams; \
+                             run another with a narrower --stream"
+                        );
                     }
+                    continue;
                 }
+                let worker = key.clone();
+                tracing::info!("following {key}");
+                let spawned = std::thread::Builder::new()
+                    .name(format!("follow {key}"))
+                    .spawn_scoped(scope, move || transfer(&worker));
+                match spawned {
+                    Ok(_) => {
+                        started.insert(key);
+                    }
+                    Err(err) => tracing::warn!("cannot start a worker for {key}: {err}"),
+                }
+            }
+            // Without a pattern there is nothing new to look for: the
+            // workers run until the stop.
+            let look = if patterns { RESCAN } else { Duration::MAX };
+            if !pause(stop, look) {
                 return;
             }
             keys = match resolve(settings) {
@@ -130,6 +154,18 @@ fn follow(
             };
         }
     });
+}
+
+/// Waits `length` unless a stop comes first; false on a stop.
+fn pause(stop: &AtomicBool, length: Duration) -> bool {
+    let until = Instant::now().checked_add(length);
+    while until.is_none_or(|until| Instant::now() < until) {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    !stop.load(Ordering::SeqCst)
 }
 
 /// The streams the `--stream` values name: keys as given, patterns matched
