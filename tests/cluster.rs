@@ -3,7 +3,6 @@
 //! slot moves mid-run is transferred exactly once.
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 
 use genalytics::throwaway::RedisCluster;
 
@@ -143,11 +142,7 @@ fn a_backlog_whose_slot_moves_mid_transfer_lands_exactly_once() {
     // slot moves.
     let child = on_cluster(&env, &seeds)
         .args(["transfer", "--batch-size", "100"])
-        .command()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn();
     let mut db = env.db();
     wait_for("the first batches", 30, || !stored_ids(&mut db).is_empty());
     let after = cluster.move_slot_of(&key).unwrap();

@@ -150,14 +150,11 @@ fn assert_schema_complete(db: &mut postgres::Client) {
     }
     // Partitioned by day, with a default partition for stray times and
     // today's and the next two days' partitions made ahead of need.
-    let kind: i8 = db
-        .query_one(
-            "SELECT relkind::\"char\" FROM pg_class WHERE oid = 'generation_events'::regclass",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(kind as u8, b'p', "generation_events is partitioned");
+    assert_eq!(
+        crate::harness::relkind(db, "generation_events"),
+        b'p',
+        "generation_events is partitioned"
+    );
     let ahead: i64 = db
         .query_one(
             "SELECT count(*) FROM genalytics_event_partitions p, generate_series(0, 2) d

@@ -372,12 +372,9 @@ fn a_table_with_views_on_it_is_refused_by_name_and_left_as_it_was() {
         "{}",
         ran.stderr
     );
-    let kind: i8 = db
-        .query_one(
-            "SELECT relkind::\"char\" FROM pg_class WHERE oid = 'generation_events'::regclass",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(kind as u8, b'r', "still the plain table");
+    assert_eq!(
+        crate::harness::relkind(&mut db, "generation_events"),
+        b'r',
+        "still the plain table"
+    );
 }

@@ -2,7 +2,7 @@
 //! with its own position, transferred side by side, exactly once.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use rand::{RngExt, SeedableRng};
@@ -142,13 +142,7 @@ fn a_pattern_transfers_every_matching_stream_in_parallel_once() {
 }
 
 fn spawn(env: &TestEnv, args: &[&str]) -> Child {
-    env.genalytics()
-        .args(args.iter().copied())
-        .command()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    env.genalytics().args(args.iter().copied()).spawn()
 }
 
 #[test]

@@ -150,6 +150,14 @@ impl Cmd {
         self.command
     }
 
+    /// Starts it with its output captured, for a test that acts while it
+    /// runs (kills it, restarts a server under it).
+    pub fn spawn(self) -> std::process::Child {
+        let mut command = self.command;
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.spawn().expect("genalytics starts")
+    }
+
     #[track_caller]
     pub fn run(mut self) -> Ran {
         let Output {
@@ -247,6 +255,18 @@ pub fn stored_ids(db: &mut postgres::Client) -> Vec<String> {
         .collect();
     ids.sort();
     ids
+}
+
+/// What kind of relation `table` is (`r` a table, `p` a partitioned one).
+pub fn relkind(db: &mut postgres::Client, table: &str) -> u8 {
+    let kind: i8 = db
+        .query_one(
+            "SELECT relkind::\"char\" FROM pg_class WHERE oid = $1::text::regclass",
+            &[&table],
+        )
+        .unwrap()
+        .get(0);
+    kind as u8
 }
 
 /// Polls `condition` every 50 ms for up to `seconds`.

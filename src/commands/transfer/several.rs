@@ -27,7 +27,7 @@ const RESCAN: Duration = Duration::from_secs(5);
 const RETRY: Duration = Duration::from_secs(60);
 /// Most streams one process follows: each holds a thread and a connection
 /// to each server.
-pub const FOLLOW_MAX: usize = 64;
+const FOLLOW_MAX: usize = 64;
 
 pub fn run(args: &Args, settings: &Settings, stop: &Arc<AtomicBool>) -> anyhow::Result<Exit> {
     if args.new_stream {
