@@ -120,7 +120,32 @@ fn main() -> anyhow::Result<()> {
     let end: DateTime<Utc> = END.parse()?;
     let loading = Instant::now();
     run(&["migrate", "-q"])?;
-    let per_chunk = (events / CHUNKS as u64).to_string();
+    let per_chunk_events = events / CHUNKS as u64;
+    let per_chunk = per_chunk_events.to_string();
+    // Sustained transfer (SPEC §13): each chunk's rate into the growing
+    // partitioned table, and the peak RSS of any chunk's transfer.
+    let time_log = tempfile::NamedTempFile::new()?;
+    let run_timed = |args: &[&str]| -> anyhow::Result<f64> {
+        let started = Instant::now();
+        let out = Command::new("/usr/bin/time")
+            .arg("-v")
+            .arg("-o")
+            .arg(time_log.path())
+            .arg(env!("CARGO_BIN_EXE_genalytics"))
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .env("REDIS_URL", redis.url())
+            .env("GENALYTICS_REDIS_NS", "bench")
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "genalytics {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(started.elapsed().as_secs_f64())
+    };
+    let mut chunk_rates: Vec<f64> = Vec::new();
+    let mut peak_kib = 0;
     for chunk in 0..CHUNKS {
         let chunk_end = end - TimeDelta::days(9 * (CHUNKS - 1 - chunk));
         run(&[
@@ -139,7 +164,9 @@ fn main() -> anyhow::Result<()> {
             "--end",
             &chunk_end.to_rfc3339(),
         ])?;
-        run(&["transfer", "-q", "--keep", "0"])?;
+        let seconds = run_timed(&["transfer", "-q", "--keep", "0"])?;
+        chunk_rates.push(per_chunk_events as f64 / seconds);
+        peak_kib = peak_kib.max(common::peak_rss_kib(time_log.path())?);
     }
     let start = end - TimeDelta::days(90);
     run(&[
@@ -167,6 +194,14 @@ fn main() -> anyhow::Result<()> {
     println!(
         "report benchmark: {stored} events over 90 days (loaded and rolled up in {:.0} s), medians of {RUNS} warm runs",
         loading.elapsed().as_secs_f64()
+    );
+    let (first, last) = (chunk_rates[0], chunk_rates[chunk_rates.len() - 1]);
+    println!(
+        "  transfer of each tenth: first {first:.0} events/s, last {last:.0} events/s ({:+.0} %, target within 20 %), \
+         all {:?}; peak RSS {:.1} MiB (target < 100)",
+        (last / first - 1.0) * 100.0,
+        chunk_rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
+        peak_kib as f64 / 1024.0
     );
     let user: uuid::Uuid = db
         .query_one(

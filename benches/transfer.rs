@@ -86,10 +86,21 @@ fn main() -> anyhow::Result<()> {
     let mut copy_secs = Vec::new();
     let mut rows: Vec<u8> = Vec::new();
     let mut peak_kib = 0;
+    let mut cpu: Vec<[f64; 4]> = Vec::new();
     for round in 0..ROUNDS {
         reset(&mut db)?;
-        transfer_secs.push(genalytics(&["transfer", "-q"])?);
+        // Where the CPU goes: the transfer process, Redis, PostgreSQL.
+        let redis_before = redis_cpu_seconds(&redis)?;
+        let pg_before = common::tree_cpu_seconds(pg.pid().expect("running"))?;
+        let seconds = genalytics(&["transfer", "-q"])?;
+        transfer_secs.push(seconds);
         peak_kib = peak_kib.max(common::peak_rss_kib(time_log.path())?);
+        cpu.push([
+            seconds,
+            common::cpu_seconds(time_log.path())?,
+            redis_cpu_seconds(&redis)? - redis_before,
+            common::tree_cpu_seconds(pg.pid().expect("running"))? - pg_before,
+        ]);
         let stored: i64 = db
             .query_one("SELECT count(*) FROM generation_events", &[])?
             .get(0);
@@ -141,8 +152,28 @@ fn main() -> anyhow::Result<()> {
         peak_kib as f64 / 1024.0,
         &giants,
     );
+    for [seconds, transfer, redis, postgres] in &cpu {
+        println!(
+            "  CPU of a transfer round ({seconds:.2} s): transfer {transfer:.2} s, Redis {redis:.2} s, \
+             PostgreSQL {postgres:.2} s — {:.2} cores busy of 2",
+            (transfer + redis + postgres) / seconds
+        );
+    }
     std::io::stdout().flush()?;
     Ok(())
+}
+
+/// CPU seconds Redis has used (`INFO cpu`).
+fn redis_cpu_seconds(redis: &Redis) -> anyhow::Result<f64> {
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query(&mut redis.connection()?)?;
+    Ok(info
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(name, _)| matches!(*name, "used_cpu_user" | "used_cpu_sys"))
+        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+        .sum())
 }
 
 fn rounded(values: &[f64]) -> Vec<f64> {
