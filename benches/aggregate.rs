@@ -9,7 +9,6 @@
 //!
 //! `cargo bench --bench aggregate` (`GENALYTICS_BENCH_EVENTS` scales it).
 
-use std::process::Command;
 use std::time::Instant;
 
 use genalytics::throwaway::{Postgres, Redis};
@@ -94,25 +93,14 @@ fn main() -> anyhow::Result<()> {
     ] {
         pg.create_database(set.name)?;
         let url = pg.url(set.name);
-        let run = |args: &[&str]| -> anyhow::Result<f64> {
-            let started = Instant::now();
-            let out = Command::new("/usr/bin/time")
-                .arg("-v")
-                .arg("-o")
-                .arg(time_log.path())
-                .arg(env!("CARGO_BIN_EXE_genalytics"))
-                .args(args)
-                .args(["--stream", set.name, "-q"])
-                .env("DATABASE_URL", &url)
-                .env("REDIS_URL", redis.url())
-                .output()?;
-            anyhow::ensure!(
-                out.status.success(),
-                "genalytics {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            Ok(started.elapsed().as_secs_f64())
+        let redis_url = redis.url();
+        let genalytics = common::Genalytics {
+            database_url: &url,
+            redis_url: &redis_url,
+            namespace: None,
+            time_log: Some(time_log.path()),
         };
+        let run = |args: &[&str]| genalytics.time(&[args, &["--stream", set.name, "-q"]].concat());
         let n = events.to_string();
         let hours = set.hours.to_string();
         run(&["migrate"])?;

@@ -12,7 +12,6 @@
 
 use std::fmt::Write as _;
 use std::io::Write;
-use std::process::Command;
 use std::time::Instant;
 
 use genalytics::throwaway::Postgres;
@@ -89,19 +88,13 @@ fn main() -> anyhow::Result<()> {
     let pg = Postgres::start()?;
     pg.create_database("bench")?;
     let url = pg.url("bench");
-    let genalytics = |args: &[&str]| -> anyhow::Result<()> {
-        let out = Command::new(env!("CARGO_BIN_EXE_genalytics"))
-            .args(args)
-            .env("DATABASE_URL", &url)
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "genalytics {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    };
-    genalytics(&["migrate", "-q"])?;
+    common::Genalytics {
+        database_url: &url,
+        redis_url: "redis://127.0.0.1:1",
+        namespace: None,
+        time_log: None,
+    }
+    .run(&["migrate", "-q"])?;
     let mut db = pg.admin_of("bench")?;
     // One day of traffic in yesterday's partition, shaped like simulate's:
     // time order, 1,000 users, a model per completion, some failures.

@@ -11,7 +11,6 @@
 //! more with a covering index, the alternative to per-user rollups.
 //! `cargo bench --bench report`; `GENALYTICS_BENCH_EVENTS` scales it.
 
-use std::process::Command;
 use std::time::Instant;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -101,22 +100,15 @@ fn main() -> anyhow::Result<()> {
     let redis = Redis::start()?;
     pg.create_database("bench")?;
     let url = pg.url("bench");
-    let run = |args: &[&str]| -> anyhow::Result<(f64, String)> {
-        let started = Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_genalytics"))
-            .args(args)
-            .env("DATABASE_URL", &url)
-            .env("REDIS_URL", redis.url())
-            .env("GENALYTICS_REDIS_NS", "bench")
-            .output()?;
-        let seconds = started.elapsed().as_secs_f64();
-        anyhow::ensure!(
-            out.status.success(),
-            "genalytics {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok((seconds, String::from_utf8_lossy(&out.stdout).into_owned()))
+    let redis_url = redis.url();
+    let time_log = tempfile::NamedTempFile::new()?;
+    let genalytics = |time_log| common::Genalytics {
+        database_url: &url,
+        redis_url: &redis_url,
+        namespace: Some("bench"),
+        time_log,
     };
+    let run = |args: &[&str]| genalytics(None).run(args);
     let end: DateTime<Utc> = END.parse()?;
     let loading = Instant::now();
     run(&["migrate", "-q"])?;
@@ -124,26 +116,7 @@ fn main() -> anyhow::Result<()> {
     let per_chunk = per_chunk_events.to_string();
     // Sustained transfer (SPEC §13): each chunk's rate into the growing
     // partitioned table, and the peak RSS of any chunk's transfer.
-    let time_log = tempfile::NamedTempFile::new()?;
-    let run_timed = |args: &[&str]| -> anyhow::Result<f64> {
-        let started = Instant::now();
-        let out = Command::new("/usr/bin/time")
-            .arg("-v")
-            .arg("-o")
-            .arg(time_log.path())
-            .arg(env!("CARGO_BIN_EXE_genalytics"))
-            .args(args)
-            .env("DATABASE_URL", &url)
-            .env("REDIS_URL", redis.url())
-            .env("GENALYTICS_REDIS_NS", "bench")
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "genalytics {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(started.elapsed().as_secs_f64())
-    };
+    let run_timed = |args: &[&str]| genalytics(Some(time_log.path())).time(args);
     let mut chunk_rates: Vec<f64> = Vec::new();
     let mut peak_kib = 0;
     for chunk in 0..CHUNKS {

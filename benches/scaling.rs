@@ -20,7 +20,6 @@
 //! alternating rounds.
 
 use std::io::Write;
-use std::process::Command;
 use std::time::Instant;
 
 use genalytics::throwaway::{Postgres, Redis};
@@ -61,20 +60,13 @@ fn env_number(name: &str, default: u64) -> u64 {
 }
 
 fn genalytics(url: &str, redis: &str, args: &[&str]) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_genalytics"))
-        .args(args)
-        .env("DATABASE_URL", url)
-        .env("REDIS_URL", redis)
-        .env_remove("GENALYTICS_REDIS_NS")
-        .output()?;
-    let seconds = started.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        out.status.success(),
-        "genalytics {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(seconds)
+    common::Genalytics {
+        database_url: url,
+        redis_url: redis,
+        namespace: None,
+        time_log: None,
+    }
+    .time(args)
 }
 
 // A benchmark reads best as one script, top to bottom.

@@ -12,7 +12,6 @@
 //! bounded by bytes, not only by entries.
 
 use std::io::Write;
-use std::process::Command;
 use std::time::Instant;
 
 use genalytics::throwaway::{Postgres, Redis};
@@ -40,26 +39,15 @@ fn main() -> anyhow::Result<()> {
     pg.create_database("bench")?;
     let url = pg.url("bench");
     let time_log = tempfile::NamedTempFile::new()?;
-    let run_with = |args: &[&str], redis_url: &str| -> anyhow::Result<f64> {
-        let started = Instant::now();
-        // Under GNU time, which reports the peak RSS of exactly this process.
-        let out = Command::new("/usr/bin/time")
-            .arg("-v")
-            .arg("-o")
-            .arg(time_log.path())
-            .arg(env!("CARGO_BIN_EXE_genalytics"))
-            .args(args)
-            .env("DATABASE_URL", &url)
-            .env("REDIS_URL", redis_url)
-            .env_remove("GENALYTICS_REDIS_NS")
-            .output()?;
-        let seconds = started.elapsed().as_secs_f64();
-        anyhow::ensure!(
-            out.status.success(),
-            "genalytics {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(seconds)
+    // Under GNU time, which reports the peak RSS of exactly this process.
+    let run_with = |args: &[&str], redis_url: &str| {
+        common::Genalytics {
+            database_url: &url,
+            redis_url,
+            namespace: None,
+            time_log: Some(time_log.path()),
+        }
+        .time(args)
     };
     let genalytics = |args: &[&str]| run_with(args, &redis.url());
     genalytics(&["migrate", "-q"])?;

@@ -77,3 +77,51 @@ pub fn tree_cpu_seconds(root: u32) -> anyhow::Result<f64> {
     }
     Ok(total / ticks)
 }
+
+/// The genalytics binary as a benchmark runs it: against these servers,
+/// and under GNU time when `time_log` is given (which then holds the run's
+/// peak RSS and CPU times, see [`peak_rss_kib`] and [`cpu_seconds`]).
+pub struct Genalytics<'a> {
+    pub database_url: &'a str,
+    pub redis_url: &'a str,
+    /// `GENALYTICS_REDIS_NS`; unset for the default namespace.
+    pub namespace: Option<&'a str>,
+    pub time_log: Option<&'a Path>,
+}
+
+impl Genalytics<'_> {
+    /// Runs it to success; the seconds it took (whole process) and what it
+    /// printed.
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<(f64, String)> {
+        let mut command = match self.time_log {
+            Some(log) => {
+                let mut time = std::process::Command::new("/usr/bin/time");
+                time.arg("-v").arg("-o").arg(log).arg(env!("CARGO_BIN_EXE_genalytics"));
+                time
+            }
+            None => std::process::Command::new(env!("CARGO_BIN_EXE_genalytics")),
+        };
+        command
+            .args(args)
+            .env("DATABASE_URL", self.database_url)
+            .env("REDIS_URL", self.redis_url);
+        match self.namespace {
+            Some(namespace) => command.env("GENALYTICS_REDIS_NS", namespace),
+            None => command.env_remove("GENALYTICS_REDIS_NS"),
+        };
+        let started = std::time::Instant::now();
+        let out = command.output()?;
+        let seconds = started.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            out.status.success(),
+            "genalytics {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((seconds, String::from_utf8_lossy(&out.stdout).into_owned()))
+    }
+
+    /// Runs it to success; the seconds it took.
+    pub fn time(&self, args: &[&str]) -> anyhow::Result<f64> {
+        Ok(self.run(args)?.0)
+    }
+}
