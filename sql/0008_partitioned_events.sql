@@ -147,14 +147,14 @@ CREATE VIEW genalytics_event_partitions AS SELECT * FROM genalytics_event_partit
 -- Rows the default partition holds for that day move into it. Attaching
 -- needs only a SHARE UPDATE EXCLUSIVE lock on generation_events (CREATE
 -- TABLE … PARTITION OF would need an exclusive one), so transfers and
--- reports go on meanwhile; a lock not had within 10 s is an error, and
+-- reports go on meanwhile; a lock not had within 2 s is an error, and
 -- transfer then stores the day's events in the default partition.
 -- Concurrent callers are serialised. It runs with the rights of the role
 -- that migrated (who owns the table), so a transfer role that may only
 -- insert can still make the partitions its events need.
 CREATE FUNCTION genalytics_create_event_partition(day date) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER
-SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET lock_timeout = '10s' AS $$
+SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET lock_timeout = '2s' AS $$
 DECLARE
     day_lo timestamptz := (day::timestamp AT TIME ZONE 'UTC');
     day_hi timestamptz := ((day + 1)::timestamp AT TIME ZONE 'UTC');

@@ -378,3 +378,72 @@ fn a_table_with_views_on_it_is_refused_by_name_and_left_as_it_was() {
         "still the plain table"
     );
 }
+
+#[test]
+fn a_partition_whose_lock_is_held_waits_and_its_events_are_stored_meanwhile() {
+    let env = migrated();
+    let mut db = env.db();
+    let day = (Utc::now() - Duration::days(5)).date_naive();
+    let at = |minute: u32| {
+        day.and_hms_opt(9, minute, 0)
+            .unwrap()
+            .format("%Y-%m-%dT%H:%M:%S")
+            .to_string()
+    };
+    let mut con = env.redis();
+    xadd(
+        &mut con,
+        &env.stream_key(),
+        "*",
+        &[("event_type", "request"), ("timestamp", &at(1))],
+    );
+    // A long reader of the default partition (a pg_dump, say): attaching a
+    // partition must wait for it.
+    let mut reader = env.db();
+    let mut long_query = reader.transaction().unwrap();
+    long_query
+        .query("SELECT count(*) FROM generation_events_default", &[])
+        .unwrap();
+    let started = std::time::Instant::now();
+    let ran = env.genalytics().arg("transfer").ok();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "transfer waited {:?}",
+        started.elapsed()
+    );
+    assert!(
+        ran.stdout.starts_with("transferred 1 events"),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        ran.stderr.contains("waited too long for its lock"),
+        "{}",
+        ran.stderr
+    );
+    assert!(!partition_of_day(&mut db, day));
+    assert_eq!(
+        count(&mut db, "SELECT count(*) FROM generation_events_default"),
+        1
+    );
+    // The reader gone, the next run makes the partition and moves the
+    // first event into it beside the second.
+    long_query.rollback().unwrap();
+    xadd(
+        &mut con,
+        &env.stream_key(),
+        "*",
+        &[("event_type", "request"), ("timestamp", &at(2))],
+    );
+    env.genalytics().arg("transfer").ok();
+    assert!(partition_of_day(&mut db, day));
+    let sql = format!(
+        "SELECT count(*) FROM generation_events_p{}",
+        day.format("%Y%m%d")
+    );
+    assert_eq!(count(&mut db, &sql), 2);
+    assert_eq!(
+        count(&mut db, "SELECT count(*) FROM generation_events_default"),
+        0
+    );
+}

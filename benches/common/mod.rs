@@ -96,7 +96,10 @@ impl Genalytics<'_> {
         let mut command = match self.time_log {
             Some(log) => {
                 let mut time = std::process::Command::new("/usr/bin/time");
-                time.arg("-v").arg("-o").arg(log).arg(env!("CARGO_BIN_EXE_genalytics"));
+                time.arg("-v")
+                    .arg("-o")
+                    .arg(log)
+                    .arg(env!("CARGO_BIN_EXE_genalytics"));
                 time
             }
             None => std::process::Command::new(env!("CARGO_BIN_EXE_genalytics")),

@@ -7,7 +7,8 @@
 //! events belong in the default partition), and the view
 //! `genalytics_event_partitions` lists partitions with their ranges.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use postgres::{Client, GenericClient};
@@ -19,12 +20,19 @@ use postgres::{Client, GenericClient};
 pub struct Known {
     today: Option<NaiveDate>,
     days: BTreeSet<NaiveDate>,
+    /// Days whose partition waited too long for its lock (a long query on
+    /// the default partition, a `pg_dump`): tried again after this.
+    retry: BTreeMap<NaiveDate, Instant>,
 }
+
+/// How long a day whose partition could not get its lock waits before it
+/// is tried again; its events go to the default partition meanwhile.
+const LOCK_RETRY: Duration = Duration::from_secs(60);
 
 impl Known {
     /// Sees to the partitions of `days` (and of today and the next two
-    /// days, ahead of need) in a transaction of its own; returns how many
-    /// it created.
+    /// days, ahead of need), each day in a transaction of its own; returns
+    /// how many it created.
     pub fn ensure(
         &mut self,
         client: &mut Client,
@@ -36,9 +44,11 @@ impl Known {
             self.today = Some(today);
         }
         let ahead = (0..3).filter_map(|n| today.checked_add_days(Days::new(n)));
+        let now = Instant::now();
+        self.retry.retain(|_, at| *at > now);
         let missing: Vec<NaiveDate> = ahead
             .chain(days)
-            .filter(|day| !self.days.contains(day))
+            .filter(|day| !self.days.contains(day) && !self.retry.contains_key(day))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -53,6 +63,14 @@ impl Known {
         for day in missing {
             match create_one(client, day) {
                 Ok(made) => created += u64::from(made),
+                Err(err) if lock_not_had(&err) => {
+                    tracing::warn!(
+                        "the partition of {day} waited too long for its lock; its events go to the \
+                         default partition, and it is tried again in a minute"
+                    );
+                    self.retry.insert(day, now + LOCK_RETRY);
+                    continue;
+                }
                 Err(err) if crate::db::is_transient(&err) => return Err(err),
                 // Nothing in the data may stop transfer: the day's events
                 // go to the default partition, stored all the same.
@@ -64,6 +82,12 @@ impl Known {
         }
         Ok(created)
     }
+}
+
+fn lock_not_had(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<postgres::Error>())
+        .any(|pg| pg.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE))
 }
 
 fn create_one(client: &mut Client, day: NaiveDate) -> anyhow::Result<bool> {
