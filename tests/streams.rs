@@ -24,17 +24,21 @@ fn pattern(env: &TestEnv) -> String {
     format!("{}:generation_events:stream:*", env.namespace)
 }
 
-/// `events` simulated entries in a shard; the IDs written, sorted.
-fn simulate(env: &TestEnv, key: &str, events: usize, seed: usize) -> Vec<String> {
+/// `events` simulated entries in a shard over the last `hours`; the IDs
+/// written, sorted.
+fn simulate_over(env: &TestEnv, key: &str, events: usize, seed: usize, hours: u32) -> Vec<String> {
     env.genalytics()
-        .args([
-            "simulate", "-q", "--hours", "1", "--maxlen", "0", "--stream", key,
-        ])
+        .args(["simulate", "-q", "--maxlen", "0", "--stream", key])
+        .args(["--hours", &hours.to_string()])
         .args(["--events", &events.to_string(), "--seed", &seed.to_string()])
         .ok();
     let mut ids = stream_ids(&mut env.redis(), key);
     ids.sort();
     ids
+}
+
+fn simulate(env: &TestEnv, key: &str, events: usize, seed: usize) -> Vec<String> {
+    simulate_over(env, key, events, seed, 1)
 }
 
 /// Stream key → the entry IDs stored from it, sorted, duplicates kept.
@@ -152,7 +156,8 @@ fn sigkill_during_two_parallel_streams_loses_and_duplicates_nothing() {
     let written: BTreeMap<String, Vec<String>> = keys
         .iter()
         .enumerate()
-        .map(|(n, key)| (key.clone(), simulate(&env, key, 40_000, 70 + n)))
+        // Four days of events: the killed runs also make day partitions.
+        .map(|(n, key)| (key.clone(), simulate_over(&env, key, 40_000, 70 + n, 96)))
         .collect();
     let seed: u64 = std::env::var("GENALYTICS_TEST_SEED")
         .ok()
@@ -196,6 +201,14 @@ fn sigkill_during_two_parallel_streams_loses_and_duplicates_nothing() {
     );
     env.genalytics().args(args).ok();
     assert_eq!(stored_by_stream(&mut db), written, "seed {seed}");
+    let days: i64 = db
+        .query_one(
+            "SELECT count(DISTINCT tableoid) FROM generation_events",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(days >= 4, "the events lie in {days} partitions");
 }
 
 #[test]
