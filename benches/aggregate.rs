@@ -72,10 +72,7 @@ struct DataSet {
 }
 
 fn main() -> anyhow::Result<()> {
-    let events: u64 = std::env::var("GENALYTICS_BENCH_EVENTS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1_000_000);
+    let events = common::env_number("GENALYTICS_BENCH_EVENTS", 1_000_000);
     let pg = Postgres::start()?;
     let redis = Redis::start()?;
     let end: chrono::DateTime<chrono::Utc> = END.parse()?;

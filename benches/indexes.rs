@@ -11,7 +11,6 @@
 //! changes it).
 
 use std::fmt::Write as _;
-use std::io::Write;
 use std::time::Instant;
 
 use genalytics::throwaway::Postgres;
@@ -81,10 +80,7 @@ const ORIGINAL: &[&str] = &[
 ];
 
 fn main() -> anyhow::Result<()> {
-    let events: u64 = std::env::var("GENALYTICS_BENCH_EVENTS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1_000_000);
+    let events = common::env_number("GENALYTICS_BENCH_EVENTS", 1_000_000);
     let pg = Postgres::start()?;
     pg.create_database("bench")?;
     let url = pg.url("bench");
@@ -136,13 +132,7 @@ fn main() -> anyhow::Result<()> {
         }
         db.batch_execute("CHECKPOINT")?;
         let started = Instant::now();
-        let mut tx = db.transaction()?;
-        let mut writer = tx.copy_in(&format!(
-            "COPY generation_events ({columns}) FROM STDIN (FORMAT binary)"
-        ))?;
-        writer.write_all(&rows)?;
-        writer.finish()?;
-        tx.commit()?;
+        common::copy_in(&mut db, columns, &rows)?;
         let seconds = started.elapsed().as_secs_f64();
         for index in set {
             let name = index.split_whitespace().find(|w| w.starts_with("bench_"));

@@ -92,10 +92,7 @@ const NAIVE_PEAK: &str = "SELECT extract(hour FROM timestamp AT TIME ZONE 'UTC')
 // A benchmark reads best as one script, top to bottom.
 #[allow(clippy::too_many_lines)]
 fn main() -> anyhow::Result<()> {
-    let events: u64 = std::env::var("GENALYTICS_BENCH_EVENTS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(10_000_000);
+    let events = common::env_number("GENALYTICS_BENCH_EVENTS", 10_000_000);
     let pg = Postgres::start()?;
     let redis = Redis::start()?;
     pg.create_database("bench")?;

@@ -33,8 +33,8 @@ const COLUMNS: &str = "stream, stream_id, event_type, generation_id, user_id, ti
     queue_length, attributes";
 
 fn main() -> anyhow::Result<()> {
-    let events = env_number("GENALYTICS_BENCH_EVENTS", 1_000_000);
-    let per_day = env_number("GENALYTICS_BENCH_DAY_EVENTS", 50_000);
+    let events = common::env_number("GENALYTICS_BENCH_EVENTS", 1_000_000);
+    let per_day = common::env_number("GENALYTICS_BENCH_DAY_EVENTS", 50_000);
     let pg = Postgres::start()?;
     let redis = Redis::start()?;
     // GENALYTICS_BENCH_ONLY=streams|prune|migrate runs one part.
@@ -50,13 +50,6 @@ fn main() -> anyhow::Result<()> {
         convert(&pg, events * 10)?;
     }
     Ok(())
-}
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(default)
 }
 
 fn genalytics(url: &str, redis: &str, args: &[&str]) -> anyhow::Result<f64> {
@@ -89,14 +82,7 @@ fn two_streams(pg: &Postgres, redis: &Redis, events: u64) -> anyhow::Result<()> 
         ])?;
     }
     let mut db = pg.admin_of("streams")?;
-    let reset = |db: &mut postgres::Client| -> anyhow::Result<()> {
-        db.batch_execute(
-            "TRUNCATE generation_events, generation_events_rejected, generation_rollup_queue;
-             DELETE FROM genalytics_transfer_state;",
-        )?;
-        db.batch_execute("VACUUM ANALYZE generation_events")?;
-        Ok(())
-    };
+    let reset = common::reset_transfer;
     let both = [
         "transfer",
         "-q",
@@ -137,7 +123,7 @@ fn two_streams(pg: &Postgres, redis: &Redis, events: u64) -> anyhow::Result<()> 
         reset(&mut db)?;
         let started = Instant::now();
         for rows in &halves {
-            copy_in(&mut db, rows)?;
+            common::copy_in(&mut db, COLUMNS, rows)?;
         }
         one_copy.push(started.elapsed().as_secs_f64());
 
@@ -148,7 +134,7 @@ fn two_streams(pg: &Postgres, redis: &Redis, events: u64) -> anyhow::Result<()> 
                 .iter()
                 .map(|rows| {
                     scope.spawn(move || -> anyhow::Result<()> {
-                        copy_in(&mut pg.admin_of("streams")?, rows)
+                        common::copy_in(&mut pg.admin_of("streams")?, COLUMNS, rows)
                     })
                 })
                 .collect();
@@ -180,17 +166,6 @@ fn two_streams(pg: &Postgres, redis: &Redis, events: u64) -> anyhow::Result<()> 
     }
     println!("  (goal: transfer --parallel 2 >= 1.2x the single-COPY limit)");
     std::io::stdout().flush()?;
-    Ok(())
-}
-
-fn copy_in(db: &mut postgres::Client, rows: &[u8]) -> anyhow::Result<()> {
-    let mut tx = db.transaction()?;
-    let mut writer = tx.copy_in(&format!(
-        "COPY generation_events ({COLUMNS}) FROM STDIN (FORMAT binary)"
-    ))?;
-    writer.write_all(rows)?;
-    writer.finish()?;
-    tx.commit()?;
     Ok(())
 }
 

@@ -30,10 +30,7 @@ const SMALL_ENTRIES: usize = 2_000;
 // A benchmark reads best as one script, top to bottom.
 #[allow(clippy::too_many_lines)]
 fn main() -> anyhow::Result<()> {
-    let events: u64 = std::env::var("GENALYTICS_BENCH_EVENTS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1_000_000);
+    let events = common::env_number("GENALYTICS_BENCH_EVENTS", 1_000_000);
     let pg = Postgres::start()?;
     let redis = Redis::start()?;
     pg.create_database("bench")?;
@@ -59,16 +56,7 @@ fn main() -> anyhow::Result<()> {
     ])?;
 
     let mut db = pg.admin_of("bench")?;
-    let reset = |db: &mut postgres::Client| -> anyhow::Result<()> {
-        db.batch_execute(
-            "TRUNCATE generation_events, generation_events_rejected, generation_rollup_queue;
-             DELETE FROM genalytics_transfer_state;",
-        )?;
-        // Its own statement: VACUUM cannot run inside the implicit transaction
-        // of a multi-statement batch.
-        db.batch_execute("VACUUM ANALYZE generation_events")?;
-        Ok(())
-    };
+    let reset = common::reset_transfer;
 
     let mut transfer_secs = Vec::new();
     let mut copy_secs = Vec::new();
@@ -104,13 +92,7 @@ fn main() -> anyhow::Result<()> {
         }
         reset(&mut db)?;
         let started = Instant::now();
-        let mut tx = db.transaction()?;
-        let mut writer = tx.copy_in(&format!(
-            "COPY generation_events ({COLUMNS}) FROM STDIN (FORMAT binary)"
-        ))?;
-        writer.write_all(&rows)?;
-        writer.finish()?;
-        tx.commit()?;
+        common::copy_in(&mut db, COLUMNS, &rows)?;
         copy_secs.push(started.elapsed().as_secs_f64());
     }
 

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, Utc};
 use rand::{RngExt, SeedableRng};
 
-use crate::harness::{TestEnv, stored_ids, stream_ids, xadd};
+use crate::harness::{TestEnv, seed, stored_ids, stream_ids, xadd};
 
 /// Appends an entry whose names and values are any bytes; returns its ID.
 #[track_caller]
@@ -421,16 +421,6 @@ fn rows_postgresql_refuses_are_isolated_and_dead_lettered_with_its_words() {
     );
     assert!(reason.contains("23514"), "{reason}");
     assert_eq!(position(&mut db, &key), entries.last().unwrap().0);
-}
-
-/// The seed of a randomized test: `GENALYTICS_TEST_SEED` replays one.
-fn seed() -> u64 {
-    let seed = std::env::var("GENALYTICS_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("seed {seed} (replay with GENALYTICS_TEST_SEED={seed})");
-    seed
 }
 
 /// Random bytes that lean towards what breaks things.

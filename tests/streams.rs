@@ -159,11 +159,7 @@ fn sigkill_during_two_parallel_streams_loses_and_duplicates_nothing() {
         // Four days of events: the killed runs also make day partitions.
         .map(|(n, key)| (key.clone(), simulate_over(&env, key, 40_000, 70 + n, 96)))
         .collect();
-    let seed: u64 = std::env::var("GENALYTICS_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("kill-test seed {seed} (replay with GENALYTICS_TEST_SEED={seed})");
+    let seed = crate::harness::seed();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let mut db = env.db();
     let mut killed_mid_run = 0;

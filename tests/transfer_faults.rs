@@ -57,11 +57,7 @@ fn assert_exactly_once(env: &TestEnv, written: &[String]) {
 #[test]
 fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let (env, written) = backlog(BACKLOG);
-    let seed: u64 = std::env::var("GENALYTICS_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("kill-test seed {seed} (replay with GENALYTICS_TEST_SEED={seed})");
+    let seed = crate::harness::seed();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let mut db = env.db();
     let mut killed_mid_run = 0;

@@ -128,3 +128,38 @@ impl Genalytics<'_> {
         Ok(self.run(args)?.0)
     }
 }
+
+/// A number from the environment (a benchmark's size), or `default`.
+pub fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}
+
+/// PostgreSQL's own binary `COPY FROM STDIN` of pre-rendered rows into
+/// `generation_events` (`columns` in the rows' order), in one transaction:
+/// the limit transfer is measured against.
+pub fn copy_in(db: &mut postgres::Client, columns: &str, rows: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut tx = db.transaction()?;
+    let mut writer = tx.copy_in(&format!(
+        "COPY generation_events ({columns}) FROM STDIN (FORMAT binary)"
+    ))?;
+    writer.write_all(rows)?;
+    writer.finish()?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Empties what a transfer fills, so the next round starts alike.
+pub fn reset_transfer(db: &mut postgres::Client) -> anyhow::Result<()> {
+    db.batch_execute(
+        "TRUNCATE generation_events, generation_events_rejected, generation_rollup_queue;
+         DELETE FROM genalytics_transfer_state;",
+    )?;
+    // Its own statement: VACUUM cannot run inside the implicit transaction
+    // of a multi-statement batch.
+    db.batch_execute("VACUUM ANALYZE generation_events")?;
+    Ok(())
+}

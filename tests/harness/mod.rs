@@ -257,6 +257,16 @@ pub fn stored_ids(db: &mut postgres::Client) -> Vec<String> {
     ids
 }
 
+/// The seed of a randomized test: `GENALYTICS_TEST_SEED` replays one.
+pub fn seed() -> u64 {
+    let seed = std::env::var("GENALYTICS_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("seed {seed} (replay with GENALYTICS_TEST_SEED={seed})");
+    seed
+}
+
 /// What kind of relation `table` is (`r` a table, `p` a partitioned one).
 pub fn relkind(db: &mut postgres::Client, table: &str) -> u8 {
     let kind: i8 = db
