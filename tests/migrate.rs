@@ -276,13 +276,7 @@ fn migrate_adopts_the_original_services_tables_without_losing_a_row() {
     let before = legacy_fingerprint(&mut db);
     assert_eq!((before.0, before.2), (2000, 20));
     assert_eq!(foreign_keys_on_events(&mut db), 1);
-    let storage: u32 = db
-        .query_one(
-            "SELECT pg_relation_filenode('generation_events')::int8::oid",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let storage = crate::harness::filenode(&mut db, "generation_events");
 
     env.genalytics().arg("migrate").ok();
 

@@ -179,13 +179,7 @@ fn a_table_of_an_older_genalytics_is_partitioned_in_place() {
         .and_hms_opt(0, 0, 0)
         .unwrap()
         .and_utc();
-    let storage: u32 = db
-        .query_one(
-            "SELECT pg_relation_filenode('generation_events')::int8::oid",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let storage = crate::harness::filenode(&mut db, "generation_events");
 
     older.genalytics().args(["migrate", "-q"]).ok();
     assert_eq!(fingerprint(&mut db), before, "rows changed");

@@ -92,9 +92,7 @@ fn lock_not_had(err: &anyhow::Error) -> bool {
 
 fn create_one(client: &mut Client, day: NaiveDate) -> anyhow::Result<bool> {
     let mut tx = client.transaction()?;
-    let made: bool = tx
-        .query_one("SELECT genalytics_create_event_partition($1)", &[&day])?
-        .get(0);
+    let made = create(&mut tx, &[day])? == 1;
     tx.commit()?;
     Ok(made)
 }

@@ -267,6 +267,17 @@ pub fn seed() -> u64 {
     seed
 }
 
+/// The file a relation's rows are stored in: the same after a change only
+/// if nothing rewrote them.
+pub fn filenode(db: &mut postgres::Client, relation: &str) -> u32 {
+    db.query_one(
+        "SELECT pg_relation_filenode($1::text::regclass)::int8::oid",
+        &[&relation],
+    )
+    .unwrap()
+    .get(0)
+}
+
 /// What kind of relation `table` is (`r` a table, `p` a partitioned one).
 pub fn relkind(db: &mut postgres::Client, table: &str) -> u8 {
     let kind: i8 = db

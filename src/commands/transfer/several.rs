@@ -186,25 +186,24 @@ fn resolve(settings: &Settings) -> anyhow::Result<BTreeSet<String>> {
         Some(seeds) => stream::cluster::masters(seeds)?,
         None => vec![settings.redis.clone()],
     };
-    for (node, pattern) in nodes
-        .iter()
-        .flat_map(|n| patterns.iter().map(move |p| (n, p)))
-    {
+    for node in &nodes {
         let mut con = stream::connect(node)?;
-        let found: Vec<String> = redis::cmd("SCAN")
-            .cursor_arg(0)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .arg("TYPE")
-            .arg("stream")
-            .clone()
-            .iter(&mut con)
-            .with_context(|| format!("cannot list the streams matching {pattern}"))?
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("cannot list the streams matching {pattern}"))?;
-        keys.extend(found);
+        for pattern in &patterns {
+            let found: Vec<String> = redis::cmd("SCAN")
+                .cursor_arg(0)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .arg("TYPE")
+                .arg("stream")
+                .clone()
+                .iter(&mut con)
+                .with_context(|| format!("cannot list the streams matching {pattern}"))?
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("cannot list the streams matching {pattern}"))?;
+            keys.extend(found);
+        }
     }
     Ok(keys)
 }
