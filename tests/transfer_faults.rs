@@ -93,9 +93,11 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
 /// line naming that server; the next run completes exactly once.
 fn restart_mid_run(server: &str, restart: impl FnOnce(&mut TestEnv)) {
     let (mut env, written) = backlog(BACKLOG);
-    // Small batches: a run of many commits, so that it is surely still
-    // running when the server goes, however loaded the machine.
-    let mut child = spawn_transfer(&env, &["--batch-size", "100"]);
+    // Small batches: a run of many commits (4,000), so that it is surely
+    // still running when the server goes, however loaded the machine —
+    // and however fast transfer has become (at 100 a batch, a run on the
+    // partitioned table sometimes ended before a fast shutdown landed).
+    let mut child = spawn_transfer(&env, &["--batch-size", "25"]);
     let mut db = env.db();
     crate::harness::wait_for("the transfer to store its first batch", 30, || {
         db.query_one("SELECT EXISTS (SELECT 1 FROM generation_events)", &[])
