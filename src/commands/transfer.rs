@@ -28,7 +28,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::db::events::{self, BATCH_BYTES, Claim, Outcome, Prepared};
+use crate::db::events::{self, BATCH_BYTES, Claim, GIANT_BATCH_BYTES, Outcome, Prepared};
 use crate::db::streams::{self, PositionMoved, TransferState};
 use crate::db::{self, partitions};
 use crate::error::{Exit, UsageError};
@@ -37,7 +37,8 @@ use crate::retry::Backoff;
 use crate::service;
 use crate::stream::cluster;
 use crate::stream::identity::{self, Identity};
-use crate::stream::reader::{self, RawEntry, StreamInfo};
+use crate::stream::reader::{self, GIANT_ENTRY, RawEntry, StreamInfo};
+use crate::stream::wire::Wire;
 use crate::stream::{self, EntryId};
 use crate::timearg::parse_span;
 
@@ -89,15 +90,14 @@ const EXAMPLES: &str = "Examples:
   genalytics transfer --stream 'genonaut:generation_events:stream:*' --parallel 2";
 
 /// Most bytes of entries read and not yet committed before the reader
-/// waits. Batches of small entries never reach it (one being stored, one
-/// queued and one being read); a batch of giant entries makes the reader
-/// wait until it is committed, so one giant at a time is in memory, not
-/// three.
-const IN_FLIGHT_MAX: usize = 3 * BATCH_BYTES;
-
-/// An entry at least this large is a giant: while one is about, the reader
-/// does not read ahead, so giants are in memory one batch at a time.
-const GIANT: usize = 1 << 20;
+/// waits: a batch being read (counted as read) and prepared batches
+/// (counted as held, see [`Prepared::heap_bytes`]). Batches of small
+/// entries never reach it (one being stored, one queued and one being
+/// read); while giant entries are about the bound is [`GIANT_IN_FLIGHT_MAX`]
+/// and makes the reader wait for a commit, so few giants at a time are in
+/// memory.
+const IN_FLIGHT_MAX: usize = 2 * BATCH_BYTES;
+const GIANT_IN_FLIGHT_MAX: usize = 2 * GIANT_BATCH_BYTES;
 
 /// How long `--follow` waits before committing a partial batch.
 const FOLLOW_FLUSH: Duration = Duration::from_secs(1);
@@ -206,7 +206,7 @@ fn starts_over(err: &anyhow::Error) -> bool {
 
 /// What the reader thread sends.
 enum Message {
-    /// A batch, with the bytes of entries it was read from.
+    /// A batch, with the bytes it holds.
     Batch(Box<Prepared>, Progress, usize),
     /// Reading stopped; whatever was read before was sent first.
     Failed(Fault),
@@ -236,7 +236,7 @@ struct Run<'a> {
     ready: bool,
     /// `--new-stream`, until it has been used once.
     new_stream: bool,
-    /// Bytes of entries read and not yet committed (see [`IN_FLIGHT_MAX`]).
+    /// Bytes of prepared batches not yet committed (see [`IN_FLIGHT_MAX`]).
     in_flight: Arc<AtomicUsize>,
     /// Days whose partition was seen to.
     partitions: partitions::Known,
@@ -448,7 +448,8 @@ impl Run<'_> {
         if !plan.follow && plan.until.is_none_or(|until| until <= position) {
             return Ok(());
         }
-        let reader_con = stream::connect_key(self.settings, self.key).map_err(Fault::of_redis)?;
+        let reader_con =
+            stream::connect_reader(self.settings, self.key).map_err(Fault::of_redis)?;
         self.in_flight.store(0, Ordering::Relaxed);
         let (sender, batches) = sync_channel::<Message>(1);
         let reader = std::thread::Builder::new()
@@ -876,20 +877,21 @@ struct ReadPlan {
 
 impl ReadPlan {
     /// The next read after `after`, filling what a batch holding `queued`
-    /// entries of `bytes` has room for, with `left` entries to go.
+    /// entries has room for (`budget` bytes), with `left` entries to go.
     fn request(
         &self,
         after: EntryId,
         anchor: Option<String>,
         queued: usize,
-        bytes: usize,
+        budget: usize,
         left: u64,
     ) -> reader::ReadRequest {
         reader::ReadRequest {
             after,
             until: self.until,
             count: (self.batch_size - queued).min(usize::try_from(left).unwrap_or(usize::MAX)),
-            budget: BATCH_BYTES.saturating_sub(bytes),
+            budget,
+            giant_budget: budget.min(GIANT_BATCH_BYTES),
             anchor,
         }
     }
@@ -899,12 +901,37 @@ impl ReadPlan {
 struct Pending {
     entries: Vec<RawEntry>,
     bytes: usize,
+    /// The last read held a giant entry: batches are kept smaller.
+    giants: bool,
     since: Option<Instant>,
     /// Bytes sent to the committer and not yet committed (shared with it).
     in_flight: Arc<AtomicUsize>,
 }
 
 impl Pending {
+    /// Bytes of entries a batch holds at most, as things stand.
+    fn budget(&self) -> usize {
+        if self.giants {
+            GIANT_BATCH_BYTES
+        } else {
+            BATCH_BYTES
+        }
+    }
+
+    /// Bytes of entries read and not yet committed before the reader waits.
+    fn in_flight_max(&self) -> usize {
+        if self.giants {
+            GIANT_IN_FLIGHT_MAX
+        } else {
+            IN_FLIGHT_MAX
+        }
+    }
+
+    /// Bytes of entries the batch still has room for.
+    fn room(&self) -> usize {
+        self.budget().saturating_sub(self.bytes)
+    }
+
     fn add(&mut self, entries: Vec<RawEntry>) {
         if self.entries.is_empty() && !entries.is_empty() {
             self.since = Some(Instant::now());
@@ -930,10 +957,13 @@ impl Pending {
         }
         let entries = std::mem::take(&mut self.entries);
         self.since = None;
-        let bytes = std::mem::take(&mut self.bytes);
-        self.in_flight.fetch_add(bytes, Ordering::Relaxed);
+        self.bytes = 0;
         let message = match events::prepare(entries.into_iter().map(|e| (e.id, e.fields))) {
-            Ok(prepared) => Message::Batch(Box::new(prepared), progress, bytes),
+            Ok(prepared) => {
+                let held = prepared.heap_bytes();
+                self.in_flight.fetch_add(held, Ordering::Relaxed);
+                Message::Batch(Box::new(prepared), progress, held)
+            }
             Err(err) => Message::Failed(Fault::Fatal(err)),
         };
         sender.send(message).is_ok()
@@ -942,7 +972,7 @@ impl Pending {
 
 /// Reads and parses batches until the plan is done, a stop is asked for,
 /// or the receiver hangs up. A failure is sent on after what was read.
-fn read_batches(con: redis::Connection, plan: &ReadPlan, sender: &SyncSender<Message>) {
+fn read_batches(con: Wire, plan: &ReadPlan, sender: &SyncSender<Message>) {
     let mut reading = Reading {
         con,
         plan,
@@ -951,6 +981,7 @@ fn read_batches(con: redis::Connection, plan: &ReadPlan, sender: &SyncSender<Mes
         pending: Pending {
             entries: Vec::new(),
             bytes: 0,
+            giants: false,
             since: None,
             in_flight: Arc::clone(&plan.in_flight),
         },
@@ -977,7 +1008,7 @@ fn read_batches(con: redis::Connection, plan: &ReadPlan, sender: &SyncSender<Mes
 /// the producer's cap trimmed past it, or the key holds another stream —
 /// the stream is judged again before the read is used.
 struct Reading<'a> {
-    con: redis::Connection,
+    con: Wire,
     plan: &'a ReadPlan,
     /// The last entry read.
     after: EntryId,
@@ -1053,13 +1084,13 @@ impl Reading<'_> {
     fn step(&mut self, sender: &SyncSender<Message>) -> Result<Step, Fault> {
         let key = &self.plan.key;
         let (request, read) = if let Some(request) = self.reader.in_flight().cloned() {
-            (request, self.reader.receive(&mut self.con, key))
+            (request, self.reader.receive(&mut self.con))
         } else {
             let request = self.plan.request(
                 self.after,
                 self.anchor.clone(),
                 self.pending.entries.len(),
-                self.pending.bytes,
+                self.pending.room(),
                 self.left,
             );
             let read = self.reader.read(&mut self.con, key, &request);
@@ -1071,6 +1102,7 @@ impl Reading<'_> {
         }
         let verified = request.anchor.is_some() && read.anchor_held;
         let largest = read.entries.iter().map(RawEntry::size).max().unwrap_or(0);
+        self.pending.giants = largest >= GIANT_ENTRY;
         let count = read.entries.len() as u64;
         if let Some(last) = read.entries.last() {
             self.after = last.id;
@@ -1086,26 +1118,27 @@ impl Reading<'_> {
         }
         let finished = !self.plan.follow && read.drained;
         let due = self.pending.entries.len() >= self.plan.batch_size
-            || self.pending.bytes >= BATCH_BYTES
+            || self.pending.bytes >= self.pending.budget()
             || self.left == 0
             || finished
             || self
                 .pending
                 .since
                 .is_some_and(|since| since.elapsed() >= FOLLOW_FLUSH);
-        let room = largest < GIANT
-            && self.plan.in_flight.load(Ordering::Relaxed) + self.pending.bytes < IN_FLIGHT_MAX;
+        let room = largest < GIANT_ENTRY
+            && self.plan.in_flight.load(Ordering::Relaxed) + self.pending.bytes
+                < self.pending.in_flight_max();
         if !read.drained && room && self.left > 0 && !self.plan.stop.load(Ordering::Relaxed) {
             // Redis reads on while this read is parsed (not while giant
             // entries are about: one at a time is enough).
-            let (queued, bytes) = if due {
-                (0, 0)
+            let (queued, budget) = if due {
+                (0, self.pending.budget())
             } else {
-                (self.pending.entries.len(), self.pending.bytes)
+                (self.pending.entries.len(), self.pending.room())
             };
-            let next = self
-                .plan
-                .request(self.after, self.anchor.clone(), queued, bytes, self.left);
+            let next =
+                self.plan
+                    .request(self.after, self.anchor.clone(), queued, budget, self.left);
             self.reader
                 .send(&mut self.con, key, next)
                 .map_err(|err| self.read_error(&err.into()))?;
@@ -1123,7 +1156,8 @@ impl Reading<'_> {
     /// Waits while the committer holds [`IN_FLIGHT_MAX`] bytes of entries
     /// or more; false if a stop came meanwhile.
     fn wait_for_room(&self) -> bool {
-        while self.plan.in_flight.load(Ordering::Relaxed) + self.pending.bytes >= IN_FLIGHT_MAX
+        while self.plan.in_flight.load(Ordering::Relaxed) + self.pending.bytes
+            >= self.pending.in_flight_max()
             && self.plan.in_flight.load(Ordering::Relaxed) > 0
         {
             if self.plan.stop.load(Ordering::Relaxed) {

@@ -27,13 +27,20 @@ use crate::hour;
 use crate::stream::EntryId;
 use crate::text::{escape_bytes, escape_controls, truncate};
 
-/// Most bytes of entries one batch holds, besides `--batch-size` entries:
-/// with a batch being read, one queued and one being stored, memory stays
-/// under 100 MiB with entries of 2 MB (90 MiB measured), and no COPY comes
-/// near PostgreSQL's 1 GB message limit. Larger than 2 MiB because each
-/// batch costs a commit and a trim: 4 MiB brought transfer from 0.73–0.82
-/// of the COPY limit to 0.82–1.03 (cargo bench --bench transfer).
-pub const BATCH_BYTES: usize = 4 << 20;
+/// Most bytes of entries one batch holds, besides `--batch-size` entries.
+/// Each batch costs a COPY's set-up on the partitioned table (about 1.7
+/// ms), a commit and a trim: 4 MiB batches (some 2,600 entries) held
+/// transfer to 0.78 of the COPY limit, 8 MiB reach 0.94 with a peak RSS of
+/// 71 MiB, 12 MiB 0.96 with 90 MiB (cargo bench --bench transfer). A
+/// prepared batch keeps its entries packed, so it holds far less than it
+/// was read from.
+pub const BATCH_BYTES: usize = 8 << 20;
+
+/// [`BATCH_BYTES`] once a read holds a giant entry (see
+/// [`crate::stream::reader::GIANT_ENTRY`]): with one batch being read, one
+/// queued and one being stored, memory stays under 100 MiB with entries of
+/// 2 MB, and no COPY comes near PostgreSQL's 1 GB message limit.
+pub const GIANT_BATCH_BYTES: usize = 4 << 20;
 
 /// Largest entry whose raw fields a prepared batch keeps beside its row.
 const RAW_KEEP_MAX: usize = 64 << 10;
@@ -83,13 +90,13 @@ pub struct Prepared {
     rows: BytesMut,
     /// Where each row starts in `rows`, and one past the last.
     bounds: Vec<usize>,
-    /// Per row: its entry, its hour and its raw fields — kept only up to
-    /// [`RAW_KEEP_MAX`] bytes: they serve only should PostgreSQL refuse the
-    /// row, and a giant entry is read again from Redis then rather than
-    /// held twice meanwhile.
+    /// Per row: its entry, its hour and its raw fields, packed (see
+    /// [`crate::stream::pack`]) — kept only up to [`RAW_KEEP_MAX`] bytes:
+    /// they serve only should PostgreSQL refuse the row, and a giant entry
+    /// is read again from Redis then rather than held twice meanwhile.
     ids: Vec<EntryId>,
     hours: Vec<DateTime<Utc>>,
-    raws: Vec<Option<RawFields>>,
+    raws: Vec<Option<Box<[u8]>>>,
     rejected: Vec<Rejection>,
     pub first_id: EntryId,
     pub last_id: EntryId,
@@ -106,6 +113,34 @@ impl Prepared {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes the batch holds on the heap, near enough to bound memory by.
+    pub fn heap_bytes(&self) -> usize {
+        let per_row = size_of::<usize>()
+            + size_of::<EntryId>()
+            + size_of::<DateTime<Utc>>()
+            + size_of::<Option<Box<[u8]>>>()
+            + 16;
+        self.rows.capacity()
+            + self.ids.len() * per_row
+            + self
+                .raws
+                .iter()
+                .flatten()
+                .map(|raw| raw.len())
+                .sum::<usize>()
+            + self
+                .rejected
+                .iter()
+                .map(|r| {
+                    64 + r
+                        .fields
+                        .iter()
+                        .map(|(n, v)| n.len() + v.len() + 128)
+                        .sum::<usize>()
+                })
+                .sum::<usize>()
     }
 
     /// The hour of each row.
@@ -178,11 +213,11 @@ pub fn prepare(
                 prepared.rows.reserve(size + 256);
                 let kept = if size > RAW_KEEP_MAX {
                     dropped_print = crate::stream::reader::fingerprint(&raw);
-                    drop(raw);
                     None
                 } else {
-                    Some(raw)
+                    Some(crate::stream::pack::packed(&raw).into_boxed_slice())
                 };
+                drop(raw);
                 encode_row(&mut prepared.rows, &event)?;
                 prepared.raws.push(kept);
                 prepared.bounds.push(prepared.rows.len());
@@ -198,7 +233,7 @@ pub fn prepare(
     }
     prepared.last_print = match (prepared.ids.last(), prepared.rejected.last()) {
         (Some(&id), _) if id == prepared.last_id => match prepared.raws.last() {
-            Some(Some(raw)) => crate::stream::reader::fingerprint(raw),
+            Some(Some(packed)) => crate::stream::reader::fingerprint_packed(packed),
             _ => dropped_print,
         },
         (_, Some(rejected)) => crate::stream::reader::fingerprint(&rejected.fields),
@@ -313,8 +348,8 @@ pub fn commit(
     let rows = prepared.ids.len();
     let again: Vec<Option<RawFields>> = refused
         .iter()
-        .map(|(row, _)| match prepared.raws[*row] {
-            Some(_) => None,
+        .map(|(row, _)| match &prepared.raws[*row] {
+            Some(packed) => crate::stream::pack::decode(packed),
             None => refetch(prepared.ids[*row]),
         })
         .collect();
@@ -713,7 +748,7 @@ fn letters<'a>(
         })
         .collect();
     letters.extend(refused.iter().zip(again).map(|((row, message), again)| {
-        let kept = prepared.raws[*row].as_ref().or(again.as_ref());
+        let kept = again.as_ref();
         Letter {
             stream_id: prepared.ids[*row],
             fields: kept.unwrap_or(&NONE),

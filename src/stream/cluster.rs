@@ -15,7 +15,18 @@ use crate::config::RedisUrl;
 /// A connection to the master that owns `key`'s slot; the seeds are asked
 /// in turn until one answers.
 pub fn connect_owner(seeds: &[RedisUrl], key: &str) -> anyhow::Result<redis::Connection> {
-    let owner = ask_seeds(seeds, |seed, con| {
+    let owner = owner(seeds, key)?;
+    super::connect(&owner).with_context(|| {
+        format!(
+            "cannot connect to {}, the cluster node that holds {key}",
+            owner.target()
+        )
+    })
+}
+
+/// The master that owns `key`'s slot, as the seeds say.
+pub fn owner(seeds: &[RedisUrl], key: &str) -> anyhow::Result<RedisUrl> {
+    ask_seeds(seeds, |seed, con| {
         let slot: u16 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(key)
@@ -29,12 +40,6 @@ pub fn connect_owner(seeds: &[RedisUrl], key: &str) -> anyhow::Result<redis::Con
             )
         })?;
         Ok(node(seed, &host, port))
-    })?;
-    super::connect(&owner).with_context(|| {
-        format!(
-            "cannot connect to {}, the cluster node that holds {key}",
-            owner.target()
-        )
     })
 }
 

@@ -29,6 +29,23 @@ pub fn connect_key(settings: &Settings, key: &str) -> anyhow::Result<redis::Conn
     }
 }
 
+/// The reader's connection (see [`wire`]) to the server that holds `key`.
+pub fn connect_reader(settings: &Settings, key: &str) -> anyhow::Result<wire::Wire> {
+    let url = match &settings.redis_cluster {
+        Some(seeds) => cluster::owner(seeds, key)?,
+        None => settings.redis.clone(),
+    };
+    let target = url.target();
+    let tls = matches!(url.info.addr(), redis::ConnectionAddr::TcpTls { .. });
+    wire::Wire::open(&url, CONNECT_TIMEOUT, IO_TIMEOUT).map_err(|err| {
+        ConnectError {
+            message: describe_connect_error(&target, tls, &err),
+            transient: is_transient_redis(&err),
+        }
+        .into()
+    })
+}
+
 /// Opens one connection and checks it answers; the error says where it tried.
 pub fn connect(url: &RedisUrl) -> anyhow::Result<redis::Connection> {
     let target = url.target();
@@ -154,5 +171,6 @@ pub mod pack;
 pub mod producer;
 pub mod reader;
 pub mod waiting;
+pub mod wire;
 
 pub use id::EntryId;

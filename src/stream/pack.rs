@@ -1,7 +1,8 @@
 //! An entry's names and values as one `MessagePack` array of strings, byte
-//! for byte as Redis's Lua `cmsgpack.pack` writes them: how the read
-//! script hands entries over (two strings an entry instead of one per name
-//! and value), and what an entry's fingerprint hashes on both sides.
+//! for byte as Redis's Lua `cmsgpack.pack` writes them: what an entry's
+//! fingerprint hashes, here and in the trim script, and how a batch keeps
+//! its entries' fields for dead letters (one allocation an entry, not two a
+//! field).
 
 use crate::event::RawFields;
 
@@ -37,6 +38,15 @@ pub fn encode(fields: &RawFields, mut out: impl FnMut(&[u8])) {
             out(part);
         }
     }
+}
+
+/// The packing of `fields`, in one buffer of its exact size.
+pub fn packed(fields: &RawFields) -> Vec<u8> {
+    let mut size = 0;
+    encode(fields, |bytes| size += bytes.len());
+    let mut out = Vec::with_capacity(size);
+    encode(fields, |bytes| out.extend_from_slice(bytes));
+    out
 }
 
 /// Names and values from their packing; none if it is not an array of an
@@ -80,12 +90,6 @@ pub fn decode(packed: &[u8]) -> Option<RawFields> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn packed(fields: &RawFields) -> Vec<u8> {
-        let mut out = Vec::new();
-        encode(fields, |bytes| out.extend_from_slice(bytes));
-        out
-    }
 
     #[test]
     fn headers_are_the_ones_cmsgpack_writes() {

@@ -10,6 +10,7 @@ use anyhow::Context;
 use redis::Value;
 
 use super::EntryId;
+use super::wire::Wire;
 use crate::event::RawFields;
 
 /// One entry as Redis returned it: values are bytes, the producer's are
@@ -41,26 +42,35 @@ impl RawEntry {
 pub fn fingerprint(fields: &RawFields) -> String {
     let mut sha = openssl::sha::Sha1::new();
     super::pack::encode(fields, |bytes| sha.update(bytes));
-    sha.finish()
-        .iter()
-        .fold(String::with_capacity(40), |mut hex, b| {
-            let _ = write!(hex, "{b:02x}");
-            hex
-        })
+    hex(&sha.finish())
 }
 
-/// Most entries one scripted read asks for: the script stops at the byte
-/// budget anyway, and this keeps Redis busy for under a millisecond a read.
-pub const READ_MAX_ENTRIES: usize = 256;
+/// [`fingerprint`] of fields already packed.
+pub fn fingerprint_packed(packed: &[u8]) -> String {
+    hex(&openssl::sha::sha1(packed))
+}
 
-/// Most entries one read asks for where scripts are forbidden. Redis cannot
-/// cap a plain reply by bytes, so small entries followed by huge ones cost
-/// at most this many huge ones in memory, once; after that each read is
-/// sized by the largest entry seen.
-pub const UNSCRIPTED_MAX_ENTRIES: usize = 16;
+fn hex(digest: &[u8]) -> String {
+    digest.iter().fold(String::with_capacity(40), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
+}
 
-/// Chooses how many entries a plain read asks for: starts at one (nothing
-/// is known of their size yet), grows fourfold while entries are small, and
+/// Most entries one read asks for. Redis cannot cap a reply by bytes: a
+/// run of giant entries right after small ones has Redis hold at most this
+/// many of them for a moment, while the reader reads past what its budget
+/// cannot take (see [`super::wire`]); after that each read is sized by the
+/// largest entry seen.
+pub const READ_MAX_ENTRIES: usize = 64;
+
+/// An entry at least this large (as [`RawEntry::size`] counts) is a giant:
+/// reads and batches holding one are kept smaller, and the reader does not
+/// read ahead while giants are about.
+pub const GIANT_ENTRY: usize = 1 << 20;
+
+/// Chooses how many entries a read asks for: starts at one (nothing is
+/// known of their size yet), grows fourfold while entries are small, and
 /// never asks for more than the bytes left in the batch would hold at the
 /// size of the largest entry seen lately.
 #[derive(Debug, Clone)]
@@ -87,11 +97,10 @@ impl ReadSize {
     }
 
     /// Learns from what a read returned.
-    pub fn observe(&mut self, entries: &[RawEntry]) {
-        let largest = entries.iter().map(RawEntry::size).max().unwrap_or(0);
+    pub fn observe(&mut self, largest: usize) {
         // Halve the memory of old giants so that reads grow again after them.
         self.largest = largest.max(self.largest / 2);
-        self.next = (self.next * 4).min(UNSCRIPTED_MAX_ENTRIES);
+        self.next = (self.next * 4).min(READ_MAX_ENTRIES);
     }
 }
 
@@ -214,7 +223,7 @@ fn range_cmd(key: &str, after: EntryId, until: Option<EntryId>, count: usize) ->
     cmd
 }
 
-/// What [`range_after_anchored`] or [`BoundedReader::read`] read.
+/// What [`BoundedReader::read`] read.
 #[derive(Debug)]
 pub struct Anchored {
     /// The entry `after` was in the stream when the entries were read: they
@@ -225,52 +234,9 @@ pub struct Anchored {
     pub drained: bool,
 }
 
-/// [`range_after`], with a look at the entry `after` in the same MULTI, so
-/// that a stream deleted and recreated between two reads cannot pass its
-/// entries off as the old stream's: entries read while `after` was there,
-/// with the fingerprint `anchor`, follow it in its own stream.
-pub fn range_after_anchored(
-    con: &mut impl redis::ConnectionLike,
-    key: &str,
-    after: EntryId,
-    anchor: &str,
-    until: Option<EntryId>,
-    count: usize,
-) -> redis::RedisResult<Anchored> {
-    if after == EntryId::MAX {
-        return Ok(Anchored {
-            anchor_held: true,
-            entries: Vec::new(),
-            drained: true,
-        });
-    }
-    let anchor_print = anchor;
-    let (anchor, read): (Value, Value) = redis::pipe()
-        .atomic()
-        .cmd("XRANGE")
-        .arg(key)
-        .arg(after.to_string())
-        .arg(after.to_string())
-        .arg("COUNT")
-        .arg(1)
-        .add_command(range_cmd(key, after, until, count))
-        .query(con)?;
-    let held = entries(anchor)?
-        .first()
-        .is_some_and(|entry| fingerprint(&entry.fields) == anchor_print);
-    let read = entries(read)?;
-    Ok(Anchored {
-        anchor_held: held,
-        drained: read.len() < count,
-        entries: read,
-    })
-}
-
-const READ_SOURCE: &str = include_str!("read_after.lua");
-static READ_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(READ_SOURCE));
-
 /// One read: up to `count` entries after `after` (exclusive), up to `until`
-/// (inclusive), and no more than `budget` bytes beyond the first entry;
+/// (inclusive), and no more than `budget` bytes beyond the first entry (no
+/// more than `giant_budget` once it holds a giant entry);
 /// with `anchor` (the [`fingerprint`] of the entry `after` as it was read),
 /// also whether that very entry is still there.
 #[derive(Debug, Clone)]
@@ -279,28 +245,25 @@ pub struct ReadRequest {
     pub until: Option<EntryId>,
     pub count: usize,
     pub budget: usize,
+    pub giant_budget: usize,
     pub anchor: Option<String>,
 }
 
-/// Reads entries after a point, bounded by bytes as well as entries.
-/// Redis's script takes entries a few at a time and stops at the byte
-/// budget; where scripting is disabled (some managed Redis), reads sized by
-/// [`ReadSize`] in a MULTI do the same job less tightly. A scripted read can
-/// be sent ahead ([`BoundedReader::send`]) so that Redis works on it while
-/// the caller parses the previous one.
+/// Reads entries after a point, bounded by bytes as well as entries: reads
+/// sized by [`ReadSize`], the anchor looked at in the same `MULTI`, and
+/// what a reply holds beyond the budget read past (see [`super::wire`]).
+/// A read can be sent ahead ([`BoundedReader::send`]) so that Redis works
+/// on it while the caller parses the previous one.
 #[derive(Debug, Default)]
 pub struct BoundedReader {
     size: ReadSize,
-    unscripted: bool,
-    /// The script is known to be loaded: reads may be sent by EVALSHA.
-    loaded: bool,
-    in_flight: Option<ReadRequest>,
+    in_flight: Option<(ReadRequest, usize)>,
 }
 
 impl BoundedReader {
     pub fn read(
         &mut self,
-        con: &mut redis::Connection,
+        con: &mut Wire,
         key: &str,
         request: &ReadRequest,
     ) -> redis::RedisResult<Anchored> {
@@ -311,160 +274,88 @@ impl BoundedReader {
                 drained: true,
             });
         }
-        if !self.unscripted {
-            // EVAL, not EVALSHA: it works whatever Redis's script cache
-            // holds (SCRIPT FLUSH, a restart), and caches it for the reads
-            // sent ahead.
-            let mut eval = redis::cmd("EVAL");
-            eval.arg(READ_SOURCE)
-                .arg(1)
-                .arg(key)
-                .arg(&request_args(request)[..]);
-            match request_value(con, &eval) {
-                Ok(reply) => {
-                    self.loaded = true;
-                    return scripted(reply);
-                }
-                Err(err) if scripting_unavailable(&err) => self.unscripted = true,
-                Err(err) => return Err(err),
-            }
-        }
-        let count = self.size.count(request.count.max(1), request.budget);
-        let read = if let Some(anchor) = &request.anchor {
-            range_after_anchored(con, key, request.after, anchor, request.until, count)?
-        } else {
-            let entries = range_after(con, key, request.after, request.until, count)?;
-            Anchored {
-                anchor_held: true,
-                drained: entries.len() < count,
-                entries,
-            }
-        };
-        self.size.observe(&read.entries);
-        Ok(read)
+        debug_assert!(self.in_flight.is_none(), "a read is already under way");
+        self.send(con, key, request.clone())?;
+        self.receive(con)
     }
 
-    /// Sends a read without waiting for it, when the script is loaded;
-    /// false when it cannot be sent ahead (then [`BoundedReader::read`] it).
+    /// Sends a read without waiting for it; false when one is already
+    /// under way or there is nothing to read (then [`BoundedReader::read`]).
     pub fn send(
         &mut self,
-        con: &mut redis::Connection,
+        con: &mut Wire,
         key: &str,
         request: ReadRequest,
     ) -> redis::RedisResult<bool> {
-        if !self.loaded || self.in_flight.is_some() || request.after == EntryId::MAX {
+        if self.in_flight.is_some() || request.after == EntryId::MAX {
             return Ok(false);
         }
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(READ_SCRIPT.get_hash())
-            .arg(1)
-            .arg(key)
-            .arg(&request_args(&request)[..]);
-        con.send_packed_command(&cmd.get_packed_command())?;
-        self.in_flight = Some(request);
+        let count = self.size.count(request.count.max(1), request.budget);
+        let range = range_cmd(key, request.after, request.until, count);
+        let packed = if request.anchor.is_some() {
+            let at = request.after.to_string();
+            redis::pipe()
+                .atomic()
+                .cmd("XRANGE")
+                .arg(key)
+                .arg(&at)
+                .arg(&at)
+                .arg("COUNT")
+                .arg(1)
+                .add_command(range)
+                .get_packed_pipeline()
+        } else {
+            range.get_packed_command()
+        };
+        con.send(&packed)?;
+        self.in_flight = Some((request, count));
         Ok(true)
     }
 
     /// The read sent ahead, if any.
     pub fn in_flight(&self) -> Option<&ReadRequest> {
-        self.in_flight.as_ref()
+        self.in_flight.as_ref().map(|(request, _)| request)
     }
 
     pub fn has_in_flight(&self) -> bool {
         self.in_flight.is_some()
     }
 
-    /// Receives the read sent ahead; should Redis have lost the script
-    /// meanwhile (SCRIPT FLUSH), reads it again the usual way.
-    pub fn receive(
-        &mut self,
-        con: &mut redis::Connection,
-        key: &str,
-    ) -> redis::RedisResult<Anchored> {
-        let request = self
+    /// Receives the read sent ahead.
+    pub fn receive(&mut self, con: &mut Wire) -> redis::RedisResult<Anchored> {
+        let (request, count) = self
             .in_flight
             .take()
             .expect("receive follows a send that returned true");
-        match server_error(con.recv_response()) {
-            Ok(reply) => scripted(reply),
-            Err(err) if err.code() == Some("NOSCRIPT") => {
-                self.loaded = false;
-                self.read(con, key, &request)
+        let mut anchor_held = true;
+        if let Some(anchor) = &request.anchor {
+            // MULTI, and each command QUEUED: all read, to stay in step.
+            let mut refused = None;
+            for _ in 0..3 {
+                if let Value::ServerError(err) = con.value()? {
+                    refused.get_or_insert(redis::RedisError::from(err));
+                }
             }
-            Err(err) => Err(err),
+            let exec = con.exec_header(2);
+            if let Some(err) = refused {
+                return Err(err);
+            }
+            exec?;
+            let there = con.entries(usize::MAX, usize::MAX)?;
+            anchor_held = there
+                .entries
+                .first()
+                .is_some_and(|entry| fingerprint(&entry.fields) == *anchor);
         }
+        let taken = con.entries(request.budget, request.giant_budget)?;
+        let largest = taken.entries.iter().map(RawEntry::size).max().unwrap_or(0);
+        self.size.observe(largest);
+        Ok(Anchored {
+            anchor_held,
+            drained: taken.total < count && !taken.cut(),
+            entries: taken.entries,
+        })
     }
-}
-
-/// Sends a command and takes its reply as it is: a reply of thousands of
-/// entries is not walked again for errors nested in it (as `query` does),
-/// which the stream reads here cannot hold.
-fn request_value(con: &mut redis::Connection, cmd: &redis::Cmd) -> redis::RedisResult<Value> {
-    con.send_packed_command(&cmd.get_packed_command())?;
-    server_error(con.recv_response())
-}
-
-/// A reply that is a server error (which a bare receive returns as a
-/// value), as an error.
-fn server_error(reply: redis::RedisResult<Value>) -> redis::RedisResult<Value> {
-    match reply {
-        Ok(Value::ServerError(err)) => Err(redis::RedisError::from(err)),
-        reply => reply,
-    }
-}
-
-/// The script's ARGV for a request.
-fn request_args(request: &ReadRequest) -> [String; 5] {
-    [
-        request.after.to_string(),
-        request
-            .until
-            .map_or_else(|| "+".to_string(), |id| id.to_string()),
-        request.count.clamp(1, READ_MAX_ENTRIES).to_string(),
-        request.budget.to_string(),
-        request.anchor.clone().unwrap_or_default(),
-    ]
-}
-
-/// The script's reply: {held, {id, packed fields, …}, drained}.
-fn scripted(reply: Value) -> redis::RedisResult<Anchored> {
-    match reply {
-        Value::Array(parts) if parts.len() == 3 => {
-            let [held, read, drained] = <[Value; 3]>::try_from(parts).expect("three parts");
-            Ok(Anchored {
-                anchor_held: held == Value::Int(1),
-                entries: packed_entries(read)?,
-                drained: drained == Value::Int(1),
-            })
-        }
-        other => Err(malformed(&other)),
-    }
-}
-
-/// Entries as the read script sends them: an ID, then the names and values
-/// packed (see [`super::pack`]).
-fn packed_entries(reply: Value) -> redis::RedisResult<Vec<RawEntry>> {
-    let items = match reply {
-        Value::Array(items) => items,
-        // An empty Lua table comes back as an empty array or as nil.
-        Value::Nil => Vec::new(),
-        other => return Err(malformed(&other)),
-    };
-    let mut out = Vec::with_capacity(items.len() / 2);
-    let mut items = items.into_iter();
-    while let (Some(id), Some(packed)) = (items.next(), items.next()) {
-        let (Value::BulkString(id), Value::BulkString(packed)) = (id, packed) else {
-            return Err(malformed(&Value::Nil));
-        };
-        let id = std::str::from_utf8(&id)
-            .ok()
-            .and_then(|id| id.parse().ok())
-            .ok_or_else(|| malformed(&Value::BulkString(id.clone())))?;
-        let fields =
-            super::pack::decode(&packed).ok_or_else(|| malformed(&Value::BulkString(packed)))?;
-        out.push(RawEntry { id, fields });
-    }
-    Ok(out)
 }
 
 /// Waits up to `block_ms` for entries after `after`.
@@ -761,11 +652,13 @@ impl Backlog {
 mod tests {
     use super::*;
 
-    fn entry(bytes: usize) -> RawEntry {
+    /// What an entry of one field of `bytes` costs to hold.
+    fn held(bytes: usize) -> usize {
         RawEntry {
             id: EntryId::ZERO,
             fields: vec![(b"f".to_vec(), vec![b'x'; bytes])],
         }
+        .size()
     }
 
     #[test]
@@ -774,19 +667,18 @@ mod tests {
         let budget = 8 << 20;
         assert_eq!(size.count(5_000, budget), 1);
         for _ in 0..10 {
-            let n = size.count(5_000, budget);
-            size.observe(&vec![entry(500); n]);
+            size.observe(held(500));
         }
-        assert_eq!(size.count(5_000, budget), UNSCRIPTED_MAX_ENTRIES);
+        assert_eq!(size.count(5_000, budget), READ_MAX_ENTRIES);
         assert_eq!(size.count(7, budget), 7);
-        size.observe(&[entry(2 << 20)]);
+        size.observe(held(2 << 20));
         assert_eq!(size.count(5_000, budget), 3);
         // A giant alone, whatever is left.
         assert_eq!(size.count(5_000, 10), 1);
         // Giants fade from memory once reads hold small entries again.
         for _ in 0..16 {
-            size.observe(&[entry(500)]);
+            size.observe(held(500));
         }
-        assert_eq!(size.count(5_000, budget), UNSCRIPTED_MAX_ENTRIES);
+        assert_eq!(size.count(5_000, budget), READ_MAX_ENTRIES);
     }
 }
