@@ -1,8 +1,8 @@
 //! Redis Cluster (SPEC §13). Every command genalytics sends touches one
-//! stream key — reads and their scripts, trims, `XADD`s, `XINFO` — so it
+//! stream key — reads, trims and their scripts, `XADD`s, `XINFO` — so it
 //! speaks straight to the master that owns the key's slot, asked of the
-//! seed nodes (`CLUSTER KEYSLOT`, `CLUSTER SLOTS`). The read path, its
-//! scripts and its pipelining stay as on a single server. When the slot
+//! seed nodes (`CLUSTER KEYSLOT`, `CLUSTER SLOTS`). The read path and its
+//! pipelining stay as on a single server. When the slot
 //! moves (a reshard) or a replica is promoted, that node answers `MOVED` or
 //! `ASK`, or goes away: the error is transient, and the next session asks
 //! the cluster again and connects to the new owner.

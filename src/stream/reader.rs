@@ -36,7 +36,7 @@ impl RawEntry {
 
 /// What tells an entry from another with the same ID (a stream recreated
 /// under the key hands out the same IDs): the SHA-1 of its names and
-/// values as [`super::pack`] packs them. The Lua scripts compute the same
+/// values as [`super::pack`] packs them. The trim script computes the same
 /// with `redis.sha1hex(cmsgpack.pack(…))`, so Redis checks an entry is
 /// still the one read without sending it back.
 pub fn fingerprint(fields: &RawFields) -> String {
