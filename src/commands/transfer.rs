@@ -877,12 +877,12 @@ struct ReadPlan {
 
 impl ReadPlan {
     /// The next read after `after`, filling what a batch holding `queued`
-    /// entries has room for (`budget` bytes), with `left` entries to go.
+    /// entries of `bytes` has room for, with `left` entries to go.
     fn request(
         &self,
         after: EntryId,
         anchor: Option<String>,
-        queued: usize,
+        (queued, bytes): (usize, usize),
         budget: usize,
         left: u64,
     ) -> reader::ReadRequest {
@@ -890,8 +890,8 @@ impl ReadPlan {
             after,
             until: self.until,
             count: (self.batch_size - queued).min(usize::try_from(left).unwrap_or(usize::MAX)),
-            budget,
-            giant_budget: budget.min(GIANT_BATCH_BYTES),
+            budget: budget.saturating_sub(bytes),
+            giant_budget: GIANT_BATCH_BYTES.saturating_sub(bytes),
             anchor,
         }
     }
@@ -901,7 +901,8 @@ impl ReadPlan {
 struct Pending {
     entries: Vec<RawEntry>,
     bytes: usize,
-    /// The last read held a giant entry: batches are kept smaller.
+    /// The batch, or the last read, holds a giant entry: batches are kept
+    /// smaller.
     giants: bool,
     since: Option<Instant>,
     /// Bytes sent to the committer and not yet committed (shared with it).
@@ -925,11 +926,6 @@ impl Pending {
         } else {
             IN_FLIGHT_MAX
         }
-    }
-
-    /// Bytes of entries the batch still has room for.
-    fn room(&self) -> usize {
-        self.budget().saturating_sub(self.bytes)
     }
 
     fn add(&mut self, entries: Vec<RawEntry>) {
@@ -1089,8 +1085,8 @@ impl Reading<'_> {
             let request = self.plan.request(
                 self.after,
                 self.anchor.clone(),
-                self.pending.entries.len(),
-                self.pending.room(),
+                (self.pending.entries.len(), self.pending.bytes),
+                self.pending.budget(),
                 self.left,
             );
             let read = self.reader.read(&mut self.con, key, &request);
@@ -1102,7 +1098,10 @@ impl Reading<'_> {
         }
         let verified = request.anchor.is_some() && read.anchor_held;
         let largest = read.entries.iter().map(RawEntry::size).max().unwrap_or(0);
-        self.pending.giants = largest >= GIANT_ENTRY;
+        // A fresh batch forgets the giants of the one before it, once a
+        // read holds none.
+        self.pending.giants =
+            largest >= GIANT_ENTRY || (self.pending.giants && !self.pending.entries.is_empty());
         let count = read.entries.len() as u64;
         if let Some(last) = read.entries.last() {
             self.after = last.id;
@@ -1131,14 +1130,18 @@ impl Reading<'_> {
         if !read.drained && room && self.left > 0 && !self.plan.stop.load(Ordering::Relaxed) {
             // Redis reads on while this read is parsed (not while giant
             // entries are about: one at a time is enough).
-            let (queued, budget) = if due {
-                (0, self.pending.budget())
+            let queued = if due {
+                (0, 0)
             } else {
-                (self.pending.entries.len(), self.pending.room())
+                (self.pending.entries.len(), self.pending.bytes)
             };
-            let next =
-                self.plan
-                    .request(self.after, self.anchor.clone(), queued, budget, self.left);
+            let next = self.plan.request(
+                self.after,
+                self.anchor.clone(),
+                queued,
+                self.pending.budget(),
+                self.left,
+            );
             self.reader
                 .send(&mut self.con, key, next)
                 .map_err(|err| self.read_error(&err.into()))?;
@@ -1154,7 +1157,8 @@ impl Reading<'_> {
     }
 
     /// Waits while the committer holds [`IN_FLIGHT_MAX`] bytes of entries
-    /// or more; false if a stop came meanwhile.
+    /// or more ([`GIANT_IN_FLIGHT_MAX`] while giants are about); false if a
+    /// stop came meanwhile.
     fn wait_for_room(&self) -> bool {
         while self.plan.in_flight.load(Ordering::Relaxed) + self.pending.bytes
             >= self.pending.in_flight_max()

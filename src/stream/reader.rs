@@ -321,12 +321,11 @@ impl BoundedReader {
         self.in_flight.is_some()
     }
 
-    /// Receives the read sent ahead.
-    pub fn receive(&mut self, con: &mut Wire) -> redis::RedisResult<Anchored> {
-        let (request, count) = self
-            .in_flight
-            .take()
-            .expect("receive follows a send that returned true");
+    /// The replies to one read: the anchor's and the range's.
+    fn take_replies(
+        con: &mut Wire,
+        request: &ReadRequest,
+    ) -> redis::RedisResult<(bool, super::wire::Taken)> {
         let mut anchor_held = true;
         if let Some(anchor) = &request.anchor {
             // MULTI, and each command QUEUED: all read, to stay in step.
@@ -348,6 +347,21 @@ impl BoundedReader {
                 .is_some_and(|entry| fingerprint(&entry.fields) == *anchor);
         }
         let taken = con.entries(request.budget, request.giant_budget)?;
+        Ok((anchor_held, taken))
+    }
+
+    /// Receives the read sent ahead.
+    pub fn receive(&mut self, con: &mut Wire) -> redis::RedisResult<Anchored> {
+        let (request, count) = self
+            .in_flight
+            .take()
+            .expect("receive follows a send that returned true");
+        let read = Self::take_replies(con, &request);
+        if read.is_err() {
+            // Whatever failed, a reply may be left partly read.
+            con.abandon();
+        }
+        let (anchor_held, taken) = read?;
         let largest = taken.entries.iter().map(RawEntry::size).max().unwrap_or(0);
         self.size.observe(largest);
         Ok(Anchored {

@@ -1,10 +1,10 @@
 //! The reader's own Redis connection (RESP2). Stream replies are taken
 //! apart straight from the socket's buffer into entries, with no reply tree
 //! in between (redis-rs builds one, about thirty allocations an entry), and
-//! a reply that runs past the batch's byte budget is read past rather than
-//! held: memory stays bounded by bytes whatever Redis sends, without a Lua
-//! script repacking every entry inside Redis (which cost Redis more than
-//! twice the CPU of the plain `XRANGE`). Every other command on it
+//! the entries of a reply that runs past the batch's byte budget are read
+//! past rather than held: memory is bounded by the budget and the one entry
+//! a read always keeps, without a Lua script repacking every entry inside
+//! Redis (which cost Redis more than twice the CPU of the plain `XRANGE`). Every other command on it
 //! (`XINFO`, `XREAD BLOCK`) goes through redis-rs's [`redis::ConnectionLike`],
 //! so the functions in [`super::reader`] take either kind of connection.
 
@@ -21,6 +21,8 @@ use crate::config::RedisUrl;
 const BUFFER: usize = 256 << 10;
 /// Replies nest a few levels; a server nesting deeper is not Redis.
 const MAX_DEPTH: usize = 32;
+/// Longest reply line (a status, an error, a length): Redis's are short.
+const LINE_MAX: u64 = 1 << 20;
 
 trait Duplex: Read + Write + Send {}
 impl<T: Read + Write + Send> Duplex for T {}
@@ -164,6 +166,12 @@ impl Wire {
         self.check(header)
     }
 
+    /// Gives the connection up: a reply was left partly read (an error
+    /// inside a transaction's replies), so nothing after it is in step.
+    pub fn abandon(&mut self) {
+        self.broken = true;
+    }
+
     fn usable(&self) -> RedisResult<()> {
         if self.broken {
             return Err(io::Error::new(
@@ -194,7 +202,9 @@ impl Wire {
     /// Reads one line, without its CRLF, into `self.line`.
     fn read_line(&mut self) -> RedisResult<()> {
         self.line.clear();
-        let n = self.io.read_until(b'\n', &mut self.line)?;
+        let n = (&mut self.io)
+            .take(LINE_MAX)
+            .read_until(b'\n', &mut self.line)?;
         if n == 0 {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
         }
@@ -334,11 +344,10 @@ impl Wire {
         }
     }
 
-    /// `n` bytes and their CRLF. Memory grows only as bytes arrive, so a
-    /// length no server would send cannot exhaust it at once.
+    /// `n` bytes and their CRLF.
     fn bulk(&mut self, n: usize) -> RedisResult<Vec<u8>> {
         let buffered = self.io.buffer();
-        let bytes = if buffered.len() >= n + 2 {
+        let bytes = if n < buffered.len().saturating_sub(1) {
             let bytes = buffered[..n].to_vec();
             if &buffered[n..n + 2] != b"\r\n" {
                 return Err(malformed("a string without its CRLF"));
@@ -346,7 +355,12 @@ impl Wire {
             self.io.consume(n + 2);
             bytes
         } else {
-            let mut bytes = Vec::with_capacity(n.min(BUFFER));
+            // Its exact size at once (a giant is not copied through a
+            // doubling buffer); the pages are touched only as bytes arrive.
+            let mut bytes = Vec::new();
+            bytes
+                .try_reserve_exact(n)
+                .map_err(|_| malformed("a string too long to hold"))?;
             let read = (&mut self.io).take(n as u64).read_to_end(&mut bytes)?;
             if read < n {
                 return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
@@ -531,6 +545,24 @@ mod tests {
     }
 
     #[test]
+    fn an_error_inside_a_transactions_replies_gives_the_connection_up() {
+        let mut wire = fed(b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n-WRONGTYPE no\r\n*0\r\n");
+        let mut reader = crate::stream::reader::BoundedReader::default();
+        let request = crate::stream::reader::ReadRequest {
+            after: "1-1".parse().unwrap(),
+            until: None,
+            count: 10,
+            budget: 1 << 20,
+            giant_budget: 1 << 20,
+            anchor: Some("0".repeat(40)),
+        };
+        let err = reader.read(&mut wire, "k", &request).expect_err("an error");
+        assert_eq!(err.code(), Some("WRONGTYPE"));
+        // The range's reply is still unread: nothing may follow on it.
+        assert!(!redis::ConnectionLike::is_open(&wire));
+    }
+
+    #[test]
     fn a_server_error_keeps_the_connection_and_names_its_code() {
         let mut wire = fed(b"-WRONGTYPE Operation against a key\r\n:5\r\n");
         let err = wire.entries(100, 100).expect_err("an error");
@@ -568,6 +600,11 @@ mod tests {
             ("an unknown type", b"%2\r\n".to_vec()),
             ("a length that is no number", b"*x\r\n".to_vec()),
             ("nothing at all", Vec::new()),
+            ("a line longer than Redis sends", {
+                let mut line = vec![b'+'];
+                line.resize(2 << 20, b'a');
+                line
+            }),
             ("nested too deep", deep.clone().into_bytes()),
         ];
         for (what, bytes) in cases {
