@@ -36,7 +36,7 @@ use crate::text::{escape_bytes, escape_controls, truncate};
 /// was read from.
 pub const BATCH_BYTES: usize = 8 << 20;
 
-/// [`BATCH_BYTES`] once a read holds a giant entry (see
+/// [`BATCH_BYTES`] once a batch or its last read holds a giant entry (see
 /// [`crate::stream::reader::GIANT_ENTRY`]): with one batch being read, one
 /// queued and one being stored, memory stays under 100 MiB with entries of
 /// 2 MB, and no COPY comes near PostgreSQL's 1 GB message limit.
