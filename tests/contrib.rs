@@ -107,11 +107,7 @@ fn the_follower_tells_systemd_it_is_ready_alive_and_stopping() {
     let pings = seen.iter().filter(|m| m.contains("WATCHDOG=1")).count();
     assert!(wait_message(&socket, "WATCHDOG=1", &mut seen), "{seen:?}");
     assert!(seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() > pings);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(follower.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    crate::harness::sigterm(&follower);
     assert!(wait_message(&socket, "STOPPING=1", &mut seen), "{seen:?}");
     assert!(follower.wait().unwrap().success());
 }

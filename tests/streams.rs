@@ -235,11 +235,7 @@ fn following_a_pattern_picks_up_a_new_stream_and_stops_on_sigterm() {
         stored(&mut db).get(&second).map(Vec::len) == Some(80)
     });
     assert!(child.try_wait().unwrap().is_none(), "the follower ended");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    crate::harness::sigterm(&child);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");

@@ -663,11 +663,7 @@ fn libpq_parameters_reach_postgresql_as_written() {
         .unwrap()
         .is_empty()
     });
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(follow.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    crate::harness::sigterm(&follow);
     let out = follow.wait_with_output().unwrap();
     assert!(out.status.success());
 }
@@ -720,11 +716,7 @@ fn follow_picks_up_new_entries_and_commits_everything_on_sigterm() {
         written.push(xadd(&mut con, &key, "*", &[("event_type", "request")]));
     }
     std::thread::sleep(std::time::Duration::from_millis(100));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(follower.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    crate::harness::sigterm(&follower);
     let status = follower.wait().unwrap();
     assert!(status.success(), "{status}");
     let mut stdout = String::new();
@@ -790,11 +782,7 @@ fn without_scripting_in_redis_transfer_reads_and_trims_all_the_same() {
     wait_for("the follower to store them", 30, || {
         stored_ids(&mut db).len() == 325
     });
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(follower.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    crate::harness::sigterm(&follower);
     let out = follower.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");

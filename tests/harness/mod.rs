@@ -317,3 +317,12 @@ pub fn clear_of_hour_turn(seconds: i64) {
         std::thread::sleep(std::time::Duration::from_secs(left as u64 + 1));
     }
 }
+
+/// Asks a child genalytics to stop, as systemd does.
+pub fn sigterm(child: &std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+}
