@@ -406,17 +406,11 @@ fn fits_numeric(number: &str) -> bool {
 /// (Python's `str()`) is accepted.
 pub fn parse_timestamp(value: &str) -> Result<DateTime<Utc>, String> {
     let text = value.trim();
-    let spaced = text.replacen(' ', "T", 1);
-    // The producer's own spelling first: it is by far the most common.
-    let parsed = spaced
-        .parse::<NaiveDateTime>()
-        .map(|at| at.and_utc())
-        .or_else(|_| DateTime::parse_from_rfc3339(&spaced).map(|at| at.with_timezone(&Utc)))
-        .or_else(|_| {
-            DateTime::parse_from_str(&spaced, "%Y-%m-%dT%H:%M:%S%.f%z")
-                .map(|at| at.with_timezone(&Utc))
-        })
-        .map_err(|_| format!("timestamp {} is not an ISO 8601 time", quoted(value)))?;
+    let parsed = match producer_time(text) {
+        Some(at) => at,
+        None => any_iso_time(text)
+            .map_err(|_| format!("timestamp {} is not an ISO 8601 time", quoted(value)))?,
+    };
     in_range(parsed).ok_or_else(|| {
         format!(
             "timestamp {} is outside the years {}–{}",
@@ -425,6 +419,70 @@ pub fn parse_timestamp(value: &str) -> Result<DateTime<Utc>, String> {
             YEARS.end()
         )
     })
+}
+
+/// The times chrono reads: the producer's spelling, RFC 3339, and offsets
+/// without a colon; a space for the `T`.
+fn any_iso_time(text: &str) -> chrono::ParseResult<DateTime<Utc>> {
+    let spaced = text.replacen(' ', "T", 1);
+    spaced
+        .parse::<NaiveDateTime>()
+        .map(|at| at.and_utc())
+        .or_else(|_| DateTime::parse_from_rfc3339(&spaced).map(|at| at.with_timezone(&Utc)))
+        .or_else(|_| {
+            DateTime::parse_from_str(&spaced, "%Y-%m-%dT%H:%M:%S%.f%z")
+                .map(|at| at.with_timezone(&Utc))
+        })
+}
+
+/// The producer's own spelling, Python's `isoformat()` of a UTC time
+/// (`2026-11-28T19:03:32` and `.123456`; `T` or a space), read field by
+/// field: nearly every entry's, where chrono's general parser cost a tenth
+/// of transfer's work. Dates and times are still checked by chrono; any
+/// other spelling, and leap seconds, are left to [`any_iso_time`], and
+/// where both read a text they agree (a test holds them to it).
+fn producer_time(text: &str) -> Option<DateTime<Utc>> {
+    let bytes = text.as_bytes();
+    let (fixed, fraction) = bytes.split_at_checked(19)?;
+    let layout = |at: usize, byte: u8| fixed[at] == byte;
+    if !(layout(4, b'-')
+        && layout(7, b'-')
+        && (layout(10, b'T') || layout(10, b' '))
+        && layout(13, b':')
+        && layout(16, b':'))
+    {
+        return None;
+    }
+    let number = |digits: &[u8]| {
+        digits.iter().try_fold(0_u32, |n, &digit| {
+            digit
+                .is_ascii_digit()
+                .then(|| n * 10 + u32::from(digit - b'0'))
+        })
+    };
+    let nanos = match fraction {
+        [] => 0,
+        [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => {
+            number(digits)? * 10_u32.pow(9 - digits.len() as u32)
+        }
+        _ => return None,
+    };
+    let second = number(&fixed[17..19])?;
+    if second > 59 {
+        return None;
+    }
+    let date = chrono::NaiveDate::from_ymd_opt(
+        i32::try_from(number(&fixed[0..4])?).ok()?,
+        number(&fixed[5..7])?,
+        number(&fixed[8..10])?,
+    )?;
+    let time = chrono::NaiveTime::from_hms_nano_opt(
+        number(&fixed[11..13])?,
+        number(&fixed[14..16])?,
+        second,
+        nanos,
+    )?;
+    Some(date.and_time(time).and_utc())
 }
 
 /// `at`, if its year is one genalytics stores. A leap second (`…:59:60.5`,
@@ -819,6 +877,21 @@ mod tests {
     }
 
     proptest! {
+        /// The fast read of the producer's spelling agrees with chrono's
+        /// wherever it reads a text (and leaves the rest to it).
+        #[test]
+        fn the_producers_time_reads_as_chrono_reads_it(
+            text in prop_oneof![
+                "[0-9]{4}-[01][0-9]-[0-3][0-9][T ][0-2][0-9]:[0-6][0-9]:[0-6][0-9](\\.[0-9]{1,10})?",
+                "[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}[.,0-9Z+-]{0,12}",
+                "[0-9T:. +-]{19,30}",
+            ],
+        ) {
+            if let Some(fast) = producer_time(&text) {
+                prop_assert_eq!(Ok(fast), any_iso_time(&text), "{:?}", text);
+            }
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic_and_reasons_stay_clean(
             ms in proptest::num::u64::ANY,

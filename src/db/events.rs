@@ -246,11 +246,10 @@ pub fn prepare(
 /// field as length + `ToSql` bytes (-1 for NULL).
 fn encode_row(out: &mut BytesMut, e: &Event) -> anyhow::Result<()> {
     let event_type = e.event_type.as_str();
-    let stream_id = e.stream_id.to_string();
     let stream_placeholder = 0_i32;
     let row: [&(dyn ToSql + Sync); 19] = [
         &stream_placeholder,
-        &stream_id,
+        &e.stream_id,
         &event_type,
         &e.generation_id,
         &e.user_id,

@@ -63,12 +63,13 @@ impl fmt::Display for EntryId {
 }
 
 impl ToSql for EntryId {
-    fn to_sql(
-        &self,
-        ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
-        self.to_string().as_str().to_sql(ty, out)
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        // Written straight into the row: formatting a String for each of a
+        // batch's entries showed up in transfer's profile.
+        out.extend_from_slice(itoa::Buffer::new().format(self.ms).as_bytes());
+        out.extend_from_slice(b"-");
+        out.extend_from_slice(itoa::Buffer::new().format(self.seq).as_bytes());
+        Ok(IsNull::No)
     }
 
     fn accepts(ty: &Type) -> bool {
@@ -101,6 +102,10 @@ mod tests {
         assert!("1000-0".parse::<EntryId>().unwrap() < "1000-1".parse().unwrap());
         assert_eq!("1000".parse::<EntryId>().unwrap(), EntryId::at_ms(1000));
         assert_eq!(b.to_string(), "1000-0");
+        let mut sql = BytesMut::new();
+        let max = EntryId::MAX;
+        max.to_sql_checked(&Type::TEXT, &mut sql).unwrap();
+        assert_eq!(&sql[..], max.to_string().as_bytes());
         for bad in [
             "x-1",
             "",
