@@ -6,6 +6,9 @@
 //!    limit — one connection's binary `COPY FROM STDIN` of the same rows,
 //!    pre-rendered, into the same partitioned table — and against two such
 //!    COPY connections at once. Also `--parallel 1`, the same work in turn.
+//!    Each run's CPU-seconds (genalytics by GNU time, Redis by `INFO cpu`,
+//!    PostgreSQL's process tree by `/proc`) per million entries, and what
+//!    two cores give a million entries at the 1.2x goal.
 //! 2. Prune: 90 days of events (`GENALYTICS_BENCH_DAY_EVENTS` a day, in
 //!    daily partitions), the oldest 30 days removed by `genalytics prune`
 //!    (dropping partitions) against one `DELETE` of the same rows followed
@@ -92,6 +95,41 @@ fn two_streams(pg: &Postgres, redis: &Redis, events: u64) -> anyhow::Result<()> 
         keys[1],
         "--parallel",
     ];
+    // Transfers under GNU time, for the CPU their process used.
+    let time_log = tempfile::NamedTempFile::new()?;
+    let timed = |args: &[&str]| {
+        common::Genalytics {
+            database_url: &url,
+            redis_url: &redis.url(),
+            namespace: None,
+            time_log: Some(time_log.path()),
+        }
+        .time(args)
+    };
+    // Where the CPU of each run went: [genalytics, Redis, PostgreSQL].
+    let pg_pid = pg.pid().expect("running");
+    let servers_cpu = || -> anyhow::Result<[f64; 2]> {
+        Ok([
+            common::redis_cpu_seconds(redis)?,
+            common::tree_cpu_seconds(pg_pid)?,
+        ])
+    };
+    let mut cpu: [Vec<[f64; 3]>; 4] = Default::default();
+    let mut measured = |kind: usize,
+                        transfer: bool,
+                        work: &mut dyn FnMut() -> anyhow::Result<f64>|
+     -> anyhow::Result<f64> {
+        let before = servers_cpu()?;
+        let seconds = work()?;
+        let after = servers_cpu()?;
+        let own = if transfer {
+            common::cpu_seconds(time_log.path())?
+        } else {
+            0.0
+        };
+        cpu[kind].push([own, after[0] - before[0], after[1] - before[1]]);
+        Ok(seconds)
+    };
     let mut parallel = Vec::new();
     let mut in_turn = Vec::new();
     let mut one_copy = Vec::new();
@@ -99,7 +137,9 @@ fn two_streams(pg: &Postgres, redis: &Redis, events: u64) -> anyhow::Result<()> 
     let mut halves: Vec<Vec<u8>> = Vec::new();
     for round in 0..ROUNDS {
         reset(&mut db)?;
-        parallel.push(run(&[&both[..], &["2"]].concat())?);
+        parallel.push(measured(0, true, &mut || {
+            timed(&[&both[..], &["2"]].concat())
+        })?);
         let stored: i64 = db
             .query_one("SELECT count(*) FROM generation_events", &[])?
             .get(0);
@@ -118,32 +158,38 @@ fn two_streams(pg: &Postgres, redis: &Redis, events: u64) -> anyhow::Result<()> 
             }
         }
         reset(&mut db)?;
-        in_turn.push(run(&[&both[..], &["1"]].concat())?);
+        in_turn.push(measured(1, true, &mut || {
+            timed(&[&both[..], &["1"]].concat())
+        })?);
 
         reset(&mut db)?;
-        let started = Instant::now();
-        for rows in &halves {
-            common::copy_in(&mut db, COLUMNS, rows)?;
-        }
-        one_copy.push(started.elapsed().as_secs_f64());
-
-        reset(&mut db)?;
-        let started = Instant::now();
-        std::thread::scope(|scope| -> anyhow::Result<()> {
-            let copies: Vec<_> = halves
-                .iter()
-                .map(|rows| {
-                    scope.spawn(move || -> anyhow::Result<()> {
-                        common::copy_in(&mut pg.admin_of("streams")?, COLUMNS, rows)
-                    })
-                })
-                .collect();
-            for copy in copies {
-                copy.join().expect("no panic")?;
+        one_copy.push(measured(2, false, &mut || {
+            let started = Instant::now();
+            for rows in &halves {
+                common::copy_in(&mut db, COLUMNS, rows)?;
             }
-            Ok(())
-        })?;
-        two_copies.push(started.elapsed().as_secs_f64());
+            Ok(started.elapsed().as_secs_f64())
+        })?);
+
+        reset(&mut db)?;
+        two_copies.push(measured(3, false, &mut || {
+            let started = Instant::now();
+            std::thread::scope(|scope| -> anyhow::Result<()> {
+                let copies: Vec<_> = halves
+                    .iter()
+                    .map(|rows| {
+                        scope.spawn(move || -> anyhow::Result<()> {
+                            common::copy_in(&mut pg.admin_of("streams")?, COLUMNS, rows)
+                        })
+                    })
+                    .collect();
+                for copy in copies {
+                    copy.join().expect("no panic")?;
+                }
+                Ok(())
+            })?;
+            Ok(started.elapsed().as_secs_f64())
+        })?);
     }
     let rate = |secs: &[f64]| events as f64 / common::median(secs);
     let limit = rate(&one_copy);
@@ -151,12 +197,13 @@ fn two_streams(pg: &Postgres, redis: &Redis, events: u64) -> anyhow::Result<()> 
         "two streams of {} entries each, {ROUNDS} rounds, medians",
         events / 2
     );
-    for (label, secs) in [
+    let runs = [
         ("transfer --parallel 2 (end to end)", &parallel),
         ("transfer --parallel 1 (end to end)", &in_turn),
         ("one COPY connection (limit)", &one_copy),
         ("two COPY connections at once", &two_copies),
-    ] {
+    ];
+    for (label, secs) in runs {
         println!(
             "  {label:<36} {:>7.2} s  {:>9.0} events/s  {:>5.2}x the single-COPY limit",
             common::median(secs),
@@ -165,6 +212,26 @@ fn two_streams(pg: &Postgres, redis: &Redis, events: u64) -> anyhow::Result<()> 
         );
     }
     println!("  (goal: transfer --parallel 2 >= 1.2x the single-COPY limit)");
+    // CPU-seconds per million entries, medians of each part on its own.
+    let per_million = 1e6 / events as f64;
+    println!("CPU-seconds per million entries (medians): genalytics, Redis, PostgreSQL, all");
+    for ((label, _), samples) in runs.iter().zip(&cpu) {
+        let part = |i: usize| {
+            common::median(&samples.iter().map(|s| s[i]).collect::<Vec<_>>()) * per_million
+        };
+        let all = common::median(&samples.iter().map(|s| s.iter().sum()).collect::<Vec<f64>>())
+            * per_million;
+        println!(
+            "  {label:<36} {:>5.2} {:>6.2} {:>7.2} {:>7.2}",
+            part(0),
+            part(1),
+            part(2),
+            all
+        );
+    }
+    // What 1.2x the limit leaves of two cores for a million entries.
+    let budget = 2.0 * 1e6 / (1.2 * limit);
+    println!("  two cores at 1.2x the limit give {budget:.2} CPU-seconds per million entries");
     std::io::stdout().flush()?;
     Ok(())
 }

@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
     for round in 0..ROUNDS {
         reset(&mut db)?;
         // Where the CPU goes: the transfer process, Redis, PostgreSQL.
-        let redis_before = redis_cpu_seconds(&redis)?;
+        let redis_before = common::redis_cpu_seconds(&redis)?;
         let pg_before = common::tree_cpu_seconds(pg.pid().expect("running"))?;
         let seconds = genalytics(&["transfer", "-q"])?;
         transfer_secs.push(seconds);
@@ -74,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         cpu.push([
             seconds,
             common::cpu_seconds(time_log.path())?,
-            redis_cpu_seconds(&redis)? - redis_before,
+            common::redis_cpu_seconds(&redis)? - redis_before,
             common::tree_cpu_seconds(pg.pid().expect("running"))? - pg_before,
         ]);
         let stored: i64 = db
@@ -131,19 +131,6 @@ fn main() -> anyhow::Result<()> {
     }
     std::io::stdout().flush()?;
     Ok(())
-}
-
-/// CPU seconds Redis has used (`INFO cpu`).
-fn redis_cpu_seconds(redis: &Redis) -> anyhow::Result<f64> {
-    let info: String = redis::cmd("INFO")
-        .arg("cpu")
-        .query(&mut redis.connection()?)?;
-    Ok(info
-        .lines()
-        .filter_map(|line| line.split_once(':'))
-        .filter(|(name, _)| matches!(*name, "used_cpu_user" | "used_cpu_sys"))
-        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
-        .sum())
 }
 
 fn rounded(values: &[f64]) -> Vec<f64> {

@@ -39,6 +39,19 @@ pub fn cpu_seconds(report: &Path) -> anyhow::Result<f64> {
     }
 }
 
+/// CPU seconds Redis has used so far, as it reports them (`INFO cpu`).
+pub fn redis_cpu_seconds(redis: &genalytics::throwaway::Redis) -> anyhow::Result<f64> {
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query(&mut redis.connection()?)?;
+    Ok(info
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(name, _)| matches!(*name, "used_cpu_user" | "used_cpu_sys"))
+        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+        .sum())
+}
+
 /// CPU seconds a process and its descendants have used so far, from
 /// `/proc` (children that ended count once their parent reaped them).
 pub fn tree_cpu_seconds(root: u32) -> anyhow::Result<f64> {
