@@ -114,32 +114,16 @@ fn two_streams(pg: &Postgres, redis: &Redis, events: u64) -> anyhow::Result<()> 
             common::tree_cpu_seconds(pg_pid)?,
         ])
     };
-    let mut cpu: [Vec<[f64; 3]>; 4] = Default::default();
-    let mut measured = |kind: usize,
-                        transfer: bool,
-                        work: &mut dyn FnMut() -> anyhow::Result<f64>|
-     -> anyhow::Result<f64> {
-        let before = servers_cpu()?;
-        let seconds = work()?;
-        let after = servers_cpu()?;
-        let own = if transfer {
-            common::cpu_seconds(time_log.path())?
-        } else {
-            0.0
-        };
-        cpu[kind].push([own, after[0] - before[0], after[1] - before[1]]);
-        Ok(seconds)
-    };
-    let mut parallel = Vec::new();
-    let mut in_turn = Vec::new();
-    let mut one_copy = Vec::new();
-    let mut two_copies = Vec::new();
+    let mut parallel = Runs::default();
+    let mut in_turn = Runs::default();
+    let mut one_copy = Runs::default();
+    let mut two_copies = Runs::default();
     let mut halves: Vec<Vec<u8>> = Vec::new();
     for round in 0..ROUNDS {
         reset(&mut db)?;
-        parallel.push(measured(0, true, &mut || {
+        parallel.measure(&servers_cpu, Some(time_log.path()), || {
             timed(&[&both[..], &["2"]].concat())
-        })?);
+        })?;
         let stored: i64 = db
             .query_one("SELECT count(*) FROM generation_events", &[])?
             .get(0);
@@ -158,21 +142,21 @@ fn two_streams(pg: &Postgres, redis: &Redis, events: u64) -> anyhow::Result<()> 
             }
         }
         reset(&mut db)?;
-        in_turn.push(measured(1, true, &mut || {
+        in_turn.measure(&servers_cpu, Some(time_log.path()), || {
             timed(&[&both[..], &["1"]].concat())
-        })?);
+        })?;
 
         reset(&mut db)?;
-        one_copy.push(measured(2, false, &mut || {
+        one_copy.measure(&servers_cpu, None, || {
             let started = Instant::now();
             for rows in &halves {
                 common::copy_in(&mut db, COLUMNS, rows)?;
             }
             Ok(started.elapsed().as_secs_f64())
-        })?);
+        })?;
 
         reset(&mut db)?;
-        two_copies.push(measured(3, false, &mut || {
+        two_copies.measure(&servers_cpu, None, || {
             let started = Instant::now();
             std::thread::scope(|scope| -> anyhow::Result<()> {
                 let copies: Vec<_> = halves
@@ -189,9 +173,9 @@ fn two_streams(pg: &Postgres, redis: &Redis, events: u64) -> anyhow::Result<()> 
                 Ok(())
             })?;
             Ok(started.elapsed().as_secs_f64())
-        })?);
+        })?;
     }
-    let rate = |secs: &[f64]| events as f64 / common::median(secs);
+    let rate = |runs: &Runs| events as f64 / common::median(&runs.seconds);
     let limit = rate(&one_copy);
     println!(
         "two streams of {} entries each, {ROUNDS} rounds, medians",
@@ -203,30 +187,30 @@ fn two_streams(pg: &Postgres, redis: &Redis, events: u64) -> anyhow::Result<()> 
         ("one COPY connection (limit)", &one_copy),
         ("two COPY connections at once", &two_copies),
     ];
-    for (label, secs) in runs {
+    for (label, runs) in runs {
         println!(
             "  {label:<36} {:>7.2} s  {:>9.0} events/s  {:>5.2}x the single-COPY limit",
-            common::median(secs),
-            rate(secs),
-            rate(secs) / limit
+            common::median(&runs.seconds),
+            rate(runs),
+            rate(runs) / limit
         );
     }
     println!("  (goal: transfer --parallel 2 >= 1.2x the single-COPY limit)");
-    // CPU-seconds per million entries, medians of each part on its own.
     let per_million = 1e6 / events as f64;
-    println!("CPU-seconds per million entries (medians): genalytics, Redis, PostgreSQL, all");
-    for ((label, _), samples) in runs.iter().zip(&cpu) {
-        let part = |i: usize| {
-            common::median(&samples.iter().map(|s| s[i]).collect::<Vec<_>>()) * per_million
-        };
-        let all = common::median(&samples.iter().map(|s| s.iter().sum()).collect::<Vec<f64>>())
-            * per_million;
+    println!("CPU-seconds per million entries (medians): genalytics, Redis, PostgreSQL, their sum");
+    for (label, runs) in runs {
+        let parts: Vec<f64> = (0..3)
+            .map(|i| {
+                let part: Vec<f64> = runs.cpu.iter().map(|cpu| cpu[i]).collect();
+                common::median(&part) * per_million
+            })
+            .collect();
         println!(
             "  {label:<36} {:>5.2} {:>6.2} {:>7.2} {:>7.2}",
-            part(0),
-            part(1),
-            part(2),
-            all
+            parts[0],
+            parts[1],
+            parts[2],
+            parts.iter().sum::<f64>()
         );
     }
     // What 1.2x the limit leaves of two cores for a million entries.
@@ -234,6 +218,35 @@ fn two_streams(pg: &Postgres, redis: &Redis, events: u64) -> anyhow::Result<()> 
     println!("  two cores at 1.2x the limit give {budget:.2} CPU-seconds per million entries");
     std::io::stdout().flush()?;
     Ok(())
+}
+
+/// One kind of run, round by round: its seconds, and the CPU-seconds
+/// genalytics, Redis and PostgreSQL used in it.
+#[derive(Default)]
+struct Runs {
+    seconds: Vec<f64>,
+    cpu: Vec<[f64; 3]>,
+}
+
+impl Runs {
+    /// Runs `work`, which returns its seconds. `servers` tells the CPU
+    /// Redis and PostgreSQL have used so far; `time_log` is GNU time's
+    /// report of a genalytics run (none when `work` runs no genalytics).
+    fn measure(
+        &mut self,
+        servers: &dyn Fn() -> anyhow::Result<[f64; 2]>,
+        time_log: Option<&std::path::Path>,
+        work: impl FnOnce() -> anyhow::Result<f64>,
+    ) -> anyhow::Result<()> {
+        let before = servers()?;
+        let seconds = work()?;
+        let after = servers()?;
+        let own = time_log.map_or(Ok(0.0), common::cpu_seconds)?;
+        self.seconds.push(seconds);
+        self.cpu
+            .push([own, after[0] - before[0], after[1] - before[1]]);
+        Ok(())
+    }
 }
 
 /// 90 days of `per_day` events in daily partitions, in two databases: one

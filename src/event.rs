@@ -421,8 +421,8 @@ pub fn parse_timestamp(value: &str) -> Result<DateTime<Utc>, String> {
     })
 }
 
-/// The times chrono reads: the producer's spelling, RFC 3339, and offsets
-/// without a colon; a space for the `T`.
+/// Every spelling the fast read leaves alone is still taken as before:
+/// RFC 3339, offsets without a colon, a space for the `T`.
 fn any_iso_time(text: &str) -> chrono::ParseResult<DateTime<Utc>> {
     let spaced = text.replacen(' ', "T", 1);
     spaced
@@ -444,12 +444,12 @@ fn any_iso_time(text: &str) -> chrono::ParseResult<DateTime<Utc>> {
 fn producer_time(text: &str) -> Option<DateTime<Utc>> {
     let bytes = text.as_bytes();
     let (fixed, fraction) = bytes.split_at_checked(19)?;
-    let layout = |at: usize, byte: u8| fixed[at] == byte;
-    if !(layout(4, b'-')
-        && layout(7, b'-')
-        && (layout(10, b'T') || layout(10, b' '))
-        && layout(13, b':')
-        && layout(16, b':'))
+    let byte_at = |at: usize| fixed[at];
+    if !(byte_at(4) == b'-'
+        && byte_at(7) == b'-'
+        && matches!(byte_at(10), b'T' | b' ')
+        && byte_at(13) == b':'
+        && byte_at(16) == b':')
     {
         return None;
     }
@@ -874,6 +874,75 @@ mod tests {
         );
         let reason = parse(ID, &fields(FIELDS_MAX + 1)).unwrap_err();
         assert!(reason.contains("10001 fields"), "{reason}");
+    }
+
+    #[test]
+    fn the_producers_spellings_take_the_fast_read_and_the_rest_fall_through() {
+        // The fast read is used for what the producer writes…
+        for text in [
+            "2026-11-28T19:03:32",
+            "2026-11-28 19:03:32",
+            "2026-11-28T19:03:32.1",
+            "2026-11-28T19:03:32.123456",
+            "2026-11-28 19:03:32.123456789",
+            "0000-01-01T00:00:00",
+            "9999-12-31T23:59:59.999999999",
+            "2024-02-29T00:00:00",
+        ] {
+            let fast = producer_time(text);
+            assert!(fast.is_some(), "{text:?} missed the fast read");
+            assert_eq!(fast.map(Ok), Some(any_iso_time(text)), "{text:?}");
+        }
+        // …and leaves everything else to chrono, whatever it makes of it.
+        for text in [
+            "2016-12-31T23:59:60",
+            "2016-12-31T23:59:60.5",
+            "2026-11-28T19:03:32.1234567891",
+            "2026-11-28T19:03:32.",
+            "2026-11-28T19:03:32Z",
+            "2026-11-28T19:03:32+00:00",
+            "2026-11-28t19:03:32",
+            "2026-11-28T24:00:00",
+            "2026-02-29T00:00:00",
+            "+2026-11-28T19:03:32",
+            "-2026-11-28T19:03:32",
+            "2026-1-28T19:03:32.12",
+            "2026-11-28T19:03:3",
+            "2026-11-28T19:03:32 ",
+            "2026-11-28T19:03:32.-1",
+            "2026-11-28T19:03:32.+1",
+            "2026\u{2212}11-28T19:03:32",
+            "２０２６-11-28T19:03:32",
+        ] {
+            assert_eq!(producer_time(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn any_character_anywhere_in_the_producers_spelling_never_panics() {
+        // Multi-byte characters (2, 3 and 4 bytes, and digits that are not
+        // ASCII) over each byte, and inserted before each byte, so that the
+        // fixed positions 4, 7, 10, 13, 16 and 19 fall inside a character.
+        let base = "2026-11-28T19:03:32.123456";
+        let odd = [
+            "é", "\u{2212}", "٣", "０", "😀", " ", "T", ".", "-", ":", "9", "\0",
+        ];
+        let mut texts = Vec::new();
+        for at in 0..=base.len() {
+            for c in odd {
+                texts.push(format!("{}{c}{}", &base[..at], &base[at..]));
+                if at < base.len() {
+                    texts.push(format!("{}{c}{}", &base[..at], &base[at + 1..]));
+                }
+            }
+        }
+        for text in &texts {
+            if let Some(fast) = producer_time(text) {
+                assert_eq!(Ok(fast), any_iso_time(text), "{text:?}");
+            }
+            // The whole path, as an entry's field.
+            let _ = parse_timestamp(text);
+        }
     }
 
     proptest! {

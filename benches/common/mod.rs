@@ -1,4 +1,6 @@
-//! What the benchmarks share: medians and GNU time's peak-RSS report.
+//! What the benchmarks share: medians, GNU time's reports (peak RSS, CPU),
+//! the CPU Redis and PostgreSQL used, running genalytics, and the
+//! single-COPY limit.
 #![allow(dead_code)] // each benchmark uses its own share of these
 
 use std::path::Path;

@@ -72,8 +72,13 @@ impl ToSql for EntryId {
         Ok(IsNull::No)
     }
 
+    /// The text types only: `&str` also takes `ltree` and its kin, whose
+    /// binary form starts with a version byte the bytes above lack.
     fn accepts(ty: &Type) -> bool {
-        <&str as ToSql>::accepts(ty)
+        matches!(
+            *ty,
+            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN
+        )
     }
 
     to_sql_checked!();
@@ -106,6 +111,23 @@ mod tests {
         let max = EntryId::MAX;
         max.to_sql_checked(&Type::TEXT, &mut sql).unwrap();
         assert_eq!(&sql[..], max.to_string().as_bytes());
+        for id in [EntryId::ZERO, EntryId::MAX, EntryId { ms: 9, seq: 10 }] {
+            for ty in [Type::TEXT, Type::VARCHAR, Type::BPCHAR, Type::NAME] {
+                let mut sql = BytesMut::from(&b"before"[..]);
+                id.to_sql_checked(&ty, &mut sql).unwrap();
+                assert_eq!(&sql[..], format!("before{id}").as_bytes(), "{ty}");
+            }
+        }
+        let ltree = Type::new(
+            "ltree".into(),
+            16_000,
+            postgres::types::Kind::Simple,
+            "public".into(),
+        );
+        assert!(
+            !<EntryId as ToSql>::accepts(&ltree),
+            "written without ltree's version byte"
+        );
         for bad in [
             "x-1",
             "",

@@ -224,9 +224,10 @@ impl Wire {
         }
     }
 
-    /// A length line lying whole in the buffer, parsed where it lies: two
-    /// or three of them an entry's string, which copying each out through
-    /// [`Wire::read_line`] made a sixth of the reader's work. Anything else
+    /// A length line lying whole in the buffer, parsed where it lies: one
+    /// for each of an entry's strings and two more for the entry, which
+    /// copying each out through [`Wire::read_line`] made a sixth of the
+    /// reader's work. Anything else
     /// (a status, an error, a line the buffer's end cuts, 19 digits or more,
     /// a number that is not one) is left to [`Wire::line_header`].
     fn buffered_header(&mut self) -> Option<(u8, i64)> {
@@ -515,32 +516,76 @@ fn malformed(what: &str) -> RedisError {
 mod tests {
     use std::fmt::Write as _;
 
+    use proptest::prelude::*;
+
     use super::*;
     use crate::stream::EntryId;
 
     /// A connection to a "server" that sends `bytes` and hangs up: the
     /// worst a server (or a cut connection) can hand the parser.
     fn fed(bytes: &[u8]) -> Wire {
-        fed_in(&[bytes])
-    }
-
-    /// As [`fed`], the bytes sent in chunks a moment apart, so that the
-    /// reader's buffer ends where a chunk does.
-    fn fed_in(chunks: &[&[u8]]) -> Wire {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let chunks: Vec<Vec<u8>> = chunks.iter().map(|chunk| chunk.to_vec()).collect();
+        let bytes = bytes.to_vec();
         std::thread::spawn(move || {
             if let Ok((mut socket, _)) = listener.accept() {
-                let _ = socket.set_nodelay(true);
-                for chunk in chunks {
-                    let _ = socket.write_all(&chunk);
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+                let _ = socket.write_all(&bytes);
             }
         });
         let url = RedisUrl::parse(&format!("redis://127.0.0.1:{port}")).expect("url");
         Wire::open(&url, Duration::from_secs(5), Duration::from_secs(5)).expect("open")
+    }
+
+    /// A "server" whose every read hands out at most the rest of one
+    /// chunk, so the reader's buffer ends exactly where a chunk does,
+    /// however busy the machine (no socket, no timing).
+    struct Chunked(std::collections::VecDeque<Vec<u8>>);
+
+    impl Read for Chunked {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let Some(chunk) = self.0.front_mut() else {
+                return Ok(0);
+            };
+            let n = chunk.len().min(buf.len());
+            buf[..n].copy_from_slice(&chunk[..n]);
+            chunk.drain(..n);
+            if chunk.is_empty() {
+                self.0.pop_front();
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for Chunked {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// `bytes` cut at `cuts` (positions past the end or repeated are
+    /// dropped).
+    fn chunked(bytes: &[u8], cuts: &[usize]) -> Wire {
+        let mut cuts: Vec<usize> = cuts.iter().copied().filter(|&c| c < bytes.len()).collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut chunks = std::collections::VecDeque::new();
+        let mut from = 0;
+        for cut in cuts.into_iter().chain([bytes.len()]) {
+            if cut > from {
+                chunks.push_back(bytes[from..cut].to_vec());
+                from = cut;
+            }
+        }
+        Wire {
+            io: BufReader::with_capacity(BUFFER, Box::new(Chunked(chunks))),
+            db: 0,
+            broken: false,
+            line: Vec::new(),
+        }
     }
 
     fn entry(id: &str, fields: &[(&str, &str)]) -> String {
@@ -579,9 +624,9 @@ mod tests {
     }
 
     #[test]
-    fn a_reply_cut_anywhere_by_the_buffers_end_reads_the_same() {
+    fn a_reply_cut_at_any_one_or_two_places_reads_the_same() {
         let reply = format!(
-            "*2\r\n{}{}:-12\r\n*-1\r\n",
+            "*2\r\n{}{}:-12\r\n*-1\r\n:999999999999999999\r\n:-1234567890123456789\r\n+OK\r\n",
             entry(
                 "1700000000000-12",
                 &[("event_type", "request"), ("", "\r\n")]
@@ -589,52 +634,132 @@ mod tests {
             entry("1-1", &[("a", &"b".repeat(12))]),
         );
         let reply = reply.as_bytes();
-        let whole = fed(reply).entries(usize::MAX, usize::MAX).expect("whole");
-        assert_eq!(whole.total, 2);
-        for cut in 1..reply.len() {
-            let mut wire = fed_in(&[&reply[..cut], &reply[cut..]]);
-            let taken = wire.entries(usize::MAX, usize::MAX).expect("cut reply");
-            let ids = |taken: &Taken| taken.entries.iter().map(|e| e.id).collect::<Vec<_>>();
-            assert_eq!(ids(&taken), ids(&whole), "cut at {cut}");
-            for (got, want) in taken.entries.iter().zip(&whole.entries) {
-                assert_eq!(got.fields, want.fields, "cut at {cut}");
-            }
-            assert_eq!(
-                wire.value().expect("integer"),
+        let read = |mut wire: Wire| {
+            let taken = wire.entries(usize::MAX, usize::MAX).expect("entries");
+            let entries: Vec<_> = taken
+                .entries
+                .into_iter()
+                .map(|e| (e.id, e.fields))
+                .collect();
+            let after: Vec<Value> = (0..5).map(|_| wire.value().expect("value")).collect();
+            (entries, after)
+        };
+        let whole = read(chunked(reply, &[]));
+        assert_eq!(whole.0.len(), 2);
+        assert_eq!(
+            whole.1,
+            [
                 Value::Int(-12),
-                "cut at {cut}"
-            );
-            assert_eq!(wire.value().expect("nil"), Value::Nil, "cut at {cut}");
+                Value::Nil,
+                Value::Int(999_999_999_999_999_999),
+                Value::Int(-1_234_567_890_123_456_789),
+                Value::Okay
+            ]
+        );
+        for first in 1..reply.len() {
+            assert_eq!(read(chunked(reply, &[first])), whole, "cut at {first}");
+            for second in first + 1..reply.len() {
+                assert_eq!(
+                    read(chunked(reply, &[first, second])),
+                    whole,
+                    "cut at {first} and {second}"
+                );
+            }
         }
     }
 
+    /// Whether a header read where it lies in the buffer (the buffer
+    /// holding `bytes` up to the first cut) reads as the line reader reads
+    /// the same bytes in one piece: the same kind and number and the same
+    /// bytes left, or an error from both.
+    fn read_alike(bytes: &[u8], cuts: &[usize]) -> Result<(), String> {
+        let mut buffered = chunked(bytes, cuts);
+        // From an empty buffer a header goes to the line reader whatever
+        // it holds: fill it first.
+        buffered.io.fill_buf().expect("in memory");
+        let mut by_line = chunked(bytes, &[]);
+        let shown = || format!("{:?} cut at {cuts:?}", String::from_utf8_lossy(bytes));
+        match (buffered.header(), by_line.line_header()) {
+            (Ok(got), Ok(want)) => {
+                let mut left = (Vec::new(), Vec::new());
+                buffered.io.read_to_end(&mut left.0).expect("in memory");
+                by_line.io.read_to_end(&mut left.1).expect("in memory");
+                if got != want || left.0 != left.1 {
+                    return Err(format!("{}: read {got:?}, by line {want:?}", shown()));
+                }
+            }
+            (Err(_), Err(_)) => {}
+            (got, want) => return Err(format!("{}: read {got:?}, by line {want:?}", shown())),
+        }
+        Ok(())
+    }
+
     #[test]
-    fn lengths_are_read_as_redis_writes_them_and_nothing_else() {
-        // Accepted either way the line is read: a plus sign, as Rust parses;
-        // 19 digits, past what the buffered line is read for.
-        assert_eq!(fed(b"*+0\r\n").entries(0, 0).expect("+0").total, 0);
-        assert_eq!(
-            fed(b":-9223372036854775808\r\n").value().expect("i64::MIN"),
-            Value::Int(i64::MIN)
-        );
-        assert_eq!(
-            fed(b":999999999999999999\r\n").value().expect("18 digits"),
-            Value::Int(999_999_999_999_999_999)
-        );
-        for bad in [
-            &b"*99999999999999999999999\r\n"[..],
+    fn length_lines_at_the_edges_read_alike_in_the_buffer_and_by_line() {
+        let lines: &[&[u8]] = &[
+            b"*0\r\n",
+            b"*-0\r\n",
+            b"*+0\r\n",
+            b"*+5\r\n",
+            b"*-+5\r\n",
+            b"*+-5\r\n",
+            b"*--5\r\n",
+            b"*++5\r\n",
+            b"$-1\r\n",
+            b"$-\r\n",
+            b"$+\r\n",
+            b":\r\n",
+            b":-\r\n",
+            b"*\r\n",
             b"* 1\r\n",
             b"*1 \r\n",
-            b"*\r\n",
-            b"*-\r\n",
             b"*1\r\r\n",
             b"*1\n\r\n",
-        ] {
-            let shown = String::from_utf8_lossy(bad);
-            assert!(
-                fed(bad).entries(0, 0).is_err(),
-                "{shown:?} read as a length"
-            );
+            b"*1\r",
+            b"*1",
+            b":999999999999999999\r\n",
+            b":-999999999999999999\r\n",
+            b":0000000000000000001\r\n",
+            b":000000000000000000\r\n",
+            b":9223372036854775807\r\n",
+            b":9223372036854775808\r\n",
+            b":-9223372036854775808\r\n",
+            b":-9223372036854775809\r\n",
+            b":9999999999999999999\r\n",
+            b":99999999999999999999999\r\n",
+            b"*1\xd9\xa3\r\n",
+            b"*\xef\xbc\x91\r\n",
+            b"+OK\r\n",
+            b"-ERR no\r\n",
+            b"%1\r\n",
+        ];
+        for line in lines {
+            let bytes = [*line, b"*1\r\n:7\r\n"].concat();
+            for cut in 1..=bytes.len() {
+                if let Err(differs) = read_alike(&bytes, &[cut]) {
+                    panic!("{differs}");
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_length_line_reads_alike_in_the_buffer_and_by_line(
+            line in prop_oneof![
+                "[*$:+%-][-+]{0,2}[0-9]{0,21}[ x]?(\r\n|\r|\n|\r\r\n|\n\r\n|)",
+                // Around 18 and 19 digits, where the buffered read stops.
+                "[*$:][-+]?[0-9]{17,20}\r\n",
+                "[*$:][-+]?9{17,20}\r\n",
+                "[*$:][-+]?92233720368547758[0-9]{2}\r\n",
+            ],
+            rest in "[*$:0-9\r\n-]{0,8}",
+            cuts in proptest::collection::vec(0usize..40, 0..4),
+        ) {
+            let bytes = [line.as_bytes(), rest.as_bytes()].concat();
+            if let Err(differs) = read_alike(&bytes, &cuts) {
+                prop_assert!(false, "{}", differs);
+            }
         }
     }
 
