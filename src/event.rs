@@ -444,12 +444,11 @@ fn any_iso_time(text: &str) -> chrono::ParseResult<DateTime<Utc>> {
 fn producer_time(text: &str) -> Option<DateTime<Utc>> {
     let bytes = text.as_bytes();
     let (fixed, fraction) = bytes.split_at_checked(19)?;
-    let byte_at = |at: usize| fixed[at];
-    if !(byte_at(4) == b'-'
-        && byte_at(7) == b'-'
-        && matches!(byte_at(10), b'T' | b' ')
-        && byte_at(13) == b':'
-        && byte_at(16) == b':')
+    if !(fixed[4] == b'-'
+        && fixed[7] == b'-'
+        && matches!(fixed[10], b'T' | b' ')
+        && fixed[13] == b':'
+        && fixed[16] == b':')
     {
         return None;
     }
