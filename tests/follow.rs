@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::harness::{TestEnv, stored_ids, stream_ids, wait_for, xadd};
+use crate::harness::{TestEnv, gate, stored_ids, stream_ids, wait_for, xadd};
 
 fn migrated() -> TestEnv {
     let env = TestEnv::new();
@@ -177,18 +177,27 @@ fn entries_read_before_redis_dies_are_stored_and_a_fresh_redis_is_read_on() {
             .unwrap()
             .is_empty()
     });
+    // The follower will be held at its first commit, with what it read.
+    let mut gate = gate::Gate::close(&env.database_url(), gate::Stage::Claim, 1);
     let mut con = env.redis();
-    let written: Vec<String> = (0..100)
-        .map(|_| xadd(&mut con, &key, "*", &[("event_type", "request")]))
-        .collect();
-    // Read, not yet committed (it commits a partial batch after a second).
-    std::thread::sleep(Duration::from_millis(400));
-    let before = stored_ids(&mut db).len();
+    // All hundred in one transaction, so the follower reads them together.
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for _ in 0..100 {
+        pipe.cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("event_type")
+            .arg("request");
+    }
+    let written: Vec<String> = pipe.query(&mut con).unwrap();
+    gate.wait_held(&mut follower.child, 30);
     assert!(
-        before < 100,
-        "everything was committed before the fault: nothing is tested"
+        stored_ids(&mut db).is_empty(),
+        "the follower committed before the fault: nothing is tested"
     );
     env.redis.stop();
+    drop(gate.release());
     wait_for("the entries read before Redis died", 20, || {
         stored_ids(&mut db).len() == 100
     });

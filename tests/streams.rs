@@ -3,12 +3,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Child;
-use std::time::Duration;
 
-use rand::{RngExt, SeedableRng};
+use rand::SeedableRng;
 use serde_json::Value;
 
-use crate::harness::{TestEnv, stream_ids, wait_for, xadd};
+use crate::harness::{TestEnv, gate, stream_ids, wait_for, xadd};
 
 fn migrated() -> TestEnv {
     let env = TestEnv::new();
@@ -162,7 +161,6 @@ fn sigkill_during_two_parallel_streams_loses_and_duplicates_nothing() {
     let seed = crate::harness::seed();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let mut db = env.db();
-    let mut killed_mid_run = 0;
     let args = [
         "transfer",
         "--parallel",
@@ -174,27 +172,20 @@ fn sigkill_during_two_parallel_streams_loses_and_duplicates_nothing() {
         "--stream",
         &keys[1],
     ];
-    for _ in 0..8 {
-        let mut child = spawn(&env, &args);
-        std::thread::sleep(Duration::from_millis(rng.random_range(20..700)));
-        if child.try_wait().unwrap().is_none() {
-            killed_mid_run += 1;
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
+    // 80 batches of 1,000 in two streams; eight kills take at most three each.
+    for round in 0..8 {
+        let (stage, batch) = gate::draw(&mut rng);
+        eprintln!("kill {round}: at {stage:?} of batch {batch}");
+        gate::kill_at(&env.database_url(), stage, batch, || spawn(&env, &args));
         for (key, stored) in stored_by_stream(&mut db) {
             let unique: BTreeSet<&String> = stored.iter().collect();
             assert_eq!(
                 unique.len(),
                 stored.len(),
-                "duplicates in {key} (seed {seed})"
+                "duplicates in {key} (seed {seed}, kill {round})"
             );
         }
     }
-    assert!(
-        killed_mid_run >= 4,
-        "only {killed_mid_run} kills hit a running transfer (seed {seed})"
-    );
     env.genalytics().args(args).ok();
     assert_eq!(stored_by_stream(&mut db), written, "seed {seed}");
     let days: i64 = db

@@ -2,11 +2,10 @@
 //! PostgreSQL restarting mid-run, several transfers at once.
 
 use std::process::Child;
-use std::time::Duration;
 
-use rand::{RngExt, SeedableRng};
+use rand::SeedableRng;
 
-use crate::harness::{TestEnv, stored_ids, stream_ids};
+use crate::harness::{TestEnv, gate, stored_ids, stream_ids};
 
 const BACKLOG: u64 = 100_000;
 
@@ -60,55 +59,55 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let seed = crate::harness::seed();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let mut db = env.db();
-    let mut killed_mid_run = 0;
-    for _ in 0..12 {
-        let mut child = spawn_transfer(&env, &["--batch-size", "2500"]);
-        std::thread::sleep(Duration::from_millis(rng.random_range(20..900)));
-        if child.try_wait().unwrap().is_none() {
-            killed_mid_run += 1;
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
+    // 40 batches of 2,500; twelve kills take at most three each.
+    for round in 0..12 {
+        let (stage, batch) = gate::draw(&mut rng);
+        eprintln!("kill {round}: at {stage:?} of batch {batch}");
+        let before = stored_ids(&mut db).len();
+        gate::kill_at(&env.database_url(), stage, batch, || {
+            spawn_transfer(&env, &["--batch-size", "2500"])
+        });
         let stored = stored_ids(&mut db);
+        // Where the kill struck decides what stayed: the batches before the
+        // held one, and the held one itself when it was inside COMMIT.
+        let landed = if stage == gate::Stage::Commit {
+            batch
+        } else {
+            batch - 1
+        };
+        assert_eq!(
+            stored.len() - before,
+            landed as usize * 2500,
+            "kill {round} at {stage:?} of batch {batch} (seed {seed})"
+        );
         let mut unique = stored.clone();
         unique.dedup();
         assert_eq!(
             unique.len(),
             stored.len(),
-            "a killed run left duplicates (seed {seed})"
+            "a killed run left duplicates (seed {seed}, kill {round})"
+        );
+        assert!(
+            stored.len() < written.len(),
+            "every entry was stored before kill {round} (seed {seed})"
         );
     }
-    // The kills must have hit running transfers, or nothing was tested.
-    assert!(
-        killed_mid_run >= 6,
-        "only {killed_mid_run} kills hit a running transfer (seed {seed})"
-    );
     let ran = env.genalytics().arg("transfer").ok();
     assert!(ran.stdout.contains("0 entries behind"), "{}", ran.stdout);
     assert_exactly_once(&env, &written);
 }
 
-/// Restarts a server while a transfer runs — checked: the transfer was
-/// still running when the server went — and the run ends with one clear
-/// line naming that server; the next run completes exactly once.
+/// Restarts a server while a transfer is held at its second batch's rows —
+/// so the server goes in the middle of the run by construction — and the
+/// run ends with one clear line naming that server; the next run
+/// completes exactly once.
 fn restart_mid_run(server: &str, restart: impl FnOnce(&mut TestEnv)) {
     let (mut env, written) = backlog(BACKLOG);
-    // Small batches: a run of many commits (4,000), so that it is surely
-    // still running when the server goes, however loaded the machine —
-    // and however fast transfer has become (at 100 a batch, a run on the
-    // partitioned table sometimes ended before a fast shutdown landed).
-    let mut child = spawn_transfer(&env, &["--batch-size", "25"]);
-    let mut db = env.db();
-    crate::harness::wait_for("the transfer to store its first batch", 30, || {
-        db.query_one("SELECT EXISTS (SELECT 1 FROM generation_events)", &[])
-            .is_ok_and(|row| row.get(0))
-    });
-    drop(db);
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the transfer finished before the restart: nothing would be tested"
-    );
+    let mut gate = gate::Gate::close(&env.database_url(), gate::Stage::Rows, 2);
+    let mut child = spawn_transfer(&env, &["--batch-size", "2500"]);
+    gate.wait_held(&mut child, 60);
     restart(&mut env);
+    drop(gate.release());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("the interrupted run said: {stderr}");

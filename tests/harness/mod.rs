@@ -3,6 +3,7 @@
 //! against them with a clean environment.
 
 pub mod events;
+pub mod gate;
 
 use std::ffi::OsString;
 use std::process::{Command, Output, Stdio};
