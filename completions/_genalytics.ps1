@@ -46,6 +46,7 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('rejected', 'rejected', [CompletionResultType]::ParameterValue, 'Dead letters: list them, show one as received, replay them after a fix, purge them')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script (bash, zsh, fish, elvish, powershell)')
             [CompletionResult]::new('simulate', 'simulate', [CompletionResultType]::ParameterValue, 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
         'genalytics;demo' {
@@ -155,6 +156,7 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('failures', 'failures', [CompletionResultType]::ParameterValue, 'Failures by error type and the failure rate per day (default 7 days)')
             [CompletionResult]::new('peak-hours', 'peak-hours', [CompletionResultType]::ParameterValue, 'Average load per hour of day, busiest first (default 30 days)')
             [CompletionResult]::new('html', 'html', [CompletionResultType]::ParameterValue, 'One self-contained HTML page: overview, hourly charts, failure rate per day, the weekday × hour heatmap, models and error types (default 7 days)')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
         'genalytics;report;overview' {
@@ -169,6 +171,7 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('--stream', '--stream', [CompletionResultType]::ParameterName, 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)')
             [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers')
             [CompletionResult]::new('--compare', '--compare', [CompletionResultType]::ParameterName, 'Show each figure beside the previous window of the same length, and its change')
+            [CompletionResult]::new('--csv-raw', '--csv-raw', [CompletionResultType]::ParameterName, 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading '')')
             [CompletionResult]::new('--redis-cluster', '--redis-cluster', [CompletionResultType]::ParameterName, 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
@@ -192,6 +195,7 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('--redis-ns', '--redis-ns', [CompletionResultType]::ParameterName, 'Namespace of the stream key: {ns}:generation_events:stream')
             [CompletionResult]::new('--stream', '--stream', [CompletionResultType]::ParameterName, 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)')
             [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers')
+            [CompletionResult]::new('--csv-raw', '--csv-raw', [CompletionResultType]::ParameterName, 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading '')')
             [CompletionResult]::new('--redis-cluster', '--redis-cluster', [CompletionResultType]::ParameterName, 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
@@ -214,6 +218,7 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('--redis-ns', '--redis-ns', [CompletionResultType]::ParameterName, 'Namespace of the stream key: {ns}:generation_events:stream')
             [CompletionResult]::new('--stream', '--stream', [CompletionResultType]::ParameterName, 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)')
             [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers')
+            [CompletionResult]::new('--csv-raw', '--csv-raw', [CompletionResultType]::ParameterName, 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading '')')
             [CompletionResult]::new('--redis-cluster', '--redis-cluster', [CompletionResultType]::ParameterName, 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
@@ -236,6 +241,7 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('--redis-ns', '--redis-ns', [CompletionResultType]::ParameterName, 'Namespace of the stream key: {ns}:generation_events:stream')
             [CompletionResult]::new('--stream', '--stream', [CompletionResultType]::ParameterName, 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)')
             [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers')
+            [CompletionResult]::new('--csv-raw', '--csv-raw', [CompletionResultType]::ParameterName, 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading '')')
             [CompletionResult]::new('--redis-cluster', '--redis-cluster', [CompletionResultType]::ParameterName, 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
@@ -258,6 +264,7 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('--redis-ns', '--redis-ns', [CompletionResultType]::ParameterName, 'Namespace of the stream key: {ns}:generation_events:stream')
             [CompletionResult]::new('--stream', '--stream', [CompletionResultType]::ParameterName, 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)')
             [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers')
+            [CompletionResult]::new('--csv-raw', '--csv-raw', [CompletionResultType]::ParameterName, 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading '')')
             [CompletionResult]::new('--redis-cluster', '--redis-cluster', [CompletionResultType]::ParameterName, 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
@@ -282,6 +289,7 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('--redis-ns', '--redis-ns', [CompletionResultType]::ParameterName, 'Namespace of the stream key: {ns}:generation_events:stream')
             [CompletionResult]::new('--stream', '--stream', [CompletionResultType]::ParameterName, 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)')
             [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers')
+            [CompletionResult]::new('--csv-raw', '--csv-raw', [CompletionResultType]::ParameterName, 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading '')')
             [CompletionResult]::new('--redis-cluster', '--redis-cluster', [CompletionResultType]::ParameterName, 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
@@ -314,6 +322,41 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'genalytics;report;help' {
+            [CompletionResult]::new('overview', 'overview', [CompletionResultType]::ParameterValue, 'Totals, success rate, durations and users over the window (default 7 days)')
+            [CompletionResult]::new('trends', 'trends', [CompletionResultType]::ParameterValue, 'One point per hour or local day, gaps filled with zeros (default 7 days)')
+            [CompletionResult]::new('user', 'user', [CompletionResultType]::ParameterValue, 'One user''s generations, recent activity and failures (default 30 days)')
+            [CompletionResult]::new('models', 'models', [CompletionResultType]::ParameterValue, 'One row per model checkpoint (default 30 days)')
+            [CompletionResult]::new('failures', 'failures', [CompletionResultType]::ParameterValue, 'Failures by error type and the failure rate per day (default 7 days)')
+            [CompletionResult]::new('peak-hours', 'peak-hours', [CompletionResultType]::ParameterValue, 'Average load per hour of day, busiest first (default 30 days)')
+            [CompletionResult]::new('html', 'html', [CompletionResultType]::ParameterValue, 'One self-contained HTML page: overview, hourly charts, failure rate per day, the weekday × hour heatmap, models and error types (default 7 days)')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'genalytics;report;help;overview' {
+            break
+        }
+        'genalytics;report;help;trends' {
+            break
+        }
+        'genalytics;report;help;user' {
+            break
+        }
+        'genalytics;report;help;models' {
+            break
+        }
+        'genalytics;report;help;failures' {
+            break
+        }
+        'genalytics;report;help;peak-hours' {
+            break
+        }
+        'genalytics;report;help;html' {
+            break
+        }
+        'genalytics;report;help;help' {
             break
         }
         'genalytics;status' {
@@ -411,6 +454,7 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('show', 'show', [CompletionResultType]::ParameterValue, 'Show one dead letter''s fields exactly as received (bytes that are not printable UTF-8 escaped as \xNN)')
             [CompletionResult]::new('replay', 'replay', [CompletionResultType]::ParameterValue, 'Parse dead letters again with today''s parser and store those that now pass, exactly once; the rest stay with today''s reason')
             [CompletionResult]::new('purge', 'purge', [CompletionResultType]::ParameterValue, 'Delete dead letters received before a cutoff')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
         'genalytics;rejected;list' {
@@ -424,6 +468,7 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('--redis-ns', '--redis-ns', [CompletionResultType]::ParameterName, 'Namespace of the stream key: {ns}:generation_events:stream')
             [CompletionResult]::new('--stream', '--stream', [CompletionResultType]::ParameterName, 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)')
             [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers')
+            [CompletionResult]::new('--csv-raw', '--csv-raw', [CompletionResultType]::ParameterName, 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading '')')
             [CompletionResult]::new('--redis-cluster', '--redis-cluster', [CompletionResultType]::ParameterName, 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more to stderr (-v progress, -vv debugging)')
@@ -495,6 +540,29 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'genalytics;rejected;help' {
+            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List dead letters, oldest first: entry ID, stream, when, why')
+            [CompletionResult]::new('show', 'show', [CompletionResultType]::ParameterValue, 'Show one dead letter''s fields exactly as received (bytes that are not printable UTF-8 escaped as \xNN)')
+            [CompletionResult]::new('replay', 'replay', [CompletionResultType]::ParameterValue, 'Parse dead letters again with today''s parser and store those that now pass, exactly once; the rest stay with today''s reason')
+            [CompletionResult]::new('purge', 'purge', [CompletionResultType]::ParameterValue, 'Delete dead letters received before a cutoff')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'genalytics;rejected;help;list' {
+            break
+        }
+        'genalytics;rejected;help;show' {
+            break
+        }
+        'genalytics;rejected;help;replay' {
+            break
+        }
+        'genalytics;rejected;help;purge' {
+            break
+        }
+        'genalytics;rejected;help;help' {
+            break
+        }
         'genalytics;completions' {
             [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require')
             [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Redis connection URL (rediss:// for TLS)')
@@ -533,6 +601,101 @@ Register-ArgumentCompleter -Native -CommandName 'genalytics' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'genalytics;help' {
+            [CompletionResult]::new('demo', 'demo', [CompletionResultType]::ParameterValue, 'Run the whole pipeline on throwaway local servers: simulate, transfer, aggregate, report')
+            [CompletionResult]::new('migrate', 'migrate', [CompletionResultType]::ParameterValue, 'Create or upgrade the PostgreSQL schema (also adopts the original service''s tables)')
+            [CompletionResult]::new('transfer', 'transfer', [CompletionResultType]::ParameterValue, 'Drain the Redis stream into generation_events, exactly once')
+            [CompletionResult]::new('aggregate', 'aggregate', [CompletionResultType]::ParameterValue, 'Roll events up by UTC hour (every hour with new events, or the hours given)')
+            [CompletionResult]::new('report', 'report', [CompletionResultType]::ParameterValue, 'Print a report: overview, trends, user, models, failures, peak-hours')
+            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Is data flowing? Stream, transfer lag, rollup backlog, table sizes')
+            [CompletionResult]::new('check', 'check', [CompletionResultType]::ParameterValue, 'Alerting: exit 3 when a threshold is breached (failure rate, p95, lag, stale rollups)')
+            [CompletionResult]::new('prune', 'prune', [CompletionResultType]::ParameterValue, 'Delete raw events (and dead letters) older than a cutoff; rollups are kept')
+            [CompletionResult]::new('rejected', 'rejected', [CompletionResultType]::ParameterValue, 'Dead letters: list them, show one as received, replay them after a fix, purge them')
+            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script (bash, zsh, fish, elvish, powershell)')
+            [CompletionResult]::new('simulate', 'simulate', [CompletionResultType]::ParameterValue, 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'genalytics;help;demo' {
+            break
+        }
+        'genalytics;help;migrate' {
+            break
+        }
+        'genalytics;help;transfer' {
+            break
+        }
+        'genalytics;help;aggregate' {
+            break
+        }
+        'genalytics;help;report' {
+            [CompletionResult]::new('overview', 'overview', [CompletionResultType]::ParameterValue, 'Totals, success rate, durations and users over the window (default 7 days)')
+            [CompletionResult]::new('trends', 'trends', [CompletionResultType]::ParameterValue, 'One point per hour or local day, gaps filled with zeros (default 7 days)')
+            [CompletionResult]::new('user', 'user', [CompletionResultType]::ParameterValue, 'One user''s generations, recent activity and failures (default 30 days)')
+            [CompletionResult]::new('models', 'models', [CompletionResultType]::ParameterValue, 'One row per model checkpoint (default 30 days)')
+            [CompletionResult]::new('failures', 'failures', [CompletionResultType]::ParameterValue, 'Failures by error type and the failure rate per day (default 7 days)')
+            [CompletionResult]::new('peak-hours', 'peak-hours', [CompletionResultType]::ParameterValue, 'Average load per hour of day, busiest first (default 30 days)')
+            [CompletionResult]::new('html', 'html', [CompletionResultType]::ParameterValue, 'One self-contained HTML page: overview, hourly charts, failure rate per day, the weekday × hour heatmap, models and error types (default 7 days)')
+            break
+        }
+        'genalytics;help;report;overview' {
+            break
+        }
+        'genalytics;help;report;trends' {
+            break
+        }
+        'genalytics;help;report;user' {
+            break
+        }
+        'genalytics;help;report;models' {
+            break
+        }
+        'genalytics;help;report;failures' {
+            break
+        }
+        'genalytics;help;report;peak-hours' {
+            break
+        }
+        'genalytics;help;report;html' {
+            break
+        }
+        'genalytics;help;status' {
+            break
+        }
+        'genalytics;help;check' {
+            break
+        }
+        'genalytics;help;prune' {
+            break
+        }
+        'genalytics;help;rejected' {
+            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List dead letters, oldest first: entry ID, stream, when, why')
+            [CompletionResult]::new('show', 'show', [CompletionResultType]::ParameterValue, 'Show one dead letter''s fields exactly as received (bytes that are not printable UTF-8 escaped as \xNN)')
+            [CompletionResult]::new('replay', 'replay', [CompletionResultType]::ParameterValue, 'Parse dead letters again with today''s parser and store those that now pass, exactly once; the rest stay with today''s reason')
+            [CompletionResult]::new('purge', 'purge', [CompletionResultType]::ParameterValue, 'Delete dead letters received before a cutoff')
+            break
+        }
+        'genalytics;help;rejected;list' {
+            break
+        }
+        'genalytics;help;rejected;show' {
+            break
+        }
+        'genalytics;help;rejected;replay' {
+            break
+        }
+        'genalytics;help;rejected;purge' {
+            break
+        }
+        'genalytics;help;completions' {
+            break
+        }
+        'genalytics;help;simulate' {
+            break
+        }
+        'genalytics;help;help' {
             break
         }
     })

@@ -28,6 +28,9 @@ _genalytics() {
             genalytics,demo)
                 cmd="genalytics__subcmd__demo"
                 ;;
+            genalytics,help)
+                cmd="genalytics__subcmd__help"
+                ;;
             genalytics,migrate)
                 cmd="genalytics__subcmd__migrate"
                 ;;
@@ -49,6 +52,78 @@ _genalytics() {
             genalytics,transfer)
                 cmd="genalytics__subcmd__transfer"
                 ;;
+            genalytics__subcmd__help,aggregate)
+                cmd="genalytics__subcmd__help__subcmd__aggregate"
+                ;;
+            genalytics__subcmd__help,check)
+                cmd="genalytics__subcmd__help__subcmd__check"
+                ;;
+            genalytics__subcmd__help,completions)
+                cmd="genalytics__subcmd__help__subcmd__completions"
+                ;;
+            genalytics__subcmd__help,demo)
+                cmd="genalytics__subcmd__help__subcmd__demo"
+                ;;
+            genalytics__subcmd__help,help)
+                cmd="genalytics__subcmd__help__subcmd__help"
+                ;;
+            genalytics__subcmd__help,migrate)
+                cmd="genalytics__subcmd__help__subcmd__migrate"
+                ;;
+            genalytics__subcmd__help,prune)
+                cmd="genalytics__subcmd__help__subcmd__prune"
+                ;;
+            genalytics__subcmd__help,rejected)
+                cmd="genalytics__subcmd__help__subcmd__rejected"
+                ;;
+            genalytics__subcmd__help,report)
+                cmd="genalytics__subcmd__help__subcmd__report"
+                ;;
+            genalytics__subcmd__help,simulate)
+                cmd="genalytics__subcmd__help__subcmd__simulate"
+                ;;
+            genalytics__subcmd__help,status)
+                cmd="genalytics__subcmd__help__subcmd__status"
+                ;;
+            genalytics__subcmd__help,transfer)
+                cmd="genalytics__subcmd__help__subcmd__transfer"
+                ;;
+            genalytics__subcmd__help__subcmd__rejected,list)
+                cmd="genalytics__subcmd__help__subcmd__rejected__subcmd__list"
+                ;;
+            genalytics__subcmd__help__subcmd__rejected,purge)
+                cmd="genalytics__subcmd__help__subcmd__rejected__subcmd__purge"
+                ;;
+            genalytics__subcmd__help__subcmd__rejected,replay)
+                cmd="genalytics__subcmd__help__subcmd__rejected__subcmd__replay"
+                ;;
+            genalytics__subcmd__help__subcmd__rejected,show)
+                cmd="genalytics__subcmd__help__subcmd__rejected__subcmd__show"
+                ;;
+            genalytics__subcmd__help__subcmd__report,failures)
+                cmd="genalytics__subcmd__help__subcmd__report__subcmd__failures"
+                ;;
+            genalytics__subcmd__help__subcmd__report,html)
+                cmd="genalytics__subcmd__help__subcmd__report__subcmd__html"
+                ;;
+            genalytics__subcmd__help__subcmd__report,models)
+                cmd="genalytics__subcmd__help__subcmd__report__subcmd__models"
+                ;;
+            genalytics__subcmd__help__subcmd__report,overview)
+                cmd="genalytics__subcmd__help__subcmd__report__subcmd__overview"
+                ;;
+            genalytics__subcmd__help__subcmd__report,peak-hours)
+                cmd="genalytics__subcmd__help__subcmd__report__subcmd__peak__subcmd__hours"
+                ;;
+            genalytics__subcmd__help__subcmd__report,trends)
+                cmd="genalytics__subcmd__help__subcmd__report__subcmd__trends"
+                ;;
+            genalytics__subcmd__help__subcmd__report,user)
+                cmd="genalytics__subcmd__help__subcmd__report__subcmd__user"
+                ;;
+            genalytics__subcmd__rejected,help)
+                cmd="genalytics__subcmd__rejected__subcmd__help"
+                ;;
             genalytics__subcmd__rejected,list)
                 cmd="genalytics__subcmd__rejected__subcmd__list"
                 ;;
@@ -61,8 +136,26 @@ _genalytics() {
             genalytics__subcmd__rejected,show)
                 cmd="genalytics__subcmd__rejected__subcmd__show"
                 ;;
+            genalytics__subcmd__rejected__subcmd__help,help)
+                cmd="genalytics__subcmd__rejected__subcmd__help__subcmd__help"
+                ;;
+            genalytics__subcmd__rejected__subcmd__help,list)
+                cmd="genalytics__subcmd__rejected__subcmd__help__subcmd__list"
+                ;;
+            genalytics__subcmd__rejected__subcmd__help,purge)
+                cmd="genalytics__subcmd__rejected__subcmd__help__subcmd__purge"
+                ;;
+            genalytics__subcmd__rejected__subcmd__help,replay)
+                cmd="genalytics__subcmd__rejected__subcmd__help__subcmd__replay"
+                ;;
+            genalytics__subcmd__rejected__subcmd__help,show)
+                cmd="genalytics__subcmd__rejected__subcmd__help__subcmd__show"
+                ;;
             genalytics__subcmd__report,failures)
                 cmd="genalytics__subcmd__report__subcmd__failures"
+                ;;
+            genalytics__subcmd__report,help)
+                cmd="genalytics__subcmd__report__subcmd__help"
                 ;;
             genalytics__subcmd__report,html)
                 cmd="genalytics__subcmd__report__subcmd__html"
@@ -82,6 +175,30 @@ _genalytics() {
             genalytics__subcmd__report,user)
                 cmd="genalytics__subcmd__report__subcmd__user"
                 ;;
+            genalytics__subcmd__report__subcmd__help,failures)
+                cmd="genalytics__subcmd__report__subcmd__help__subcmd__failures"
+                ;;
+            genalytics__subcmd__report__subcmd__help,help)
+                cmd="genalytics__subcmd__report__subcmd__help__subcmd__help"
+                ;;
+            genalytics__subcmd__report__subcmd__help,html)
+                cmd="genalytics__subcmd__report__subcmd__help__subcmd__html"
+                ;;
+            genalytics__subcmd__report__subcmd__help,models)
+                cmd="genalytics__subcmd__report__subcmd__help__subcmd__models"
+                ;;
+            genalytics__subcmd__report__subcmd__help,overview)
+                cmd="genalytics__subcmd__report__subcmd__help__subcmd__overview"
+                ;;
+            genalytics__subcmd__report__subcmd__help,peak-hours)
+                cmd="genalytics__subcmd__report__subcmd__help__subcmd__peak__subcmd__hours"
+                ;;
+            genalytics__subcmd__report__subcmd__help,trends)
+                cmd="genalytics__subcmd__report__subcmd__help__subcmd__trends"
+                ;;
+            genalytics__subcmd__report__subcmd__help,user)
+                cmd="genalytics__subcmd__report__subcmd__help__subcmd__user"
+                ;;
             *)
                 ;;
         esac
@@ -89,7 +206,7 @@ _genalytics() {
 
     case "${cmd}" in
         genalytics)
-            opts="-v -q -h -V --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version demo migrate transfer aggregate report status check prune rejected completions simulate"
+            opts="-v -q -h -V --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version demo migrate transfer aggregate report status check prune rejected completions simulate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -350,6 +467,342 @@ _genalytics() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        genalytics__subcmd__help)
+            opts="demo migrate transfer aggregate report status check prune rejected completions simulate help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__aggregate)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__check)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__demo)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__migrate)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__prune)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__rejected)
+            opts="list show replay purge"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__rejected__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__rejected__subcmd__purge)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__rejected__subcmd__replay)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__rejected__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__report)
+            opts="overview trends user models failures peak-hours html"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__report__subcmd__failures)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__report__subcmd__html)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__report__subcmd__models)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__report__subcmd__overview)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__report__subcmd__peak__subcmd__hours)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__report__subcmd__trends)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__report__subcmd__user)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__simulate)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__transfer)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         genalytics__subcmd__migrate)
             opts="-v -q -h -V --status --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -431,7 +884,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected)
-            opts="-v -q -h -V --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version list show replay purge"
+            opts="-v -q -h -V --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version list show replay purge help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -464,8 +917,92 @@ _genalytics() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        genalytics__subcmd__rejected__subcmd__help)
+            opts="list show replay purge help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__rejected__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__rejected__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__rejected__subcmd__help__subcmd__purge)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__rejected__subcmd__help__subcmd__replay)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__rejected__subcmd__help__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         genalytics__subcmd__rejected__subcmd__list)
-            opts="-v -q -h -V --reason --since --until --limit --format --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --reason --since --until --limit --format --csv-raw --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -653,7 +1190,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report)
-            opts="-v -q -h -V --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version overview trends user models failures peak-hours html"
+            opts="-v -q -h -V --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version overview trends user models failures peak-hours html help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -687,7 +1224,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__failures)
-            opts="-v -q -h -V --days --until --tz --format --section --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --days --until --tz --format --section --csv-raw --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -733,6 +1270,132 @@ _genalytics() {
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__report__subcmd__help)
+            opts="overview trends user models failures peak-hours html help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__report__subcmd__help__subcmd__failures)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__report__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__report__subcmd__help__subcmd__html)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__report__subcmd__help__subcmd__models)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__report__subcmd__help__subcmd__overview)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__report__subcmd__help__subcmd__peak__subcmd__hours)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__report__subcmd__help__subcmd__trends)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__report__subcmd__help__subcmd__user)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 *)
                     COMPREPLY=()
                     ;;
@@ -799,7 +1462,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__models)
-            opts="-v -q -h -V --days --until --tz --format --section --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --days --until --tz --format --section --csv-raw --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -853,7 +1516,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__overview)
-            opts="-v -q -h -V --compare --days --until --tz --format --section --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --compare --days --until --tz --format --section --csv-raw --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -907,7 +1570,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__peak__subcmd__hours)
-            opts="-v -q -h -V --by --sort --days --until --tz --format --section --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --by --sort --days --until --tz --format --section --csv-raw --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -969,7 +1632,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__trends)
-            opts="-v -q -h -V --interval --days --until --tz --format --section --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --interval --days --until --tz --format --section --csv-raw --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1027,7 +1690,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__user)
-            opts="-v -q -h -V --days --until --tz --format --section --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --days --until --tz --format --section --csv-raw --database-url --redis-url --redis-cluster --redis-ns --stream --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -43,6 +43,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand rejected 'Dead letters: list them, show one as received, replay them after a fix, purge them'
             cand completions 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
             cand simulate 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does'
+            cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'genalytics;demo'= {
             cand --events 'Stream entries to simulate over the last 24 hours'
@@ -147,6 +148,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand failures 'Failures by error type and the failure rate per day (default 7 days)'
             cand peak-hours 'Average load per hour of day, busiest first (default 30 days)'
             cand html 'One self-contained HTML page: overview, hourly charts, failure rate per day, the weekday × hour heatmap, models and error types (default 7 days)'
+            cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'genalytics;report;overview'= {
             cand --days 'Length of the window in days, ending at --until'
@@ -160,6 +162,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --stream 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)'
             cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
             cand --compare 'Show each figure beside the previous window of the same length, and its change'
+            cand --csv-raw 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading '')'
             cand --redis-cluster 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
@@ -182,6 +185,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)'
             cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
+            cand --csv-raw 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading '')'
             cand --redis-cluster 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
@@ -203,6 +207,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)'
             cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
+            cand --csv-raw 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading '')'
             cand --redis-cluster 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
@@ -224,6 +229,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)'
             cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
+            cand --csv-raw 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading '')'
             cand --redis-cluster 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
@@ -245,6 +251,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)'
             cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
+            cand --csv-raw 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading '')'
             cand --redis-cluster 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
@@ -268,6 +275,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)'
             cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
+            cand --csv-raw 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading '')'
             cand --redis-cluster 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
@@ -299,6 +307,32 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --help 'Print help'
             cand -V 'Print version'
             cand --version 'Print version'
+        }
+        &'genalytics;report;help'= {
+            cand overview 'Totals, success rate, durations and users over the window (default 7 days)'
+            cand trends 'One point per hour or local day, gaps filled with zeros (default 7 days)'
+            cand user 'One user''s generations, recent activity and failures (default 30 days)'
+            cand models 'One row per model checkpoint (default 30 days)'
+            cand failures 'Failures by error type and the failure rate per day (default 7 days)'
+            cand peak-hours 'Average load per hour of day, busiest first (default 30 days)'
+            cand html 'One self-contained HTML page: overview, hourly charts, failure rate per day, the weekday × hour heatmap, models and error types (default 7 days)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'genalytics;report;help;overview'= {
+        }
+        &'genalytics;report;help;trends'= {
+        }
+        &'genalytics;report;help;user'= {
+        }
+        &'genalytics;report;help;models'= {
+        }
+        &'genalytics;report;help;failures'= {
+        }
+        &'genalytics;report;help;peak-hours'= {
+        }
+        &'genalytics;report;help;html'= {
+        }
+        &'genalytics;report;help;help'= {
         }
         &'genalytics;status'= {
             cand --format 'Output format'
@@ -392,6 +426,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand show 'Show one dead letter''s fields exactly as received (bytes that are not printable UTF-8 escaped as \xNN)'
             cand replay 'Parse dead letters again with today''s parser and store those that now pass, exactly once; the rest stay with today''s reason'
             cand purge 'Delete dead letters received before a cutoff'
+            cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'genalytics;rejected;list'= {
             cand --reason 'Only letters whose reason contains this text (any case)'
@@ -404,6 +439,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
             cand --stream 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)'
             cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
+            cand --csv-raw 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading '')'
             cand --redis-cluster 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
             cand -v 'Log more to stderr (-v progress, -vv debugging)'
             cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
@@ -471,6 +507,23 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'genalytics;rejected;help'= {
+            cand list 'List dead letters, oldest first: entry ID, stream, when, why'
+            cand show 'Show one dead letter''s fields exactly as received (bytes that are not printable UTF-8 escaped as \xNN)'
+            cand replay 'Parse dead letters again with today''s parser and store those that now pass, exactly once; the rest stay with today''s reason'
+            cand purge 'Delete dead letters received before a cutoff'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'genalytics;rejected;help;list'= {
+        }
+        &'genalytics;rejected;help;show'= {
+        }
+        &'genalytics;rejected;help;replay'= {
+        }
+        &'genalytics;rejected;help;purge'= {
+        }
+        &'genalytics;rejected;help;help'= {
+        }
         &'genalytics;completions'= {
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
@@ -508,6 +561,77 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --help 'Print help'
             cand -V 'Print version'
             cand --version 'Print version'
+        }
+        &'genalytics;help'= {
+            cand demo 'Run the whole pipeline on throwaway local servers: simulate, transfer, aggregate, report'
+            cand migrate 'Create or upgrade the PostgreSQL schema (also adopts the original service''s tables)'
+            cand transfer 'Drain the Redis stream into generation_events, exactly once'
+            cand aggregate 'Roll events up by UTC hour (every hour with new events, or the hours given)'
+            cand report 'Print a report: overview, trends, user, models, failures, peak-hours'
+            cand status 'Is data flowing? Stream, transfer lag, rollup backlog, table sizes'
+            cand check 'Alerting: exit 3 when a threshold is breached (failure rate, p95, lag, stale rollups)'
+            cand prune 'Delete raw events (and dead letters) older than a cutoff; rollups are kept'
+            cand rejected 'Dead letters: list them, show one as received, replay them after a fix, purge them'
+            cand completions 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
+            cand simulate 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'genalytics;help;demo'= {
+        }
+        &'genalytics;help;migrate'= {
+        }
+        &'genalytics;help;transfer'= {
+        }
+        &'genalytics;help;aggregate'= {
+        }
+        &'genalytics;help;report'= {
+            cand overview 'Totals, success rate, durations and users over the window (default 7 days)'
+            cand trends 'One point per hour or local day, gaps filled with zeros (default 7 days)'
+            cand user 'One user''s generations, recent activity and failures (default 30 days)'
+            cand models 'One row per model checkpoint (default 30 days)'
+            cand failures 'Failures by error type and the failure rate per day (default 7 days)'
+            cand peak-hours 'Average load per hour of day, busiest first (default 30 days)'
+            cand html 'One self-contained HTML page: overview, hourly charts, failure rate per day, the weekday × hour heatmap, models and error types (default 7 days)'
+        }
+        &'genalytics;help;report;overview'= {
+        }
+        &'genalytics;help;report;trends'= {
+        }
+        &'genalytics;help;report;user'= {
+        }
+        &'genalytics;help;report;models'= {
+        }
+        &'genalytics;help;report;failures'= {
+        }
+        &'genalytics;help;report;peak-hours'= {
+        }
+        &'genalytics;help;report;html'= {
+        }
+        &'genalytics;help;status'= {
+        }
+        &'genalytics;help;check'= {
+        }
+        &'genalytics;help;prune'= {
+        }
+        &'genalytics;help;rejected'= {
+            cand list 'List dead letters, oldest first: entry ID, stream, when, why'
+            cand show 'Show one dead letter''s fields exactly as received (bytes that are not printable UTF-8 escaped as \xNN)'
+            cand replay 'Parse dead letters again with today''s parser and store those that now pass, exactly once; the rest stay with today''s reason'
+            cand purge 'Delete dead letters received before a cutoff'
+        }
+        &'genalytics;help;rejected;list'= {
+        }
+        &'genalytics;help;rejected;show'= {
+        }
+        &'genalytics;help;rejected;replay'= {
+        }
+        &'genalytics;help;rejected;purge'= {
+        }
+        &'genalytics;help;completions'= {
+        }
+        &'genalytics;help;simulate'= {
+        }
+        &'genalytics;help;help'= {
         }
     ]
     $completions[$command]

@@ -18,7 +18,6 @@ use crate::commands::{
     about = "Drain image-generation events from Redis into PostgreSQL exactly once, roll them up by hour, and report on them.",
     long_version = long_version(),
     propagate_version = true,
-    disable_help_subcommand = true,
     after_help = EXAMPLES
 )]
 pub struct Cli {

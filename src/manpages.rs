@@ -13,11 +13,17 @@ use crate::cli::Cli;
 pub fn pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
     // The long version names the commit: a page would change with every
     // commit. Pages show the release alone.
-    let mut root = Cli::command().long_version(None::<&str>);
+    // `help COMMAND` is for the terminal; a page per command says the same.
+    let mut root = without_help_subcommand(Cli::command().long_version(None::<&str>));
     root.build();
     let mut pages = Vec::new();
     walk(&root, &[], &[], &mut pages)?;
     Ok(pages)
+}
+
+fn without_help_subcommand(cmd: Command) -> Command {
+    cmd.disable_help_subcommand(true)
+        .mut_subcommands(without_help_subcommand)
 }
 
 /// The name a command's page has: `genalytics-report-trends`.

@@ -146,7 +146,7 @@ fn an_hours_figures_equal_what_the_events_say() {
         .args(["aggregate", "--hour", "2026-11-20T10"])
         .ok();
     assert!(
-        ran.stdout.starts_with("rolled up 1 hours"),
+        ran.stdout.starts_with("rolled up 1 hour "),
         "{}",
         ran.stdout
     );
@@ -285,7 +285,7 @@ fn plain_aggregate_rolls_up_new_and_late_events_and_only_complete_hours() {
     env.genalytics().arg("transfer").ok();
     let ran = env.genalytics().arg("aggregate").ok();
     assert!(
-        ran.stdout.starts_with("rolled up 1 hours"),
+        ran.stdout.starts_with("rolled up 1 hour "),
         "{}",
         ran.stdout
     );
@@ -298,7 +298,7 @@ fn plain_aggregate_rolls_up_new_and_late_events_and_only_complete_hours() {
         .args(["aggregate", "--include-current"])
         .ok();
     assert!(
-        ran.stdout.starts_with("rolled up 1 hours"),
+        ran.stdout.starts_with("rolled up 1 hour "),
         "{}",
         ran.stdout
     );

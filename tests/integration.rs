@@ -15,6 +15,7 @@ mod contrib;
 mod demo;
 mod follow;
 mod generated;
+mod hardening;
 mod hostile;
 mod migrate;
 mod partitions;

@@ -280,7 +280,8 @@ fn a_partition_that_cannot_be_made_sends_its_events_to_the_default_one() {
     );
     let ran = env.genalytics().arg("transfer").ok();
     assert!(
-        ran.stdout.starts_with("transferred 1 events"),
+        ran.stdout
+            .starts_with("transferred 1 event and 0 rejected entries"),
         "{}",
         ran.stdout
     );
@@ -406,7 +407,8 @@ fn a_partition_whose_lock_is_held_waits_and_its_events_are_stored_meanwhile() {
         started.elapsed()
     );
     assert!(
-        ran.stdout.starts_with("transferred 1 events"),
+        ran.stdout
+            .starts_with("transferred 1 event and 0 rejected entries"),
         "{}",
         ran.stdout
     );

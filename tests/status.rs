@@ -735,3 +735,55 @@ fn check_gives_up_on_a_server_that_never_answers() {
     );
     drop(silent);
 }
+
+#[test]
+fn table_sizes_are_the_tables_real_sizes_partitioned_or_not() {
+    let env = migrated();
+    let mut con = env.redis();
+    let key = env.stream_key();
+    for n in 0..200 {
+        let user = format!("00000000-0000-0000-0000-{n:012}");
+        xadd(
+            &mut con,
+            &key,
+            "*",
+            &[("event_type", "request"), ("user_id", &user)],
+        );
+    }
+    xadd(&mut con, &key, "*", &[("event_type", "bogus")]);
+    env.genalytics().arg("transfer").ok();
+    env.genalytics().arg("aggregate").ok();
+    let mut db = env.db();
+    // Settled, so the sizes hold still between status and the check.
+    db.batch_execute("VACUUM ANALYZE").unwrap();
+    let status = status(&env);
+    let tables = status["tables"].as_array().unwrap();
+    assert_eq!(tables.len(), 6, "{status:#}");
+    for table in tables {
+        let name = table["table"].as_str().unwrap();
+        // A partitioned table's size is its partitions' (one level deep).
+        let want: i64 = db
+            .query_one(
+                "SELECT pg_total_relation_size($1::text::regclass)
+                      + coalesce((SELECT sum(pg_total_relation_size(inhrelid))
+                                  FROM pg_inherits WHERE inhparent = $1::text::regclass), 0)::int8",
+                &[&name],
+            )
+            .unwrap()
+            .get(0);
+        assert!(want > 0, "{name}");
+        assert_eq!(table["bytes"].as_i64(), Some(want), "{name}");
+    }
+    let metrics = env
+        .genalytics()
+        .args(["status", "--format", "openmetrics"])
+        .ok();
+    let rejected = metrics
+        .stdout
+        .lines()
+        .find(|l| {
+            l.starts_with("genalytics_table_size_bytes{table=\"generation_events_rejected\"}")
+        })
+        .unwrap_or_else(|| panic!("{}", metrics.stdout));
+    assert!(!rejected.ends_with(" 0"), "{rejected}");
+}

@@ -21,7 +21,7 @@ use crate::config::Settings;
 use crate::db::{self, rollup};
 use crate::error::{Exit, UsageError};
 use crate::hour;
-use crate::output::{SummaryFormat, thousands};
+use crate::output::{SummaryFormat, counted, thousands};
 use crate::timearg::parse_instant;
 
 /// Most hours per transaction: a day. Each hour is aggregated on its own,
@@ -86,17 +86,17 @@ impl Summary {
             0 => String::new(),
             empty => format!(" ({} without events)", thousands(empty)),
         };
-        let mut line = format!("rolled up {} hours{empty}", thousands(self.rolled_up));
+        let mut line = format!("rolled up {}{empty}", counted(self.rolled_up, "hour"));
         if before_horizon > 0 {
             let merged = match self.merged {
                 0 => String::new(),
-                merged => format!("; late events merged into {}", thousands(merged)),
+                merged => format!("; late events merged into {}", counted(merged, "hour")),
             };
             let _ = write!(
                 line,
-                " and kept {} hours before the raw horizon as they were (their raw events were \
+                " and kept {} before the raw horizon as they were (their raw events were \
                  pruned{merged})",
-                thousands(before_horizon),
+                counted(before_horizon, "hour"),
             );
         }
         let _ = write!(line, " in {:.1} s", self.seconds);

@@ -61,6 +61,11 @@ pub enum Action {
         limit: u64,
         #[arg(long, value_enum, default_value_t = render::Format::Table)]
         format: render::Format,
+        /// With --format csv: text exactly as stored, even where a
+        /// spreadsheet would run it as a formula (by default such cells get
+        /// a leading ')
+        #[arg(long)]
+        csv_raw: bool,
     },
     /// Show one dead letter's fields exactly as received (bytes that are not
     /// printable UTF-8 escaped as \xNN)
@@ -137,12 +142,17 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
             which,
             limit,
             format,
+            csv_raw,
         } => {
             let filter = which.filter()?;
             let limit = (*limit > 0).then(|| i64::try_from(*limit).unwrap_or(i64::MAX));
             let (letters, total) = rejected::list(&mut client, &filter, limit)?;
             let listing = Listing { letters, total };
-            render::renderer(*format, None, chrono_tz::UTC).render(&listing, &mut out)?;
+            let csv = render::CsvChoice {
+                section: None,
+                raw: *csv_raw,
+            };
+            render::renderer(*format, csv, chrono_tz::UTC).render(&listing, &mut out)?;
         }
         Action::Show { stream_id, format } => {
             let id = *stream_id;

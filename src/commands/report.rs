@@ -104,6 +104,11 @@ pub struct Common {
     /// With --format csv: which table of a report with several
     #[arg(long, value_name = "NAME")]
     pub section: Option<String>,
+
+    /// With --format csv: text exactly as stored, even where a spreadsheet
+    /// would run it as a formula (by default such cells get a leading ')
+    #[arg(long)]
+    pub csv_raw: bool,
 }
 
 /// The window of a report: every report takes these.
@@ -196,7 +201,14 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         | Which::User { common, .. }
         | Which::PeakHours { common, .. }
         | Which::Models(common) => {
-            let renderer = render::renderer(common.format, common.section.clone(), window.tz);
+            let renderer = render::renderer(
+                common.format,
+                render::CsvChoice {
+                    section: common.section.clone(),
+                    raw: common.csv_raw,
+                },
+                window.tz,
+            );
             renderer.render(report.as_ref(), &mut stdout)?;
         }
     }

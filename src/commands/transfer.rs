@@ -32,7 +32,7 @@ use crate::db::events::{self, BATCH_BYTES, Claim, GIANT_BATCH_BYTES, Outcome, Pr
 use crate::db::streams::{self, PositionMoved, TransferState};
 use crate::db::{self, partitions};
 use crate::error::{Exit, UsageError};
-use crate::output::{SummaryFormat, thousands};
+use crate::output::{SummaryFormat, counted, thousands};
 use crate::retry::Backoff;
 use crate::service;
 use crate::stream::cluster;
@@ -1279,17 +1279,17 @@ fn say_skipped(format: SummaryFormat, key: &str) -> anyhow::Result<()> {
 fn print_summary(format: SummaryFormat, summary: &Summary) -> anyhow::Result<()> {
     format.print(summary, || {
         let mut line = format!(
-            "transferred {} events and {} rejected entries from {} in {:.1} s ({} entries/s); {}",
-            thousands(summary.events),
-            thousands(summary.rejected),
+            "transferred {} and {} from {} in {:.1} s ({} entries/s); {}",
+            counted(summary.events, "event"),
+            counted(summary.rejected, "rejected entry"),
             summary.stream,
             summary.seconds,
             thousands(summary.events_per_second.round() as u64),
             match summary.behind {
                 Some(behind) => format!(
-                    "{}{} entries behind",
+                    "{}{} behind",
                     if summary.behind_exact { "" } else { "about " },
-                    thousands(behind)
+                    counted(behind, "entry")
                 ),
                 None => "entries behind unknown (Redis did not answer)".to_string(),
             }
@@ -1297,8 +1297,9 @@ fn print_summary(format: SummaryFormat, summary: &Summary) -> anyhow::Result<()>
         if summary.skipped > 0 {
             let _ = write!(
                 line,
-                "; skipped {} entries that were already stored",
-                thousands(summary.skipped)
+                "; skipped {} that {} already stored",
+                counted(summary.skipped, "entry"),
+                if summary.skipped == 1 { "was" } else { "were" }
             );
         }
         if let Some(reset) = &summary.reset {

@@ -122,12 +122,13 @@ pub fn table_sizes(client: &mut Client) -> anyhow::Result<Vec<TableSize>> {
     let mut sizes = Vec::new();
     for &table in TABLES {
         let row = client.query_one(
-            // Summed over partitions: a partitioned table has no rows or
-            // storage of its own.
+            // A partitioned table is summed over its partitions (it has no
+            // storage of its own); a plain one has no partition tree.
             "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::int8,
                     coalesce(sum(pg_total_relation_size(c.oid)), 0)::int8
-             FROM pg_partition_tree($1::text::regclass) t JOIN pg_class c ON c.oid = t.relid
-             WHERE t.isleaf",
+             FROM pg_class c
+             WHERE (c.oid = $1::text::regclass AND c.relkind <> 'p')
+                OR c.oid IN (SELECT relid FROM pg_partition_tree($1::text::regclass) WHERE isleaf)",
             &[&table],
         )?;
         let (estimate, bytes): (i64, i64) = (row.get(0), row.get(1));

@@ -246,9 +246,11 @@ pub struct Stored<'a> {
 }
 
 impl crate::stream::identity::Store for Stored<'_> {
-    /// A row with its ID and what makes the event itself (type, generation,
-    /// user, time), or a dead letter with its ID and exactly its bytes: an
-    /// ID alone proves nothing, a new stream hands out the same IDs.
+    /// A row with its ID and every column the entry gave it, or a dead
+    /// letter with its ID and exactly its bytes: an ID alone proves
+    /// nothing, a new stream hands out the same IDs, and a replacement may
+    /// repeat an entry's type, generation, user and time while every other
+    /// field differs.
     fn compare(&mut self, entry: &RawEntry) -> anyhow::Result<Match> {
         let row: Option<bool> = match crate::event::parse(entry.id, &entry.fields) {
             Ok(event) => self
@@ -256,6 +258,19 @@ impl crate::stream::identity::Store for Stored<'_> {
                 .query_opt(
                     "SELECT event_type = $3 AND generation_id IS NOT DISTINCT FROM $4
                          AND user_id IS NOT DISTINCT FROM $5 AND timestamp = $6
+                         AND generation_type IS NOT DISTINCT FROM $7
+                         AND duration_ms IS NOT DISTINCT FROM $8
+                         AND success IS NOT DISTINCT FROM $9
+                         AND error_type IS NOT DISTINCT FROM $10
+                         AND error_message IS NOT DISTINCT FROM $11
+                         AND queue_wait_time_ms IS NOT DISTINCT FROM $12
+                         AND generation_time_ms IS NOT DISTINCT FROM $13
+                         AND model_checkpoint IS NOT DISTINCT FROM $14
+                         AND image_dimensions IS NOT DISTINCT FROM $15
+                         AND batch_size IS NOT DISTINCT FROM $16
+                         AND prompt_tokens IS NOT DISTINCT FROM $17
+                         AND queue_length IS NOT DISTINCT FROM $18
+                         AND attributes IS NOT DISTINCT FROM $19
                      FROM generation_events WHERE stream = $1 AND stream_id = $2",
                     &[
                         &self.stream_ref,
@@ -264,6 +279,19 @@ impl crate::stream::identity::Store for Stored<'_> {
                         &event.generation_id,
                         &event.user_id,
                         &event.timestamp,
+                        &event.generation_type,
+                        &event.duration_ms,
+                        &event.success,
+                        &event.error_type,
+                        &event.error_message,
+                        &event.queue_wait_time_ms,
+                        &event.generation_time_ms,
+                        &event.model_checkpoint,
+                        &event.image_dimensions,
+                        &event.batch_size,
+                        &event.prompt_tokens,
+                        &event.queue_length,
+                        &event.attributes,
                     ],
                 )?
                 .map(|row| row.get(0)),

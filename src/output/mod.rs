@@ -23,6 +23,21 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
+/// A count and its noun as English has them: `1 hour`, `1,234 hours`,
+/// `1 entry`, `0 entries`.
+pub fn counted(n: u64, noun: &str) -> String {
+    let number = thousands(n);
+    if n == 1 {
+        format!("{number} {noun}")
+    } else if let Some(stem) = noun.strip_suffix('y')
+        && !stem.ends_with(['a', 'e', 'o', 'u'])
+    {
+        format!("{number} {stem}ies")
+    } else {
+        format!("{number} {noun}s")
+    }
+}
+
 impl SummaryFormat {
     /// Prints a work command's summary: `summary` as one JSON object, or
     /// `text` as one line.
@@ -78,7 +93,8 @@ pub fn bar(value: f64, max: f64, width: usize) -> String {
 
 /// Writes a whole file or nothing: readers (a collector scraping every
 /// few seconds, a web server) see the old file or the new one, never half
-/// of one. The file is readable by all (it holds no secret).
+/// of one. A new file is readable by all (it holds no secret); an existing
+/// one keeps its mode.
 pub fn write_atomically(
     path: &std::path::Path,
     write: impl FnOnce(&mut dyn std::io::Write) -> anyhow::Result<()>,
@@ -86,18 +102,14 @@ pub fn write_atomically(
     use anyhow::Context;
     use std::os::unix::fs::PermissionsExt;
     let context = || format!("cannot write {}", path.display());
-    // A symlink is followed (the file it names is replaced, the link
-    // stays); anything but a regular file is refused rather than replaced
-    // by one (`-o /dev/null` as root would otherwise delete the device).
-    let target = match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_symlink() => {
-            std::fs::canonicalize(path).with_context(context)?
-        }
-        _ => path.to_path_buf(),
-    };
-    if std::fs::metadata(&target).is_ok_and(|meta| !meta.is_file()) {
+    let target = trusted_target(path).with_context(context)?;
+    let existing = std::fs::metadata(&target).ok();
+    // Anything but a regular file is refused rather than replaced by one
+    // (`-o /dev/null` as root would otherwise delete the device).
+    if existing.as_ref().is_some_and(|meta| !meta.is_file()) {
         anyhow::bail!("{}: it is not a regular file", context());
     }
+    let mode = existing.map_or(0o644, |meta| meta.permissions().mode() & 0o7777);
     let dir = match target.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => std::path::Path::new("."),
@@ -111,15 +123,48 @@ pub fn write_atomically(
     std::io::Write::flush(&mut buffered).with_context(context)?;
     drop(buffered);
     file.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .set_permissions(std::fs::Permissions::from_mode(mode))
         .with_context(context)?;
     // On disk before it replaces the old file: a crash leaves one or the
     // other, never an empty file under the name.
     file.as_file().sync_all().with_context(context)?;
+    // rename(2) replaces whatever is at the name then, a link included: a
+    // link planted after the check is replaced, not followed.
     file.persist(&target)
         .map_err(|err| err.error)
         .with_context(context)?;
     Ok(())
+}
+
+/// The file `path` names, following symbolic links only when the caller
+/// or root owns them — as the kernel's `fs.protected_symlinks` judges a
+/// link in a shared directory: another user's link could point anywhere
+/// the caller may write.
+fn trusted_target(path: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let mut current = path.to_path_buf();
+    // As the kernel's limit on links followed in one lookup.
+    for _ in 0..40 {
+        let meta = match std::fs::symlink_metadata(&current) {
+            Ok(meta) if meta.file_type().is_symlink() => meta,
+            _ => return Ok(current),
+        };
+        if meta.uid() != me && meta.uid() != 0 {
+            anyhow::bail!(
+                "{} is a symbolic link owned by another user (uid {}), which is not followed; \
+                 remove it or write elsewhere",
+                current.display(),
+                meta.uid()
+            );
+        }
+        let link = std::fs::read_link(&current)?;
+        current = match current.parent() {
+            Some(dir) if link.is_relative() => dir.join(link),
+            _ => link,
+        };
+    }
+    anyhow::bail!("{}: too many levels of symbolic links", path.display())
 }
 
 #[cfg(test)]

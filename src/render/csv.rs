@@ -1,6 +1,8 @@
 //! CSV: one section of a report per output, with its JSON field names as
 //! headers and values as machines want them (RFC 3339 times, plain
-//! numbers, empty for absent, text exactly as it is).
+//! numbers, empty for absent). Text that a spreadsheet would run as a
+//! formula gets a leading `'` unless `raw` asks for it exactly as stored:
+//! stored text comes from producers, and a CSV is opened by people.
 
 use std::io::Write;
 
@@ -10,6 +12,8 @@ use crate::error::UsageError;
 pub struct CsvRenderer {
     /// The section to print; the report's first when none.
     pub section: Option<String>,
+    /// Text cells exactly as stored, formulas and all.
+    pub raw: bool,
 }
 
 impl Renderer for CsvRenderer {
@@ -34,7 +38,10 @@ impl Renderer for CsvRenderer {
             .map_err(unwrap_io)?;
         for row in &section.rows {
             writer
-                .write_record(row.iter().map(value))
+                .write_record(row.iter().map(|cell| match cell {
+                    Cell::Text(Some(text)) if !self.raw => defused(text).into_owned(),
+                    _ => value(cell),
+                }))
                 .map_err(unwrap_io)?;
         }
         writer.flush()?;
@@ -47,6 +54,16 @@ fn unwrap_io(err: csv::Error) -> anyhow::Error {
     match err.into_kind() {
         csv::ErrorKind::Io(io) => io.into(),
         other => anyhow::anyhow!("cannot write CSV: {other:?}"),
+    }
+}
+
+/// Text a spreadsheet would take for a formula, with a leading `'`
+/// (OWASP's advice for CSV injection); other text as it is.
+pub fn defused(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}").into()
+    } else {
+        text.into()
     }
 }
 
@@ -126,6 +143,7 @@ mod tests {
         let mut out = Vec::new();
         CsvRenderer {
             section: section.map(String::from),
+            raw: false,
         }
         .render(&Two, &mut out)?;
         Ok(String::from_utf8(out).unwrap())
@@ -140,5 +158,85 @@ mod tests {
         );
         let err = csv_of(Some("nope")).unwrap_err().to_string();
         assert!(err.contains("summary, items"), "{err}");
+    }
+
+    /// Cells a spreadsheet would run, beside ones it would not.
+    struct Formulas;
+
+    impl Report for Formulas {
+        fn heading(&self) -> String {
+            String::new()
+        }
+        fn sections(&self) -> Vec<Section> {
+            let texts = [
+                "=HYPERLINK(\"http://x\",\"y\")",
+                "+1",
+                "-2",
+                "@SUM(A1)",
+                "\tx",
+                "\rx",
+                "a=b",
+                " =x",
+                "",
+            ];
+            vec![Section {
+                name: "cells",
+                title: None,
+                layout: Layout::Rows,
+                columns: vec![("text", "text"), ("n", "n"), ("rate", "rate")],
+                rows: texts
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            Cell::Text(Some((*t).to_string())),
+                            Cell::Change(Some(-12.5)),
+                            Cell::Percent(Some(-0.5)),
+                        ]
+                    })
+                    .collect(),
+                bar: None,
+            }]
+        }
+        fn json(&self) -> serde_json::Value {
+            serde_json::Value::Null
+        }
+    }
+
+    fn formulas(raw: bool) -> Vec<csv::StringRecord> {
+        let mut out = Vec::new();
+        CsvRenderer { section: None, raw }
+            .render(&Formulas, &mut out)
+            .unwrap();
+        csv::Reader::from_reader(out.as_slice())
+            .records()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn text_a_spreadsheet_would_run_gets_a_quote_and_numbers_stay_numbers() {
+        let cells: Vec<(String, String, String)> = formulas(false)
+            .iter()
+            .map(|r| (r[0].to_string(), r[1].to_string(), r[2].to_string()))
+            .collect();
+        let texts: Vec<&str> = cells.iter().map(|c| c.0.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "'=HYPERLINK(\"http://x\",\"y\")",
+                "'+1",
+                "'-2",
+                "'@SUM(A1)",
+                "'\tx",
+                "'\rx",
+                "a=b",
+                " =x",
+                "",
+            ]
+        );
+        assert!(cells.iter().all(|c| c.1 == "-12.5" && c.2 == "-0.5"));
+        let raw: Vec<String> = formulas(true).iter().map(|r| r[0].to_string()).collect();
+        assert_eq!(raw[0], "=HYPERLINK(\"http://x\",\"y\")");
+        assert_eq!(raw[4], "\tx");
     }
 }

@@ -172,20 +172,30 @@ pub enum Format {
     Html,
 }
 
+/// What `--section` and `--csv-raw` ask of CSV output.
+#[derive(Debug, Clone, Default)]
+pub struct CsvChoice {
+    pub section: Option<String>,
+    pub raw: bool,
+}
+
 /// One renderer per format.
 pub trait Renderer {
     fn render(&self, report: &dyn Report, out: &mut dyn Write) -> anyhow::Result<()>;
 }
 
-/// The renderer for a format; `section` picks the CSV table, `tz` the zone
-/// times are shown in.
-pub fn renderer(format: Format, section: Option<String>, tz: chrono_tz::Tz) -> Box<dyn Renderer> {
+/// The renderer for a format; `csv` says which CSV table and whether its
+/// text is written raw, `tz` the zone times are shown in.
+pub fn renderer(format: Format, csv: CsvChoice, tz: chrono_tz::Tz) -> Box<dyn Renderer> {
     match format {
         Format::Table => Box::new(table::TableRenderer {
             styled: table::styled(),
             tz,
         }),
-        Format::Csv => Box::new(csv::CsvRenderer { section }),
+        Format::Csv => Box::new(csv::CsvRenderer {
+            section: csv.section,
+            raw: csv.raw,
+        }),
         Format::Json => Box::new(json::JsonRenderer),
         Format::Html => Box::new(html::HtmlRenderer { tz }),
     }

@@ -210,7 +210,50 @@ pub fn range_after(
     if after == EntryId::MAX {
         return Ok(Vec::new());
     }
-    entries(range_cmd(key, after, until, count).query(con)?)
+    let read = entries(range_cmd(key, after, until, count).query(con)?)?;
+    checked_range(&read, read.len(), after, until, count)?;
+    Ok(read)
+}
+
+/// A reply to a range read must be what was asked: IDs rising strictly,
+/// all after `after` and at most `until`, no more than `count` of them
+/// (`total`, read past or kept). Anything else — a proxy, a buggy or
+/// hostile server — would move the position back or skip entries, so the
+/// read fails as a fault of the connection and nothing of it is stored.
+pub fn checked_range(
+    kept: &[RawEntry],
+    total: usize,
+    after: EntryId,
+    until: Option<EntryId>,
+    count: usize,
+) -> redis::RedisResult<()> {
+    let refuse = |what: String| {
+        Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("Redis answered a stream read with {what}; nothing of it was stored"),
+        )))
+    };
+    if total > count {
+        return refuse(format!("{total} entries where at most {count} were asked"));
+    }
+    let mut previous = after;
+    for entry in kept {
+        if entry.id <= previous {
+            return refuse(format!(
+                "entry {} after {previous}: IDs must rise after {after}",
+                entry.id
+            ));
+        }
+        if until.is_some_and(|until| entry.id > until) {
+            return refuse(format!(
+                "entry {} past the end of the range asked, {}",
+                entry.id,
+                until.unwrap_or_default()
+            ));
+        }
+        previous = entry.id;
+    }
+    Ok(())
 }
 
 fn range_cmd(key: &str, after: EntryId, until: Option<EntryId>, count: usize) -> redis::Cmd {
@@ -362,6 +405,13 @@ impl BoundedReader {
             con.abandon();
         }
         let (anchor_held, taken) = read?;
+        checked_range(
+            &taken.entries,
+            taken.total,
+            request.after,
+            request.until,
+            count,
+        )?;
         let largest = taken.entries.iter().map(RawEntry::size).max().unwrap_or(0);
         self.size.observe(largest);
         Ok(Anchored {
@@ -399,7 +449,9 @@ pub fn read_after(
         }),
         other => return Err(malformed(&other)),
     };
-    per_stream.map_or(Ok(Vec::new()), entries)
+    let read = per_stream.map_or(Ok(Vec::new()), entries)?;
+    checked_range(&read, read.len(), after, None, count)?;
+    Ok(read)
 }
 
 /// Takes an XRANGE-shaped reply apart without copying its strings.
@@ -694,5 +746,34 @@ mod tests {
             size.observe(held(500));
         }
         assert_eq!(size.count(5_000, budget), READ_MAX_ENTRIES);
+    }
+
+    #[test]
+    fn a_range_reply_must_rise_inside_the_range_and_within_count() {
+        let at = |ms: u64, seq: u64| EntryId { ms, seq };
+        let entries = |ids: &[EntryId]| -> Vec<RawEntry> {
+            ids.iter()
+                .map(|&id| RawEntry {
+                    id,
+                    fields: Vec::new(),
+                })
+                .collect()
+        };
+        let after = at(5, 0);
+        let ok = entries(&[at(5, 1), at(6, 0), at(9, 9)]);
+        assert!(checked_range(&ok, 3, after, None, 3).is_ok());
+        assert!(checked_range(&ok, 3, after, Some(at(9, 9)), 3).is_ok());
+        assert!(checked_range(&[], 0, after, None, 1).is_ok());
+        for (kept, total, until, count) in [
+            (entries(&[at(6, 0), at(5, 9)]), 2, None, 10),
+            (entries(&[at(6, 0), at(6, 0)]), 2, None, 10),
+            (entries(&[at(5, 0)]), 1, None, 10),
+            (entries(&[at(4, 0)]), 1, None, 10),
+            (entries(&[at(6, 0), at(9, 1)]), 2, Some(at(9, 0)), 10),
+            (entries(&[at(6, 0)]), 3, None, 2),
+        ] {
+            let err = checked_range(&kept, total, after, until, count).unwrap_err();
+            assert!(err.is_io_error(), "a transient fault: {err}");
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod gate;
+pub mod proxy;
 
 use std::ffi::OsString;
 use std::process::{Command, Output, Stdio};

@@ -1,0 +1,306 @@
+//! What the third attack found: each test feeds the worst input or fault
+//! it names and checks the pipeline neither stops, loses an entry, nor
+//! fools the operator.
+
+use chrono::{Duration, DurationRound, Utc};
+
+use crate::harness::{TestEnv, xadd};
+
+fn migrated() -> TestEnv {
+    let env = TestEnv::new();
+    env.genalytics().args(["migrate", "-q"]).ok();
+    env
+}
+
+#[test]
+fn csv_cells_that_a_spreadsheet_would_run_are_defused_unless_raw() {
+    let env = migrated();
+    let mut con = env.redis();
+    let key = env.stream_key();
+    let at = (Utc::now() - Duration::hours(2))
+        .duration_trunc(Duration::hours(1))
+        .unwrap();
+    let ts = at.format("%Y-%m-%dT%H:%M:%S").to_string();
+    let models = ["=HYPERLINK(\"http://evil\",\"x\")", "@cmd", "sdxl-1.0"];
+    for model in models {
+        xadd(
+            &mut con,
+            &key,
+            "*",
+            &[
+                ("event_type", "completion"),
+                ("timestamp", &ts),
+                ("success", "False"),
+                ("duration_ms", "10"),
+                ("model_checkpoint", model),
+                ("error_type", "-oom"),
+                ("error_message", "+1 formula"),
+            ],
+        );
+    }
+    env.genalytics().arg("transfer").ok();
+    env.genalytics().arg("aggregate").ok();
+    let csv = |extra: &[&str]| {
+        env.genalytics()
+            .args(["report", "models", "--days", "1", "--format", "csv"])
+            .args(extra.iter().copied())
+            .ok()
+            .stdout
+    };
+    let defused = csv(&[]);
+    let mut names: Vec<String> = csv::Reader::from_reader(defused.as_bytes())
+        .records()
+        .map(|r| r.unwrap()[0].to_string())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["'=HYPERLINK(\"http://evil\",\"x\")", "'@cmd", "sdxl-1.0"],
+        "{defused}"
+    );
+    let raw = csv(&["--csv-raw"]);
+    assert!(
+        raw.contains("\"=HYPERLINK(\"\"http://evil\"\",\"\"x\"\")\""),
+        "{raw}"
+    );
+    // The failures report's samples, and a dead letter's reason.
+    let failures = env
+        .genalytics()
+        .args([
+            "report",
+            "failures",
+            "--days",
+            "1",
+            "--format",
+            "csv",
+            "--section",
+            "error_types",
+        ])
+        .ok()
+        .stdout;
+    assert!(failures.contains("\n'-oom,"), "{failures}");
+    xadd(&mut con, &key, "*", &[("event_type", "=1+1")]);
+    env.genalytics().arg("transfer").ok();
+    let letters = env
+        .genalytics()
+        .args(["rejected", "list", "--format", "csv"])
+        .ok()
+        .stdout;
+    assert!(
+        !letters.contains(",=1+1") && !letters.contains("\"=1+1"),
+        "{letters}"
+    );
+}
+
+#[test]
+fn a_replacement_matching_four_fields_but_not_the_rest_is_not_taken_for_the_stored_stream() {
+    let env = migrated();
+    let key = env.stream_key();
+    let mut con = env.redis();
+    let entry = |seq: u32, model: &str| {
+        let user = format!("00000000-0000-0000-0000-{seq:012}");
+        let generation = format!("10000000-0000-0000-0000-{seq:012}");
+        [
+            ("event_type", "completion".to_string()),
+            ("generation_id", generation),
+            ("user_id", user),
+            ("timestamp", "2026-11-27T14:03:07.123456".to_string()),
+            ("success", "True".to_string()),
+            ("duration_ms", "1200".to_string()),
+            ("model_checkpoint", model.to_string()),
+        ]
+    };
+    let write = |con: &mut redis::Connection, model: &str| -> Vec<String> {
+        (0..30)
+            .map(|seq| {
+                let fields = entry(seq, model);
+                let fields: Vec<(&str, &str)> =
+                    fields.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                xadd(con, &key, &format!("5000-{seq}"), &fields)
+            })
+            .collect()
+    };
+    write(&mut con, "sdxl-1.0");
+    env.genalytics()
+        .args(["transfer", "-q", "--keep", "0"])
+        .ok();
+    let _: i64 = redis::cmd("DEL").arg(&key).query(&mut con).unwrap();
+    // Another stream: same IDs, same type, generation, user and time;
+    // another model.
+    let replacement = write(&mut con, "flux-dev");
+    let ran = env.genalytics().args(["transfer", "--keep", "0"]).code(1);
+    assert!(ran.stderr.contains("--new-stream"), "{}", ran.stderr);
+    assert_eq!(
+        crate::harness::stream_ids(&mut con, &key),
+        replacement,
+        "nothing was trimmed unstored"
+    );
+    env.genalytics()
+        .args(["transfer", "-q", "--new-stream", "--keep", "0"])
+        .ok();
+    let models: Vec<(String, i64)> = env
+        .db()
+        .query(
+            "SELECT model_checkpoint, count(*) FROM generation_events GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(
+        models,
+        [("flux-dev".to_string(), 30), ("sdxl-1.0".to_string(), 30)]
+    );
+}
+
+#[test]
+fn output_files_follow_no_link_another_user_planted_and_keep_their_mode() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: making a link owned by another user needs root");
+        return;
+    }
+    let env = migrated();
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "root's secret\n").unwrap();
+    std::fs::set_permissions(secret.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let link = shared.path().join("genalytics.prom");
+    symlink(secret.path(), &link).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    std::os::unix::fs::lchown(&link, Some(nobody.uid.as_raw()), None).unwrap();
+
+    let mode_of =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+    for args in [
+        &["status", "--format", "openmetrics", "-o"][..],
+        &["report", "html", "--days", "1", "-o"][..],
+    ] {
+        let ran = env.genalytics().args(args).arg(&link).code(1);
+        assert!(
+            ran.stderr.contains("symbolic link owned by another user"),
+            "{}",
+            ran.stderr
+        );
+        assert_eq!(ran.stderr.trim_end().lines().count(), 1, "{}", ran.stderr);
+        assert_eq!(
+            std::fs::read_to_string(secret.path()).unwrap(),
+            "root's secret\n"
+        );
+        assert_eq!(mode_of(secret.path()), 0o600);
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    }
+
+    // The caller's own link is followed, and the file it names keeps its
+    // mode; so does a plain file.
+    std::os::unix::fs::lchown(&link, Some(0), None).unwrap();
+    env.genalytics()
+        .args(["status", "--format", "openmetrics", "-o"])
+        .arg(&link)
+        .ok();
+    assert!(
+        std::fs::read_to_string(secret.path())
+            .unwrap()
+            .contains("genalytics_")
+    );
+    assert_eq!(mode_of(secret.path()), 0o600);
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    let plain = shared.path().join("report.html");
+    std::fs::write(&plain, "old").unwrap();
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o640)).unwrap();
+    env.genalytics()
+        .args(["report", "html", "--days", "1", "-o"])
+        .arg(&plain)
+        .ok();
+    assert_eq!(mode_of(&plain), 0o640);
+    let fresh = shared.path().join("new.prom");
+    env.genalytics()
+        .args(["status", "--format", "openmetrics", "-o"])
+        .arg(&fresh)
+        .ok();
+    assert_eq!(mode_of(&fresh), 0o644);
+}
+
+#[test]
+fn a_reply_whose_ids_go_backwards_is_refused_and_nothing_of_it_stored() {
+    let env = migrated();
+    let key = env.stream_key();
+    let mut con = env.redis();
+    let written: Vec<String> = (0..50)
+        .map(|n| {
+            xadd(
+                &mut con,
+                &key,
+                &format!("{}-0", 7000 + n),
+                &[("event_type", "request")],
+            )
+        })
+        .collect();
+    let proxy =
+        crate::harness::proxy::Proxy::start(&env.redis.url(), crate::harness::proxy::Lie::Reversed);
+    let ran = env
+        .genalytics()
+        .env("REDIS_URL", proxy.url(&env.redis.url()))
+        .args(["transfer", "--keep", "100h"])
+        .code(1);
+    assert!(
+        proxy.lies.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "the proxy never lied: nothing was tested"
+    );
+    assert!(ran.stderr.contains("IDs must rise"), "{}", ran.stderr);
+    assert_eq!(ran.stderr.trim_end().lines().count(), 1, "{}", ran.stderr);
+    // Only what honest replies (the first reads are single entries) gave.
+    let mut db = env.db();
+    let stored = crate::harness::stored_ids(&mut db);
+    assert!(stored.len() < 10, "{} stored", stored.len());
+    assert_eq!(stored, written[..stored.len()]);
+    // Straight to Redis, everything is stored once.
+    env.genalytics().args(["transfer", "-q"]).ok();
+    assert_eq!(crate::harness::stored_ids(&mut db), written);
+}
+
+#[test]
+fn help_names_a_command_and_counts_read_as_english() {
+    for (args, usage) in [
+        (&["help", "report"][..], "Usage: genalytics report"),
+        (
+            &["help", "report", "trends"][..],
+            "Usage: genalytics report trends",
+        ),
+        (&["help", "transfer"][..], "Usage: genalytics transfer"),
+    ] {
+        let ran = crate::harness::Cmd::new().args(args).ok();
+        assert!(ran.stdout.contains(usage), "{args:?}: {}", ran.stdout);
+    }
+    let ran = crate::harness::Cmd::new().args(["help", "no-such"]).code(2);
+    assert!(ran.stderr.contains("no-such"), "{}", ran.stderr);
+
+    let env = migrated();
+    let mut con = env.redis();
+    let hour = (Utc::now() - Duration::hours(3))
+        .duration_trunc(Duration::hours(1))
+        .unwrap();
+    let ts = hour.format("%Y-%m-%dT%H:%M:%S").to_string();
+    xadd(
+        &mut con,
+        &env.stream_key(),
+        "*",
+        &[("event_type", "request"), ("timestamp", &ts)],
+    );
+    let ran = env.genalytics().arg("transfer").ok();
+    assert!(
+        ran.stdout
+            .starts_with("transferred 1 event and 0 rejected entries from "),
+        "{}",
+        ran.stdout
+    );
+    assert!(ran.stdout.contains("; 0 entries behind"), "{}", ran.stdout);
+    let ran = env.genalytics().arg("aggregate").ok();
+    assert!(
+        ran.stdout.starts_with("rolled up 1 hour in "),
+        "{}",
+        ran.stdout
+    );
+}
