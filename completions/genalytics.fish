@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_genalytics_global_optspecs
-    string join \n database-url= redis-url= redis-cluster redis-ns= stream= v/verbose q/quiet log-format= h/help V/version
+    string join \n database-url= redis-url= redis-cluster redis-ns= stream= stream-pattern= v/verbose q/quiet log-format= h/help V/version
 end
 
 function __fish_genalytics_needs_command
@@ -27,7 +27,8 @@ end
 complete -c genalytics -n "__fish_genalytics_needs_command" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_needs_command" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_needs_command" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_needs_command" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
+complete -c genalytics -n "__fish_genalytics_needs_command" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
+complete -c genalytics -n "__fish_genalytics_needs_command" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_needs_command" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_needs_command" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
@@ -51,7 +52,8 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l events -d
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l keep -d 'Leave the servers running and print the settings to try other commands on them'
@@ -63,7 +65,8 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -s V -l vers
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l status -d 'List applied and pending migrations instead of applying them'
@@ -81,7 +84,8 @@ json\t'One JSON object'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l follow -d 'Keep reading new entries until SIGINT/SIGTERM, committing at least every second; survives server restarts'
@@ -101,7 +105,8 @@ json\t'One JSON object'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l include-current -d 'Also roll up the hour in progress'
@@ -113,7 +118,8 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -s V -l
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
@@ -140,7 +146,8 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l compare -d 'Show each figure beside the previous window of the same length, and its change'
@@ -163,7 +170,8 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l csv-raw -d 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading \')'
@@ -183,7 +191,8 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l csv-raw -d 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading \')'
@@ -203,7 +212,8 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l csv-raw -d 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading \')'
@@ -223,7 +233,8 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l csv-raw -d 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading \')'
@@ -246,7 +257,8 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l csv-raw -d 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading \')'
@@ -263,7 +275,8 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
@@ -286,7 +299,8 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand status" -s o -l ou
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
@@ -310,7 +324,8 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand check" -s t -l tim
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l nagios -d 'Speak the Monitoring Plugins protocol (Nagios, Icinga, Naemon): one status line with performance data; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN'
@@ -326,7 +341,8 @@ json\t'One JSON object'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l dry-run -d 'Count what would be deleted; delete nothing'
@@ -338,7 +354,8 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -s V -l ver
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
@@ -362,7 +379,8 @@ html\t'One self-contained HTML page (inline CSS and SVG charts)'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l csv-raw -d 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading \')'
@@ -376,7 +394,8 @@ json\t'One JSON object'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
@@ -392,7 +411,8 @@ json\t'One JSON object'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l all -d 'Replay every letter (that the filters match)'
@@ -408,7 +428,8 @@ json\t'One JSON object'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
@@ -424,7 +445,8 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fi
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
@@ -441,7 +463,8 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l maxle
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l stream -d 'Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'

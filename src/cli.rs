@@ -91,9 +91,13 @@ pub struct GlobalArgs {
     )]
     pub redis_ns: String,
 
-    /// Full stream key, overriding the one built from --redis-ns; transfer takes it more than once, and patterns (shard:*)
+    /// Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once
     #[arg(long, global = true, value_name = "KEY")]
     pub stream: Vec<String>,
+
+    /// For transfer: every stream whose key matches this Redis glob (e.g. 'genonaut:generation_events:stream:*'); more than once allowed
+    #[arg(long, global = true, value_name = "GLOB")]
+    pub stream_pattern: Vec<String>,
 
     /// Log more to stderr (-v progress, -vv debugging)
     #[arg(short, long, action = ArgAction::Count, global = true)]

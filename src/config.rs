@@ -19,9 +19,12 @@ pub struct Settings {
     pub redis_cluster: Option<Vec<RedisUrl>>,
     /// The stream a command works on: the first of `streams`.
     pub stream_key: String,
-    /// Every `--stream` given (keys, or patterns for transfer), or the key
-    /// built from the namespace.
+    /// Every `--stream` given, or the key built from the namespace when
+    /// neither it nor a pattern is: keys taken literally, whatever
+    /// characters they hold.
     pub streams: Vec<String>,
+    /// Every `--stream-pattern` (Redis globs, for transfer).
+    pub patterns: Vec<String>,
     pub quiet: bool,
 }
 
@@ -63,7 +66,10 @@ impl Settings {
         if args.stream.iter().any(String::is_empty) {
             return Err(UsageError("--stream must not be empty".into()));
         }
-        let streams = if !args.stream.is_empty() {
+        if args.stream_pattern.iter().any(String::is_empty) {
+            return Err(UsageError("--stream-pattern must not be empty".into()));
+        }
+        let streams = if !args.stream.is_empty() || !args.stream_pattern.is_empty() {
             args.stream.clone()
         } else if args.redis_ns.is_empty() {
             return Err(UsageError(
@@ -76,8 +82,12 @@ impl Settings {
             database,
             redis,
             redis_cluster,
-            stream_key: streams[0].clone(),
+            stream_key: streams
+                .first()
+                .cloned()
+                .unwrap_or_else(|| stream_key_for(&args.redis_ns)),
             streams,
+            patterns: args.stream_pattern.clone(),
             quiet: args.quiet,
         })
     }
@@ -85,7 +95,7 @@ impl Settings {
     /// Whether more than one stream is named: `--stream` more than once,
     /// or a pattern.
     pub fn several_streams(&self) -> bool {
-        self.streams.len() > 1 || is_pattern(&self.stream_key)
+        self.streams.len() > 1 || !self.patterns.is_empty()
     }
 
     /// The database, for commands that need one.
@@ -96,11 +106,6 @@ impl Settings {
             )
         })
     }
-}
-
-/// Whether a `--stream` value is a pattern (Redis glob) rather than a key.
-pub fn is_pattern(stream: &str) -> bool {
-    stream.contains(['*', '?', '['])
 }
 
 /// The stream the service's producer writes to.

@@ -304,3 +304,175 @@ fn help_names_a_command_and_counts_read_as_english() {
         ran.stdout
     );
 }
+
+#[test]
+fn a_key_that_is_not_utf8_is_skipped_with_a_warning_and_the_good_shard_stored() {
+    let env = migrated();
+    let mut con = env.redis();
+    let prefix = format!("{}:shard:", env.namespace);
+    let good = format!("{prefix}0");
+    let written: Vec<String> = (0..40)
+        .map(|_| xadd(&mut con, &good, "*", &[("event_type", "request")]))
+        .collect();
+    let mut bad = prefix.clone().into_bytes();
+    bad.extend_from_slice(b"\xff\xfe\x1b[31m");
+    let _: String = redis::cmd("XADD")
+        .arg(&bad)
+        .arg("*")
+        .arg("event_type")
+        .arg("request")
+        .query(&mut con)
+        .unwrap();
+    let pattern = format!("{prefix}*");
+    for _ in 0..2 {
+        let ran = env
+            .genalytics()
+            .args(["transfer", "--stream-pattern", &pattern])
+            .ok();
+        assert!(
+            ran.stderr.contains("\\xff\\xfe\\x1b[31m") && ran.stderr.contains("not UTF-8"),
+            "{}",
+            ran.stderr
+        );
+        assert!(!ran.stderr.contains('\x1b'), "escaped: {}", ran.stderr);
+    }
+    let mut db = env.db();
+    let stored = crate::harness::stored_ids(&mut db);
+    let mut want = written.clone();
+    want.sort();
+    assert_eq!(stored, want);
+
+    // A follower skips it once and picks up a shard that appears later.
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut follower = env
+        .genalytics()
+        .args(["transfer", "--follow", "--stream-pattern", &pattern])
+        .command()
+        .stdout(std::process::Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let later = format!("{prefix}1");
+    let more: Vec<String> = (0..10)
+        .map(|_| xadd(&mut con, &later, "*", &[("event_type", "cancellation")]))
+        .collect();
+    crate::harness::wait_for("the later shard to be stored", 40, || {
+        crate::harness::stored_ids(&mut db).len() == 50
+    });
+    assert!(follower.try_wait().unwrap().is_none(), "the follower is up");
+    crate::harness::sigterm(&follower);
+    assert!(follower.wait().unwrap().success());
+    let said = std::fs::read_to_string(log.path()).unwrap();
+    assert_eq!(said.matches("not UTF-8").count(), 1, "{said}");
+    want.extend(more);
+    want.sort();
+    assert_eq!(crate::harness::stored_ids(&mut db), want);
+}
+
+#[test]
+fn keys_and_namespaces_are_literal_whatever_characters_they_hold() {
+    let env = migrated();
+    let mut con = env.redis();
+    let ns = format!("{}[1]?*", env.namespace);
+    let key = format!("{ns}:generation_events:stream");
+    let written: Vec<String> = (0..25)
+        .map(|_| xadd(&mut con, &key, "*", &[("event_type", "request")]))
+        .collect();
+    // A key the brackets would match as a glob: never touched.
+    let decoy = format!("{}1x:generation_events:stream", env.namespace);
+    xadd(&mut con, &decoy, "*", &[("event_type", "request")]);
+    let ran = env.genalytics().args(["transfer", "--redis-ns", &ns]).ok();
+    assert!(
+        ran.stdout.starts_with("transferred 25 events"),
+        "{}",
+        ran.stdout
+    );
+    let status: serde_json::Value = serde_json::from_str(
+        &env.genalytics()
+            .args(["status", "--format", "json", "--redis-ns", &ns])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(status["stream"], key.as_str());
+    assert_eq!(status["events_transferred"], 25, "{status:#}");
+    assert_eq!(status["stream_identity"], "same", "{status:#}");
+    env.genalytics()
+        .args(["check", "--max-lag", "1h", "--stream", &key])
+        .ok();
+    let mut db = env.db();
+    let mut want = written;
+    want.sort();
+    assert_eq!(crate::harness::stored_ids(&mut db), want);
+}
+
+#[test]
+fn a_stream_that_does_not_exist_is_loud_in_transfer_status_and_check() {
+    let env = migrated();
+    let mut con = env.redis();
+    xadd(
+        &mut con,
+        &env.stream_key(),
+        "*",
+        &[("event_type", "request")],
+    );
+    let typo = format!("{}x", env.namespace);
+    let ran = env
+        .genalytics()
+        .args(["transfer", "--redis-ns", &typo])
+        .ok();
+    let key = format!("{typo}:generation_events:stream");
+    assert!(
+        ran.stderr
+            .contains(&format!("the stream {key} does not exist")),
+        "{}",
+        ran.stderr
+    );
+    let status = env.genalytics().args(["status", "--redis-ns", &typo]).ok();
+    assert!(
+        !status.stdout.contains("data is flowing"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains("does not exist"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains("nothing has been transferred"),
+        "{}",
+        status.stdout
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        &env.genalytics()
+            .args(["status", "--format", "json", "--redis-ns", &typo])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(json["stream_identity"], "missing", "{json:#}");
+    let check = env
+        .genalytics()
+        .args(["check", "--max-lag", "1h", "--redis-ns", &typo])
+        .ok();
+    assert!(
+        check.stdout.starts_with("WARNING: ") && check.stdout.contains("does not exist"),
+        "{}",
+        check.stdout
+    );
+
+    // The real stream: transferred, and status is content.
+    env.genalytics().arg("transfer").ok();
+    let status = env.genalytics().arg("status").ok();
+    assert!(
+        !status.stdout.contains("does not exist"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        !status.stdout.contains("nothing has been transferred"),
+        "{}",
+        status.stdout
+    );
+}

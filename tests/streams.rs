@@ -90,7 +90,7 @@ fn a_pattern_transfers_every_matching_stream_in_parallel_once() {
             "--format",
             "json",
         ])
-        .args(["--stream", &pattern(&env)])
+        .args(["--stream-pattern", &pattern(&env)])
         .ok();
     let summaries: BTreeMap<String, Value> = ran
         .stdout
@@ -136,11 +136,11 @@ fn a_pattern_transfers_every_matching_stream_in_parallel_once() {
         .code(2);
     assert!(ran.stderr.contains("for transfer"), "{}", ran.stderr);
     env.genalytics()
-        .args(["status", "--stream", &pattern(&env)])
+        .args(["status", "--stream-pattern", &pattern(&env)])
         .code(2);
     // A pattern that matches nothing is nothing to do.
     env.genalytics()
-        .args(["transfer", "--stream", "no-such-prefix:*"])
+        .args(["transfer", "--stream-pattern", "no-such-prefix:*"])
         .ok();
 }
 
@@ -210,7 +210,7 @@ fn following_a_pattern_picks_up_a_new_stream_and_stops_on_sigterm() {
             "--follow",
             "--keep",
             "0",
-            "--stream",
+            "--stream-pattern",
             &pattern(&env),
         ],
     );

@@ -260,10 +260,7 @@ fn lag(
     if !waiting.info.exists {
         // Nothing waits, but a mistyped --stream or --redis-ns looks the
         // same: never plainly OK.
-        let text = format!(
-            "the stream {key} does not exist (a wrong --stream or --redis-ns, Redis restarted empty, or \
-             no producer yet)"
-        );
+        let text = super::status::missing_stream(key);
         return Ok(Figure::new("lag", Unit::Seconds, None, text)
             .judged(limits)
             .at_least(Level::Warning));

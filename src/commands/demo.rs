@@ -222,6 +222,7 @@ fn demo_settings(
         redis_cluster: cluster,
         redis_ns: "genonaut".to_string(),
         stream: Vec::new(),
+        stream_pattern: Vec::new(),
         verbose: 0,
         quiet,
         log_format: crate::cli::LogFormat::Text,

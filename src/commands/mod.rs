@@ -22,7 +22,7 @@ pub fn run(command: Command, settings: &Settings) -> anyhow::Result<Exit> {
         && !matches!(command, Command::Transfer(_) | Command::Completions(_))
     {
         return Err(UsageError(
-            "--stream more than once, or a pattern, is for transfer; give this command one stream key"
+            "--stream more than once, or --stream-pattern, is for transfer; give this command one stream key"
                 .into(),
         )
         .into());

@@ -138,6 +138,14 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     };
 
     let state = streams::state(&mut client, key)?;
+    if state
+        .as_ref()
+        .is_none_or(|state| state.position == EntryId::ZERO && state.events_stored == 0)
+    {
+        status
+            .warnings
+            .push(format!("nothing has been transferred from {key} yet"));
+    }
     if let Some(state) = &state {
         status.position = Some(state.position.to_string());
         status.last_transfer_at = Some(state.last_transfer_at);
@@ -156,10 +164,6 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
                 identity::loss(state.last_reset_lost.map(i64::unsigned_abs))
             ));
         }
-    } else {
-        status
-            .warnings
-            .push(format!("nothing has been transferred from {key} yet"));
     }
     match stream_figures(settings, &mut client, state.as_ref(), now, &mut status) {
         Ok(()) => status.redis_up = true,
@@ -310,13 +314,20 @@ pub fn identity_name(verdict: &Identity) -> &'static str {
     }
 }
 
+/// The one sentence status, check and transfer say of a key that holds no
+/// stream.
+pub fn missing_stream(key: &str) -> String {
+    format!(
+        "the stream {key} does not exist (a wrong --stream or --redis-ns, Redis restarted empty, or no \
+         producer yet)"
+    )
+}
+
 /// What an operator should know about the verdict, if anything.
 pub fn identity_warning(key: &str, position: EntryId, verdict: &Identity) -> Option<String> {
     match verdict {
         Identity::Same => None,
-        Identity::Missing => Some(format!(
-            "the stream {key} does not exist (Redis restarted empty, or the producer has not written yet)"
-        )),
+        Identity::Missing => Some(missing_stream(key)),
         Identity::Gap => Some(identity::gap_warning(key, position, None)),
         Identity::Rewound { last } => Some(format!(
             "the stream {key} went back to an older state of itself (restarted from a snapshot, or a replica \

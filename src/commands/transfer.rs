@@ -405,6 +405,13 @@ impl Run<'_> {
         } = inspected;
         let state = self.act_on(state, &info, &verdict)?;
         let position = state.position;
+        if verdict == Identity::Missing && !self.args.follow {
+            // Exit 0 all the same: a producer may simply not have started.
+            tracing::warn!(
+                "{}; nothing to transfer",
+                super::status::missing_stream(key)
+            );
+        }
         // The position's entry as the session found it, for the reader's
         // first read (the stream is the one the position belongs to).
         let anchor = anchor.filter(|_| verdict == Identity::Same);
@@ -482,7 +489,7 @@ impl Run<'_> {
     /// watchdog; a stop ends the session.
     fn wait_for_stream(&mut self) -> Result<StreamInfo, Fault> {
         let key = self.key;
-        tracing::warn!("the stream {key} does not exist (Redis restarted empty?); waiting for it");
+        tracing::warn!("{}; waiting for it", super::status::missing_stream(key));
         service::status(&format!("waiting for the stream {key} to exist"));
         loop {
             if !crate::retry::sleep_unless_stopped(Duration::from_millis(250), &self.stop) {

@@ -186,11 +186,13 @@ pub struct Below {
 
 /// Judges `info` against the position.
 pub fn judge(position: Position, info: &StreamInfo, below: Below) -> Identity {
-    if position.id == EntryId::ZERO {
-        return Identity::Same;
-    }
+    // Missing first: a key that never held a stream (a mistyped --stream or
+    // --redis-ns) must not read as a healthy one.
     if !info.exists {
         return Identity::Missing;
+    }
+    if position.id == EntryId::ZERO {
+        return Identity::Same;
     }
     let holds_below = info.first_id.is_some_and(|first| first <= position.id);
     let replaced = |certain: bool| match (info.first_id, info.last_id) {

@@ -1,5 +1,5 @@
-//! Several streams in one run (`--stream` more than once, or a pattern such
-//! as `genonaut:generation_events:stream:*`). Each stream is transferred as
+//! Several streams in one run (`--stream` more than once, or
+//! `--stream-pattern 'genonaut:generation_events:stream:*'`). Each stream is transferred as
 //! it would be alone — its own connections, lock and position, its own
 //! summary line — so running them side by side changes nothing about
 //! exactly-once. A run that ends shares `--parallel` workers among the
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::{Args, transfer_stream};
-use crate::config::{Settings, is_pattern};
+use crate::config::Settings;
 use crate::error::{Exit, UsageError};
 use crate::stream;
 
@@ -36,11 +36,12 @@ pub fn run(args: &Args, settings: &Settings, stop: &Arc<AtomicBool>) -> anyhow::
         )
         .into());
     }
-    let keys = resolve(settings)?;
+    let mut unreadable = BTreeSet::new();
+    let keys = resolve(settings, &mut unreadable)?;
     if keys.is_empty() && !args.follow {
         tracing::warn!(
             "no stream matches {}; nothing to transfer",
-            settings.streams.join(", ")
+            settings.patterns.join(", ")
         );
         return Ok(Exit::Success);
     }
@@ -62,7 +63,7 @@ pub fn run(args: &Args, settings: &Settings, stop: &Arc<AtomicBool>) -> anyhow::
         }
     };
     if args.follow {
-        follow(settings, stop, keys, &transfer);
+        follow(settings, stop, keys, &mut unreadable, &transfer);
     } else {
         let queue = Mutex::new(keys.iter().cloned().collect::<VecDeque<String>>());
         let next = || {
@@ -110,9 +111,10 @@ fn follow(
     settings: &Settings,
     stop: &AtomicBool,
     mut keys: BTreeSet<String>,
+    unreadable: &mut BTreeSet<Vec<u8>>,
     transfer: &(dyn Fn(&str) + Sync),
 ) {
-    let patterns = settings.streams.iter().any(|s| is_pattern(s));
+    let patterns = !settings.patterns.is_empty();
     std::thread::scope(|scope| {
         let (mut started, mut refused) = (BTreeSet::new(), BTreeSet::new());
         loop {
@@ -145,7 +147,7 @@ fn follow(
             if !pause(stop, look) {
                 return;
             }
-            keys = match resolve(settings) {
+            keys = match resolve(settings, unreadable) {
                 Ok(keys) => keys,
                 Err(err) => {
                     tracing::warn!("cannot look for new streams: {err:#}");
@@ -168,16 +170,17 @@ fn pause(stop: &AtomicBool, length: Duration) -> bool {
     !stop.load(Ordering::SeqCst)
 }
 
-/// The streams the `--stream` values name: keys as given, patterns matched
-/// against the stream keys Redis holds (`SCAN … TYPE stream`).
-fn resolve(settings: &Settings) -> anyhow::Result<BTreeSet<String>> {
-    let mut keys: BTreeSet<String> = settings
-        .streams
-        .iter()
-        .filter(|s| !is_pattern(s))
-        .cloned()
-        .collect();
-    let patterns: Vec<&String> = settings.streams.iter().filter(|s| is_pattern(s)).collect();
+/// The streams to transfer: the `--stream` keys as given, and the stream
+/// keys Redis holds that match a `--stream-pattern` (`SCAN … TYPE stream`).
+/// Keys come from Redis as bytes: one that is not UTF-8 cannot be named in
+/// the database, so it is skipped with one warning (per run) showing it
+/// escaped, and the others are transferred.
+fn resolve(
+    settings: &Settings,
+    unreadable: &mut BTreeSet<Vec<u8>>,
+) -> anyhow::Result<BTreeSet<String>> {
+    let mut keys: BTreeSet<String> = settings.streams.iter().cloned().collect();
+    let patterns = &settings.patterns;
     if patterns.is_empty() {
         return Ok(keys);
     }
@@ -188,8 +191,8 @@ fn resolve(settings: &Settings) -> anyhow::Result<BTreeSet<String>> {
     };
     for node in &nodes {
         let mut con = stream::connect(node)?;
-        for pattern in &patterns {
-            let found: Vec<String> = redis::cmd("SCAN")
+        for pattern in patterns {
+            let found: Vec<Vec<u8>> = redis::cmd("SCAN")
                 .cursor_arg(0)
                 .arg("MATCH")
                 .arg(pattern)
@@ -202,7 +205,24 @@ fn resolve(settings: &Settings) -> anyhow::Result<BTreeSet<String>> {
                 .with_context(|| format!("cannot list the streams matching {pattern}"))?
                 .collect::<Result<_, _>>()
                 .with_context(|| format!("cannot list the streams matching {pattern}"))?;
-            keys.extend(found);
+            for key in found {
+                match String::from_utf8(key) {
+                    Ok(key) => {
+                        keys.insert(key);
+                    }
+                    Err(err) => {
+                        let key = err.into_bytes();
+                        if !unreadable.contains(&key) {
+                            tracing::warn!(
+                                "skipping the stream {}: its key is not UTF-8, which genalytics \
+                                 cannot record; rename it (RENAME) to transfer it",
+                                crate::text::quoted_bytes(&key)
+                            );
+                            unreadable.insert(key);
+                        }
+                    }
+                }
+            }
         }
     }
     Ok(keys)
