@@ -99,6 +99,17 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "GLOB")]
     pub stream_pattern: Vec<String>,
 
+    /// How long raw events are kept (prune's --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition
+    #[arg(
+        long,
+        env = "GENALYTICS_RAW_RETENTION",
+        global = true,
+        value_name = "DURATION",
+        default_value = "90d",
+        value_parser = crate::timearg::parse_span
+    )]
+    pub raw_retention: chrono::TimeDelta,
+
     /// Log more to stderr (-v progress, -vv debugging)
     #[arg(short, long, action = ArgAction::Count, global = true)]
     pub verbose: u8,

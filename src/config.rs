@@ -25,6 +25,8 @@ pub struct Settings {
     pub streams: Vec<String>,
     /// Every `--stream-pattern` (Redis globs, for transfer).
     pub patterns: Vec<String>,
+    /// Whole days of raw events kept: day partitions are made inside them.
+    pub raw_retention_days: i32,
     pub quiet: bool,
 }
 
@@ -88,6 +90,7 @@ impl Settings {
                 .unwrap_or_else(|| stream_key_for(&args.redis_ns)),
             streams,
             patterns: args.stream_pattern.clone(),
+            raw_retention_days: i32::try_from(args.raw_retention.num_days()).unwrap_or(i32::MAX),
             quiet: args.quiet,
         })
     }
@@ -127,7 +130,8 @@ pub struct DatabaseUrl {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PgTls {
     pub mode: SslMode,
-    /// `sslrootcert`: with it, the only trusted root (as libpq).
+    /// `sslrootcert`: with it, the only trusted root (as libpq); `system`
+    /// for the system's store.
     pub root: Option<PathBuf>,
     /// `sslcert` and `sslkey`: a client certificate (PEM, PKCS#8 key).
     pub client: Option<(PathBuf, PathBuf)>,
@@ -138,7 +142,8 @@ pub enum SslMode {
     /// `sslmode=disable`, and no sslmode at all.
     #[default]
     Off,
-    /// `prefer` and `require`: encrypted, not verified.
+    /// `allow`, `prefer` and `require`: encrypted, and verified as
+    /// `verify-ca` only when a root certificate is at hand (as libpq).
     Encrypt,
     /// `verify-ca`: the certificate must chain to a trusted root.
     VerifyCa,
@@ -263,8 +268,10 @@ fn split_tls(url: &str) -> Result<(String, PgTls), UsageError> {
         // Unlike libpq, no sslmode means no TLS: setting up OpenSSL costs
         // ~70 ms a run, and an unverified "prefer" protects little.
         None | Some("disable") => ("disable", SslMode::Off),
-        Some("prefer") => ("prefer", SslMode::Encrypt),
-        Some("allow" | "require") => ("require", SslMode::Encrypt),
+        // libpq's allow tries without TLS first; both it and prefer take
+        // whichever the server offers.
+        Some("allow" | "prefer") => ("prefer", SslMode::Encrypt),
+        Some("require") => ("require", SslMode::Encrypt),
         Some("verify-ca") => ("require", SslMode::VerifyCa),
         Some("verify-full") => ("require", SslMode::VerifyFull),
         Some(_) => {

@@ -91,7 +91,7 @@ fn simulate_transfer_status_and_patterns_work_on_a_cluster() {
     }
     let pattern = format!("{}:generation_events:stream:*", env.namespace);
     let ran = on_cluster(&env, &seeds)
-        .args(["transfer", "--parallel", "2", "--stream", &pattern])
+        .args(["transfer", "--parallel", "2", "--stream-pattern", &pattern])
         .ok();
     assert_eq!(ran.stdout.lines().count(), 3, "{}", ran.stdout);
     let stored: i64 = db

@@ -228,12 +228,13 @@ fn a_reply_whose_ids_go_backwards_is_refused_and_nothing_of_it_stored() {
     let env = migrated();
     let key = env.stream_key();
     let mut con = env.redis();
+    let now_ms = Utc::now().timestamp_millis();
     let written: Vec<String> = (0..50)
         .map(|n| {
             xadd(
                 &mut con,
                 &key,
-                &format!("{}-0", 7000 + n),
+                &format!("{}-0", now_ms + n),
                 &[("event_type", "request")],
             )
         })
@@ -250,6 +251,11 @@ fn a_reply_whose_ids_go_backwards_is_refused_and_nothing_of_it_stored() {
         "the proxy never lied: nothing was tested"
     );
     assert!(ran.stderr.contains("IDs must rise"), "{}", ran.stderr);
+    assert!(
+        !ran.stderr.contains("connection was lost"),
+        "{}",
+        ran.stderr
+    );
     assert_eq!(ran.stderr.trim_end().lines().count(), 1, "{}", ran.stderr);
     // Only what honest replies (the first reads are single entries) gave.
     let mut db = env.db();
@@ -474,5 +480,190 @@ fn a_stream_that_does_not_exist_is_loud_in_transfer_status_and_check() {
         !status.stdout.contains("nothing has been transferred"),
         "{}",
         status.stdout
+    );
+}
+
+#[test]
+fn hostile_clocks_over_25_years_make_no_more_partitions_than_the_window_has_days() {
+    let env = migrated();
+    let key = env.stream_key();
+    let mut con = env.redis();
+    let now = Utc::now();
+    // One entry every six days, back from now: 1,500 entries over 24.6
+    // years, and a few years ahead.
+    let mut times: Vec<chrono::DateTime<Utc>> =
+        (0..1_500).map(|k| now - Duration::days(6 * k)).collect();
+    times.extend((1..=5).map(|k| now + Duration::days(365 * k)));
+    let mut pipe = redis::pipe();
+    for at in &times {
+        pipe.cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("event_type")
+            .arg("request")
+            .arg("timestamp")
+            .arg(at.format("%Y-%m-%dT%H:%M:%S%.6f").to_string());
+    }
+    let _: Vec<String> = pipe.query(&mut con).unwrap();
+    let ran = env.genalytics().arg("transfer").ok();
+    assert_eq!(
+        ran.stderr
+            .matches("outside the raw retention window")
+            .count(),
+        1,
+        "{}",
+        ran.stderr
+    );
+    let mut db = env.db();
+    let stored: i64 = db
+        .query_one("SELECT count(*) FROM generation_events", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, times.len() as i64, "every entry accounted for");
+    let partitions: i64 = db
+        .query_one(
+            "SELECT count(*) FROM genalytics_event_partitions WHERE NOT is_default",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    // Inside the 90-day window: an entry every six days, plus today's and
+    // the two days ahead that migrate makes.
+    let window_start = (now - Duration::days(90)).date_naive();
+    let inside: std::collections::BTreeSet<_> = times
+        .iter()
+        .map(chrono::DateTime::date_naive)
+        .filter(|day| *day >= window_start && *day <= now.date_naive())
+        .collect();
+    assert!(
+        partitions <= inside.len() as i64 + 3,
+        "{partitions} partitions for {} days in the window",
+        inside.len()
+    );
+    let outside = times.len()
+        - times
+            .iter()
+            .filter(|at| inside.contains(&at.date_naive()))
+            .count();
+    let status: serde_json::Value = env.status_json();
+    assert_eq!(status["events_outside_partitions"], outside, "{status:#}");
+    assert!(
+        status["warnings"].to_string().contains("default partition"),
+        "{status:#}"
+    );
+    // Prune deletes the old ones from the default partition, in batches.
+    env.genalytics()
+        .args(["prune", "--older-than", "90d", "--batch-size", "100"])
+        .ok();
+    let left: i64 = db
+        .query_one(
+            "SELECT count(*) FROM generation_events WHERE timestamp < now() - interval '91 days'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    let ahead: i64 = db
+        .query_one(
+            "SELECT count(*) FROM generation_events WHERE timestamp > now() + interval '300 days'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(ahead, 5, "events ahead are kept");
+}
+
+#[test]
+fn a_trickle_of_late_events_neither_turns_check_stale_nor_holds_the_raw_horizon_back() {
+    use crate::harness::events::{Written, write};
+    crate::harness::clear_of_hour_turn(180);
+    let env = migrated();
+    let hour = |back: i64| {
+        (Utc::now() - Duration::hours(back))
+            .duration_trunc(Duration::hours(1))
+            .unwrap()
+    };
+    // Five past hours of requests, rolled up as cron would.
+    let mut written: Vec<Written> = (2..7)
+        .flat_map(|back| {
+            (0..4).map(move |n| Written::new(hour(back) + Duration::minutes(n * 7), "request"))
+        })
+        .collect();
+    write(&env, &written);
+    env.genalytics().args(["transfer", "-q"]).ok();
+    env.genalytics().args(["aggregate", "-q"]).ok();
+    let check = |grace: &str| {
+        env.genalytics()
+            .args(["check", "--max-stale-hours", "0", "--stale-grace", grace])
+            .run()
+    };
+    for round in 0..3 {
+        // A late request for an hour two to four hours back.
+        let late = Written::new(hour(2 + round) + Duration::minutes(59), "request");
+        write(&env, std::slice::from_ref(&late));
+        written.push(late);
+        env.genalytics().args(["transfer", "-q"]).ok();
+        // Queued a moment ago: not stale within the grace; stale without it.
+        let fresh = check("10m");
+        assert_eq!(fresh.code, Some(0), "round {round}: {}", fresh.stdout);
+        assert!(fresh.stdout.starts_with("ok"), "{}", fresh.stdout);
+        assert_eq!(
+            check("0").code,
+            Some(3),
+            "round {round}: the hour is queued"
+        );
+        // Prune rolls up what it needs and cuts where asked, every time.
+        let ran = env
+            .genalytics()
+            .args(["prune", "--older-than", "2h", "--format", "json"])
+            .ok();
+        let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+        assert!(summary["held_by"].is_null(), "round {round}: {summary}");
+        let horizon: chrono::DateTime<Utc> = summary["horizon"].as_str().unwrap().parse().unwrap();
+        assert_eq!(horizon, hour(2), "round {round}: {summary}");
+        assert!(!ran.stderr.contains("aggregate"), "{}", ran.stderr);
+    }
+    // Every request counted once in the rollups, late ones included (the
+    // hour at the cut, not before it, waits for aggregate).
+    env.genalytics().args(["aggregate", "-q"]).ok();
+    let mut db = env.db();
+    let rows: Vec<(chrono::DateTime<Utc>, i32)> = db
+        .query(
+            "SELECT timestamp, total_requests FROM generation_metrics_hourly ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let mut want = std::collections::BTreeMap::<chrono::DateTime<Utc>, i32>::new();
+    for event in &written {
+        *want
+            .entry(event.at.duration_trunc(Duration::hours(1)).unwrap())
+            .or_default() += 1;
+    }
+    assert_eq!(rows, want.into_iter().collect::<Vec<_>>());
+
+    // Re-queueing does not restart the wait: an hour queued 20 minutes ago
+    // that gets another late event is stale all the same.
+    let late = Written::new(hour(1) + Duration::minutes(30), "request");
+    write(&env, &[late]);
+    env.genalytics().args(["transfer", "-q"]).ok();
+    db.execute(
+        "UPDATE generation_rollup_queue SET queued_at = now() - interval '20 minutes'",
+        &[],
+    )
+    .unwrap();
+    let again = Written::new(hour(1) + Duration::minutes(31), "request");
+    write(&env, &[again]);
+    env.genalytics().args(["transfer", "-q"]).ok();
+    let stale = check("10m");
+    assert_eq!(stale.code, Some(3), "{}", stale.stdout);
+    assert!(
+        stale
+            .stdout
+            .contains("1 complete hour waited for its rollup longer than 10m"),
+        "{}",
+        stale.stdout
     );
 }

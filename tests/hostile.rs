@@ -628,10 +628,12 @@ fn absurd_numbers_and_a_failing_hour_hold_up_no_other_hour() {
     );
     let check = env
         .genalytics()
-        .args(["check", "--max-stale-hours", "0"])
+        .args(["check", "--max-stale-hours", "0", "--stale-grace", "0"])
         .code(3);
     assert!(
-        check.stdout.contains("1 complete hours await"),
+        check
+            .stdout
+            .contains("1 complete hour waited for its rollup"),
         "{}",
         check.stdout
     );
@@ -640,7 +642,7 @@ fn absurd_numbers_and_a_failing_hour_hold_up_no_other_hour() {
         .unwrap();
     env.genalytics().arg("aggregate").ok();
     env.genalytics()
-        .args(["check", "--max-stale-hours", "0"])
+        .args(["check", "--max-stale-hours", "0", "--stale-grace", "0"])
         .ok();
     let requests: i32 = db
         .query_one(

@@ -343,7 +343,7 @@ fn check_turns_thresholds_into_exit_codes() {
     // Stale rollups: the completed hours above wait for aggregate.
     let ran = env
         .genalytics()
-        .args(["check", "--max-stale-hours", "5"])
+        .args(["check", "--max-stale-hours", "5", "--stale-grace", "0"])
         .ok();
     assert!(ran.stdout.starts_with("ok"), "{}", ran.stdout);
     // Which hours are complete depends on the clock when check runs: an hour
@@ -360,7 +360,7 @@ fn check_turns_thresholds_into_exit_codes() {
     let before = stale_at(Utc::now());
     let ran = env
         .genalytics()
-        .args(["check", "--max-stale-hours", "0"])
+        .args(["check", "--max-stale-hours", "0", "--stale-grace", "0"])
         .run();
     let after = stale_at(Utc::now());
     assert!(
@@ -421,7 +421,15 @@ fn sample(exposition: &str, family: &str, labels: &str) -> Option<f64> {
 fn status_of(env: &TestEnv, key: &str) -> Value {
     let ran = env
         .genalytics()
-        .args(["status", "--format", "json", "--stream", key])
+        .args([
+            "status",
+            "--format",
+            "json",
+            "--stream",
+            key,
+            "--stale-grace",
+            "0",
+        ])
         .ok();
     serde_json::from_str(&ran.stdout).unwrap()
 }
@@ -477,7 +485,15 @@ fn status_as_openmetrics_passes_promtool() {
 
     let ran = env
         .genalytics()
-        .args(["status", "--format", "openmetrics", "--stream", key])
+        .args([
+            "status",
+            "--format",
+            "openmetrics",
+            "--stream",
+            key,
+            "--stale-grace",
+            "0",
+        ])
         .ok();
     let text = ran.stdout;
     assert_eq!(promtool_complaints(&text), "", "{text}");

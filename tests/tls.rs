@@ -177,10 +177,10 @@ fn tls_failures_name_their_cause() {
     Cmd::new()
         .args(["migrate", "--status", "--database-url", &url("verify-ca")])
         .ok();
-    // No trusted root for it: an unknown issuer.
+    // The system's roots do not hold it: an unknown issuer.
     let ran = Cmd::new()
         .args(["migrate", "--status", "--database-url"])
-        .arg(url("verify-ca").replace(&format!("&sslrootcert={cert}"), ""))
+        .arg(url("verify-full").replace(&cert, "system"))
         .env("SSL_CERT_FILE", "/nonexistent")
         .code(1);
     assert!(ran.stderr.contains("unknown issuer"), "{}", ran.stderr);
@@ -210,4 +210,144 @@ fn tls_failures_name_their_cause() {
         "{}",
         ran.stderr
     );
+}
+
+/// Runs openssl with `args` in `dir`, asserting it worked.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A certificate authority `name` (name.crt, name.key) in `dir`.
+fn authority(dir: &Path, name: &str) -> String {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+        ],
+    );
+    dir.join(format!("{name}.crt")).display().to_string()
+}
+
+#[test]
+fn require_with_a_root_certificate_verifies_the_chain_as_libpq_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca1 = authority(dir.path(), "ca1");
+    let ca2 = authority(dir.path(), "ca2");
+    // The server's certificate, signed by CA1.
+    std::fs::write(
+        dir.path().join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(
+        dir.path(),
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    openssl(
+        dir.path(),
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca1.crt",
+            "-CAkey",
+            "ca1.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        ],
+    );
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    if nix::unistd::Uid::effective().is_root() {
+        let user = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+        for file in [&cert, &key] {
+            nix::unistd::chown(file, Some(user.uid), Some(user.gid)).unwrap();
+        }
+    }
+    let pg = Postgres::start_with(&[
+        ("ssl", "on"),
+        ("ssl_cert_file", &cert.display().to_string()),
+        ("ssl_key_file", &key.display().to_string()),
+    ])
+    .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let base = pg.url("postgres");
+    let status = |url: String| {
+        Cmd::new()
+            .args(["migrate", "--status", "--database-url", &url])
+            .env("HOME", home.path())
+    };
+    // Another authority's root: refused, the cause named — for require,
+    // prefer and allow alike, as libpq (which verifies whenever it has a root).
+    for mode in ["require", "prefer", "allow", "verify-ca"] {
+        let ran = status(format!("{base}?sslmode={mode}&sslrootcert={ca2}")).code(1);
+        assert!(
+            ran.stderr.contains("unknown issuer"),
+            "{mode}: {}",
+            ran.stderr
+        );
+        assert_eq!(ran.stderr.lines().count(), 1, "{}", ran.stderr);
+    }
+    // The right root: accepted, over TLS.
+    for mode in ["require", "verify-ca", "verify-full"] {
+        let url = format!("{base}?sslmode={mode}&sslrootcert={ca1}");
+        status(url.clone()).ok();
+        assert!(uses_tls(&url), "{mode}");
+    }
+    // No root at all: require encrypts without verifying; verify-ca says
+    // what it needs.
+    status(format!("{base}?sslmode=require")).ok();
+    let ran = status(format!("{base}?sslmode=verify-ca")).code(1);
+    assert!(ran.stderr.contains("sslrootcert"), "{}", ran.stderr);
+    // ~/.postgresql/root.crt is the root when none is named.
+    std::fs::create_dir(home.path().join(".postgresql")).unwrap();
+    std::fs::copy(&ca2, home.path().join(".postgresql/root.crt")).unwrap();
+    let ran = status(format!("{base}?sslmode=require")).code(1);
+    assert!(ran.stderr.contains("unknown issuer"), "{}", ran.stderr);
+    std::fs::copy(&ca1, home.path().join(".postgresql/root.crt")).unwrap();
+    status(format!("{base}?sslmode=require")).ok();
+    status(format!("{base}?sslmode=verify-full")).ok();
+    // The system's roots are for verify-full only.
+    let ran = status(format!("{base}?sslmode=require&sslrootcert=system")).code(1);
+    assert!(ran.stderr.contains("verify-full"), "{}", ran.stderr);
 }

@@ -111,9 +111,9 @@ impl Summary {
 }
 
 #[derive(Debug, Serialize)]
-struct FailedHour {
-    hour: DateTime<Utc>,
-    error: String,
+pub struct FailedHour {
+    pub hour: DateTime<Utc>,
+    pub error: String,
 }
 
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
@@ -193,6 +193,25 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
             },
         ),
     }
+}
+
+/// Rolls up the queued complete hours before `before` on `client`, chunk
+/// by chunk as aggregate does (an hour PostgreSQL refuses stays queued with
+/// its error); returns the hours refused, for prune, which must not hold
+/// its horizon back for hours no one rolled up yet.
+pub fn roll_up_queued_before(
+    client: &mut postgres::Client,
+    before: DateTime<Utc>,
+) -> anyhow::Result<Vec<FailedHour>> {
+    let hours: Vec<DateTime<Utc>> = rollup::queued_hours(client, false)?
+        .into_iter()
+        .filter(|hour| *hour < before)
+        .collect();
+    let mut summary = Summary::default();
+    for chunk in hours.chunks(CHUNK_HOURS) {
+        roll_up_chunk(client, chunk, &mut summary)?;
+    }
+    Ok(summary.failed)
 }
 
 /// Rolls up `hours` on up to `jobs` connections (`client` and more), each

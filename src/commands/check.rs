@@ -67,6 +67,9 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub warn_stale_hours: Option<u32>,
 
+    #[command(flatten)]
+    pub grace: super::status::StaleGrace,
+
     /// Speak the Monitoring Plugins protocol (Nagios, Icinga, Naemon): one
     /// status line with performance data; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN
     #[arg(long, conflicts_with = "format")]
@@ -231,13 +234,18 @@ fn figures(args: &Args, settings: &Settings) -> anyhow::Result<Vec<Figure>> {
         figures.push(lag(settings, &mut client, lag_limits, now)?);
     }
     if given(stale_limits) {
-        let stale = health::rollup_backlog(&mut client)?.stale;
+        let stale = health::rollup_backlog(&mut client, args.grace.stale_grace)?.stale;
         figures.push(
             Figure::new(
                 "stale_hours",
                 Unit::Count,
                 Some(stale as f64),
-                format!("{stale} complete hours await their rollup"),
+                format!(
+                    "{} waited for {} rollup longer than {}",
+                    crate::output::counted(stale.unsigned_abs(), "complete hour"),
+                    if stale == 1 { "its" } else { "their" },
+                    humantime::format_duration(args.grace.stale_grace.to_std().unwrap_or_default())
+                ),
             )
             .judged(stale_limits),
         );

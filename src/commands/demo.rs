@@ -223,6 +223,7 @@ fn demo_settings(
         redis_ns: "genonaut".to_string(),
         stream: Vec::new(),
         stream_pattern: Vec::new(),
+        raw_retention: chrono::TimeDelta::days(90),
         verbose: 0,
         quiet,
         log_format: crate::cli::LogFormat::Text,

@@ -1,8 +1,10 @@
 //! `genalytics prune --older-than 90d`: retention of raw events.
 //!
-//! Cuts on whole hours: it moves the raw horizon (see `db::retention`) to
-//! the start of the hour the cutoff falls in — or less far, when an hour
-//! still waits for its rollup — and removes the raw events before it: the
+//! Cuts on whole hours: it rolls up the hours queued before the cut (late
+//! events keep queueing old hours; a cut must not wait for a cron job),
+//! moves the raw horizon (see `db::retention`) to the start of the hour
+//! the cutoff falls in — or less far, when an hour's rollup failed or a
+//! late event queued it meanwhile — and removes the raw events before it: the
 //! daily partitions wholly before it are detached and dropped (instant, no
 //! bloat), and the rest, at the edge, deleted in bounded batches, one
 //! transaction each, so a prune of millions of rows neither holds long
@@ -76,6 +78,13 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     let hour = hour::floor(cutoff);
     let database = settings.database()?;
     let mut client = db::connect_current(database)?;
+    // Hours queued before the cut (late events, or no aggregate since)
+    // are rolled up first: their raw events are what a rollup is made of.
+    let refused = if args.dry_run {
+        Vec::new()
+    } else {
+        super::aggregate::roll_up_queued_before(&mut client, hour)?
+    };
     let plan = if args.dry_run {
         retention::plan(&mut client, hour)?
     } else {
@@ -132,8 +141,17 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     }
     summary.seconds = started.elapsed().as_secs_f64();
     if let Some(held) = summary.held_by {
+        let why = match refused.iter().find(|failed| failed.hour == held) {
+            Some(failed) => format!(
+                "PostgreSQL refused its rollup ({}); `genalytics status` shows it, and prune goes \
+                 on once `genalytics aggregate` rolls it up",
+                failed.error
+            ),
+            None if args.dry_run => "it waits for its rollup, which prune does first".to_string(),
+            None => "an event for it arrived while prune ran; the next prune goes on".to_string(),
+        };
         tracing::warn!(
-            "kept the raw events from {} on: that hour waits for its rollup — run `genalytics aggregate`",
+            "kept the raw events from {} on: {why}",
             held.format("%Y-%m-%d %H:00 UTC")
         );
     }

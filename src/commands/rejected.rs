@@ -172,7 +172,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
             if !ids.is_empty() {
                 filter.ids = Some(ids.clone());
             }
-            let replayed = replay(&mut client, &filter)?;
+            let replayed = replay(&mut client, &filter, settings.raw_retention_days)?;
             let summary = ReplaySummary {
                 letters: replayed.letters(),
                 hours_queued: replayed.hours.len() as u64,
@@ -265,7 +265,11 @@ struct Purged {
 
 /// Replays the letters `filter` matches, stream by stream, in chunks of
 /// [`REPLAY_CHUNK`], each chunk one transaction.
-fn replay(client: &mut postgres::Client, filter: &Filter) -> anyhow::Result<events::Replayed> {
+fn replay(
+    client: &mut postgres::Client,
+    filter: &Filter,
+    retention_days: i32,
+) -> anyhow::Result<events::Replayed> {
     let mut done = events::Replayed {
         not_replayable: rejected::without_stream(client, filter)?.unsigned_abs(),
         ..events::Replayed::default()
@@ -286,7 +290,7 @@ fn replay(client: &mut postgres::Client, filter: &Filter) -> anyhow::Result<even
                 }
             }
             drop(letters);
-            done += events::replay(&mut tx, stream, entries)?;
+            done += events::replay(&mut tx, stream, entries, retention_days)?;
             tx.commit()?;
         }
     }

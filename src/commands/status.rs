@@ -37,6 +37,23 @@ pub struct Args {
     /// the textfile collector of Prometheus' node exporter needs
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub grace: StaleGrace,
+}
+
+/// When a queued hour counts as stale: shared by status and check.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct StaleGrace {
+    /// A complete hour counts as stale once it has waited this long for its rollup (since it ended, or since a late event queued it)
+    #[arg(
+        long = "stale-grace",
+        env = "GENALYTICS_STALE_GRACE",
+        default_value = "10m",
+        value_name = "DURATION",
+        value_parser = crate::timearg::parse_span
+    )]
+    pub stale_grace: TimeDelta,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -108,6 +125,10 @@ struct Status {
     foreign_rollup_rows: i64,
     /// Events stored for hours before the horizon, waiting to be merged.
     late_events_waiting: i64,
+    /// Events in the default partition: times outside the window day
+    /// partitions are made for (older than the raw retention, or hostile
+    /// clocks far ahead).
+    events_outside_partitions: i64,
     /// Successful and failed completions stored for the last hour.
     successful_last_hour: i64,
     failed_last_hour: i64,
@@ -169,7 +190,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         Ok(()) => status.redis_up = true,
         Err(err) => status.warnings.push(format!("{err:#}")),
     }
-    stored_figures(&mut client, now, &mut status)?;
+    stored_figures(&mut client, now, args.grace.stale_grace, &mut status)?;
     match &args.output {
         None => print(args.format, &status, &mut std::io::stdout().lock())?,
         Some(path) => {
@@ -184,6 +205,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
 fn stored_figures(
     client: &mut postgres::Client,
     now: DateTime<Utc>,
+    grace: TimeDelta,
     status: &mut Status,
 ) -> anyhow::Result<()> {
     let last_hour = health::window_health(client, now - TimeDelta::hours(1), now)?;
@@ -194,7 +216,7 @@ fn stored_figures(
         .query_one("SELECT count(*) FROM generation_events_rejected", &[])?
         .get(0);
     status.newest_event_at = health::newest_event(client)?;
-    let backlog = health::rollup_backlog(client)?;
+    let backlog = health::rollup_backlog(client, grace)?;
     status.hours_awaiting_rollup = backlog.queued;
     status.stale_hours = backlog.stale;
     status.oldest_hour_awaiting_rollup = backlog.oldest;
@@ -203,6 +225,17 @@ fn stored_figures(
     status.legacy_hours = rollups.legacy_hours;
     status.foreign_rollup_rows = rollups.foreign_rows;
     status.late_events_waiting = rollups.late_events;
+    status.events_outside_partitions = health::default_partition_rows(client)?;
+    let outside = status.events_outside_partitions.unsigned_abs();
+    if outside > 0 {
+        status.warnings.push(format!(
+            "{} {} in the default partition: their times lie outside the raw retention window and the \
+             week ahead that day partitions are made for (old events, or clocks far off); `genalytics \
+             prune` deletes the old ones",
+            crate::output::counted(outside, "event"),
+            if outside == 1 { "is" } else { "are" }
+        ));
+    }
     if rollups.foreign_rows > 0 {
         status.warnings.push(format!(
             "{} hourly rollup row{} were written or changed by something other than genalytics — is the \
@@ -519,6 +552,11 @@ impl Status {
                 count(self.late_events_waiting),
             ),
             (
+                "genalytics_default_partition_events",
+                "Events whose times lie outside the window day partitions are made for.",
+                count(self.events_outside_partitions),
+            ),
+            (
                 "genalytics_warnings",
                 "Warnings status gives, each a thing to act on.",
                 Some(self.warnings.len() as f64),
@@ -612,6 +650,11 @@ impl Status {
                 "legacy_hours",
                 "hours from the original service",
                 Cell::Count(self.legacy_hours),
+            ),
+            (
+                "events_outside_partitions",
+                "events in the default partition",
+                Cell::Count(self.events_outside_partitions),
             ),
         ]
     }

@@ -277,7 +277,7 @@ fn transfer_stream(
         ready: false,
         new_stream: args.new_stream,
         in_flight: Arc::new(AtomicUsize::new(0)),
-        partitions: partitions::Known::default(),
+        partitions: partitions::Known::new(settings.raw_retention_days),
     };
     if !args.follow && !run.take_turn()? {
         return Ok(());
@@ -392,11 +392,26 @@ impl Run<'_> {
         let key = self.key;
         let state = streams::open(self.pg()?, key).map_err(Fault::of_pg)?;
         let mut inspected = self.inspect(&state)?;
-        if self.args.follow && inspected.verdict == Identity::Missing {
-            // The key is gone (Redis restarted empty?). Whatever appears
-            // under it is judged before a single entry of it is read.
-            self.wait_for_stream()?;
-            inspected = self.inspect(&state)?;
+        if inspected.verdict == Identity::Missing {
+            if !self.args.follow {
+                // Exit 0 all the same: a producer may simply not have started.
+                tracing::warn!(
+                    "{}; nothing to transfer",
+                    super::status::missing_stream(key)
+                );
+            } else if state.position == EntryId::ZERO {
+                // Nothing was ever read from it: the first entries are read
+                // as they come.
+                tracing::warn!(
+                    "{}; waiting for entries",
+                    super::status::missing_stream(key)
+                );
+            } else {
+                // The key is gone (Redis restarted empty?). Whatever appears
+                // under it is judged before a single entry of it is read.
+                self.wait_for_stream()?;
+                inspected = self.inspect(&state)?;
+            }
         }
         let identity::Inspected {
             info,
@@ -405,13 +420,6 @@ impl Run<'_> {
         } = inspected;
         let state = self.act_on(state, &info, &verdict)?;
         let position = state.position;
-        if verdict == Identity::Missing && !self.args.follow {
-            // Exit 0 all the same: a producer may simply not have started.
-            tracing::warn!(
-                "{}; nothing to transfer",
-                super::status::missing_stream(key)
-            );
-        }
         // The position's entry as the session found it, for the reader's
         // first read (the stream is the one the position belongs to).
         let anchor = anchor.filter(|_| verdict == Identity::Same);
@@ -628,7 +636,10 @@ impl Run<'_> {
             let (settings, key) = (self.settings, self.key);
             let mut refetch = |id| refetch(settings, key, id);
             // Taken out for the call: it is used beside the connection.
-            let mut known = std::mem::take(&mut self.partitions);
+            let mut known = std::mem::replace(
+                &mut self.partitions,
+                partitions::Known::new(self.settings.raw_retention_days),
+            );
             let committed = match self.pg() {
                 Ok(pg) => known
                     .ensure(pg, partitions::days_of(prepared.hours()))
@@ -1256,6 +1267,7 @@ impl Reading<'_> {
             )));
         }
         let reason = match err.downcast_ref::<redis::RedisError>() {
+            Some(redis) if reader::is_refused_reply(redis) => stream::describe(redis),
             Some(redis) if redis.is_connection_dropped() || redis.is_io_error() => {
                 format!("the connection was lost ({})", stream::describe(redis))
             }

@@ -427,6 +427,7 @@ pub fn replay(
     tx: &mut Transaction<'_>,
     stream: i32,
     entries: Vec<(EntryId, RawFields)>,
+    retention_days: i32,
 ) -> anyhow::Result<Replayed> {
     let mut prepared = prepare(entries)?;
     set_stream(&mut prepared, stream);
@@ -434,7 +435,7 @@ pub fn replay(
     // events to the default one.
     let days: Vec<_> = partitions::days_of(&prepared.hours).into_iter().collect();
     let mut attempt = tx.transaction()?;
-    match partitions::create(&mut attempt, &days) {
+    match partitions::create(&mut attempt, &days, retention_days) {
         Ok(_) => attempt.commit()?,
         Err(err) if !crate::db::is_transient(&err) => {
             attempt.rollback()?;
@@ -533,9 +534,10 @@ fn store_rows(
         tx.execute(
             // DO UPDATE, not DO NOTHING: it locks a queued hour's row, so an
             // aggregate taking that hour off the queue waits for this commit
-            // and then sees these events (see db::rollup::roll_up).
-            "INSERT INTO generation_rollup_queue (hour) SELECT unnest($1::timestamptz[]) ORDER BY 1
-             ON CONFLICT (hour) DO UPDATE SET queued_at = now()",
+            // and then sees these events (see db::rollup::roll_up). The time
+            // it was first queued stays: how long it has waited.
+            "INSERT INTO generation_rollup_queue AS q (hour) SELECT unnest($1::timestamptz[]) ORDER BY 1
+             ON CONFLICT (hour) DO UPDATE SET queued_at = q.queued_at",
             &[&list],
         )?;
     }

@@ -1,22 +1,28 @@
 //! What `status` and `check` ask PostgreSQL: rollup backlog, table sizes,
 //! and a window's failure rate and p95 from raw events.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use postgres::Client;
 
 /// Hours awaiting rollup: how many, the oldest, and how many of them are
-/// complete hours (older than the current one) — those are stale.
+/// stale — complete hours that have waited for their rollup longer than a
+/// grace since they were complete and queued (an hour a late event queued
+/// a minute ago is not late yet).
 pub struct RollupBacklog {
     pub queued: i64,
     pub stale: i64,
     pub oldest: Option<DateTime<Utc>>,
 }
 
-pub fn rollup_backlog(client: &mut Client) -> anyhow::Result<RollupBacklog> {
+pub fn rollup_backlog(client: &mut Client, grace: TimeDelta) -> anyhow::Result<RollupBacklog> {
     let row = client.query_one(
-        "SELECT count(*), count(*) FILTER (WHERE hour < date_trunc('hour', now(), 'UTC')), min(hour)
+        "SELECT count(*),
+                count(*) FILTER (WHERE hour < date_trunc('hour', now(), 'UTC')
+                                   AND greatest(queued_at, hour + interval '1 hour')
+                                       < now() - make_interval(secs => $1)),
+                min(hour)
          FROM generation_rollup_queue",
-        &[],
+        &[&(grace.num_milliseconds() as f64 / 1_000.0)],
     )?;
     Ok(RollupBacklog {
         queued: row.get(0),
@@ -149,6 +155,23 @@ pub fn table_sizes(client: &mut Client) -> anyhow::Result<Vec<TableSize>> {
         });
     }
     Ok(sizes)
+}
+
+/// Rows of the default partition of `generation_events` (0 without one).
+pub fn default_partition_rows(client: &mut Client) -> anyhow::Result<i64> {
+    let default: Option<String> = client
+        .query_opt(
+            "SELECT partition::text FROM genalytics_event_partitions WHERE is_default",
+            &[],
+        )?
+        .map(|row| row.get(0));
+    let Some(table) = default else {
+        return Ok(0);
+    };
+    // The name comes from the catalog, already quoted by regclass's text.
+    Ok(client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])?
+        .get(0))
 }
 
 /// The newest stored event's time.

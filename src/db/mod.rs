@@ -93,26 +93,78 @@ fn is_transient_pg(err: &postgres::Error) -> bool {
     !err.to_string().contains("TLS")
 }
 
-/// libpq's semantics: prefer/require encrypt without verifying; verify-ca
-/// checks the chain (to `sslrootcert` or the system's roots); verify-full
-/// also checks the host name.
+/// Where the trusted roots come from, as libpq finds them: `sslrootcert`,
+/// else `~/.postgresql/root.crt` when it exists; `sslrootcert=system` for
+/// the system's store.
+enum Roots {
+    None,
+    File(std::path::PathBuf),
+    System,
+}
+
+fn roots(tls: &PgTls) -> Roots {
+    match &tls.root {
+        Some(path) if path.as_os_str() == "system" => Roots::System,
+        Some(path) => Roots::File(path.clone()),
+        None => default_root().map_or(Roots::None, Roots::File),
+    }
+}
+
+/// libpq's default root certificate, if there is one.
+fn default_root() -> Option<std::path::PathBuf> {
+    let home = std::env::var_os("HOME")
+        .filter(|home| !home.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::geteuid())
+                .ok()
+                .flatten()
+                .map(|user| user.dir)
+        })?;
+    let path = home.join(".postgresql").join("root.crt");
+    path.is_file().then_some(path)
+}
+
+/// libpq's semantics: prefer, allow and require encrypt, and verify the
+/// chain when a root certificate is given or `~/.postgresql/root.crt`
+/// exists (require then is verify-ca); verify-ca needs a root and checks
+/// the chain; verify-full also checks the host name.
 fn tls_connector(tls: &PgTls) -> anyhow::Result<postgres_native_tls::MakeTlsConnector> {
     let mut builder = native_tls::TlsConnector::builder();
-    match tls.mode {
-        SslMode::Off | SslMode::Encrypt => {
+    let roots = roots(tls);
+    if matches!(roots, Roots::System) && tls.mode != SslMode::VerifyFull {
+        anyhow::bail!(
+            "sslrootcert=system needs sslmode=verify-full (as libpq): the system's roots vouch for \
+             names, not for one server"
+        );
+    }
+    match (&roots, tls.mode) {
+        (Roots::None, SslMode::VerifyCa | SslMode::VerifyFull) => {
+            anyhow::bail!(
+                "sslmode={} needs a root certificate to verify the server with, and there is none: give \
+                 sslrootcert=FILE (~/.postgresql/root.crt is used when it exists), sslrootcert=system \
+                 for the system's trusted roots, or a weaker sslmode",
+                if tls.mode == SslMode::VerifyCa {
+                    "verify-ca"
+                } else {
+                    "verify-full"
+                }
+            );
+        }
+        (Roots::None, _) => {
             builder
                 .danger_accept_invalid_certs(true)
                 .danger_accept_invalid_hostnames(true)
                 // Nothing is verified, so the system's roots are not needed.
                 .disable_built_in_roots(true);
         }
-        SslMode::VerifyCa => {
+        (_, SslMode::VerifyFull) => {}
+        (_, _) => {
             builder.danger_accept_invalid_hostnames(true);
         }
-        SslMode::VerifyFull => {}
     }
-    if let Some(path) = tls.root.as_ref().filter(|_| tls.mode >= SslMode::VerifyCa) {
-        // As libpq: with sslrootcert, trust that root only.
+    if let Roots::File(path) = &roots {
+        // As libpq: with a root file, trust that root only.
         builder.disable_built_in_roots(true);
         let pem = std::fs::read(path)
             .with_context(|| format!("cannot read sslrootcert {}", path.display()))?;

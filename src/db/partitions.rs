@@ -2,9 +2,11 @@
 //! need and for any day an event needs, dropped whole by prune.
 //!
 //! The SQL lives in `sql/0008_partitioned_events.sql`:
-//! `genalytics_create_event_partition(day)` creates one day's partition
-//! (unless one covers it, or the day is outside the sane range and its
-//! events belong in the default partition), and the view
+//! and `sql/0009_partitions_within_retention.sql`:
+//! `genalytics_create_event_partition(day, retention_days)` creates one
+//! day's partition (unless one covers it, or the day is outside the raw
+//! retention window and a week ahead, and its events belong in the default
+//! partition), and the view
 //! `genalytics_event_partitions` lists partitions with their ranges.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,13 +18,40 @@ use postgres::{Client, GenericClient};
 /// Days whose partition this process has already seen to, so a batch
 /// costs no catalog query unless it holds an event of a new day. Forgotten
 /// when the UTC date changes: the sane range moves with it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Known {
+    /// Whole days of raw retention: older days get no partition.
+    retention_days: i32,
     today: Option<NaiveDate>,
     days: BTreeSet<NaiveDate>,
     /// Days whose partition waited too long for its lock (a long query on
     /// the default partition, a `pg_dump`): tried again after this.
     retry: BTreeMap<NaiveDate, Instant>,
+    /// Partitions this process made, against [`MAX_PER_RUN`].
+    made: u64,
+    /// Whether events outside the window were reported.
+    warned_outside: bool,
+    warned_cap: bool,
+}
+
+/// Most partitions one process makes: a backfill of the whole window takes
+/// a few runs, and no clock, however hostile, makes more.
+pub const MAX_PER_RUN: u64 = 40;
+
+/// Days ahead of today that get partitions (as the SQL's sane range).
+const AHEAD_DAYS: u64 = 8;
+
+/// Whether `day` is inside the window partitions are made for.
+pub fn inside_window(day: NaiveDate, today: NaiveDate, retention_days: i32) -> bool {
+    let oldest = today
+        .checked_sub_days(Days::new(u64::try_from(retention_days.max(0)).unwrap_or(0)))
+        .unwrap_or(NaiveDate::MIN);
+    let first_sane = NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or(NaiveDate::MIN);
+    day >= oldest
+        && day >= first_sane
+        && today
+            .checked_add_days(Days::new(AHEAD_DAYS))
+            .is_none_or(|end| day < end)
 }
 
 /// How long a day whose partition could not get its lock waits before it
@@ -30,9 +59,23 @@ pub struct Known {
 const LOCK_RETRY: Duration = Duration::from_secs(60);
 
 impl Known {
-    /// Sees to the partitions of `days` (and of today and the next two
-    /// days, ahead of need), each day in a transaction of its own; returns
-    /// how many it created.
+    pub fn new(retention_days: i32) -> Known {
+        Known {
+            retention_days,
+            today: None,
+            days: BTreeSet::new(),
+            retry: BTreeMap::new(),
+            made: 0,
+            warned_outside: false,
+            warned_cap: false,
+        }
+    }
+
+    /// Sees to the partitions of `days` inside the retention window (and of
+    /// today and the next two days, ahead of need), each day in a
+    /// transaction of its own; returns how many it created. Days outside
+    /// the window, and days past [`MAX_PER_RUN`], keep their events in the
+    /// default partition, said once per run.
     pub fn ensure(
         &mut self,
         client: &mut Client,
@@ -46,12 +89,24 @@ impl Known {
         let ahead = (0..3).filter_map(|n| today.checked_add_days(Days::new(n)));
         let now = Instant::now();
         self.retry.retain(|_, at| *at > now);
-        let missing: Vec<NaiveDate> = ahead
+        let (inside, outside): (BTreeSet<NaiveDate>, BTreeSet<NaiveDate>) = ahead
             .chain(days)
             .filter(|day| !self.days.contains(day) && !self.retry.contains_key(day))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+            .partition(|day| inside_window(*day, today, self.retention_days));
+        if let (false, Some(first), Some(last)) =
+            (self.warned_outside, outside.first(), outside.last())
+        {
+            self.warned_outside = true;
+            tracing::warn!(
+                "events of {} outside the raw retention window (the last {} days and a week ahead), \
+                 from {first} to {last}, go to the default partition; `genalytics status` counts them and \
+                 `genalytics prune` deletes them",
+                crate::output::counted(outside.len() as u64, "day"),
+                self.retention_days
+            );
+        }
+        self.days.extend(&outside);
+        let missing: Vec<NaiveDate> = inside.into_iter().collect();
         if missing.is_empty() {
             return Ok(0);
         }
@@ -61,8 +116,21 @@ impl Known {
         // day's locks at once.
         let mut created = 0;
         for day in missing {
-            match create_one(client, day) {
-                Ok(made) => created += u64::from(made),
+            if self.made >= MAX_PER_RUN {
+                if !self.warned_cap {
+                    self.warned_cap = true;
+                    tracing::warn!(
+                        "{MAX_PER_RUN} partitions were made in this run, the most one run makes; events of \
+                         other days go to the default partition until a later run makes theirs"
+                    );
+                }
+                break;
+            }
+            match create_one(client, day, self.retention_days) {
+                Ok(made) => {
+                    created += u64::from(made);
+                    self.made += u64::from(made);
+                }
                 Err(err) if lock_not_had(&err) => {
                     tracing::warn!(
                         "the partition of {day} waited too long for its lock; its events go to the \
@@ -90,23 +158,28 @@ fn lock_not_had(err: &anyhow::Error) -> bool {
         .any(|pg| pg.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE))
 }
 
-fn create_one(client: &mut Client, day: NaiveDate) -> anyhow::Result<bool> {
+fn create_one(client: &mut Client, day: NaiveDate, retention_days: i32) -> anyhow::Result<bool> {
     let mut tx = client.transaction()?;
-    let made = create(&mut tx, &[day])? == 1;
+    let made = create(&mut tx, &[day], retention_days)? == 1;
     tx.commit()?;
     Ok(made)
 }
 
-/// Creates the partitions `days` need, in the caller's transaction (which
-/// then holds the creation lock until it ends); returns how many it made.
-pub fn create(client: &mut impl GenericClient, days: &[NaiveDate]) -> anyhow::Result<u64> {
+/// Creates the partitions `days` need inside the retention window, in the
+/// caller's transaction (which then holds the creation lock until it
+/// ends); returns how many it made.
+pub fn create(
+    client: &mut impl GenericClient,
+    days: &[NaiveDate],
+    retention_days: i32,
+) -> anyhow::Result<u64> {
     if days.is_empty() {
         return Ok(0);
     }
     let row = client.query_one(
-        "SELECT count(*) FILTER (WHERE genalytics_create_event_partition(day))
+        "SELECT count(*) FILTER (WHERE genalytics_create_event_partition(day, $2))
          FROM unnest($1::date[]) AS day",
-        &[&days],
+        &[&days, &retention_days],
     )?;
     Ok(row.get::<_, i64>(0).unsigned_abs())
 }

@@ -215,6 +215,15 @@ pub fn range_after(
     Ok(read)
 }
 
+/// What a refused range reply is called: an I/O fault (transient, the
+/// connection given up) of its own.
+const REFUSED_REPLY: &str = "Redis answered a stream read with what was not asked";
+
+/// Whether `err` is a range reply [`checked_range`] refused.
+pub fn is_refused_reply(err: &redis::RedisError) -> bool {
+    err.is_io_error() && err.to_string().starts_with(REFUSED_REPLY)
+}
+
 /// A reply to a range read must be what was asked: IDs rising strictly,
 /// all after `after` and at most `until`, no more than `count` of them
 /// (`total`, read past or kept). Anything else — a proxy, a buggy or
@@ -228,9 +237,10 @@ pub fn checked_range(
     count: usize,
 ) -> redis::RedisResult<()> {
     let refuse = |what: String| {
-        Err(redis::RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("Redis answered a stream read with {what}; nothing of it was stored"),
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            REFUSED_REPLY,
+            format!("{what}; nothing of it was stored"),
         )))
     };
     if total > count {
@@ -774,6 +784,7 @@ mod tests {
         ] {
             let err = checked_range(&kept, total, after, until, count).unwrap_err();
             assert!(err.is_io_error(), "a transient fault: {err}");
+            assert!(is_refused_reply(&err), "{err}");
         }
     }
 }

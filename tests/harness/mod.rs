@@ -17,6 +17,8 @@ const SCRUBBED: &[&str] = &[
     "DATABASE_URL",
     "REDIS_URL",
     "GENALYTICS_REDIS_NS",
+    "GENALYTICS_RAW_RETENTION",
+    "GENALYTICS_STALE_GRACE",
     "NO_COLOR",
     "RUST_BACKTRACE",
     "RUST_LOG",
@@ -91,9 +93,13 @@ impl TestEnv {
             .unwrap_or_else(|err| panic!("{err:#}"))
     }
 
-    /// `genalytics status --format json`, parsed.
+    /// `genalytics status --format json`, parsed; hours count as stale as
+    /// soon as they are complete (no grace), so tests need not wait.
     pub fn status_json(&self) -> serde_json::Value {
-        let ran = self.genalytics().args(["status", "--format", "json"]).ok();
+        let ran = self
+            .genalytics()
+            .args(["status", "--format", "json", "--stale-grace", "0"])
+            .ok();
         serde_json::from_str(&ran.stdout).unwrap_or_else(|err| panic!("{err}: {}", ran.stdout))
     }
 
