@@ -9,7 +9,10 @@
 //! time (`/usr/bin/time`, Debian package `time`) reports it. The last
 //! runs drain small entries and then giant ones (2 MB, 15 MB, and 15 MB
 //! with Redis scripts forbidden) and report their peak RSS: memory is
-//! bounded by bytes, not only by entries.
+//! bounded by bytes, not only by entries. Then one entry too large to store
+//! (a 30 MiB field name, a 100 MiB value, a 512 MiB value — Redis's
+//! limit) between small ones: it becomes a dead letter read without being
+//! held, and the peak RSS shows it.
 
 use std::io::Write;
 use std::time::Instant;
@@ -115,6 +118,17 @@ fn main() -> anyhow::Result<()> {
         giants.push((label, secs, rss));
     }
 
+    let mut letters = Vec::new();
+    for (label, name, value) in [
+        ("a 30 MiB field name", 30 << 20, 1),
+        ("a 100 MiB value", 16, 100 << 20),
+        ("a 512 MiB value", 16, 512 << 20),
+    ] {
+        reset(&mut db)?;
+        let (secs, rss) = dead_letter(&mut db, &redis, &genalytics, time_log.path(), name, value)?;
+        letters.push((label, secs, rss));
+    }
+
     print_figures(
         events,
         &transfer_secs,
@@ -122,6 +136,12 @@ fn main() -> anyhow::Result<()> {
         peak_kib as f64 / 1024.0,
         &giants,
     );
+    for (label, secs, rss) in &letters {
+        println!(
+            "  {SMALL_ENTRIES} small, {label:<20} and {SMALL_ENTRIES} small: {secs:>6.2} s, peak RSS {rss:.1} MiB \
+             (target < 100)"
+        );
+    }
     for [seconds, transfer, redis, postgres] in &cpu {
         println!(
             "  CPU of a transfer round ({seconds:.2} s): transfer {transfer:.2} s, Redis {redis:.2} s, \
@@ -182,6 +202,59 @@ fn big_entries(
     anyhow::ensure!(
         stored as usize == SMALL_ENTRIES + count,
         "stored {stored} of {SMALL_ENTRIES} small and {count} big entries"
+    );
+    Ok((seconds, rss))
+}
+
+/// Drains small entries, one entry with a name of `name` bytes and a value
+/// of `value` bytes (too large to store), and small entries again: seconds
+/// and peak RSS in MiB.
+fn dead_letter(
+    db: &mut postgres::Client,
+    redis: &Redis,
+    genalytics: &dyn Fn(&[&str]) -> anyhow::Result<f64>,
+    time_log: &std::path::Path,
+    name: usize,
+    value: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let key = "genonaut:generation_events:stream";
+    let mut con = redis.connection()?;
+    let _: i64 = redis::cmd("DEL").arg(key).query(&mut con)?;
+    let small = |con: &mut redis::Connection| -> anyhow::Result<()> {
+        let mut pipe = redis::pipe();
+        for _ in 0..SMALL_ENTRIES {
+            pipe.cmd("XADD")
+                .arg(key)
+                .arg("*")
+                .arg("event_type")
+                .arg("request")
+                .ignore();
+        }
+        pipe.exec(con)?;
+        Ok(())
+    };
+    small(&mut con)?;
+    {
+        let (name, value) = (vec![b'n'; name], vec![b'v'; value]);
+        let _: String = redis::cmd("XADD")
+            .arg(key)
+            .arg("*")
+            .arg(&name[..])
+            .arg(&value[..])
+            .query(&mut con)?;
+    }
+    small(&mut con)?;
+    let seconds = genalytics(&["transfer", "-q"])?;
+    let rss = common::peak_rss_kib(time_log)? as f64 / 1024.0;
+    let counts = db.query_one(
+        "SELECT (SELECT count(*) FROM generation_events), (SELECT count(*) FROM generation_events_rejected)",
+        &[],
+    )?;
+    let (stored, letters): (i64, i64) = (counts.get(0), counts.get(1));
+    anyhow::ensure!(
+        stored as usize == 2 * SMALL_ENTRIES && letters == 1,
+        "stored {stored} of {} small entries and {letters} dead letters of 1",
+        2 * SMALL_ENTRIES
     );
     Ok((seconds, rss))
 }

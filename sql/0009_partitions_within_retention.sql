@@ -65,3 +65,8 @@ BEGIN
         current_schema());
 END
 $$;
+
+-- A dead letter of an entry too large to store keeps its fields cut (each
+-- name and value at 64 KiB, the first fields only): it can never be
+-- replayed as the event it was.
+ALTER TABLE generation_events_rejected ADD COLUMN cut boolean NOT NULL DEFAULT false;

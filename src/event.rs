@@ -27,6 +27,8 @@ pub const INDEXED_TEXT_MAX: usize = 1_024;
 /// Larger ones become dead letters (kept whole), so one giant entry cannot
 /// blow a transfer's memory up three times over while it is encoded.
 pub const ENTRY_MAX_BYTES: usize = 16 << 20;
+/// [`ENTRY_MAX_BYTES`] for people.
+pub const ENTRY_MAX_BYTES_TEXT: &str = "16 MiB";
 
 /// Most fields an event may have. A producer writes about fifteen; an
 /// entry with hundreds of thousands would make one `attributes` value of
@@ -91,6 +93,8 @@ pub struct Rejection {
     pub stream_id: EntryId,
     pub fields: RawFields,
     pub reason: String,
+    /// The fields were cut as they were read (the entry was too large).
+    pub cut: bool,
 }
 
 /// The fields with a column of their own; everything else goes to
@@ -506,6 +510,14 @@ fn entry_id_time(stream_id: EntryId) -> Result<DateTime<Utc>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_entry_limit_reads_as_it_is() {
+        assert_eq!(
+            ENTRY_MAX_BYTES_TEXT,
+            format!("{} MiB", ENTRY_MAX_BYTES >> 20)
+        );
+    }
     use chrono::TimeZone;
     use proptest::prelude::*;
 

@@ -667,3 +667,208 @@ fn a_trickle_of_late_events_neither_turns_check_stale_nor_holds_the_raw_horizon_
         stale.stdout
     );
 }
+
+/// `command` under GNU time, which writes its peak RSS (KiB) to `report`.
+fn under_time(command: &std::process::Command, report: &std::path::Path) -> std::process::Command {
+    let mut timed = std::process::Command::new("/usr/bin/time");
+    timed
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(report)
+        .arg(command.get_program())
+        .args(command.get_args())
+        .stdin(std::process::Stdio::null());
+    for (name, value) in command.get_envs() {
+        match value {
+            Some(value) => timed.env(name, value),
+            None => timed.env_remove(name),
+        };
+    }
+    timed
+}
+
+/// The peak RSS GNU time reported, in KiB.
+fn reported_rss(report: &std::path::Path) -> u64 {
+    let text = std::fs::read_to_string(report).unwrap();
+    text.trim()
+        .lines()
+        .last()
+        .and_then(|line| line.parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS in GNU time's report: {text}"))
+}
+
+/// Runs `cmd` under GNU time; returns what it printed and its peak RSS in
+/// KiB.
+fn peak_rss(cmd: crate::harness::Cmd) -> (crate::harness::Ran, u64) {
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let out = under_time(&cmd.command(), report.path())
+        .output()
+        .expect("GNU time is installed (/usr/bin/time)");
+    let ran = crate::harness::Ran {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    (ran, reported_rss(report.path()))
+}
+
+#[test]
+fn giant_entries_are_read_without_being_held_and_the_entries_around_them_stored() {
+    let env = migrated();
+    let key = env.stream_key();
+    let mut con = env.redis();
+    let mut small = Vec::new();
+    let add_small = |con: &mut redis::Connection, small: &mut Vec<String>| {
+        for _ in 0..20 {
+            small.push(xadd(con, &key, "*", &[("event_type", "request")]));
+        }
+    };
+    add_small(&mut con, &mut small);
+    let name = vec![b'n'; 30 << 20];
+    let value: Vec<u8> = (0..100usize << 20).map(|n| (n % 253) as u8).collect();
+    let giant_name: String = redis::cmd("XADD")
+        .arg(&key)
+        .arg("*")
+        .arg(&name[..])
+        .arg("v")
+        .query(&mut con)
+        .unwrap();
+    add_small(&mut con, &mut small);
+    let giant_value: String = redis::cmd("XADD")
+        .arg(&key)
+        .arg("*")
+        .arg("event_type")
+        .arg("request")
+        .arg("blob")
+        .arg(&value[..])
+        .query(&mut con)
+        .unwrap();
+    let value_digest = openssl::sha::sha256(&value)
+        .iter()
+        .fold(String::new(), |hex, b| hex + &format!("{b:02x}"));
+    drop((name, value));
+
+    // The run that reads them, then runs that find the last as their
+    // anchor (status, and a transfer with nothing to do).
+    for (what, args) in [
+        ("transfer", &["transfer", "--keep", "100h"][..]),
+        ("status", &["status", "--format", "json"][..]),
+        ("transfer again", &["transfer", "--keep", "100h"][..]),
+    ] {
+        let (ran, kib) = peak_rss(env.genalytics().args(args));
+        assert_eq!(ran.code, Some(0), "{what}: {}", ran.stderr);
+        eprintln!("{what}: peak RSS {kib} KiB");
+        assert!(kib < 100 << 10, "{what}: peak RSS {kib} KiB");
+    }
+    let mut db = env.db();
+    let mut want = small.clone();
+    want.sort();
+    assert_eq!(crate::harness::stored_ids(&mut db), want);
+    let letters: Vec<(String, String, bool, i64)> = db
+        .query(
+            "SELECT stream_id, reason, cut,
+                    (SELECT sum(octet_length(x)) FROM unnest(raw_fields) x)::int8
+             FROM generation_events_rejected ORDER BY stream_id",
+            &[],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+        .collect();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert_eq!(letters[0].0, giant_name);
+    assert_eq!(letters[1].0, giant_value);
+    for (_, reason, cut, kept) in &letters {
+        assert!(*cut, "{reason}");
+        assert!(*kept <= 1 << 20, "{kept} bytes kept");
+        assert!(reason.contains("cut at 64 KiB"), "{reason}");
+    }
+    assert!(
+        letters[0]
+            .1
+            .contains("the name of field 1 had 31,457,280 bytes"),
+        "{}",
+        letters[0].1
+    );
+    assert!(
+        letters[1].1.contains(&format!(
+            "the value of field 2 had 104,857,600 bytes, SHA-256 {value_digest}"
+        )),
+        "{}",
+        letters[1].1
+    );
+    // Never replayed as the event it no longer is.
+    let ran = env.genalytics().args(["rejected", "replay", "--all"]).ok();
+    assert!(
+        ran.stdout
+            .starts_with("replayed 2 dead letters: 0 stored, 0 still rejected, 2 left as they are"),
+        "{}",
+        ran.stdout
+    );
+    assert_eq!(crate::harness::stored_ids(&mut db).len(), 40);
+    let left: i64 = db
+        .query_one("SELECT count(*) FROM generation_events_rejected", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 2);
+
+    // A follower woken by a giant entry reads it the same way.
+    let (follower, rss) = follow_under_time(&env);
+    let more: Vec<u8> = vec![b'z'; 100 << 20];
+    let _: String = redis::cmd("XADD")
+        .arg(&key)
+        .arg("*")
+        .arg("blob")
+        .arg(&more[..])
+        .query(&mut con)
+        .unwrap();
+    drop(more);
+    let after: Vec<String> = (0..5)
+        .map(|_| xadd(&mut con, &key, "*", &[("event_type", "cancellation")]))
+        .collect();
+    crate::harness::wait_for("the follower to store what follows the giant", 60, || {
+        crate::harness::stored_ids(&mut db).len() == 45
+    });
+    let kib = rss(follower);
+    eprintln!("follow: peak RSS {kib} KiB");
+    assert!(kib < 100 << 10, "follow: peak RSS {kib} KiB");
+    want.extend(after);
+    want.sort();
+    assert_eq!(crate::harness::stored_ids(&mut db), want);
+}
+
+/// A follower under GNU time; the closure stops it as systemd would
+/// (SIGTERM to genalytics itself, time's child) and returns its peak RSS
+/// in KiB.
+fn follow_under_time(
+    env: &TestEnv,
+) -> (std::process::Child, impl FnOnce(std::process::Child) -> u64) {
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let command = env
+        .genalytics()
+        .args(["transfer", "--follow", "--keep", "100h", "-q"])
+        .command();
+    let child = under_time(&command, report.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("GNU time is installed");
+    let stop = move |mut child: std::process::Child| {
+        let children = format!("/proc/{0}/task/{0}/children", child.id());
+        let pid: i32 = std::fs::read_to_string(children)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .expect("genalytics runs under time")
+            .parse()
+            .unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        assert!(child.wait().unwrap().success());
+        reported_rss(report.path())
+    };
+    (child, stop)
+}

@@ -237,7 +237,8 @@ fn replay_line(summary: &ReplaySummary) -> String {
     if done.not_replayable > 0 {
         let _ = write!(
             line,
-            ", {} left as they are (no stream or entry ID recorded, or fields not kept exactly)",
+            ", {} left as they are (no stream or entry ID recorded, or fields not kept exactly: \
+             cut or rebuilt)",
             thousands(done.not_replayable)
         );
     }

@@ -228,7 +228,7 @@ struct Run<'a> {
     key: &'a str,
     stop: Arc<AtomicBool>,
     pg: Option<postgres::Client>,
-    redis: Option<redis::Connection>,
+    redis: Option<Wire>,
     state: Option<TransferState>,
     summary: Summary,
     progress: ProgressBar,
@@ -378,10 +378,10 @@ impl Run<'_> {
         Ok(self.pg.as_mut().expect("connected above"))
     }
 
-    fn redis(&mut self) -> Result<&mut redis::Connection, Fault> {
+    fn redis(&mut self) -> Result<&mut Wire, Fault> {
         if self.redis.is_none() {
             self.redis =
-                Some(stream::connect_key(self.settings, self.key).map_err(Fault::of_redis)?);
+                Some(stream::connect_reader(self.settings, self.key).map_err(Fault::of_redis)?);
         }
         Ok(self.redis.as_mut().expect("connected above"))
     }
@@ -846,7 +846,7 @@ impl Run<'_> {
 /// a rare need, for a large row PostgreSQL refused); none if it is gone or
 /// Redis cannot say.
 fn refetch(settings: &Settings, key: &str, id: EntryId) -> Option<crate::event::RawFields> {
-    let mut con = stream::connect_key(settings, key).ok()?;
+    let mut con = stream::connect_reader(settings, key).ok()?;
     let entry = reader::entry_at(&mut con, key, id).ok()??;
     Some(entry.fields)
 }
@@ -972,7 +972,7 @@ impl Pending {
         let entries = std::mem::take(&mut self.entries);
         self.since = None;
         self.bytes = 0;
-        let message = match events::prepare(entries.into_iter().map(|e| (e.id, e.fields))) {
+        let message = match events::prepare(entries) {
             Ok(prepared) => {
                 let held = prepared.heap_bytes();
                 self.in_flight.fetch_add(held, Ordering::Relaxed);
@@ -1123,7 +1123,7 @@ impl Reading<'_> {
         let count = read.entries.len() as u64;
         if let Some(last) = read.entries.last() {
             self.after = last.id;
-            self.anchor = Some(reader::fingerprint(&last.fields));
+            self.anchor = Some(last.fingerprint());
         }
         let index_before = self.progress.index;
         self.progress.index = self.progress.index.map(|index| index + count);

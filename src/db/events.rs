@@ -25,6 +25,7 @@ use crate::db::streams::PositionMoved;
 use crate::event::{Event, RawFields, Rejection, parse};
 use crate::hour;
 use crate::stream::EntryId;
+use crate::stream::reader::RawEntry;
 use crate::text::{escape_bytes, escape_controls, truncate};
 
 /// Most bytes of entries one batch holds, besides `--batch-size` entries.
@@ -181,9 +182,7 @@ impl Prepared {
 /// Parses consecutive entries and encodes the events among them (see
 /// [`Prepared`]), one entry at a time: an event lives only until its row
 /// is encoded, so a batch costs its raw entries and their rows, no more.
-pub fn prepare(
-    entries: impl IntoIterator<Item = (EntryId, RawFields)>,
-) -> anyhow::Result<Prepared> {
+pub fn prepare(entries: impl IntoIterator<Item = RawEntry>) -> anyhow::Result<Prepared> {
     let entries = entries.into_iter();
     let (expected, _) = entries.size_hint();
     let mut prepared = Prepared {
@@ -198,14 +197,30 @@ pub fn prepare(
         last_print: String::new(),
     };
     prepared.bounds.push(0);
-    // The fingerprint of the last entry whose raw fields were let go.
+    // The fingerprint of the last entry whose raw fields were let go, and
+    // of the last dead letter.
     let mut dropped_print = String::new();
-    for (index, (id, raw)) in entries.enumerate() {
+    let mut rejected_print = String::new();
+    for (
+        index,
+        RawEntry {
+            id,
+            fields: raw,
+            cut,
+        },
+    ) in entries.enumerate()
+    {
         if index == 0 {
             prepared.first_id = id;
         }
         prepared.last_id = id;
-        match parse(id, &raw) {
+        // A cut entry was too large to store: what is left of it is never
+        // parsed as an event.
+        let parsed = match &cut {
+            Some(cut) => Err(cut.reason(raw.len())),
+            None => parse(id, &raw),
+        };
+        match parsed {
             Ok(event) => {
                 let size: usize = raw.iter().map(|(n, v)| n.len() + v.len()).sum();
                 // Room for the row at once: a giant value is copied once,
@@ -224,11 +239,18 @@ pub fn prepare(
                 prepared.ids.push(id);
                 prepared.hours.push(hour::floor(event.timestamp));
             }
-            Err(reason) => prepared.rejected.push(Rejection {
-                stream_id: id,
-                fields: raw,
-                reason,
-            }),
+            Err(reason) => {
+                rejected_print = match &cut {
+                    Some(cut) => cut.fingerprint.clone(),
+                    None => String::new(),
+                };
+                prepared.rejected.push(Rejection {
+                    stream_id: id,
+                    fields: raw,
+                    reason,
+                    cut: cut.is_some(),
+                });
+            }
         }
     }
     prepared.last_print = match (prepared.ids.last(), prepared.rejected.last()) {
@@ -236,6 +258,7 @@ pub fn prepare(
             Some(Some(packed)) => crate::stream::reader::fingerprint_packed(packed),
             _ => dropped_print,
         },
+        (_, Some(_)) if !rejected_print.is_empty() => rejected_print,
         (_, Some(rejected)) => crate::stream::reader::fingerprint(&rejected.fields),
         _ => String::new(),
     };
@@ -429,7 +452,11 @@ pub fn replay(
     entries: Vec<(EntryId, RawFields)>,
     retention_days: i32,
 ) -> anyhow::Result<Replayed> {
-    let mut prepared = prepare(entries)?;
+    let mut prepared = prepare(
+        entries
+            .into_iter()
+            .map(|(id, fields)| RawEntry::new(id, fields)),
+    )?;
     set_stream(&mut prepared, stream);
     // As in transfer: a partition that cannot be made sends its day's
     // events to the default one.
@@ -746,12 +773,14 @@ fn letters<'a>(
             stream_id: r.stream_id,
             fields: &r.fields,
             reason: r.reason.clone(),
+            cut: r.cut,
         })
         .collect();
     letters.extend(refused.iter().zip(again).map(|((row, message), again)| {
         let kept = again.as_ref();
         Letter {
             stream_id: prepared.ids[*row],
+            cut: false,
             fields: kept.unwrap_or(&NONE),
             reason: match kept {
                 Some(_) => format!("PostgreSQL refused the row: {message}"),
@@ -769,6 +798,7 @@ struct Letter<'a> {
     stream_id: EntryId,
     fields: &'a RawFields,
     reason: String,
+    cut: bool,
 }
 
 /// Longest value `fields` shows; the exact bytes are in `raw_fields`.
@@ -828,8 +858,8 @@ fn store_dead_letters(
     letters: &[Letter<'_>],
 ) -> anyhow::Result<u64> {
     const INSERT: &str =
-        "INSERT INTO generation_events_rejected (stream, stream_id, fields, reason, raw_fields)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (stream, stream_id) DO NOTHING";
+        "INSERT INTO generation_events_rejected (stream, stream_id, fields, reason, raw_fields, cut)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (stream, stream_id) DO NOTHING";
     if letters.is_empty() {
         return Ok(0);
     }
@@ -850,7 +880,14 @@ fn store_dead_letters(
         let mut attempt = tx.transaction()?;
         let stored = attempt.execute(
             &statement,
-            &[&stream, &letter.stream_id, &fields, &reason, &raw],
+            &[
+                &stream,
+                &letter.stream_id,
+                &fields,
+                &reason,
+                &raw,
+                &letter.cut,
+            ],
         );
         match stored.map_err(anyhow::Error::from) {
             Ok(n) => {
@@ -873,6 +910,7 @@ fn store_dead_letters(
                         &serde_json::json!({}),
                         &reason,
                         &none,
+                        &letter.cut,
                     ],
                 )?;
             }
@@ -933,7 +971,7 @@ mod tests {
 
     fn batch(ids: &[u64]) -> Prepared {
         prepare(ids.iter().map(|&ms| {
-            (
+            RawEntry::new(
                 EntryId::at_ms(ms),
                 raw(&[(
                     b"event_type",

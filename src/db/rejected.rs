@@ -113,6 +113,8 @@ pub struct Fields {
     pub raw: Option<RawFields>,
     /// Whether `raw` is the exact bytes (not rebuilt from JSON).
     pub exact: bool,
+    /// Whether the entry was too large and `raw` keeps it cut.
+    pub cut: bool,
 }
 
 impl Fields {
@@ -120,6 +122,9 @@ impl Fields {
     /// from JSON that show no sign of loss (the JSON of letters from before
     /// raw bytes were kept replaced invalid UTF-8 with U+FFFD).
     pub fn replayable(&self) -> Option<&RawFields> {
+        if self.cut {
+            return None;
+        }
         let raw = self.raw.as_ref()?;
         let lossy = !self.exact
             && raw.iter().any(|(n, v)| {
@@ -171,12 +176,14 @@ fn raw_of(flat: Option<Vec<Vec<u8>>>, json: &Value) -> Fields {
         return Fields {
             raw: Some(raw),
             exact: true,
+            cut: false,
         };
     }
     let Some(object) = json.as_object().filter(|o| !o.is_empty()) else {
         return Fields {
             raw: None,
             exact: false,
+            cut: false,
         };
     };
     let text = |value: &Value| match value {
@@ -195,6 +202,7 @@ fn raw_of(flat: Option<Vec<Vec<u8>>>, json: &Value) -> Fields {
     Fields {
         raw: Some(raw),
         exact: false,
+        cut: false,
     }
 }
 
@@ -280,7 +288,7 @@ pub fn take(
     ids: &[EntryId],
 ) -> anyhow::Result<Vec<(EntryId, Fields)>> {
     let rows = tx.query(
-        "SELECT r.stream_id, r.raw_fields, r.fields
+        "SELECT r.stream_id, r.raw_fields, r.fields, r.cut
          FROM generation_events_rejected r
          WHERE r.stream = $1 AND r.stream_id = ANY($2)
          ORDER BY r.stream_id
@@ -291,7 +299,11 @@ pub fn take(
         .into_iter()
         .filter_map(|row| {
             let id: EntryId = row.get::<_, String>(0).parse().ok()?;
-            Some((id, raw_of(row.get(1), &row.get(2))))
+            let fields = Fields {
+                cut: row.get(3),
+                ..raw_of(row.get(1), &row.get(2))
+            };
+            Some((id, fields))
         })
         .collect();
     letters.sort_unstable_by_key(|(id, _)| *id);
@@ -312,11 +324,12 @@ mod tests {
                     (b"a".to_vec(), b"1".to_vec()),
                     (b"a".to_vec(), b"\0".to_vec())
                 ]),
-                exact: true
+                exact: true,
+                cut: false,
             }
         );
         let json = serde_json::json!({"a": "1", "b": ["x", "y"], "c": 3});
-        let Fields { raw, exact } = raw_of(None, &json);
+        let Fields { raw, exact, .. } = raw_of(None, &json);
         assert!(!exact);
         let raw = raw.unwrap();
         assert_eq!(raw.len(), 4);
@@ -326,7 +339,8 @@ mod tests {
             raw_of(None, &serde_json::json!({})),
             Fields {
                 raw: None,
-                exact: false
+                exact: false,
+                cut: false,
             }
         );
     }

@@ -254,7 +254,7 @@ pub fn judge(position: Position, info: &StreamInfo, below: Below) -> Identity {
 ///
 /// [`fingerprint`]: super::reader::fingerprint
 pub fn inspect(
-    con: &mut impl redis::ConnectionLike,
+    con: &mut super::wire::Wire,
     key: &str,
     position: Position,
     store: &mut dyn Store,
@@ -270,7 +270,7 @@ pub fn inspect(
             // Another entry under the position's ID is another stream's.
             below.position_exists = store.compare(&entry)? != Match::Different;
             if below.position_exists {
-                anchor = Some(super::reader::fingerprint(&entry.fields));
+                anchor = Some(entry.fingerprint());
             }
         }
         let suspicious = info.last_generated_id < position.id

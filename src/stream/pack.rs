@@ -8,7 +8,17 @@ use crate::event::RawFields;
 
 /// Writes the packing of `fields` to `out`, piece by piece.
 pub fn encode(fields: &RawFields, mut out: impl FnMut(&[u8])) {
-    let n = fields.len() * 2;
+    array_header(fields.len() * 2, &mut out);
+    for (name, value) in fields {
+        for part in [name, value] {
+            string_header(part.len(), &mut out);
+            out(part);
+        }
+    }
+}
+
+/// Writes the header of an array of `n` strings.
+pub fn array_header(n: usize, out: &mut impl FnMut(&[u8])) {
     match n {
         0..=15 => out(&[0x90 | n as u8]),
         16..=0xffff => {
@@ -20,22 +30,20 @@ pub fn encode(fields: &RawFields, mut out: impl FnMut(&[u8])) {
             out(&(n as u32).to_be_bytes());
         }
     }
-    for (name, value) in fields {
-        for part in [name, value] {
-            let len = part.len();
-            match len {
-                0..=31 => out(&[0xa0 | len as u8]),
-                32..=0xff => out(&[0xd9, len as u8]),
-                0x100..=0xffff => {
-                    out(&[0xda]);
-                    out(&(len as u16).to_be_bytes());
-                }
-                _ => {
-                    out(&[0xdb]);
-                    out(&(len as u32).to_be_bytes());
-                }
-            }
-            out(part);
+}
+
+/// Writes the header of a string of `len` bytes.
+pub fn string_header(len: usize, out: &mut impl FnMut(&[u8])) {
+    match len {
+        0..=31 => out(&[0xa0 | len as u8]),
+        32..=0xff => out(&[0xd9, len as u8]),
+        0x100..=0xffff => {
+            out(&[0xda]);
+            out(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out(&[0xdb]);
+            out(&(len as u32).to_be_bytes());
         }
     }
 }

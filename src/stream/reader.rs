@@ -14,14 +14,96 @@ use super::wire::Wire;
 use crate::event::RawFields;
 
 /// One entry as Redis returned it: values are bytes, the producer's are
-/// UTF-8 but nothing guarantees it.
+/// UTF-8 but nothing guarantees it. An entry larger than genalytics stores
+/// as one event is [`Cut`] as it is read: only what its dead letter keeps
+/// is ever held.
 #[derive(Debug, Clone)]
 pub struct RawEntry {
     pub id: EntryId,
     pub fields: RawFields,
+    pub cut: Option<Box<Cut>>,
+}
+
+/// What an entry too large to store held, when its fields were cut while
+/// read (see [`super::wire`]): `fields` keeps its first fields, each name
+/// and value at most [`CUT_STRING`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cut {
+    /// Bytes of names and values the entry holds in Redis.
+    pub bytes: u64,
+    /// Fields it holds in Redis.
+    pub fields: u64,
+    /// [`fingerprint`] of the whole entry, as the trim script computes it.
+    pub fingerprint: String,
+    /// Each kept name or value that was shortened.
+    pub strings: Vec<CutString>,
+}
+
+/// One name or value kept shortened: which, how long it was, its digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CutString {
+    /// Index of its field.
+    pub field: usize,
+    pub is_name: bool,
+    pub length: u64,
+    /// SHA-256 of the whole string, in hex.
+    pub sha256: String,
+}
+
+/// Longest name or value a cut entry keeps.
+pub const CUT_STRING: usize = 64 << 10;
+/// Most bytes and fields a cut entry keeps (its dead letter's size).
+pub const CUT_KEEP_BYTES: usize = 1 << 20;
+pub const CUT_KEEP_FIELDS: usize = 1_000;
+
+impl Cut {
+    /// The dead letter's reason: what the entry held and what is kept.
+    pub fn reason(&self, kept_fields: usize) -> String {
+        let mut reason = format!(
+            "the entry holds {} of names and values in {}, more than the {} genalytics stores as one \
+             event; it was read without being held: `raw_fields` keeps its first {}, each name and \
+             value cut at {} KiB",
+            crate::output::counted(self.bytes, "byte"),
+            crate::output::counted(self.fields, "field"),
+            crate::event::ENTRY_MAX_BYTES_TEXT,
+            crate::output::counted(kept_fields as u64, "field"),
+            CUT_STRING >> 10,
+        );
+        for (n, string) in self.strings.iter().enumerate() {
+            if n == 10 {
+                let _ = write!(reason, "; and {} more cut", self.strings.len() - n);
+                break;
+            }
+            let _ = write!(
+                reason,
+                "; the {} of field {} had {}, SHA-256 {}",
+                if string.is_name { "name" } else { "value" },
+                string.field + 1,
+                crate::output::counted(string.length, "byte"),
+                string.sha256
+            );
+        }
+        reason
+    }
 }
 
 impl RawEntry {
+    pub fn new(id: EntryId, fields: RawFields) -> RawEntry {
+        RawEntry {
+            id,
+            fields,
+            cut: None,
+        }
+    }
+
+    /// [`fingerprint`] of the whole entry, also of one that was cut.
+    pub fn fingerprint(&self) -> String {
+        match &self.cut {
+            Some(cut) => cut.fingerprint.clone(),
+            None => fingerprint(&self.fields),
+        }
+    }
+
     /// Bytes it costs to hold: its names and values, and per field two
     /// vectors and their allocations (which dwarf the bytes of an entry of
     /// many tiny fields).
@@ -199,19 +281,22 @@ fn entry_id_of(entry: Value) -> Option<EntryId> {
     }
 }
 
-/// Up to `count` entries after `after` (exclusive), up to `until` (inclusive).
+/// Up to `count` entries after `after` (exclusive), up to `until`
+/// (inclusive): the first, and then entries while fewer than `budget`
+/// bytes are held.
 pub fn range_after(
-    con: &mut impl redis::ConnectionLike,
+    con: &mut Wire,
     key: &str,
     after: EntryId,
     until: Option<EntryId>,
     count: usize,
-) -> redis::RedisResult<Vec<RawEntry>> {
+    budget: usize,
+) -> redis::RedisResult<super::wire::Taken> {
     if after == EntryId::MAX {
-        return Ok(Vec::new());
+        return Ok(super::wire::Taken::default());
     }
-    let read = entries(range_cmd(key, after, until, count).query(con)?)?;
-    checked_range(&read, read.len(), after, until, count)?;
+    let read = con.range(&range_cmd(key, after, until, count), budget)?;
+    checked_range(&read.entries, read.total, after, until, count)?;
     Ok(read)
 }
 
@@ -397,7 +482,7 @@ impl BoundedReader {
             anchor_held = there
                 .entries
                 .first()
-                .is_some_and(|entry| fingerprint(&entry.fields) == *anchor);
+                .is_some_and(|entry| entry.fingerprint() == *anchor);
         }
         let taken = con.entries(request.budget, request.giant_budget)?;
         Ok((anchor_held, taken))
@@ -434,81 +519,23 @@ impl BoundedReader {
 
 /// Waits up to `block_ms` for entries after `after`.
 pub fn read_after(
-    con: &mut impl redis::ConnectionLike,
+    con: &mut Wire,
     key: &str,
     after: EntryId,
     count: usize,
     block_ms: u64,
 ) -> redis::RedisResult<Vec<RawEntry>> {
-    let reply: Value = redis::cmd("XREAD")
-        .arg("COUNT")
+    let mut cmd = redis::cmd("XREAD");
+    cmd.arg("COUNT")
         .arg(count)
         .arg("BLOCK")
         .arg(block_ms)
         .arg("STREAMS")
         .arg(key)
-        .arg(after.to_string())
-        .query(con)?;
-    // One stream asked for: [[key, entries]] (RESP2) or {key: entries} (RESP3).
-    let per_stream = match reply {
-        Value::Nil => return Ok(Vec::new()),
-        Value::Map(streams) => streams.into_iter().map(|(_, entries)| entries).next(),
-        Value::Array(streams) => streams.into_iter().next().and_then(|stream| match stream {
-            Value::Array(mut parts) if parts.len() == 2 => parts.pop(),
-            _ => None,
-        }),
-        other => return Err(malformed(&other)),
-    };
-    let read = per_stream.map_or(Ok(Vec::new()), entries)?;
-    checked_range(&read, read.len(), after, None, count)?;
-    Ok(read)
-}
-
-/// Takes an XRANGE-shaped reply apart without copying its strings.
-fn entries(reply: Value) -> redis::RedisResult<Vec<RawEntry>> {
-    let Value::Array(items) = reply else {
-        return Err(malformed(&reply));
-    };
-    let mut out = Vec::with_capacity(items.len());
-    for item in items {
-        let Value::Array(parts) = item else {
-            return Err(malformed(&item));
-        };
-        let mut parts = parts.into_iter();
-        let (Some(Value::BulkString(id)), Some(Value::Array(flat))) = (parts.next(), parts.next())
-        else {
-            return Err(malformed(&Value::Nil));
-        };
-        let mut fields = Vec::with_capacity(flat.len() / 2);
-        let mut flat = flat.into_iter();
-        while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
-            fields.push((bytes(name), bytes(value)));
-        }
-        let id = std::str::from_utf8(&id)
-            .ok()
-            .and_then(|id| id.parse().ok())
-            .ok_or_else(|| malformed(&Value::BulkString(id.clone())))?;
-        out.push(RawEntry { id, fields });
-    }
-    Ok(out)
-}
-
-fn bytes(value: Value) -> Vec<u8> {
-    match value {
-        Value::BulkString(bytes) => bytes,
-        Value::SimpleString(text) => text.into_bytes(),
-        other => format!("{other:?}").into_bytes(),
-    }
-}
-
-fn malformed(value: &Value) -> redis::RedisError {
-    let mut shown = format!("{value:?}");
-    shown.truncate(200);
-    redis::RedisError::from((
-        redis::ErrorKind::Parse,
-        "unexpected reply to a stream read",
-        shown,
-    ))
+        .arg(after.to_string());
+    let read = con.read_one_stream(&cmd, 0)?;
+    checked_range(&read.entries, read.total, after, None, count)?;
+    Ok(read.entries)
 }
 
 static TRIM_SCRIPT: LazyLock<redis::Script> =
@@ -521,7 +548,7 @@ static TRIM_SCRIPT: LazyLock<redis::Script> =
 /// old position. Returns the entries removed, `None` when the check
 /// refused.
 pub fn trim_stored(
-    con: &mut impl redis::ConnectionLike,
+    con: &mut Wire,
     key: &str,
     position: EntryId,
     print: &str,
@@ -541,17 +568,7 @@ pub fn trim_stored(
         // commit tries again).
         Err(err) if scripting_unavailable(&err) => {
             redis::cmd("WATCH").arg(key).exec(con)?;
-            let there = entries(
-                redis::cmd("XRANGE")
-                    .arg(key)
-                    .arg(position.to_string())
-                    .arg(position.to_string())
-                    .query(con)?,
-            )?;
-            if there
-                .first()
-                .is_none_or(|e| fingerprint(&e.fields) != print)
-            {
+            if entry_at(con, key, position)?.is_none_or(|e| e.fingerprint() != print) {
                 redis::cmd("UNWATCH").exec(con)?;
                 return Ok(None);
             }
@@ -580,69 +597,48 @@ fn scripting_unavailable(err: &redis::RedisError) -> bool {
 }
 
 /// The entry `id`, if it is in the stream.
-pub fn entry_at(
-    con: &mut impl redis::ConnectionLike,
-    key: &str,
-    id: EntryId,
-) -> redis::RedisResult<Option<RawEntry>> {
-    let reply: Value = redis::cmd("XRANGE")
-        .arg(key)
+pub fn entry_at(con: &mut Wire, key: &str, id: EntryId) -> redis::RedisResult<Option<RawEntry>> {
+    let mut cmd = redis::cmd("XRANGE");
+    cmd.arg(key)
         .arg(id.to_string())
         .arg(id.to_string())
         .arg("COUNT")
-        .arg(1)
-        .query(con)?;
-    Ok(entries(reply)?.into_iter().next())
+        .arg(1);
+    Ok(con.range(&cmd, 0)?.entries.into_iter().next())
 }
 
 /// Whether the entry `id` is in the stream.
-pub fn entry_exists(
-    con: &mut impl redis::ConnectionLike,
-    key: &str,
-    id: EntryId,
-) -> redis::RedisResult<bool> {
-    let reply: Value = redis::cmd("XRANGE")
-        .arg(key)
-        .arg(id.to_string())
-        .arg(id.to_string())
-        .arg("COUNT")
-        .arg(1)
-        .query(con)?;
-    Ok(matches!(reply, Value::Array(items) if !items.is_empty()))
+pub fn entry_exists(con: &mut Wire, key: &str, id: EntryId) -> redis::RedisResult<bool> {
+    Ok(entry_at(con, key, id)?.is_some())
 }
 
 /// The newest entry at or before `id`.
 pub fn newest_at_or_before(
-    con: &mut impl redis::ConnectionLike,
+    con: &mut Wire,
     key: &str,
     id: EntryId,
 ) -> redis::RedisResult<Option<RawEntry>> {
-    let reply: Value = redis::cmd("XREVRANGE")
-        .arg(key)
+    let mut cmd = redis::cmd("XREVRANGE");
+    cmd.arg(key)
         .arg(id.to_string())
         .arg("-")
         .arg("COUNT")
-        .arg(1)
-        .query(con)?;
-    Ok(entries(reply)?.into_iter().next())
+        .arg(1);
+    Ok(con.range(&cmd, 0)?.entries.into_iter().next())
 }
 
 /// The first entry after `after`: the oldest not yet transferred.
-pub fn first_after(
-    con: &mut impl redis::ConnectionLike,
-    key: &str,
-    after: EntryId,
-) -> anyhow::Result<Option<EntryId>> {
-    let entries = range_after(con, key, after, None, 1)
+pub fn first_after(con: &mut Wire, key: &str, after: EntryId) -> anyhow::Result<Option<EntryId>> {
+    let read = range_after(con, key, after, None, 1, 0)
         .with_context(|| format!("cannot read the stream {key}"))?;
-    Ok(entries.first().map(|entry| entry.id))
+    Ok(read.entries.first().map(|entry| entry.id))
 }
 
 /// Entries after the position. Exact from Redis 7's counters when the
 /// position's index is known and nothing after it was deleted (one XINFO,
 /// whatever the backlog); otherwise counted or estimated by [`count_after`].
 pub fn behind(
-    con: &mut impl redis::ConnectionLike,
+    con: &mut Wire,
     key: &str,
     info: &StreamInfo,
     position: crate::stream::identity::Position,
@@ -661,7 +657,7 @@ pub fn behind(
 /// side of it (the stream's length minus what is before), otherwise
 /// estimated from the rate seen in a sample of what follows it.
 pub fn count_after(
-    con: &mut impl redis::ConnectionLike,
+    con: &mut Wire,
     key: &str,
     info: &StreamInfo,
     after: EntryId,
@@ -678,30 +674,26 @@ pub fn count_after(
     }
     let context = || format!("cannot read the stream {key}");
     // Usually only the few entries kept for monitoring precede the position.
-    let before: Value = redis::cmd("XREVRANGE")
-        .arg(key)
+    // Counted, not held: only IDs are kept of what is read past.
+    let mut cmd = redis::cmd("XREVRANGE");
+    cmd.arg(key)
         .arg(after.to_string())
         .arg("-")
         .arg("COUNT")
-        .arg(exact_up_to + 1)
-        .query(con)
-        .with_context(context)?;
-    let before = match before {
-        Value::Array(items) => items.len(),
-        _ => exact_up_to + 1,
-    };
+        .arg(exact_up_to + 1);
+    let before = con.range(&cmd, 0).with_context(context)?.total;
     if before <= exact_up_to {
         return Ok(Backlog::exact(info.length.saturating_sub(before as u64)));
     }
-    let sample = range_after(con, key, after, None, exact_up_to + 1).with_context(context)?;
-    if sample.len() <= exact_up_to {
-        return Ok(Backlog::exact(sample.len() as u64));
+    let sample = range_after(con, key, after, None, exact_up_to + 1, 0).with_context(context)?;
+    if sample.total <= exact_up_to {
+        return Ok(Backlog::exact(sample.total as u64));
     }
     // The sample's rate of entries per millisecond, carried to the end.
-    let sampled_to = sample.last().map_or(last, |e| e.id);
+    let sampled_to = sample.last_id.unwrap_or(last);
     let sampled_ms = sampled_to.ms.saturating_sub(after.ms).max(1) as f64;
     let rest_ms = last.ms.saturating_sub(sampled_to.ms) as f64;
-    let estimate = sample.len() as f64 * (1.0 + rest_ms / sampled_ms);
+    let estimate = sample.total as f64 * (1.0 + rest_ms / sampled_ms);
     Ok(Backlog {
         entries: (estimate.round() as u64).min(info.length),
         exact: false,
@@ -730,11 +722,7 @@ mod tests {
 
     /// What an entry of one field of `bytes` costs to hold.
     fn held(bytes: usize) -> usize {
-        RawEntry {
-            id: EntryId::ZERO,
-            fields: vec![(b"f".to_vec(), vec![b'x'; bytes])],
-        }
-        .size()
+        RawEntry::new(EntryId::ZERO, vec![(b"f".to_vec(), vec![b'x'; bytes])]).size()
     }
 
     #[test]
@@ -763,10 +751,7 @@ mod tests {
         let at = |ms: u64, seq: u64| EntryId { ms, seq };
         let entries = |ids: &[EntryId]| -> Vec<RawEntry> {
             ids.iter()
-                .map(|&id| RawEntry {
-                    id,
-                    fields: Vec::new(),
-                })
+                .map(|&id| RawEntry::new(id, Vec::new()))
                 .collect()
         };
         let after = at(5, 0);

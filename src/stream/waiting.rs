@@ -28,7 +28,7 @@ pub fn waiting(
     state: Option<&TransferState>,
 ) -> anyhow::Result<Waiting> {
     let key = settings.stream_key.as_str();
-    let mut con = crate::stream::connect_key(settings, key)?;
+    let mut con = crate::stream::connect_reader(settings, key)?;
     let position = state.map_or_else(Position::default, TransferState::position);
     let mut store = streams::Stored {
         client,

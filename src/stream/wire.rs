@@ -14,13 +14,18 @@ use std::time::Duration;
 
 use redis::{RedisError, RedisResult, Value};
 
-use super::reader::RawEntry;
+use super::EntryId;
+use super::reader::{CUT_KEEP_BYTES, CUT_KEEP_FIELDS, CUT_STRING, Cut, CutString, RawEntry};
 use crate::config::RedisUrl;
+use crate::event::{ENTRY_MAX_BYTES, RawFields};
 
 /// Read buffer: a few hundred entries of the usual size per fill.
 const BUFFER: usize = 256 << 10;
 /// Replies nest a few levels; a server nesting deeper is not Redis.
 const MAX_DEPTH: usize = 32;
+/// Longest string a reply read as a generic value keeps whole; longer
+/// ones keep their first [`CUT_STRING`] bytes.
+const GENERIC_STRING_MAX: usize = 1 << 20;
 /// Longest reply line (a status, an error, a length): Redis's are short.
 const LINE_MAX: u64 = 1 << 20;
 
@@ -51,6 +56,8 @@ pub struct Taken {
     pub entries: Vec<RawEntry>,
     /// Entries the reply held (kept or read past).
     pub total: usize,
+    /// The ID of the reply's last entry, kept or read past.
+    pub last_id: Option<EntryId>,
 }
 
 impl Taken {
@@ -148,6 +155,37 @@ impl Wire {
         self.usable()?;
         let taken = self.entries_in(budget, giant_budget);
         self.check(taken)
+    }
+
+    /// Sends a range read (`XRANGE`, `XREVRANGE`) and reads its entries as
+    /// [`Wire::entries`] does, with one budget.
+    pub fn range(&mut self, cmd: &redis::Cmd, budget: usize) -> RedisResult<Taken> {
+        self.send(&cmd.get_packed_command())?;
+        self.entries(budget, budget)
+    }
+
+    /// Sends an `XREAD` of one stream and reads its entries as
+    /// [`Wire::entries`] does (none when it timed out).
+    pub fn read_one_stream(&mut self, cmd: &redis::Cmd, budget: usize) -> RedisResult<Taken> {
+        self.send(&cmd.get_packed_command())?;
+        self.usable()?;
+        let taken = self.one_stream_in(budget);
+        self.check(taken)
+    }
+
+    /// `[[key, entries]]`, or nil.
+    fn one_stream_in(&mut self, budget: usize) -> RedisResult<Taken> {
+        match self.header()? {
+            (b'*' | b'$', -1) => return Ok(Taken::default()),
+            (b'*', 1) => {}
+            (b'-', _) => return Err(self.server_error()),
+            _ => return Err(malformed("an XREAD reply that is not one stream")),
+        }
+        if self.header()? != (b'*', 2) {
+            return Err(malformed("an XREAD stream that is not [key, entries]"));
+        }
+        self.skip_value(1)?;
+        self.entries_in(budget, budget)
     }
 
     /// The header of an `EXEC` reply that must hold `parts` replies: an
@@ -302,6 +340,12 @@ impl Wire {
             (b'-', _) => self.error_value()?,
             (b':', n) => Value::Int(n),
             (b'$' | b'*', -1) => Value::Nil,
+            // No reply genalytics reads this way needs a long string whole:
+            // XINFO STREAM's first and last entries are read for their IDs,
+            // and a giant one must not be held for that.
+            (b'$', n) if length(n)? > GENERIC_STRING_MAX => {
+                Value::BulkString(self.stream_bulk(length(n)?, CUT_STRING, |_| {})?)
+            }
             (b'$', n) => Value::BulkString(self.bulk(length(n)?)?),
             (b'*', n) => {
                 let n = length(n)?;
@@ -325,11 +369,12 @@ impl Wire {
         let mut taken = Taken {
             entries: Vec::with_capacity(total.min(1024)),
             total,
+            last_id: None,
         };
         let mut bytes = 0usize;
         for _ in 0..total {
             if !taken.entries.is_empty() && bytes >= budget {
-                self.skip_value(0)?;
+                taken.last_id = Some(self.skip_entry()?);
                 continue;
             }
             let entry = self.entry()?;
@@ -338,13 +383,14 @@ impl Wire {
                 budget = budget.min(giant_budget);
             }
             bytes = bytes.saturating_add(size);
+            taken.last_id = Some(entry.id);
             taken.entries.push(entry);
         }
         Ok(taken)
     }
 
-    /// `[id, [name, value, …]]`.
-    fn entry(&mut self) -> RedisResult<RawEntry> {
+    /// `[id, …]`'s header and ID.
+    fn entry_id(&mut self) -> RedisResult<EntryId> {
         if self.header()? != (b'*', 2) {
             return Err(malformed("a stream entry that is not [id, fields]"));
         }
@@ -352,36 +398,61 @@ impl Wire {
             (b'$', n) => self.bulk(length(n)?)?,
             _ => return Err(malformed("a stream entry without an ID")),
         };
-        let id = std::str::from_utf8(&id)
+        std::str::from_utf8(&id)
             .ok()
             .and_then(|id| id.parse().ok())
-            .ok_or_else(|| malformed("a stream entry ID that is not one"))?;
-        let fields = match self.header()? {
-            // A deleted entry still listed (consumer groups' history).
-            (b'*', -1) => Vec::new(),
-            (b'*', n) => {
-                let n = length(n)?;
-                if n % 2 != 0 {
-                    return Err(malformed("a stream entry with an odd number of strings"));
-                }
-                let mut fields = Vec::with_capacity((n / 2).min(1024));
-                for _ in 0..n / 2 {
-                    let name = self.string()?;
-                    let value = self.string()?;
-                    fields.push((name, value));
-                }
-                fields
-            }
-            _ => return Err(malformed("a stream entry whose fields are not an array")),
-        };
-        Ok(RawEntry { id, fields })
+            .ok_or_else(|| malformed("a stream entry ID that is not one"))
     }
 
-    fn string(&mut self) -> RedisResult<Vec<u8>> {
-        match self.header()? {
-            (b'$', n) if n >= 0 => self.bulk(length(n)?),
-            _ => Err(malformed("a field name or value that is not a string")),
+    /// Reads past an entry, keeping only its ID.
+    fn skip_entry(&mut self) -> RedisResult<EntryId> {
+        let id = self.entry_id()?;
+        self.skip_value(1)?;
+        Ok(id)
+    }
+
+    /// `[id, [name, value, …]]`. An entry whose names and values pass
+    /// [`ENTRY_MAX_BYTES`] is cut as it is read (see [`Cutting`]).
+    fn entry(&mut self) -> RedisResult<RawEntry> {
+        let id = self.entry_id()?;
+        let strings = match self.header()? {
+            // A deleted entry still listed (consumer groups' history).
+            (b'*', -1) => return Ok(RawEntry::new(id, Vec::new())),
+            (b'*', n) => length(n)?,
+            _ => return Err(malformed("a stream entry whose fields are not an array")),
+        };
+        if strings % 2 != 0 {
+            return Err(malformed("a stream entry with an odd number of strings"));
         }
+        let mut fields: RawFields = Vec::with_capacity((strings / 2).min(1024));
+        let mut name: Option<Vec<u8>> = None;
+        // As RawEntry::size counts, so a million tiny fields count too.
+        let mut held = 64usize;
+        let mut cutting: Option<Cutting> = None;
+        for _ in 0..strings {
+            let n = match self.header()? {
+                (b'$', n) if n >= 0 => length(n)?,
+                _ => return Err(malformed("a field name or value that is not a string")),
+            };
+            if cutting.is_none() && held.saturating_add(n + 64) > ENTRY_MAX_BYTES {
+                cutting = Some(Cutting::start(strings, &mut fields, name.as_mut()));
+            }
+            let string = match cutting.as_mut() {
+                None => {
+                    held += n + 64;
+                    self.bulk(n)?
+                }
+                Some(cut) => cut.string(self, n, fields.len(), name.is_none())?,
+            };
+            match name.take() {
+                None => name = Some(string),
+                // Past what a cut entry keeps, fields are only counted.
+                Some(_) if cutting.is_some() && fields.len() >= CUT_KEEP_FIELDS => {}
+                Some(named) => fields.push((named, string)),
+            }
+        }
+        let cut = cutting.map(|cutting| Box::new(cutting.finish(&mut fields)));
+        Ok(RawEntry { id, fields, cut })
     }
 
     /// `n` bytes and their CRLF.
@@ -413,6 +484,37 @@ impl Wire {
             bytes
         };
         Ok(bytes)
+    }
+
+    /// `n` bytes and their CRLF, each piece handed to `sink` as it arrives;
+    /// only the first `keep` are held.
+    fn stream_bulk(
+        &mut self,
+        n: usize,
+        keep: usize,
+        mut sink: impl FnMut(&[u8]),
+    ) -> RedisResult<Vec<u8>> {
+        let mut kept = Vec::with_capacity(keep.min(n));
+        let mut left = n;
+        while left > 0 {
+            let buffered = self.io.fill_buf()?;
+            if buffered.is_empty() {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+            }
+            let piece = &buffered[..buffered.len().min(left)];
+            sink(piece);
+            let room = keep.saturating_sub(kept.len()).min(piece.len());
+            kept.extend_from_slice(&piece[..room]);
+            let taken = piece.len();
+            self.io.consume(taken);
+            left -= taken;
+        }
+        let mut crlf = [0; 2];
+        self.io.read_exact(&mut crlf)?;
+        if &crlf != b"\r\n" {
+            return Err(malformed("a string without its CRLF"));
+        }
+        Ok(kept)
     }
 
     /// Reads past one reply without keeping it.
@@ -510,6 +612,126 @@ fn malformed(what: &str) -> RedisError {
         "unexpected reply to a stream read",
         what.to_string(),
     ))
+}
+
+/// An entry being cut as it is read: what is held stops at what its dead
+/// letter keeps ([`CUT_STRING`] a string, [`CUT_KEEP_FIELDS`] fields,
+/// [`CUT_KEEP_BYTES`] in all), while the whole entry's fingerprint and each
+/// shortened string's length and digest are computed from the bytes as
+/// they pass.
+struct Cutting {
+    print: openssl::sha::Sha1,
+    bytes: u64,
+    strings: u64,
+    kept_bytes: usize,
+    cuts: Vec<CutString>,
+}
+
+impl Cutting {
+    /// Starts cutting an entry of `strings` names and values, of which
+    /// `fields` (and a `name` without its value yet) were held whole.
+    fn start(strings: usize, fields: &mut RawFields, name: Option<&mut Vec<u8>>) -> Cutting {
+        let mut cutting = Cutting {
+            print: openssl::sha::Sha1::new(),
+            bytes: 0,
+            strings: 0,
+            kept_bytes: 0,
+            cuts: Vec::new(),
+        };
+        super::pack::array_header(strings, &mut |bytes| cutting.print.update(bytes));
+        let held = fields.len();
+        for (index, (field_name, value)) in fields.iter_mut().enumerate() {
+            cutting.held(field_name, index, true, index < CUT_KEEP_FIELDS);
+            cutting.held(value, index, false, index < CUT_KEEP_FIELDS);
+        }
+        fields.truncate(CUT_KEEP_FIELDS);
+        if let Some(name) = name {
+            cutting.held(name, held, true, held < CUT_KEEP_FIELDS);
+        }
+        cutting
+    }
+
+    /// A string held whole before cutting began: hashed, then shortened.
+    fn held(&mut self, string: &mut Vec<u8>, field: usize, is_name: bool, keep: bool) {
+        super::pack::string_header(string.len(), &mut |bytes| self.print.update(bytes));
+        self.print.update(string);
+        self.bytes += string.len() as u64;
+        self.strings += 1;
+        let room = if keep {
+            CUT_STRING.min(CUT_KEEP_BYTES.saturating_sub(self.kept_bytes))
+        } else {
+            0
+        };
+        if string.len() > room {
+            if keep {
+                self.cuts.push(CutString {
+                    field,
+                    is_name,
+                    length: string.len() as u64,
+                    sha256: hex(&openssl::sha::sha256(string)),
+                });
+            }
+            string.truncate(room);
+            string.shrink_to_fit();
+        }
+        self.kept_bytes += string.len();
+    }
+
+    /// The next string, `n` bytes, of field `field`, read off the socket.
+    fn string(
+        &mut self,
+        wire: &mut Wire,
+        n: usize,
+        field: usize,
+        is_name: bool,
+    ) -> RedisResult<Vec<u8>> {
+        let keep = field < CUT_KEEP_FIELDS;
+        let room = if keep {
+            CUT_STRING.min(CUT_KEEP_BYTES.saturating_sub(self.kept_bytes))
+        } else {
+            0
+        };
+        super::pack::string_header(n, &mut |bytes| self.print.update(bytes));
+        let mut digest = (keep && n > room).then(openssl::sha::Sha256::new);
+        let print = &mut self.print;
+        let kept = wire.stream_bulk(n, room, |piece| {
+            print.update(piece);
+            if let Some(digest) = digest.as_mut() {
+                digest.update(piece);
+            }
+        })?;
+        if let Some(digest) = digest {
+            self.cuts.push(CutString {
+                field,
+                is_name,
+                length: n as u64,
+                sha256: hex(&digest.finish()),
+            });
+        }
+        self.bytes += n as u64;
+        self.strings += 1;
+        self.kept_bytes += kept.len();
+        Ok(kept)
+    }
+
+    /// What was cut; `fields` loses the fields past what is kept.
+    fn finish(self, fields: &mut RawFields) -> Cut {
+        fields.truncate(CUT_KEEP_FIELDS);
+        Cut {
+            bytes: self.bytes,
+            fields: self.strings / 2,
+            fingerprint: hex(&self.print.finish()),
+            strings: self.cuts,
+        }
+    }
+}
+
+fn hex(digest: &[u8]) -> String {
+    use std::fmt::Write as _;
+    digest.iter().fold(String::with_capacity(64), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
 }
 
 #[cfg(test)]
@@ -852,5 +1074,96 @@ mod tests {
         }
         let mut wire = fed(deep.as_bytes());
         assert!(wire.value().is_err(), "a generic reply nested too deep");
+    }
+
+    /// An entries reply holding `entries` as Redis writes it.
+    fn reply_of(entries: &[(&str, &RawFields)]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", entries.len()).into_bytes();
+        for (id, fields) in entries {
+            out.extend_from_slice(format!("*2\r\n${}\r\n{id}\r\n", id.len()).as_bytes());
+            out.extend_from_slice(format!("*{}\r\n", fields.len() * 2).as_bytes());
+            for (name, value) in *fields {
+                for part in [name, value] {
+                    out.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
+                    out.extend_from_slice(part);
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn an_entry_too_large_to_store_is_cut_as_it_is_read_and_its_neighbours_are_whole() {
+        let small: RawFields = vec![(b"event_type".to_vec(), b"request".to_vec())];
+        // A giant value after a name; a giant name; many fields that add up.
+        let value: Vec<u8> = (0..20 << 20).map(|n: usize| (n % 251) as u8).collect();
+        let giant_value: RawFields = vec![
+            (b"event_type".to_vec(), b"request".to_vec()),
+            (b"blob".to_vec(), value.clone()),
+            (b"after".to_vec(), vec![b'a'; 100 << 10]),
+        ];
+        let giant_name: RawFields = vec![(vec![b'n'; 17 << 20], b"v".to_vec())];
+        let many: RawFields = (0..3_000)
+            .map(|n| (format!("f{n}").into_bytes(), vec![b'x'; 8 << 10]))
+            .collect();
+        let entries = [
+            ("1-0", &small),
+            ("2-0", &giant_value),
+            ("3-0", &giant_name),
+            ("4-0", &many),
+            ("5-0", &small),
+        ];
+        let bytes = reply_of(&entries);
+        // Cut in odd places, so strings straddle the buffer's fills.
+        let cuts: Vec<usize> = (1..40).map(|n| n * 1_234_567).collect();
+        let taken = chunked(&bytes, &cuts)
+            .entries(usize::MAX, usize::MAX)
+            .expect("entries");
+        assert_eq!(taken.total, 5);
+        let read = &taken.entries;
+        for (entry, (_, whole)) in read.iter().zip(&entries) {
+            // The whole entry's fingerprint, as the trim script computes it.
+            assert_eq!(
+                entry.fingerprint(),
+                super::super::reader::fingerprint(whole)
+            );
+        }
+        assert!(read[0].cut.is_none() && read[0].fields == small);
+        assert!(read[4].cut.is_none() && read[4].fields == small);
+
+        let cut = read[1].cut.as_ref().expect("cut");
+        assert_eq!(
+            cut.bytes,
+            (10 + 7 + 4 + (20 << 20) + 5 + (100 << 10)) as u64
+        );
+        assert_eq!(cut.fields, 3);
+        assert_eq!(read[1].fields[0], giant_value[0]);
+        assert_eq!(read[1].fields[1].1, value[..CUT_STRING]);
+        assert_eq!(read[1].fields[2].1.len(), CUT_STRING);
+        let shortened: Vec<(usize, bool, u64)> = cut
+            .strings
+            .iter()
+            .map(|s| (s.field, s.is_name, s.length))
+            .collect();
+        assert_eq!(shortened, [(1, false, 20 << 20), (2, false, 100 << 10)]);
+        assert_eq!(cut.strings[0].sha256, hex(&openssl::sha::sha256(&value)));
+
+        let cut = read[2].cut.as_ref().expect("cut");
+        assert_eq!(read[2].fields[0].0.len(), CUT_STRING);
+        assert_eq!(read[2].fields[0].1, b"v");
+        assert_eq!(
+            (cut.strings[0].is_name, cut.strings[0].length),
+            (true, 17 << 20)
+        );
+
+        // Many fields: what is kept stops at the dead letter's size.
+        let cut = read[3].cut.as_ref().expect("cut");
+        assert_eq!(cut.fields, 3_000);
+        let kept: usize = read[3].fields.iter().map(|(n, v)| n.len() + v.len()).sum();
+        assert!(kept <= CUT_KEEP_BYTES, "{kept}");
+        assert!(read[3].fields.len() <= CUT_KEEP_FIELDS);
+        assert_eq!(read[3].fields[0], many[0]);
+        assert!(read[3].size() < 2 * CUT_KEEP_BYTES);
     }
 }
