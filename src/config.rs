@@ -265,6 +265,13 @@ fn split_tls(url: &str) -> Result<(String, PgTls), UsageError> {
         (kept, "")
     };
     let (driver_mode, mode) = match mode.as_deref() {
+        // A root certificate with no sslmode: TLS wanted, as libpq's
+        // default (prefer, verified with that root; verify-full for the
+        // system's roots).
+        None if root.as_deref().is_some_and(|r| r.as_os_str() == "system") => {
+            ("require", SslMode::VerifyFull)
+        }
+        None if root.is_some() => ("prefer", SslMode::Encrypt),
         // Unlike libpq, no sslmode means no TLS: setting up OpenSSL costs
         // ~70 ms a run, and an unverified "prefer" protects little.
         None | Some("disable") => ("disable", SslMode::Off),
@@ -276,7 +283,7 @@ fn split_tls(url: &str) -> Result<(String, PgTls), UsageError> {
         Some("verify-full") => ("require", SslMode::VerifyFull),
         Some(_) => {
             return Err(bad(
-                "an sslmode other than disable, prefer, require, verify-ca or verify-full",
+                "an sslmode other than disable, allow, prefer, require, verify-ca or verify-full",
             ));
         }
     };

@@ -9,17 +9,23 @@ use std::time::{Duration, Instant};
 
 use crate::service;
 
-/// The first pause, and the longest.
+/// The first pause, and the longest: short enough that work resumes within
+/// about a second of the server accepting connections again; a refused
+/// connection costs next to nothing.
 const FIRST: Duration = Duration::from_millis(250);
-const LONGEST: Duration = Duration::from_secs(30);
+const LONGEST: Duration = Duration::from_secs(1);
+/// While the cause stays the same, it is said again this often.
+const REPEAT_EVERY: Duration = Duration::from_secs(30);
 
-/// Backoff for one kind of trouble; `reset` after a success.
+/// Backoff for one kind of trouble; `recovered` once work resumes.
 #[derive(Debug)]
 pub struct Backoff {
     what: &'static str,
     next: Duration,
     attempts: u32,
     since: Option<Instant>,
+    /// The cause last logged, and when.
+    said: Option<(String, Instant)>,
     stop: Arc<AtomicBool>,
 }
 
@@ -30,37 +36,54 @@ impl Backoff {
             next: FIRST,
             attempts: 0,
             since: None,
+            said: None,
             stop: Arc::clone(stop),
         }
     }
 
-    /// Logs the failure and sleeps the next pause; false when a stop was
-    /// asked for (before or during the pause).
+    /// Logs the failure (the first, a new cause, or the same one every
+    /// 30 s) and sleeps the next pause; false when a stop was asked for
+    /// (before or during the pause).
     pub fn wait(&mut self, cause: &anyhow::Error) -> bool {
         self.attempts += 1;
         let since = *self.since.get_or_insert_with(Instant::now);
         let cause = crate::error::one_line(cause);
-        tracing::warn!(
-            "{} (attempt {}, for {} s): {cause}; retrying in {:.1} s",
-            self.what,
-            self.attempts,
-            since.elapsed().as_secs(),
-            self.next.as_secs_f64()
-        );
+        let say = self
+            .said
+            .as_ref()
+            .is_none_or(|(said, at)| *said != cause || at.elapsed() >= REPEAT_EVERY);
+        if say {
+            tracing::warn!(
+                "{} (attempt {}, for {}): {cause}; retrying every {} at most",
+                self.what,
+                self.attempts,
+                crate::output::duration(since.elapsed().as_secs_f64() * 1_000.0),
+                crate::output::duration(LONGEST.as_secs_f64() * 1_000.0),
+            );
+            self.said = Some((cause.clone(), Instant::now()));
+        }
         service::status(&format!("{}: {cause}", self.what));
         let pause = self.next;
         self.next = (self.next * 2).min(LONGEST);
         sleep_unless_stopped(pause, &self.stop)
     }
 
-    /// The trouble is over.
-    pub fn reset(&mut self) {
-        if self.attempts > 0 {
-            tracing::warn!("{}: recovered after {} attempts", self.what, self.attempts);
+    /// The trouble is over: said with how long it lasted, when there was
+    /// any.
+    pub fn recovered(&mut self) {
+        if let Some(since) = self.since {
+            tracing::warn!(
+                "{}: recovered after an outage of {} ({}); work resumed",
+                self.what,
+                crate::output::duration(since.elapsed().as_secs_f64() * 1_000.0),
+                crate::output::counted(u64::from(self.attempts), "attempt"),
+            );
+            service::status("working");
         }
         self.next = FIRST;
         self.attempts = 0;
         self.since = None;
+        self.said = None;
     }
 
     pub fn attempts(&self) -> u32 {
@@ -102,8 +125,10 @@ mod tests {
         assert_eq!(pauses[1], FIRST * 2);
         assert_eq!(*pauses.last().unwrap(), LONGEST);
         backoff.attempts = 3;
-        backoff.reset();
+        backoff.since = Some(Instant::now());
+        backoff.recovered();
         assert_eq!((backoff.next, backoff.attempts()), (FIRST, 0));
+        assert!(backoff.since.is_none());
     }
 
     #[test]

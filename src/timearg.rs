@@ -91,7 +91,8 @@ pub fn parse_percent(text: &str) -> Result<f64, String> {
 pub fn format_span(span: chrono::TimeDelta) -> String {
     let millis = span.num_milliseconds();
     match millis {
-        0 => "0".to_string(),
+        // A unit even for nothing: "0 old" reads as a typo.
+        0 => "0s".to_string(),
         ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
         ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
         ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
@@ -106,7 +107,7 @@ mod tests {
 
     #[test]
     fn spans_format_back() {
-        for text in ["90d", "36h", "15m", "45s", "1500ms", "0"] {
+        for text in ["90d", "36h", "15m", "45s", "1500ms", "0s"] {
             assert_eq!(format_span(parse_span(text).unwrap()), text);
         }
     }

@@ -412,3 +412,95 @@ fn an_idle_follower_reconnects_to_a_restarted_redis_and_survives_a_script_flush(
     written.sort();
     assert_eq!(stored_ids(&mut db), written);
 }
+
+/// Waits until the follower's log holds `text`; returns how long it took.
+#[track_caller]
+fn until_logged(follower: &Follower, text: &str, seconds: u64) -> Duration {
+    let started = std::time::Instant::now();
+    wait_for(&format!("the follower to log {text:?}"), seconds, || {
+        follower.log().contains(text)
+    });
+    started.elapsed()
+}
+
+/// A ten-second outage of a server under a follower: it retries, then
+/// works again within two seconds of the server accepting connections,
+/// and says it recovered, with how long the outage lasted.
+fn outage(down: impl FnOnce(&mut TestEnv), up: impl FnOnce(&mut TestEnv), server: &str) {
+    let mut env = migrated();
+    let mut follower = Follower::start(&env);
+    let key = env.stream_key();
+    let mut con = env.redis();
+    let mut written: Vec<String> = (0..10)
+        .map(|_| xadd(&mut con, &key, "*", &[("event_type", "request")]))
+        .collect();
+    let mut db = env.db();
+    follower.wait_stored(&mut db, 10);
+    let _: () = redis::cmd("SAVE").query(&mut con).unwrap();
+    drop(db);
+    down(&mut env);
+    if server == "PostgreSQL" {
+        // Read while PostgreSQL is away: the follower finds it gone, and
+        // commits the entry once it is back.
+        written.push(xadd(&mut con, &key, "*", &[("event_type", "request")]));
+    }
+    drop(con);
+    until_logged(&follower, "attempt 1,", 30);
+    std::thread::sleep(Duration::from_secs(10));
+    follower.assert_running();
+    let log = follower.log();
+    assert!(log.contains(server), "{log}");
+    assert!(!log.contains("recovered"), "{log}");
+    up(&mut env);
+    // The server accepts connections again: storing resumes within two
+    // seconds (an entry written now is stored, and the follower says so).
+    let mut con = env.redis();
+    written.push(xadd(&mut con, &key, "*", &[("event_type", "cancellation")]));
+    let back = until_logged(&follower, "recovered after an outage of", 10);
+    eprintln!("{server}: storing resumed {back:?} after the server was back");
+    assert!(
+        back < Duration::from_secs(2),
+        "{back:?}: {}",
+        follower.log()
+    );
+    let mut db = env.db();
+    follower.wait_stored(&mut db, written.len());
+    let log = follower.log();
+    let recovered = log
+        .lines()
+        .find(|line| line.contains("recovered after an outage of"))
+        .unwrap();
+    // The outage's length, with a unit: at least the ten seconds it lasted.
+    let seconds: f64 = recovered
+        .split("outage of ")
+        .nth(1)
+        .and_then(|rest| rest.split(" s ").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{recovered}"));
+    assert!(seconds >= 10.0, "{recovered}");
+    assert!(
+        !log.contains("next run resumes"),
+        "a follower retries: {log}"
+    );
+    follower.stop();
+    written.sort();
+    assert_eq!(stored_ids(&mut db), written, "every entry exactly once");
+}
+
+#[test]
+fn a_follower_works_again_within_two_seconds_of_redis_coming_back_and_says_it_recovered() {
+    outage(
+        |env| env.redis.stop(),
+        |env| env.redis.restart_from_last_save().unwrap(),
+        "Redis",
+    );
+}
+
+#[test]
+fn a_follower_works_again_within_two_seconds_of_postgres_coming_back_and_says_it_recovered() {
+    outage(
+        |env| env.pg.stop(),
+        |env| env.pg.restart().unwrap(),
+        "PostgreSQL",
+    );
+}

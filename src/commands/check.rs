@@ -244,7 +244,7 @@ fn figures(args: &Args, settings: &Settings) -> anyhow::Result<Vec<Figure>> {
                     "{} waited for {} rollup longer than {}",
                     crate::output::counted(stale.unsigned_abs(), "complete hour"),
                     if stale == 1 { "its" } else { "their" },
-                    humantime::format_duration(args.grace.stale_grace.to_std().unwrap_or_default())
+                    format_span(args.grace.stale_grace)
                 ),
             )
             .judged(stale_limits),

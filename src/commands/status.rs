@@ -230,8 +230,8 @@ fn stored_figures(
     if outside > 0 {
         status.warnings.push(format!(
             "{} {} in the default partition: their times lie outside the raw retention window and the \
-             week ahead that day partitions are made for (old events, or clocks far off); `genalytics \
-             prune` deletes the old ones",
+             week ahead that day partitions are made for (old events, or clocks far off), or their day's \
+             partition could not be made yet; `genalytics prune` deletes the old ones",
             crate::output::counted(outside, "event"),
             if outside == 1 { "is" } else { "are" }
         ));

@@ -240,6 +240,8 @@ struct Run<'a> {
     in_flight: Arc<AtomicUsize>,
     /// Days whose partition was seen to.
     partitions: partitions::Known,
+    /// A follower's wait for a server that went away, across sessions.
+    outage: Backoff,
 }
 
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
@@ -278,11 +280,11 @@ fn transfer_stream(
         new_stream: args.new_stream,
         in_flight: Arc::new(AtomicUsize::new(0)),
         partitions: partitions::Known::new(settings.raw_retention_days),
+        outage: Backoff::new("the follower waits for a server", stop),
     };
     if !args.follow && !run.take_turn()? {
         return Ok(());
     }
-    let mut backoff = Backoff::new("transfer cannot go on", stop);
     let (mut restarts, mut redirects) = (0, 0);
     let outcome = loop {
         let before = run.summary.entries();
@@ -300,11 +302,7 @@ fn transfer_stream(
                 // A connection a fault left behind may be dead: the next
                 // session makes a new one.
                 run.redis = None;
-                // A session that got work done starts the backoff afresh.
-                if run.summary.entries() > before {
-                    backoff.reset();
-                }
-                if !backoff.wait(&err) {
+                if !run.outage.wait(&err) {
                     break Ok(());
                 }
                 run.summary.reconnects += 1;
@@ -640,6 +638,7 @@ impl Run<'_> {
                 &mut self.partitions,
                 partitions::Known::new(self.settings.raw_retention_days),
             );
+            let follow = self.args.follow;
             let committed = match self.pg() {
                 Ok(pg) => known
                     .ensure(pg, partitions::days_of(prepared.hours()))
@@ -648,8 +647,13 @@ impl Run<'_> {
                     .with_context(|| {
                     format!(
                         "cannot store entries after {} in PostgreSQL at {database}; that batch was not \
-                         committed and the next run resumes there",
-                        state.position
+                         committed and {}",
+                        state.position,
+                        if follow {
+                            "is committed once PostgreSQL answers again"
+                        } else {
+                            "the next run resumes there"
+                        }
                     )
                 }),
                 Err(Fault::Transient(err) | Fault::Fatal(err)) => Err(err),
@@ -657,6 +661,9 @@ impl Run<'_> {
             self.partitions = known;
             match committed {
                 Ok(outcome) => {
+                    // Storing resumed: said once, with the outage's length.
+                    backoff.recovered();
+                    self.outage.recovered();
                     self.committed(prepared, progress, outcome);
                     return Ok(());
                 }
@@ -1075,11 +1082,9 @@ impl Reading<'_> {
                 )
                 .map_err(|err| self.read_error(&err.into()))?;
                 if woken.is_empty() {
-                    let due = self
-                        .pending
-                        .since
-                        .is_some_and(|since| since.elapsed() >= FOLLOW_FLUSH);
-                    if due && !self.pending.flush(sender, self.progress) {
+                    // Nothing more for now: what is read is committed at
+                    // once, not after FOLLOW_FLUSH.
+                    if self.pending.since.is_some() && !self.pending.flush(sender, self.progress) {
                         return Ok(());
                     }
                     continue;
@@ -1115,7 +1120,12 @@ impl Reading<'_> {
             self.judge_unanchored()?;
         }
         let verified = request.anchor.is_some() && read.anchor_held;
-        let largest = read.entries.iter().map(RawEntry::size).max().unwrap_or(0);
+        let largest = read
+            .entries
+            .iter()
+            .map(RawEntry::size_in_redis)
+            .max()
+            .unwrap_or(0);
         // A fresh batch forgets the giants of the one before it, once a
         // read holds none.
         self.pending.giants =

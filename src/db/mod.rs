@@ -193,6 +193,10 @@ fn describe_connect_error(url: &DatabaseUrl, err: &postgres::Error) -> String {
         let hint = match db.code().code() {
             "3D000" => "create the database or fix DATABASE_URL / --database-url",
             "28P01" | "28000" => "check the user and password in DATABASE_URL / --database-url",
+            // Starting up, shutting down, recovering from a crash: it
+            // will accept connections once it is done.
+            "57P03" | "57P01" | "57P02" => "it is starting, stopping or recovering: wait for it",
+            "53300" => "it has no connection slot free: wait, or raise max_connections",
             _ => "check DATABASE_URL / --database-url",
         };
         return format!(

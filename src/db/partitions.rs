@@ -27,16 +27,16 @@ pub struct Known {
     /// Days whose partition waited too long for its lock (a long query on
     /// the default partition, a `pg_dump`): tried again after this.
     retry: BTreeMap<NaiveDate, Instant>,
-    /// Partitions this process made, against [`MAX_PER_RUN`].
-    made: u64,
     /// Whether events outside the window were reported.
     warned_outside: bool,
     warned_cap: bool,
 }
 
-/// Most partitions one process makes: a backfill of the whole window takes
-/// a few runs, and no clock, however hostile, makes more.
+/// Most partitions one process makes, all its streams together: a backfill
+/// of the whole window takes a few runs, and no clock, however hostile,
+/// makes more.
 pub const MAX_PER_RUN: u64 = 40;
+static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Days ahead of today that get partitions (as the SQL's sane range).
 const AHEAD_DAYS: u64 = 8;
@@ -65,7 +65,6 @@ impl Known {
             today: None,
             days: BTreeSet::new(),
             retry: BTreeMap::new(),
-            made: 0,
             warned_outside: false,
             warned_cap: false,
         }
@@ -116,7 +115,7 @@ impl Known {
         // day's locks at once.
         let mut created = 0;
         for day in missing {
-            if self.made >= MAX_PER_RUN {
+            if MADE.load(std::sync::atomic::Ordering::Relaxed) >= MAX_PER_RUN {
                 if !self.warned_cap {
                     self.warned_cap = true;
                     tracing::warn!(
@@ -129,7 +128,7 @@ impl Known {
             match create_one(client, day, self.retention_days) {
                 Ok(made) => {
                     created += u64::from(made);
-                    self.made += u64::from(made);
+                    MADE.fetch_add(u64::from(made), std::sync::atomic::Ordering::Relaxed);
                 }
                 Err(err) if lock_not_had(&err) => {
                     tracing::warn!(

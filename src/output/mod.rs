@@ -102,14 +102,16 @@ pub fn write_atomically(
     use anyhow::Context;
     use std::os::unix::fs::PermissionsExt;
     let context = || format!("cannot write {}", path.display());
-    let target = trusted_target(path).with_context(context)?;
-    let existing = std::fs::metadata(&target).ok();
+    let (target, existing) = trusted_target(path).with_context(context)?;
     // Anything but a regular file is refused rather than replaced by one
     // (`-o /dev/null` as root would otherwise delete the device).
     if existing.as_ref().is_some_and(|meta| !meta.is_file()) {
         anyhow::bail!("{}: it is not a regular file", context());
     }
-    let mode = existing.map_or(0o644, |meta| meta.permissions().mode() & 0o7777);
+    // Its permission bits (never set-user-ID and the like) and group stay.
+    let mode = existing
+        .as_ref()
+        .map_or(0o644, |meta| meta.permissions().mode() & 0o777);
     let dir = match target.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => std::path::Path::new("."),
@@ -122,6 +124,12 @@ pub fn write_atomically(
     write(&mut buffered).with_context(context)?;
     std::io::Write::flush(&mut buffered).with_context(context)?;
     drop(buffered);
+    if let Some(meta) = &existing {
+        use std::os::unix::fs::MetadataExt;
+        // Only root or a member of the group may; otherwise the file keeps
+        // the caller's group, as any new file would.
+        let _ = std::os::unix::fs::fchown(file.as_file(), None, Some(meta.gid()));
+    }
     file.as_file()
         .set_permissions(std::fs::Permissions::from_mode(mode))
         .with_context(context)?;
@@ -136,11 +144,13 @@ pub fn write_atomically(
     Ok(())
 }
 
-/// The file `path` names, following symbolic links only when the caller
-/// or root owns them — as the kernel's `fs.protected_symlinks` judges a
+/// The file `path` names and what is there (none yet, or not a link),
+/// following symbolic links only when the caller or root owns them — as the kernel's `fs.protected_symlinks` judges a
 /// link in a shared directory: another user's link could point anywhere
 /// the caller may write.
-fn trusted_target(path: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+fn trusted_target(
+    path: &std::path::Path,
+) -> anyhow::Result<(std::path::PathBuf, Option<std::fs::Metadata>)> {
     use std::os::unix::fs::MetadataExt;
     let me = nix::unistd::geteuid().as_raw();
     let mut current = path.to_path_buf();
@@ -148,7 +158,8 @@ fn trusted_target(path: &std::path::Path) -> anyhow::Result<std::path::PathBuf> 
     for _ in 0..40 {
         let meta = match std::fs::symlink_metadata(&current) {
             Ok(meta) if meta.file_type().is_symlink() => meta,
-            _ => return Ok(current),
+            // What is there now (or nothing), not followed again.
+            found => return Ok((current, found.ok())),
         };
         if meta.uid() != me && meta.uid() != 0 {
             anyhow::bail!(

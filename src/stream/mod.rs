@@ -37,6 +37,7 @@ pub fn connect_reader(settings: &Settings, key: &str) -> anyhow::Result<wire::Wi
     };
     let target = url.target();
     let tls = matches!(url.info.addr(), redis::ConnectionAddr::TcpTls { .. });
+    no_plain_server_behind_tls(&url, &target)?;
     wire::Wire::open(&url, CONNECT_TIMEOUT, IO_TIMEOUT).map_err(|err| {
         ConnectError {
             message: describe_connect_error(&target, tls, &err),
@@ -44,6 +45,24 @@ pub fn connect_reader(settings: &Settings, key: &str) -> anyhow::Result<wire::Wi
         }
         .into()
     })
+}
+
+/// Refuses a `rediss://` URL whose server speaks no TLS: a client would
+/// wait for a handshake a plain server never sends.
+fn no_plain_server_behind_tls(url: &RedisUrl, target: &str) -> anyhow::Result<()> {
+    if let redis::ConnectionAddr::TcpTls { host, port, .. } = url.info.addr()
+        && let crate::tls::Probe::NoTls = crate::tls::probe(host, *port, false)
+    {
+        return Err(ConnectError {
+            message: format!(
+                "cannot connect to Redis at {target} over TLS: {} — use redis:// for a server without TLS",
+                crate::tls::explain(crate::tls::Cause::NoTls, host, None)
+            ),
+            transient: false,
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Opens one connection and checks it answers; the error says where it tried.
@@ -56,19 +75,7 @@ pub fn connect(url: &RedisUrl) -> anyhow::Result<redis::Connection> {
     };
     let client = redis::Client::open(url.info.clone())
         .map_err(|err| anyhow!("cannot use the Redis URL for {target}: {}", describe(&err)))?;
-    if let redis::ConnectionAddr::TcpTls { host, port, .. } = url.info.addr()
-        && let crate::tls::Probe::NoTls = crate::tls::probe(host, *port, false)
-    {
-        // The client would wait for a handshake a plain server never sends.
-        return Err(ConnectError {
-            message: format!(
-                "cannot connect to Redis at {target} over TLS: {} — use redis:// for a server without TLS",
-                crate::tls::explain(crate::tls::Cause::NoTls, host, None)
-            ),
-            transient: false,
-        }
-        .into());
-    }
+    no_plain_server_behind_tls(url, &target)?;
     let mut con = client
         .get_connection_with_timeout(CONNECT_TIMEOUT)
         .map_err(|err| failed(&err))?;
@@ -149,6 +156,9 @@ fn describe_connect_error(target: &str, tls: bool, err: &redis::RedisError) -> S
         _ if err.code() == Some("NOAUTH") => format!(
             "Redis at {target} asks for a password and REDIS_URL / --redis-url has none — add it"
         ),
+        _ if err.code() == Some("LOADING") => {
+            format!("Redis at {target} is loading its data set into memory — wait for it")
+        }
         _ => format!(
             "cannot connect to Redis at {target}: {} — Set REDIS_URL or --redis-url",
             describe(err)

@@ -59,13 +59,20 @@ pub const CUT_KEEP_FIELDS: usize = 1_000;
 impl Cut {
     /// The dead letter's reason: what the entry held and what is kept.
     pub fn reason(&self, kept_fields: usize) -> String {
+        let limit = if self.fields > crate::event::FIELDS_MAX as u64 {
+            format!(
+                "{} fields",
+                crate::output::thousands(crate::event::FIELDS_MAX as u64)
+            )
+        } else {
+            crate::event::ENTRY_MAX_BYTES_TEXT.to_string()
+        };
         let mut reason = format!(
-            "the entry holds {} of names and values in {}, more than the {} genalytics stores as one \
-             event; it was read without being held: `raw_fields` keeps its first {}, each name and \
-             value cut at {} KiB",
+            "the entry holds {} of names and values in {}, more than the {limit} genalytics stores as \
+             one event; it was read without being held: `raw_fields` keeps its first {}, each name \
+             and value cut at {} KiB",
             crate::output::counted(self.bytes, "byte"),
             crate::output::counted(self.fields, "field"),
-            crate::event::ENTRY_MAX_BYTES_TEXT,
             crate::output::counted(kept_fields as u64, "field"),
             CUT_STRING >> 10,
         );
@@ -93,6 +100,16 @@ impl RawEntry {
             id,
             fields,
             cut: None,
+        }
+    }
+
+    /// What the entry costs Redis to send: for a cut entry, its whole size,
+    /// not what is kept of it. Reads are sized by this, so giants are
+    /// asked for one at a time however little of them is held.
+    pub fn size_in_redis(&self) -> usize {
+        match &self.cut {
+            Some(cut) => usize::try_from(cut.bytes).unwrap_or(usize::MAX),
+            None => self.size(),
         }
     }
 
@@ -132,7 +149,7 @@ pub fn fingerprint_packed(packed: &[u8]) -> String {
     hex(&openssl::sha::sha1(packed))
 }
 
-fn hex(digest: &[u8]) -> String {
+pub(crate) fn hex(digest: &[u8]) -> String {
     digest.iter().fold(String::with_capacity(40), |mut hex, b| {
         let _ = write!(hex, "{b:02x}");
         hex
@@ -309,6 +326,34 @@ pub fn is_refused_reply(err: &redis::RedisError) -> bool {
     err.is_io_error() && err.to_string().starts_with(REFUSED_REPLY)
 }
 
+/// The error of a reply that is not what was asked.
+fn refused_reply(what: &str) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Io,
+        REFUSED_REPLY,
+        format!("{what}; nothing of it was stored"),
+    ))
+}
+
+/// A reply to a read of at most one entry, at or before `at` (exactly `at`
+/// when `exact`).
+fn checked_one(read: &super::wire::Taken, at: EntryId, exact: bool) -> redis::RedisResult<()> {
+    if read.total > 1 {
+        return Err(refused_reply(&format!(
+            "{} entries where one was asked",
+            read.total
+        )));
+    }
+    match read.entries.first() {
+        Some(entry) if entry.id > at || (exact && entry.id != at) => Err(refused_reply(&format!(
+            "entry {} where {}{at} was asked",
+            entry.id,
+            if exact { "" } else { "one at or before " }
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// A reply to a range read must be what was asked: IDs rising strictly,
 /// all after `after` and at most `until`, no more than `count` of them
 /// (`total`, read past or kept). Anything else — a proxy, a buggy or
@@ -321,13 +366,7 @@ pub fn checked_range(
     until: Option<EntryId>,
     count: usize,
 ) -> redis::RedisResult<()> {
-    let refuse = |what: String| {
-        Err(redis::RedisError::from((
-            redis::ErrorKind::Io,
-            REFUSED_REPLY,
-            format!("{what}; nothing of it was stored"),
-        )))
-    };
+    let refuse = |what: String| Err(refused_reply(&what));
     if total > count {
         return refuse(format!("{total} entries where at most {count} were asked"));
     }
@@ -507,7 +546,12 @@ impl BoundedReader {
             request.until,
             count,
         )?;
-        let largest = taken.entries.iter().map(RawEntry::size).max().unwrap_or(0);
+        let largest = taken
+            .entries
+            .iter()
+            .map(RawEntry::size_in_redis)
+            .max()
+            .unwrap_or(0);
         self.size.observe(largest);
         Ok(Anchored {
             anchor_held,
@@ -604,7 +648,9 @@ pub fn entry_at(con: &mut Wire, key: &str, id: EntryId) -> redis::RedisResult<Op
         .arg(id.to_string())
         .arg("COUNT")
         .arg(1);
-    Ok(con.range(&cmd, 0)?.entries.into_iter().next())
+    let read = con.range(&cmd, 0)?;
+    checked_one(&read, id, true)?;
+    Ok(read.entries.into_iter().next())
 }
 
 /// Whether the entry `id` is in the stream.
@@ -624,7 +670,9 @@ pub fn newest_at_or_before(
         .arg("-")
         .arg("COUNT")
         .arg(1);
-    Ok(con.range(&cmd, 0)?.entries.into_iter().next())
+    let read = con.range(&cmd, 0)?;
+    checked_one(&read, id, false)?;
+    Ok(read.entries.into_iter().next())
 }
 
 /// The first entry after `after`: the oldest not yet transferred.

@@ -17,15 +17,17 @@ use redis::{RedisError, RedisResult, Value};
 use super::EntryId;
 use super::reader::{CUT_KEEP_BYTES, CUT_KEEP_FIELDS, CUT_STRING, Cut, CutString, RawEntry};
 use crate::config::RedisUrl;
-use crate::event::{ENTRY_MAX_BYTES, RawFields};
+use crate::event::{ENTRY_MAX_BYTES, FIELDS_MAX, RawFields};
 
 /// Read buffer: a few hundred entries of the usual size per fill.
 const BUFFER: usize = 256 << 10;
 /// Replies nest a few levels; a server nesting deeper is not Redis.
 const MAX_DEPTH: usize = 32;
-/// Longest string a reply read as a generic value keeps whole; longer
-/// ones keep their first [`CUT_STRING`] bytes.
-const GENERIC_STRING_MAX: usize = 1 << 20;
+/// Most a reply read as a generic value holds (strings, and 64 bytes an
+/// item): past it, strings are read past and items left out. No such reply
+/// genalytics reads needs more; XINFO STREAM's first and last entries,
+/// which may be giant, are read for their IDs alone.
+const GENERIC_REPLY_MAX: usize = 4 << 20;
 /// Longest reply line (a status, an error, a length): Redis's are short.
 const LINE_MAX: u64 = 1 << 20;
 
@@ -39,6 +41,8 @@ pub struct Wire {
     /// A reply was cut off or malformed: nothing after it can be trusted.
     broken: bool,
     line: Vec<u8>,
+    /// What the generic reply being read holds (see [`GENERIC_REPLY_MAX`]).
+    generic_held: usize,
 }
 
 impl std::fmt::Debug for Wire {
@@ -116,6 +120,7 @@ impl Wire {
             db: settings.db(),
             broken: false,
             line: Vec::with_capacity(64),
+            generic_held: 0,
         };
         if let Some(password) = settings.password() {
             let mut auth = redis::cmd("AUTH");
@@ -142,6 +147,7 @@ impl Wire {
     /// One reply as a [`Value`] (for small replies: `XINFO`, `+OK`).
     pub fn value(&mut self) -> RedisResult<Value> {
         self.usable()?;
+        self.generic_held = 0;
         let value = self.value_at(0);
         self.check(value)
     }
@@ -343,14 +349,24 @@ impl Wire {
             // No reply genalytics reads this way needs a long string whole:
             // XINFO STREAM's first and last entries are read for their IDs,
             // and a giant one must not be held for that.
-            (b'$', n) if length(n)? > GENERIC_STRING_MAX => {
-                Value::BulkString(self.stream_bulk(length(n)?, CUT_STRING, |_| {})?)
+            (b'$', n) => {
+                let n = length(n)?;
+                if self.generic_held.saturating_add(n) > GENERIC_REPLY_MAX {
+                    Value::BulkString(self.stream_bulk(n, 0, |_| {})?)
+                } else {
+                    self.generic_held += n;
+                    Value::BulkString(self.bulk(n)?)
+                }
             }
-            (b'$', n) => Value::BulkString(self.bulk(length(n)?)?),
             (b'*', n) => {
                 let n = length(n)?;
                 let mut items = Vec::with_capacity(n.min(1024));
                 for _ in 0..n {
+                    if self.generic_held > GENERIC_REPLY_MAX {
+                        self.skip_value(depth + 1)?;
+                        continue;
+                    }
+                    self.generic_held += 64;
                     items.push(self.value_at(depth + 1)?);
                 }
                 Value::Array(items)
@@ -378,11 +394,10 @@ impl Wire {
                 continue;
             }
             let entry = self.entry()?;
-            let size = entry.size();
-            if size >= super::reader::GIANT_ENTRY {
+            if entry.size_in_redis() >= super::reader::GIANT_ENTRY {
                 budget = budget.min(giant_budget);
             }
-            bytes = bytes.saturating_add(size);
+            bytes = bytes.saturating_add(entry.size());
             taken.last_id = Some(entry.id);
             taken.entries.push(entry);
         }
@@ -426,22 +441,23 @@ impl Wire {
         }
         let mut fields: RawFields = Vec::with_capacity((strings / 2).min(1024));
         let mut name: Option<Vec<u8>> = None;
-        // As RawEntry::size counts, so a million tiny fields count too.
-        let mut held = 64usize;
-        let mut cutting: Option<Cutting> = None;
+        // What no event may hold, as the parser judges it: more fields
+        // than it stores (known before a byte of them is read), or more
+        // bytes of names and values.
+        let mut cutting =
+            (strings / 2 > FIELDS_MAX).then(|| Cutting::start(strings, &mut fields, None));
+        let mut bytes = 0usize;
         for _ in 0..strings {
             let n = match self.header()? {
                 (b'$', n) if n >= 0 => length(n)?,
                 _ => return Err(malformed("a field name or value that is not a string")),
             };
-            if cutting.is_none() && held.saturating_add(n + 64) > ENTRY_MAX_BYTES {
+            bytes = bytes.saturating_add(n);
+            if cutting.is_none() && bytes > ENTRY_MAX_BYTES {
                 cutting = Some(Cutting::start(strings, &mut fields, name.as_mut()));
             }
             let string = match cutting.as_mut() {
-                None => {
-                    held += n + 64;
-                    self.bulk(n)?
-                }
+                None => self.bulk(n)?,
                 Some(cut) => cut.string(self, n, fields.len(), name.is_none())?,
             };
             match name.take() {
@@ -497,7 +513,11 @@ impl Wire {
         let mut kept = Vec::with_capacity(keep.min(n));
         let mut left = n;
         while left > 0 {
-            let buffered = self.io.fill_buf()?;
+            let buffered = match self.io.fill_buf() {
+                Ok(buffered) => buffered,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(err.into()),
+            };
             if buffered.is_empty() {
                 return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
             }
@@ -641,34 +661,40 @@ impl Cutting {
         super::pack::array_header(strings, &mut |bytes| cutting.print.update(bytes));
         let held = fields.len();
         for (index, (field_name, value)) in fields.iter_mut().enumerate() {
-            cutting.held(field_name, index, true, index < CUT_KEEP_FIELDS);
-            cutting.held(value, index, false, index < CUT_KEEP_FIELDS);
+            cutting.held(field_name, index, true);
+            cutting.held(value, index, false);
         }
         fields.truncate(CUT_KEEP_FIELDS);
         if let Some(name) = name {
-            cutting.held(name, held, true, held < CUT_KEEP_FIELDS);
+            cutting.held(name, held, true);
         }
         cutting
     }
 
+    /// Bytes of the next string of field `field` that are kept.
+    fn room(&self, field: usize) -> usize {
+        if field < CUT_KEEP_FIELDS {
+            CUT_STRING.min(CUT_KEEP_BYTES.saturating_sub(self.kept_bytes))
+        } else {
+            0
+        }
+    }
+
     /// A string held whole before cutting began: hashed, then shortened.
-    fn held(&mut self, string: &mut Vec<u8>, field: usize, is_name: bool, keep: bool) {
+    fn held(&mut self, string: &mut Vec<u8>, field: usize, is_name: bool) {
         super::pack::string_header(string.len(), &mut |bytes| self.print.update(bytes));
         self.print.update(string);
         self.bytes += string.len() as u64;
         self.strings += 1;
-        let room = if keep {
-            CUT_STRING.min(CUT_KEEP_BYTES.saturating_sub(self.kept_bytes))
-        } else {
-            0
-        };
+        let keep = field < CUT_KEEP_FIELDS;
+        let room = self.room(field);
         if string.len() > room {
             if keep {
                 self.cuts.push(CutString {
                     field,
                     is_name,
                     length: string.len() as u64,
-                    sha256: hex(&openssl::sha::sha256(string)),
+                    sha256: super::reader::hex(&openssl::sha::sha256(string)),
                 });
             }
             string.truncate(room);
@@ -686,11 +712,7 @@ impl Cutting {
         is_name: bool,
     ) -> RedisResult<Vec<u8>> {
         let keep = field < CUT_KEEP_FIELDS;
-        let room = if keep {
-            CUT_STRING.min(CUT_KEEP_BYTES.saturating_sub(self.kept_bytes))
-        } else {
-            0
-        };
+        let room = self.room(field);
         super::pack::string_header(n, &mut |bytes| self.print.update(bytes));
         let mut digest = (keep && n > room).then(openssl::sha::Sha256::new);
         let print = &mut self.print;
@@ -705,7 +727,7 @@ impl Cutting {
                 field,
                 is_name,
                 length: n as u64,
-                sha256: hex(&digest.finish()),
+                sha256: super::reader::hex(&digest.finish()),
             });
         }
         self.bytes += n as u64;
@@ -720,18 +742,10 @@ impl Cutting {
         Cut {
             bytes: self.bytes,
             fields: self.strings / 2,
-            fingerprint: hex(&self.print.finish()),
+            fingerprint: super::reader::hex(&self.print.finish()),
             strings: self.cuts,
         }
     }
-}
-
-fn hex(digest: &[u8]) -> String {
-    use std::fmt::Write as _;
-    digest.iter().fold(String::with_capacity(64), |mut hex, b| {
-        let _ = write!(hex, "{b:02x}");
-        hex
-    })
 }
 
 #[cfg(test)]
@@ -807,6 +821,7 @@ mod tests {
             db: 0,
             broken: false,
             line: Vec::new(),
+            generic_held: 0,
         }
     }
 
@@ -1107,12 +1122,17 @@ mod tests {
         let many: RawFields = (0..3_000)
             .map(|n| (format!("f{n}").into_bytes(), vec![b'x'; 8 << 10]))
             .collect();
+        // More fields than an event may have, each tiny.
+        let countless: RawFields = (0..10_001)
+            .map(|n| (format!("{n}").into_bytes(), b"v".to_vec()))
+            .collect();
         let entries = [
             ("1-0", &small),
             ("2-0", &giant_value),
             ("3-0", &giant_name),
             ("4-0", &many),
             ("5-0", &small),
+            ("6-0", &countless),
         ];
         let bytes = reply_of(&entries);
         // Cut in odd places, so strings straddle the buffer's fills.
@@ -1120,7 +1140,7 @@ mod tests {
         let taken = chunked(&bytes, &cuts)
             .entries(usize::MAX, usize::MAX)
             .expect("entries");
-        assert_eq!(taken.total, 5);
+        assert_eq!(taken.total, 6);
         let read = &taken.entries;
         for (entry, (_, whole)) in read.iter().zip(&entries) {
             // The whole entry's fingerprint, as the trim script computes it.
@@ -1147,7 +1167,10 @@ mod tests {
             .map(|s| (s.field, s.is_name, s.length))
             .collect();
         assert_eq!(shortened, [(1, false, 20 << 20), (2, false, 100 << 10)]);
-        assert_eq!(cut.strings[0].sha256, hex(&openssl::sha::sha256(&value)));
+        assert_eq!(
+            cut.strings[0].sha256,
+            super::super::reader::hex(&openssl::sha::sha256(&value))
+        );
 
         let cut = read[2].cut.as_ref().expect("cut");
         assert_eq!(read[2].fields[0].0.len(), CUT_STRING);
@@ -1165,5 +1188,14 @@ mod tests {
         assert!(read[3].fields.len() <= CUT_KEEP_FIELDS);
         assert_eq!(read[3].fields[0], many[0]);
         assert!(read[3].size() < 2 * CUT_KEEP_BYTES);
+        // Cut from its first field on: nothing shortened, fields left out.
+        let cut = read[5].cut.as_ref().expect("cut");
+        assert_eq!(cut.fields, 10_001);
+        assert!(cut.strings.is_empty());
+        assert_eq!(read[5].fields, countless[..CUT_KEEP_FIELDS]);
+        assert!(
+            cut.reason(CUT_KEEP_FIELDS)
+                .contains("more than the 10,000 fields")
+        );
     }
 }
