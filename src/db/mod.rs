@@ -248,6 +248,6 @@ fn describe_connect_error(url: &DatabaseUrl, err: &postgres::Error) -> String {
         _ => text,
     };
     format!(
-        "cannot connect to PostgreSQL at {target}: {reason} — is the server running? Set DATABASE_URL or --database-url"
+        "cannot connect to PostgreSQL at {target}: {reason} — is the server running, and is it the one DATABASE_URL / --database-url names?"
     )
 }

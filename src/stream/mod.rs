@@ -128,12 +128,12 @@ fn is_transient_redis(err: &redis::RedisError) -> bool {
 fn describe_connect_error(target: &str, tls: bool, err: &redis::RedisError) -> String {
     if err.is_connection_refusal() {
         return format!(
-            "cannot connect to Redis at {target}: connection refused — is the server running? Set REDIS_URL or --redis-url"
+            "cannot connect to Redis at {target}: connection refused — is the server running, and is it the one REDIS_URL / --redis-url names?"
         );
     }
     if err.is_timeout() {
         return format!(
-            "cannot connect to Redis at {target}: timed out — is the address right? Set REDIS_URL or --redis-url"
+            "cannot connect to Redis at {target}: timed out — is the address in REDIS_URL / --redis-url right, and the host up?"
         );
     }
     let text = crate::tls::chain_text(err);
@@ -160,7 +160,7 @@ fn describe_connect_error(target: &str, tls: bool, err: &redis::RedisError) -> S
             format!("Redis at {target} is loading its data set into memory — wait for it")
         }
         _ => format!(
-            "cannot connect to Redis at {target}: {} — Set REDIS_URL or --redis-url",
+            "cannot connect to Redis at {target}: {} — check REDIS_URL / --redis-url",
             describe(err)
         ),
     }
