@@ -648,8 +648,9 @@ fn a_trickle_of_late_events_neither_turns_check_stale_nor_holds_the_raw_horizon_
     assert_eq!(rows, want.into_iter().collect::<Vec<_>>());
 
     // Re-queueing does not restart the wait: an hour queued 20 minutes ago
-    // that gets another late event is stale all the same.
-    let late = Written::new(hour(1) + Duration::minutes(30), "request");
+    // that gets another late event is stale all the same (an hour that
+    // ended over an hour ago, whatever the minute now).
+    let late = Written::new(hour(2) + Duration::minutes(30), "request");
     write(&env, &[late]);
     env.genalytics().args(["transfer", "-q"]).ok();
     db.execute(
@@ -657,7 +658,7 @@ fn a_trickle_of_late_events_neither_turns_check_stale_nor_holds_the_raw_horizon_
         &[],
     )
     .unwrap();
-    let again = Written::new(hour(1) + Duration::minutes(31), "request");
+    let again = Written::new(hour(2) + Duration::minutes(31), "request");
     write(&env, &[again]);
     env.genalytics().args(["transfer", "-q"]).ok();
     let stale = check("10m");
