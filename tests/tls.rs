@@ -43,15 +43,21 @@ fn certificate_for(dir: &Path, cn: &str, names: &str) -> (String, String) {
         "{}",
         String::from_utf8_lossy(&status.stderr)
     );
+    readable_by_the_server(dir, &cert, &key);
+    (cert.display().to_string(), key.display().to_string())
+}
+
+/// A server certificate and key the throwaway PostgreSQL (the `postgres`
+/// user, when we are root) can read, the key private as it demands.
+fn readable_by_the_server(dir: &Path, cert: &Path, key: &Path) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600)).unwrap();
     if nix::unistd::Uid::effective().is_root() {
         let user = nix::unistd::User::from_name("postgres").unwrap().unwrap();
-        for file in [&cert, &key] {
+        for file in [cert, key] {
             nix::unistd::chown(file, Some(user.uid), Some(user.gid)).unwrap();
         }
     }
-    (cert.display().to_string(), key.display().to_string())
 }
 
 fn uses_tls(url: &str) -> bool {
@@ -296,14 +302,7 @@ fn require_with_a_root_certificate_verifies_the_chain_as_libpq_does() {
         ],
     );
     let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    if nix::unistd::Uid::effective().is_root() {
-        let user = nix::unistd::User::from_name("postgres").unwrap().unwrap();
-        for file in [&cert, &key] {
-            nix::unistd::chown(file, Some(user.uid), Some(user.gid)).unwrap();
-        }
-    }
+    readable_by_the_server(dir.path(), &cert, &key);
     let pg = Postgres::start_with(&[
         ("ssl", "on"),
         ("ssl_cert_file", &cert.display().to_string()),
