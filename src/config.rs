@@ -310,6 +310,19 @@ impl DatabaseUrl {
                 "the PostgreSQL URL (DATABASE_URL / --database-url) is not valid: {err}"
             ))
         })?;
+        // A password with an unencoded '@' leaves part of it in the host,
+        // where every message would show it.
+        if config
+            .get_hosts()
+            .iter()
+            .any(|host| matches!(host, postgres::config::Host::Tcp(name) if name.contains('@')))
+        {
+            return Err(UsageError(
+                "the PostgreSQL URL (DATABASE_URL / --database-url) has an '@' after the one that ends \
+                 the user and password: percent-encode an '@' in the password as %40"
+                    .into(),
+            ));
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(std::time::Duration::from_secs(10));
         }
@@ -430,6 +443,16 @@ impl fmt::Debug for RedisUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unencoded_at_in_a_password_is_refused_without_showing_it() {
+        let Err(err) = DatabaseUrl::parse("postgres://alice:p@ssw0rd@127.0.0.1:1/db") else {
+            panic!("a host with an '@' was accepted");
+        };
+        let err = err.to_string();
+        assert!(err.contains("%40"), "{err}");
+        assert!(!err.contains("ssw0rd"), "{err}");
+    }
 
     #[test]
     fn debug_output_never_contains_the_password() {

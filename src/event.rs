@@ -179,6 +179,22 @@ fn collect<N: AsRef<[u8]>, V: AsRef<[u8]>>(raw: &[(N, V)]) -> Result<Fields<'_>,
             "the entry holds {size} bytes, more than the {ENTRY_MAX_BYTES} genalytics stores as one event"
         ));
     }
+    // Fields without a column become JSON text, where a control character
+    // takes six bytes: counted so, an entry cannot grow past the limit
+    // there either.
+    let escaped: usize = raw
+        .iter()
+        .map(|(_, value)| {
+            let value = value.as_ref();
+            value.len() + 5 * value.iter().filter(|&&b| b < 0x20).count()
+        })
+        .sum();
+    if escaped > ENTRY_MAX_BYTES {
+        return Err(format!(
+            "the entry's values take {escaped} bytes as JSON text, more than the {ENTRY_MAX_BYTES} \
+             genalytics stores as one event"
+        ));
+    }
     if raw.len() > FIELDS_MAX {
         return Err(format!(
             "the entry has {} fields, more than the {FIELDS_MAX} genalytics stores as one event",
@@ -345,7 +361,18 @@ fn count(name: &str, value: &str) -> Result<i32, String> {
     })
 }
 
+/// Longest `image_dimensions`: `{"width": 832, "height": 1216}` is 30
+/// bytes, and a parsed JSON value costs many times its text.
+pub const IMAGE_DIMENSIONS_MAX: usize = 64 << 10;
+
 fn parse_json(value: &str) -> Result<Value, String> {
+    if value.len() > IMAGE_DIMENSIONS_MAX {
+        return Err(format!(
+            "image_dimensions {} is longer than the {} KiB genalytics stores",
+            quoted(value),
+            IMAGE_DIMENSIONS_MAX >> 10
+        ));
+    }
     let json: Value = serde_json::from_str(value).map_err(|err| {
         format!(
             "image_dimensions {} is not valid JSON ({err})",
@@ -510,6 +537,30 @@ fn entry_id_time(stream_id: EntryId) -> Result<DateTime<Utc>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_that_would_grow_past_the_limit_as_json_are_refused() {
+        let id = EntryId::ZERO;
+        let long = format!("[{}]", "0,".repeat(40_000) + "0");
+        let err = parse(
+            id,
+            &[
+                ("event_type", "request"),
+                ("image_dimensions", long.as_str()),
+            ],
+        )
+        .unwrap_err();
+        assert!(err.contains("longer than the 64 KiB"), "{err}");
+        let controls = "\u{1}".repeat(3 << 20);
+        let err = parse(
+            id,
+            &[("event_type", "request"), ("note", controls.as_str())],
+        )
+        .unwrap_err();
+        assert!(err.contains("as JSON text"), "{err}");
+        let fine = "x".repeat(3 << 20);
+        assert!(parse(id, &[("event_type", "request"), ("note", fine.as_str())]).is_ok());
+    }
 
     #[test]
     fn the_entry_limit_reads_as_it_is() {

@@ -24,6 +24,8 @@ pub struct Backoff {
     next: Duration,
     attempts: u32,
     since: Option<Instant>,
+    /// When the servers answered again, if they have.
+    back: Option<Instant>,
     /// The cause last logged, and when.
     said: Option<(String, Instant)>,
     stop: Arc<AtomicBool>,
@@ -36,6 +38,7 @@ impl Backoff {
             next: FIRST,
             attempts: 0,
             since: None,
+            back: None,
             said: None,
             stop: Arc::clone(stop),
         }
@@ -68,14 +71,23 @@ impl Backoff {
         sleep_unless_stopped(pause, &self.stop)
     }
 
-    /// The trouble is over: said with how long it lasted, when there was
-    /// any.
+    /// The servers answer again (work may not resume until there is some):
+    /// the outage ended now.
+    pub fn answered(&mut self) {
+        if self.since.is_some() && self.back.is_none() {
+            self.back = Some(Instant::now());
+        }
+    }
+
+    /// The trouble is over: said with how long it lasted (until the servers
+    /// answered again), when there was any.
     pub fn recovered(&mut self) {
         if let Some(since) = self.since {
+            let lasted = self.back.unwrap_or_else(Instant::now) - since;
             tracing::warn!(
                 "{}: recovered after an outage of {} ({}); work resumed",
                 self.what,
-                crate::output::duration(since.elapsed().as_secs_f64() * 1_000.0),
+                crate::output::duration(lasted.as_secs_f64() * 1_000.0),
                 crate::output::counted(u64::from(self.attempts), "attempt"),
             );
             service::status("working");
@@ -83,6 +95,7 @@ impl Backoff {
         self.next = FIRST;
         self.attempts = 0;
         self.since = None;
+        self.back = None;
         self.said = None;
     }
 

@@ -196,6 +196,24 @@ fn output_files_follow_no_link_another_user_planted_and_keep_their_mode() {
         assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
     }
 
+    // A directory on the way that another user linked elsewhere.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let dirlink = shared.path().join("dirlink");
+    symlink(elsewhere.path(), &dirlink).unwrap();
+    std::os::unix::fs::lchown(&dirlink, Some(nobody.uid.as_raw()), None).unwrap();
+    let ran = env
+        .genalytics()
+        .args(["status", "--format", "openmetrics", "-o"])
+        .arg(dirlink.join("genalytics.prom"))
+        .code(1);
+    assert!(
+        ran.stderr
+            .contains("dirlink is a symbolic link owned by another user"),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+
     // The caller's own link is followed, and the file it names keeps its
     // mode; so does a plain file.
     std::os::unix::fs::lchown(&link, Some(0), None).unwrap();
@@ -332,6 +350,13 @@ fn a_key_that_is_not_utf8_is_skipped_with_a_warning_and_the_good_shard_stored() 
         .arg("request")
         .query(&mut con)
         .unwrap();
+    // Keys genalytics cannot record either: a NUL, 3,000 bytes.
+    for key in [
+        format!("{prefix}nul\0key"),
+        format!("{prefix}{}", "k".repeat(3_000)),
+    ] {
+        xadd(&mut con, &key, "*", &[("event_type", "request")]);
+    }
     let pattern = format!("{prefix}*");
     for _ in 0..2 {
         let ran = env
@@ -344,6 +369,16 @@ fn a_key_that_is_not_utf8_is_skipped_with_a_warning_and_the_good_shard_stored() 
             ran.stderr
         );
         assert!(!ran.stderr.contains('\x1b'), "escaped: {}", ran.stderr);
+        assert!(
+            ran.stderr.contains("holds a NUL character"),
+            "{}",
+            ran.stderr
+        );
+        assert!(
+            ran.stderr.contains("longer than 1,000 bytes"),
+            "{}",
+            ran.stderr
+        );
     }
     let mut db = env.db();
     let stored = crate::harness::stored_ids(&mut db);

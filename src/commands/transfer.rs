@@ -417,6 +417,9 @@ impl Run<'_> {
             anchor,
         } = inspected;
         let state = self.act_on(state, &info, &verdict)?;
+        // Both servers answer: what an outage lasted ends here, though
+        // "recovered" waits until storing resumes.
+        self.outage.answered();
         let position = state.position;
         // The position's entry as the session found it, for the reader's
         // first read (the stream is the one the position belongs to).
@@ -1311,7 +1314,7 @@ fn print_summary(format: SummaryFormat, summary: &Summary) -> anyhow::Result<()>
             "transferred {} and {} from {} in {:.1} s ({} entries/s); {}",
             counted(summary.events, "event"),
             counted(summary.rejected, "rejected entry"),
-            summary.stream,
+            crate::text::escape_controls(&summary.stream),
             summary.seconds,
             thousands(summary.events_per_second.round() as u64),
             match summary.behind {

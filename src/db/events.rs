@@ -823,7 +823,7 @@ pub fn readable_fields(raw: &RawFields) -> (Value, usize) {
             break;
         }
         let name = escape_bytes(name).into_owned();
-        let value = truncate(&escape_bytes(value), READABLE_VALUE_MAX).into_owned();
+        let value = readable_value(value);
         bytes += name.len() + value.len();
         shown += 1;
         let value = Value::String(value);
@@ -839,6 +839,26 @@ pub fn readable_fields(raw: &RawFields) -> (Value, usize) {
         }
     }
     (Value::Object(map), shown)
+}
+
+/// A value as readable text, at most [`READABLE_VALUE_MAX`] bytes and a
+/// note of what is left out. Escaping may take four bytes a byte, so only
+/// the part that can be shown is escaped.
+fn readable_value(value: &[u8]) -> String {
+    let prefix = &value[..value.len().min(READABLE_VALUE_MAX)];
+    let escaped = escape_bytes(prefix);
+    if prefix.len() == value.len() && escaped.len() <= READABLE_VALUE_MAX {
+        return escaped.into_owned();
+    }
+    let mut end = escaped.len().min(READABLE_VALUE_MAX);
+    while !escaped.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… ({} more bytes)",
+        &escaped[..end],
+        escaped.len() - end + (value.len() - prefix.len())
+    )
 }
 
 /// The raw fields flattened (name, value, name, value, …) for `BYTEA[]`.

@@ -32,11 +32,29 @@ pub struct Known {
     warned_cap: bool,
 }
 
-/// Most partitions one process makes, all its streams together: a backfill
-/// of the whole window takes a few runs, and no clock, however hostile,
-/// makes more.
+/// Most partitions one process makes in a UTC day, all its streams
+/// together: a backfill of the whole window takes a few runs, no clock,
+/// however hostile, makes more, and a follower still makes each new day's.
 pub const MAX_PER_RUN: u64 = 40;
-static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static MADE: std::sync::Mutex<(Option<NaiveDate>, u64)> = std::sync::Mutex::new((None, 0));
+
+/// Counts a partition made today; false when today's are used up.
+fn may_make(today: NaiveDate) -> bool {
+    let mut made = MADE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if made.0 != Some(today) {
+        *made = (Some(today), 0);
+    }
+    made.1 < MAX_PER_RUN
+}
+
+fn made_one() {
+    let mut made = MADE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    made.1 += 1;
+}
 
 /// Days ahead of today that get partitions (as the SQL's sane range).
 const AHEAD_DAYS: u64 = 8;
@@ -115,7 +133,7 @@ impl Known {
         // day's locks at once.
         let mut created = 0;
         for day in missing {
-            if MADE.load(std::sync::atomic::Ordering::Relaxed) >= MAX_PER_RUN {
+            if !may_make(today) {
                 if !self.warned_cap {
                     self.warned_cap = true;
                     tracing::warn!(
@@ -128,7 +146,9 @@ impl Known {
             match create_one(client, day, self.retention_days) {
                 Ok(made) => {
                     created += u64::from(made);
-                    MADE.fetch_add(u64::from(made), std::sync::atomic::Ordering::Relaxed);
+                    if made {
+                        made_one();
+                    }
                 }
                 Err(err) if lock_not_had(&err) => {
                     tracing::warn!(

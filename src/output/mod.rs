@@ -155,19 +155,38 @@ fn trusted_target(
     let me = nix::unistd::geteuid().as_raw();
     let mut current = path.to_path_buf();
     // As the kernel's limit on links followed in one lookup.
+    let foreign = |link: &std::path::Path, meta: &std::fs::Metadata| {
+        anyhow::anyhow!(
+            "{} is a symbolic link owned by another user (uid {}), which is not followed; \
+             remove it or write elsewhere",
+            link.display(),
+            meta.uid()
+        )
+    };
     for _ in 0..40 {
+        // The directories on the way count as much as the file itself.
+        let mut prefix = std::path::PathBuf::new();
+        for part in current
+            .parent()
+            .into_iter()
+            .flat_map(std::path::Path::components)
+        {
+            prefix.push(part);
+            if let Ok(meta) = std::fs::symlink_metadata(&prefix)
+                && meta.file_type().is_symlink()
+                && meta.uid() != me
+                && meta.uid() != 0
+            {
+                return Err(foreign(&prefix, &meta));
+            }
+        }
         let meta = match std::fs::symlink_metadata(&current) {
             Ok(meta) if meta.file_type().is_symlink() => meta,
             // What is there now (or nothing), not followed again.
             found => return Ok((current, found.ok())),
         };
         if meta.uid() != me && meta.uid() != 0 {
-            anyhow::bail!(
-                "{} is a symbolic link owned by another user (uid {}), which is not followed; \
-                 remove it or write elsewhere",
-                current.display(),
-                meta.uid()
-            );
+            return Err(foreign(&current, &meta));
         }
         let link = std::fs::read_link(&current)?;
         current = match current.parent() {

@@ -21,6 +21,9 @@ use crate::config::Settings;
 use crate::error::{Exit, UsageError};
 use crate::stream;
 
+/// Longest stream key a pattern picks up: keys are recorded in an indexed
+/// column (a btree entry holds about 2.7 kB).
+const KEY_MAX: usize = 1_000;
 /// How often `--follow` looks for new streams matching a pattern.
 const RESCAN: Duration = Duration::from_secs(5);
 /// How long a followed stream that failed waits before it is tried again.
@@ -206,21 +209,21 @@ fn resolve(
                 .collect::<Result<_, _>>()
                 .with_context(|| format!("cannot list the streams matching {pattern}"))?;
             for key in found {
-                match String::from_utf8(key) {
-                    Ok(key) => {
-                        keys.insert(key);
+                let why = match std::str::from_utf8(&key) {
+                    Err(_) => "is not UTF-8",
+                    Ok(text) if text.contains('\0') => "holds a NUL character",
+                    Ok(text) if text.len() > KEY_MAX => "is longer than 1,000 bytes",
+                    Ok(text) => {
+                        keys.insert(text.to_string());
+                        continue;
                     }
-                    Err(err) => {
-                        let key = err.into_bytes();
-                        if !unreadable.contains(&key) {
-                            tracing::warn!(
-                                "skipping the stream {}: its key is not UTF-8, which genalytics \
-                                 cannot record; rename it (RENAME) to transfer it",
-                                crate::text::quoted_bytes(&key)
-                            );
-                            unreadable.insert(key);
-                        }
-                    }
+                };
+                if unreadable.insert(key.clone()) {
+                    tracing::warn!(
+                        "skipping the stream {}: its key {why}, which genalytics cannot record; \
+                         rename it (RENAME) to transfer it",
+                        crate::text::quoted_bytes(&key)
+                    );
                 }
             }
         }
