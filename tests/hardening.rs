@@ -911,3 +911,38 @@ fn follow_under_time(
     };
     (child, stop)
 }
+
+#[test]
+fn a_giant_position_is_checked_for_its_trim_without_a_script_copying_it_in_redis() {
+    let env = migrated();
+    let key = env.stream_key();
+    let mut con = env.redis();
+    for _ in 0..5 {
+        xadd(&mut con, &key, "*", &[("event_type", "request")]);
+    }
+    let giant: String = redis::cmd("XADD")
+        .arg(&key)
+        .arg("*")
+        .arg("blob")
+        .arg(vec![b'g'; 17 << 20])
+        .query(&mut con)
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut con)
+        .unwrap();
+    env.genalytics()
+        .args(["transfer", "-q", "--keep", "0"])
+        .ok();
+    // Trimmed up to the position, the giant dead letter itself kept.
+    assert_eq!(crate::harness::stream_ids(&mut con, &key), [giant]);
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut con)
+        .unwrap();
+    assert!(stats.contains("cmdstat_watch:"), "{stats}");
+    assert!(
+        !stats.contains("cmdstat_evalsha:") && !stats.contains("cmdstat_eval:"),
+        "{stats}"
+    );
+}

@@ -729,8 +729,15 @@ impl Run<'_> {
         let mut trimmed = Ok(None);
         for attempt in 0..2 {
             trimmed = match self.redis() {
-                Ok(con) => reader::trim_stored(con, key, position, &prepared.last_print, bound)
-                    .map_err(anyhow::Error::from),
+                Ok(con) => reader::trim_stored(
+                    con,
+                    key,
+                    position,
+                    &prepared.last_print,
+                    bound,
+                    prepared.last_cut,
+                )
+                .map_err(anyhow::Error::from),
                 Err(Fault::Transient(err) | Fault::Fatal(err)) => Err(err),
             };
             if attempt == 0 && trimmed.as_ref().is_err_and(interrupted) {

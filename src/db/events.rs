@@ -104,6 +104,8 @@ pub struct Prepared {
     /// The fingerprint of the entry `last_id`, which the trim after the
     /// commit checks is still in the stream.
     pub last_print: String,
+    /// Whether the entry `last_id` was too large to store (and was cut).
+    pub last_cut: bool,
 }
 
 impl Prepared {
@@ -195,6 +197,7 @@ pub fn prepare(entries: impl IntoIterator<Item = RawEntry>) -> anyhow::Result<Pr
         first_id: EntryId::ZERO,
         last_id: EntryId::ZERO,
         last_print: String::new(),
+        last_cut: false,
     };
     prepared.bounds.push(0);
     // The fingerprint of the last entry whose raw fields were let go, and
@@ -214,6 +217,7 @@ pub fn prepare(entries: impl IntoIterator<Item = RawEntry>) -> anyhow::Result<Pr
             prepared.first_id = id;
         }
         prepared.last_id = id;
+        prepared.last_cut = cut.is_some();
         // A cut entry was too large to store: what is left of it is never
         // parsed as an event.
         let parsed = match &cut {

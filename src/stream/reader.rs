@@ -597,37 +597,45 @@ pub fn trim_stored(
     position: EntryId,
     print: &str,
     bound: EntryId,
+    position_is_giant: bool,
 ) -> redis::RedisResult<Option<u64>> {
     debug_assert!(bound <= position);
-    let trimmed: i64 = match TRIM_SCRIPT
-        .key(key)
-        .arg(position.to_string())
-        .arg(bound.to_string())
-        .arg(print)
-        .invoke(con)
-    {
-        Ok(trimmed) => trimmed,
-        // Scripting disabled (some managed Redis): the same check under
-        // WATCH, so a key written meanwhile aborts the trim (the next
-        // commit tries again).
-        Err(err) if scripting_unavailable(&err) => {
-            redis::cmd("WATCH").arg(key).exec(con)?;
-            if entry_at(con, key, position)?.is_none_or(|e| e.fingerprint() != print) {
-                redis::cmd("UNWATCH").exec(con)?;
-                return Ok(None);
-            }
-            let trimmed: Option<(i64,)> = redis::pipe()
-                .atomic()
-                .cmd("XTRIM")
-                .arg(key)
-                .arg("MINID")
-                .arg(bound.to_string())
-                .query(con)?;
-            trimmed.map_or(0, |(n,)| n)
+    // An entry too large to store is checked here, not in Lua: the script
+    // would copy it whole inside Redis, and Redis serves no one meanwhile.
+    let scripted = if position_is_giant {
+        None
+    } else {
+        match TRIM_SCRIPT
+            .key(key)
+            .arg(position.to_string())
+            .arg(bound.to_string())
+            .arg(print)
+            .invoke::<i64>(con)
+        {
+            Ok(trimmed) => Some(trimmed),
+            Err(err) if scripting_unavailable(&err) => None,
+            Err(err) => return Err(err),
         }
-        Err(err) => return Err(err),
     };
-    Ok(u64::try_from(trimmed).ok())
+    if let Some(trimmed) = scripted {
+        return Ok(u64::try_from(trimmed).ok());
+    }
+    // Scripting disabled (some managed Redis), or a giant: the same check
+    // under WATCH, so a key written meanwhile aborts the trim (the next
+    // commit tries again).
+    redis::cmd("WATCH").arg(key).exec(con)?;
+    if entry_at(con, key, position)?.is_none_or(|e| e.fingerprint() != print) {
+        redis::cmd("UNWATCH").exec(con)?;
+        return Ok(None);
+    }
+    let trimmed: Option<(i64,)> = redis::pipe()
+        .atomic()
+        .cmd("XTRIM")
+        .arg(key)
+        .arg("MINID")
+        .arg(bound.to_string())
+        .query(con)?;
+    Ok(trimmed.and_then(|(n,)| u64::try_from(n).ok()).or(Some(0)))
 }
 
 /// Scripts renamed away, or forbidden by an ACL (`-@scripting`).
