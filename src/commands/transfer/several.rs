@@ -175,9 +175,9 @@ fn pause(stop: &AtomicBool, length: Duration) -> bool {
 
 /// The streams to transfer: the `--stream` keys as given, and the stream
 /// keys Redis holds that match a `--stream-pattern` (`SCAN … TYPE stream`).
-/// Keys come from Redis as bytes: one that is not UTF-8 cannot be named in
-/// the database, so it is skipped with one warning (per run) showing it
-/// escaped, and the others are transferred.
+/// Keys come from Redis as bytes: one the database cannot record (not
+/// UTF-8, a NUL, over [`KEY_MAX`] bytes) is skipped with one warning (per
+/// run) showing it escaped, and the others are transferred.
 fn resolve(
     settings: &Settings,
     unreadable: &mut BTreeSet<Vec<u8>>,
