@@ -20,28 +20,11 @@ fn certificate(dir: &Path) -> (String, String) {
 
 fn certificate_for(dir: &Path, cn: &str, names: &str) -> (String, String) {
     let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={cn}"),
-        ])
-        .args(["-addext", &format!("subjectAltName={names}"), "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl is installed");
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
+    self_signed(
+        dir,
+        cn,
+        &["-addext", &format!("subjectAltName={names}")],
+        "server",
     );
     readable_by_the_server(dir, &cert, &key);
     (cert.display().to_string(), key.display().to_string())
@@ -232,26 +215,22 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// A self-signed certificate for `cn` (`name`.crt, `name`.key in `dir`),
+/// with `extra` arguments for `openssl req`.
+fn self_signed(dir: &Path, cn: &str, extra: &[&str], name: &str) {
+    let subject = format!("/CN={cn}");
+    let (key, cert) = (format!("{name}.key"), format!("{name}.crt"));
+    let mut args = vec![
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", &subject,
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-keyout", &key, "-out", &cert]);
+    openssl(dir, &args);
+}
+
 /// A certificate authority `name` (name.crt, name.key) in `dir`.
 fn authority(dir: &Path, name: &str) -> String {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.crt"),
-        ],
-    );
+    self_signed(dir, name, &[], name);
     dir.join(format!("{name}.crt")).display().to_string()
 }
 

@@ -107,9 +107,15 @@ impl RawEntry {
     /// not what is kept of it. Reads are sized by this, so giants are
     /// asked for one at a time however little of them is held.
     pub fn size_in_redis(&self) -> usize {
+        self.sizes().1
+    }
+
+    /// [`RawEntry::size`] and [`RawEntry::size_in_redis`] in one pass.
+    pub fn sizes(&self) -> (usize, usize) {
+        let held = self.size();
         match &self.cut {
-            Some(cut) => usize::try_from(cut.bytes).unwrap_or(usize::MAX),
-            None => self.size(),
+            Some(cut) => (held, usize::try_from(cut.bytes).unwrap_or(usize::MAX)),
+            None => (held, held),
         }
     }
 

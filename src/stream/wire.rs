@@ -394,10 +394,12 @@ impl Wire {
                 continue;
             }
             let entry = self.entry()?;
-            if entry.size_in_redis() >= super::reader::GIANT_ENTRY {
+            // A cut giant is judged by what it costs Redis, not what is held.
+            let (size, in_redis) = entry.sizes();
+            if in_redis >= super::reader::GIANT_ENTRY {
                 budget = budget.min(giant_budget);
             }
-            bytes = bytes.saturating_add(entry.size());
+            bytes = bytes.saturating_add(size);
             taken.last_id = Some(entry.id);
             taken.entries.push(entry);
         }
