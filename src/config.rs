@@ -6,13 +6,13 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::cli::GlobalArgs;
 use crate::error::UsageError;
 
 /// Settings shared by every command.
 #[derive(Debug)]
 pub struct Settings {
-    database: Option<DatabaseUrl>,
+    /// None when no URL was given: only commands that need one say so.
+    pub database: Option<DatabaseUrl>,
     /// Redis, or the first seed node of a cluster.
     pub redis: RedisUrl,
     /// Every seed node, when Redis is a cluster (`--redis-cluster`).
@@ -31,70 +31,6 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_args(args: &GlobalArgs) -> Result<Self, UsageError> {
-        let database = args
-            .database_url
-            .as_deref()
-            .filter(|url| !url.trim().is_empty())
-            .map(DatabaseUrl::parse)
-            .transpose()?;
-        // Only a cluster's URL is a list: a single server's password may
-        // hold a comma.
-        let (redis, redis_cluster) = if args.redis_cluster {
-            let seeds = args
-                .redis_url
-                .split(',')
-                .map(str::trim)
-                .filter(|url| !url.is_empty())
-                .map(RedisUrl::parse)
-                .collect::<Result<Vec<_>, _>>()?;
-            let first = seeds.first().cloned().ok_or_else(|| {
-                UsageError("the Redis URL (REDIS_URL / --redis-url) is empty".into())
-            })?;
-            (first, Some(seeds))
-        } else {
-            match RedisUrl::parse(&args.redis_url) {
-                Ok(url) => (url, None),
-                Err(_) if args.redis_url.contains(",redis") => {
-                    return Err(UsageError(
-                        "REDIS_URL names several servers, which only a cluster has: pass --redis-cluster \
-                         (GENALYTICS_REDIS_CLUSTER=1) or give one URL"
-                            .into(),
-                    ));
-                }
-                Err(err) => return Err(err),
-            }
-        };
-        if args.stream.iter().any(String::is_empty) {
-            return Err(UsageError("--stream must not be empty".into()));
-        }
-        if args.stream_pattern.iter().any(String::is_empty) {
-            return Err(UsageError("--stream-pattern must not be empty".into()));
-        }
-        let streams = if !args.stream.is_empty() || !args.stream_pattern.is_empty() {
-            args.stream.clone()
-        } else if args.redis_ns.is_empty() {
-            return Err(UsageError(
-                "the stream namespace (--redis-ns / GENALYTICS_REDIS_NS) must not be empty".into(),
-            ));
-        } else {
-            vec![stream_key_for(&args.redis_ns)]
-        };
-        Ok(Settings {
-            database,
-            redis,
-            redis_cluster,
-            stream_key: streams
-                .first()
-                .cloned()
-                .unwrap_or_else(|| stream_key_for(&args.redis_ns)),
-            streams,
-            patterns: args.stream_pattern.clone(),
-            raw_retention_days: i32::try_from(args.raw_retention.num_days()).unwrap_or(i32::MAX),
-            quiet: args.quiet,
-        })
-    }
-
     /// Whether more than one stream is named: `--stream` more than once,
     /// or a pattern.
     pub fn several_streams(&self) -> bool {

@@ -1,5 +1,11 @@
-//! Exit codes and the one error type that changes them.
+//! Exit codes, and the few error types the rest of the crate decides by:
+//! a usage mistake (exit 2), a connection that could not be opened, and
+//! whether a failure may go away by itself (a follower waits for it, a
+//! run that ends reports it). Everything else travels as `anyhow` with
+//! context saying what was being done.
 
+use std::error::Error as _;
+use std::io;
 use std::process::ExitCode;
 
 /// How a run ended, as the shell sees it.
@@ -42,6 +48,108 @@ impl From<Exit> for ExitCode {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// A connection to PostgreSQL or Redis that could not be opened: one
+/// sentence saying where and what to do, and whether trying again later
+/// may work (a server down or starting) or not (a wrong password, a
+/// missing database).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ConnectError {
+    pub message: String,
+    pub transient: bool,
+}
+
+/// Whether a failure may go away by itself: a connection lost, refused or
+/// timed out, a server starting, shutting down, overloaded, out of disk
+/// or failing over, a serialization conflict. Wrong credentials, a missing
+/// database, a schema this binary does not know or a refused entry are not.
+pub fn is_transient(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        if let Some(connect) = cause.downcast_ref::<ConnectError>() {
+            return connect.transient;
+        }
+        if let Some(pg) = cause.downcast_ref::<postgres::Error>() {
+            return pg_transient(pg);
+        }
+        if let Some(redis) = cause.downcast_ref::<redis::RedisError>() {
+            return redis_transient(redis);
+        }
+        cause.downcast_ref::<io::Error>().is_some()
+    })
+}
+
+/// [`is_transient`] for one PostgreSQL error, by its SQLSTATE class.
+pub fn pg_transient(err: &postgres::Error) -> bool {
+    if err.is_closed() {
+        return true;
+    }
+    if let Some(code) = err.code() {
+        let code = code.code();
+        return code.starts_with("08")
+            || code.starts_with("53")
+            || matches!(
+                code,
+                "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "55P03"
+            );
+    }
+    // No SQLSTATE: the driver's own trouble, which is I/O or a closed
+    // socket, or a TLS handshake (a certificate problem is not mended by
+    // waiting, but a server restarting mid-handshake is).
+    let mut cause = err.source();
+    while let Some(inner) = cause {
+        if inner.downcast_ref::<io::Error>().is_some() {
+            return true;
+        }
+        cause = inner.source();
+    }
+    !err.to_string().contains("TLS")
+}
+
+/// [`is_transient`] for one Redis error: I/O, or a server loading, failing
+/// over or moving the key's slot.
+pub fn redis_transient(err: &redis::RedisError) -> bool {
+    err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_timeout()
+        || matches!(
+            err.code(),
+            Some(
+                "LOADING"
+                    | "TRYAGAIN"
+                    | "CLUSTERDOWN"
+                    | "MASTERDOWN"
+                    | "READONLY"
+                    | "BUSY"
+                    | "MOVED"
+                    | "ASK"
+            )
+        )
+}
+
+/// Whether a system call was interrupted by a signal (`EINTR`), also
+/// inside a Redis error (which keeps the I/O error it was made from).
+pub fn interrupted(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        io_kind(cause) == Some(io::ErrorKind::Interrupted)
+            || cause
+                .downcast_ref::<redis::RedisError>()
+                .and_then(|redis| redis.source())
+                .and_then(io_kind)
+                == Some(io::ErrorKind::Interrupted)
+    })
+}
+
+/// The kind of an I/O error, also one a Redis error holds behind an `Arc`.
+fn io_kind(err: &(dyn std::error::Error + 'static)) -> Option<io::ErrorKind> {
+    if let Some(io) = err.downcast_ref::<io::Error>() {
+        return Some(io.kind());
+    }
+    err.downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
+        .and_then(|inner| inner.downcast_ref::<io::Error>())
+        .map(io::Error::kind)
+}
+
 /// The error and its causes as one line, `: `-joined like anyhow's `{:#}`,
 /// without a cause that only repeats what the line already ends with (a
 /// Redis or I/O error often shows its source's text as its own).
@@ -63,6 +171,17 @@ pub fn one_line(err: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interrupted_call_is_found_inside_a_redis_error() {
+        let eintr = redis::RedisError::from(io::Error::from(io::ErrorKind::Interrupted));
+        assert!(interrupted(&anyhow::Error::new(eintr).context("trim")));
+        let reset = redis::RedisError::from(io::Error::from(io::ErrorKind::ConnectionReset));
+        assert!(!interrupted(&anyhow::Error::new(reset)));
+        assert!(interrupted(&anyhow::Error::new(io::Error::from(
+            io::ErrorKind::Interrupted
+        ))));
+    }
 
     #[test]
     fn a_cause_that_repeats_the_line_is_left_out() {

@@ -12,8 +12,8 @@ pub mod error;
 pub mod event;
 pub mod histogram;
 pub mod hour;
+pub mod ingest;
 pub mod interrupt;
-pub mod manpages;
 pub mod monitoring;
 pub mod output;
 pub mod render;
@@ -35,8 +35,8 @@ pub use error::{Exit, UsageError};
 /// Runs one parsed command line.
 pub fn run(cli: cli::Cli) -> anyhow::Result<Exit> {
     init_logging(&cli.global);
-    let settings = config::Settings::from_args(&cli.global)?;
-    commands::run(cli.command, &settings)
+    let settings = cli::settings(&cli.global)?;
+    cli::dispatch(cli.command, &settings)
 }
 
 /// Prints an error the way every command reports failure and picks its exit

@@ -11,7 +11,7 @@ fn completions_and_man_pages_are_current() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let bless = std::env::var_os("GENALYTICS_BLESS").is_some();
     let mut stale = Vec::new();
-    for (path, contents) in genalytics::commands::completions::generated_files().unwrap() {
+    for (path, contents) in genalytics::cli::completions::generated_files().unwrap() {
         let file = root.join(&path);
         if bless {
             std::fs::create_dir_all(file.parent().unwrap()).unwrap();
@@ -45,7 +45,7 @@ fn the_bash_completion_is_valid_bash() {
 fn man_pages_cover_every_command_with_examples_that_parse() {
     let man = Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
     let generated: std::collections::BTreeSet<String> =
-        genalytics::commands::completions::generated_files()
+        genalytics::cli::completions::generated_files()
             .unwrap()
             .into_iter()
             .filter_map(|(path, _)| path.strip_prefix("man/").map(str::to_string))

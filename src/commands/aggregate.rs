@@ -309,7 +309,7 @@ fn roll_up_chunk(
             summary.add(outcome);
             return Ok(());
         }
-        Err(err) if db::is_transient(&err) => return Err(err),
+        Err(err) if crate::error::is_transient(&err) => return Err(err),
         Err(_) if chunk.len() > 1 => {}
         Err(err) => {
             fail(client, chunk[0], &err, summary)?;
@@ -319,7 +319,7 @@ fn roll_up_chunk(
     for &hour in chunk {
         match rollup::roll_up(client, &[hour]) {
             Ok(outcome) => summary.add(outcome),
-            Err(err) if db::is_transient(&err) => return Err(err),
+            Err(err) if crate::error::is_transient(&err) => return Err(err),
             Err(err) => fail(client, hour, &err, summary)?,
         }
     }

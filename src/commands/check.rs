@@ -268,7 +268,7 @@ fn lag(
     if !waiting.info.exists {
         // Nothing waits, but a mistyped --stream or --redis-ns looks the
         // same: never plainly OK.
-        let text = super::status::missing_stream(key);
+        let text = crate::stream::verdict::missing(key);
         return Ok(Figure::new("lag", Unit::Seconds, None, text)
             .judged(limits)
             .at_least(Level::Warning));

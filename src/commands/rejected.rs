@@ -15,9 +15,9 @@ use crate::config::Settings;
 use crate::db::rejected::{self, Filter, Letter, Summary};
 use crate::db::{self, events, migrations};
 use crate::error::{Exit, UsageError};
+use crate::event::EntryId;
 use crate::output::{SummaryFormat, thousands};
 use crate::render::{self, Cell, Layout, Report, Section};
-use crate::stream::EntryId;
 use crate::text::{escape_bytes, escape_controls, truncate};
 use crate::timearg::{parse_instant, parse_span};
 

@@ -17,13 +17,15 @@ use crate::config::Settings;
 use crate::db::streams::{self, TransferState};
 use crate::db::{self, health, migrations};
 use crate::error::Exit;
+use crate::event::EntryId;
 use crate::monitoring::Exposition;
 use crate::output::thousands;
 use crate::render::table::TableRenderer;
 use crate::render::{Cell, Layout, Renderer, Report, Section};
-use crate::stream::identity::{self, Identity};
+use crate::stream::identity::Identity;
+use crate::stream::producer::PRODUCER_MAXLEN;
+use crate::stream::verdict;
 use crate::stream::waiting::{self, Waiting};
-use crate::stream::{EntryId, producer::PRODUCER_MAXLEN};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
@@ -95,7 +97,8 @@ struct Status {
     /// Whether the key still holds the stream the position belongs to:
     /// `same`, `missing`, `gap`, `rewound`, `replaced` (read on) or
     /// `replaced_below_position`.
-    stream_identity: Option<&'static str>,
+    #[serde(serialize_with = "identity_name")]
+    stream_identity: Option<Identity>,
     behind: Option<u64>,
     behind_exact: Option<bool>,
     oldest_untransferred_at: Option<DateTime<Utc>>,
@@ -182,7 +185,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
             status.warnings.push(format!(
                 "the stream was replaced on {} (Redis restarted empty, flushed or failed over){}",
                 at.format("%Y-%m-%d %H:%M:%S UTC"),
-                identity::loss(state.last_reset_lost.map(i64::unsigned_abs))
+                verdict::loss(state.last_reset_lost.map(i64::unsigned_abs))
             ));
         }
     }
@@ -303,10 +306,10 @@ fn stream_figures(
         info.length as f64 * 100.0 / PRODUCER_MAXLEN as f64,
     ));
     status.newest_entry_at = info.last_id.and_then(EntryId::time);
-    status.stream_identity = Some(identity_name(&verdict));
-    if let Some(warning) = identity_warning(key, position.id, &verdict) {
+    if let Some(warning) = verdict::warning(key, position.id, &verdict) {
         status.warnings.push(warning);
     }
+    status.stream_identity = Some(verdict);
     status.behind = Some(behind.entries);
     status.behind_exact = Some(behind.exact);
     status.behind_cap_pct = Some(crate::report::round2(
@@ -331,47 +334,18 @@ fn stream_figures(
     Ok(())
 }
 
-/// The verdict on a stream replaced below the position, which transfer
-/// will not read on its own.
-const REPLACED_BELOW: &str = "replaced_below_position";
-
-/// The verdict as a JSON value.
-pub fn identity_name(verdict: &Identity) -> &'static str {
+/// The verdict as its name, in JSON.
+#[allow(
+    clippy::ref_option,
+    reason = "serde's serialize_with hands over the field"
+)]
+fn identity_name<S: serde::Serializer>(
+    verdict: &Option<Identity>,
+    out: S,
+) -> Result<S::Ok, S::Error> {
     match verdict {
-        Identity::Same => "same",
-        Identity::Missing => "missing",
-        Identity::Gap => "gap",
-        Identity::Rewound { .. } => "rewound",
-        Identity::ResetAbove => "replaced",
-        Identity::ResetBelow { .. } => REPLACED_BELOW,
-    }
-}
-
-/// The one sentence status, check and transfer say of a key that holds no
-/// stream.
-pub fn missing_stream(key: &str) -> String {
-    format!(
-        "the stream {key} does not exist (a wrong --stream or --redis-ns, Redis restarted empty, or no \
-         producer yet)"
-    )
-}
-
-/// What an operator should know about the verdict, if anything.
-pub fn identity_warning(key: &str, position: EntryId, verdict: &Identity) -> Option<String> {
-    match verdict {
-        Identity::Same => None,
-        Identity::Missing => Some(missing_stream(key)),
-        Identity::Gap => Some(identity::gap_warning(key, position, None)),
-        Identity::Rewound { last } => Some(format!(
-            "the stream {key} went back to an older state of itself (restarted from a snapshot, or a replica \
-             that lagged): its entries after {last} up to {position} are gone from Redis but were stored; \
-             transfer reads on"
-        )),
-        Identity::ResetAbove => Some(format!(
-            "the stream {key} was replaced (Redis restarted empty, flushed or failed over); the next transfer \
-             reads on and records it"
-        )),
-        Identity::ResetBelow { .. } => Some(identity::below_position(key, position, verdict)),
+        Some(verdict) => out.serialize_some(verdict.name()),
+        None => out.serialize_none(),
     }
 }
 
@@ -487,7 +461,9 @@ impl Status {
             (
                 "genalytics_stream_replaced_below_position",
                 "1: the stream was replaced below the position; transfer waits for --new-stream.",
-                self.stream_identity.map(|id| flag(id == REPLACED_BELOW)),
+                self.stream_identity
+                    .as_ref()
+                    .map(|id| flag(matches!(id, Identity::ResetBelow { .. }))),
             ),
             (
                 "genalytics_last_transfer_timestamp_seconds",
@@ -585,7 +561,11 @@ impl Status {
             (
                 "stream_identity",
                 "stream",
-                Cell::Text(self.stream_identity.map(str::to_string)),
+                Cell::Text(
+                    self.stream_identity
+                        .as_ref()
+                        .map(|id| id.name().to_string()),
+                ),
             ),
             (
                 "behind",

@@ -22,26 +22,11 @@ use serde_json::Value;
 
 use crate::db::partitions;
 use crate::db::streams::PositionMoved;
+use crate::event::EntryId;
+use crate::event::RawEntry;
 use crate::event::{Event, RawFields, Rejection, parse};
 use crate::hour;
-use crate::stream::EntryId;
-use crate::stream::reader::RawEntry;
 use crate::text::{escape_bytes, escape_controls, truncate};
-
-/// Most bytes of entries one batch holds, besides `--batch-size` entries.
-/// Each batch costs a COPY's set-up on the partitioned table (about 1.7
-/// ms), a commit and a trim: 4 MiB batches (some 2,600 entries) held
-/// transfer to 0.78 of the COPY limit, 8 MiB reach 0.94 with a peak RSS of
-/// 71 MiB, 12 MiB 0.96 with 90 MiB (cargo bench --bench transfer). A
-/// prepared batch keeps its entries packed, so it holds far less than it
-/// was read from.
-pub const BATCH_BYTES: usize = 8 << 20;
-
-/// [`BATCH_BYTES`] once a batch or its last read holds a giant entry (see
-/// [`crate::stream::reader::GIANT_ENTRY`]): with one batch being read, one
-/// queued and one being stored, memory stays under 100 MiB with entries of
-/// 2 MB, and no COPY comes near PostgreSQL's 1 GB message limit.
-pub const GIANT_BATCH_BYTES: usize = 4 << 20;
 
 /// Largest entry whose raw fields a prepared batch keeps beside its row.
 const RAW_KEEP_MAX: usize = 64 << 10;
@@ -92,7 +77,7 @@ pub struct Prepared {
     /// Where each row starts in `rows`, and one past the last.
     bounds: Vec<usize>,
     /// Per row: its entry, its hour and its raw fields, packed (see
-    /// [`crate::stream::pack`]) — kept only up to [`RAW_KEEP_MAX`] bytes:
+    /// [`crate::event::pack`]) — kept only up to [`RAW_KEEP_MAX`] bytes:
     /// they serve only should PostgreSQL refuse the row, and a giant entry
     /// is read again from Redis then rather than held twice meanwhile.
     ids: Vec<EntryId>,
@@ -231,10 +216,10 @@ pub fn prepare(entries: impl IntoIterator<Item = RawEntry>) -> anyhow::Result<Pr
                 // not through a doubling buffer.
                 prepared.rows.reserve(size + 256);
                 let kept = if size > RAW_KEEP_MAX {
-                    dropped_print = crate::stream::reader::fingerprint(&raw);
+                    dropped_print = crate::event::fingerprint(&raw);
                     None
                 } else {
-                    Some(crate::stream::pack::packed(&raw).into_boxed_slice())
+                    Some(crate::event::pack::packed(&raw).into_boxed_slice())
                 };
                 drop(raw);
                 encode_row(&mut prepared.rows, &event)?;
@@ -259,11 +244,11 @@ pub fn prepare(entries: impl IntoIterator<Item = RawEntry>) -> anyhow::Result<Pr
     }
     prepared.last_print = match (prepared.ids.last(), prepared.rejected.last()) {
         (Some(&id), _) if id == prepared.last_id => match prepared.raws.last() {
-            Some(Some(packed)) => crate::stream::reader::fingerprint_packed(packed),
+            Some(Some(packed)) => crate::event::fingerprint_packed(packed),
             _ => dropped_print,
         },
         (_, Some(_)) if !rejected_print.is_empty() => rejected_print,
-        (_, Some(rejected)) => crate::stream::reader::fingerprint(&rejected.fields),
+        (_, Some(rejected)) => crate::event::fingerprint(&rejected.fields),
         _ => String::new(),
     };
     Ok(prepared)
@@ -375,7 +360,7 @@ pub fn commit(
     let again: Vec<Option<RawFields>> = refused
         .iter()
         .map(|(row, _)| match &prepared.raws[*row] {
-            Some(packed) => crate::stream::pack::decode(packed),
+            Some(packed) => crate::event::pack::decode(packed),
             None => refetch(prepared.ids[*row]),
         })
         .collect();
@@ -468,7 +453,7 @@ pub fn replay(
     let mut attempt = tx.transaction()?;
     match partitions::create(&mut attempt, &days, retention_days) {
         Ok(_) => attempt.commit()?,
-        Err(err) if !crate::db::is_transient(&err) => {
+        Err(err) if !crate::error::is_transient(&err) => {
             attempt.rollback()?;
             tracing::warn!(
                 "cannot create the partitions these events need: {err:#}; they go to the default partition"
@@ -865,13 +850,6 @@ fn readable_value(value: &[u8]) -> String {
     )
 }
 
-/// The raw fields flattened (name, value, name, value, …) for `BYTEA[]`.
-pub(crate) fn flat_raw(raw: &RawFields) -> Vec<&[u8]> {
-    raw.iter()
-        .flat_map(|(name, value)| [name.as_slice(), value.as_slice()])
-        .collect()
-}
-
 /// Stores dead letters; one that is already there (a position set back by
 /// hand) stays as it was. Everything in them is escaped or bytes, so
 /// nothing in an entry can refuse them; should PostgreSQL refuse one all
@@ -900,7 +878,7 @@ fn store_dead_letters(
         } else {
             letter.reason.clone()
         };
-        let raw = flat_raw(letter.fields);
+        let raw = super::flat_raw(letter.fields);
         let mut attempt = tx.transaction()?;
         let stored = attempt.execute(
             &statement,

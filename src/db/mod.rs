@@ -18,15 +18,14 @@ use anyhow::Context;
 use postgres::{Client, NoTls};
 
 use crate::config::{DatabaseUrl, PgTls, SslMode};
+use crate::error::ConnectError;
+use crate::event::RawFields;
 
-/// A connection that could not be opened: one sentence saying where and
-/// what to do, and whether trying again later may work (a server down or
-/// starting) or not (a wrong password, a missing database).
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct ConnectError {
-    pub message: String,
-    pub transient: bool,
+/// The raw fields flattened (name, value, name, value, …) for `BYTEA[]`.
+pub fn flat_raw(raw: &RawFields) -> Vec<&[u8]> {
+    raw.iter()
+        .flat_map(|(name, value)| [name.as_slice(), value.as_slice()])
+        .collect()
 }
 
 /// Opens one connection, over TLS as `sslmode` asks; the error says where
@@ -39,7 +38,7 @@ pub fn connect(url: &DatabaseUrl) -> anyhow::Result<Client> {
     connected.map_err(|err| {
         anyhow::Error::new(ConnectError {
             message: describe_connect_error(url, &err),
-            transient: is_transient_pg(&err),
+            transient: crate::error::pg_transient(&err),
         })
     })
 }
@@ -49,48 +48,6 @@ pub fn connect_current(url: &DatabaseUrl) -> anyhow::Result<Client> {
     let mut client = connect(url)?;
     migrations::ensure_current(&mut client)?;
     Ok(client)
-}
-
-/// Whether an error from PostgreSQL may go away by itself: the connection
-/// was lost or refused, the server is shutting down, starting, overloaded
-/// or out of disk, a serialization conflict. Wrong credentials, a missing
-/// database or a schema this binary does not know are not.
-pub fn is_transient(err: &anyhow::Error) -> bool {
-    err.chain().any(|cause| {
-        if let Some(connect) = cause.downcast_ref::<ConnectError>() {
-            return connect.transient;
-        }
-        if let Some(pg) = cause.downcast_ref::<postgres::Error>() {
-            return is_transient_pg(pg);
-        }
-        cause.downcast_ref::<io::Error>().is_some()
-    })
-}
-
-fn is_transient_pg(err: &postgres::Error) -> bool {
-    if err.is_closed() {
-        return true;
-    }
-    if let Some(code) = err.code() {
-        let code = code.code();
-        return code.starts_with("08")
-            || code.starts_with("53")
-            || matches!(
-                code,
-                "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "55P03"
-            );
-    }
-    // No SQLSTATE: the driver's own trouble, which is I/O or a closed
-    // socket, or a TLS handshake (a certificate problem is not mended by
-    // waiting, but a server restarting mid-handshake is).
-    let mut cause = err.source();
-    while let Some(inner) = cause {
-        if inner.downcast_ref::<io::Error>().is_some() {
-            return true;
-        }
-        cause = inner.source();
-    }
-    !err.to_string().contains("TLS")
 }
 
 /// Where the trusted roots come from, as libpq finds them: `sslrootcert`,

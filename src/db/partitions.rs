@@ -158,7 +158,7 @@ impl Known {
                     self.retry.insert(day, now + LOCK_RETRY);
                     continue;
                 }
-                Err(err) if crate::db::is_transient(&err) => return Err(err),
+                Err(err) if crate::error::is_transient(&err) => return Err(err),
                 // Nothing in the data may stop transfer: the day's events
                 // go to the default partition, stored all the same.
                 Err(err) => tracing::warn!(
@@ -328,7 +328,7 @@ pub fn drop_detached(client: &mut Client) -> anyhow::Result<(u64, i64)> {
                 dropped += 1;
                 rows += count;
             }
-            Err(err) if crate::db::is_transient(&err) => return Err(err),
+            Err(err) if crate::error::is_transient(&err) => return Err(err),
             // Something of the operator's depends on it (a view): prune
             // goes on, and says so until it can drop it.
             Err(err) => tracing::warn!("cannot drop {name}, a pruned partition: {err:#}"),

@@ -6,8 +6,8 @@ use postgres::types::ToSql;
 use postgres::{Client, Transaction};
 use serde_json::Value;
 
+use crate::event::EntryId;
 use crate::event::RawFields;
-use crate::stream::EntryId;
 
 /// Which dead letters a command is about.
 #[derive(Debug, Default, Clone)]

@@ -7,9 +7,10 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use postgres::{Client, GenericClient};
 
-use crate::stream::EntryId;
-use crate::stream::identity::{Match, Position};
-use crate::stream::reader::RawEntry;
+use crate::event::EntryId;
+use crate::event::Position;
+use crate::event::RawEntry;
+use crate::stream::identity::Match;
 
 /// Transfers of different streams may run side by side; of one stream, one
 /// at a time. (Class 0x67656e61 = "gena"; the two-key lock space is apart
@@ -310,11 +311,7 @@ impl crate::stream::identity::Store for Stored<'_> {
                 .query_opt(
                     "SELECT raw_fields IS NOT DISTINCT FROM $3 FROM generation_events_rejected
                      WHERE stream = $1 AND stream_id = $2",
-                    &[
-                        &self.stream_ref,
-                        &entry.id,
-                        &crate::db::events::flat_raw(&entry.fields),
-                    ],
+                    &[&self.stream_ref, &entry.id, &super::flat_raw(&entry.fields)],
                 )?
                 .map(|row| row.get(0)),
         };

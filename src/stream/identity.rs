@@ -16,17 +16,8 @@
 //! is another one; otherwise the producer's cap may have trimmed it, and
 //! the verdict says that it cannot tell.
 
-use super::EntryId;
-use super::reader::{RawEntry, StreamInfo};
-
-/// What is known about the stored position, for the comparison.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Position {
-    pub id: EntryId,
-    /// The stream's `entries-added` when its entry `id` was added, when
-    /// known: how many entries of this stream lie at or before `id`.
-    pub index: Option<u64>,
-}
+use super::reader::StreamInfo;
+use crate::event::{EntryId, Position, RawEntry};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
@@ -89,42 +80,6 @@ impl Identity {
     }
 }
 
-/// The sentence for [`Identity::ResetBelow`]: what the key holds, and what
-/// the operator can do.
-pub fn below_position(key: &str, position: EntryId, verdict: &Identity) -> String {
-    let Identity::ResetBelow {
-        first,
-        last,
-        length,
-        certain,
-        position_stored,
-    } = verdict
-    else {
-        return String::new();
-    };
-    let held = format!(
-        "the stream {key} holds {} entries, {first} to {last}, starting at or below the stored position \
-         {position}, which transfer will not read",
-        crate::output::thousands(*length)
-    );
-    if !position_stored {
-        return format!(
-            "{held}; that position is no entry transfer stored — was genalytics_transfer_state.last_id set by \
-             hand? Set it back to the last entry stored (or to '0-0' to read the stream from its start), or, if \
-             the key holds a new stream, run `genalytics transfer --new-stream`"
-        );
-    }
-    format!(
-        "{held}: it was replaced{} — if it is a new stream, run `genalytics transfer --new-stream` to store \
-         all its entries once",
-        if *certain {
-            ""
-        } else {
-            " (Redis < 7 cannot tell a replaced stream from one whose entry at the position was deleted)"
-        }
-    )
-}
-
 /// In a [`Identity::Gap`], what went: the entries added after the
 /// position that the stream no longer holds (everything it holds comes
 /// after the position), when Redis 7's count and the position's index are
@@ -135,38 +90,6 @@ pub fn gap_lost(info: &StreamInfo, index: Option<u64>) -> Option<u64> {
             .checked_sub(index?)?
             .saturating_sub(info.length),
     )
-}
-
-/// The Gap warning: the position's entry gone with everything before it.
-pub fn gap_warning(key: &str, position: EntryId, lost: Option<u64>) -> String {
-    let lost = match lost {
-        Some(0) => "no entry after it was lost".to_string(),
-        Some(n) => format!(
-            "{} entries after it went before they were stored",
-            crate::output::thousands(n)
-        ),
-        None => "entries after it may have gone before they were stored".to_string(),
-    };
-    format!(
-        "the entry {position} of {key} is gone with everything before it — the producer's cap trimmed the \
-         stream past it, or the stream was replaced (Redis cannot tell which): {lost}; transfer more often to \
-         keep up"
-    )
-}
-
-/// What a replacement cost, for a sentence: `lost` is how many entries
-/// the old stream had received that were never stored (at least).
-pub fn loss(lost: Option<u64>) -> String {
-    match lost {
-        Some(0) => {
-            "; as far as genalytics saw, every entry of the old one had been stored".to_string()
-        }
-        Some(n) => format!(
-            "; the old one had received at least {} entries that were never stored",
-            crate::output::thousands(n)
-        ),
-        None => String::new(),
-    }
 }
 
 /// What is known of the stream's entries at or below the position.
@@ -252,7 +175,7 @@ pub fn judge(position: Position, info: &StreamInfo, below: Below) -> Identity {
 /// Also returns the [`fingerprint`] of the position's entry when it is
 /// there, for the reader to check its first read by.
 ///
-/// [`fingerprint`]: super::reader::fingerprint
+/// [`fingerprint`]: crate::event::fingerprint
 pub fn inspect(
     con: &mut super::wire::Wire,
     key: &str,

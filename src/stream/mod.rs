@@ -6,19 +6,11 @@ use std::time::Duration;
 use anyhow::anyhow;
 
 use crate::config::{RedisUrl, Settings};
+use crate::error::ConnectError;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for one reply; blocking reads ask for far less.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A connection that could not be opened: where, why, what to do, and
-/// whether trying again later may work.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct ConnectError {
-    pub message: String,
-    pub transient: bool,
-}
 
 /// A connection to the server that holds `key`: Redis, or the cluster
 /// master that owns the key's slot.
@@ -41,7 +33,7 @@ pub fn connect_reader(settings: &Settings, key: &str) -> anyhow::Result<wire::Wi
     wire::Wire::open(&url, CONNECT_TIMEOUT, IO_TIMEOUT).map_err(|err| {
         ConnectError {
             message: describe_connect_error(&target, tls, &err),
-            transient: is_transient_redis(&err),
+            transient: crate::error::redis_transient(&err),
         }
         .into()
     })
@@ -71,7 +63,7 @@ pub fn connect(url: &RedisUrl) -> anyhow::Result<redis::Connection> {
     let tls = matches!(url.info.addr(), redis::ConnectionAddr::TcpTls { .. });
     let failed = |err: &redis::RedisError| ConnectError {
         message: describe_connect_error(&target, tls, err),
-        transient: is_transient_redis(err),
+        transient: crate::error::redis_transient(err),
     };
     let client = redis::Client::open(url.info.clone())
         .map_err(|err| anyhow!("cannot use the Redis URL for {target}: {}", describe(&err)))?;
@@ -88,41 +80,6 @@ pub fn connect(url: &RedisUrl) -> anyhow::Result<redis::Connection> {
         .query::<()>(&mut con)
         .map_err(|err| failed(&err))?;
     Ok(con)
-}
-
-/// Whether an error from Redis may go away by itself: the connection was
-/// lost, refused or timed out, the server is loading its data or a failover
-/// is under way. A wrong password is not.
-pub fn is_transient(err: &anyhow::Error) -> bool {
-    err.chain().any(|cause| {
-        if let Some(connect) = cause.downcast_ref::<ConnectError>() {
-            return connect.transient;
-        }
-        if let Some(redis) = cause.downcast_ref::<redis::RedisError>() {
-            return is_transient_redis(redis);
-        }
-        cause.downcast_ref::<std::io::Error>().is_some()
-    })
-}
-
-fn is_transient_redis(err: &redis::RedisError) -> bool {
-    err.is_io_error()
-        || err.is_connection_dropped()
-        || err.is_connection_refusal()
-        || err.is_timeout()
-        || matches!(
-            err.code(),
-            Some(
-                "LOADING"
-                    | "TRYAGAIN"
-                    | "CLUSTERDOWN"
-                    | "MASTERDOWN"
-                    | "READONLY"
-                    | "BUSY"
-                    | "MOVED"
-                    | "ASK"
-            )
-        )
 }
 
 fn describe_connect_error(target: &str, tls: bool, err: &redis::RedisError) -> String {
@@ -175,12 +132,10 @@ pub fn describe(err: &redis::RedisError) -> String {
 }
 
 pub mod cluster;
-pub mod id;
+pub mod drain;
 pub mod identity;
-pub mod pack;
 pub mod producer;
 pub mod reader;
+pub mod verdict;
 pub mod waiting;
 pub mod wire;
-
-pub use id::EntryId;

@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Settings;
 use crate::db::streams::{self, TransferState};
-use crate::stream::identity::{self, Identity, Position};
+use crate::event::Position;
+use crate::stream::identity::{self, Identity};
 use crate::stream::reader::{self, Backlog, StreamInfo};
 
 pub struct Waiting {
@@ -49,7 +50,7 @@ pub fn waiting(
     };
     let backlog = reader::behind(&mut con, key, &info, after)?;
     let oldest_at =
-        reader::first_after(&mut con, key, after.id)?.and_then(crate::stream::EntryId::time);
+        reader::first_after(&mut con, key, after.id)?.and_then(crate::event::EntryId::time);
     Ok(Waiting {
         info,
         verdict,

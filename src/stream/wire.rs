@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use redis::{RedisError, RedisResult, Value};
 
-use super::EntryId;
-use super::reader::{CUT_KEEP_BYTES, CUT_KEEP_FIELDS, CUT_STRING, Cut, CutString, RawEntry};
 use crate::config::RedisUrl;
+use crate::event::EntryId;
+use crate::event::{CUT_KEEP_BYTES, CUT_KEEP_FIELDS, CUT_STRING, Cut, CutString, RawEntry};
 use crate::event::{ENTRY_MAX_BYTES, FIELDS_MAX, RawFields};
 
 /// Read buffer: a few hundred entries of the usual size per fill.
@@ -155,7 +155,7 @@ impl Wire {
     /// An `XRANGE`-shaped reply (an array of entries), keeping the first
     /// entry and then entries while fewer than `budget` bytes are held
     /// (`giant_budget` once a giant entry is held, see
-    /// [`super::reader::GIANT_ENTRY`]); the rest are read past. A server
+    /// [`crate::event::GIANT_ENTRY`]); the rest are read past. A server
     /// error is returned as an error.
     pub fn entries(&mut self, budget: usize, giant_budget: usize) -> RedisResult<Taken> {
         self.usable()?;
@@ -396,7 +396,7 @@ impl Wire {
             let entry = self.entry()?;
             // A cut giant is judged by what it costs Redis, not what is held.
             let (size, in_redis) = entry.sizes();
-            if in_redis >= super::reader::GIANT_ENTRY {
+            if in_redis >= crate::event::GIANT_ENTRY {
                 budget = budget.min(giant_budget);
             }
             bytes = bytes.saturating_add(size);
@@ -660,7 +660,7 @@ impl Cutting {
             kept_bytes: 0,
             cuts: Vec::new(),
         };
-        super::pack::array_header(strings, &mut |bytes| cutting.print.update(bytes));
+        crate::event::pack::array_header(strings, &mut |bytes| cutting.print.update(bytes));
         let held = fields.len();
         for (index, (field_name, value)) in fields.iter_mut().enumerate() {
             cutting.held(field_name, index, true);
@@ -684,7 +684,7 @@ impl Cutting {
 
     /// A string held whole before cutting began: hashed, then shortened.
     fn held(&mut self, string: &mut Vec<u8>, field: usize, is_name: bool) {
-        super::pack::string_header(string.len(), &mut |bytes| self.print.update(bytes));
+        crate::event::pack::string_header(string.len(), &mut |bytes| self.print.update(bytes));
         self.print.update(string);
         self.bytes += string.len() as u64;
         self.strings += 1;
@@ -696,7 +696,7 @@ impl Cutting {
                     field,
                     is_name,
                     length: string.len() as u64,
-                    sha256: super::reader::hex(&openssl::sha::sha256(string)),
+                    sha256: crate::event::hex(&openssl::sha::sha256(string)),
                 });
             }
             string.truncate(room);
@@ -715,7 +715,7 @@ impl Cutting {
     ) -> RedisResult<Vec<u8>> {
         let keep = field < CUT_KEEP_FIELDS;
         let room = self.room(field);
-        super::pack::string_header(n, &mut |bytes| self.print.update(bytes));
+        crate::event::pack::string_header(n, &mut |bytes| self.print.update(bytes));
         let mut digest = (keep && n > room).then(openssl::sha::Sha256::new);
         let print = &mut self.print;
         let kept = wire.stream_bulk(n, room, |piece| {
@@ -729,7 +729,7 @@ impl Cutting {
                 field,
                 is_name,
                 length: n as u64,
-                sha256: super::reader::hex(&digest.finish()),
+                sha256: crate::event::hex(&digest.finish()),
             });
         }
         self.bytes += n as u64;
@@ -744,7 +744,7 @@ impl Cutting {
         Cut {
             bytes: self.bytes,
             fields: self.strings / 2,
-            fingerprint: super::reader::hex(&self.print.finish()),
+            fingerprint: crate::event::hex(&self.print.finish()),
             strings: self.cuts,
         }
     }
@@ -757,7 +757,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::stream::EntryId;
+    use crate::event::EntryId;
 
     /// A connection to a "server" that sends `bytes` and hangs up: the
     /// worst a server (or a cut connection) can hand the parser.
@@ -1146,10 +1146,7 @@ mod tests {
         let read = &taken.entries;
         for (entry, (_, whole)) in read.iter().zip(&entries) {
             // The whole entry's fingerprint, as the trim script computes it.
-            assert_eq!(
-                entry.fingerprint(),
-                super::super::reader::fingerprint(whole)
-            );
+            assert_eq!(entry.fingerprint(), crate::event::fingerprint(whole));
         }
         assert!(read[0].cut.is_none() && read[0].fields == small);
         assert!(read[4].cut.is_none() && read[4].fields == small);
@@ -1171,7 +1168,7 @@ mod tests {
         assert_eq!(shortened, [(1, false, 20 << 20), (2, false, 100 << 10)]);
         assert_eq!(
             cut.strings[0].sha256,
-            super::super::reader::hex(&openssl::sha::sha256(&value))
+            crate::event::hex(&openssl::sha::sha256(&value))
         );
 
         let cut = read[2].cut.as_ref().expect("cut");

@@ -95,6 +95,15 @@ impl<'a> FromSql<'a> for EntryId {
     }
 }
 
+/// What is known about the stored position, for the comparison.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    pub id: EntryId,
+    /// The stream's `entries-added` when its entry `id` was added, when
+    /// known: how many entries of this stream lie at or before `id`.
+    pub index: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

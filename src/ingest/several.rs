@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::{Args, transfer_stream};
+use super::{Options, Report, transfer_stream};
 use crate::config::Settings;
 use crate::error::{Exit, UsageError};
 use crate::stream;
@@ -32,8 +32,13 @@ const RETRY: Duration = Duration::from_secs(60);
 /// to each server.
 const FOLLOW_MAX: usize = 64;
 
-pub fn run(args: &Args, settings: &Settings, stop: &Arc<AtomicBool>) -> anyhow::Result<Exit> {
-    if args.new_stream {
+pub(super) fn run(
+    options: &Options,
+    settings: &Settings,
+    stop: &Arc<AtomicBool>,
+    report: &Report,
+) -> anyhow::Result<Exit> {
+    if options.new_stream {
         return Err(UsageError(
             "--new-stream accepts a replaced stream below its position: give the one stream it is for".into(),
         )
@@ -41,7 +46,7 @@ pub fn run(args: &Args, settings: &Settings, stop: &Arc<AtomicBool>) -> anyhow::
     }
     let mut unreadable = BTreeSet::new();
     let keys = resolve(settings, &mut unreadable)?;
-    if keys.is_empty() && !args.follow {
+    if keys.is_empty() && !options.follow {
         tracing::warn!(
             "no stream matches {}; nothing to transfer",
             settings.patterns.join(", ")
@@ -50,8 +55,8 @@ pub fn run(args: &Args, settings: &Settings, stop: &Arc<AtomicBool>) -> anyhow::
     }
     let failed: Mutex<Vec<(String, anyhow::Error)>> = Mutex::new(Vec::new());
     let transfer = |key: &str| {
-        while let Err(err) = transfer_stream(args, settings, key, stop) {
-            if !args.follow {
+        while let Err(err) = transfer_stream(options, settings, key, stop, report) {
+            if !options.follow {
                 tracing::error!("transfer of {key} failed: {err:#}");
                 failed
                     .lock()
@@ -65,7 +70,7 @@ pub fn run(args: &Args, settings: &Settings, stop: &Arc<AtomicBool>) -> anyhow::
             }
         }
     };
-    if args.follow {
+    if options.follow {
         follow(settings, stop, keys, &mut unreadable, &transfer);
     } else {
         let queue = Mutex::new(keys.iter().cloned().collect::<VecDeque<String>>());
@@ -75,7 +80,7 @@ pub fn run(args: &Args, settings: &Settings, stop: &Arc<AtomicBool>) -> anyhow::
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .pop_front()
         };
-        let workers = usize::from(args.parallel).min(keys.len());
+        let workers = usize::from(options.parallel).min(keys.len());
         std::thread::scope(|scope| {
             for _ in 0..workers {
                 scope.spawn(|| {

@@ -12,7 +12,7 @@ use std::io::Write;
 use anyhow::bail;
 use clap::Parser;
 
-use crate::cli::{Cli, Command, GlobalArgs};
+use super::{Cli, Command, GlobalArgs};
 use crate::config::Settings;
 use crate::error::Exit;
 use crate::throwaway::{Postgres, Redis, RedisCluster};
@@ -71,7 +71,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     for (what, command) in steps(args.events)? {
         interrupted()?;
         say(&format!("$ {what}"))?;
-        if let Err(err) = super::run(command, &demo) {
+        if let Err(err) = super::dispatch(command, &demo) {
             interrupted()?;
             return Err(err);
         }
@@ -216,7 +216,7 @@ fn demo_settings(
     cluster: bool,
     quiet: bool,
 ) -> anyhow::Result<Settings> {
-    Ok(Settings::from_args(&GlobalArgs {
+    Ok(super::settings(&GlobalArgs {
         database_url: Some(database_url.to_string()),
         redis_url: redis_url.to_string(),
         redis_cluster: cluster,
@@ -226,6 +226,6 @@ fn demo_settings(
         raw_retention: chrono::TimeDelta::days(90),
         verbose: 0,
         quiet,
-        log_format: crate::cli::LogFormat::Text,
+        log_format: super::LogFormat::Text,
     })?)
 }

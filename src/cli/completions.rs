@@ -8,7 +8,7 @@ use std::io::Write;
 use clap::CommandFactory;
 use clap_complete::Shell;
 
-use crate::cli::Cli;
+use super::Cli;
 use crate::error::Exit;
 
 #[derive(Debug, clap::Args)]
@@ -55,7 +55,7 @@ pub fn generated_files() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
         };
         files.push((format!("completions/{name}"), completion_script(shell)));
     }
-    for (name, page) in crate::manpages::pages()? {
+    for (name, page) in super::manpages::pages()? {
         files.push((format!("man/{name}"), page));
     }
     Ok(files)

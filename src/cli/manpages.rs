@@ -7,7 +7,7 @@
 use clap::{Command, CommandFactory};
 use roff::{Roff, bold, roman};
 
-use crate::cli::Cli;
+use super::Cli;
 
 /// Every page, as (file name, contents), the top-level page first.
 pub fn pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {

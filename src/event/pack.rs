@@ -4,7 +4,7 @@
 //! its entries' fields for dead letters (one allocation an entry, not two a
 //! field).
 
-use crate::event::RawFields;
+use super::RawFields;
 
 /// Writes the packing of `fields` to `out`, piece by piece.
 pub fn encode(fields: &RawFields, mut out: impl FnMut(&[u8])) {

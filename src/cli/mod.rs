@@ -6,10 +6,18 @@
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+pub mod completions;
+pub mod demo;
+mod manpages;
+mod settings;
+
 use crate::commands::{
-    aggregate, check, completions, demo, migrate, prune, rejected, report, simulate, status,
-    transfer,
+    aggregate, check, migrate, prune, rejected, report, simulate, status, transfer,
 };
+use crate::config::Settings;
+use crate::error::{Exit, UsageError};
+
+pub use settings::settings;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -153,6 +161,32 @@ pub enum Command {
     Completions(completions::Args),
     /// Write realistic synthetic traffic into the stream, exactly as the service's producer does
     Simulate(simulate::Args),
+}
+
+/// Runs one subcommand with the settings built from the global flags.
+pub fn dispatch(command: Command, settings: &Settings) -> anyhow::Result<Exit> {
+    if settings.several_streams()
+        && !matches!(command, Command::Transfer(_) | Command::Completions(_))
+    {
+        return Err(UsageError(
+            "--stream more than once, or --stream-pattern, is for transfer; give this command one stream key"
+                .into(),
+        )
+        .into());
+    }
+    match command {
+        Command::Aggregate(args) => aggregate::run(&args, settings),
+        Command::Check(args) => check::run(&args, settings),
+        Command::Completions(args) => completions::run(&args),
+        Command::Demo(args) => demo::run(&args, settings),
+        Command::Migrate(args) => migrate::run(&args, settings),
+        Command::Prune(args) => prune::run(&args, settings),
+        Command::Rejected(args) => rejected::run(&args, settings),
+        Command::Report(args) => report::run(&args, settings),
+        Command::Simulate(args) => simulate::run(&args, settings),
+        Command::Status(args) => status::run(&args, settings),
+        Command::Transfer(args) => transfer::run(&args, settings),
+    }
 }
 
 #[cfg(test)]
