@@ -127,6 +127,35 @@ pub fn redis_transient(err: &redis::RedisError) -> bool {
         )
 }
 
+/// Refusals caused by what a row holds: data exceptions (22…), integrity
+/// constraints (23…) and program limits (54…, e.g. an index row too large).
+pub fn is_data_error(err: &anyhow::Error) -> bool {
+    pg_error(err)
+        .and_then(postgres::Error::code)
+        .is_some_and(|code| matches!(&code.code()[..2], "22" | "23" | "54"))
+}
+
+/// The PostgreSQL error in a cause chain, if any.
+pub fn pg_error(err: &anyhow::Error) -> Option<&postgres::Error> {
+    err.chain()
+        .find_map(|cause| cause.downcast_ref::<postgres::Error>())
+}
+
+/// PostgreSQL's words for a refused row, safe to store and to show.
+pub fn pg_refusal(err: &anyhow::Error) -> String {
+    match pg_error(err).and_then(postgres::Error::as_db_error) {
+        Some(db) => {
+            let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                text.push_str(": ");
+                text.push_str(detail);
+            }
+            crate::text::escape_controls(&crate::text::truncate(&text, 2_000)).into_owned()
+        }
+        None => crate::text::escape_controls(&format!("{err:#}")).into_owned(),
+    }
+}
+
 /// Whether a system call was interrupted by a signal (`EINTR`), also
 /// inside a Redis error (which keeps the I/O error it was made from).
 pub fn interrupted(err: &anyhow::Error) -> bool {

@@ -172,9 +172,8 @@ impl Known {
 }
 
 fn lock_not_had(err: &anyhow::Error) -> bool {
-    err.chain()
-        .filter_map(|cause| cause.downcast_ref::<postgres::Error>())
-        .any(|pg| pg.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE))
+    crate::error::pg_error(err)
+        .is_some_and(|pg| pg.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE))
 }
 
 fn create_one(client: &mut Client, day: NaiveDate, retention_days: i32) -> anyhow::Result<bool> {

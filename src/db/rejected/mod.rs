@@ -1,5 +1,8 @@
 //! Dead letters (`generation_events_rejected`): listing, reading one as it
-//! was received, purging, and taking a chunk of them for a replay.
+//! was received, purging, and taking a chunk of them for a replay;
+//! writing them is `write`.
+
+pub mod write;
 
 use chrono::{DateTime, Utc};
 use postgres::types::ToSql;

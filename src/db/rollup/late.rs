@@ -1,0 +1,339 @@
+//! Late events — stored after their hour's raw events were pruned —
+//! rolled up on their own and merged into the hour's stored rollups, which
+//! are never recomputed.
+
+use chrono::{DateTime, Utc};
+use postgres::Transaction;
+use uuid::Uuid;
+
+use super::rows::{USER_COLUMNS, read_hour, user_rollup, write_hour};
+use super::sql::{KIND_SQL, SAMPLE};
+use crate::histogram::{Histogram, KEY_SQL};
+use crate::rollup::{FailureRollup, HourRollup, ModelRollup, UserRollup};
+
+/// The late events of `hours`, taken off their list, as (id, timestamp).
+fn take_late(
+    tx: &mut Transaction<'_>,
+    hours: &[DateTime<Utc>],
+) -> anyhow::Result<(Vec<i64>, Vec<DateTime<Utc>>)> {
+    Ok(tx
+        .query(
+            "DELETE FROM generation_rollup_late WHERE hour = ANY($1) RETURNING event_id, event_at",
+            &[&hours],
+        )?
+        .into_iter()
+        .map(|row| (row.get::<_, i64>(0), row.get::<_, DateTime<Utc>>(1)))
+        .unzip())
+}
+
+/// The late events themselves, for the statements below: `$1` their ids,
+/// `$2` their times (which lets PostgreSQL go straight to their partition).
+const LATE: &str = "late AS (
+    SELECT e.* FROM unnest($1::int8[], $2::timestamptz[]) AS l(id, at)
+    JOIN generation_events e ON e.id = l.id AND e.timestamp = l.at)";
+
+/// Merges the late events of hours before the horizon into the hours'
+/// rollups; returns how many hours had any.
+pub(super) fn merge_late(tx: &mut Transaction<'_>, hours: &[DateTime<Utc>]) -> anyhow::Result<u64> {
+    let (ids, ats) = take_late(tx, hours)?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let ok = "event_type = 'completion' AND success";
+    let late_hours = tx.query(
+        &format!(
+            "WITH {LATE}
+             SELECT date_trunc('hour', timestamp, 'UTC'),
+                 count(*) FILTER (WHERE event_type = 'request'),
+                 count(*) FILTER (WHERE {ok}),
+                 count(*) FILTER (WHERE event_type = 'completion' AND NOT success),
+                 count(*) FILTER (WHERE event_type = 'cancellation'),
+                 coalesce(sum(duration_ms) FILTER (WHERE {ok}), 0)::int8,
+                 count(duration_ms) FILTER (WHERE {ok}),
+                 percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY duration_ms)
+                     FILTER (WHERE {ok}),
+                 coalesce(array_agg(DISTINCT user_id) FILTER (WHERE user_id IS NOT NULL), '{{}}'),
+                 coalesce(sum(coalesce(batch_size, 1)) FILTER (WHERE {ok}), 0)::int8,
+                 coalesce(sum(queue_length), 0)::int8, count(queue_length), max(queue_length),
+                 coalesce(array_agg({KEY_SQL}) FILTER (WHERE {ok} AND duration_ms IS NOT NULL), '{{}}')
+             FROM late GROUP BY 1"
+        ),
+        &[&ids, &ats],
+    )?;
+    for row in &late_hours {
+        let hour: DateTime<Utc> = row.get(0);
+        let exact: Option<Vec<f64>> = row.get(7);
+        let users: Vec<Uuid> = row.get(8);
+        let keys: Vec<i32> = row.get(13);
+        let late = HourRollup {
+            requests: row.get(1),
+            successful: row.get(2),
+            failed: row.get(3),
+            cancelled: row.get(4),
+            duration_sum: row.get(5),
+            duration_count: row.get(6),
+            histogram: Histogram::from_keys(&keys),
+            unique_users: users.len() as i64,
+            users: users.into_iter().collect(),
+            images: row.get(9),
+            queue_sum: row.get(10),
+            queue_samples: row.get(11),
+            max_queue: row.get::<_, Option<i32>>(12).map(i64::from),
+            percentiles: [0, 1, 2].map(|i| {
+                exact
+                    .as_ref()
+                    .and_then(|q| q.get(i))
+                    .map(|&v| crate::report::whole_ms(v))
+            }),
+            percentiles_exact: Some(true),
+            hist_complete: true,
+            users_complete: true,
+            legacy: false,
+        };
+        let (merged, new) = match read_hour(tx, hour)? {
+            Some(mut stored) => {
+                stored.merge(&late);
+                (stored, false)
+            }
+            // An hour that had no events: these are all of them.
+            None => (late, true),
+        };
+        write_hour(tx, hour, &merged, new)?;
+    }
+    merge_late_models(tx, &ids, &ats)?;
+    merge_late_failures(tx, &ids, &ats)?;
+    merge_late_users(tx, &ids, &ats)?;
+    Ok(late_hours.len() as u64)
+}
+
+fn merge_late_models(
+    tx: &mut Transaction<'_>,
+    ids: &[i64],
+    ats: &[DateTime<Utc>],
+) -> anyhow::Result<()> {
+    let rows = tx.query(
+        &format!(
+            "WITH {LATE}
+             SELECT date_trunc('hour', timestamp, 'UTC'), model_checkpoint, count(*),
+                 count(*) FILTER (WHERE success), count(*) FILTER (WHERE NOT success),
+                 coalesce(sum(duration_ms) FILTER (WHERE success), 0)::int8,
+                 count(duration_ms) FILTER (WHERE success),
+                 coalesce(array_agg({KEY_SQL}) FILTER (WHERE success AND duration_ms IS NOT NULL), '{{}}'),
+                 max(timestamp)
+             FROM late WHERE event_type = 'completion' GROUP BY 1, 2"
+        ),
+        &[&ids, &ats],
+    )?;
+    for row in rows {
+        let hour: DateTime<Utc> = row.get(0);
+        let model: Option<String> = row.get(1);
+        let keys: Vec<i32> = row.get(7);
+        let late = ModelRollup {
+            total: row.get(2),
+            successful: row.get(3),
+            failed: row.get(4),
+            duration_sum: row.get(5),
+            duration_count: row.get(6),
+            histogram: Histogram::from_keys(&keys),
+            last_used_at: row.get(8),
+        };
+        let stored = tx.query_opt(
+            "DELETE FROM generation_metrics_hourly_models
+             WHERE timestamp = $1 AND model_checkpoint IS NOT DISTINCT FROM $2
+             RETURNING total_generations, successful_generations, failed_generations, duration_sum_ms,
+                 duration_count, duration_hist_keys, duration_hist_counts, last_used_at",
+            &[&hour, &model],
+        )?;
+        let merged = match stored {
+            Some(row) => {
+                let (keys, counts): (Vec<i32>, Vec<i32>) = (row.get(5), row.get(6));
+                let mut stored = ModelRollup {
+                    total: i64::from(row.get::<_, i32>(0)),
+                    successful: i64::from(row.get::<_, i32>(1)),
+                    failed: i64::from(row.get::<_, i32>(2)),
+                    duration_sum: row.get(3),
+                    duration_count: i64::from(row.get::<_, i32>(4)),
+                    histogram: Histogram::from_parts(&keys, &counts),
+                    last_used_at: row.get(7),
+                };
+                stored.merge(&late);
+                stored
+            }
+            None => late,
+        };
+        let (keys, counts) = merged.histogram.to_parts();
+        tx.execute(
+            "INSERT INTO generation_metrics_hourly_models (
+                 timestamp, model_checkpoint, total_generations, successful_generations, failed_generations,
+                 duration_sum_ms, duration_count, duration_hist_keys, duration_hist_counts, last_used_at)
+             VALUES ($1, $2, $3::int8::int4, $4::int8::int4, $5::int8::int4, $6, $7::int8::int4, $8, $9, $10)",
+            &[
+                &hour,
+                &model,
+                &merged.total,
+                &merged.successful,
+                &merged.failed,
+                &merged.duration_sum,
+                &merged.duration_count,
+                &keys,
+                &counts,
+                &merged.last_used_at,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+fn merge_late_failures(
+    tx: &mut Transaction<'_>,
+    ids: &[i64],
+    ats: &[DateTime<Utc>],
+) -> anyhow::Result<()> {
+    let rows = tx.query(
+        &format!(
+            "WITH {LATE}
+             SELECT date_trunc('hour', timestamp, 'UTC'), error_type, count(*),
+                 coalesce(sum(duration_ms), 0)::int8, count(duration_ms),
+                 coalesce(array_agg(DISTINCT user_id) FILTER (WHERE user_id IS NOT NULL), '{{}}'),
+                 coalesce((array_agg(DISTINCT {SAMPLE}) FILTER (WHERE error_message IS NOT NULL))[1:3], '{{}}')
+             FROM late WHERE event_type = 'completion' AND NOT success GROUP BY 1, 2"
+        ),
+        &[&ids, &ats],
+    )?;
+    for row in rows {
+        let hour: DateTime<Utc> = row.get(0);
+        let error_type: Option<String> = row.get(1);
+        let users: Vec<Uuid> = row.get(5);
+        let late = FailureRollup {
+            failures: row.get(2),
+            duration_sum: row.get(3),
+            duration_count: row.get(4),
+            users: users.into_iter().collect(),
+            sample_messages: row.get(6),
+        };
+        let stored = tx.query_opt(
+            "DELETE FROM generation_metrics_hourly_failures
+             WHERE timestamp = $1 AND error_type IS NOT DISTINCT FROM $2
+             RETURNING failures, duration_sum_ms, duration_count, user_ids, sample_messages",
+            &[&hour, &error_type],
+        )?;
+        let merged = match stored {
+            Some(row) => {
+                let users: Vec<Uuid> = row.get(3);
+                let mut stored = FailureRollup {
+                    failures: i64::from(row.get::<_, i32>(0)),
+                    duration_sum: row.get(1),
+                    duration_count: i64::from(row.get::<_, i32>(2)),
+                    users: users.into_iter().collect(),
+                    sample_messages: row.get(4),
+                };
+                stored.merge(&late);
+                stored
+            }
+            None => late,
+        };
+        let users: Vec<Uuid> = merged.users.iter().copied().collect();
+        tx.execute(
+            "INSERT INTO generation_metrics_hourly_failures (
+                 timestamp, error_type, failures, duration_sum_ms, duration_count, user_ids, sample_messages)
+             VALUES ($1, $2, $3::int8::int4, $4, $5::int8::int4, $6, $7)",
+            &[
+                &hour,
+                &error_type,
+                &merged.failures,
+                &merged.duration_sum,
+                &merged.duration_count,
+                &users,
+                &merged.sample_messages,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+fn merge_late_users(
+    tx: &mut Transaction<'_>,
+    ids: &[i64],
+    ats: &[DateTime<Utc>],
+) -> anyhow::Result<()> {
+    let rows = tx.query(
+        &format!(
+            "WITH {LATE}
+             SELECT date_trunc('hour', e.timestamp, 'UTC'), e.user_id,
+                 count(*) FILTER (WHERE kind = 1), count(*) FILTER (WHERE kind = 2),
+                 count(*) FILTER (WHERE kind = 3), count(*) FILTER (WHERE kind = 4),
+                 coalesce(sum(e.duration_ms) FILTER (WHERE kind = 2), 0)::int8,
+                 count(e.duration_ms) FILTER (WHERE kind = 2),
+                 coalesce(array_agg({KEY_SQL}) FILTER (WHERE kind = 2 AND e.duration_ms IS NOT NULL), '{{}}'),
+                 coalesce(array_agg(e.error_type) FILTER (WHERE kind = 3), '{{}}'),
+                 min(e.timestamp), max(e.timestamp)
+             FROM late e CROSS JOIN LATERAL (SELECT {KIND_SQL} AS kind) k
+             WHERE e.user_id IS NOT NULL GROUP BY 1, 2"
+        ),
+        &[&ids, &ats],
+    )?;
+    for row in rows {
+        let hour: DateTime<Utc> = row.get(0);
+        let user: Uuid = row.get(1);
+        let keys: Vec<i32> = row.get(8);
+        let errors: Vec<Option<String>> = row.get(9);
+        let mut late = UserRollup {
+            requests: row.get(2),
+            successful: row.get(3),
+            failed: row.get(4),
+            cancelled: row.get(5),
+            duration_sum: row.get(6),
+            duration_count: row.get(7),
+            histogram: Histogram::from_keys(&keys),
+            first_event_at: row.get(10),
+            last_event_at: row.get(11),
+            ..UserRollup::default()
+        };
+        for error in errors {
+            *late.errors.entry(error).or_default() += 1;
+        }
+        let stored = tx.query_opt(
+            &format!(
+                "DELETE FROM generation_metrics_hourly_users WHERE timestamp = $1 AND user_id = $2
+                 RETURNING {USER_COLUMNS}"
+            ),
+            &[&hour, &user],
+        )?;
+        let merged = match stored {
+            Some(row) => {
+                let mut stored = user_rollup(&row);
+                stored.merge(&late);
+                stored
+            }
+            None => late,
+        };
+        let (keys, counts) = merged.histogram.to_parts();
+        let (types, type_counts): (Vec<Option<String>>, Vec<i64>) =
+            merged.errors.into_iter().unzip();
+        tx.execute(
+            "INSERT INTO generation_metrics_hourly_users (
+                 timestamp, user_id, total_requests, successful_generations, failed_generations,
+                 cancelled_generations, duration_sum_ms, duration_count, duration_hist_keys,
+                 duration_hist_counts, error_types, error_counts, first_event_at, last_event_at)
+             VALUES ($1, $2, $3::int8::int4, $4::int8::int4, $5::int8::int4, $6::int8::int4, $7,
+                 $8::int8::int4, $9, $10, $11, $12::int8[]::int4[], $13, $14)",
+            &[
+                &hour,
+                &user,
+                &merged.requests,
+                &merged.successful,
+                &merged.failed,
+                &merged.cancelled,
+                &merged.duration_sum,
+                &merged.duration_count,
+                &keys,
+                &counts,
+                &types,
+                &type_counts,
+                &merged.first_event_at,
+                &merged.last_event_at,
+            ],
+        )?;
+    }
+    Ok(())
+}

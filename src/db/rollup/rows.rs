@@ -1,0 +1,187 @@
+//! Reading and writing stored hourly rows as values (`crate::rollup`).
+
+use chrono::{DateTime, Utc};
+use postgres::Transaction;
+use uuid::Uuid;
+
+use crate::histogram::Histogram;
+use crate::rollup::{HourRollup, UserRollup};
+
+pub(super) const HOUR_COLUMNS: &str = "total_requests, successful_generations, failed_generations,
+    cancelled_generations, duration_sum_ms, duration_count, duration_hist_keys, duration_hist_counts,
+    user_ids, unique_users, total_images_generated, queue_length_sum, queue_length_samples,
+    max_queue_length, p50_duration_ms, p95_duration_ms, p99_duration_ms, percentiles_exact,
+    hist_complete, users_complete, legacy, avg_duration_ms";
+
+/// An hourly row, locked for the merge. The original service's rows have
+/// no duration sum: their average, weighted by their successes, stands in.
+pub(super) fn read_hour(
+    tx: &mut Transaction<'_>,
+    hour: DateTime<Utc>,
+) -> anyhow::Result<Option<HourRollup>> {
+    let Some(row) = tx.query_opt(
+        &format!(
+            "SELECT {HOUR_COLUMNS} FROM generation_metrics_hourly WHERE timestamp = $1 FOR UPDATE"
+        ),
+        &[&hour],
+    )?
+    else {
+        return Ok(None);
+    };
+    let int = |i: usize| i64::from(row.get::<_, i32>(i));
+    let optional = |i: usize| row.get::<_, Option<i32>>(i).map(i64::from);
+    let successful = int(1);
+    let average = optional(21);
+    let keys: Option<Vec<i32>> = row.get(6);
+    let counts: Option<Vec<i32>> = row.get(7);
+    let users: Option<Vec<Uuid>> = row.get(8);
+    Ok(Some(HourRollup {
+        requests: int(0),
+        successful,
+        failed: int(2),
+        cancelled: int(3),
+        duration_sum: row
+            .get::<_, Option<i64>>(4)
+            .unwrap_or_else(|| average.map_or(0, |avg| avg * successful)),
+        duration_count: optional(5).unwrap_or(if average.is_some() { successful } else { 0 }),
+        histogram: Histogram::from_parts(
+            keys.as_deref().unwrap_or_default(),
+            counts.as_deref().unwrap_or_default(),
+        ),
+        users: users.unwrap_or_default().into_iter().collect(),
+        unique_users: optional(9).unwrap_or(0),
+        images: row.get::<_, Option<i64>>(10).unwrap_or(0),
+        queue_sum: row.get::<_, Option<i64>>(11).unwrap_or(0),
+        queue_samples: optional(12).unwrap_or(0),
+        max_queue: optional(13),
+        percentiles: [optional(14), optional(15), optional(16)],
+        percentiles_exact: row.get(17),
+        hist_complete: row.get(18),
+        users_complete: row.get(19),
+        legacy: row.get(20),
+    }))
+}
+
+/// Writes a merged hour; `new` when the hour had no row, so that its
+/// per-user rows, merged beside it, are all of them.
+pub(super) fn write_hour(
+    tx: &mut Transaction<'_>,
+    hour: DateTime<Utc>,
+    h: &HourRollup,
+    new: bool,
+) -> anyhow::Result<()> {
+    let (keys, counts) = h.histogram.to_parts();
+    let users: Vec<Uuid> = h.users.iter().copied().collect();
+    let [p50, p95, p99] = h.percentiles;
+    tx.execute(
+        &hourly_upsert(
+            "VALUES ($1, $2::int8::int4, $3::int8::int4, $4::int8::int4, $5::int8::int4,
+                 $6::int8::int4, $7::int8::int4, $8::int8::int4, $9::int8::int4, $10::int8::int4,
+                 $11, $12::int8::int4, $13, $14, $15::int8::int4,
+                 $16, $17, $18, $19, $20::int8::int4, $21, $22, $23, $24, $25, now())",
+            // A merged hour's per-user rows are as complete as they were.
+            &["users_rolled_up"],
+        ),
+        &[
+            &hour,
+            &h.requests,
+            &h.successful,
+            &h.failed,
+            &h.cancelled,
+            &h.avg_duration_ms(),
+            &p50,
+            &p95,
+            &p99,
+            &h.unique_users,
+            &h.avg_queue_length(),
+            &h.max_queue,
+            &h.images,
+            &h.duration_sum,
+            &h.duration_count,
+            &keys,
+            &counts,
+            &users,
+            &h.queue_sum,
+            &h.queue_samples,
+            &h.percentiles_exact,
+            &h.hist_complete,
+            &h.users_complete,
+            &h.legacy,
+            &new,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Every column an hourly upsert writes, in the order of its values.
+const HOURLY_WRITTEN: [&str; 26] = [
+    "timestamp",
+    "total_requests",
+    "successful_generations",
+    "failed_generations",
+    "cancelled_generations",
+    "avg_duration_ms",
+    "p50_duration_ms",
+    "p95_duration_ms",
+    "p99_duration_ms",
+    "unique_users",
+    "avg_queue_length",
+    "max_queue_length",
+    "total_images_generated",
+    "duration_sum_ms",
+    "duration_count",
+    "duration_hist_keys",
+    "duration_hist_counts",
+    "user_ids",
+    "queue_length_sum",
+    "queue_length_samples",
+    "percentiles_exact",
+    "hist_complete",
+    "users_complete",
+    "legacy",
+    "users_rolled_up",
+    "updated_at",
+];
+
+/// The upsert of hourly rows from `source` (a `VALUES` or a `SELECT` giving
+/// [`HOURLY_WRITTEN`] in order): an hour already there has every column
+/// replaced but `kept`.
+pub(super) fn hourly_upsert(source: &str, kept: &[&str]) -> String {
+    let replaced = HOURLY_WRITTEN[1..]
+        .iter()
+        .filter(|column| !kept.contains(column))
+        .map(|column| format!("{column} = EXCLUDED.{column}"))
+        .collect::<Vec<_>>()
+        .join(",\n    ");
+    format!(
+        "INSERT INTO generation_metrics_hourly AS m ({})\n{source}\nON CONFLICT (timestamp) DO UPDATE SET\n    {replaced}",
+        HOURLY_WRITTEN.join(", ")
+    )
+}
+
+/// The columns [`user_rollup`] reads, in its order.
+pub const USER_COLUMNS: &str = "total_requests, successful_generations, failed_generations,
+    cancelled_generations, duration_sum_ms, duration_count, duration_hist_keys, duration_hist_counts,
+    error_types, error_counts, first_event_at, last_event_at";
+
+/// A `generation_metrics_hourly_users` row, selected as [`USER_COLUMNS`].
+pub fn user_rollup(row: &postgres::Row) -> UserRollup {
+    let int = |i: usize| i64::from(row.get::<_, i32>(i));
+    let (keys, counts): (Vec<i32>, Vec<i32>) = (row.get(6), row.get(7));
+    let (types, type_counts): (Vec<Option<String>>, Vec<i32>) = (row.get(8), row.get(9));
+    UserRollup {
+        requests: int(0),
+        successful: int(1),
+        failed: int(2),
+        cancelled: int(3),
+        duration_sum: row.get(4),
+        duration_count: int(5),
+        histogram: Histogram::from_parts(&keys, &counts),
+        errors: types
+            .into_iter()
+            .zip(type_counts.into_iter().map(i64::from))
+            .collect(),
+        first_event_at: row.get(10),
+        last_event_at: row.get(11),
+    }
+}
