@@ -18,7 +18,7 @@ mod common;
 const RUNS: usize = 5;
 const END: &str = "2026-11-01T00:00:00Z";
 
-/// The reference: every per-hour figure of SPEC §4 in one statement, and
+/// The reference: every per-hour figure genalytics rolls up, in one statement, and
 /// what the model and failure reports need per hour in two more (exact
 /// percentiles where genalytics keeps histograms).
 const REFERENCE: &str = "

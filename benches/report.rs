@@ -111,7 +111,7 @@ fn main() -> anyhow::Result<()> {
     run(&["migrate", "-q"])?;
     let per_chunk_events = events / CHUNKS as u64;
     let per_chunk = per_chunk_events.to_string();
-    // Sustained transfer (SPEC §13): each chunk's rate into the growing
+    // Sustained transfer: each chunk's rate into the growing
     // partitioned table, and the peak RSS of any chunk's transfer.
     let run_timed = |args: &[&str]| genalytics(Some(time_log.path())).time(args);
     let mut chunk_rates: Vec<f64> = Vec::new();

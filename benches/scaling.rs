@@ -1,5 +1,5 @@
 //! Beyond one stream and one table, side by side in one run on throwaway
-//! servers (SPEC §13):
+//! servers:
 //!
 //! 1. Two streams: `genalytics transfer --stream s0 --stream s1 --parallel 2`
 //!    draining N entries (N/2 in each) end to end, against the single-COPY
@@ -332,7 +332,7 @@ fn convert(pg: &Postgres, events: u64) -> anyhow::Result<()> {
     pg.create_database("convert")?;
     let url = pg.url("convert");
     let mut db = pg.admin_of("convert")?;
-    genalytics::db::migrations::apply_through(&mut db, 7)?;
+    genalytics::testing::apply_through(&mut db, 7)?;
     db.batch_execute(&format!(
         "INSERT INTO generation_events (stream, stream_id, event_type, user_id, timestamp, duration_ms, success)
          SELECT 1, (1700000000000 + n) || '-0', 'completion', md5((n % 5000)::text)::uuid,

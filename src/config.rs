@@ -208,8 +208,8 @@ fn split_tls(url: &str) -> Result<(String, PgTls), UsageError> {
             ("require", SslMode::VerifyFull)
         }
         None if root.is_some() => ("prefer", SslMode::Encrypt),
-        // Unlike libpq, no sslmode means no TLS: setting up OpenSSL costs
-        // ~70 ms a run, and an unverified "prefer" protects little.
+        // Unlike libpq, no sslmode means no TLS: setting up OpenSSL slows
+        // every short run from cron, and an unverified "prefer" protects little.
         None | Some("disable") => ("disable", SslMode::Off),
         // libpq's allow tries without TLS first; both it and prefer take
         // whichever the server offers.

@@ -25,6 +25,21 @@ pub const ZERO_KEY: i32 = -1;
 /// agree with [`key`].
 pub const KEY_SQL: &str = "CASE WHEN duration_ms <= 0 THEN -1 ELSE ceil(ln(duration_ms::float8) / ln(1.0202020202020203::float8))::int END";
 
+/// Milliseconds as an integer, half away from zero.
+pub fn whole_ms(value: f64) -> i64 {
+    value.round() as i64
+}
+
+/// A weighted mean: total / count, none for no count.
+pub fn mean(total: i64, count: i64) -> Option<i64> {
+    (count > 0).then(|| whole_ms(total as f64 / count as f64))
+}
+
+/// The usual duration trio from a merged histogram.
+pub fn percentiles(histogram: &Histogram) -> [Option<i64>; 3] {
+    [0.5, 0.95, 0.99].map(|q| histogram.quantile(q).map(whole_ms))
+}
+
 /// Bucket key of one duration in milliseconds.
 pub fn key(duration_ms: i64) -> i32 {
     if duration_ms <= 0 {
@@ -140,6 +155,7 @@ impl Histogram {
 }
 
 /// `percentile_cont` over exact values, for comparison in tests.
+#[cfg(test)]
 pub fn exact_quantile(sorted: &[i64], q: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;

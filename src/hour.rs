@@ -1,8 +1,7 @@
 //! Whole UTC hours: the unit of every rollup. One place rounds a time down
-//! to its hour, for every time the tool accepts — chrono's
-//! `duration_trunc` gives up after 2262, and a fallback to the raw time
-//! once made rollup "hours" at 00:30 that overlapped and counted an event
-//! twice.
+//! to its hour, for every time the tool accepts: chrono's `duration_trunc`
+//! gives up after 2262, and falling back to the raw time would make rollup
+//! "hours" such as 00:30 that overlap and count an event twice.
 
 use chrono::{DateTime, TimeDelta, Utc};
 

@@ -4,33 +4,48 @@
 //! The binary is a thin shell around [`run`], so the integration tests and
 //! the benchmarks drive exactly the code an operator runs.
 
-pub mod cli;
-pub mod commands;
-pub mod config;
-pub mod db;
-pub mod error;
-pub mod event;
-pub mod histogram;
-pub mod hour;
-pub mod ingest;
-pub mod interrupt;
-pub mod monitoring;
-pub mod output;
-pub mod render;
-pub mod report;
-pub mod retry;
-pub mod rollup;
-pub mod service;
-pub mod stream;
-pub mod text;
+mod cli;
+mod commands;
+mod config;
+mod db;
+mod error;
+mod event;
+mod histogram;
+mod hour;
+mod ingest;
+mod interrupt;
+mod monitoring;
+mod output;
+mod render;
+mod report;
+mod retry;
+mod rollup;
+mod service;
+mod stream;
+mod text;
 pub mod throwaway;
-pub mod timearg;
-pub mod tls;
-pub mod traffic;
+mod timearg;
+mod tls;
+mod traffic;
+
+pub use cli::Cli;
+pub use error::{Exit, one_line};
+
+/// What the integration tests and the benchmarks reach besides the command
+/// line: servers to run against, the schema's migrations, and the pure
+/// pieces whose results they check independently.
+pub mod testing {
+    pub use crate::cli::completions::generated_files;
+    pub use crate::config::DatabaseUrl;
+    pub use crate::db::connect;
+    pub use crate::db::migrations::{MIGRATIONS, apply_through};
+    pub use crate::histogram::{Histogram, KEY_SQL, key};
+    pub use crate::hour::floor as hour_floor;
+}
 
 use std::io;
 
-pub use error::{Exit, UsageError};
+use error::UsageError;
 
 /// Runs one parsed command line.
 pub fn run(cli: cli::Cli) -> anyhow::Result<Exit> {

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use genalytics::cli::Cli;
+use genalytics::Cli;
 
 fn main() -> ExitCode {
     let plugin = genalytics::plugin_mode(std::env::args_os());
@@ -16,14 +16,12 @@ fn main() -> ExitCode {
     };
     match genalytics::run(cli) {
         Ok(code) => code.into(),
-        Err(err) if plugin => {
-            genalytics::report_plugin_error(&genalytics::error::one_line(&err)).into()
-        }
+        Err(err) if plugin => genalytics::report_plugin_error(&genalytics::one_line(&err)).into(),
         Err(err) => genalytics::report_error(&err).into(),
     }
 }
 
-/// glibc's allocator spent a fifth of transfer's CPU time in malloc/free
-/// (many small strings per stream entry); mimalloc halves that.
+/// mimalloc: transfer allocates many small strings per stream entry,
+/// which glibc's allocator serves far more slowly (docs/performance.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

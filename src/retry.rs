@@ -98,10 +98,6 @@ impl Backoff {
         self.back = None;
         self.said = None;
     }
-
-    pub fn attempts(&self) -> u32 {
-        self.attempts
-    }
 }
 
 /// Sleeps `pause` in short steps, feeding the watchdog; false if a stop
@@ -140,7 +136,7 @@ mod tests {
         backoff.attempts = 3;
         backoff.since = Some(Instant::now());
         backoff.recovered();
-        assert_eq!((backoff.next, backoff.attempts()), (FIRST, 0));
+        assert_eq!((backoff.next, backoff.attempts), (FIRST, 0));
         assert!(backoff.since.is_none());
     }
 

@@ -1,8 +1,8 @@
 //! One hour's rollups as values — overall, per model, per error type, per
-//! user — and
-//! merging into them the rollup of events that arrived after the hour's
-//! raw events were pruned (SPEC §10). Pure: counts and sums add, histograms
-//! merge, user sets unite; the merged hour's percentiles then come from its
+//! user — and merging into them the rollup of events that arrived after the
+//! hour's raw events were pruned: rollups are permanent, so late events are
+//! added, never recomputed. Pure: counts and sums add, histograms merge,
+//! user sets unite; the merged hour's percentiles then come from its
 //! histogram and say they are no longer exact. The property test below
 //! checks that merging the parts equals rolling up the whole.
 
@@ -67,14 +67,14 @@ impl HourRollup {
         self.queue_samples += late.queue_samples;
         self.max_queue = self.max_queue.max(late.max_queue);
         if self.hist_complete {
-            self.percentiles = crate::report::percentiles(&self.histogram);
+            self.percentiles = crate::histogram::percentiles(&self.histogram);
             self.percentiles_exact = Some(false);
         }
     }
 
     /// Mean of successful durations, rounded half away from zero.
     pub fn avg_duration_ms(&self) -> Option<i64> {
-        crate::report::mean(self.duration_sum, self.duration_count)
+        crate::histogram::mean(self.duration_sum, self.duration_count)
     }
 
     pub fn avg_queue_length(&self) -> Option<f64> {
@@ -306,8 +306,8 @@ mod tests {
             }
         }
         durations.sort_unstable();
-        hour.percentiles =
-            [0.5, 0.95, 0.99].map(|q| exact_quantile(&durations, q).map(crate::report::whole_ms));
+        hour.percentiles = [0.5, 0.95, 0.99]
+            .map(|q| exact_quantile(&durations, q).map(crate::histogram::whole_ms));
         hour.unique_users = hour.users.len() as i64;
         (hour, models, failures, users)
     }

@@ -1,7 +1,7 @@
 //! Synthetic traffic that looks exactly like the service's producer wrote it.
 //!
 //! The demo, the tests and the benchmarks all feed on this, so it follows
-//! the producer's habits (SPEC §2): every value a string, Python's
+//! the producer's habits: every value a string, Python's
 //! `str(bool)` and naive `isoformat()` spellings, `''` for what it lacks,
 //! `generation_id` often empty, and the stream entry ID taken at XADD time.
 //!

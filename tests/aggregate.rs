@@ -430,7 +430,7 @@ fn merged_hourly_histograms_give_window_percentiles_within_one_percent() {
             "2026-11-16T00",
         ])
         .ok();
-    let mut merged = genalytics::histogram::Histogram::new();
+    let mut merged = genalytics::testing::Histogram::new();
     let mut db = env.db();
     for row in db
         .query(
@@ -440,9 +440,7 @@ fn merged_hourly_histograms_give_window_percentiles_within_one_percent() {
         .unwrap()
     {
         let (keys, counts): (Vec<i32>, Vec<i32>) = (row.get(0), row.get(1));
-        merged.merge(&genalytics::histogram::Histogram::from_parts(
-            &keys, &counts,
-        ));
+        merged.merge(&genalytics::testing::Histogram::from_parts(&keys, &counts));
     }
     durations.sort_unstable();
     assert_eq!(merged.count(), durations.len() as u64);
@@ -494,12 +492,12 @@ fn postgres_and_rust_put_every_duration_in_the_same_bucket() {
         .collect();
     let sql = format!(
         "SELECT duration_ms, {} FROM unnest($1::int[]) AS t(duration_ms)",
-        genalytics::histogram::KEY_SQL
+        genalytics::testing::KEY_SQL
     );
     let mut disagreements = Vec::new();
     for row in db.query(&sql, &[&durations]).unwrap() {
         let (duration, key): (i32, i32) = (row.get(0), row.get(1));
-        if genalytics::histogram::key(i64::from(duration)) != key {
+        if genalytics::testing::key(i64::from(duration)) != key {
             disagreements.push(duration);
         }
     }

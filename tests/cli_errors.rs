@@ -1,9 +1,10 @@
 //! Bad flags, missing settings and unreachable servers: one sentence on
-//! stderr, the right exit code, never a password or a panic.
+//! stderr, the right exit code, never a password or a panic. Flag values at
+//! the extremes (far dates, huge durations) either work or are such errors.
 
 use std::net::TcpListener;
 
-use crate::harness::{Cmd, TestEnv};
+use crate::harness::{Cmd, TestEnv, migrated};
 
 const PASSWORD: &str = "pw-s3cr3t-93412";
 
@@ -123,6 +124,102 @@ fn bad_flags_exit_2() {
     }
     let ran = Cmd::new().args(["simulate", "--end", "yesterday"]).code(2);
     assert!(ran.stderr.contains("RFC 3339"), "{}", ran.stderr);
+}
+
+#[test]
+fn extreme_flag_values_are_usage_errors_or_work_never_panics() {
+    let env = migrated();
+    let cases: &[(&[&str], i32)] = &[
+        (&["report", "overview", "--until=-262143-01-02T00:00:00"], 2),
+        (
+            &["report", "overview", "--until", "+262142-12-31T23:59:59Z"],
+            2,
+        ),
+        (&["report", "overview", "--days", "2147483647"], 2),
+        (&["report", "trends", "--days", "0"], 2),
+        (
+            &[
+                "report",
+                "trends",
+                "--until",
+                "9999-12-31T23:59:59",
+                "--days",
+                "1",
+            ],
+            0,
+        ),
+        (
+            &[
+                "report",
+                "trends",
+                "--interval",
+                "daily",
+                "--until",
+                "1900-01-01",
+                "--days",
+                "36500",
+            ],
+            0,
+        ),
+        (
+            &[
+                "report",
+                "peak-hours",
+                "--until",
+                "9999-12-31T23",
+                "--tz",
+                "Pacific/Chatham",
+            ],
+            0,
+        ),
+        (&["aggregate", "--hour", "9999-12-31T23"], 0),
+        (
+            &["aggregate", "--from", "1900-01-01", "--to", "1900-01-02"],
+            0,
+        ),
+        (
+            &["aggregate", "--from", "0000-01-01", "--to", "1900-01-02"],
+            2,
+        ),
+        (
+            &[
+                "simulate",
+                "--end",
+                "2300-01-01T00",
+                "--events",
+                "5",
+                "--maxlen",
+                "0",
+            ],
+            0,
+        ),
+        (&["simulate", "--end", "1900-01-01T00", "--events", "5"], 2),
+        (&["prune", "--older-than", "99999999999999d"], 2),
+        (&["check", "--max-lag", "9999999999999999999s"], 2),
+        (&["transfer", "--keep=-1h"], 2),
+    ];
+    for (args, code) in cases {
+        let ran = env.genalytics().args(args.iter().copied()).run();
+        assert_eq!(
+            ran.code,
+            Some(*code),
+            "{args:?}\n{}{}",
+            ran.stdout,
+            ran.stderr
+        );
+        if *code != 0 {
+            assert_eq!(
+                ran.stderr
+                    .trim_end()
+                    .lines()
+                    .filter(|l| !l.is_empty() && !l.starts_with("For more"))
+                    .count(),
+                1,
+                "{args:?}: {}",
+                ran.stderr
+            );
+        }
+    }
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! SPEC §13: Redis Cluster. The harness starts a local cluster of three
+//! Redis Cluster. The harness starts a local cluster of three
 //! masters; transfer, status, simulate and demo work on it, and a key whose
 //! slot moves mid-run is transferred exactly once.
 

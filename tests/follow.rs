@@ -1,4 +1,4 @@
-//! `transfer --follow` as a service (SPEC §9, issue 14): it outlives
+//! `transfer --follow` as a service: it outlives
 //! PostgreSQL and Redis restarts, commits what it read before a server went
 //! away, reads on when Redis comes back empty, and SIGTERM still exits 0.
 //! Each test proves its fault happened: the server was really down while

@@ -11,7 +11,7 @@ fn completions_and_man_pages_are_current() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let bless = std::env::var_os("GENALYTICS_BLESS").is_some();
     let mut stale = Vec::new();
-    for (path, contents) in genalytics::cli::completions::generated_files().unwrap() {
+    for (path, contents) in genalytics::testing::generated_files().unwrap() {
         let file = root.join(&path);
         if bless {
             std::fs::create_dir_all(file.parent().unwrap()).unwrap();
@@ -44,12 +44,11 @@ fn the_bash_completion_is_valid_bash() {
 #[test]
 fn man_pages_cover_every_command_with_examples_that_parse() {
     let man = Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
-    let generated: std::collections::BTreeSet<String> =
-        genalytics::cli::completions::generated_files()
-            .unwrap()
-            .into_iter()
-            .filter_map(|(path, _)| path.strip_prefix("man/").map(str::to_string))
-            .collect();
+    let generated: std::collections::BTreeSet<String> = genalytics::testing::generated_files()
+        .unwrap()
+        .into_iter()
+        .filter_map(|(path, _)| path.strip_prefix("man/").map(str::to_string))
+        .collect();
     let committed: std::collections::BTreeSet<String> = std::fs::read_dir(&man)
         .unwrap()
         .map(|entry| entry.unwrap().file_name().into_string().unwrap())
@@ -110,8 +109,7 @@ fn man_pages_cover_every_command_with_examples_that_parse() {
                         .take_while(|w| !matches!(*w, ">" | "|"))
                         .collect();
                     assert_eq!(words.first(), Some(&"genalytics"), "{name}: {line}");
-                    if let Err(err) = <genalytics::cli::Cli as clap::Parser>::try_parse_from(&words)
-                    {
+                    if let Err(err) = <genalytics::Cli as clap::Parser>::try_parse_from(&words) {
                         panic!("{name}: example `{line}` does not parse: {err}");
                     }
                 }

@@ -7,7 +7,7 @@ use crate::harness::TestEnv;
 
 const LEGACY_SCHEMA: &str = include_str!("fixtures/legacy_schema.sql");
 
-/// SPEC §3, written out by hand: (table, column) → (type, nullable).
+/// The schema, written out by hand: (table, column) → (type, nullable).
 fn expected_columns() -> BTreeMap<(&'static str, &'static str), (&'static str, bool)> {
     let events = [
         ("id", "bigint", false),
@@ -77,12 +77,12 @@ fn expected_columns() -> BTreeMap<(&'static str, &'static str), (&'static str, b
     all
 }
 
-/// SPEC §3's indexes, as PostgreSQL prints their definitions: (table,
+/// The schema's indexes, as PostgreSQL prints their definitions: (table,
 /// unique, definition after USING).
 const EXPECTED_INDEXES: &[(&str, bool, &str)] = &[
     // On the partitioned table (and so on every partition): what genalytics
     // reads through. The original service's other indexes stay on the
-    // table it adopted, for those rows (README, "Indexes").
+    // table it adopted, for those rows (docs/performance.md, "Indexes").
     ("generation_events", false, "btree (\"timestamp\" DESC)"),
     (
         "generation_events",
@@ -420,9 +420,6 @@ fn concurrent_migrations_apply_the_schema_once() {
         .query_one("SELECT count(*) FROM genalytics_schema_migrations", &[])
         .unwrap()
         .get(0);
-    assert_eq!(
-        recorded as usize,
-        genalytics::db::migrations::MIGRATIONS.len()
-    );
+    assert_eq!(recorded as usize, genalytics::testing::MIGRATIONS.len());
     assert_schema_complete(&mut db);
 }

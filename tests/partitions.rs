@@ -1,4 +1,4 @@
-//! SPEC §13: `generation_events` partitioned by day. Existing tables are
+//! `generation_events` partitioned by day. Existing tables are
 //! converted in place, transfer makes the partitions events need, and prune
 //! drops whole days without changing a report.
 
@@ -43,7 +43,7 @@ fn prune(env: &TestEnv, older_than: &str) -> Value {
 fn prune_drops_whole_days_and_every_report_stays_the_same() {
     crate::harness::clear_of_hour_turn(120);
     let env = migrated();
-    let last = genalytics::hour::floor(Utc::now()) - Duration::hours(1);
+    let last = genalytics::testing::hour_floor(Utc::now()) - Duration::hours(1);
     // Five days of traffic, every sixth hour, written (and so backfilled)
     // newest first.
     let mut events: Vec<Written> = Vec::new();
@@ -159,7 +159,7 @@ fn a_table_of_an_older_genalytics_is_partitioned_in_place() {
     crate::harness::clear_of_hour_turn(120);
     let older = TestEnv::new();
     let mut db = older.db();
-    genalytics::db::migrations::apply_through(&mut db, 7).unwrap();
+    genalytics::testing::apply_through(&mut db, 7).unwrap();
     db.batch_execute(ROWS).unwrap();
     let before = fingerprint(&mut db);
     assert_eq!(before.0, 2603);
@@ -208,7 +208,7 @@ fn a_table_of_an_older_genalytics_is_partitioned_in_place() {
     for env in [&older, &fresh] {
         env.genalytics().args(["aggregate", "-q"]).ok();
     }
-    let until = genalytics::hour::floor(Utc::now()).to_rfc3339();
+    let until = genalytics::testing::hour_floor(Utc::now()).to_rfc3339();
     let reports = every_report(&older, &until, "5");
     assert_eq!(reports, every_report(&fresh, &until, "5"));
     let requests = (0..=2600).filter(|n| n % 3 == 0).count() as i64;
@@ -352,7 +352,7 @@ fn partition_bounds_are_utc_days_whatever_the_sessions_settings() {
 fn a_table_with_views_on_it_is_refused_by_name_and_left_as_it_was() {
     let env = TestEnv::new();
     let mut db = env.db();
-    genalytics::db::migrations::apply_through(&mut db, 7).unwrap();
+    genalytics::testing::apply_through(&mut db, 7).unwrap();
     db.batch_execute(
         "CREATE VIEW recent_requests AS
              SELECT * FROM generation_events WHERE event_type = 'request'",

@@ -50,7 +50,10 @@ fn prune_removes_exactly_the_old_raw_events_and_keeps_rollups() {
     assert_eq!(summary["events"], 0);
     assert_eq!(count(&mut db, "SELECT count(*) FROM generation_events"), 6);
     let held: chrono::DateTime<Utc> = summary["held_by"].as_str().unwrap().parse().unwrap();
-    assert_eq!(held, genalytics::hour::floor(now - Duration::days(100)));
+    assert_eq!(
+        held,
+        genalytics::testing::hour_floor(now - Duration::days(100))
+    );
 
     db.execute(
         "INSERT INTO generation_events_rejected (stream_id, fields, reason, received_at)

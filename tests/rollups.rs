@@ -1,4 +1,4 @@
-//! SPEC §10: rollups are permanent. No prune, backfill or late event
+//! Rollups are permanent. No prune, backfill or late event
 //! changes a stored figure except by adding events that really happened,
 //! and the original service's hours count in every report.
 
@@ -57,7 +57,7 @@ fn count(db: &mut postgres::Client, sql: &str) -> i64 {
 /// up; returns the environment, the first hour and the events.
 fn thirty_hours() -> (TestEnv, DateTime<Utc>, Vec<Written>) {
     let env = migrated();
-    let first = genalytics::hour::floor(Utc::now()) - Duration::hours(30);
+    let first = genalytics::testing::hour_floor(Utc::now()) - Duration::hours(30);
     let mut events = Vec::new();
     for h in 0..30 {
         events.extend(traffic(first + Duration::hours(h), 40, 300 + h as u64));
@@ -95,7 +95,7 @@ fn reports_are_the_same_after_prune_and_a_backfill_across_the_horizon() {
     let horizon: DateTime<Utc> = pruned["horizon"].as_str().unwrap().parse().unwrap();
     assert_eq!(
         horizon,
-        genalytics::hour::floor(Utc::now() - Duration::hours(12))
+        genalytics::testing::hour_floor(Utc::now() - Duration::hours(12))
     );
     let gone = events.iter().filter(|e| e.at < horizon).count() as i64;
     assert!(gone > 0);
@@ -376,7 +376,7 @@ fn a_late_event_for_a_pruned_hour_adds_exactly_one_to_the_right_figures() {
 fn a_cutoff_inside_an_hour_keeps_that_hour_whole() {
     let env = migrated();
     let now = Utc::now();
-    let cutoff_hour = genalytics::hour::floor(now - Duration::minutes(150));
+    let cutoff_hour = genalytics::testing::hour_floor(now - Duration::minutes(150));
     let events: Vec<Written> = [cutoff_hour - Duration::hours(1), cutoff_hour]
         .iter()
         .flat_map(|&hour| {

@@ -29,7 +29,7 @@ fn read_stream(con: &mut redis::Connection, key: &str) -> Vec<(String, Fields)> 
 }
 
 /// Field names per event type, as the real producer's entries show them,
-/// plus the optional `queue_length` sample SPEC §2 allows on any event.
+/// plus the optional `queue_length` sample the producer may add to any event.
 fn producer_field_names() -> BTreeMap<String, BTreeSet<String>> {
     let fixture: serde_json::Value = serde_json::from_str(PRODUCER_ENTRIES).unwrap();
     let mut names: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();

@@ -1,4 +1,4 @@
-//! SPEC §13: several streams — `--stream` more than once or a pattern, each
+//! Several streams — `--stream` more than once or a pattern, each
 //! with its own position, transferred side by side, exactly once.
 
 use std::collections::{BTreeMap, BTreeSet};

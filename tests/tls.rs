@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use genalytics::config::DatabaseUrl;
+use genalytics::testing::DatabaseUrl;
 use genalytics::throwaway::{Postgres, Redis};
 
 use crate::harness::{Cmd, TestEnv};
@@ -44,7 +44,7 @@ fn readable_by_the_server(dir: &Path, cert: &Path, key: &Path) {
 }
 
 fn uses_tls(url: &str) -> bool {
-    let mut client = genalytics::db::connect(&DatabaseUrl::parse(url).unwrap()).unwrap();
+    let mut client = genalytics::testing::connect(&DatabaseUrl::parse(url).unwrap()).unwrap();
     client
         .query_one(
             "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",

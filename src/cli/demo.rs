@@ -80,38 +80,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     interrupted()?;
 
     if args.keep {
-        let database_url = pg.url("genalytics");
-        let redis_url = redis.url();
-        let dirs = std::iter::once(pg.dir().display().to_string())
-            .chain(redis.dirs())
-            .collect::<Vec<_>>()
-            .join(" ");
-        let pids: Vec<String> = pg
-            .keep()
-            .into_iter()
-            .chain(redis.keep())
-            .map(|p| p.to_string())
-            .collect();
-        // What --keep is for: printed even with -q.
-        let mut out = std::io::stdout().lock();
-        writeln!(
-            out,
-            "demo: the servers keep running. Try any command against them:"
-        )?;
-        writeln!(out, "  export DATABASE_URL={database_url}")?;
-        writeln!(out, "  export REDIS_URL={redis_url}")?;
-        if cluster {
-            writeln!(out, "  export GENALYTICS_REDIS_CLUSTER=1")?;
-        }
-        writeln!(
-            out,
-            "  genalytics report models; genalytics status; genalytics simulate --events 5000 --hours 1"
-        )?;
-        writeln!(
-            out,
-            "demo: when done: kill {}; rm -rf {dirs}",
-            pids.join(" ")
-        )?;
+        print_kept(pg, redis, cluster)?;
     } else {
         drop((pg, redis));
         say(
@@ -119,6 +88,43 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         )?;
     }
     Ok(Exit::Success)
+}
+
+/// How to use the servers `--keep` leaves running, and how to remove
+/// them: printed even with -q, since it is what `--keep` is for.
+fn print_kept(pg: Postgres, redis: DemoRedis, cluster: bool) -> anyhow::Result<()> {
+    let database_url = pg.url("genalytics");
+    let redis_url = redis.url();
+    let dirs = std::iter::once(pg.dir().display().to_string())
+        .chain(redis.dirs())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let pids: Vec<String> = pg
+        .keep()
+        .into_iter()
+        .chain(redis.keep())
+        .map(|p| p.to_string())
+        .collect();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "demo: the servers keep running. Try any command against them:"
+    )?;
+    writeln!(out, "  export DATABASE_URL={database_url}")?;
+    writeln!(out, "  export REDIS_URL={redis_url}")?;
+    if cluster {
+        writeln!(out, "  export GENALYTICS_REDIS_CLUSTER=1")?;
+    }
+    writeln!(
+        out,
+        "  genalytics report models; genalytics status; genalytics simulate --events 5000 --hours 1"
+    )?;
+    writeln!(
+        out,
+        "demo: when done: kill {}; rm -rf {dirs}",
+        pids.join(" ")
+    )?;
+    Ok(())
 }
 
 /// The pipeline, as an operator would run it: each step is parsed from

@@ -9,7 +9,6 @@
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::bail;
@@ -18,16 +17,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::db::{self, rollup};
+use crate::db;
+use crate::db::rollup::{self, CHUNK_HOURS, Tally, roll_up_all};
 use crate::error::{Exit, UsageError};
 use crate::hour;
 use crate::output::{SummaryFormat, counted, thousands};
 use crate::timearg::parse_instant;
-
-/// Most hours per transaction: a day. Each hour is aggregated on its own,
-/// so a chunk bounds the transaction, not the memory; chunks this small
-/// keep each connection of a parallel backfill busy until the end.
-const CHUNK_HOURS: usize = 24;
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
@@ -66,29 +61,23 @@ const EXAMPLES: &str = "Examples:
 struct Summary {
     /// Hours looked at.
     hours: u64,
-    /// Of those, hours with events: each has an up-to-date row now.
-    rolled_up: u64,
-    /// Hours before the raw horizon that late events were merged into.
-    merged: u64,
-    /// Hours before the raw horizon kept as they were: their raw events
-    /// were pruned, so they are not rolled up again.
-    kept: u64,
-    /// Hours whose rollup PostgreSQL refused: they stay queued.
-    failed: Vec<FailedHour>,
+    #[serde(flatten)]
+    done: Tally,
     seconds: f64,
 }
 
 impl Summary {
     /// The summary for people and cron mail.
     fn line(&self) -> String {
-        let before_horizon = self.merged + self.kept;
-        let empty = match self.hours - self.rolled_up - before_horizon - self.failed.len() as u64 {
+        let Summary { hours, done, .. } = self;
+        let before_horizon = done.merged + done.kept;
+        let empty = match hours - done.rolled_up - before_horizon - done.failed.len() as u64 {
             0 => String::new(),
             empty => format!(" ({} without events)", thousands(empty)),
         };
-        let mut line = format!("rolled up {}{empty}", counted(self.rolled_up, "hour"));
+        let mut line = format!("rolled up {}{empty}", counted(done.rolled_up, "hour"));
         if before_horizon > 0 {
-            let merged = match self.merged {
+            let merged = match done.merged {
                 0 => String::new(),
                 merged => format!("; late events merged into {}", counted(merged, "hour")),
             };
@@ -102,18 +91,6 @@ impl Summary {
         let _ = write!(line, " in {:.1} s", self.seconds);
         line
     }
-
-    fn add(&mut self, outcome: rollup::Outcome) {
-        self.rolled_up += outcome.rolled_up;
-        self.merged += outcome.merged;
-        self.kept += outcome.kept;
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct FailedHour {
-    pub hour: DateTime<Utc>,
-    pub error: String,
 }
 
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
@@ -163,181 +140,48 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         },
         |jobs| jobs as usize,
     );
-    let mut summary = roll_up_all(database, &mut client, hours, count, jobs, &progress)?;
-    summary.hours = count;
+    let done = roll_up_all(database, &mut client, hours, count, jobs, &|n| {
+        progress.inc(n);
+    })?;
+    let mut summary = Summary {
+        hours: count,
+        done,
+        seconds: 0.0,
+    };
     progress.finish_and_clear();
 
     summary.seconds = started.elapsed().as_secs_f64();
     if !settings.quiet {
         args.format.print(&summary, || summary.line())?;
     }
-    match summary.failed.as_slice() {
+    match summary.done.failed.as_slice() {
         [] => Ok(Exit::Success),
         [first, ..] => bail!(
             "{} hour{} could not be rolled up (the first, {}: {}); {} stay{} queued, `genalytics status` \
              shows {}, and every other hour was rolled up",
-            summary.failed.len(),
-            if summary.failed.len() == 1 { "" } else { "s" },
+            summary.done.failed.len(),
+            if summary.done.failed.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
             first.hour.format("%Y-%m-%d %H:00 UTC"),
             first.error,
-            if summary.failed.len() == 1 {
+            if summary.done.failed.len() == 1 {
                 "it"
             } else {
                 "they"
             },
-            if summary.failed.len() == 1 { "s" } else { "" },
-            if summary.failed.len() == 1 {
+            if summary.done.failed.len() == 1 {
+                "s"
+            } else {
+                ""
+            },
+            if summary.done.failed.len() == 1 {
                 "it"
             } else {
                 "them"
             },
         ),
     }
-}
-
-/// Rolls up the queued complete hours before `before` on `client`, chunk
-/// by chunk as aggregate does (an hour PostgreSQL refuses stays queued with
-/// its error); returns the hours refused, for prune, which must not hold
-/// its horizon back for hours no one rolled up yet.
-pub fn roll_up_queued_before(
-    client: &mut postgres::Client,
-    before: DateTime<Utc>,
-) -> anyhow::Result<Vec<FailedHour>> {
-    let hours: Vec<DateTime<Utc>> = rollup::queued_hours(client, false)?
-        .into_iter()
-        .filter(|hour| *hour < before)
-        .collect();
-    let mut summary = Summary::default();
-    for chunk in hours.chunks(CHUNK_HOURS) {
-        roll_up_chunk(client, chunk, &mut summary)?;
-    }
-    Ok(summary.failed)
-}
-
-/// Rolls up `hours` on up to `jobs` connections (`client` and more), each
-/// taking the next chunk: PostgreSQL then works on every core, and each
-/// hour stays atomic in its own transaction.
-fn roll_up_all(
-    database: &crate::config::DatabaseUrl,
-    client: &mut postgres::Client,
-    hours: Box<dyn Iterator<Item = DateTime<Utc>> + Send>,
-    count: u64,
-    jobs: usize,
-    progress: &ProgressBar,
-) -> anyhow::Result<Summary> {
-    // Chunks small enough that every connection gets some: ten busy hours
-    // go to two connections as chunks of three.
-    let size = count.div_ceil(2 * jobs as u64).clamp(1, CHUNK_HOURS as u64) as usize;
-    let chunks = Mutex::new(Chunks {
-        hours: hours.peekable(),
-        size,
-    });
-    let parallel = jobs.min(count.div_ceil(size as u64).max(1) as usize);
-    let outcomes = std::thread::scope(|scope| {
-        let workers: Vec<_> = (1..parallel)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut client = db::connect_current(database)?;
-                    roll_up_chunks(&mut client, &chunks, progress)
-                })
-            })
-            .collect();
-        let mut outcomes = vec![roll_up_chunks(client, &chunks, progress)];
-        outcomes.extend(workers.into_iter().map(|worker| {
-            worker
-                .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("a rollup worker failed")))
-        }));
-        outcomes
-    });
-    let mut summary = Summary::default();
-    for outcome in outcomes {
-        let part = outcome?;
-        summary.rolled_up += part.rolled_up;
-        summary.merged += part.merged;
-        summary.kept += part.kept;
-        summary.failed.extend(part.failed);
-    }
-    summary.failed.sort_by_key(|failed| failed.hour);
-    Ok(summary)
-}
-
-/// The hours left to roll up, handed out a chunk at a time.
-struct Chunks<I: Iterator<Item = DateTime<Utc>>> {
-    hours: std::iter::Peekable<I>,
-    size: usize,
-}
-
-impl<I: Iterator<Item = DateTime<Utc>>> Chunks<I> {
-    fn next_chunk(&mut self) -> Option<Vec<DateTime<Utc>>> {
-        self.hours.peek()?;
-        Some(self.hours.by_ref().take(self.size).collect())
-    }
-}
-
-/// Takes chunks until none are left; stops at a server that went away.
-fn roll_up_chunks<I: Iterator<Item = DateTime<Utc>>>(
-    client: &mut postgres::Client,
-    chunks: &Mutex<Chunks<I>>,
-    progress: &ProgressBar,
-) -> anyhow::Result<Summary> {
-    let mut summary = Summary::default();
-    loop {
-        let chunk = chunks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .next_chunk();
-        let Some(chunk) = chunk else {
-            return Ok(summary);
-        };
-        roll_up_chunk(client, &chunk, &mut summary)?;
-        progress.inc(chunk.len() as u64);
-    }
-}
-
-/// Rolls up a chunk in one transaction; should PostgreSQL refuse it for
-/// something in the data, each hour on its own, so one bad hour is named,
-/// stays queued, and holds up no other. A server that went away stops the
-/// run: the next one picks up.
-fn roll_up_chunk(
-    client: &mut postgres::Client,
-    chunk: &[DateTime<Utc>],
-    summary: &mut Summary,
-) -> anyhow::Result<()> {
-    match rollup::roll_up(client, chunk) {
-        Ok(outcome) => {
-            summary.add(outcome);
-            return Ok(());
-        }
-        Err(err) if crate::error::is_transient(&err) => return Err(err),
-        Err(_) if chunk.len() > 1 => {}
-        Err(err) => {
-            fail(client, chunk[0], &err, summary)?;
-            return Ok(());
-        }
-    }
-    for &hour in chunk {
-        match rollup::roll_up(client, &[hour]) {
-            Ok(outcome) => summary.add(outcome),
-            Err(err) if crate::error::is_transient(&err) => return Err(err),
-            Err(err) => fail(client, hour, &err, summary)?,
-        }
-    }
-    Ok(())
-}
-
-fn fail(
-    client: &mut postgres::Client,
-    hour: DateTime<Utc>,
-    err: &anyhow::Error,
-    summary: &mut Summary,
-) -> anyhow::Result<()> {
-    let error = crate::text::escape_controls(&format!("{err:#}")).into_owned();
-    tracing::error!(
-        "cannot roll up the hour {}: {error}; it stays queued",
-        hour.format("%Y-%m-%d %H:00 UTC")
-    );
-    rollup::record_failure(client, hour, &error)?;
-    summary.failed.push(FailedHour { hour, error });
-    Ok(())
 }

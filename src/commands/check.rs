@@ -201,34 +201,7 @@ fn figures(args: &Args, settings: &Settings) -> anyhow::Result<Vec<Figure>> {
 
     if given(rate_limits) || given(p95_limits) {
         let health = health::window_health(&mut client, now - span, now)?;
-        let completions = health.successful + health.failed;
-        if given(rate_limits) {
-            let rate = failure_rate(health.failed, completions);
-            let text = match rate {
-                Some(rate) => format!(
-                    "failure rate {rate:.2} % ({} of {completions} completions) {window}",
-                    health.failed
-                ),
-                None => format!("failure rate: no completions {window}"),
-            };
-            figures
-                .push(Figure::new("failure_rate", Unit::Percent, rate, text).judged(rate_limits));
-        }
-        if given(p95_limits) {
-            let text = match health.p95_ms {
-                Some(p95) => format!("p95 duration {} {window}", duration(p95)),
-                None => format!("p95 duration: no successful completions {window}"),
-            };
-            figures.push(
-                Figure::new(
-                    "p95",
-                    Unit::Seconds,
-                    health.p95_ms.map(|ms| ms / 1_000.0),
-                    text,
-                )
-                .judged(p95_limits),
-            );
-        }
+        figures.extend(health_figures(&health, &window, rate_limits, p95_limits));
     }
     if given(lag_limits) {
         figures.push(lag(settings, &mut client, lag_limits, now)?);
@@ -251,6 +224,44 @@ fn figures(args: &Args, settings: &Settings) -> anyhow::Result<Vec<Figure>> {
         );
     }
     Ok(figures)
+}
+
+/// The failure rate and p95 over the window, each judged if it has limits.
+fn health_figures(
+    health: &health::WindowHealth,
+    window: &str,
+    rate_limits: Limits,
+    p95_limits: Limits,
+) -> Vec<Figure> {
+    let mut figures = Vec::new();
+    let completions = health.successful + health.failed;
+    if rate_limits.any() {
+        let rate = failure_rate(health.failed, completions);
+        let text = match rate {
+            Some(rate) => format!(
+                "failure rate {rate:.2} % ({} of {completions} completions) {window}",
+                health.failed
+            ),
+            None => format!("failure rate: no completions {window}"),
+        };
+        figures.push(Figure::new("failure_rate", Unit::Percent, rate, text).judged(rate_limits));
+    }
+    if p95_limits.any() {
+        let text = match health.p95_ms {
+            Some(p95) => format!("p95 duration {} {window}", duration(p95)),
+            None => format!("p95 duration: no successful completions {window}"),
+        };
+        figures.push(
+            Figure::new(
+                "p95",
+                Unit::Seconds,
+                health.p95_ms.map(|ms| ms / 1_000.0),
+                text,
+            )
+            .judged(p95_limits),
+        );
+    }
+    figures
 }
 
 /// The age of the oldest entry not yet transferred, judged. A stream

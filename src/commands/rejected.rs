@@ -389,8 +389,8 @@ struct Shown<'a> {
     stream_id: &'a str,
     received_at: DateTime<Utc>,
     reason: &'a str,
-    /// Whether `fields` are the bytes received (not rebuilt from a letter
-    /// stored before genalytics kept them).
+    /// Whether `fields` are the bytes received (not rebuilt from the JSON
+    /// `fields` of a letter without `raw_fields`).
     exact: bool,
     /// [name, value] pairs in order, escaped as `\xNN` where not UTF-8.
     fields: Vec<[String; 2]>,

@@ -259,7 +259,17 @@ fn build(
             })
         }
         Which::User { user_id, .. } => {
-            Box::new(reports::user(client, window, *user_id, exact_max()?)?)
+            let horizon = crate::db::retention::horizon(client)?;
+            let sources = user::sources(window, horizon, &reports::queued_in(client, window)?);
+            let parts = reports::user(client, window, *user_id, &sources, exact_max()?)?;
+            Box::new(user::build(
+                window,
+                *user_id,
+                &parts.figures,
+                parts.exact,
+                parts.recent,
+                parts.hours_missing,
+            ))
         }
         Which::Models(_) => {
             let legacy = reports::legacy_hours(&reports::hours(client, window)?);

@@ -85,25 +85,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     };
 
     let started = Instant::now();
-    let mut counts = Counts::default();
-    let mut batch = Vec::with_capacity(PIPELINE);
-    for entry in Traffic::new(spec) {
-        counts.add(entry.field("event_type"), entry.field("success"));
-        batch.push(entry);
-        if batch.len() == PIPELINE {
-            if crate::interrupt::requested() {
-                let written = counts.total() - batch.len() as u64;
-                anyhow::bail!("interrupted after writing {} entries", thousands(written));
-            }
-            writer.write(&batch)?;
-            progress.inc(batch.len() as u64);
-            batch.clear();
-        }
-    }
-    if !batch.is_empty() {
-        writer.write(&batch)?;
-        progress.inc(batch.len() as u64);
-    }
+    let counts = write_traffic(&mut writer, spec, &progress)?;
     progress.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
 
@@ -133,6 +115,34 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         }
     }
     Ok(Exit::Success)
+}
+
+/// Writes the traffic in pipelines of [`PIPELINE`] entries, counting it.
+fn write_traffic(
+    writer: &mut producer::StreamWriter<'_>,
+    spec: TrafficSpec,
+    progress: &ProgressBar,
+) -> anyhow::Result<Counts> {
+    let mut counts = Counts::default();
+    let mut batch = Vec::with_capacity(PIPELINE);
+    for entry in Traffic::new(spec) {
+        counts.add(entry.field("event_type"), entry.field("success"));
+        batch.push(entry);
+        if batch.len() == PIPELINE {
+            if crate::interrupt::requested() {
+                let written = counts.total() - batch.len() as u64;
+                anyhow::bail!("interrupted after writing {} entries", thousands(written));
+            }
+            writer.write(&batch)?;
+            progress.inc(batch.len() as u64);
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        writer.write(&batch)?;
+        progress.inc(batch.len() as u64);
+    }
+    Ok(counts)
 }
 
 #[derive(Default)]

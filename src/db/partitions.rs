@@ -1,4 +1,4 @@
-//! The daily partitions of `generation_events` (SPEC §13): created ahead of
+//! The daily partitions of `generation_events`: created ahead of
 //! need and for any day an event needs, dropped whole by prune.
 //!
 //! The SQL lives in `sql/0008_partitioned_events.sql`:

@@ -9,11 +9,11 @@ use chrono::{DateTime, NaiveDate, Utc};
 use postgres::Client;
 use uuid::Uuid;
 
-use crate::db::rollup::{KIND_SQL, USER_COLUMNS, user_rollup};
+use crate::db::rollup::{KIND_SQL, USER_COLUMNS, raw_user_rollup, user_aggregates, user_rollup};
 use crate::histogram::Histogram;
-use crate::histogram::KEY_SQL;
-use crate::report::user::{self, Activity, UserReport};
-use crate::report::{HourPart, Totals, Window, whole_ms};
+use crate::histogram::whole_ms;
+use crate::report::user::{Activity, Sources};
+use crate::report::{HourPart, Totals, Window};
 use crate::rollup::{FailureRollup, ModelRollup, UserRollup};
 
 /// Hourly rows whose hour starts in the window, oldest first. The original
@@ -162,29 +162,41 @@ pub fn failure_parts(
         .collect())
 }
 
-/// One user's figures over the window: whole hours from the per-user
-/// rollups, the rest from raw events (see [`crate::report::user`]).
-/// Percentiles are read from raw events while the window holds at most
-/// `exact_max` successful completions of the user and all its raw events.
-pub fn user(
-    client: &mut Client,
-    window: &Window,
-    user_id: Uuid,
-    exact_max: i64,
-) -> anyhow::Result<UserReport> {
-    let horizon: Option<DateTime<Utc>> = client
-        .query_one("SELECT horizon FROM genalytics_raw_horizon", &[])?
-        .get(0);
-    let queued: BTreeSet<DateTime<Utc>> = client
+/// Hours of the window queued for their rollup: the user report reads
+/// them from raw events (see [`crate::report::user::sources`]).
+pub fn queued_in(client: &mut Client, window: &Window) -> anyhow::Result<BTreeSet<DateTime<Utc>>> {
+    Ok(client
         .query(
             "SELECT hour FROM generation_rollup_queue WHERE hour >= $1 AND hour < $2",
             &[&crate::hour::floor(window.start), &window.end],
         )?
         .into_iter()
         .map(|row| row.get(0))
-        .collect();
-    let sources = user::sources(window, horizon, &queued);
+        .collect())
+}
 
+/// What the user report is made of (see [`crate::report::user::build`]).
+pub struct UserParts {
+    /// Rolled-up hours and raw events merged.
+    pub figures: UserRollup,
+    /// p50 and p95 from raw events, when they were read.
+    pub exact: Option<[Option<i64>; 2]>,
+    pub recent: Vec<Activity>,
+    /// Rolled-up hours without per-user figures.
+    pub hours_missing: i64,
+}
+
+/// One user's figures over the window, from the per-user rollups of the
+/// hours `sources` says are rolled up and the raw events of the rest.
+/// Percentiles are read from raw events while the window holds at most
+/// `exact_max` successful completions of the user and all its raw events.
+pub fn user(
+    client: &mut Client,
+    window: &Window,
+    user_id: Uuid,
+    sources: &Sources,
+    exact_max: i64,
+) -> anyhow::Result<UserParts> {
     let mut figures = UserRollup::default();
     for row in client.query(
         &format!(
@@ -207,69 +219,53 @@ pub fn user(
             sources.raw.iter().copied().unzip();
         let row = client.query_one(
             &format!(
-                "SELECT count(*) FILTER (WHERE kind = 1), count(*) FILTER (WHERE kind = 2),
-                     count(*) FILTER (WHERE kind = 3), count(*) FILTER (WHERE kind = 4),
-                     coalesce(sum(duration_ms) FILTER (WHERE kind = 2), 0)::int8,
-                     count(duration_ms) FILTER (WHERE kind = 2),
-                     coalesce(array_agg({KEY_SQL}) FILTER (WHERE kind = 2 AND duration_ms IS NOT NULL), '{{}}'),
-                     coalesce(array_agg(error_type) FILTER (WHERE kind = 3), '{{}}'),
-                     min(timestamp), max(timestamp)
+                "SELECT {}
                  FROM unnest($2::timestamptz[], $3::timestamptz[]) AS r(lo, hi)
                  CROSS JOIN LATERAL (
                      SELECT {KIND_SQL} AS kind, e.duration_ms, e.error_type, e.timestamp
                      FROM generation_events e
-                     WHERE e.user_id = $1 AND e.timestamp >= r.lo AND e.timestamp < r.hi) e"
+                     WHERE e.user_id = $1 AND e.timestamp >= r.lo AND e.timestamp < r.hi) e",
+                user_aggregates()
             ),
             &[&user_id, &from, &to],
         )?;
-        let keys: Vec<i32> = row.get(6);
-        let errors: Vec<Option<String>> = row.get(7);
-        let mut raw = UserRollup {
-            requests: row.get(0),
-            successful: row.get(1),
-            failed: row.get(2),
-            cancelled: row.get(3),
-            duration_sum: row.get(4),
-            duration_count: row.get(5),
-            histogram: Histogram::from_keys(&keys),
-            first_event_at: row.get(8),
-            last_event_at: row.get(9),
-            ..UserRollup::default()
-        };
-        for error in errors {
-            *raw.errors.entry(error).or_default() += 1;
-        }
-        figures.merge(&raw);
+        figures.merge(&raw_user_rollup(&row, 0));
     }
     let exact = if sources.raw_complete && figures.duration_count <= exact_max {
-        let quantiles: Option<Vec<f64>> = client
-            .query_one(
-                "SELECT percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY duration_ms)
-                 FROM generation_events
-                 WHERE user_id = $1 AND timestamp >= $2 AND timestamp < $3
-                   AND event_type = 'completion' AND success",
-                &[&user_id, &window.start, &window.end],
-            )?
-            .get(0);
-        let quantile = |i: usize| {
-            quantiles
-                .as_ref()
-                .and_then(|q| q.get(i))
-                .map(|&v| whole_ms(v))
-        };
-        Some([quantile(0), quantile(1)])
+        Some(user_exact(client, window, user_id)?)
     } else {
         None
     };
-    let recent = recent_activity(client, window, user_id)?;
-    Ok(user::build(
-        window,
-        user_id,
-        &figures,
+    Ok(UserParts {
+        figures,
         exact,
-        recent,
+        recent: recent_activity(client, window, user_id)?,
         hours_missing,
-    ))
+    })
+}
+
+/// The user's p50 and p95 over the window, from its raw events.
+fn user_exact(
+    client: &mut Client,
+    window: &Window,
+    user_id: Uuid,
+) -> anyhow::Result<[Option<i64>; 2]> {
+    let quantiles: Option<Vec<f64>> = client
+        .query_one(
+            "SELECT percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY duration_ms)
+             FROM generation_events
+             WHERE user_id = $1 AND timestamp >= $2 AND timestamp < $3
+               AND event_type = 'completion' AND success",
+            &[&user_id, &window.start, &window.end],
+        )?
+        .get(0);
+    let quantile = |i: usize| {
+        quantiles
+            .as_ref()
+            .and_then(|q| q.get(i))
+            .map(|&v| whole_ms(v))
+    };
+    Ok([quantile(0), quantile(1)])
 }
 
 /// The user's newest 20 completions in the window, through the
@@ -303,11 +299,4 @@ fn recent_activity(
 /// Hours in the window the original service rolled up.
 pub fn legacy_hours(parts: &[HourPart]) -> i64 {
     parts.iter().map(|p| p.totals.legacy_hours).sum()
-}
-
-/// When the newest stored hour starts, for an empty report's hint.
-pub fn newest_hour(client: &mut Client) -> anyhow::Result<Option<DateTime<Utc>>> {
-    Ok(client
-        .query_one("SELECT max(timestamp) FROM generation_metrics_hourly", &[])?
-        .get(0))
 }

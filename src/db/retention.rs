@@ -1,7 +1,7 @@
 //! Retention: the raw horizon and deleting what lies before it.
 //!
 //! The horizon is the start of the oldest hour that still has all its raw
-//! events (SPEC §10). It only moves forward, on whole hours, and never past
+//! events It only moves forward, on whole hours, and never past
 //! an hour still waiting for its rollup; it is moved in a transaction of its
 //! own, under the lock transfer and aggregate share, before any raw event
 //! is deleted. From then on, an hour before it is never rolled up again
@@ -9,7 +9,7 @@
 //! for it are merged in instead.
 
 use chrono::{DateTime, Utc};
-use postgres::Client;
+use postgres::{Client, GenericClient, Transaction};
 
 /// Where the horizon stands and where a prune would move it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,8 +121,16 @@ pub fn delete_rejected_batch(
 }
 
 /// The horizon as it stands.
-pub fn horizon(client: &mut Client) -> anyhow::Result<Option<DateTime<Utc>>> {
+pub fn horizon(client: &mut impl GenericClient) -> anyhow::Result<Option<DateTime<Utc>>> {
     Ok(client
         .query_one("SELECT horizon FROM genalytics_raw_horizon", &[])?
+        .get(0))
+}
+
+/// The horizon, held where it stands until the transaction ends: a prune
+/// waits to move it, so what the transaction decides by it stays true.
+pub fn horizon_held(tx: &mut Transaction<'_>) -> anyhow::Result<Option<DateTime<Utc>>> {
+    Ok(tx
+        .query_one("SELECT horizon FROM genalytics_raw_horizon FOR SHARE", &[])?
         .get(0))
 }

@@ -29,15 +29,6 @@ pub fn try_lock(client: &mut Client, stream_key: &str) -> anyhow::Result<bool> {
         .get(0))
 }
 
-/// Waits for the stream's transfer lock.
-pub fn lock(client: &mut Client, stream_key: &str) -> anyhow::Result<()> {
-    client.execute(
-        "SELECT pg_advisory_lock($1, hashtext($2))",
-        &[&LOCK_CLASS, &stream_key],
-    )?;
-    Ok(())
-}
-
 /// The stored position is no longer the one this run read from: another
 /// transfer (one that ran while this one was cut off from PostgreSQL), or a
 /// hand, moved it. Nothing was written; reading the state again mends it.
@@ -57,7 +48,6 @@ pub struct TransferState {
     pub position_index: Option<u64>,
     pub observed_added: Option<u64>,
     pub events_stored: i64,
-    pub entries_rejected: i64,
     pub entries_skipped: i64,
     pub last_transfer_at: DateTime<Utc>,
     pub resets: i32,
@@ -82,7 +72,7 @@ impl TransferState {
 
 const STATE_COLUMNS: &str = "stream_key, stream_ref, last_id, \
     CASE WHEN index_id = last_id THEN position_index END, observed_added, \
-    events_stored, entries_rejected, entries_skipped, last_transfer_at, resets, last_reset_at, \
+    events_stored, entries_skipped, last_transfer_at, resets, last_reset_at, \
     last_reset_lost";
 
 fn state_of(row: &postgres::Row) -> anyhow::Result<TransferState> {
@@ -101,12 +91,11 @@ fn state_of(row: &postgres::Row) -> anyhow::Result<TransferState> {
         position_index: count(3),
         observed_added: count(4),
         events_stored: row.get(5),
-        entries_rejected: row.get(6),
-        entries_skipped: row.get(7),
-        last_transfer_at: row.get(8),
-        resets: row.get(9),
-        last_reset_at: row.get(10),
-        last_reset_lost: row.get(11),
+        entries_skipped: row.get(6),
+        last_transfer_at: row.get(7),
+        resets: row.get(8),
+        last_reset_at: row.get(9),
+        last_reset_lost: row.get(10),
     })
 }
 
@@ -347,16 +336,4 @@ pub fn rewound(client: &mut Client, state: &TransferState) -> anyhow::Result<()>
         &[&state.stream_key, &state.position],
     )?;
     Ok(())
-}
-
-/// Every stream key with a recorded state.
-pub fn all(client: &mut Client) -> anyhow::Result<Vec<TransferState>> {
-    client
-        .query(
-            &format!("SELECT {STATE_COLUMNS} FROM genalytics_transfer_state ORDER BY stream_key"),
-            &[],
-        )?
-        .iter()
-        .map(state_of)
-        .collect()
 }

@@ -26,8 +26,8 @@ pub struct Cut {
     pub bytes: u64,
     /// Fields it holds in Redis.
     pub fields: u64,
-    /// [`fingerprint`] of the whole entry, as the trim script computes it.
-    pub fingerprint: String,
+    /// The whole entry's, as the trim script computes it.
+    pub fingerprint: Fingerprint,
     /// Each kept name or value that was shortened.
     pub strings: Vec<CutString>,
 }
@@ -117,40 +117,66 @@ impl RawEntry {
         }
     }
 
-    /// [`fingerprint`] of the whole entry, also of one that was cut.
-    pub fn fingerprint(&self) -> String {
+    /// The [`Fingerprint`] of the whole entry, also of one that was cut.
+    pub fn fingerprint(&self) -> Fingerprint {
         match &self.cut {
-            Some(cut) => cut.fingerprint.clone(),
-            None => fingerprint(&self.fields),
+            Some(cut) => cut.fingerprint,
+            None => Fingerprint::of(&self.fields),
         }
     }
 
-    /// Bytes it costs to hold: its names and values, and per field two
-    /// vectors and their allocations (which dwarf the bytes of an entry of
-    /// many tiny fields).
+    /// Bytes it costs to hold (see [`held_size`]).
     pub fn size(&self) -> usize {
-        64 + self
-            .fields
-            .iter()
-            .map(|(name, value)| name.len() + value.len() + 128)
-            .sum::<usize>()
+        held_size(&self.fields)
     }
+}
+
+/// Bytes fields cost to hold: their names and values, and per field two
+/// vectors and their allocations (which dwarf the bytes of an entry of
+/// many tiny fields).
+pub fn held_size(fields: &RawFields) -> usize {
+    64 + fields
+        .iter()
+        .map(|(name, value)| name.len() + value.len() + 128)
+        .sum::<usize>()
 }
 
 /// What tells an entry from another with the same ID (a stream recreated
 /// under the key hands out the same IDs): the SHA-1 of its names and
 /// values as [`super::pack`] packs them. The trim script computes the same
 /// with `redis.sha1hex(cmsgpack.pack(…))`, so Redis checks an entry is
-/// still the one read without sending it back.
-pub fn fingerprint(fields: &RawFields) -> String {
-    let mut sha = openssl::sha::Sha1::new();
-    super::pack::encode(fields, |bytes| sha.update(bytes));
-    hex(&sha.finish())
+/// still the one read without sending it back; it shows as that hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 20]);
+
+impl Fingerprint {
+    pub fn of(fields: &RawFields) -> Fingerprint {
+        let mut sha = openssl::sha::Sha1::new();
+        super::pack::encode(fields, |bytes| sha.update(bytes));
+        Fingerprint(sha.finish())
+    }
+
+    /// Of fields already packed.
+    pub fn of_packed(packed: &[u8]) -> Fingerprint {
+        Fingerprint(openssl::sha::sha1(packed))
+    }
+
+    /// Of a packing hashed as it passed.
+    pub fn from_digest(digest: [u8; 20]) -> Fingerprint {
+        Fingerprint(digest)
+    }
 }
 
-/// [`fingerprint`] of fields already packed.
-pub fn fingerprint_packed(packed: &[u8]) -> String {
-    hex(&openssl::sha::sha1(packed))
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex(&self.0))
+    }
+}
+
+impl std::fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
 }
 
 pub fn hex(digest: &[u8]) -> String {

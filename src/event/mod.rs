@@ -21,11 +21,11 @@ use serde_json::Value;
 use uuid::Uuid;
 
 pub use entry::{
-    CUT_KEEP_BYTES, CUT_KEEP_FIELDS, CUT_STRING, Cut, CutString, GIANT_ENTRY, RawEntry,
-    fingerprint, fingerprint_packed, hex,
+    CUT_KEEP_BYTES, CUT_KEEP_FIELDS, CUT_STRING, Cut, CutString, Fingerprint, GIANT_ENTRY,
+    RawEntry, held_size, hex,
 };
 pub use id::{EntryId, Position};
-pub use parse::{IMAGE_DIMENSIONS_MAX, in_range, parse, parse_timestamp};
+pub use parse::{in_range, parse};
 
 /// Longest `model_checkpoint` or `error_type`, in bytes. Both are indexed,
 /// and a btree entry holds at most about 2.7 kB; a checkpoint file name or

@@ -366,8 +366,8 @@ pub fn parse_timestamp(value: &str) -> Result<DateTime<Utc>, String> {
     })
 }
 
-/// Every spelling the fast read leaves alone is still taken as before:
-/// RFC 3339, offsets without a colon, a space for the `T`.
+/// Every spelling the fast read leaves alone, read by chrono's general
+/// parsers: RFC 3339, offsets without a colon, a space for the `T`.
 fn any_iso_time(text: &str) -> chrono::ParseResult<DateTime<Utc>> {
     let spaced = text.replacen(' ', "T", 1);
     spaced
@@ -382,10 +382,11 @@ fn any_iso_time(text: &str) -> chrono::ParseResult<DateTime<Utc>> {
 
 /// The producer's own spelling, Python's `isoformat()` of a UTC time
 /// (`2026-11-28T19:03:32` and `.123456`; `T` or a space), read field by
-/// field: nearly every entry's, where chrono's general parser cost a tenth
-/// of transfer's work. Dates and times are still checked by chrono; any
-/// other spelling, and leap seconds, are left to [`any_iso_time`], and
-/// where both read a text they agree (a test holds them to it).
+/// field: nearly every entry has it, so this is the parser's hot path and
+/// chrono's general parser is too slow for it. Dates and times are checked
+/// by chrono; any other spelling, and leap seconds, are left to
+/// [`any_iso_time`], and where both read a text they agree (a test holds
+/// them to it).
 fn producer_time(text: &str) -> Option<DateTime<Utc>> {
     let bytes = text.as_bytes();
     let (fixed, fraction) = bytes.split_at_checked(19)?;

@@ -201,16 +201,13 @@ impl Run<'_> {
         // once more then, on a new connection (the old one may be mid-reply).
         let mut trimmed = Ok(None);
         for attempt in 0..2 {
+            // Every batch sent ends with an entry, so it has its print.
+            let Some(print) = prepared.last_print else {
+                break;
+            };
             trimmed = match self.redis() {
-                Ok(con) => reader::trim_stored(
-                    con,
-                    key,
-                    position,
-                    &prepared.last_print,
-                    bound,
-                    prepared.last_cut,
-                )
-                .map_err(anyhow::Error::from),
+                Ok(con) => reader::trim_stored(con, key, position, print, bound, prepared.last_cut)
+                    .map_err(anyhow::Error::from),
                 Err(Fault::Transient(err) | Fault::Fatal(err)) => Err(err),
             };
             if attempt == 0 && trimmed.as_ref().is_err_and(crate::error::interrupted) {

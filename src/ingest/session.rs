@@ -143,6 +143,12 @@ impl Run<'_> {
         if !plan.follow && plan.until.is_none_or(|until| until <= position) {
             return Ok(());
         }
+        self.read_and_store(plan)
+    }
+
+    /// Reads on a thread of its own while this one commits what it reads,
+    /// until the plan is done or a fault; what was read is committed first.
+    fn read_and_store(&mut self, plan: ReadPlan) -> Result<(), Fault> {
         let reader_con = stream::connect_reader(self.settings, self.key).map_err(Fault::of)?;
         self.in_flight.store(0, Ordering::Relaxed);
         let (sender, batches) = sync_channel::<Message>(1);

@@ -35,7 +35,7 @@ pub trait Report {
     fn charts(&self) -> Vec<Chart> {
         Vec::new()
     }
-    /// The whole report as JSON, field names as SPEC §4 gives them.
+    /// The whole report as JSON, under the field names every format shares.
     fn json(&self) -> serde_json::Value;
 }
 

@@ -25,20 +25,7 @@ pub fn round2(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
 }
 
-/// Milliseconds as an integer, half away from zero.
-pub fn whole_ms(value: f64) -> i64 {
-    value.round() as i64
-}
-
-/// A weighted mean: total / count, none for no count.
-pub fn mean(total: i64, count: i64) -> Option<i64> {
-    (count > 0).then(|| whole_ms(total as f64 / count as f64))
-}
-
-/// The usual duration trio from a merged histogram.
-pub fn percentiles(histogram: &Histogram) -> [Option<i64>; 3] {
-    [0.5, 0.95, 0.99].map(|q| histogram.quantile(q).map(whole_ms))
-}
+pub use crate::histogram::{mean, percentiles, whole_ms};
 
 /// Sums over a set of hourly rows.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -133,8 +133,9 @@ pub struct UserReport {
     pub p95_duration_ms: Option<i64>,
     /// The percentiles are exact (false: from merged histograms, ≤ 1 %).
     pub percentiles_exact: bool,
-    /// Hours of the window rolled up before per-user figures were kept,
-    /// whose raw events are gone: the figures leave them out.
+    /// Hours of the window whose rollup has no per-user rows
+    /// (`users_rolled_up` is false) and whose raw events are gone: the
+    /// figures leave them out.
     pub hours_missing: i64,
     pub first_generation_at: Option<DateTime<Utc>>,
     pub last_generation_at: Option<DateTime<Utc>>,

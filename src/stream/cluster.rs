@@ -1,4 +1,4 @@
-//! Redis Cluster (SPEC §13). Every command genalytics sends touches one
+//! Redis Cluster. Every command genalytics sends touches one
 //! stream key — reads, trims and their scripts, `XADD`s, `XINFO` — so it
 //! speaks straight to the master that owns the key's slot, asked of the
 //! seed nodes (`CLUSTER KEYSLOT`, `CLUSTER SLOTS`). The read path and its

@@ -15,7 +15,7 @@ use anyhow::anyhow;
 use super::identity::{self, Identity};
 use super::reader;
 use super::wire::Wire;
-use crate::event::{EntryId, GIANT_ENTRY, Position, RawEntry};
+use crate::event::{EntryId, Fingerprint, GIANT_ENTRY, Position, RawEntry};
 
 /// Most bytes of entries one batch holds, besides `--batch-size` entries.
 /// Each batch costs a COPY's set-up on the partitioned table, a commit and
@@ -97,7 +97,7 @@ pub struct ReadPlan {
     pub index: Option<u64>,
     /// The fingerprint of the position's entry, when the session found it
     /// there as stored.
-    pub anchor: Option<String>,
+    pub anchor: Option<Fingerprint>,
     /// Bytes of entries handed on and not yet let go of (the sink adds,
     /// its consumer takes away).
     pub in_flight: Arc<AtomicUsize>,
@@ -109,7 +109,7 @@ impl ReadPlan {
     fn request(
         &self,
         after: EntryId,
-        anchor: Option<String>,
+        anchor: Option<Fingerprint>,
         (queued, bytes): (usize, usize),
         budget: usize,
         left: u64,
@@ -198,7 +198,7 @@ pub fn drain(con: Wire, plan: &ReadPlan, sink: &mut impl Sink) -> Result<(), Rea
             since: None,
         },
         reader: reader::BoundedReader::default(),
-        anchor: plan.anchor.clone(),
+        anchor: plan.anchor,
         progress: Progress {
             index: plan.index,
             observed_added: None,
@@ -226,7 +226,7 @@ struct Reading<'a> {
     after: EntryId,
     /// The fingerprint of the entry `after`, as read: the next read checks
     /// it is still there (none when the entry is gone, e.g. trimmed).
-    anchor: Option<String>,
+    anchor: Option<Fingerprint>,
     left: u64,
     pending: Pending,
     reader: reader::BoundedReader,
@@ -298,7 +298,7 @@ impl Reading<'_> {
         } else {
             let request = self.plan.request(
                 self.after,
-                self.anchor.clone(),
+                self.anchor,
                 (self.pending.entries.len(), self.pending.bytes),
                 self.pending.budget(),
                 self.left,
@@ -356,7 +356,7 @@ impl Reading<'_> {
             };
             let next = self.plan.request(
                 self.after,
-                self.anchor.clone(),
+                self.anchor,
                 queued,
                 self.pending.budget(),
                 self.left,
@@ -472,7 +472,9 @@ impl Reading<'_> {
             };
         }
         let reason = match err.downcast_ref::<redis::RedisError>() {
-            Some(redis) if reader::is_refused_reply(redis) => super::describe(redis),
+            Some(redis) if let Some(refused) = reader::refused_reply_in(redis) => {
+                refused.to_string()
+            }
             Some(redis) if redis.is_connection_dropped() || redis.is_io_error() => {
                 format!("the connection was lost ({})", super::describe(redis))
             }

@@ -1,8 +1,7 @@
 //! Is the stream under the key still the one the stored position belongs
 //! to? A stream deleted and recreated, flushed, or failed over to a replica
 //! can come back with the same key and entry IDs at, below or above the
-//! position; transfer, status and check all ask this one pure question
-//! (SPEC §9).
+//! position; transfer, status and check all ask this one pure question.
 //!
 //! Within one stream, `entries-added` (Redis 7) only grows, and entries
 //! leave in ID order unless deleted one by one (XDEL, which Redis records in
@@ -72,12 +71,6 @@ pub trait Store {
     /// Whether `id` is an entry transfer stored from the key, in any of its
     /// streams.
     fn holds_id(&mut self, id: EntryId) -> anyhow::Result<bool>;
-}
-
-impl Identity {
-    pub fn is_reset(&self) -> bool {
-        matches!(self, Identity::ResetAbove | Identity::ResetBelow { .. })
-    }
 }
 
 /// In a [`Identity::Gap`], what went: the entries added after the
@@ -221,7 +214,7 @@ pub struct Inspected {
     pub info: StreamInfo,
     pub verdict: Identity,
     /// The fingerprint of the position's entry, when it is there.
-    pub anchor: Option<String>,
+    pub anchor: Option<crate::event::Fingerprint>,
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use anyhow::Context;
 use redis::Value;
 
 use super::wire::Wire;
-use crate::event::{EntryId, RawEntry};
+use crate::event::{EntryId, Fingerprint, RawEntry};
 
 /// Most entries one read asks for. Redis cannot cap a reply by bytes: a
 /// run of giant entries right after small ones has Redis hold at most this
@@ -67,14 +67,6 @@ pub struct StreamInfo {
     pub max_deleted_id: Option<EntryId>,
     /// Entries ever added to this stream; `None` before Redis 7.
     pub entries_added: Option<u64>,
-}
-
-impl StreamInfo {
-    /// Whether Redis reports what tells one stream from its successor
-    /// (`entries-added`, `max-deleted-entry-id`: Redis 7).
-    pub fn knows_history(&self) -> bool {
-        self.entries_added.is_some() && self.max_deleted_id.is_some()
-    }
 }
 
 /// Looks at the stream; a missing key is an empty stream that does not
@@ -167,22 +159,31 @@ pub fn range_after(
     Ok(read)
 }
 
-/// What a refused range reply is called: an I/O fault (transient, the
-/// connection given up) of its own.
-const REFUSED_REPLY: &str = "Redis answered a stream read with what was not asked";
+/// A reply that is not what was asked: an I/O fault of the connection
+/// (transient, the connection given up), told apart by its type.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}; nothing of it was stored")]
+pub struct RefusedReply(String);
 
-/// Whether `err` is a range reply [`checked_range`] refused.
-pub fn is_refused_reply(err: &redis::RedisError) -> bool {
-    err.is_io_error() && err.to_string().starts_with(REFUSED_REPLY)
+/// The refusal inside `err`, if [`checked_range`] refused the reply.
+pub fn refused_reply_in(err: &redis::RedisError) -> Option<&RefusedReply> {
+    use std::error::Error as _;
+    err.source()?
+        .downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()?
+        .downcast_ref::<std::io::Error>()?
+        .get_ref()?
+        .downcast_ref::<RefusedReply>()
 }
 
 /// The error of a reply that is not what was asked.
 fn refused_reply(what: &str) -> redis::RedisError {
-    redis::RedisError::from((
-        redis::ErrorKind::Io,
-        REFUSED_REPLY,
-        format!("{what}; nothing of it was stored"),
-    ))
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        RefusedReply(format!(
+            "Redis answered a stream read with what was not asked: {what}"
+        )),
+    )
+    .into()
 }
 
 /// A reply to a read of at most one entry, at or before `at` (exactly `at`
@@ -273,7 +274,7 @@ pub struct ReadRequest {
     pub count: usize,
     pub budget: usize,
     pub giant_budget: usize,
-    pub anchor: Option<String>,
+    pub anchor: Option<Fingerprint>,
 }
 
 /// Reads entries after a point, bounded by bytes as well as entries: reads
@@ -437,7 +438,7 @@ static TRIM_SCRIPT: LazyLock<redis::Script> =
 
 /// Trims what is stored: XTRIM MINID `bound` (bound ≤ `position`, the last
 /// stored entry), but only while the stream holds the entry `position` as
-/// it was stored (its [`fingerprint`] is `print`), so a stream recreated
+/// it was stored (its [`Fingerprint`] is `print`), so a stream recreated
 /// under the same key — even with the same IDs — is never trimmed by the
 /// old position. Returns the entries removed, `None` when the check
 /// refused.
@@ -445,7 +446,7 @@ pub fn trim_stored(
     con: &mut Wire,
     key: &str,
     position: EntryId,
-    print: &str,
+    print: Fingerprint,
     bound: EntryId,
     position_is_giant: bool,
 ) -> redis::RedisResult<Option<u64>> {
@@ -459,7 +460,7 @@ pub fn trim_stored(
             .key(key)
             .arg(position.to_string())
             .arg(bound.to_string())
-            .arg(print)
+            .arg(print.to_string())
             .invoke::<i64>(con)
         {
             Ok(trimmed) => Some(trimmed),
@@ -509,11 +510,6 @@ pub fn entry_at(con: &mut Wire, key: &str, id: EntryId) -> redis::RedisResult<Op
     let read = con.range(&cmd, 0)?;
     checked_one(&read, id, true)?;
     Ok(read.entries.into_iter().next())
-}
-
-/// Whether the entry `id` is in the stream.
-pub fn entry_exists(con: &mut Wire, key: &str, id: EntryId) -> redis::RedisResult<bool> {
-    Ok(entry_at(con, key, id)?.is_some())
 }
 
 /// The newest entry at or before `id`.
@@ -675,7 +671,7 @@ mod tests {
         ] {
             let err = checked_range(&kept, total, after, until, count).unwrap_err();
             assert!(err.is_io_error(), "a transient fault: {err}");
-            assert!(is_refused_reply(&err), "{err}");
+            assert!(refused_reply_in(&err).is_some(), "{err}");
         }
     }
 }

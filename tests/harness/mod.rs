@@ -210,6 +210,14 @@ impl Cmd {
     }
 }
 
+/// A fresh environment with the schema migrated.
+#[track_caller]
+pub fn migrated() -> TestEnv {
+    let env = TestEnv::new();
+    env.genalytics().args(["migrate", "-q"]).ok();
+    env
+}
+
 /// Appends one entry; `id` "*" lets Redis choose. Returns the entry ID.
 #[track_caller]
 pub fn xadd(con: &mut redis::Connection, key: &str, id: &str, fields: &[(&str, &str)]) -> String {

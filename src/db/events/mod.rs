@@ -19,7 +19,7 @@ use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
 use postgres::types::{IsNull, ToSql, Type};
 
-use crate::event::{EntryId, Event, RawEntry, Rejection, parse};
+use crate::event::{EntryId, Event, Fingerprint, RawEntry, Rejection, held_size, parse};
 use crate::hour;
 
 pub use commit::{Claim, Outcome, commit};
@@ -85,7 +85,7 @@ pub struct Prepared {
     pub last_id: EntryId,
     /// The fingerprint of the entry `last_id`, which the trim after the
     /// commit checks is still in the stream.
-    pub last_print: String,
+    pub last_print: Option<Fingerprint>,
     /// Whether the entry `last_id` was too large to store (and was cut).
     pub last_cut: bool,
 }
@@ -94,10 +94,6 @@ impl Prepared {
     /// Entries in the batch: rows and dead letters.
     pub fn len(&self) -> usize {
         self.ids.len() + self.rejected.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Bytes the batch holds on the heap, near enough to bound memory by.
@@ -118,13 +114,7 @@ impl Prepared {
             + self
                 .rejected
                 .iter()
-                .map(|r| {
-                    64 + r
-                        .fields
-                        .iter()
-                        .map(|(n, v)| n.len() + v.len() + 128)
-                        .sum::<usize>()
-                })
+                .map(|r| held_size(&r.fields))
                 .sum::<usize>()
     }
 
@@ -178,14 +168,14 @@ pub fn prepare(entries: impl IntoIterator<Item = RawEntry>) -> anyhow::Result<Pr
         rejected: Vec::new(),
         first_id: EntryId::ZERO,
         last_id: EntryId::ZERO,
-        last_print: String::new(),
+        last_print: None,
         last_cut: false,
     };
     prepared.bounds.push(0);
     // The fingerprint of the last entry whose raw fields were let go, and
     // of the last dead letter.
-    let mut dropped_print = String::new();
-    let mut rejected_print = String::new();
+    let mut dropped_print = None;
+    let mut rejected_print = None;
     for (
         index,
         RawEntry {
@@ -213,7 +203,7 @@ pub fn prepare(entries: impl IntoIterator<Item = RawEntry>) -> anyhow::Result<Pr
                 // not through a doubling buffer.
                 prepared.rows.reserve(size + 256);
                 let kept = if size > RAW_KEEP_MAX {
-                    dropped_print = crate::event::fingerprint(&raw);
+                    dropped_print = Some(Fingerprint::of(&raw));
                     None
                 } else {
                     Some(crate::event::pack::packed(&raw).into_boxed_slice())
@@ -226,10 +216,7 @@ pub fn prepare(entries: impl IntoIterator<Item = RawEntry>) -> anyhow::Result<Pr
                 prepared.hours.push(hour::floor(event.timestamp));
             }
             Err(reason) => {
-                rejected_print = match &cut {
-                    Some(cut) => cut.fingerprint.clone(),
-                    None => String::new(),
-                };
+                rejected_print = cut.as_ref().map(|cut| cut.fingerprint);
                 prepared.rejected.push(Rejection {
                     stream_id: id,
                     fields: raw,
@@ -241,12 +228,11 @@ pub fn prepare(entries: impl IntoIterator<Item = RawEntry>) -> anyhow::Result<Pr
     }
     prepared.last_print = match (prepared.ids.last(), prepared.rejected.last()) {
         (Some(&id), _) if id == prepared.last_id => match prepared.raws.last() {
-            Some(Some(packed)) => crate::event::fingerprint_packed(packed),
+            Some(Some(packed)) => Some(Fingerprint::of_packed(packed)),
             _ => dropped_print,
         },
-        (_, Some(_)) if !rejected_print.is_empty() => rejected_print,
-        (_, Some(rejected)) => crate::event::fingerprint(&rejected.fields),
-        _ => String::new(),
+        (_, Some(rejected)) => rejected_print.or_else(|| Some(Fingerprint::of(&rejected.fields))),
+        _ => None,
     };
     Ok(prepared)
 }

@@ -32,9 +32,7 @@ pub(super) fn store_rows(
 ) -> anyhow::Result<RowsStored> {
     // Held until commit: a prune cannot move the horizon meanwhile, so an
     // event is marked late exactly when its hour's raw events are gone.
-    let horizon: Option<DateTime<Utc>> = tx
-        .query_one("SELECT horizon FROM genalytics_raw_horizon FOR SHARE", &[])?
-        .get(0);
+    let horizon: Option<DateTime<Utc>> = crate::db::retention::horizon_held(tx)?;
     let mut refused = Vec::new();
     let rows = prepared.ids.len();
     let stored = if rows == 0 {
@@ -166,7 +164,7 @@ fn copy_rows(
         "COPY {table} ({COPY_COLUMNS}) FROM STDIN (FORMAT binary)"
     ))?;
     // Few large writes: the driver's row-at-a-time writer enters its async
-    // runtime once per row, which cost more than encoding.
+    // runtime once per row, which costs more than encoding the row.
     let written = [COPY_HEADER, body, COPY_TRAILER]
         .into_iter()
         .try_for_each(|part| std::io::Write::write_all(&mut sink, part));

@@ -110,9 +110,9 @@ pub struct Letter {
 /// A letter's fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fields {
-    /// Exactly as received, or — for a letter stored before genalytics
-    /// kept bytes — as its JSON `fields` held them; none when neither
-    /// could be kept.
+    /// Exactly as received (`raw_fields`), or — for a letter without
+    /// `raw_fields` (a table older than sql/0005) — as its JSON `fields` hold
+    /// them; none when neither could be kept.
     pub raw: Option<RawFields>,
     /// Whether `raw` is the exact bytes (not rebuilt from JSON).
     pub exact: bool,
@@ -122,8 +122,8 @@ pub struct Fields {
 
 impl Fields {
     /// Fields that replay may store: the exact bytes, or fields rebuilt
-    /// from JSON that show no sign of loss (the JSON of letters from before
-    /// raw bytes were kept replaced invalid UTF-8 with U+FFFD).
+    /// from JSON that show no sign of loss (the JSON `fields` of a letter
+    /// without `raw_fields` may hold U+FFFD where the entry had invalid UTF-8).
     pub fn replayable(&self) -> Option<&RawFields> {
         if self.cut {
             return None;
@@ -217,8 +217,9 @@ pub fn purge(client: &mut Client, filter: &Filter) -> anyhow::Result<u64> {
     )?)
 }
 
-/// Letters `filter` matches that have no stream recorded (from before
-/// streams were): no replay can tell which stream to store them under.
+/// Letters `filter` matches whose `stream` is NULL (stored before the
+/// column existed, in a database that had recorded no stream): no replay
+/// can tell which stream to store them under.
 pub fn without_stream(client: &mut Client, filter: &Filter) -> anyhow::Result<i64> {
     Ok(client
         .query_one(

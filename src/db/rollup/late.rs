@@ -6,10 +6,12 @@ use chrono::{DateTime, Utc};
 use postgres::Transaction;
 use uuid::Uuid;
 
-use super::rows::{USER_COLUMNS, read_hour, user_rollup, write_hour};
+use super::rows::{
+    USER_COLUMNS, raw_user_rollup, read_hour, user_aggregates, user_rollup, write_hour,
+};
 use super::sql::{KIND_SQL, SAMPLE};
 use crate::histogram::{Histogram, KEY_SQL};
-use crate::rollup::{FailureRollup, HourRollup, ModelRollup, UserRollup};
+use crate::rollup::{FailureRollup, HourRollup, ModelRollup};
 
 /// The late events of `hours`, taken off their list, as (id, timestamp).
 fn take_late(
@@ -83,7 +85,7 @@ pub(super) fn merge_late(tx: &mut Transaction<'_>, hours: &[DateTime<Utc>]) -> a
                 exact
                     .as_ref()
                     .and_then(|q| q.get(i))
-                    .map(|&v| crate::report::whole_ms(v))
+                    .map(|&v| crate::histogram::whole_ms(v))
             }),
             percentiles_exact: Some(true),
             hist_complete: true,
@@ -259,39 +261,17 @@ fn merge_late_users(
     let rows = tx.query(
         &format!(
             "WITH {LATE}
-             SELECT date_trunc('hour', e.timestamp, 'UTC'), e.user_id,
-                 count(*) FILTER (WHERE kind = 1), count(*) FILTER (WHERE kind = 2),
-                 count(*) FILTER (WHERE kind = 3), count(*) FILTER (WHERE kind = 4),
-                 coalesce(sum(e.duration_ms) FILTER (WHERE kind = 2), 0)::int8,
-                 count(e.duration_ms) FILTER (WHERE kind = 2),
-                 coalesce(array_agg({KEY_SQL}) FILTER (WHERE kind = 2 AND e.duration_ms IS NOT NULL), '{{}}'),
-                 coalesce(array_agg(e.error_type) FILTER (WHERE kind = 3), '{{}}'),
-                 min(e.timestamp), max(e.timestamp)
+             SELECT date_trunc('hour', e.timestamp, 'UTC'), e.user_id, {}
              FROM late e CROSS JOIN LATERAL (SELECT {KIND_SQL} AS kind) k
-             WHERE e.user_id IS NOT NULL GROUP BY 1, 2"
+             WHERE e.user_id IS NOT NULL GROUP BY 1, 2",
+            user_aggregates()
         ),
         &[&ids, &ats],
     )?;
     for row in rows {
         let hour: DateTime<Utc> = row.get(0);
         let user: Uuid = row.get(1);
-        let keys: Vec<i32> = row.get(8);
-        let errors: Vec<Option<String>> = row.get(9);
-        let mut late = UserRollup {
-            requests: row.get(2),
-            successful: row.get(3),
-            failed: row.get(4),
-            cancelled: row.get(5),
-            duration_sum: row.get(6),
-            duration_count: row.get(7),
-            histogram: Histogram::from_keys(&keys),
-            first_event_at: row.get(10),
-            last_event_at: row.get(11),
-            ..UserRollup::default()
-        };
-        for error in errors {
-            *late.errors.entry(error).or_default() += 1;
-        }
+        let late = raw_user_rollup(&row, 2);
         let stored = tx.query_opt(
             &format!(
                 "DELETE FROM generation_metrics_hourly_users WHERE timestamp = $1 AND user_id = $2

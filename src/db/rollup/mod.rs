@@ -6,6 +6,7 @@
 //! Every hour boundary is computed in UTC explicitly, never through the
 //! session's `TimeZone`.
 
+mod chunks;
 mod late;
 mod rows;
 mod sql;
@@ -14,8 +15,9 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use postgres::Client;
 
+pub use chunks::{CHUNK_HOURS, Tally, roll_up_all, roll_up_queued_before};
 use late::merge_late;
-pub use rows::{USER_COLUMNS, user_rollup};
+pub use rows::{USER_COLUMNS, raw_user_rollup, user_aggregates, user_rollup};
 pub use sql::KIND_SQL;
 use sql::{failures_sql, models_sql, rollup_sql, users_sql};
 
@@ -78,9 +80,7 @@ pub fn roll_up(client: &mut Client, hours: &[DateTime<Utc>]) -> anyhow::Result<O
     // No JIT: these are short index-driven statements, and compiling them
     // costs more than running them (docs/performance.md).
     tx.batch_execute("SET LOCAL genalytics.writer = 'genalytics'; SET LOCAL jit = off")?;
-    let horizon: Option<DateTime<Utc>> = tx
-        .query_one("SELECT horizon FROM genalytics_raw_horizon FOR SHARE", &[])?
-        .get(0);
+    let horizon: Option<DateTime<Utc>> = crate::db::retention::horizon_held(&mut tx)?;
     tx.execute(
         "DELETE FROM generation_rollup_queue WHERE hour IN (
              SELECT hour FROM generation_rollup_queue WHERE hour = ANY($1) ORDER BY hour FOR UPDATE)",

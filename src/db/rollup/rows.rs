@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use postgres::Transaction;
 use uuid::Uuid;
 
-use crate::histogram::Histogram;
+use crate::histogram::{Histogram, KEY_SQL};
 use crate::rollup::{HourRollup, UserRollup};
 
 pub(super) const HOUR_COLUMNS: &str = "total_requests, successful_generations, failed_generations,
@@ -157,6 +157,44 @@ pub(super) fn hourly_upsert(source: &str, kept: &[&str]) -> String {
         "INSERT INTO generation_metrics_hourly AS m ({})\n{source}\nON CONFLICT (timestamp) DO UPDATE SET\n    {replaced}",
         HOURLY_WRITTEN.join(", ")
     )
+}
+
+/// One user's figures over a set of events, as a select list: `kind` (see
+/// [`super::KIND_SQL`]) and the event's columns as `e.` in scope. Read back
+/// by [`raw_user_rollup`]. Late events merged into an hour and the user
+/// report's raw hours are added up alike.
+pub fn user_aggregates() -> String {
+    format!(
+        "count(*) FILTER (WHERE kind = 1), count(*) FILTER (WHERE kind = 2),
+         count(*) FILTER (WHERE kind = 3), count(*) FILTER (WHERE kind = 4),
+         coalesce(sum(e.duration_ms) FILTER (WHERE kind = 2), 0)::int8,
+         count(e.duration_ms) FILTER (WHERE kind = 2),
+         coalesce(array_agg({KEY_SQL}) FILTER (WHERE kind = 2 AND e.duration_ms IS NOT NULL), '{{}}'),
+         coalesce(array_agg(e.error_type) FILTER (WHERE kind = 3), '{{}}'),
+         min(e.timestamp), max(e.timestamp)"
+    )
+}
+
+/// The figures [`user_aggregates`] selected, from column `at` on.
+pub fn raw_user_rollup(row: &postgres::Row, at: usize) -> UserRollup {
+    let keys: Vec<i32> = row.get(at + 6);
+    let errors: Vec<Option<String>> = row.get(at + 7);
+    let mut figures = UserRollup {
+        requests: row.get(at),
+        successful: row.get(at + 1),
+        failed: row.get(at + 2),
+        cancelled: row.get(at + 3),
+        duration_sum: row.get(at + 4),
+        duration_count: row.get(at + 5),
+        histogram: Histogram::from_keys(&keys),
+        first_event_at: row.get(at + 8),
+        last_event_at: row.get(at + 9),
+        ..UserRollup::default()
+    };
+    for error in errors {
+        *figures.errors.entry(error).or_default() += 1;
+    }
+    figures
 }
 
 /// The columns [`user_rollup`] reads, in its order.

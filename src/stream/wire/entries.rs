@@ -9,7 +9,7 @@ use redis::RedisResult;
 use super::{Taken, Wire, length, malformed};
 use crate::event::{
     CUT_KEEP_BYTES, CUT_KEEP_FIELDS, CUT_STRING, Cut, CutString, ENTRY_MAX_BYTES, EntryId,
-    FIELDS_MAX, RawEntry, RawFields,
+    FIELDS_MAX, Fingerprint, RawEntry, RawFields,
 };
 
 impl Wire {
@@ -290,7 +290,7 @@ impl Cutting {
         Cut {
             bytes: self.bytes,
             fields: self.strings / 2,
-            fingerprint: crate::event::hex(&self.print.finish()),
+            fingerprint: Fingerprint::from_digest(self.print.finish()),
             strings: self.cuts,
         }
     }

@@ -1,10 +1,10 @@
 //! The reader's own Redis connection (RESP2). Stream replies are taken
 //! apart straight from the socket's buffer into entries, with no reply tree
-//! in between (redis-rs builds one, about thirty allocations an entry), and
+//! in between (redis-rs builds one, with several allocations an entry), and
 //! the entries of a reply that runs past the batch's byte budget are read
 //! past rather than held: memory is bounded by the budget and the one entry
-//! a read always keeps, without a Lua script repacking every entry inside
-//! Redis (which cost Redis more than twice the CPU of the plain `XRANGE`). Every other command on it
+//! a read always keeps, with no script running inside Redis (a plain
+//! `XRANGE` is the cheapest read Redis serves). Every other command on it
 //! (`XINFO`, `XREAD BLOCK`) goes through redis-rs's [`redis::ConnectionLike`],
 //! so the functions in [`super::reader`] take either kind of connection.
 
@@ -270,12 +270,12 @@ impl Wire {
         }
     }
 
-    /// A length line lying whole in the buffer, parsed where it lies: one
-    /// for each of an entry's strings and two more for the entry, which
-    /// copying each out through [`Wire::read_line`] made a sixth of the
-    /// reader's work. Anything else
-    /// (a status, an error, a line the buffer's end cuts, 19 digits or more,
-    /// a number that is not one) is left to [`Wire::line_header`].
+    /// A length line lying whole in the buffer, parsed where it lies rather
+    /// than copied out through [`Wire::read_line`]: there is one for each of an
+    /// entry's strings and two more for the entry, so this is the reader's
+    /// hottest path. Anything else (a status, an error, a line the buffer's end
+    /// cuts, 19 digits or more, a number that is not one) is left to
+    /// [`Wire::line_header`].
     fn buffered_header(&mut self) -> Option<(u8, i64)> {
         let (&kind, rest) = self.io.buffer().split_first()?;
         if !matches!(kind, b'*' | b'$' | b':') {

@@ -276,7 +276,7 @@ fn an_error_inside_a_transactions_replies_gives_the_connection_up() {
         count: 10,
         budget: 1 << 20,
         giant_budget: 1 << 20,
-        anchor: Some("0".repeat(40)),
+        anchor: Some(crate::event::Fingerprint::from_digest([0; 20])),
     };
     let err = reader.read(&mut wire, "k", &request).expect_err("an error");
     assert_eq!(err.code(), Some("WRONGTYPE"));
@@ -395,7 +395,7 @@ fn an_entry_too_large_to_store_is_cut_as_it_is_read_and_its_neighbours_are_whole
     let read = &taken.entries;
     for (entry, (_, whole)) in read.iter().zip(&entries) {
         // The whole entry's fingerprint, as the trim script computes it.
-        assert_eq!(entry.fingerprint(), crate::event::fingerprint(whole));
+        assert_eq!(entry.fingerprint(), crate::event::Fingerprint::of(whole));
     }
     assert!(read[0].cut.is_none() && read[0].fields == small);
     assert!(read[4].cut.is_none() && read[4].fields == small);
