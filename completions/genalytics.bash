@@ -1332,7 +1332,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__failures)
-            opts="-v -q -h -V --days --until --tz --format --section --csv-raw --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --days --until --tz --materialized-only --format --section --csv-raw --watch --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1355,6 +1355,10 @@ _genalytics() {
                     return 0
                     ;;
                 --section)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --watch)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1520,7 +1524,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__html)
-            opts="-o -v -q -h -V --days --until --tz --failure-limit --output --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-o -v -q -h -V --days --until --tz --materialized-only --failure-limit --output --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1586,7 +1590,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__models)
-            opts="-v -q -h -V --days --until --tz --format --section --csv-raw --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --days --until --tz --materialized-only --format --section --csv-raw --watch --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1609,6 +1613,10 @@ _genalytics() {
                     return 0
                     ;;
                 --section)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --watch)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1648,7 +1656,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__overview)
-            opts="-v -q -h -V --compare --days --until --tz --format --section --csv-raw --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --compare --days --until --tz --materialized-only --format --section --csv-raw --watch --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1671,6 +1679,10 @@ _genalytics() {
                     return 0
                     ;;
                 --section)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --watch)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1710,7 +1722,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__peak__subcmd__hours)
-            opts="-v -q -h -V --by --sort --days --until --tz --format --section --csv-raw --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --by --sort --days --until --tz --materialized-only --format --section --csv-raw --watch --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1741,6 +1753,10 @@ _genalytics() {
                     return 0
                     ;;
                 --section)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --watch)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1780,7 +1796,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__trends)
-            opts="-v -q -h -V --interval --days --until --tz --format --section --csv-raw --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --interval --days --until --tz --materialized-only --format --section --csv-raw --watch --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1807,6 +1823,10 @@ _genalytics() {
                     return 0
                     ;;
                 --section)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --watch)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1846,7 +1866,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__user)
-            opts="-v -q -h -V --days --until --tz --format --section --csv-raw --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --days --until --tz --materialized-only --format --section --csv-raw --watch --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1869,6 +1889,10 @@ _genalytics() {
                     return 0
                     ;;
                 --section)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --watch)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -2032,7 +2056,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__transfer)
-            opts="-v -q -h -V --batch-size --max-events --follow --keep --wait --new-stream --parallel --format --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --batch-size --max-events --follow --keep --wait --new-stream --parallel --aggregate --format --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

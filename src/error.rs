@@ -179,6 +179,68 @@ fn io_kind(err: &(dyn std::error::Error + 'static)) -> Option<io::ErrorKind> {
         .map(io::Error::kind)
 }
 
+/// Prints an error the way every command reports failure and picks its exit
+/// code: usage mistakes exit 2, a closed stdout (`… | head`) is success, all
+/// else exits 1. The whole cause chain goes to stderr on one line, control
+/// characters escaped.
+pub fn report_error(err: &anyhow::Error) -> Exit {
+    if is_broken_pipe(err) {
+        return Exit::Success;
+    }
+    // Data (a stream key, a server's message) may hold control characters:
+    // escaped, the error stays one line and cannot move a terminal's cursor.
+    let line = crate::text::escape_controls(&one_line(err)).into_owned();
+    if LOG_JSON.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::error!("{line}");
+    } else {
+        eprintln!("genalytics: {line}");
+    }
+    if err.downcast_ref::<UsageError>().is_some() {
+        Exit::Usage
+    } else {
+        Exit::Failure
+    }
+}
+
+/// Whether the command line asks for the Monitoring Plugins protocol, in
+/// which whatever stops the run (a wrong flag included) is UNKNOWN, exit 3.
+pub fn plugin_mode(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
+    args.into_iter()
+        .take_while(|arg| arg != "--")
+        .any(|arg| arg == "--nagios")
+}
+
+/// Reports what stopped a plugin run as the Monitoring Plugins expect: one
+/// status line on stdout, exit 3.
+pub fn report_plugin_error(message: &str) -> Exit {
+    println!("{}", crate::monitoring::unknown_line(message));
+    Exit::Plugin(3)
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        let io_kind = cause
+            .downcast_ref::<io::Error>()
+            .map(io::Error::kind)
+            // serde_json keeps the io::Error to itself, but tells its kind.
+            .or_else(|| {
+                cause
+                    .downcast_ref::<serde_json::Error>()
+                    .and_then(serde_json::Error::io_error_kind)
+            });
+        io_kind == Some(io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Whether stderr carries JSON lines (`--log-format json`): the final error
+/// is one of them then.
+static LOG_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Says whether logs go out as JSON lines, for [`report_error`].
+pub fn log_as_json(json: bool) {
+    LOG_JSON.store(json, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The error and its causes as one line, `: `-joined like anyhow's `{:#}`,
 /// without a cause that only repeats what the line already ends with (a
 /// Redis or I/O error often shows its source's text as its own).

@@ -14,6 +14,7 @@ mod cluster;
 mod contrib;
 mod demo;
 mod follow;
+mod fresh;
 mod generated;
 mod hardening;
 mod hostile;

@@ -207,7 +207,8 @@ fn overview_and_trends_equal_what_the_events_say() {
             "latest_data_timestamp",
             "percentiles_partial",
             "unique_users_lower_bound",
-            "legacy_hours"
+            "legacy_hours",
+            "hours_from_raw_events"
         ]
     );
 

@@ -1,7 +1,10 @@
-//! The command line, as clap parses it. Each subcommand's own flags live
-//! with the command (`commands::<name>::Args`); this file holds the global
-//! flags and the list of subcommands. Doc comments here are `--help` text,
-//! written for a terminal rather than rustdoc.
+//! The command line: the global flags and the list of subcommands as clap
+//! parses them (each subcommand's own flags live with the command, in
+//! `commands::<name>::Args`), the settings built from them (`settings`),
+//! and the dispatch to the commands. What is about the command line
+//! itself lives here too: completions, man pages and the demo. Doc
+//! comments here are `--help` text, written for a terminal rather than
+//! rustdoc.
 #![allow(clippy::doc_markdown)]
 
 use clap::{ArgAction, Args, Parser, Subcommand};

@@ -12,6 +12,7 @@ use std::io::Write;
 
 use chrono::{TimeDelta, Utc};
 
+use super::status::waiting;
 use crate::config::Settings;
 use crate::db::streams;
 use crate::db::{self, health, migrations};
@@ -20,7 +21,6 @@ use crate::monitoring::{self, Figure, Level, Limits, Unit};
 use crate::output::{SummaryFormat, duration};
 use crate::report::failure_rate;
 use crate::stream::identity::Identity;
-use crate::stream::waiting;
 use crate::timearg::{format_span, parse_span};
 
 #[derive(Debug, clap::Args)]
@@ -148,9 +148,9 @@ fn give_up_after(timeout: TimeDelta, plugin: bool) {
             format_span(timeout)
         );
         let code = if plugin {
-            crate::report_plugin_error(&message)
+            crate::error::report_plugin_error(&message)
         } else {
-            crate::report_error(&anyhow::anyhow!("check gave up: {message}"))
+            crate::error::report_error(&anyhow::anyhow!("check gave up: {message}"))
         };
         let _ = std::io::stdout().flush();
         std::process::exit(i32::from(code.code()));
@@ -286,9 +286,10 @@ fn lag(
     }
     if let Identity::ResetBelow { length, .. } = waiting.verdict {
         let text = format!(
-            "the stream {key} was replaced below the stored position {}: {length} entries wait that \
+            "the stream {key} was replaced below the stored position {}: {} entries wait that \
              transfer will not read without --new-stream",
-            waiting.position.id
+            waiting.position.id,
+            crate::output::thousands(length)
         );
         return Ok(Figure::new("lag", Unit::Seconds, None, text)
             .judged(limits)

@@ -83,7 +83,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     let refused = if args.dry_run {
         Vec::new()
     } else {
-        crate::db::rollup::roll_up_queued_before(&mut client, hour)?
+        crate::db::rollup::roll_up_queued_before(&mut client, hour)?.failed
     };
     let plan = if args.dry_run {
         retention::plan(&mut client, hour)?

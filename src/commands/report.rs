@@ -11,6 +11,7 @@ use crate::db::{self, reports};
 use crate::error::{Exit, UsageError};
 use crate::render::{self, Format, Renderer, Report};
 use crate::report::dashboard::Dashboard;
+use crate::report::fresh::Fresh;
 use crate::report::trends::{self, Interval};
 use crate::report::{Window, failures, models, overview, peak, user};
 use crate::timearg::parse_instant;
@@ -109,6 +110,12 @@ pub struct Common {
     /// would run it as a formula (by default such cells get a leading ')
     #[arg(long)]
     pub csv_raw: bool,
+
+    /// Run the report again every INTERVAL (default 5s) until Ctrl-C: redrawn in place on a
+    /// terminal, one report after another in a pipe
+    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "5s",
+          value_parser = parse_watch)]
+    pub watch: Option<std::time::Duration>,
 }
 
 /// The window of a report: every report takes these.
@@ -125,11 +132,30 @@ pub struct WindowArgs {
     /// IANA time zone for days, hours of day and shown times, e.g. Europe/Berlin
     #[arg(long, default_value = "UTC", value_parser = parse_zone, value_name = "ZONE")]
     pub tz: chrono_tz::Tz,
+
+    /// Read hourly rollups alone: leave out events of hours not rolled up yet (by default
+    /// they are counted from raw events)
+    #[arg(long)]
+    pub materialized_only: bool,
 }
 
 /// The longest window `report html` draws: its hourly charts have a
 /// point per hour.
 const HTML_DAYS_MAX: u32 = 400;
+
+/// A `--watch` interval: a duration of at least 100 ms.
+fn parse_watch(text: &str) -> Result<std::time::Duration, String> {
+    let span = crate::timearg::parse_span(text)?;
+    span.to_std()
+        .ok()
+        .filter(|span| *span >= std::time::Duration::from_millis(100))
+        .ok_or_else(|| {
+            format!(
+                "--watch {} is shorter than 100ms",
+                crate::text::quoted(text)
+            )
+        })
+}
 
 fn parse_user_id(text: &str) -> Result<uuid::Uuid, String> {
     uuid::Uuid::parse_str(text.trim())
@@ -182,37 +208,91 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         ))
         .into());
     }
+    let materialized_only = args.window_args().0.materialized_only;
     let mut client = db::connect_current(settings.database()?)?;
-    let report = build(&mut client, &args.report, &window)?;
-    let mut stdout = std::io::stdout().lock();
-    match &args.report {
+    let common = match &args.report {
         Which::Html { output, .. } => {
+            let report = build(&mut client, &args.report, &window, materialized_only)?;
             let renderer = render::html::HtmlRenderer { tz: window.tz };
             match output {
-                Some(path) => crate::output::write_atomically(path, |out| {
-                    renderer.render(report.as_ref(), out)
-                })?,
-                None => renderer.render(report.as_ref(), &mut stdout)?,
+                Some(path) => {
+                    crate::output::write_atomically(path, |out| renderer.render(&report, out))?;
+                }
+                None => renderer.render(&report, &mut std::io::stdout().lock())?,
             }
+            return Ok(Exit::Success);
         }
         Which::Overview { common, .. }
         | Which::Trends { common, .. }
         | Which::Failures(common)
         | Which::User { common, .. }
         | Which::PeakHours { common, .. }
-        | Which::Models(common) => {
-            let renderer = render::renderer(
-                common.format,
-                render::CsvChoice {
-                    section: common.section.clone(),
-                    raw: common.csv_raw,
-                },
-                window.tz,
-            );
-            renderer.render(report.as_ref(), &mut stdout)?;
+        | Which::Models(common) => common,
+    };
+    let renderer = render::renderer(
+        common.format,
+        render::CsvChoice {
+            section: common.section.clone(),
+            raw: common.csv_raw,
+        },
+        window.tz,
+    );
+    match common.watch {
+        None => {
+            let report = build(&mut client, &args.report, &window, materialized_only)?;
+            renderer.render(&report, &mut std::io::stdout().lock())?;
         }
+        Some(interval) => watch(&mut client, args, renderer.as_ref(), interval)?,
     }
     Ok(Exit::Success)
+}
+
+/// Runs the report every `interval` until Ctrl-C (or SIGTERM), each time
+/// over a window ending now unless `--until` fixed it. On a terminal each
+/// run is drawn over the last in place — cursor home, every line cleared
+/// to its end as it is written, the rest of the screen cleared after — so
+/// nothing flickers; in a pipe each is printed after the last.
+fn watch(
+    client: &mut postgres::Client,
+    args: &Args,
+    renderer: &dyn Renderer,
+    interval: std::time::Duration,
+) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    let stop = crate::interrupt::install()?;
+    let terminal = std::io::stdout().is_terminal();
+    let materialized_only = args.window_args().0.materialized_only;
+    let mut first = true;
+    loop {
+        let window = args.window(Utc::now());
+        let report = build(client, &args.report, &window, materialized_only)?;
+        let mut page = Vec::new();
+        renderer.render(&report, &mut page)?;
+        let mut out = std::io::stdout().lock();
+        if terminal {
+            out.write_all(if first { b"\x1b[2J\x1b[H" } else { b"\x1b[H" })?;
+            for line in page.split_inclusive(|&byte| byte == b'\n') {
+                let text = line.strip_suffix(b"\n").unwrap_or(line);
+                out.write_all(text)?;
+                out.write_all(b"\x1b[K")?;
+                if text.len() < line.len() {
+                    out.write_all(b"\n")?;
+                }
+            }
+            out.write_all(b"\x1b[J")?;
+        } else {
+            if !first {
+                writeln!(out)?;
+            }
+            out.write_all(&page)?;
+        }
+        out.flush()?;
+        drop(out);
+        first = false;
+        if !crate::retry::sleep_unless_stopped(interval, &stop) {
+            return Ok(());
+        }
+    }
 }
 
 /// How many successful completions the user report reads one by one for
@@ -235,32 +315,44 @@ fn exact_max() -> anyhow::Result<i64> {
     }
 }
 
-/// Fetches a report's parts and builds it.
+/// Fetches a report's parts and builds it, with how many hours of its
+/// window were read from raw events.
 fn build(
     client: &mut postgres::Client,
     which: &Which,
     window: &Window,
-) -> anyhow::Result<Box<dyn Report>> {
-    Ok(match which {
+    materialized_only: bool,
+) -> anyhow::Result<Fresh> {
+    let raw = &reports::raw_hours(client, window, materialized_only)?;
+    let report: Box<dyn Report> = match which {
         Which::Overview { compare, .. } => {
-            let mut current = overview_of(client, window)?;
+            let mut current = overview_of(client, window, raw)?;
             if *compare {
-                current.previous = Some(Box::new(overview_of(client, &window.previous())?));
+                let previous = window.previous();
+                let previous_raw = reports::raw_hours(client, &previous, materialized_only)?;
+                current.previous = Some(Box::new(overview_of(client, &previous, &previous_raw)?));
             }
             Box::new(current)
         }
         Which::Trends { interval, .. } => {
-            let parts = reports::hours(client, window)?;
+            let parts = reports::hours(client, window, raw)?;
             Box::new(match interval {
                 Interval::Hourly => trends::hourly(window, &parts),
                 Interval::Daily => {
-                    trends::daily(window, &parts, &reports::users_by_day(client, window)?)
+                    trends::daily(window, &parts, &reports::users_by_day(client, window, raw)?)
                 }
             })
         }
         Which::User { user_id, .. } => {
             let horizon = crate::db::retention::horizon(client)?;
-            let sources = user::sources(window, horizon, &reports::queued_in(client, window)?);
+            // Hours awaiting their rollup are read from raw events, unless
+            // the report is to read rollups alone.
+            let queued = if materialized_only {
+                std::collections::BTreeSet::new()
+            } else {
+                reports::queued_in(client, window)?
+            };
+            let sources = user::sources(window, horizon, &queued);
             let parts = reports::user(client, window, *user_id, &sources, exact_max()?)?;
             Box::new(user::build(
                 window,
@@ -272,53 +364,66 @@ fn build(
             ))
         }
         Which::Models(_) => {
-            let legacy = reports::legacy_hours(&reports::hours(client, window)?);
+            let legacy = reports::legacy_hours(&reports::hours(client, window, raw)?);
             Box::new(models::build(
                 window,
-                reports::model_parts(client, window)?,
+                reports::model_parts(client, window, raw)?,
                 legacy,
             ))
         }
         Which::Failures(_) => {
-            let hours = reports::hours(client, window)?;
+            let hours = reports::hours(client, window, raw)?;
             Box::new(failures::build(
                 window,
                 &hours,
-                reports::failure_parts(client, window)?,
+                reports::failure_parts(client, window, raw)?,
             ))
         }
         Which::PeakHours { by, sort, .. } => Box::new(peak::build(
             window,
             by.is_some(),
             *sort,
-            &reports::hours(client, window)?,
+            &reports::hours(client, window, raw)?,
         )),
         Which::Html { failure_limit, .. } => {
-            let hours = reports::hours(client, window)?;
+            let hours = reports::hours(client, window, raw)?;
             Box::new(Dashboard {
-                overview: overview::build(window, &hours, reports::users_in_lists(client, window)?),
+                overview: overview::build(
+                    window,
+                    &hours,
+                    reports::users_in_lists(client, window, raw)?,
+                ),
                 trends: trends::hourly(window, &hours),
-                failures: failures::build(window, &hours, reports::failure_parts(client, window)?),
+                failures: failures::build(
+                    window,
+                    &hours,
+                    reports::failure_parts(client, window, raw)?,
+                ),
                 peak: peak::build(window, true, peak::Sort::Hour, &hours),
                 models: models::build(
                     window,
-                    reports::model_parts(client, window)?,
+                    reports::model_parts(client, window, raw)?,
                     reports::legacy_hours(&hours),
                 ),
                 failure_limit_pct: *failure_limit,
             })
         }
+    };
+    Ok(Fresh {
+        report,
+        raw_hours: raw.len(),
     })
 }
 
 pub fn overview_of(
     client: &mut postgres::Client,
     window: &Window,
+    raw: &[DateTime<Utc>],
 ) -> anyhow::Result<overview::Overview> {
-    let parts = reports::hours(client, window)?;
+    let parts = reports::hours(client, window, raw)?;
     Ok(overview::build(
         window,
         &parts,
-        reports::users_in_lists(client, window)?,
+        reports::users_in_lists(client, window, raw)?,
     ))
 }

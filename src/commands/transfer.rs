@@ -13,6 +13,10 @@ use crate::output::{SummaryFormat, counted, thousands};
 use crate::stream::verdict;
 use crate::timearg::parse_span;
 
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent switches, each a flag"
+)]
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
 pub struct Args {
@@ -46,6 +50,11 @@ pub struct Args {
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub parallel: u16,
 
+    /// Also roll up hours that have ended: following, each hour as it ends and hours late events
+    /// queued again at most once a minute (no aggregate timer needed); otherwise once, after
+    #[arg(long)]
+    pub aggregate: bool,
+
     /// Summary format
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
     pub format: SummaryFormat,
@@ -53,7 +62,7 @@ pub struct Args {
 
 const EXAMPLES: &str = "Examples:
   genalytics transfer
-  genalytics transfer --follow
+  genalytics transfer --follow --aggregate
   genalytics transfer --keep 6h --format json
   genalytics transfer --new-stream
   genalytics transfer --stream 'genonaut:generation_events:stream:*' --parallel 2";
@@ -67,6 +76,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         wait: args.wait,
         new_stream: args.new_stream,
         parallel: args.parallel,
+        aggregate: args.aggregate,
     };
     let format = args.format;
     let quiet = settings.quiet;
@@ -118,9 +128,8 @@ fn print_summary(format: SummaryFormat, summary: &Summary) -> anyhow::Result<()>
         if let Some(reset) = &summary.reset {
             let _ = write!(
                 line,
-                "; the stream was replaced on {}{}",
-                reset.at.format("%Y-%m-%d %H:%M:%S UTC"),
-                verdict::loss(reset.lost_at_least)
+                "; {}",
+                verdict::replaced_on(reset.at, reset.lost_at_least)
             );
         }
         line

@@ -87,6 +87,9 @@ pub struct RollupHealth {
     pub legacy_hours: i64,
     pub foreign_rows: i64,
     pub late_events: i64,
+    /// Queued hours that still hold all their raw events: reports count
+    /// them from those until they are rolled up.
+    pub raw_hours: i64,
 }
 
 pub fn rollup_health(client: &mut Client) -> anyhow::Result<RollupHealth> {
@@ -94,7 +97,9 @@ pub fn rollup_health(client: &mut Client) -> anyhow::Result<RollupHealth> {
         "SELECT (SELECT horizon FROM genalytics_raw_horizon),
                 count(*) FILTER (WHERE m.legacy),
                 count(*) FILTER (WHERE m.checksum IS DISTINCT FROM genalytics_hourly_checksum(m)),
-                (SELECT count(*) FROM generation_rollup_late)
+                (SELECT count(*) FROM generation_rollup_late),
+                (SELECT count(*) FROM generation_rollup_queue
+                 WHERE hour >= coalesce((SELECT horizon FROM genalytics_raw_horizon), '-infinity'))
          FROM generation_metrics_hourly m",
         &[],
     )?;
@@ -103,6 +108,7 @@ pub fn rollup_health(client: &mut Client) -> anyhow::Result<RollupHealth> {
         legacy_hours: row.get(1),
         foreign_rows: row.get(2),
         late_events: row.get(3),
+        raw_hours: row.get(4),
     })
 }
 

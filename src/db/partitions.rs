@@ -1,8 +1,8 @@
 //! The daily partitions of `generation_events`: created ahead of
 //! need and for any day an event needs, dropped whole by prune.
 //!
-//! The SQL lives in `sql/0008_partitioned_events.sql`:
-//! and `sql/0009_partitions_within_retention.sql`:
+//! The SQL lives in `sql/0008_partitioned_events.sql` and
+//! `sql/0009_partitions_within_retention.sql`:
 //! `genalytics_create_event_partition(day, retention_days)` creates one
 //! day's partition (unless one covers it, or the day is outside the raw
 //! retention window and a week ahead, and its events belong in the default

@@ -1,7 +1,11 @@
 //! The queries behind the reports: they fetch the hourly parts a window is
 //! made of — thousands of rows for a quarter, whatever the event volume —
-//! and the report (`report/`) does the arithmetic. The user report reads
-//! one user's hourly rollups and, for what they do not cover, raw events.
+//! and the report (`report/`) does the arithmetic. An hour not rolled up
+//! yet (the current hour, an hour late events came to) is read from its
+//! raw events by the very statement that will roll it up, so a report
+//! counts every stored event and rolling up later changes no figure. The
+//! user report reads one user's hourly rollups and, for what they do not
+//! cover, raw events.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -9,20 +13,72 @@ use chrono::{DateTime, NaiveDate, Utc};
 use postgres::Client;
 use uuid::Uuid;
 
-use crate::db::rollup::{KIND_SQL, USER_COLUMNS, raw_user_rollup, user_aggregates, user_rollup};
+use crate::db::rollup::{
+    KIND_SQL, USER_COLUMNS, failures_select, hourly_select, models_select, raw_user_rollup,
+    user_aggregates, user_rollup,
+};
 use crate::histogram::Histogram;
 use crate::histogram::whole_ms;
 use crate::report::user::{Activity, Sources};
 use crate::report::{HourPart, Totals, Window};
 use crate::rollup::{FailureRollup, ModelRollup, UserRollup};
 
-/// Hourly rows whose hour starts in the window, oldest first. The original
-/// service's rows have no duration sum: their average, weighted by their
-/// successes, stands in; they have no histogram or user list, which the
-/// parts say.
-pub fn hours(client: &mut Client, window: &Window) -> anyhow::Result<Vec<HourPart>> {
+/// The hours of the window read from their raw events instead of their
+/// rollup, oldest first: queued for a rollup (transfer queues every hour
+/// it stores events for, aggregate takes them off) and still holding all
+/// their raw events (from the raw horizon on). None with
+/// `materialized_only`, for reports from rollups alone.
+pub fn raw_hours(
+    client: &mut Client,
+    window: &Window,
+    materialized_only: bool,
+) -> anyhow::Result<Vec<DateTime<Utc>>> {
+    if materialized_only {
+        return Ok(Vec::new());
+    }
+    Ok(client
+        .query(
+            "SELECT hour FROM generation_rollup_queue
+             WHERE hour >= $1 AND hour < $2
+               AND hour >= coalesce((SELECT horizon FROM genalytics_raw_horizon), '-infinity')
+             ORDER BY hour",
+            &[&window.start, &window.end],
+        )?
+        .into_iter()
+        .map(|row| row.get(0))
+        .collect())
+}
+
+/// The hourly columns a window reads, from the table or from raw events.
+const HOUR_READ: &str = "timestamp, total_requests, successful_generations, failed_generations,
+    cancelled_generations, duration_sum_ms, avg_duration_ms, duration_count, total_images_generated,
+    queue_length_sum, queue_length_samples, max_queue_length, p50_duration_ms, p95_duration_ms,
+    p99_duration_ms, unique_users, duration_hist_keys, duration_hist_counts, percentiles_exact,
+    hist_complete, users_complete, legacy, user_ids";
+
+/// The window's hourly rows as a derived table `h`: rolled-up hours from
+/// the table, the hours `$3` from their raw events.
+fn hourly_rows() -> String {
+    format!(
+        "(SELECT {HOUR_READ} FROM generation_metrics_hourly
+          WHERE timestamp >= $1 AND timestamp < $2 AND timestamp <> ALL($3)
+          UNION ALL
+          SELECT {HOUR_READ} FROM ({}) raw) h",
+        hourly_select("$3")
+    )
+}
+
+/// Hourly rows whose hour starts in the window, oldest first; the hours in
+/// `raw` from their raw events. The original service's rows have no
+/// duration sum: their average, weighted by their successes, stands in;
+/// they have no histogram or user list, which the parts say.
+pub fn hours(
+    client: &mut Client,
+    window: &Window,
+    raw: &[DateTime<Utc>],
+) -> anyhow::Result<Vec<HourPart>> {
     let rows = client.query(
-        "SELECT timestamp, total_requests, successful_generations, failed_generations,
+        &format!("SELECT timestamp, total_requests, successful_generations, failed_generations,
                 cancelled_generations,
                 coalesce(duration_sum_ms, avg_duration_ms::int8 * successful_generations, 0),
                 coalesce(duration_count,
@@ -30,12 +86,13 @@ pub fn hours(client: &mut Client, window: &Window) -> anyhow::Result<Vec<HourPar
                 coalesce(total_images_generated, 0), coalesce(queue_length_sum, 0),
                 coalesce(queue_length_samples, 0), max_queue_length,
                 p50_duration_ms, p95_duration_ms, p99_duration_ms, coalesce(unique_users, 0),
-                coalesce(duration_hist_keys, '{}'), coalesce(duration_hist_counts, '{}'),
+                coalesce(duration_hist_keys, '{{}}'), coalesce(duration_hist_counts, '{{}}'),
                 percentiles_exact, hist_complete, users_complete, legacy
-         FROM generation_metrics_hourly
-         WHERE timestamp >= $1 AND timestamp < $2
+         FROM {}
          ORDER BY timestamp",
-        &[&window.start, &window.end],
+            hourly_rows()
+        ),
+        &[&window.start, &window.end, &raw],
     )?;
     Ok(rows
         .into_iter()
@@ -75,15 +132,31 @@ pub fn hours(client: &mut Client, window: &Window) -> anyhow::Result<Vec<HourPar
         .collect())
 }
 
-/// Distinct users in the window's hourly user lists.
-pub fn users_in_lists(client: &mut Client, window: &Window) -> anyhow::Result<i64> {
+/// Distinct users in the window's hourly user lists (the hours in `raw`
+/// read from their raw events).
+pub fn users_in_lists(
+    client: &mut Client,
+    window: &Window,
+    raw: &[DateTime<Utc>],
+) -> anyhow::Result<i64> {
     Ok(client
         .query_one(
-            "SELECT count(DISTINCT u) FROM generation_metrics_hourly h, unnest(h.user_ids) AS u
-             WHERE h.timestamp >= $1 AND h.timestamp < $2",
-            &[&window.start, &window.end],
+            &format!("SELECT count(DISTINCT u) FROM {}", hourly_users()),
+            &[&window.start, &window.end, &raw],
         )?
         .get(0))
+}
+
+/// Each hour's users as a derived table `x (hour, u)`: from the user lists
+/// of rolled-up hours, and from the raw events of the hours `$3`.
+fn hourly_users() -> &'static str {
+    "(SELECT h.timestamp AS hour, u FROM generation_metrics_hourly h, unnest(h.user_ids) AS u
+      WHERE h.timestamp >= $1 AND h.timestamp < $2 AND h.timestamp <> ALL($3)
+      UNION ALL
+      SELECT r.hour, e.user_id FROM unnest($3::timestamptz[]) AS r(hour)
+      JOIN generation_events e
+        ON e.timestamp >= r.hour AND e.timestamp < r.hour + interval '1 hour'
+      WHERE e.user_id IS NOT NULL) x"
 }
 
 /// Distinct users in the hourly user lists of each local day of the window
@@ -91,13 +164,14 @@ pub fn users_in_lists(client: &mut Client, window: &Window) -> anyhow::Result<i6
 pub fn users_by_day(
     client: &mut Client,
     window: &Window,
+    raw: &[DateTime<Utc>],
 ) -> anyhow::Result<BTreeMap<NaiveDate, i64>> {
     let rows = client.query(
-        "SELECT (h.timestamp AT TIME ZONE $3)::date, count(DISTINCT u)
-         FROM generation_metrics_hourly h, unnest(h.user_ids) AS u
-         WHERE h.timestamp >= $1 AND h.timestamp < $2
-         GROUP BY 1",
-        &[&window.start, &window.end, &window.tz.name()],
+        &format!(
+            "SELECT (x.hour AT TIME ZONE $4)::date, count(DISTINCT u) FROM {} GROUP BY 1",
+            hourly_users()
+        ),
+        &[&window.start, &window.end, &raw, &window.tz.name()],
     )?;
     Ok(rows
         .into_iter()
@@ -105,18 +179,25 @@ pub fn users_by_day(
         .collect())
 }
 
-/// The window's per-hour-and-model rows.
+/// The window's per-hour-and-model rows (the hours in `raw` from their
+/// raw events).
 pub fn model_parts(
     client: &mut Client,
     window: &Window,
+    raw: &[DateTime<Utc>],
 ) -> anyhow::Result<Vec<(Option<String>, ModelRollup)>> {
+    let columns = "model_checkpoint, total_generations, successful_generations, failed_generations,
+        duration_sum_ms, duration_count, duration_hist_keys, duration_hist_counts, last_used_at";
     Ok(client
         .query(
-            "SELECT model_checkpoint, total_generations, successful_generations, failed_generations,
-                    duration_sum_ms, duration_count, duration_hist_keys, duration_hist_counts, last_used_at
-             FROM generation_metrics_hourly_models
-             WHERE timestamp >= $1 AND timestamp < $2",
-            &[&window.start, &window.end],
+            &format!(
+                "SELECT {columns} FROM generation_metrics_hourly_models
+                 WHERE timestamp >= $1 AND timestamp < $2 AND timestamp <> ALL($3)
+                 UNION ALL
+                 SELECT {columns} FROM ({}) raw",
+                models_select("$3")
+            ),
+            &[&window.start, &window.end, &raw],
         )?
         .into_iter()
         .map(|row| {
@@ -135,17 +216,25 @@ pub fn model_parts(
         .collect())
 }
 
-/// The window's per-hour-and-error-type rows.
+/// The window's per-hour-and-error-type rows (the hours in `raw` from
+/// their raw events).
 pub fn failure_parts(
     client: &mut Client,
     window: &Window,
+    raw: &[DateTime<Utc>],
 ) -> anyhow::Result<Vec<(Option<String>, FailureRollup)>> {
+    let columns =
+        "error_type, failures, duration_sum_ms, duration_count, user_ids, sample_messages";
     Ok(client
         .query(
-            "SELECT error_type, failures, duration_sum_ms, duration_count, user_ids, sample_messages
-             FROM generation_metrics_hourly_failures
-             WHERE timestamp >= $1 AND timestamp < $2",
-            &[&window.start, &window.end],
+            &format!(
+                "SELECT {columns} FROM generation_metrics_hourly_failures
+                 WHERE timestamp >= $1 AND timestamp < $2 AND timestamp <> ALL($3)
+                 UNION ALL
+                 SELECT {columns} FROM ({}) raw",
+                failures_select("$3")
+            ),
+            &[&window.start, &window.end, &raw],
         )?
         .into_iter()
         .map(|row| {

@@ -1,8 +1,8 @@
 //! Retention: the raw horizon and deleting what lies before it.
 //!
 //! The horizon is the start of the oldest hour that still has all its raw
-//! events It only moves forward, on whole hours, and never past
-//! an hour still waiting for its rollup; it is moved in a transaction of its
+//! events. It only moves forward, on whole hours, and never past an hour
+//! still waiting for its rollup; it is moved in a transaction of its
 //! own, under the lock transfer and aggregate share, before any raw event
 //! is deleted. From then on, an hour before it is never rolled up again
 //! from raw events (it would be rebuilt from a fraction); events arriving

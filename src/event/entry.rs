@@ -131,6 +131,14 @@ impl RawEntry {
     }
 }
 
+/// Bytes of an entry's names and values, as limits count them.
+pub fn payload_bytes(fields: &RawFields) -> usize {
+    fields
+        .iter()
+        .map(|(name, value)| name.len() + value.len())
+        .sum()
+}
+
 /// Bytes fields cost to hold: their names and values, and per field two
 /// vectors and their allocations (which dwarf the bytes of an entry of
 /// many tiny fields).

@@ -56,6 +56,13 @@ impl FromStr for EntryId {
     }
 }
 
+/// As text, `<ms>-<seq>`, the way Redis writes it.
+impl serde::Serialize for EntryId {
+    fn serialize<S: serde::Serializer>(&self, out: S) -> Result<S::Ok, S::Error> {
+        out.collect_str(self)
+    }
+}
+
 impl fmt::Display for EntryId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.ms, self.seq)

@@ -1,7 +1,10 @@
-//! The wire format → a typed event, or the reason it cannot be
-//! stored. Pure and total: any bytes give one or the other, never a panic,
-//! in time linear in the entry's size and field count (the property tests
-//! in `tests.rs` check both).
+//! Stream entries, the ground floor every layer above shares: an entry's
+//! ID and the stored position (`id`), the entry as read with its
+//! fingerprint (`entry`), its fields packed as the trim script packs them
+//! (`pack`), and the wire format → a typed event, or the reason it cannot
+//! be stored (`parse`). Parsing is pure and total: any bytes give one or
+//! the other, never a panic, in time linear in the entry's size and field
+//! count (the property tests in `parse/tests.rs` check both).
 //!
 //! Liberal in what is clearly meant (zones honoured, `true`/`1`, a missing
 //! timestamp taken from the entry ID), strict in what is not (a number that
@@ -22,7 +25,7 @@ use uuid::Uuid;
 
 pub use entry::{
     CUT_KEEP_BYTES, CUT_KEEP_FIELDS, CUT_STRING, Cut, CutString, Fingerprint, GIANT_ENTRY,
-    RawEntry, held_size, hex,
+    RawEntry, held_size, hex, payload_bytes,
 };
 pub use id::{EntryId, Position};
 pub use parse::{in_range, parse};

@@ -20,7 +20,7 @@ use crate::output::thousands;
 use crate::retry::Backoff;
 use crate::service;
 use crate::stream::drain::{Progress, Sink};
-use crate::stream::{self, reader};
+use crate::stream::{self, reader, trim};
 
 /// What the reader thread sends the committer.
 pub(super) enum Message {
@@ -199,14 +199,14 @@ impl Run<'_> {
         // A signal (SIGTERM asking this run to stop after the commit)
         // interrupts a socket read with a timeout even under SA_RESTART:
         // once more then, on a new connection (the old one may be mid-reply).
+        // Every batch sent ends with an entry, so it has its print.
+        let Some(print) = prepared.last_print else {
+            return;
+        };
         let mut trimmed = Ok(None);
         for attempt in 0..2 {
-            // Every batch sent ends with an entry, so it has its print.
-            let Some(print) = prepared.last_print else {
-                break;
-            };
             trimmed = match self.redis() {
-                Ok(con) => reader::trim_stored(con, key, position, print, bound, prepared.last_cut)
+                Ok(con) => trim::trim_stored(con, key, position, print, bound, prepared.last_cut)
                     .map_err(anyhow::Error::from),
                 Err(Fault::Transient(err) | Fault::Fatal(err)) => Err(err),
             };

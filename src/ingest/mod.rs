@@ -34,12 +34,17 @@ use crate::stream::wire::Wire;
 
 mod commit;
 mod fault;
+mod rollups;
 mod session;
 mod several;
 
 use fault::Fault;
 
 /// What a transfer is asked to do (the command's flags, minus printing).
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent switches, each a flag"
+)]
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Entries per transaction, and at most per read from Redis.
@@ -56,6 +61,8 @@ pub struct Options {
     pub new_stream: bool,
     /// Streams transferred at once, when there are several.
     pub parallel: u16,
+    /// Keep the hourly rollups current too (see `rollups`).
+    pub aggregate: bool,
 }
 
 /// How one stream's transfer ended.
@@ -120,7 +127,7 @@ struct Run<'a> {
     ready: bool,
     /// `--new-stream`, until it has been used once.
     new_stream: bool,
-    /// Bytes of prepared batches not yet committed (see [`IN_FLIGHT_MAX`]).
+    /// Bytes of prepared batches not yet committed (bounded as `stream::drain` says).
     in_flight: Arc<AtomicUsize>,
     /// Days whose partition was seen to.
     partitions: partitions::Known,
@@ -159,13 +166,34 @@ impl<'a> Run<'a> {
 }
 
 /// Transfers every stream the settings name, each as it would be alone.
+/// With `aggregate`, a follower keeps the rollups current beside the
+/// streams, and a run that ends rolls up once after them.
 pub fn run(options: &Options, settings: &Settings, report: &Report) -> anyhow::Result<Exit> {
     let stop = crate::interrupt::install()?;
-    if !settings.several_streams() {
-        transfer_stream(options, settings, &settings.stream_key, &stop, report)?;
-        return Ok(Exit::Success);
+    let transfer = || {
+        if !settings.several_streams() {
+            transfer_stream(options, settings, &settings.stream_key, &stop, report)?;
+            return Ok(Exit::Success);
+        }
+        several::run(options, settings, &stop, report)
+    };
+    if !options.aggregate {
+        return transfer();
     }
-    several::run(options, settings, &stop, report)
+    if !options.follow {
+        let exit = transfer()?;
+        rollups::once(settings)?;
+        return Ok(exit);
+    }
+    // The rollups stop with the streams, whichever way those end (a stop
+    // ends them first).
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| rollups::keep_current(settings, &done));
+        let exit = transfer();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        exit
+    })
 }
 
 /// Transfers one stream until it is drained (or, following, until a stop)

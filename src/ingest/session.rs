@@ -24,7 +24,7 @@ use crate::service;
 use crate::stream;
 use crate::stream::drain::{self, ReadPlan};
 use crate::stream::identity::{self, Identity};
-use crate::stream::reader::{self, StreamInfo};
+use crate::stream::info::{self, Backlog, StreamInfo};
 use crate::stream::verdict;
 use crate::stream::wire::Wire;
 
@@ -104,10 +104,7 @@ impl Run<'_> {
         self.state = Some(state.clone());
         self.summary.last_id.get_or_insert(position);
         if let Some(lost) = info.max_deleted_id.filter(|&lost| lost > position) {
-            tracing::warn!(
-                "entries of {key} up to {lost} were removed from the stream (the producer's MAXLEN cap?) \
-                 before genalytics stored them; transfer more often to keep up"
-            );
+            tracing::warn!("{}", verdict::removed_unstored(key, lost));
         }
         if !self.ready {
             self.progress = self.progress_bar(&info)?;
@@ -129,11 +126,10 @@ impl Run<'_> {
                 info.last_id
             },
             batch_size: self.options.batch_size as usize,
-            max_events: self.options.max_events.map(|cap| {
-                cap.saturating_sub(
-                    self.summary.events + self.summary.rejected + self.summary.skipped,
-                )
-            }),
+            max_events: self
+                .options
+                .max_events
+                .map(|cap| cap.saturating_sub(self.summary.entries())),
             follow: self.options.follow,
             stop: Arc::clone(&self.stop),
             index: state.position_index,
@@ -197,7 +193,7 @@ impl Run<'_> {
                     "stopped while waiting for the stream {key}"
                 )));
             }
-            let info = reader::info(self.redis()?, key).map_err(Fault::of)?;
+            let info = info::info(self.redis()?, key).map_err(Fault::of)?;
             if info.exists {
                 return Ok(info);
             }
@@ -242,9 +238,8 @@ impl Run<'_> {
             }
             (Identity::Rewound { last }, _) => {
                 tracing::warn!(
-                    "the stream {key} went back to an older state of itself (Redis restarted from a snapshot, \
-                     or failed over to a replica that lagged): its entries after {last} up to {position} were \
-                     stored before Redis lost them; reading on after {position}"
+                    "{}; reading on after {position}",
+                    verdict::rewound(key, *last, position)
                 );
                 streams::rewound(self.pg()?, &state).map_err(Fault::of)?;
                 let mut state = state;
@@ -259,7 +254,8 @@ impl Run<'_> {
         let state = streams::new_incarnation(pg, &state, lost, from_start).map_err(Fault::of)?;
         let at = state.last_reset_at.unwrap_or_else(Utc::now);
         tracing::warn!(
-            "the stream {key} was replaced (Redis restarted empty, flushed, or failed over){}; {}",
+            "{}{}; {}",
+            verdict::replaced(key),
             verdict::loss(lost),
             if from_start {
                 "storing the new stream from its first entry".to_string()
@@ -292,14 +288,14 @@ impl Run<'_> {
 
     /// Entries after `end`, noting what Redis says of the stream for the
     /// next run's identity check.
-    pub(super) fn count_behind(&mut self, end: EntryId) -> anyhow::Result<reader::Backlog> {
+    pub(super) fn count_behind(&mut self, end: EntryId) -> anyhow::Result<Backlog> {
         let key = self.key;
         let state = self.state.clone();
         let con = match self.redis() {
             Ok(con) => con,
             Err(Fault::Transient(err) | Fault::Fatal(err)) => return Err(err),
         };
-        let info = reader::info(con, key)?;
+        let info = info::info(con, key)?;
         let position = match &state {
             Some(state) if state.position == end => {
                 let index = (info.last_generated_id == end)
@@ -313,7 +309,7 @@ impl Run<'_> {
                 index: None,
             },
         };
-        let behind = reader::behind(con, key, &info, position)?;
+        let behind = info::behind(con, key, &info, position)?;
         if position.index.is_some()
             && let Some(pg) = self.pg.as_mut()
         {
@@ -345,7 +341,7 @@ impl Run<'_> {
             .state
             .as_ref()
             .map_or_else(Default::default, TransferState::position);
-        let backlog = reader::behind(self.redis()?, key, info, position).map_err(Fault::of)?;
+        let backlog = info::behind(self.redis()?, key, info, position).map_err(Fault::of)?;
         let total = self
             .options
             .max_events

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use chrono::NaiveDate;
 use serde::Serialize;
 
-use super::figures::{HourPart, failure_rate, mean};
+use super::figures::{HourPart, failure_rate};
 use super::window::Window;
+use crate::histogram::mean;
 use crate::render::{Cell, Chart, Layout, LineChart, Report, Section, Series, Unit};
 use crate::rollup::FailureRollup;
 

@@ -25,7 +25,7 @@ pub fn round2(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
 }
 
-pub use crate::histogram::{mean, percentiles, whole_ms};
+use crate::histogram::{mean, percentiles};
 
 /// Sums over a set of hourly rows.
 #[derive(Debug, Clone, Default, PartialEq)]

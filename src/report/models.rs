@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::figures::{mean, percentiles, success_rate};
+use super::figures::success_rate;
 use super::window::Window;
+use crate::histogram::{mean, percentiles};
 use crate::render::{Cell, Layout, Report, Section};
 use crate::rollup::ModelRollup;
 

@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::Serialize;
 
-use super::figures::{HourPart, Totals, round2, whole_ms};
+use super::figures::{HourPart, Totals, round2};
 use super::window::Window;
+use crate::histogram::whole_ms;
 use crate::render::{Cell, Chart, Heatmap, Layout, Report, Section};
 
 pub const WEEKDAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];

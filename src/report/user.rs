@@ -79,8 +79,14 @@ pub fn build(
     recent_activity: Vec<Activity>,
     hours_missing: i64,
 ) -> UserReport {
-    let percentiles = exact
-        .unwrap_or_else(|| [0.5, 0.95].map(|q| figures.histogram.quantile(q).map(super::whole_ms)));
+    let percentiles = exact.unwrap_or_else(|| {
+        [0.5, 0.95].map(|q| {
+            figures
+                .histogram
+                .quantile(q)
+                .map(crate::histogram::whole_ms)
+        })
+    });
     let mut failure_breakdown: Vec<ErrorCount> = figures
         .errors
         .iter()
@@ -106,7 +112,7 @@ pub fn build(
         failed_generations: figures.failed,
         cancelled_generations: figures.cancelled,
         success_rate_pct: super::success_rate(figures.successful, figures.failed),
-        avg_duration_ms: super::mean(figures.duration_sum, figures.duration_count),
+        avg_duration_ms: crate::histogram::mean(figures.duration_sum, figures.duration_count),
         p50_duration_ms: percentiles[0],
         p95_duration_ms: percentiles[1],
         percentiles_exact: exact.is_some(),

@@ -160,8 +160,13 @@ pub fn is_redirect(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         cause
             .downcast_ref::<redis::RedisError>()
-            .is_some_and(|redis| matches!(redis.code(), Some("MOVED" | "ASK")))
+            .is_some_and(redirects)
     })
+}
+
+/// [`is_redirect`] for one Redis error.
+pub fn redirects(err: &redis::RedisError) -> bool {
+    matches!(err.code(), Some("MOVED" | "ASK"))
 }
 
 #[cfg(test)]

@@ -395,8 +395,8 @@ impl Reading<'_> {
     /// past it reads on; another stream waits for a new session, which
     /// knows which stream its entries belong to.
     fn judge_unanchored(&mut self) -> Result<(), ReadError> {
-        let info =
-            reader::info(&mut self.con, &self.plan.key).map_err(|err| self.read_error(&err))?;
+        let info = super::info::info(&mut self.con, &self.plan.key)
+            .map_err(|err| self.read_error(&err))?;
         let position = Position {
             id: self.after,
             index: self.progress.index,
@@ -426,8 +426,8 @@ impl Reading<'_> {
         read_from: usize,
         index_before: Option<u64>,
     ) -> Result<(), ReadError> {
-        let info =
-            reader::info(&mut self.con, &self.plan.key).map_err(|err| self.read_error(&err))?;
+        let info = super::info::info(&mut self.con, &self.plan.key)
+            .map_err(|err| self.read_error(&err))?;
         let progress = &mut self.progress;
         progress.observed_added = progress.observed_added.max(info.entries_added);
         let replaced = info.last_generated_id < self.after
@@ -455,7 +455,7 @@ impl Reading<'_> {
         let transient = crate::error::is_transient(err);
         if let Some(redis) = err
             .downcast_ref::<redis::RedisError>()
-            .filter(|redis| matches!(redis.code(), Some("MOVED" | "ASK")))
+            .filter(|redis| super::cluster::redirects(redis))
         {
             // Kept as the cause: the run asks the cluster where the key is.
             let error = anyhow::Error::new(redis.clone()).context(format!(

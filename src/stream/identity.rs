@@ -15,7 +15,7 @@
 //! is another one; otherwise the producer's cap may have trimmed it, and
 //! the verdict says that it cannot tell.
 
-use super::reader::StreamInfo;
+use super::info::StreamInfo;
 use crate::event::{EntryId, Position, RawEntry};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,10 +165,10 @@ pub fn judge(position: Position, info: &StreamInfo, below: Below) -> Identity {
 /// Gathers what [`judge`] needs — XINFO, whether the position's entry is
 /// there as it was stored, whether the newest entry below it is one
 /// transfer stored (`store` compares them with the database) — and judges.
-/// Also returns the [`fingerprint`] of the position's entry when it is
+/// Also returns the [`Fingerprint`] of the position's entry when it is
 /// there, for the reader to check its first read by.
 ///
-/// [`fingerprint`]: crate::event::fingerprint
+/// [`Fingerprint`]: crate::event::Fingerprint
 pub fn inspect(
     con: &mut super::wire::Wire,
     key: &str,
@@ -176,7 +176,7 @@ pub fn inspect(
     store: &mut dyn Store,
 ) -> anyhow::Result<Inspected> {
     use anyhow::Context;
-    let info = super::reader::info(con, key)?;
+    let info = super::info::info(con, key)?;
     let mut below = Below::default();
     let mut anchor = None;
     if position.id != EntryId::ZERO && info.exists {

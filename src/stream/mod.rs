@@ -134,8 +134,9 @@ pub fn describe(err: &redis::RedisError) -> String {
 pub mod cluster;
 pub mod drain;
 pub mod identity;
+pub mod info;
 pub mod producer;
 pub mod reader;
+pub mod trim;
 pub mod verdict;
-pub mod waiting;
 pub mod wire;

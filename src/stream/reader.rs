@@ -1,9 +1,6 @@
 //! Reading the stream (XRANGE to drain, XREAD BLOCK to follow) in reads
-//! bounded by bytes as well as entries, looking at it (XINFO), and
-//! trimming what is safely stored (XTRIM MINID, guarded so that a stream
-//! recreated under the same key is never trimmed by the old position).
-
-use std::sync::LazyLock;
+//! bounded by bytes as well as entries, each reply checked to be what was
+//! asked; looking at it is `info`, trimming it `trim`.
 
 use anyhow::Context;
 use redis::Value;
@@ -50,93 +47,6 @@ impl ReadSize {
         // Halve the memory of old giants so that reads grow again after them.
         self.largest = largest.max(self.largest / 2);
         self.next = (self.next * 4).min(READ_MAX_ENTRIES);
-    }
-}
-
-/// What XINFO STREAM says, as far as transfer and status care.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StreamInfo {
-    /// The key exists (a missing key reads as an empty stream).
-    pub exists: bool,
-    pub length: u64,
-    pub first_id: Option<EntryId>,
-    pub last_id: Option<EntryId>,
-    /// Highest ID the stream ever handed out, trimmed or not.
-    pub last_generated_id: EntryId,
-    /// Highest ID ever removed (XTRIM, XDEL, MAXLEN); `None` before Redis 7.
-    pub max_deleted_id: Option<EntryId>,
-    /// Entries ever added to this stream; `None` before Redis 7.
-    pub entries_added: Option<u64>,
-}
-
-/// Looks at the stream; a missing key is an empty stream that does not
-/// exist.
-pub fn info(con: &mut impl redis::ConnectionLike, key: &str) -> anyhow::Result<StreamInfo> {
-    let reply: Value = match redis::cmd("XINFO").arg("STREAM").arg(key).query(con) {
-        Ok(reply) => reply,
-        Err(err) if err.detail().is_some_and(|d| d.contains("no such key")) => {
-            return Ok(StreamInfo::default());
-        }
-        Err(err) if err.code() == Some("WRONGTYPE") => anyhow::bail!(
-            "the key {key} holds something other than a stream; check --redis-ns or --stream"
-        ),
-        Err(err) => {
-            return Err(err).with_context(|| format!("cannot read the stream {key}"));
-        }
-    };
-    let mut info = StreamInfo {
-        exists: true,
-        ..StreamInfo::default()
-    };
-    let id = |value: Value| {
-        redis::from_redis_value::<String>(value)
-            .ok()
-            .and_then(|id| id.parse().ok())
-    };
-    for (name, value) in pairs(reply) {
-        match name.as_str() {
-            "length" => info.length = redis::from_redis_value(value).unwrap_or(0),
-            "first-entry" => info.first_id = entry_id_of(value),
-            "last-entry" => info.last_id = entry_id_of(value),
-            "last-generated-id" => info.last_generated_id = id(value).unwrap_or_default(),
-            "max-deleted-entry-id" => info.max_deleted_id = id(value),
-            "entries-added" => info.entries_added = redis::from_redis_value(value).ok(),
-            _ => {}
-        }
-    }
-    Ok(info)
-}
-
-/// A map reply (RESP3) or a flat name/value array (RESP2) as pairs.
-fn pairs(reply: Value) -> Vec<(String, Value)> {
-    match reply {
-        Value::Map(map) => map
-            .into_iter()
-            .filter_map(|(k, v)| Some((redis::from_redis_value(k).ok()?, v)))
-            .collect(),
-        Value::Array(items) => {
-            let mut out = Vec::new();
-            let mut items = items.into_iter();
-            while let (Some(k), Some(v)) = (items.next(), items.next()) {
-                if let Ok(name) = redis::from_redis_value(k) {
-                    out.push((name, v));
-                }
-            }
-            out
-        }
-        _ => Vec::new(),
-    }
-}
-
-fn entry_id_of(entry: Value) -> Option<EntryId> {
-    match entry {
-        Value::Array(mut parts) if !parts.is_empty() => {
-            redis::from_redis_value::<String>(parts.swap_remove(0))
-                .ok()?
-                .parse()
-                .ok()
-        }
-        _ => None,
     }
 }
 
@@ -265,7 +175,7 @@ pub struct Anchored {
 /// One read: up to `count` entries after `after` (exclusive), up to `until`
 /// (inclusive), and no more than `budget` bytes beyond the first entry (no
 /// more than `giant_budget` once it holds a giant entry);
-/// with `anchor` (the [`fingerprint`] of the entry `after` as it was read),
+/// with `anchor` (the [`Fingerprint`](crate::event::Fingerprint) of the entry `after` as it was read),
 /// also whether that very entry is still there.
 #[derive(Debug, Clone)]
 pub struct ReadRequest {
@@ -433,72 +343,6 @@ pub fn read_after(
     Ok(read.entries)
 }
 
-static TRIM_SCRIPT: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("trim_stored.lua")));
-
-/// Trims what is stored: XTRIM MINID `bound` (bound ≤ `position`, the last
-/// stored entry), but only while the stream holds the entry `position` as
-/// it was stored (its [`Fingerprint`] is `print`), so a stream recreated
-/// under the same key — even with the same IDs — is never trimmed by the
-/// old position. Returns the entries removed, `None` when the check
-/// refused.
-pub fn trim_stored(
-    con: &mut Wire,
-    key: &str,
-    position: EntryId,
-    print: Fingerprint,
-    bound: EntryId,
-    position_is_giant: bool,
-) -> redis::RedisResult<Option<u64>> {
-    debug_assert!(bound <= position);
-    // An entry too large to store is checked here, not in Lua: the script
-    // would copy it whole inside Redis, and Redis serves no one meanwhile.
-    let scripted = if position_is_giant {
-        None
-    } else {
-        match TRIM_SCRIPT
-            .key(key)
-            .arg(position.to_string())
-            .arg(bound.to_string())
-            .arg(print.to_string())
-            .invoke::<i64>(con)
-        {
-            Ok(trimmed) => Some(trimmed),
-            Err(err) if scripting_unavailable(&err) => None,
-            Err(err) => return Err(err),
-        }
-    };
-    if let Some(trimmed) = scripted {
-        return Ok(u64::try_from(trimmed).ok());
-    }
-    // Scripting disabled (some managed Redis), or a giant: the same check
-    // under WATCH, so a key written meanwhile aborts the trim (the next
-    // commit tries again).
-    redis::cmd("WATCH").arg(key).exec(con)?;
-    if entry_at(con, key, position)?.is_none_or(|e| e.fingerprint() != print) {
-        redis::cmd("UNWATCH").exec(con)?;
-        return Ok(None);
-    }
-    let trimmed: Option<(i64,)> = redis::pipe()
-        .atomic()
-        .cmd("XTRIM")
-        .arg(key)
-        .arg("MINID")
-        .arg(bound.to_string())
-        .query(con)?;
-    Ok(trimmed.and_then(|(n,)| u64::try_from(n).ok()).or(Some(0)))
-}
-
-/// Scripts renamed away, or forbidden by an ACL (`-@scripting`).
-fn scripting_unavailable(err: &redis::RedisError) -> bool {
-    let text = err.to_string().to_lowercase();
-    let about_scripts = text.contains("eval") || text.contains("script");
-    let refused = text.contains("unknown command")
-        || err.code() == Some("NOPERM")
-        || text.contains("no permissions");
-    refused && about_scripts
-}
-
 /// The entry `id`, if it is in the stream.
 pub fn entry_at(con: &mut Wire, key: &str, id: EntryId) -> redis::RedisResult<Option<RawEntry>> {
     let mut cmd = redis::cmd("XRANGE");
@@ -534,88 +378,6 @@ pub fn first_after(con: &mut Wire, key: &str, after: EntryId) -> anyhow::Result<
     let read = range_after(con, key, after, None, 1, 0)
         .with_context(|| format!("cannot read the stream {key}"))?;
     Ok(read.entries.first().map(|entry| entry.id))
-}
-
-/// Entries after the position. Exact from Redis 7's counters when the
-/// position's index is known and nothing after it was deleted (one XINFO,
-/// whatever the backlog); otherwise counted or estimated by [`count_after`].
-pub fn behind(
-    con: &mut Wire,
-    key: &str,
-    info: &StreamInfo,
-    position: crate::event::Position,
-) -> anyhow::Result<Backlog> {
-    if let (Some(added), Some(index), Some(deleted)) =
-        (info.entries_added, position.index, info.max_deleted_id)
-        && deleted <= position.id
-        && added >= index
-    {
-        return Ok(Backlog::exact(added - index));
-    }
-    count_after(con, key, info, position.id, 10_000)
-}
-
-/// Entries after `after`: exact when at most `exact_up_to` lie on either
-/// side of it (the stream's length minus what is before), otherwise
-/// estimated from the rate seen in a sample of what follows it.
-pub fn count_after(
-    con: &mut Wire,
-    key: &str,
-    info: &StreamInfo,
-    after: EntryId,
-    exact_up_to: usize,
-) -> anyhow::Result<Backlog> {
-    let (Some(first), Some(last)) = (info.first_id, info.last_id) else {
-        return Ok(Backlog::exact(0));
-    };
-    if last <= after {
-        return Ok(Backlog::exact(0));
-    }
-    if first > after {
-        return Ok(Backlog::exact(info.length));
-    }
-    let context = || format!("cannot read the stream {key}");
-    // Usually only the few entries kept for monitoring precede the position.
-    // Counted, not held: only IDs are kept of what is read past.
-    let mut cmd = redis::cmd("XREVRANGE");
-    cmd.arg(key)
-        .arg(after.to_string())
-        .arg("-")
-        .arg("COUNT")
-        .arg(exact_up_to + 1);
-    let before = con.range(&cmd, 0).with_context(context)?.total;
-    if before <= exact_up_to {
-        return Ok(Backlog::exact(info.length.saturating_sub(before as u64)));
-    }
-    let sample = range_after(con, key, after, None, exact_up_to + 1, 0).with_context(context)?;
-    if sample.total <= exact_up_to {
-        return Ok(Backlog::exact(sample.total as u64));
-    }
-    // The sample's rate of entries per millisecond, carried to the end.
-    let sampled_to = sample.last_id.unwrap_or(last);
-    let sampled_ms = sampled_to.ms.saturating_sub(after.ms).max(1) as f64;
-    let rest_ms = last.ms.saturating_sub(sampled_to.ms) as f64;
-    let estimate = sample.total as f64 * (1.0 + rest_ms / sampled_ms);
-    Ok(Backlog {
-        entries: (estimate.round() as u64).min(info.length),
-        exact: false,
-    })
-}
-
-/// How far behind transfer is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backlog {
-    pub entries: u64,
-    pub exact: bool,
-}
-
-impl Backlog {
-    pub fn exact(entries: u64) -> Backlog {
-        Backlog {
-            entries,
-            exact: true,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -41,6 +41,24 @@ pub fn replaced(key: &str) -> String {
     format!("the stream {key} was replaced (Redis restarted empty, flushed, or failed over)")
 }
 
+/// When a replacement was recorded and what it cost (see [`loss`]).
+pub fn replaced_on(at: chrono::DateTime<chrono::Utc>, lost: Option<u64>) -> String {
+    format!(
+        "the stream was replaced on {}{}",
+        at.format("%Y-%m-%d %H:%M:%S UTC"),
+        loss(lost)
+    )
+}
+
+/// Entries deleted from the stream (`max-deleted-entry-id` past the
+/// position) before genalytics stored them.
+pub fn removed_unstored(key: &str, lost: EntryId) -> String {
+    format!(
+        "entries of {key} up to {lost} were removed from the stream (the producer's MAXLEN cap?) before \
+         genalytics stored them; transfer more often to keep up"
+    )
+}
+
 /// What an operator should know about the verdict, if anything: the
 /// warning status and check show.
 pub fn warning(key: &str, position: EntryId, verdict: &Identity) -> Option<String> {

@@ -129,6 +129,11 @@ impl Status {
                 self.newest_event_at.map(epoch),
             ),
             (
+                "genalytics_rollup_read_raw",
+                "Hours reports count from raw events until their rollup.",
+                count(self.hours_from_raw_events),
+            ),
+            (
                 "genalytics_rollup_queued",
                 "Hours queued for their rollup.",
                 count(self.hours_awaiting_rollup),

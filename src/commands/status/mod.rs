@@ -10,6 +10,7 @@
 
 mod exposition;
 mod table;
+pub mod waiting;
 
 use std::io::Write;
 
@@ -28,7 +29,7 @@ use crate::render::table::TableRenderer;
 use crate::stream::identity::Identity;
 use crate::stream::producer::PRODUCER_MAXLEN;
 use crate::stream::verdict;
-use crate::stream::waiting::{self, Waiting};
+use waiting::Waiting;
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
@@ -96,7 +97,7 @@ struct Status {
     /// Requests per hour over the last 24 hours, from the rollups.
     requests_last_24h: Vec<i64>,
     newest_entry_at: Option<DateTime<Utc>>,
-    position: Option<String>,
+    position: Option<EntryId>,
     /// Whether the key still holds the stream the position belongs to:
     /// `same`, `missing`, `gap`, `rewound`, `replaced` (read on) or
     /// `replaced_below_position`.
@@ -116,6 +117,9 @@ struct Status {
     last_reset_lost_entries: Option<i64>,
     rejected_entries: i64,
     newest_event_at: Option<DateTime<Utc>>,
+    /// Hours reports count from raw events until their rollup: all queued
+    /// hours that still hold their raw events.
+    hours_from_raw_events: i64,
     hours_awaiting_rollup: i64,
     stale_hours: i64,
     oldest_hour_awaiting_rollup: Option<DateTime<Utc>>,
@@ -174,7 +178,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
             .push(format!("nothing has been transferred from {key} yet"));
     }
     if let Some(state) = &state {
-        status.position = Some(state.position.to_string());
+        status.position = Some(state.position);
         status.last_transfer_at = Some(state.last_transfer_at);
         status.events_transferred = state.events_stored;
         status.entries_skipped = state.entries_skipped;
@@ -185,10 +189,9 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
             .last_reset_at
             .filter(|at| now - *at < TimeDelta::days(1))
         {
-            status.warnings.push(format!(
-                "the stream was replaced on {} (Redis restarted empty, flushed or failed over){}",
-                at.format("%Y-%m-%d %H:%M:%S UTC"),
-                verdict::loss(state.last_reset_lost.map(i64::unsigned_abs))
+            status.warnings.push(verdict::replaced_on(
+                at,
+                state.last_reset_lost.map(i64::unsigned_abs),
             ));
         }
     }
@@ -218,9 +221,7 @@ fn stored_figures(
     status.successful_last_hour = last_hour.successful;
     status.failed_last_hour = last_hour.failed;
 
-    status.rejected_entries = client
-        .query_one("SELECT count(*) FROM generation_events_rejected", &[])?
-        .get(0);
+    status.rejected_entries = crate::db::rejected::count(client)?;
     status.newest_event_at = health::newest_event(client)?;
     let backlog = health::rollup_backlog(client, grace)?;
     status.hours_awaiting_rollup = backlog.queued;
@@ -231,6 +232,7 @@ fn stored_figures(
     status.legacy_hours = rollups.legacy_hours;
     status.foreign_rollup_rows = rollups.foreign_rows;
     status.late_events_waiting = rollups.late_events;
+    status.hours_from_raw_events = rollups.raw_hours;
     status.events_outside_partitions = health::default_partition_rows(client)?;
     let outside = status.events_outside_partitions.unsigned_abs();
     if outside > 0 {
@@ -330,9 +332,7 @@ fn stream_figures(
         ));
     }
     if let Some(lost) = info.max_deleted_id.filter(|&lost| lost > position.id) {
-        status.warnings.push(format!(
-            "entries up to {lost} were removed from the stream before they were stored (the producer's cap?)"
-        ));
+        status.warnings.push(verdict::removed_unstored(key, lost));
     }
     Ok(())
 }

@@ -91,6 +91,11 @@ impl Status {
                 Cell::Time(self.newest_event_at),
             ),
             (
+                "hours_from_raw_events",
+                "hours reports read from raw events",
+                Cell::Count(self.hours_from_raw_events),
+            ),
+            (
                 "hours_awaiting_rollup",
                 "hours awaiting rollup",
                 Cell::Count(self.hours_awaiting_rollup),

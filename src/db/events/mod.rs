@@ -19,7 +19,9 @@ use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
 use postgres::types::{IsNull, ToSql, Type};
 
-use crate::event::{EntryId, Event, Fingerprint, RawEntry, Rejection, held_size, parse};
+use crate::event::{
+    EntryId, Event, Fingerprint, RawEntry, Rejection, held_size, parse, payload_bytes,
+};
 use crate::hour;
 
 pub use commit::{Claim, Outcome, commit};
@@ -198,7 +200,7 @@ pub fn prepare(entries: impl IntoIterator<Item = RawEntry>) -> anyhow::Result<Pr
         };
         match parsed {
             Ok(event) => {
-                let size: usize = raw.iter().map(|(n, v)| n.len() + v.len()).sum();
+                let size = payload_bytes(&raw);
                 // Room for the row at once: a giant value is copied once,
                 // not through a doubling buffer.
                 prepared.rows.reserve(size + 256);

@@ -139,6 +139,13 @@ impl Fields {
     }
 }
 
+/// How many dead letters there are.
+pub fn count(client: &mut Client) -> anyhow::Result<i64> {
+    Ok(client
+        .query_one("SELECT count(*) FROM generation_events_rejected", &[])?
+        .get(0))
+}
+
 /// Every letter of entry `stream_id` (one per stream that had it).
 pub fn show(client: &mut Client, stream_id: &str) -> anyhow::Result<Vec<Letter>> {
     let rows = client.query(

@@ -44,12 +44,12 @@ pub struct FailedHour {
 
 /// Rolls up the queued complete hours before `before` on `client`, chunk
 /// by chunk as aggregate does (an hour PostgreSQL refuses stays queued with
-/// its error); returns the hours refused, for prune, which must not hold
-/// its horizon back for hours no one rolled up yet.
+/// its error, in `failed`: prune must not hold its horizon back for hours
+/// no one rolled up yet).
 pub fn roll_up_queued_before(
     client: &mut postgres::Client,
     before: DateTime<Utc>,
-) -> anyhow::Result<Vec<FailedHour>> {
+) -> anyhow::Result<Tally> {
     let hours: Vec<DateTime<Utc>> = super::queued_hours(client, false)?
         .into_iter()
         .filter(|hour| *hour < before)
@@ -58,7 +58,7 @@ pub fn roll_up_queued_before(
     for chunk in hours.chunks(CHUNK_HOURS) {
         roll_up_chunk(client, chunk, &mut tally)?;
     }
-    Ok(tally.failed)
+    Ok(tally)
 }
 
 /// Rolls up `hours` on up to `jobs` connections (`client` and more), each

@@ -18,7 +18,7 @@ use postgres::Client;
 pub use chunks::{CHUNK_HOURS, Tally, roll_up_all, roll_up_queued_before};
 use late::merge_late;
 pub use rows::{USER_COLUMNS, raw_user_rollup, user_aggregates, user_rollup};
-pub use sql::KIND_SQL;
+pub use sql::{KIND_SQL, failures_select, hourly_select, models_select};
 use sql::{failures_sql, models_sql, rollup_sql, users_sql};
 
 /// Queued hours that are complete (or all of them, `include_current`),

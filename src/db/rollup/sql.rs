@@ -9,18 +9,18 @@ pub(super) const SAMPLE: &str = "left(error_message, 300)";
 
 /// A derived table `f` with a column `hour` and, per hour and `keys`, the
 /// `aggregates` over the rows `columns` selects from the events matching
-/// `filter`, `$1` being the hours. Each hour is read on its own through the
+/// `filter`, the parameter `hours` (`$1`, …) being the hours. Each hour is read on its own through the
 /// timestamp index (LATERAL): one range grouped by hour would sort every
 /// event by its hour, and a join of hours to events by range lets the
 /// planner scan every failure of the table once per hour.
-fn each_hour(columns: &str, filter: &str, keys: &str, aggregates: &str) -> String {
+fn each_hour(hours: &str, columns: &str, filter: &str, keys: &str, aggregates: &str) -> String {
     let (keys_out, group) = if keys.is_empty() {
         (String::new(), String::new())
     } else {
         (format!("{keys}, "), format!("GROUP BY {keys}"))
     };
     format!(
-        "(SELECT h.hour, f.* FROM (SELECT DISTINCT unnest($1::timestamptz[]) AS hour) h
+        "(SELECT h.hour, f.* FROM (SELECT DISTINCT unnest({hours}::timestamptz[]) AS hour) h
          CROSS JOIN LATERAL (
              SELECT {keys_out}{aggregates}
              FROM (SELECT {columns} FROM generation_events e
@@ -34,7 +34,20 @@ fn each_hour(columns: &str, filter: &str, keys: &str, aggregates: &str) -> Strin
 /// Per hour and model: completions, outcomes, the duration sum, count and
 /// histogram over successful completions, and the last use.
 pub(super) fn models_sql() -> String {
+    format!(
+        "INSERT INTO generation_metrics_hourly_models (
+            timestamp, model_checkpoint, total_generations, successful_generations, failed_generations,
+            duration_sum_ms, duration_count, duration_hist_keys, duration_hist_counts, last_used_at)
+        {}",
+        models_select("$1")
+    )
+}
+
+/// The rows [`models_sql`] stores, under the table's column names, for the
+/// hours in the parameter `hours`: reports read hours not yet rolled up so.
+pub fn models_select(hours: &str) -> String {
     let source = each_hour(
+        hours,
         "e.model_checkpoint, e.success, e.duration_ms, e.timestamp AS at",
         "AND e.event_type = 'completion'",
         "model_checkpoint",
@@ -49,12 +62,11 @@ pub(super) fn models_sql() -> String {
         ),
     );
     format!(
-        "INSERT INTO generation_metrics_hourly_models (
-            timestamp, model_checkpoint, total_generations, successful_generations, failed_generations,
-            duration_sum_ms, duration_count, duration_hist_keys, duration_hist_counts, last_used_at)
-        SELECT f.hour, f.model_checkpoint, f.total, f.successful, f.failed,
-            coalesce(f.duration_sum, 0), f.duration_count,
-            coalesce(b.keys, '{{}}'), coalesce(b.counts, '{{}}'), f.last_used_at
+        "SELECT f.hour AS timestamp, f.model_checkpoint, f.total AS total_generations,
+            f.successful AS successful_generations, f.failed AS failed_generations,
+            coalesce(f.duration_sum, 0)::int8 AS duration_sum_ms, f.duration_count,
+            coalesce(b.keys, '{{}}') AS duration_hist_keys,
+            coalesce(b.counts, '{{}}') AS duration_hist_counts, f.last_used_at
         FROM {source}
         CROSS JOIN LATERAL ({BUCKETS}) b"
     )
@@ -64,7 +76,19 @@ pub(super) fn models_sql() -> String {
 /// duration as sent (zeros included), who was affected, a few messages
 /// (their first 300 characters).
 pub(super) fn failures_sql() -> String {
+    format!(
+        "INSERT INTO generation_metrics_hourly_failures (
+            timestamp, error_type, failures, duration_sum_ms, duration_count, user_ids, sample_messages)
+        {}",
+        failures_select("$1")
+    )
+}
+
+/// The rows [`failures_sql`] stores, under the table's column names, for
+/// the hours in the parameter `hours`.
+pub fn failures_select(hours: &str) -> String {
     let source = each_hour(
+        hours,
         "e.error_type, e.duration_ms, e.user_id, e.error_message",
         "AND e.event_type = 'completion' AND NOT e.success",
         "error_type",
@@ -78,10 +102,8 @@ pub(super) fn failures_sql() -> String {
         ),
     );
     format!(
-        "INSERT INTO generation_metrics_hourly_failures (
-            timestamp, error_type, failures, duration_sum_ms, duration_count, user_ids, sample_messages)
-        SELECT f.hour, f.error_type, f.failures, f.duration_sum, f.duration_count, f.user_ids,
-            f.sample_messages
+        "SELECT f.hour AS timestamp, f.error_type, f.failures, f.duration_sum::int8 AS duration_sum_ms,
+            f.duration_count, f.user_ids, f.sample_messages
         FROM {source}"
     )
 }
@@ -101,7 +123,15 @@ const BUCKETS: &str =
 /// text. An hour without events yields no row; rows are locked in hour
 /// order, so overlapping runs cannot deadlock.
 pub(super) fn rollup_sql() -> String {
+    super::rows::hourly_upsert(&hourly_select("$1"), &[])
+}
+
+/// The rows [`rollup_sql`] stores, under the table's column names and
+/// types, for the hours in the parameter `hours`: reports read hours not
+/// yet rolled up so, and find them as the rollup will be.
+pub fn hourly_select(hours: &str) -> String {
     let source = each_hour(
+        hours,
         &format!("{KIND_SQL} AS kind, e.duration_ms, e.user_id, e.batch_size, e.queue_length"),
         "",
         "",
@@ -124,24 +154,30 @@ pub(super) fn rollup_sql() -> String {
              array_agg({KEY_SQL}) FILTER (WHERE kind = 2 AND duration_ms IS NOT NULL) AS bucket_keys"
         ),
     );
-    super::rows::hourly_upsert(
-        &format!(
-            "SELECT f.hour, f.requests, f.successful, f.failed, f.cancelled,
-                round(f.duration_sum::numeric / nullif(f.duration_count, 0))::int,
-                round(f.percentiles[1]::numeric)::int,
-                round(f.percentiles[2]::numeric)::int,
-                round(f.percentiles[3]::numeric)::int,
-                coalesce(cardinality(f.user_ids), 0),
-                f.avg_queue::float8, f.max_queue, coalesce(f.images, 0),
-                coalesce(f.duration_sum, 0), f.duration_count,
-                coalesce(b.keys, '{{}}'), coalesce(b.counts, '{{}}'), coalesce(f.user_ids, '{{}}'),
-                coalesce(f.queue_sum, 0), f.queue_samples, true, true, true, false, true, now()
-            FROM {source}
-            CROSS JOIN LATERAL ({BUCKETS}) b
-            WHERE f.events > 0
-            ORDER BY f.hour"
-        ),
-        &[],
+    format!(
+        "SELECT f.hour AS timestamp, f.requests::int AS total_requests,
+            f.successful::int AS successful_generations, f.failed::int AS failed_generations,
+            f.cancelled::int AS cancelled_generations,
+            round(f.duration_sum::numeric / nullif(f.duration_count, 0))::int AS avg_duration_ms,
+            round(f.percentiles[1]::numeric)::int AS p50_duration_ms,
+            round(f.percentiles[2]::numeric)::int AS p95_duration_ms,
+            round(f.percentiles[3]::numeric)::int AS p99_duration_ms,
+            coalesce(cardinality(f.user_ids), 0) AS unique_users,
+            f.avg_queue::float8 AS avg_queue_length, f.max_queue AS max_queue_length,
+            coalesce(f.images, 0)::int8 AS total_images_generated,
+            coalesce(f.duration_sum, 0)::int8 AS duration_sum_ms,
+            f.duration_count::int AS duration_count,
+            coalesce(b.keys, '{{}}') AS duration_hist_keys,
+            coalesce(b.counts, '{{}}') AS duration_hist_counts,
+            coalesce(f.user_ids, '{{}}') AS user_ids,
+            coalesce(f.queue_sum, 0)::int8 AS queue_length_sum,
+            f.queue_samples::int AS queue_length_samples,
+            true AS percentiles_exact, true AS hist_complete, true AS users_complete,
+            false AS legacy, true AS users_rolled_up, now() AS updated_at
+        FROM {source}
+        CROSS JOIN LATERAL ({BUCKETS}) b
+        WHERE f.events > 0
+        ORDER BY f.hour"
     )
 }
 
@@ -150,6 +186,7 @@ pub(super) fn rollup_sql() -> String {
 /// event — what the user report adds up.
 pub(super) fn users_sql() -> String {
     let source = each_hour(
+        "$1",
         &format!("{KIND_SQL} AS kind, e.duration_ms, e.user_id, e.error_type, e.timestamp AS at"),
         "AND e.user_id IS NOT NULL",
         "user_id",

@@ -4,9 +4,10 @@
 //! the entries of a reply that runs past the batch's byte budget are read
 //! past rather than held: memory is bounded by the budget and the one entry
 //! a read always keeps, with no script running inside Redis (a plain
-//! `XRANGE` is the cheapest read Redis serves). Every other command on it
-//! (`XINFO`, `XREAD BLOCK`) goes through redis-rs's [`redis::ConnectionLike`],
-//! so the functions in [`super::reader`] take either kind of connection.
+//! `XRANGE` is the cheapest read Redis serves). `XREAD BLOCK` replies are
+//! taken apart the same way (`read_one_stream`); other commands (`XINFO`,
+//! the trim) go through redis-rs's [`redis::ConnectionLike`], which `Wire`
+//! implements with a bounded reply.
 
 mod entries;
 #[cfg(test)]

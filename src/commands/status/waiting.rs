@@ -9,7 +9,8 @@ use crate::config::Settings;
 use crate::db::streams::{self, TransferState};
 use crate::event::Position;
 use crate::stream::identity::{self, Identity};
-use crate::stream::reader::{self, Backlog, StreamInfo};
+use crate::stream::info::{self, Backlog, StreamInfo};
+use crate::stream::reader;
 
 pub struct Waiting {
     pub info: StreamInfo,
@@ -48,7 +49,7 @@ pub fn waiting(
             index: None,
         },
     };
-    let backlog = reader::behind(&mut con, key, &info, after)?;
+    let backlog = info::behind(&mut con, key, &info, after)?;
     let oldest_at =
         reader::first_after(&mut con, key, after.id)?.and_then(crate::event::EntryId::time);
     Ok(Waiting {

@@ -1,0 +1,404 @@
+//! Reports fresh to the second: an hour not rolled up yet (the current
+//! hour, an hour late events came to) is counted from its raw events, the
+//! figures equal an independent count of what the test wrote, and rolling
+//! the hour up later changes none of them. A follower's events reach a
+//! report within seconds, `--watch` redraws in place until Ctrl-C, and
+//! `transfer --follow --aggregate` rolls an hour up once it has ended.
+
+use std::io::Read;
+use std::process::Stdio;
+use std::time::{Duration as StdDuration, Instant};
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::Value;
+
+use crate::harness::events::{Written, traffic, write};
+use crate::harness::{TestEnv, clear_of_hour_turn, migrated, sigterm, wait_for, xadd};
+
+fn hour_floor(at: DateTime<Utc>) -> DateTime<Utc> {
+    genalytics::testing::hour_floor(at)
+}
+
+/// A report as JSON over the window ending `until`.
+fn report_at(env: &TestEnv, until: DateTime<Utc>, args: &[&str]) -> Value {
+    let ran = env
+        .genalytics()
+        .arg("report")
+        .args(args.iter().copied())
+        .args(["--format", "json", "--until", &until.to_rfc3339()])
+        .ok();
+    serde_json::from_str(&ran.stdout).unwrap_or_else(|err| panic!("{err}: {}", ran.stdout))
+}
+
+/// A report as JSON over the window ending now.
+fn report(env: &TestEnv, args: &[&str]) -> Value {
+    report_at(env, Utc::now(), args)
+}
+
+fn transfer(env: &TestEnv) {
+    env.genalytics()
+        .args(["transfer", "-q", "--keep", "3650d"])
+        .ok();
+}
+
+fn count(events: &[Written], f: impl Fn(&Written) -> bool) -> i64 {
+    events.iter().filter(|e| f(e)).count() as i64
+}
+
+/// The report without its freshness count: what must not change when its
+/// hours are rolled up.
+fn figures(mut report: Value) -> Value {
+    report
+        .as_object_mut()
+        .unwrap()
+        .remove("hours_from_raw_events");
+    report
+}
+
+#[test]
+fn the_current_hour_is_counted_before_its_rollup_and_the_rollup_changes_nothing() {
+    clear_of_hour_turn(180);
+    let env = migrated();
+    let seed = crate::harness::seed();
+    let now = Utc::now();
+    let current = hour_floor(now);
+    let previous = current - Duration::hours(1);
+    // The hour before: stored and rolled up. The current hour: stored only,
+    // every event before now (a report's window ends now).
+    let old = traffic(previous, 300, seed);
+    let fresh: Vec<Written> = traffic(current, 400, seed + 1)
+        .into_iter()
+        .filter(|e| e.at < now - Duration::seconds(5))
+        .collect();
+    write(&env, &old);
+    transfer(&env);
+    env.genalytics().args(["aggregate", "-q"]).ok();
+    write(&env, &fresh);
+    transfer(&env);
+    let all: Vec<Written> = old.iter().chain(&fresh).cloned().collect();
+    let report = |args: &[&str]| report_at(&env, now, args);
+
+    let overview = report(&["overview", "--days", "1"]);
+    assert_eq!(overview["hours_from_raw_events"], 1, "{overview}");
+    assert_eq!(
+        overview["total_requests"],
+        count(&all, |e| e.kind == "request")
+    );
+    assert_eq!(
+        overview["successful_generations"],
+        count(&all, Written::is_success)
+    );
+    assert_eq!(
+        overview["failed_generations"],
+        count(&all, Written::is_failure)
+    );
+    assert_eq!(
+        overview["cancelled_generations"],
+        count(&all, |e| e.kind == "cancellation")
+    );
+    // Rollups alone still show only the hour before.
+    let materialized = report(&["overview", "--days", "1", "--materialized-only"]);
+    assert_eq!(materialized["hours_from_raw_events"], 0);
+    assert_eq!(
+        materialized["total_requests"],
+        count(&old, |e| e.kind == "request")
+    );
+
+    let trends = report(&["trends", "--days", "1"]);
+    let points = trends["data_points"].as_array().unwrap();
+    let point = |hour: DateTime<Utc>| {
+        points
+            .iter()
+            .find(|p| {
+                p["timestamp"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<DateTime<Utc>>()
+                    .unwrap()
+                    == hour
+            })
+            .unwrap_or_else(|| panic!("no point at {hour}: {trends}"))
+            .clone()
+    };
+    assert_eq!(
+        point(current)["total_requests"],
+        count(&fresh, |e| e.kind == "request")
+    );
+    assert_eq!(
+        point(current)["successful_generations"],
+        count(&fresh, Written::is_success)
+    );
+
+    let models = report(&["models", "--days", "1"]);
+    for row in models["models"].as_array().unwrap() {
+        let name = row["model_checkpoint"].as_str().map(str::to_string);
+        let completions = count(&all, |e| e.kind == "completion" && e.model == name);
+        assert_eq!(row["total_generations"], completions, "{row}");
+    }
+
+    // Rolled up, the same figures.
+    let before: Vec<Value> = ["overview", "trends", "models", "failures", "peak-hours"]
+        .iter()
+        .map(|which| figures(report(&[which, "--days", "1"])))
+        .collect();
+    env.genalytics()
+        .args(["aggregate", "-q", "--include-current"])
+        .ok();
+    for (which, before) in ["overview", "trends", "models", "failures", "peak-hours"]
+        .iter()
+        .zip(before)
+    {
+        let after = report(&[which, "--days", "1"]);
+        assert_eq!(after["hours_from_raw_events"], 0, "{which}");
+        assert_eq!(figures(after), before, "{which} changed when rolled up");
+    }
+}
+
+#[test]
+fn late_events_count_before_their_hour_is_rolled_up_again() {
+    clear_of_hour_turn(120);
+    let env = migrated();
+    let now = Utc::now();
+    let hour = hour_floor(now) - Duration::hours(3);
+    let report = |args: &[&str]| report_at(&env, now, args);
+    let first = traffic(hour, 25, crate::harness::seed());
+    write(&env, &first);
+    transfer(&env);
+    env.genalytics().args(["aggregate", "-q"]).ok();
+    let rolled = report(&["overview", "--days", "1"]);
+    assert_eq!(rolled["hours_from_raw_events"], 0);
+    assert_eq!(
+        rolled["failed_generations"],
+        count(&first, Written::is_failure)
+    );
+
+    // Seventeen failures arrive late for that hour.
+    let late: Vec<Written> = (0..17)
+        .map(|i| Written {
+            duration_ms: Some(100 + i),
+            success: Some(false),
+            error_type: Some("LateError".into()),
+            user: Some(format!("00000000-0000-4000-8000-{i:012}")),
+            ..Written::new(hour + Duration::minutes(i + 1), "completion")
+        })
+        .collect();
+    write(&env, &late);
+    transfer(&env);
+    let fresh = report(&["overview", "--days", "1"]);
+    assert_eq!(fresh["hours_from_raw_events"], 1);
+    assert_eq!(
+        fresh["failed_generations"],
+        count(&first, Written::is_failure) + 17
+    );
+    let failures = report(&["failures", "--days", "1"]);
+    assert!(
+        failures.to_string().contains("LateError"),
+        "the late error type is listed: {failures}"
+    );
+
+    let before = figures(fresh);
+    env.genalytics().args(["aggregate", "-q"]).ok();
+    let after = report(&["overview", "--days", "1"]);
+    assert_eq!(after["hours_from_raw_events"], 0);
+    assert_eq!(figures(after), before);
+}
+
+#[test]
+fn a_followers_events_are_in_a_report_within_seconds() {
+    clear_of_hour_turn(60);
+    let env = migrated();
+    let mut follower = env
+        .genalytics()
+        .args(["transfer", "--follow", "-q"])
+        .command()
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut con = env.redis();
+    let key = env.stream_key();
+    let written = Instant::now();
+    for i in 0..50 {
+        let at = Utc::now().format("%Y-%m-%dT%H:%M:%S%.6f").to_string();
+        let generation = format!("00000000-0000-4000-9000-{i:012}");
+        xadd(
+            &mut con,
+            &key,
+            "*",
+            &[
+                ("event_type", "request"),
+                ("timestamp", &at),
+                ("generation_id", &generation),
+            ],
+        );
+    }
+    wait_for("50 requests in report overview", 20, || {
+        report(&env, &["overview", "--days", "1"])["total_requests"] == 50
+    });
+    let seen = written.elapsed();
+    sigterm(&follower);
+    assert!(follower.wait().unwrap().success());
+    eprintln!("counted by report overview {seen:?} after the XADDs began");
+    assert!(
+        seen < StdDuration::from_secs(10),
+        "reports lag the follower by {seen:?}"
+    );
+}
+
+#[test]
+fn follow_with_aggregate_rolls_an_hour_up_once_it_has_ended() {
+    clear_of_hour_turn(120);
+    let env = migrated();
+    let previous = hour_floor(Utc::now()) - Duration::hours(1);
+    let events = traffic(previous, 80, crate::harness::seed());
+    write(&env, &events);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut follower = env
+        .genalytics()
+        .args([
+            "transfer",
+            "--follow",
+            "--aggregate",
+            "-v",
+            "--keep",
+            "100h",
+        ])
+        .command()
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let mut db = env.db();
+    let requests = count(&events, |e| e.kind == "request");
+    wait_for("the ended hour rolled up by the follower", 30, || {
+        db.query_opt(
+            "SELECT total_requests FROM generation_metrics_hourly WHERE timestamp = $1",
+            &[&previous],
+        )
+        .unwrap()
+        .is_some_and(|row| i64::from(row.get::<_, i32>(0)) == requests)
+    });
+    let queued: i64 = db
+        .query_one(
+            "SELECT count(*) FROM generation_rollup_queue WHERE hour = $1",
+            &[&previous],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 0, "the hour left the queue");
+    assert!(
+        follower.try_wait().unwrap().is_none(),
+        "the follower still runs:\n{}",
+        std::fs::read_to_string(log.path()).unwrap()
+    );
+    sigterm(&follower);
+    assert!(follower.wait().unwrap().success());
+    let log = std::fs::read_to_string(log.path()).unwrap();
+    assert!(log.contains("rolled up 1 hour"), "{log}");
+}
+
+#[test]
+fn watch_redraws_in_place_on_a_terminal_and_ctrl_c_ends_it_cleanly() {
+    let env = migrated();
+    write(
+        &env,
+        &traffic(hour_floor(Utc::now()) - Duration::hours(2), 30, 7),
+    );
+    transfer(&env);
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = || Stdio::from(pty.slave.try_clone().unwrap());
+    let mut child = env
+        .genalytics()
+        .args(["report", "overview", "--days", "1", "--watch", "300ms"])
+        .command()
+        .stdin(slave())
+        .stdout(slave())
+        .stderr(slave())
+        .spawn()
+        .unwrap();
+    drop(pty.slave);
+    let (sender, received) = std::sync::mpsc::channel();
+    let mut master = std::fs::File::from(pty.master);
+    std::thread::spawn(move || {
+        let mut buffer = [0_u8; 4096];
+        // EIO once the child has closed the terminal.
+        while let Ok(n @ 1..) = master.read(&mut buffer) {
+            if sender.send(buffer[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut screen = Vec::new();
+    let redraws = |screen: &[u8]| screen.windows(3).filter(|w| w == b"\x1b[H").count();
+    let deadline = Instant::now() + StdDuration::from_secs(20);
+    while redraws(&screen) < 3 && Instant::now() < deadline {
+        if let Ok(bytes) = received.recv_timeout(StdDuration::from_millis(200)) {
+            screen.extend(bytes);
+        }
+    }
+    let text = String::from_utf8_lossy(&screen).into_owned();
+    assert!(redraws(&screen) >= 3, "fewer than three draws: {text}");
+    assert!(
+        text.contains("\x1b[2J"),
+        "the screen is cleared once: {text}"
+    );
+    assert_eq!(
+        text.matches("\x1b[2J").count(),
+        1,
+        "later draws go over the last, not after a blank screen"
+    );
+    assert!(text.contains("Overview"), "{text}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let ended = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            ended.elapsed() < StdDuration::from_secs(5),
+            "--watch did not stop on Ctrl-C"
+        );
+        std::thread::sleep(StdDuration::from_millis(50));
+    };
+    assert!(status.success(), "Ctrl-C exits 0: {status:?}");
+    while let Ok(bytes) = received.recv_timeout(StdDuration::from_millis(200)) {
+        screen.extend(bytes);
+    }
+    let text = String::from_utf8_lossy(&screen);
+    assert!(!text.contains("panicked"), "{text}");
+}
+
+#[test]
+fn watch_in_a_pipe_prints_one_report_per_interval() {
+    let env = migrated();
+    let mut child = env
+        .genalytics()
+        .args([
+            "report", "overview", "--days", "1", "--watch", "200ms", "--format", "csv",
+        ])
+        .command()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(StdDuration::from_millis(1_500));
+    sigterm(&child);
+    let status = child.wait().unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let headers = out
+        .lines()
+        .filter(|line| line.starts_with("lookback_days") || line.contains("total_requests"))
+        .count();
+    assert!(headers >= 3, "one report per interval: {out}");
+    assert!(!out.contains('\x1b'), "no escape codes in a pipe: {out:?}");
+}
