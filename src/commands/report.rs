@@ -364,7 +364,7 @@ fn build(
             ))
         }
         Which::Models(_) => {
-            let legacy = reports::legacy_hours(&reports::hours(client, window, raw)?);
+            let legacy = reports::legacy_hours_in(client, window, raw)?;
             Box::new(models::build(
                 window,
                 reports::model_parts(client, window, raw)?,
