@@ -210,6 +210,10 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     }
     let materialized_only = args.window_args().0.materialized_only;
     let mut client = db::connect_current(settings.database()?)?;
+    // No JIT: a report's statements run in milliseconds, and compiling one
+    // that reads raw hours (large estimated costs on a big table) takes
+    // longer than running it.
+    client.batch_execute("SET jit = off")?;
     let common = match &args.report {
         Which::Html { output, .. } => {
             let report = build(&mut client, &args.report, &window, materialized_only)?;

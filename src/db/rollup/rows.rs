@@ -161,17 +161,20 @@ pub(super) fn hourly_upsert(source: &str, kept: &[&str]) -> String {
 
 /// One user's figures over a set of events, as a select list: `kind` (see
 /// [`super::KIND_SQL`]) and the event's columns as `e.` in scope. Read back
-/// by [`raw_user_rollup`]. Late events merged into an hour and the user
-/// report's raw hours are added up alike.
+/// by [`raw_user_rollup`]. The per-user rollup, late events merged into an
+/// hour and the user report's raw hours are added up alike.
 pub fn user_aggregates() -> String {
     format!(
-        "count(*) FILTER (WHERE kind = 1), count(*) FILTER (WHERE kind = 2),
-         count(*) FILTER (WHERE kind = 3), count(*) FILTER (WHERE kind = 4),
-         coalesce(sum(e.duration_ms) FILTER (WHERE kind = 2), 0)::int8,
-         count(e.duration_ms) FILTER (WHERE kind = 2),
-         coalesce(array_agg({KEY_SQL}) FILTER (WHERE kind = 2 AND e.duration_ms IS NOT NULL), '{{}}'),
-         coalesce(array_agg(e.error_type) FILTER (WHERE kind = 3), '{{}}'),
-         min(e.timestamp), max(e.timestamp)"
+        "count(*) FILTER (WHERE kind = 1) AS requests,
+         count(*) FILTER (WHERE kind = 2) AS successful,
+         count(*) FILTER (WHERE kind = 3) AS failed,
+         count(*) FILTER (WHERE kind = 4) AS cancelled,
+         coalesce(sum(e.duration_ms) FILTER (WHERE kind = 2), 0)::int8 AS duration_sum,
+         count(e.duration_ms) FILTER (WHERE kind = 2) AS duration_count,
+         coalesce(array_agg({KEY_SQL}) FILTER (WHERE kind = 2 AND e.duration_ms IS NOT NULL), '{{}}')
+             AS bucket_keys,
+         coalesce(array_agg(e.error_type) FILTER (WHERE kind = 3), '{{}}') AS errors,
+         min(e.timestamp) AS first_at, max(e.timestamp) AS last_at"
     )
 }
 

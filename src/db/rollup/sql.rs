@@ -187,20 +187,10 @@ pub fn hourly_select(hours: &str) -> String {
 pub(super) fn users_sql() -> String {
     let source = each_hour(
         "$1",
-        &format!("{KIND_SQL} AS kind, e.duration_ms, e.user_id, e.error_type, e.timestamp AS at"),
+        &format!("{KIND_SQL} AS kind, e.duration_ms, e.user_id, e.error_type, e.timestamp"),
         "AND e.user_id IS NOT NULL",
         "user_id",
-        &format!(
-            "(count(*) FILTER (WHERE kind = 1))::int AS requests,
-             (count(*) FILTER (WHERE kind = 2))::int AS successful,
-             (count(*) FILTER (WHERE kind = 3))::int AS failed,
-             (count(*) FILTER (WHERE kind = 4))::int AS cancelled,
-             coalesce(sum(duration_ms) FILTER (WHERE kind = 2), 0) AS duration_sum,
-             (count(duration_ms) FILTER (WHERE kind = 2))::int AS duration_count,
-             array_agg({KEY_SQL}) FILTER (WHERE kind = 2 AND duration_ms IS NOT NULL) AS bucket_keys,
-             array_agg(error_type) FILTER (WHERE kind = 3) AS errors,
-             min(at) AS first_at, max(at) AS last_at"
-        ),
+        &super::rows::user_aggregates(),
     );
     format!(
         "INSERT INTO generation_metrics_hourly_users (
