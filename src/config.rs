@@ -3,7 +3,7 @@
 //! that never shows a password.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::error::UsageError;
@@ -41,7 +41,9 @@ impl Settings {
     pub fn database(&self) -> Result<&DatabaseUrl, UsageError> {
         self.database.as_ref().ok_or_else(|| {
             UsageError(
-                "no PostgreSQL database given: set DATABASE_URL or pass --database-url".into(),
+                "no PostgreSQL database given: set DATABASE_URL, pass --database-url, or set libpq's \
+                 PGHOST, PGPORT, PGUSER and PGDATABASE"
+                    .into(),
             )
         })
     }
@@ -292,6 +294,136 @@ impl DatabaseUrl {
         self.config.get_user()
     }
 
+    /// The connection libpq's variables describe (`PGHOST`, `PGHOSTADDR`,
+    /// `PGPORT`, `PGUSER`, `PGDATABASE`, `PGSSLMODE`, `PGSSLROOTCERT`,
+    /// `PGSSLCERT`, `PGSSLKEY`, `PGAPPNAME`, `PGCONNECT_TIMEOUT`,
+    /// `PGTARGETSESSIONATTRS`), for a run given no URL: none when none of
+    /// them is set.
+    pub fn from_libpq_env(
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<Result<Self, UsageError>> {
+        const VARIABLES: [(&str, &str); 12] = [
+            ("PGHOST", "host"),
+            ("PGHOSTADDR", "hostaddr"),
+            ("PGPORT", "port"),
+            ("PGUSER", "user"),
+            ("PGDATABASE", "dbname"),
+            ("PGSSLMODE", "sslmode"),
+            ("PGSSLROOTCERT", "sslrootcert"),
+            ("PGSSLCERT", "sslcert"),
+            ("PGSSLKEY", "sslkey"),
+            ("PGAPPNAME", "application_name"),
+            ("PGCONNECT_TIMEOUT", "connect_timeout"),
+            ("PGTARGETSESSIONATTRS", "target_session_attrs"),
+        ];
+        let pairs: Vec<String> = VARIABLES
+            .iter()
+            .filter_map(|(variable, key)| {
+                let value = env(variable).filter(|value| !value.is_empty())?;
+                let quoted = value.replace('\\', "\\\\").replace('\'', "\\'");
+                Some(format!("{key}='{quoted}'"))
+            })
+            .collect();
+        if pairs.is_empty() {
+            return None;
+        }
+        Some(Self::parse(&pairs.join(" ")).map_err(|UsageError(why)| {
+            UsageError(why.replace(
+                "the PostgreSQL URL (DATABASE_URL / --database-url)",
+                "the connection libpq's PG* variables describe",
+            ))
+        }))
+    }
+
+    /// Fills in what the connection leaves out as libpq does: the user from
+    /// `PGUSER` (else the system user), the database from `PGDATABASE` (else
+    /// the user's name), and the password from
+    /// `PGPASSWORD` or else the password file (`PGPASSFILE`, or
+    /// `~/.pgpass`). `warn` is told of a password file others may read,
+    /// which libpq ignores too.
+    #[must_use]
+    pub fn completed(
+        mut self,
+        env: &dyn Fn(&str) -> Option<String>,
+        warn: &mut dyn FnMut(String),
+    ) -> Self {
+        let set = |name: &str| env(name).filter(|value| !value.is_empty());
+        if self.config.get_user().is_none()
+            && let Some(user) = set("PGUSER").or_else(system_user)
+        {
+            self.config.user(&user);
+        }
+        if self.config.get_dbname().is_none()
+            && let Some(db) =
+                set("PGDATABASE").or_else(|| self.config.get_user().map(str::to_string))
+        {
+            self.config.dbname(&db);
+        }
+        if self.config.get_password().is_none() {
+            let password = set("PGPASSWORD").or_else(|| {
+                let file = set("PGPASSFILE")
+                    .map(PathBuf::from)
+                    .or_else(|| home(env).map(|home| home.join(".pgpass")))?;
+                self.password_in_file(&file, warn)
+            });
+            if let Some(password) = password {
+                self.config.password(password);
+            }
+        }
+        self
+    }
+
+    /// The password file's password for this connection: the first line
+    /// whose host, port, database and user match (`*` matches any; `\:`
+    /// and `\\` escape), as libpq reads it. A file others may read is
+    /// ignored with a warning, as libpq ignores it.
+    fn password_in_file(&self, file: &Path, warn: &mut dyn FnMut(String)) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(file)
+            .ok()
+            .filter(std::fs::Metadata::is_file)?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            warn(format!(
+                "password file {} has group or world access and is ignored (as libpq ignores it); \
+                 permissions should be u=rw (0600) or less",
+                file.display()
+            ));
+            return None;
+        }
+        let text = std::fs::read_to_string(file).ok()?;
+        let host = match self.config.get_hosts().first() {
+            Some(postgres::config::Host::Tcp(host)) => host.clone(),
+            // A socket connection is "localhost" to the password file.
+            Some(postgres::config::Host::Unix(_)) | None => "localhost".to_string(),
+        };
+        let port = self
+            .config
+            .get_ports()
+            .first()
+            .copied()
+            .unwrap_or(5432)
+            .to_string();
+        let wanted = [
+            host.as_str(),
+            port.as_str(),
+            self.config.get_dbname().unwrap_or_default(),
+            self.config.get_user().unwrap_or_default(),
+        ];
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .find_map(|line| {
+                let fields = password_file_fields(line);
+                let [host, port, db, user, password] = fields.as_slice() else {
+                    return None;
+                };
+                [host, port, db, user]
+                    .iter()
+                    .zip(wanted)
+                    .all(|(field, wanted)| *field == "*" || *field == wanted)
+                    .then(|| password.clone())
+            })
+    }
+
     pub fn dbname(&self) -> Option<&str> {
         self.config.get_dbname()
     }
@@ -310,6 +442,47 @@ impl fmt::Debug for DatabaseUrl {
             .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
+}
+
+/// A password file line's fields: split at unescaped colons, `\:` and
+/// `\\` unescaped; the last field takes the rest of the line.
+fn password_file_fields(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    fields.last_mut().expect("one field at least").push(next);
+                }
+            }
+            ':' if fields.len() < 5 => fields.push(String::new()),
+            c => fields.last_mut().expect("one field at least").push(c),
+        }
+    }
+    fields
+}
+
+/// The home directory, as libpq finds `~/.pgpass`: `HOME`, else the
+/// account's.
+fn home(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    env("HOME")
+        .filter(|home| !home.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::geteuid())
+                .ok()
+                .flatten()
+                .map(|user| user.dir)
+        })
+}
+
+/// The system user's name, libpq's default user.
+fn system_user() -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|user| user.name)
 }
 
 /// A parsed Redis URL.
@@ -379,6 +552,84 @@ impl fmt::Debug for RedisUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_password_file_is_read_as_libpq_reads_it() {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            password_file_fields(r"db\:host:5432:*:alice:pa\:ss\\w:or:d"),
+            ["db:host", "5432", "*", "alice", r"pa:ss\w:or:d"]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pgpass");
+        std::fs::write(
+            &file,
+            "# a comment\nother:5432:*:*:wrong\n127.0.0.1:6543:*:alice:right\n*:*:*:*:fallback\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let url = DatabaseUrl::parse("postgres://alice@127.0.0.1:6543/db").unwrap();
+        let mut warnings = Vec::new();
+        assert_eq!(
+            url.password_in_file(&file, &mut |w| warnings.push(w)),
+            Some("right".to_string())
+        );
+        let other = DatabaseUrl::parse("postgres://bob@127.0.0.1:6543/db").unwrap();
+        assert_eq!(
+            other.password_in_file(&file, &mut |w| warnings.push(w)),
+            Some("fallback".to_string())
+        );
+        assert!(warnings.is_empty());
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(url.password_in_file(&file, &mut |w| warnings.push(w)), None);
+        assert!(
+            warnings[0].contains("group or world access"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn libpqs_variables_describe_a_connection_and_fill_in_what_a_url_leaves_out() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| (*value).to_string())
+            }
+        };
+        assert!(DatabaseUrl::from_libpq_env(&vars(&[])).is_none());
+        let env = vars(&[
+            ("PGHOST", "db.example"),
+            ("PGPORT", "6543"),
+            ("PGUSER", "o'brien"),
+            ("PGDATABASE", "analytics"),
+            ("PGPASSWORD", "s3cret"),
+        ]);
+        let url = DatabaseUrl::from_libpq_env(&env)
+            .unwrap()
+            .unwrap()
+            .completed(&env, &mut |_| {});
+        assert_eq!(url.target(), "db.example:6543");
+        assert_eq!(url.user(), Some("o'brien"));
+        assert_eq!(url.dbname(), Some("analytics"));
+        assert_eq!(url.config.get_password(), Some(&b"s3cret"[..]));
+        assert!(!format!("{url:?}").contains("s3cret"));
+        // What the URL says wins; the variables fill in only what it leaves out.
+        let url = DatabaseUrl::parse("postgres://alice:mine@h/own")
+            .unwrap()
+            .completed(&env, &mut |_| {});
+        assert_eq!((url.user(), url.dbname()), (Some("alice"), Some("own")));
+        assert_eq!(url.config.get_password(), Some(&b"mine"[..]));
+        let url = DatabaseUrl::parse("postgres://h")
+            .unwrap()
+            .completed(&env, &mut |_| {});
+        assert_eq!(
+            (url.user(), url.dbname()),
+            (Some("o'brien"), Some("analytics"))
+        );
+        assert_eq!(url.config.get_password(), Some(&b"s3cret"[..]));
+    }
 
     #[test]
     fn an_unencoded_at_in_a_password_is_refused_without_showing_it() {

@@ -19,6 +19,7 @@ mod generated;
 mod hardening;
 mod hostile;
 mod hostile_streams;
+mod libpq_env;
 mod migrate;
 mod partitions;
 mod prune;

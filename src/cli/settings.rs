@@ -7,12 +7,19 @@ use crate::error::UsageError;
 
 /// Validates the global flags (and the environment clap read for them).
 pub fn settings(args: &GlobalArgs) -> Result<Settings, UsageError> {
-    let database = args
+    // As libpq: the URL, else its PG* variables; what either leaves out
+    // (user, database, port, password) from the variables and the password
+    // file.
+    let env = |name: &str| std::env::var(name).ok();
+    let database = match args
         .database_url
         .as_deref()
         .filter(|url| !url.trim().is_empty())
-        .map(DatabaseUrl::parse)
-        .transpose()?;
+    {
+        Some(url) => Some(DatabaseUrl::parse(url)?),
+        None => DatabaseUrl::from_libpq_env(&env).transpose()?,
+    }
+    .map(|url| url.completed(&env, &mut |warning| tracing::warn!("{warning}")));
     // Only a cluster's URL is a list: a single server's password may
     // hold a comma.
     let (redis, redis_cluster) = if args.redis_cluster {

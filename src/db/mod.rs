@@ -193,7 +193,8 @@ fn describe_connect_error(url: &DatabaseUrl, err: &postgres::Error) -> String {
         Some(io::ErrorKind::NotFound) => "no such host or socket".to_string(),
         _ if text.contains("password missing") => {
             return format!(
-                "PostgreSQL at {target} asks for a password and DATABASE_URL / --database-url has none — add it"
+                "PostgreSQL at {target} asks for a password and none was given — add it to DATABASE_URL / \
+                 --database-url, or set PGPASSWORD, or put it in the password file (PGPASSFILE, ~/.pgpass)"
             );
         }
         _ if text.contains("timeout") => "timed out".to_string(),

@@ -24,6 +24,21 @@ const SCRUBBED: &[&str] = &[
     "RUST_LOG",
     "SSL_CERT_FILE",
     "SSL_CERT_DIR",
+    // libpq's variables: genalytics reads them as libpq does.
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGUSER",
+    "PGDATABASE",
+    "PGPASSWORD",
+    "PGPASSFILE",
+    "PGSSLMODE",
+    "PGSSLROOTCERT",
+    "PGSSLCERT",
+    "PGSSLKEY",
+    "PGAPPNAME",
+    "PGCONNECT_TIMEOUT",
+    "PGTARGETSESSIONATTRS",
 ];
 
 /// One test's private world: its own servers, database and stream namespace.
@@ -151,6 +166,11 @@ impl Cmd {
 
     pub fn env(mut self, name: &str, value: impl Into<OsString>) -> Cmd {
         self.command.env(name, value.into());
+        self
+    }
+
+    pub fn env_remove(mut self, name: &str) -> Cmd {
+        self.command.env_remove(name);
         self
     }
 
