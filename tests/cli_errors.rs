@@ -85,8 +85,8 @@ fn no_database_configured_is_a_usage_error() {
     let ran = Cmd::new().arg("migrate").code(2);
     assert_one_clean_sentence(&ran.stderr);
     assert!(
-        ran.stderr
-            .contains("set DATABASE_URL or pass --database-url"),
+        ran.stderr.contains("set DATABASE_URL, pass --database-url")
+            && ran.stderr.contains("PGHOST"),
         "{}",
         ran.stderr
     );
