@@ -150,7 +150,7 @@ csv\t'One CSV table (pick it with --section)'
 json\t'The whole report as one JSON object'
 html\t'One self-contained HTML page (inline CSS and SVG charts)'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l section -d 'With --format csv: which table of a report with several' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l watch -d 'Run the report again every INTERVAL (default 5s) until Ctrl-C: redrawn in place on a terminal, one report after another in a pipe' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l watch -d 'Run the report again every INTERVAL (default 5s; --watch=10s) until Ctrl-C: redrawn in place on a terminal, one report after another in a pipe' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
@@ -177,7 +177,7 @@ csv\t'One CSV table (pick it with --section)'
 json\t'The whole report as one JSON object'
 html\t'One self-contained HTML page (inline CSS and SVG charts)'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l section -d 'With --format csv: which table of a report with several' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l watch -d 'Run the report again every INTERVAL (default 5s) until Ctrl-C: redrawn in place on a terminal, one report after another in a pipe' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l watch -d 'Run the report again every INTERVAL (default 5s; --watch=10s) until Ctrl-C: redrawn in place on a terminal, one report after another in a pipe' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
@@ -201,7 +201,7 @@ csv\t'One CSV table (pick it with --section)'
 json\t'The whole report as one JSON object'
 html\t'One self-contained HTML page (inline CSS and SVG charts)'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l section -d 'With --format csv: which table of a report with several' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l watch -d 'Run the report again every INTERVAL (default 5s) until Ctrl-C: redrawn in place on a terminal, one report after another in a pipe' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l watch -d 'Run the report again every INTERVAL (default 5s; --watch=10s) until Ctrl-C: redrawn in place on a terminal, one report after another in a pipe' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
@@ -225,7 +225,7 @@ csv\t'One CSV table (pick it with --section)'
 json\t'The whole report as one JSON object'
 html\t'One self-contained HTML page (inline CSS and SVG charts)'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l section -d 'With --format csv: which table of a report with several' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l watch -d 'Run the report again every INTERVAL (default 5s) until Ctrl-C: redrawn in place on a terminal, one report after another in a pipe' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l watch -d 'Run the report again every INTERVAL (default 5s; --watch=10s) until Ctrl-C: redrawn in place on a terminal, one report after another in a pipe' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
@@ -249,7 +249,7 @@ csv\t'One CSV table (pick it with --section)'
 json\t'The whole report as one JSON object'
 html\t'One self-contained HTML page (inline CSS and SVG charts)'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l section -d 'With --format csv: which table of a report with several' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l watch -d 'Run the report again every INTERVAL (default 5s) until Ctrl-C: redrawn in place on a terminal, one report after another in a pipe' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l watch -d 'Run the report again every INTERVAL (default 5s; --watch=10s) until Ctrl-C: redrawn in place on a terminal, one report after another in a pipe' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
@@ -276,7 +276,7 @@ csv\t'One CSV table (pick it with --section)'
 json\t'The whole report as one JSON object'
 html\t'One self-contained HTML page (inline CSS and SVG charts)'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l section -d 'With --format csv: which table of a report with several' -r
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l watch -d 'Run the report again every INTERVAL (default 5s) until Ctrl-C: redrawn in place on a terminal, one report after another in a pipe' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l watch -d 'Run the report again every INTERVAL (default 5s; --watch=10s) until Ctrl-C: redrawn in place on a terminal, one report after another in a pipe' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r

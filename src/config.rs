@@ -294,6 +294,55 @@ impl DatabaseUrl {
         self.config.get_user()
     }
 
+    /// A URL with libpq's TLS variables (`PGSSLMODE`, `PGSSLROOTCERT`,
+    /// `PGSSLCERT`, `PGSSLKEY`) added for what it does not say itself, as
+    /// libpq applies them: a URL without `sslmode` would otherwise connect
+    /// in the clear whatever `PGSSLMODE` asks.
+    pub fn with_tls_env(url: &str, env: &dyn Fn(&str) -> Option<String>) -> String {
+        let mut url = url.trim().to_string();
+        let is_uri = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        for (variable, key) in [
+            ("PGSSLMODE", "sslmode"),
+            ("PGSSLROOTCERT", "sslrootcert"),
+            ("PGSSLCERT", "sslcert"),
+            ("PGSSLKEY", "sslkey"),
+        ] {
+            let Some(value) = env(variable).filter(|value| !value.is_empty()) else {
+                continue;
+            };
+            let said = conninfo_tokens(&url).iter().any(|(name, _, _)| name == key)
+                || url
+                    .split(['?', '&'])
+                    .skip(1)
+                    .any(|pair| pair.split('=').next() == Some(key));
+            if said {
+                continue;
+            }
+            if is_uri {
+                let encoded: String = value
+                    .bytes()
+                    .map(|b| match b {
+                        b'A'..=b'Z'
+                        | b'a'..=b'z'
+                        | b'0'..=b'9'
+                        | b'-'
+                        | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'/' => char::from(b).to_string(),
+                        _ => format!("%{b:02X}"),
+                    })
+                    .collect();
+                let separator = if url.contains('?') { '&' } else { '?' };
+                url = format!("{url}{separator}{key}={encoded}");
+            } else {
+                let quoted = value.replace('\\', "\\\\").replace('\'', "\\'");
+                url = format!("{url} {key}='{quoted}'");
+            }
+        }
+        url
+    }
+
     /// The connection libpq's variables describe (`PGHOST`, `PGHOSTADDR`,
     /// `PGPORT`, `PGUSER`, `PGDATABASE`, `PGSSLMODE`, `PGSSLROOTCERT`,
     /// `PGSSLCERT`, `PGSSLKEY`, `PGAPPNAME`, `PGCONNECT_TIMEOUT`,
@@ -416,11 +465,13 @@ impl DatabaseUrl {
                 let [host, port, db, user, password] = fields.as_slice() else {
                     return None;
                 };
+                // An empty password is none, as libpq reads it.
                 [host, port, db, user]
                     .iter()
                     .zip(wanted)
                     .all(|(field, wanted)| *field == "*" || *field == wanted)
                     .then(|| password.clone())
+                    .filter(|password| !password.is_empty())
             })
     }
 
@@ -585,6 +636,33 @@ mod tests {
         assert!(
             warnings[0].contains("group or world access"),
             "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn libpqs_tls_variables_apply_to_what_a_url_leaves_out() {
+        let env = |name: &str| match name {
+            "PGSSLMODE" => Some("verify-full".to_string()),
+            "PGSSLROOTCERT" => Some("/etc/ssl/my root.crt".to_string()),
+            _ => None,
+        };
+        let url = DatabaseUrl::with_tls_env("postgres://u@h/db", &env);
+        assert_eq!(
+            url,
+            "postgres://u@h/db?sslmode=verify-full&sslrootcert=/etc/ssl/my%20root.crt"
+        );
+        assert_eq!(
+            DatabaseUrl::parse(&url).unwrap().tls.mode,
+            SslMode::VerifyFull
+        );
+        // What the URL says stands.
+        assert_eq!(
+            DatabaseUrl::with_tls_env("postgres://u@h/db?sslmode=disable", &env),
+            "postgres://u@h/db?sslmode=disable&sslrootcert=/etc/ssl/my%20root.crt"
+        );
+        assert_eq!(
+            DatabaseUrl::with_tls_env("host=h sslmode=require", &env),
+            "host=h sslmode=require sslrootcert='/etc/ssl/my root.crt'"
         );
     }
 

@@ -308,7 +308,7 @@ fn watch_redraws_in_place_on_a_terminal_and_ctrl_c_ends_it_cleanly() {
     let slave = || Stdio::from(pty.slave.try_clone().unwrap());
     let mut child = env
         .genalytics()
-        .args(["report", "overview", "--days", "1", "--watch", "300ms"])
+        .args(["report", "overview", "--days", "1", "--watch=300ms"])
         .command()
         .stdin(slave())
         .stdout(slave())
@@ -377,7 +377,13 @@ fn watch_in_a_pipe_prints_one_report_per_interval() {
     let mut child = env
         .genalytics()
         .args([
-            "report", "overview", "--days", "1", "--watch", "200ms", "--format", "csv",
+            "report",
+            "overview",
+            "--days",
+            "1",
+            "--watch=200ms",
+            "--format",
+            "csv",
         ])
         .command()
         .stdout(Stdio::piped())

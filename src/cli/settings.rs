@@ -16,7 +16,7 @@ pub fn settings(args: &GlobalArgs) -> Result<Settings, UsageError> {
         .as_deref()
         .filter(|url| !url.trim().is_empty())
     {
-        Some(url) => Some(DatabaseUrl::parse(url)?),
+        Some(url) => Some(DatabaseUrl::parse(&DatabaseUrl::with_tls_env(url, &env))?),
         None => DatabaseUrl::from_libpq_env(&env).transpose()?,
     }
     .map(|url| url.completed(&env, &mut |warning| tracing::warn!("{warning}")));

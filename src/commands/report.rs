@@ -111,10 +111,10 @@ pub struct Common {
     #[arg(long)]
     pub csv_raw: bool,
 
-    /// Run the report again every INTERVAL (default 5s) until Ctrl-C: redrawn in place on a
-    /// terminal, one report after another in a pipe
+    /// Run the report again every INTERVAL (default 5s; --watch=10s) until Ctrl-C: redrawn in
+    /// place on a terminal, one report after another in a pipe
     #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "5s",
-          value_parser = parse_watch)]
+          require_equals = true, value_parser = parse_watch)]
     pub watch: Option<std::time::Duration>,
 }
 
@@ -252,10 +252,12 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
 }
 
 /// Runs the report every `interval` until Ctrl-C (or SIGTERM), each time
-/// over a window ending now unless `--until` fixed it. On a terminal each
-/// run is drawn over the last in place — cursor home, every line cleared
-/// to its end as it is written, the rest of the screen cleared after — so
-/// nothing flickers; in a pipe each is printed after the last.
+/// over a window ending now unless `--until` fixed it. On a terminal it
+/// draws on the alternate screen (the shell's screen comes back after),
+/// each run over the last in place — cursor home, every line cleared as it
+/// is written, the rest cleared after, as many lines as the terminal has —
+/// so nothing flickers or scrolls; in a pipe each is printed after the
+/// last.
 fn watch(
     client: &mut postgres::Client,
     args: &Args,
@@ -266,6 +268,7 @@ fn watch(
     let stop = crate::interrupt::install()?;
     let terminal = std::io::stdout().is_terminal();
     let materialized_only = args.window_args().0.materialized_only;
+    let _screen = terminal.then(AlternateScreen::enter).transpose()?;
     let mut first = true;
     loop {
         let window = args.window(Utc::now());
@@ -275,13 +278,21 @@ fn watch(
         let mut out = std::io::stdout().lock();
         if terminal {
             out.write_all(if first { b"\x1b[2J\x1b[H" } else { b"\x1b[H" })?;
-            for line in page.split_inclusive(|&byte| byte == b'\n') {
-                let text = line.strip_suffix(b"\n").unwrap_or(line);
-                out.write_all(text)?;
+            let rows = terminal_size::terminal_size().map_or(usize::MAX, |(_, h)| usize::from(h.0));
+            let lines: Vec<&[u8]> = page.split(|&byte| byte == b'\n').collect();
+            let lines = &lines[..lines.len() - usize::from(lines.last() == Some(&&b""[..]))];
+            let shown = lines.len().min(rows.saturating_sub(1));
+            for line in &lines[..shown] {
                 out.write_all(b"\x1b[K")?;
-                if text.len() < line.len() {
-                    out.write_all(b"\n")?;
-                }
+                out.write_all(line)?;
+                out.write_all(b"\r\n")?;
+            }
+            if shown < lines.len() {
+                write!(
+                    out,
+                    "\x1b[K… {} more lines: a taller terminal, or a shorter --days",
+                    lines.len() - shown
+                )?;
             }
             out.write_all(b"\x1b[J")?;
         } else {
@@ -327,7 +338,35 @@ fn build(
     window: &Window,
     materialized_only: bool,
 ) -> anyhow::Result<Fresh> {
-    let raw = &reports::raw_hours(client, window, materialized_only)?;
+    // One snapshot for all of a report's statements: its figures agree
+    // with each other whatever commits meanwhile (a rollup, a prune).
+    client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+    match build_in_snapshot(client, which, window, materialized_only) {
+        Ok(fresh) => {
+            client.batch_execute("COMMIT")?;
+            Ok(fresh)
+        }
+        Err(err) => {
+            // The connection may be gone: the first error is the one to say.
+            let _ = client.batch_execute("ROLLBACK");
+            Err(err)
+        }
+    }
+}
+
+fn build_in_snapshot(
+    client: &mut postgres::Client,
+    which: &Which,
+    window: &Window,
+    materialized_only: bool,
+) -> anyhow::Result<Fresh> {
+    // The user report reads its own raw hours (its sources).
+    let raw = &if matches!(which, Which::User { .. }) {
+        Vec::new()
+    } else {
+        reports::raw_hours(client, window, materialized_only)?
+    };
+    let mut user_raw_hours = 0;
     let report: Box<dyn Report> = match which {
         Which::Overview { compare, .. } => {
             let mut current = overview_of(client, window, raw)?;
@@ -356,6 +395,7 @@ fn build(
             } else {
                 reports::queued_in(client, window)?
             };
+            user_raw_hours = queued.len();
             let sources = user::sources(window, horizon, &queued);
             let parts = reports::user(client, window, *user_id, &sources, exact_max()?)?;
             Box::new(user::build(
@@ -415,7 +455,7 @@ fn build(
     };
     Ok(Fresh {
         report,
-        raw_hours: raw.len(),
+        raw_hours: raw.len() + user_raw_hours,
     })
 }
 
@@ -430,4 +470,27 @@ pub fn overview_of(
         &parts,
         reports::users_in_lists(client, window, raw)?,
     ))
+}
+
+/// The terminal's alternate screen while a report is watched; the shell's
+/// screen comes back when it ends, however it ends.
+struct AlternateScreen;
+
+impl AlternateScreen {
+    fn enter() -> std::io::Result<AlternateScreen> {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        out.write_all(b"\x1b[?1049h")?;
+        out.flush()?;
+        Ok(AlternateScreen)
+    }
+}
+
+impl Drop for AlternateScreen {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(b"\x1b[?1049l");
+        let _ = out.flush();
+    }
 }

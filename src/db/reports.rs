@@ -26,7 +26,9 @@ use crate::rollup::{FailureRollup, ModelRollup, UserRollup};
 /// The hours of the window read from their raw events instead of their
 /// rollup, oldest first: queued for a rollup (transfer queues every hour
 /// it stores events for, aggregate takes them off) and still holding all
-/// their raw events (from the raw horizon on). None with
+/// their raw events (from the raw horizon on). An hour whose rollup
+/// PostgreSQL refused is left to its rollup (status names it): the same
+/// statement would fail every report over it. None with
 /// `materialized_only`, for reports from rollups alone.
 pub fn raw_hours(
     client: &mut Client,
@@ -39,7 +41,7 @@ pub fn raw_hours(
     Ok(client
         .query(
             "SELECT hour FROM generation_rollup_queue
-             WHERE hour >= $1 AND hour < $2
+             WHERE hour >= $1 AND hour < $2 AND failures = 0
                AND hour >= coalesce((SELECT horizon FROM genalytics_raw_horizon), '-infinity')
              ORDER BY hour",
             &[&window.start, &window.end],

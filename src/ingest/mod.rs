@@ -165,6 +165,15 @@ impl<'a> Run<'a> {
     }
 }
 
+/// Sets its flag when dropped: on return and on unwinding alike.
+struct Done<'a>(&'a AtomicBool);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Transfers every stream the settings name, each as it would be alone.
 /// With `aggregate`, a follower keeps the rollups current beside the
 /// streams, and a run that ends rolls up once after them.
@@ -186,13 +195,20 @@ pub fn run(options: &Options, settings: &Settings, report: &Report) -> anyhow::R
         return Ok(exit);
     }
     // The rollups stop with the streams, whichever way those end (a stop
-    // ends them first).
+    // ends them first, a panic too); a rollup thread that fails leaves the
+    // streams running, and says so.
     let done = AtomicBool::new(false);
     std::thread::scope(|scope| {
-        scope.spawn(|| rollups::keep_current(settings, &done));
-        let exit = transfer();
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        exit
+        scope.spawn(|| {
+            let kept = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                rollups::keep_current(settings, &done);
+            }));
+            if kept.is_err() {
+                tracing::error!("the rollups stopped; the streams go on (run aggregate from cron)");
+            }
+        });
+        let _done = Done(&done);
+        transfer()
     })
 }
 

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::config::Settings;
 use crate::db::{self, rollup};
@@ -15,32 +15,44 @@ use crate::hour;
 
 /// Least time between two rollups of hours late events queued again.
 const EVERY: Duration = Duration::from_secs(60);
+/// How long after an hour ends the follower waits before rolling it up:
+/// entries of the hour's last seconds still on their way are stored first,
+/// rather than queueing the hour again at once.
+const GRACE: TimeDelta = TimeDelta::seconds(30);
 /// How often the follower looks at the queue (one small query).
 const LOOK: Duration = Duration::from_secs(1);
+/// Hours per transaction: each transaction holds its hours' queue rows,
+/// which a commit queueing one of them waits for, so a follower keeps them
+/// short, and looks for a stop between them.
+const FOLLOW_CHUNK: usize = 2;
 
 /// Rolls up the queued hours that have ended, once; what could not be
 /// rolled up stays queued (and is said in the log).
 pub(super) fn once(settings: &Settings) -> anyhow::Result<()> {
     let mut client = db::connect_current(settings.database()?)?;
-    roll_up(&mut client, hour::floor(Utc::now()))
+    let tally = rollup::roll_up_queued_before(&mut client, hour::floor(Utc::now()))?;
+    say(&tally);
+    Ok(())
 }
 
-/// Keeps the rollups current until `stop` (the streams are done): each queued hour that has ended
-/// is rolled up at the first look after it ends, then at most once every
-/// [`EVERY`]. A server that went away is tried again at the next look.
+/// Keeps the rollups current until `stop` (the streams are done): each
+/// queued hour that has ended is rolled up at the first look [`GRACE`]
+/// after it ends, then at most once every [`EVERY`]. A server that went
+/// away is tried again a minute later. It does not feed systemd's
+/// watchdog: the streams do.
 pub(super) fn keep_current(settings: &Settings, stop: &AtomicBool) {
     let mut client: Option<postgres::Client> = None;
-    // When the last rollup ran, and in which hour.
+    // When the last rollup ran, and up to which hour.
     let mut last: Option<(Instant, DateTime<Utc>)> = None;
     let mut failing = false;
     while !stop.load(Ordering::Relaxed) {
-        let current = hour::floor(Utc::now());
-        let due = last.is_none_or(|(at, hour)| at.elapsed() >= EVERY || hour != current);
+        let before = hour::floor(Utc::now() - GRACE);
+        let due = last.is_none_or(|(at, hour)| at.elapsed() >= EVERY || hour != before);
         if due {
-            match look_and_roll_up(&mut client, settings, current) {
+            match look_and_roll_up(&mut client, settings, before, stop) {
                 Ok(false) => {}
                 Ok(true) => {
-                    last = Some((Instant::now(), current));
+                    last = Some((Instant::now(), before));
                     if failing {
                         tracing::info!("rolling up hours works again");
                         failing = false;
@@ -48,7 +60,7 @@ pub(super) fn keep_current(settings: &Settings, stop: &AtomicBool) {
                 }
                 Err(err) => {
                     client = None;
-                    last = Some((Instant::now(), current));
+                    last = Some((Instant::now(), before));
                     if !failing {
                         tracing::warn!(
                             "cannot roll up hours now: {err:#}; the follower tries again in a minute"
@@ -58,41 +70,50 @@ pub(super) fn keep_current(settings: &Settings, stop: &AtomicBool) {
                 }
             }
         }
-        if !crate::retry::sleep_unless_stopped(LOOK, stop) {
-            return;
+        let until = Instant::now() + LOOK;
+        while Instant::now() < until {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
 
-/// Rolls up the hours before `current` if any are queued; whether it did.
+/// Rolls up the queued hours before `before`, a few at a time, if any;
+/// whether there were any.
 fn look_and_roll_up(
     client: &mut Option<postgres::Client>,
     settings: &Settings,
-    current: DateTime<Utc>,
+    before: DateTime<Utc>,
+    stop: &AtomicBool,
 ) -> anyhow::Result<bool> {
     let client = match client {
         Some(client) => client,
         None => client.insert(db::connect_current(settings.database()?)?),
     };
-    let waiting: i64 = client
-        .query_one(
-            "SELECT count(*) FROM generation_rollup_queue WHERE hour < $1",
-            &[&current],
-        )?
-        .get(0);
-    if waiting == 0 {
+    let hours: Vec<DateTime<Utc>> = rollup::queued_hours(client, false)?
+        .into_iter()
+        .filter(|hour| *hour < before)
+        .collect();
+    if hours.is_empty() {
         return Ok(false);
     }
-    roll_up(client, current)?;
+    let mut tally = rollup::Tally::default();
+    for chunk in hours.chunks(FOLLOW_CHUNK) {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        rollup::roll_up_chunk(client, chunk, &mut tally)?;
+    }
+    say(&tally);
     Ok(true)
 }
 
-fn roll_up(client: &mut postgres::Client, current: DateTime<Utc>) -> anyhow::Result<()> {
-    let tally = rollup::roll_up_queued_before(client, current)?;
+fn say(tally: &rollup::Tally) {
     tracing::info!(
         "rolled up {} ({} merged with late events)",
         crate::output::counted(tally.rolled_up + tally.merged + tally.kept, "hour"),
         tally.merged
     );
-    Ok(())
 }

@@ -146,7 +146,7 @@ fn roll_up_chunks<I: Iterator<Item = DateTime<Utc>>>(
 /// something in the data, each hour on its own, so one bad hour is named,
 /// stays queued, and holds up no other. A server that went away stops the
 /// run: the next one picks up.
-fn roll_up_chunk(
+pub fn roll_up_chunk(
     client: &mut postgres::Client,
     chunk: &[DateTime<Utc>],
     tally: &mut Tally,

@@ -15,7 +15,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use postgres::Client;
 
-pub use chunks::{CHUNK_HOURS, Tally, roll_up_all, roll_up_queued_before};
+pub use chunks::{CHUNK_HOURS, Tally, roll_up_all, roll_up_chunk, roll_up_queued_before};
 use late::merge_late;
 pub use rows::{USER_COLUMNS, raw_user_rollup, user_aggregates, user_rollup};
 pub use sql::{KIND_SQL, failures_select, hourly_select, models_select};
