@@ -32,6 +32,7 @@ mod rollups;
 mod secrets;
 mod servers;
 mod simulate;
+mod standby;
 mod status;
 mod streams;
 mod tls;

@@ -111,7 +111,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         _ => None,
     };
     let database = settings.database()?;
-    let mut client = db::connect_current(database)?;
+    let mut client = db::connect_writer(database)?;
     let (count, hours): (u64, Box<dyn Iterator<Item = DateTime<Utc>> + Send>) =
         if let Some((from, to)) = range {
             (hour::count(from, to), Box::new(hour::starts(from, to)))

@@ -24,6 +24,9 @@ const EXAMPLES: &str = "Examples:
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     let database = settings.database()?;
     let mut client = db::connect(database)?;
+    if !args.status {
+        db::ensure_primary(&mut client, database)?;
+    }
     let mut out = std::io::stdout().lock();
     if args.status {
         let statuses = migrations::status(&mut client)?;

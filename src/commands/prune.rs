@@ -77,7 +77,11 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     let cutoff = now - args.older_than;
     let hour = hour::floor(cutoff);
     let database = settings.database()?;
-    let mut client = db::connect_current(database)?;
+    let mut client = if args.dry_run {
+        db::connect_current(database)?
+    } else {
+        db::connect_writer(database)?
+    };
     // Hours queued before the cut (late events, or no aggregate since)
     // are rolled up first: their raw events are what a rollup is made of.
     let refused = if args.dry_run {

@@ -134,7 +134,11 @@ impl Which {
 const REPLAY_CHUNK: usize = 1_000;
 
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
-    let mut client = db::connect(settings.database()?)?;
+    let database = settings.database()?;
+    let mut client = db::connect(database)?;
+    if matches!(args.action, Action::Replay { .. } | Action::Purge { .. }) {
+        db::ensure_primary(&mut client, database)?;
+    }
     migrations::ensure_current(&mut client)?;
     let mut out = std::io::stdout().lock();
     match &args.action {

@@ -50,6 +50,30 @@ pub fn connect_current(url: &DatabaseUrl) -> anyhow::Result<Client> {
     Ok(client)
 }
 
+/// [`connect_current`] for a command that writes: it stops at once, with
+/// nothing to do or not, when the server is a read-only standby — a cron
+/// job aimed at the wrong host must not sit idle for ever.
+pub fn connect_writer(url: &DatabaseUrl) -> anyhow::Result<Client> {
+    let mut client = connect(url)?;
+    ensure_primary(&mut client, url)?;
+    migrations::ensure_current(&mut client)?;
+    Ok(client)
+}
+
+/// Refuses a server in recovery (a hot standby): it takes no writes.
+pub fn ensure_primary(client: &mut Client, url: &DatabaseUrl) -> anyhow::Result<()> {
+    let standby: bool = client.query_one("SELECT pg_is_in_recovery()", &[])?.get(0);
+    if standby {
+        anyhow::bail!(
+            "PostgreSQL at {} is a read-only standby (in recovery) and this command writes: point \
+             DATABASE_URL / --database-url at the primary, or list every host with \
+             target_session_attrs=read-write",
+            url.target()
+        );
+    }
+    Ok(())
+}
+
 /// Where the trusted roots come from, as libpq finds them: `sslrootcert`,
 /// else `~/.postgresql/root.crt` when it exists; `sslrootcert=system` for
 /// the system's store.

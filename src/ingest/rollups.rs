@@ -29,7 +29,7 @@ const FOLLOW_CHUNK: usize = 2;
 /// Rolls up the queued hours that have ended, once; what could not be
 /// rolled up stays queued (and is said in the log).
 pub(super) fn once(settings: &Settings) -> anyhow::Result<()> {
-    let mut client = db::connect_current(settings.database()?)?;
+    let mut client = db::connect_writer(settings.database()?)?;
     let tally = rollup::roll_up_queued_before(&mut client, hour::floor(Utc::now()))?;
     say(&tally);
     Ok(())
@@ -90,7 +90,7 @@ fn look_and_roll_up(
 ) -> anyhow::Result<bool> {
     let client = match client {
         Some(client) => client,
-        None => client.insert(db::connect_current(settings.database()?)?),
+        None => client.insert(db::connect_writer(settings.database()?)?),
     };
     let hours: Vec<DateTime<Utc>> = rollup::queued_hours(client, false)?
         .into_iter()

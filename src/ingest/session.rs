@@ -33,7 +33,7 @@ impl Run<'_> {
     /// another transfer holds it and this run should step aside.
     pub(super) fn take_turn(&mut self) -> anyhow::Result<bool> {
         let database = self.settings.database()?;
-        let mut client = db::connect_current(database)?;
+        let mut client = db::connect_writer(database)?;
         if self.options.wait {
             wait_for_lock(&mut client, self.key, &self.stop)?;
         } else if !streams::try_lock(&mut client, self.key)? {
@@ -53,7 +53,7 @@ impl Run<'_> {
                 .settings
                 .database()
                 .map_err(|e| Fault::Fatal(e.into()))?;
-            let mut client = db::connect_current(database).map_err(Fault::of)?;
+            let mut client = db::connect_writer(database).map_err(Fault::of)?;
             wait_for_lock(&mut client, self.key, &self.stop).map_err(Fault::of)?;
             self.pg = Some(client);
         }

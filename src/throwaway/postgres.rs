@@ -128,6 +128,54 @@ impl Postgres {
         Ok(server)
     }
 
+    /// A hot standby of this server, streaming from it on a port of its
+    /// own (`pg_basebackup -R`): for what must work, or refuse, on one.
+    pub fn standby(&self) -> anyhow::Result<Postgres> {
+        let basebackup = postgres_program("pg_basebackup")?;
+        let dir = super::private_dir("genalytics-pg-")?;
+        if let Some((uid, gid)) = self.owner {
+            nix::unistd::chown(dir.path(), Some(uid), Some(gid))
+                .context("cannot hand the temporary directory to the postgres user")?;
+        }
+        let log = dir.path().join("basebackup.log");
+        let log_file = super::private_file(&log)?;
+        let mut command = Command::new(&basebackup);
+        command
+            .args(["-D", "data", "-h", "127.0.0.1", "-U", SUPERUSER])
+            .args(["-p", &self.port.to_string()])
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
+            .env("PGPASSWORD", &self.password)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file);
+        as_owner(&mut command, self.owner);
+        let status = command
+            .status()
+            .with_context(|| format!("cannot run {}", basebackup.display()))?;
+        if !status.success() {
+            bail!(
+                "pg_basebackup failed ({status}); its log:\n{}",
+                log_tail(&log)
+            );
+        }
+        let mut server = Postgres {
+            program: self.program.clone(),
+            password: self.password.clone(),
+            detached: false,
+            owner: self.owner,
+            port: 0,
+            child: None,
+            dir,
+        };
+        let log = server.log();
+        launch_on_free_port(&log, |port| {
+            server.port = port;
+            server.launch()
+        })?;
+        Ok(server)
+    }
+
     fn launch(&mut self) -> anyhow::Result<()> {
         let mut command = Command::new(&self.program);
         command

@@ -84,7 +84,7 @@ pub fn roll_up_all(
         let workers: Vec<_> = (1..parallel)
             .map(|_| {
                 scope.spawn(|| {
-                    let mut client = crate::db::connect_current(database)?;
+                    let mut client = crate::db::connect_writer(database)?;
                     roll_up_chunks(&mut client, &chunks, progress)
                 })
             })

@@ -1,0 +1,91 @@
+//! A hot standby (`pg_basebackup -R` of the test's server): every writer
+//! refuses it at once with one sentence and exit 1, even with nothing to
+//! do — a cron job aimed at the wrong host must not sit idle for ever —
+//! while the readers work on it and show what the primary shows.
+
+use chrono::{Duration, Utc};
+
+use crate::harness::events::{traffic, write};
+use crate::harness::{migrated, wait_for};
+
+#[test]
+fn writers_refuse_a_standby_and_readers_work_on_it() {
+    let env = migrated();
+    let hour = genalytics::testing::hour_floor(Utc::now()) - Duration::hours(3);
+    write(&env, &traffic(hour, 60, crate::harness::seed()));
+    env.genalytics()
+        .args(["transfer", "-q", "--keep", "100h"])
+        .ok();
+    env.genalytics().args(["aggregate", "-q"]).ok();
+    let stored: i64 = env
+        .db()
+        .query_one("SELECT count(*) FROM generation_events", &[])
+        .unwrap()
+        .get(0);
+
+    let standby = env.pg.standby().unwrap_or_else(|err| panic!("{err:#}"));
+    let url = standby.url(&env.database);
+    let mut replica = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let in_recovery: bool = replica
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .unwrap()
+        .get(0);
+    assert!(in_recovery, "the standby is in recovery");
+    wait_for("the standby to hold every stored event", 30, || {
+        replica
+            .query_one("SELECT count(*) FROM generation_events", &[])
+            .unwrap()
+            .get::<_, i64>(0)
+            == stored
+    });
+
+    // Readers: the same report as the primary's, status, dead letters.
+    let until = Utc::now().to_rfc3339();
+    let report = |database_url: &str| {
+        env.genalytics()
+            .env("DATABASE_URL", database_url)
+            .args(["report", "overview", "--days", "1", "--format", "json"])
+            .args(["--until", &until])
+            .ok()
+            .stdout
+    };
+    assert_eq!(report(&url), report(&env.database_url()));
+    for args in [
+        &["status", "--format", "json"][..],
+        &["rejected", "list"],
+        &["migrate", "--status"],
+    ] {
+        env.genalytics()
+            .env("DATABASE_URL", &url)
+            .args(args.iter().copied())
+            .ok();
+    }
+
+    // Writers: refused at once, whatever they would have had to do.
+    for args in [
+        &["transfer"][..],
+        &["transfer", "--follow"],
+        &["aggregate"],
+        &["migrate"],
+        &["prune", "--older-than", "90d"],
+        &["rejected", "replay", "--all"],
+        &["rejected", "purge", "--older-than", "30d"],
+    ] {
+        let ran = env
+            .genalytics()
+            .env("DATABASE_URL", &url)
+            .args(args.iter().copied())
+            .code(1);
+        assert!(
+            ran.stderr.contains("read-only standby") && ran.stderr.lines().count() == 1,
+            "{args:?}: {}",
+            ran.stderr
+        );
+        assert!(
+            ran.stderr
+                .contains(&format!("127.0.0.1:{}", standby.port())),
+            "{args:?} names the host: {}",
+            ran.stderr
+        );
+    }
+}
