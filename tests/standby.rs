@@ -89,3 +89,53 @@ fn writers_refuse_a_standby_and_readers_work_on_it() {
         );
     }
 }
+
+#[test]
+fn the_trim_waits_until_every_standby_has_replayed_the_commit() {
+    let env = migrated();
+    let standby = env.pg.standby().unwrap_or_else(|err| panic!("{err:#}"));
+    let mut replica =
+        postgres::Client::connect(&standby.url(&env.database), postgres::NoTls).unwrap();
+    // The standby holds its replay back: it receives the commits, and does
+    // not apply them.
+    replica
+        .batch_execute("SELECT pg_wal_replay_pause()")
+        .unwrap();
+    let hour = genalytics::testing::hour_floor(Utc::now()) - Duration::hours(1);
+    let mut key_con = env.redis();
+    let key = env.stream_key();
+    write(&env, &traffic(hour, 20, crate::harness::seed()));
+    let ran = env
+        .genalytics()
+        .args(["transfer", "--keep", "0s", "-v"])
+        .ok();
+    let stored: i64 = env
+        .db()
+        .query_one("SELECT count(*) FROM generation_events", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 20, "stored on the primary");
+    let length: i64 = redis::cmd("XLEN").arg(&key).query(&mut key_con).unwrap();
+    assert_eq!(length, 20, "nothing trimmed while the standby lags");
+    assert!(
+        ran.stderr.contains("not trimming") && ran.stderr.contains("not replayed"),
+        "{}",
+        ran.stderr
+    );
+    let replayed: i64 = replica
+        .query_one("SELECT count(*) FROM generation_events", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(replayed, 0, "the standby really held its replay back");
+
+    // Replayed, the next commit trims what is stored.
+    replica
+        .batch_execute("SELECT pg_wal_replay_resume()")
+        .unwrap();
+    write(&env, &traffic(hour, 1, crate::harness::seed() + 1));
+    env.genalytics()
+        .args(["transfer", "-q", "--keep", "0s"])
+        .ok();
+    let length: i64 = redis::cmd("XLEN").arg(&key).query(&mut key_con).unwrap();
+    assert!(length <= 1, "trimmed after the replay: {length} left");
+}

@@ -6,6 +6,7 @@ pub mod health;
 pub mod migrations;
 pub mod partitions;
 pub mod rejected;
+pub mod replication;
 pub mod reports;
 pub mod retention;
 pub mod rollup;

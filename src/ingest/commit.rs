@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
@@ -13,14 +13,18 @@ use super::Run;
 use super::fault::{Fault, StateChanged};
 use crate::config::Settings;
 use crate::db::events::{self, Claim, Outcome, Prepared};
-use crate::db::partitions;
 use crate::db::streams::{self, PositionMoved, TransferState};
+use crate::db::{partitions, replication};
 use crate::event::EntryId;
 use crate::output::thousands;
 use crate::retry::Backoff;
 use crate::service;
 use crate::stream::drain::{Progress, Sink};
 use crate::stream::{self, reader, trim};
+
+/// Longest a commit waits for the standbys to replay it before leaving
+/// its trim to a later one.
+const REPLAY_WAIT: Duration = Duration::from_secs(2);
 
 /// What the reader thread sends the committer.
 pub(super) enum Message {
@@ -180,6 +184,66 @@ impl Run<'_> {
         }
     }
 
+    /// Whether every standby has replayed what is committed so far, waiting
+    /// up to [`REPLAY_WAIT`] for it: if not, the trim waits for a later
+    /// commit (or run), which trims all it would have. A role that may not
+    /// see the standbys' replay trims as before, and says so once.
+    fn replayed_by_standbys(&mut self) -> bool {
+        let key = self.key;
+        // Once a standby was found behind, later commits only look: a
+        // standby that stays behind must not slow every commit down.
+        let wait = if self.replay_said {
+            Duration::ZERO
+        } else {
+            REPLAY_WAIT
+        };
+        let Ok(pg) = self.pg() else {
+            return false;
+        };
+        let lsn = match replication::wal_position(pg) {
+            Ok(lsn) => lsn,
+            Err(err) => {
+                tracing::debug!("not trimming {key} now: {err:#}");
+                return false;
+            }
+        };
+        let waited = Instant::now();
+        let behind = loop {
+            match replication::standbys_behind(pg, &lsn) {
+                Ok(Some(0)) => return true,
+                Ok(Some(_)) if waited.elapsed() < wait => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(behind) => break behind,
+                Err(err) => {
+                    tracing::debug!("not trimming {key} now: {err:#}");
+                    return false;
+                }
+            }
+        };
+        let said = std::mem::replace(&mut self.replay_said, true);
+        match behind {
+            None => {
+                if !said {
+                    tracing::warn!(
+                        "cannot see the standbys' replay (grant pg_monitor to this role): trimming {key} \
+                         without waiting for them"
+                    );
+                }
+                true
+            }
+            Some(behind) => {
+                if !said {
+                    tracing::info!(
+                        "not trimming {key} yet: {behind} standby(s) have not replayed the commit; a later \
+                         commit or run trims"
+                    );
+                }
+                false
+            }
+        }
+    }
+
     /// Books a committed batch and trims what is now stored.
     pub(super) fn committed(&mut self, prepared: &Prepared, progress: Progress, outcome: Outcome) {
         let state = self.state.as_mut().expect("a session has a state");
@@ -203,6 +267,9 @@ impl Run<'_> {
         let Some(print) = prepared.last_print else {
             return;
         };
+        if !self.replayed_by_standbys() {
+            return;
+        }
         let mut trimmed = Ok(None);
         for attempt in 0..2 {
             trimmed = match self.redis() {

@@ -113,6 +113,10 @@ pub struct Reset {
 }
 
 /// Everything a run keeps across sessions.
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent once-a-run flags"
+)]
 struct Run<'a> {
     options: &'a Options,
     settings: &'a Settings,
@@ -124,6 +128,8 @@ struct Run<'a> {
     summary: Summary,
     progress: ProgressBar,
     trim_warned: bool,
+    /// Said once a run: the trim waits for a standby, or cannot see them.
+    replay_said: bool,
     ready: bool,
     /// `--new-stream`, until it has been used once.
     new_stream: bool,
@@ -156,6 +162,7 @@ impl<'a> Run<'a> {
             },
             progress: ProgressBar::hidden(),
             trim_warned: false,
+            replay_said: false,
             ready: false,
             new_stream: options.new_stream,
             in_flight: Arc::new(AtomicUsize::new(0)),

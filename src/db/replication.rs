@@ -1,0 +1,27 @@
+//! Standbys' replay, which a trim waits for: an entry leaves the stream
+//! only once every standby streaming from the primary holds its commit, so
+//! a failover to an asynchronous standby right after a trim loses nothing
+//! (the entries are read again from Redis and stored once).
+
+use postgres::Client;
+
+/// Where the primary's WAL stands now, past every commit made so far.
+pub fn wal_position(client: &mut Client) -> anyhow::Result<String> {
+    Ok(client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])?
+        .get(0))
+}
+
+/// How many standbys have not replayed up to `lsn` (none streaming: 0);
+/// `None` when this role may not see their replay (`pg_stat_replication`
+/// shows it to `pg_read_all_stats` and superusers only).
+pub fn standbys_behind(client: &mut Client, lsn: &str) -> anyhow::Result<Option<i64>> {
+    let row = client.query_one(
+        "SELECT pg_has_role('pg_read_all_stats', 'USAGE'),
+                (SELECT count(*) FROM pg_stat_replication
+                 WHERE replay_lsn IS NULL OR replay_lsn < $1::text::pg_lsn)",
+        &[&lsn],
+    )?;
+    let (visible, behind): (bool, i64) = (row.get(0), row.get(1));
+    Ok(visible.then_some(behind))
+}
