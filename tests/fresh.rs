@@ -269,7 +269,8 @@ fn follow_with_aggregate_rolls_an_hour_up_once_it_has_ended() {
         .unwrap();
     let mut db = env.db();
     let requests = count(&events, |e| e.kind == "request");
-    wait_for("the ended hour rolled up by the follower", 30, || {
+    // The follower waits 30 s after an hour ends before it rolls it up.
+    wait_for("the ended hour rolled up by the follower", 90, || {
         db.query_opt(
             "SELECT total_requests FROM generation_metrics_hourly WHERE timestamp = $1",
             &[&previous],
