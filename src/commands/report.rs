@@ -430,12 +430,12 @@ fn build_in_snapshot(
             &reports::hours(client, window, raw)?,
         )),
         Which::Html { failure_limit, .. } => {
-            let hours = reports::hours(client, window, raw)?;
+            let (hours, raw_users) = reports::hours_and_raw_users(client, window, raw)?;
             Box::new(Dashboard {
                 overview: overview::build(
                     window,
                     &hours,
-                    reports::users_in_lists(client, window, raw)?,
+                    reports::users_in_lists(client, window, raw, &raw_users)?,
                 ),
                 trends: trends::hourly(window, &hours),
                 failures: failures::build(
@@ -464,11 +464,11 @@ pub fn overview_of(
     window: &Window,
     raw: &[DateTime<Utc>],
 ) -> anyhow::Result<overview::Overview> {
-    let parts = reports::hours(client, window, raw)?;
+    let (parts, raw_users) = reports::hours_and_raw_users(client, window, raw)?;
     Ok(overview::build(
         window,
         &parts,
-        reports::users_in_lists(client, window, raw)?,
+        reports::users_in_lists(client, window, raw, &raw_users)?,
     ))
 }
 

@@ -90,6 +90,16 @@ pub fn hours(
     window: &Window,
     raw: &[DateTime<Utc>],
 ) -> anyhow::Result<Vec<HourPart>> {
+    Ok(hours_and_raw_users(client, window, raw)?.0)
+}
+
+/// [`hours`], and the users of the hours read from raw events (which
+/// [`users_in_lists`] then need not read again).
+pub fn hours_and_raw_users(
+    client: &mut Client,
+    window: &Window,
+    raw: &[DateTime<Utc>],
+) -> anyhow::Result<(Vec<HourPart>, Vec<Uuid>)> {
     let rows = client.query(
         &format!("SELECT timestamp, total_requests, successful_generations, failed_generations,
                 cancelled_generations,
@@ -100,14 +110,21 @@ pub fn hours(
                 coalesce(queue_length_samples, 0), max_queue_length,
                 p50_duration_ms, p95_duration_ms, p99_duration_ms, coalesce(unique_users, 0),
                 coalesce(duration_hist_keys, '{{}}'), coalesce(duration_hist_counts, '{{}}'),
-                percentiles_exact, hist_complete, users_complete, legacy
+                percentiles_exact, hist_complete, users_complete, legacy,
+                CASE WHEN timestamp = ANY($3) THEN user_ids END
          FROM {}
          ORDER BY timestamp",
             hourly_rows(raw)
         ),
         &[&window.start, &window.end, &raw],
     )?;
-    Ok(rows
+    let mut raw_users = BTreeSet::new();
+    for row in &rows {
+        if let Some(users) = row.get::<_, Option<Vec<Uuid>>>(21) {
+            raw_users.extend(users);
+        }
+    }
+    let parts = rows
         .into_iter()
         .map(|row| {
             let keys: Vec<i32> = row.get(15);
@@ -142,20 +159,27 @@ pub fn hours(
                 own_percentiles: exact.map(|_| [optional(11), optional(12), optional(13)]),
             }
         })
-        .collect())
+        .collect();
+    Ok((parts, raw_users.into_iter().collect()))
 }
 
-/// Distinct users in the window's hourly user lists (the hours in `raw`
-/// read from their raw events).
+/// Distinct users in the window's hourly user lists: those of rolled-up
+/// hours, and `raw_users`, the users of the hours in `raw` (see
+/// [`hours_and_raw_users`]).
 pub fn users_in_lists(
     client: &mut Client,
     window: &Window,
     raw: &[DateTime<Utc>],
+    raw_users: &[Uuid],
 ) -> anyhow::Result<i64> {
     Ok(client
         .query_one(
-            &format!("SELECT count(DISTINCT u) FROM {}", hourly_users(raw)),
-            &[&window.start, &window.end, &raw],
+            "SELECT count(DISTINCT u) FROM (
+                 SELECT u FROM generation_metrics_hourly h, unnest(h.user_ids) AS u
+                 WHERE h.timestamp >= $1 AND h.timestamp < $2 AND h.timestamp <> ALL($3)
+                 UNION ALL
+                 SELECT unnest($4::uuid[])) x",
+            &[&window.start, &window.end, &raw, &raw_users],
         )?
         .get(0))
 }
