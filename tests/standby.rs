@@ -50,6 +50,25 @@ fn writers_refuse_a_standby_and_readers_work_on_it() {
             .stdout
     };
     assert_eq!(report(&url), report(&env.database_url()));
+    // status names the server it read and what it is.
+    let status = |database_url: &str| -> serde_json::Value {
+        let ran = env
+            .genalytics()
+            .env("DATABASE_URL", database_url)
+            .args(["status", "--format", "json"])
+            .ok();
+        serde_json::from_str(&ran.stdout).unwrap()
+    };
+    let on_standby = status(&url);
+    assert_eq!(on_standby["database_role"], "standby");
+    assert_eq!(
+        on_standby["database"],
+        format!("127.0.0.1:{}", standby.port())
+    );
+    let on_primary = status(&env.database_url());
+    assert_eq!(on_primary["database_role"], "primary");
+    assert_eq!(on_primary["standbys"], 1, "{on_primary}");
+    assert!(on_primary["standby_replay_lag_seconds"].as_f64().is_some());
     for args in [
         &["status", "--format", "json"][..],
         &["rejected", "list"],

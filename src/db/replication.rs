@@ -25,3 +25,28 @@ pub fn standbys_behind(client: &mut Client, lsn: &str) -> anyhow::Result<Option<
     let (visible, behind): (bool, i64) = (row.get(0), row.get(1));
     Ok(visible.then_some(behind))
 }
+
+/// What a server is to the pipeline: a standby or the primary, and on a
+/// primary its streaming standbys and how far the furthest lags in replay.
+pub struct Role {
+    pub standby: bool,
+    pub standbys: i64,
+    /// Seconds; none when no standby streams, 0 when all are caught up
+    /// (PostgreSQL shows no lag for an idle, caught-up standby).
+    pub replay_lag_seconds: Option<f64>,
+}
+
+pub fn role(client: &mut Client) -> anyhow::Result<Role> {
+    let row = client.query_one(
+        "SELECT pg_is_in_recovery(), count(*),
+                coalesce(max(extract(epoch FROM replay_lag))::float8, 0)
+         FROM (SELECT 1) one LEFT JOIN pg_stat_replication r ON true",
+        &[],
+    )?;
+    let standbys: i64 = row.get(1);
+    Ok(Role {
+        standby: row.get(0),
+        standbys,
+        replay_lag_seconds: (standbys > 0).then(|| row.get(2)),
+    })
+}

@@ -59,6 +59,16 @@ impl Status {
         let flag = |b: bool| f64::from(u8::from(b));
         vec![
             (
+                "genalytics_database_standby",
+                "Whether the PostgreSQL server status read is a standby (1) or the primary (0).",
+                Some(flag(self.database_role == "standby")),
+            ),
+            (
+                "genalytics_standby_replay_lag_seconds",
+                "How far the furthest standby streaming from the primary lags in replay.",
+                self.standby_replay_lag_seconds,
+            ),
+            (
                 "genalytics_redis_up",
                 "Whether Redis answered status (1) or not (0).",
                 Some(flag(self.redis_up)),

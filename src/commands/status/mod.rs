@@ -87,6 +87,13 @@ struct Status {
     stream: String,
     /// When status looked.
     at: DateTime<Utc>,
+    /// The PostgreSQL server status read (host:port), and what it is.
+    database: String,
+    database_role: &'static str,
+    /// Standbys streaming from it (a primary), and the furthest one's
+    /// replay lag in seconds.
+    standbys: i64,
+    standby_replay_lag_seconds: Option<f64>,
     stream_length: Option<u64>,
     producer_cap: u64,
     /// The stream's length as a share of the producer's cap.
@@ -160,9 +167,14 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     let mut client = db::connect(database)?;
     migrations::ensure_current(&mut client)?;
     let now = Utc::now();
+    let role = crate::db::replication::role(&mut client)?;
     let mut status = Status {
         stream: key.to_string(),
         at: now,
+        database: database.target(),
+        database_role: if role.standby { "standby" } else { "primary" },
+        standbys: role.standbys,
+        standby_replay_lag_seconds: role.replay_lag_seconds,
         producer_cap: PRODUCER_MAXLEN,
         requests_last_24h: health::requests_per_hour(&mut client, now, 24)?,
         ..Status::default()

@@ -71,6 +71,16 @@ impl Status {
     fn stored_cells(&self) -> Vec<Figure> {
         vec![
             (
+                "database",
+                "database",
+                Cell::Text(Some(format!("{} ({})", self.database, self.database_role))),
+            ),
+            (
+                "standby_replay_lag_seconds",
+                "standbys' replay lag, s",
+                Cell::Decimal(self.standby_replay_lag_seconds),
+            ),
+            (
                 "last_transfer_at",
                 "last transfer",
                 Cell::Time(self.last_transfer_at),
