@@ -336,8 +336,7 @@ impl DatabaseUrl {
                 let separator = if url.contains('?') { '&' } else { '?' };
                 url = format!("{url}{separator}{key}={encoded}");
             } else {
-                let quoted = value.replace('\\', "\\\\").replace('\'', "\\'");
-                url = format!("{url} {key}='{quoted}'");
+                url = format!("{url} {key}={}", conninfo_quoted(&value));
             }
         }
         url
@@ -369,8 +368,7 @@ impl DatabaseUrl {
             .iter()
             .filter_map(|(variable, key)| {
                 let value = env(variable).filter(|value| !value.is_empty())?;
-                let quoted = value.replace('\\', "\\\\").replace('\'', "\\'");
-                Some(format!("{key}='{quoted}'"))
+                Some(format!("{key}={}", conninfo_quoted(&value)))
             })
             .collect();
         if pairs.is_empty() {
@@ -493,6 +491,12 @@ impl fmt::Debug for DatabaseUrl {
             .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
+}
+
+/// A value in a keyword connection string: single-quoted, its quotes and
+/// backslashes escaped.
+fn conninfo_quoted(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// A password file line's fields: split at unescaped colons, `\:` and

@@ -103,17 +103,32 @@ impl Backoff {
 /// Sleeps `pause` in short steps, feeding the watchdog; false if a stop
 /// was asked for.
 pub fn sleep_unless_stopped(pause: Duration, stop: &AtomicBool) -> bool {
-    let until = Instant::now() + pause;
+    sleep_checking(pause, stop, service::watchdog)
+}
+
+/// [`sleep_unless_stopped`] for a thread that must not feed systemd's
+/// watchdog (its liveness is not the service's); `Duration::MAX` waits
+/// for the stop.
+pub fn pause(pause: Duration, stop: &AtomicBool) -> bool {
+    sleep_checking(pause, stop, || {})
+}
+
+/// Sleeps `pause` in steps of at most 100 ms, calling `each` at every
+/// step; false as soon as `stop` is set.
+fn sleep_checking(pause: Duration, stop: &AtomicBool, each: impl Fn()) -> bool {
+    let until = Instant::now().checked_add(pause);
     loop {
-        if stop.load(Ordering::Relaxed) {
+        if stop.load(Ordering::SeqCst) {
             return false;
         }
-        service::watchdog();
+        each();
         let now = Instant::now();
-        if now >= until {
-            return true;
-        }
-        std::thread::sleep((until - now).min(Duration::from_millis(100)));
+        let left = match until {
+            Some(until) if now >= until => return true,
+            Some(until) => until - now,
+            None => Duration::MAX,
+        };
+        std::thread::sleep(left.min(Duration::from_millis(100)));
     }
 }
 

@@ -5,25 +5,25 @@
 
 use postgres::Client;
 
-/// Where the primary's WAL stands now, past every commit made so far.
-pub fn wal_position(client: &mut Client) -> anyhow::Result<String> {
-    Ok(client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])?
-        .get(0))
-}
-
-/// How many standbys have not replayed up to `lsn` (none streaming: 0);
-/// `None` when this role may not see their replay (`pg_stat_replication`
-/// shows it to `pg_read_all_stats` and superusers only).
-pub fn standbys_behind(client: &mut Client, lsn: &str) -> anyhow::Result<Option<i64>> {
+/// How many standbys have not replayed up to `lsn` (none streaming: 0),
+/// `lsn` being where the primary's WAL stands now (past every commit made
+/// so far) unless given, and that position; the count is `None` when this
+/// role may not see their replay (`pg_stat_replication` shows it to
+/// `pg_read_all_stats` and superusers only). One statement: without
+/// standbys, a commit's trim costs this one query.
+pub fn standbys_behind(
+    client: &mut Client,
+    lsn: Option<&str>,
+) -> anyhow::Result<(String, Option<i64>)> {
     let row = client.query_one(
-        "SELECT pg_has_role('pg_read_all_stats', 'USAGE'),
+        "SELECT at::text, pg_has_role('pg_read_all_stats', 'USAGE'),
                 (SELECT count(*) FROM pg_stat_replication
-                 WHERE replay_lsn IS NULL OR replay_lsn < $1::text::pg_lsn)",
+                 WHERE replay_lsn IS NULL OR replay_lsn < at)
+         FROM (SELECT coalesce($1::text::pg_lsn, pg_current_wal_lsn()) AS at) now",
         &[&lsn],
     )?;
-    let (visible, behind): (bool, i64) = (row.get(0), row.get(1));
-    Ok(visible.then_some(behind))
+    let (lsn, visible, behind): (String, bool, i64) = (row.get(0), row.get(1), row.get(2));
+    Ok((lsn, visible.then_some(behind)))
 }
 
 /// What a server is to the pipeline: a standby or the primary, and on a

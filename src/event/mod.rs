@@ -105,3 +105,12 @@ pub struct Rejection {
     /// The fields were cut as they were read (the entry was too large).
     pub cut: bool,
 }
+
+/// Fields from name and value bytes, for tests.
+#[cfg(test)]
+pub(crate) fn raw(pairs: &[(&[u8], &[u8])]) -> RawFields {
+    pairs
+        .iter()
+        .map(|(n, v)| (n.to_vec(), v.to_vec()))
+        .collect()
+}

@@ -200,21 +200,16 @@ impl Run<'_> {
         let Ok(pg) = self.pg() else {
             return false;
         };
-        let lsn = match replication::wal_position(pg) {
-            Ok(lsn) => lsn,
-            Err(err) => {
-                tracing::debug!("not trimming {key} now: {err:#}");
-                return false;
-            }
-        };
         let waited = Instant::now();
+        let mut lsn = None;
         let behind = loop {
-            match replication::standbys_behind(pg, &lsn) {
-                Ok(Some(0)) => return true,
-                Ok(Some(_)) if waited.elapsed() < wait => {
+            match replication::standbys_behind(pg, lsn.as_deref()) {
+                Ok((_, Some(0))) => return true,
+                Ok((at, Some(_))) if waited.elapsed() < wait => {
+                    lsn = Some(at);
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                Ok(behind) => break behind,
+                Ok((_, behind)) => break behind,
                 Err(err) => {
                     tracing::debug!("not trimming {key} now: {err:#}");
                     return false;

@@ -70,12 +70,8 @@ pub(super) fn keep_current(settings: &Settings, stop: &AtomicBool) {
                 }
             }
         }
-        let until = Instant::now() + LOOK;
-        while Instant::now() < until {
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        if !crate::retry::pause(LOOK, stop) {
+            return;
         }
     }
 }

@@ -12,7 +12,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -65,7 +65,7 @@ pub(super) fn run(
                 return;
             }
             tracing::error!("transfer of {key} failed: {err:#}; trying it again in a minute");
-            if !pause(stop, RETRY) {
+            if !crate::retry::pause(RETRY, stop) {
                 return;
             }
         }
@@ -152,7 +152,7 @@ fn follow(
             // Without a pattern there is nothing new to look for: the
             // workers run until the stop.
             let look = if patterns { RESCAN } else { Duration::MAX };
-            if !pause(stop, look) {
+            if !crate::retry::pause(look, stop) {
                 return;
             }
             keys = match resolve(settings, unreadable) {
@@ -164,18 +164,6 @@ fn follow(
             };
         }
     });
-}
-
-/// Waits `length` unless a stop comes first; false on a stop.
-fn pause(stop: &AtomicBool, length: Duration) -> bool {
-    let until = Instant::now().checked_add(length);
-    while until.is_none_or(|until| Instant::now() < until) {
-        if stop.load(Ordering::SeqCst) {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    !stop.load(Ordering::SeqCst)
 }
 
 /// The streams to transfer: the `--stream` keys as given, and the stream

@@ -111,7 +111,7 @@ impl Postgres {
         }
         fs::write(dir.path().join("data/postgresql.auto.conf"), conf)?;
 
-        let mut server = Postgres {
+        Postgres {
             program: postgres,
             password,
             detached,
@@ -119,13 +119,18 @@ impl Postgres {
             port: 0,
             child: None,
             dir,
-        };
-        let log = server.log();
+        }
+        .started()
+    }
+
+    /// Starts the server of a data directory made ready, on a free port.
+    fn started(mut self) -> anyhow::Result<Postgres> {
+        let log = self.log();
         launch_on_free_port(&log, |port| {
-            server.port = port;
-            server.launch()
+            self.port = port;
+            self.launch()
         })?;
-        Ok(server)
+        Ok(self)
     }
 
     /// A hot standby of this server, streaming from it on a port of its
@@ -159,7 +164,7 @@ impl Postgres {
                 log_tail(&log)
             );
         }
-        let mut server = Postgres {
+        Postgres {
             program: self.program.clone(),
             password: self.password.clone(),
             detached: false,
@@ -167,13 +172,8 @@ impl Postgres {
             port: 0,
             child: None,
             dir,
-        };
-        let log = server.log();
-        launch_on_free_port(&log, |port| {
-            server.port = port;
-            server.launch()
-        })?;
-        Ok(server)
+        }
+        .started()
     }
 
     fn launch(&mut self) -> anyhow::Result<()> {

@@ -293,14 +293,7 @@ fn set_stream(prepared: &mut Prepared, stream: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::RawFields;
-
-    fn raw(pairs: &[(&[u8], &[u8])]) -> RawFields {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_vec(), v.to_vec()))
-            .collect()
-    }
+    use crate::event::raw;
 
     fn batch(ids: &[u64]) -> Prepared {
         prepare(ids.iter().map(|&ms| {

@@ -152,13 +152,7 @@ pub fn store_dead_letters(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn raw(pairs: &[(&[u8], &[u8])]) -> RawFields {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_vec(), v.to_vec()))
-            .collect()
-    }
+    use crate::event::raw;
 
     #[test]
     fn readable_fields_keep_every_value_and_escape_what_json_cannot_hold() {
