@@ -409,3 +409,65 @@ fn watch_in_a_pipe_prints_one_report_per_interval() {
     assert!(headers >= 3, "one report per interval: {out}");
     assert!(!out.contains('\x1b'), "no escape codes in a pipe: {out:?}");
 }
+
+#[test]
+fn a_watch_interval_that_is_not_one_is_a_usage_error() {
+    let env = migrated();
+    for bad in [
+        "--watch=1ms",
+        "--watch=0",
+        "--watch=soon",
+        "--watch=\u{1b}[2J",
+    ] {
+        let ran = env.genalytics().args(["report", "overview", bad]).code(2);
+        assert!(!ran.stderr.contains('\u{1b}'), "{bad}: {:?}", ran.stderr);
+        assert!(ran.stderr.contains("--watch"), "{bad}: {}", ran.stderr);
+    }
+    // The interval takes '=': a user's UUID after --watch stays the user.
+    let ran = env
+        .genalytics()
+        .args([
+            "report",
+            "user",
+            "--watch",
+            "6f1c2a9e-3b7d-4e1a-9c55-0d2b8f4a7e11",
+            "--format",
+            "csv",
+        ])
+        .command()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(StdDuration::from_millis(1_500));
+    sigterm(&ran);
+    let out = ran.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_hour_whose_rollup_failed_is_left_to_its_rollup_not_read_raw() {
+    let env = migrated();
+    let now = Utc::now();
+    let hour = hour_floor(now) - Duration::hours(2);
+    write(&env, &traffic(hour, 30, crate::harness::seed()));
+    transfer(&env);
+    assert_eq!(
+        report_at(&env, now, &["overview", "--days", "1"])["hours_from_raw_events"],
+        1
+    );
+    // As aggregate records a refused rollup: the hour stays queued.
+    env.db()
+        .execute(
+            "UPDATE generation_rollup_queue SET failures = 1, last_error = 'refused' WHERE hour = $1",
+            &[&hour],
+        )
+        .unwrap();
+    let report = report_at(&env, now, &["overview", "--days", "1"]);
+    assert_eq!(report["hours_from_raw_events"], 0, "{report}");
+    assert_eq!(report["total_requests"], 0, "{report}");
+}
