@@ -15,6 +15,7 @@ mod contrib;
 mod demo;
 mod follow;
 mod fresh;
+mod fresh_parts;
 mod generated;
 mod hardening;
 mod hostile;

@@ -2,7 +2,8 @@
 //!
 //! With no argument it rolls up every complete hour that received events
 //! since it was last rolled up (transfer queues them, late arrivals
-//! included), so cron needs nothing smarter. `--hour` and `--from/--to`
+//! included), so cron needs nothing smarter; and it rolls up the current
+//! hour so far, so that reports read only its newest events. `--hour` and `--from/--to`
 //! recompute given hours. Hours go in chunks, one transaction each, so a
 //! backfill over a year neither holds a year in memory nor in one
 //! transaction.
@@ -143,6 +144,12 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     let done = roll_up_all(database, &mut client, hours, count, jobs, &|n| {
         progress.inc(n);
     })?;
+    if range.is_none() && !args.include_current {
+        // Reports then read only the current hour's newest events.
+        if let Err(err) = rollup::refresh_current(&mut client) {
+            tracing::warn!("cannot roll up the current hour so far: {err:#}");
+        }
+    }
     let mut summary = Summary {
         hours: count,
         done,

@@ -202,9 +202,9 @@ pub fn create(
     Ok(row.get::<_, i64>(0).unsigned_abs())
 }
 
-/// The UTC days of some hours.
-pub fn days_of<'a>(hours: impl IntoIterator<Item = &'a DateTime<Utc>>) -> BTreeSet<NaiveDate> {
-    hours.into_iter().map(DateTime::date_naive).collect()
+/// The UTC days of some times.
+pub fn days_of<'a>(times: impl IntoIterator<Item = &'a DateTime<Utc>>) -> BTreeSet<NaiveDate> {
+    times.into_iter().map(DateTime::date_naive).collect()
 }
 
 /// One partition as the catalog describes it.

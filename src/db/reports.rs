@@ -14,8 +14,8 @@ use postgres::Client;
 use uuid::Uuid;
 
 use crate::db::rollup::{
-    KIND_SQL, USER_COLUMNS, failures_select, hourly_select, models_select, raw_user_rollup,
-    user_aggregates, user_rollup,
+    KIND_SQL, USER_COLUMNS, failures_select, hourly_select, merged_select, models_select,
+    raw_user_rollup, user_aggregates, user_rollup, without_part,
 };
 use crate::histogram::Histogram;
 use crate::histogram::whole_ms;
@@ -77,7 +77,15 @@ fn hourly_rows(raw: &[DateTime<Utc>]) -> String {
         "SELECT {HOUR_READ} FROM generation_metrics_hourly
          WHERE timestamp >= $1 AND timestamp < $2 AND timestamp <> ALL($3)"
     );
-    let fresh = || format!("SELECT {HOUR_READ} FROM ({}) raw", hourly_select("$3"));
+    // An hour with a part rolled up so far (the busy current hour) from the
+    // part and its events since; any other from all its events.
+    let fresh = || {
+        format!(
+            "SELECT {HOUR_READ} FROM ({}) raw UNION ALL SELECT {HOUR_READ} FROM ({}) part",
+            hourly_select(&without_part("$3")),
+            merged_select("$3")
+        )
+    };
     format!("({}) h", with_raw(&rolled, fresh, raw))
 }
 

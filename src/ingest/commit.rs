@@ -121,7 +121,7 @@ impl Run<'_> {
             let follow = self.options.follow;
             let committed = match self.pg() {
                 Ok(pg) => known
-                    .ensure(pg, partitions::days_of(prepared.hours()))
+                    .ensure(pg, partitions::days_of(prepared.times()))
                     .context("cannot create the partitions for these events")
                     .and_then(|_| events::commit(pg, &claim, prepared, &mut refetch))
                     .with_context(|| {

@@ -3,6 +3,8 @@
 //! follower rolls each hour up as soon as it has ended and the hours late
 //! events queued again at most once a minute, on a connection of its own,
 //! beside the streams it follows; a run that ends rolls up once, after.
+//! Once a minute it also rolls up the current hour so far (a part, see
+//! `db::rollup::partial`), so that reports read only its newest events.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -45,6 +47,8 @@ pub(super) fn keep_current(settings: &Settings, stop: &AtomicBool) {
     // When the last rollup ran, and up to which hour.
     let mut last: Option<(Instant, DateTime<Utc>)> = None;
     let mut failing = false;
+    // When the current hour's part was last brought up to date.
+    let mut part_at: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         let before = hour::floor(Utc::now() - GRACE);
         let due = last.is_none_or(|(at, hour)| at.elapsed() >= EVERY || hour != before);
@@ -61,6 +65,7 @@ pub(super) fn keep_current(settings: &Settings, stop: &AtomicBool) {
                 Err(err) => {
                     client = None;
                     last = Some((Instant::now(), before));
+                    part_at = Some(Instant::now());
                     if !failing {
                         tracing::warn!(
                             "cannot roll up hours now: {err:#}; the follower tries again in a minute"
@@ -70,10 +75,25 @@ pub(super) fn keep_current(settings: &Settings, stop: &AtomicBool) {
                 }
             }
         }
+        if part_at.is_none_or(|at| at.elapsed() >= EVERY) && !stop.load(Ordering::Relaxed) {
+            part_at = Some(Instant::now());
+            if let Err(err) = refresh_part(&mut client, settings) {
+                client = None;
+                tracing::debug!("cannot roll up the current hour so far: {err:#}");
+            }
+        }
         if !crate::retry::pause(LOOK, stop) {
             return;
         }
     }
+}
+
+/// Rolls up the current hour so far (see [`rollup::refresh_current`]).
+fn refresh_part(client: &mut Option<postgres::Client>, settings: &Settings) -> anyhow::Result<()> {
+    if rollup::refresh_current(writer(client, settings)?)? {
+        tracing::debug!("rolled up the current hour so far");
+    }
+    Ok(())
 }
 
 /// Rolls up the queued hours before `before`, a few at a time, if any;
@@ -84,10 +104,7 @@ fn look_and_roll_up(
     before: DateTime<Utc>,
     stop: &AtomicBool,
 ) -> anyhow::Result<bool> {
-    let client = match client {
-        Some(client) => client,
-        None => client.insert(db::connect_writer(settings.database()?)?),
-    };
+    let client = writer(client, settings)?;
     let hours: Vec<DateTime<Utc>> = rollup::queued_hours(client, false)?
         .into_iter()
         .filter(|hour| *hour < before)
@@ -104,6 +121,17 @@ fn look_and_roll_up(
     }
     say(&tally);
     Ok(true)
+}
+
+/// The follower's rollup connection, made again after a failure.
+fn writer<'a>(
+    client: &'a mut Option<postgres::Client>,
+    settings: &Settings,
+) -> anyhow::Result<&'a mut postgres::Client> {
+    Ok(match client {
+        Some(client) => client,
+        None => client.insert(db::connect_writer(settings.database()?)?),
+    })
 }
 
 fn say(tally: &rollup::Tally) {

@@ -22,7 +22,6 @@ use postgres::types::{IsNull, ToSql, Type};
 use crate::event::{
     EntryId, Event, Fingerprint, RawEntry, Rejection, held_size, parse, payload_bytes,
 };
-use crate::hour;
 
 pub use commit::{Claim, Outcome, commit};
 pub use replay::{Replayed, replay};
@@ -80,7 +79,8 @@ pub struct Prepared {
     /// they serve only should PostgreSQL refuse the row, and a giant entry
     /// is read again from Redis then rather than held twice meanwhile.
     ids: Vec<EntryId>,
-    hours: Vec<DateTime<Utc>>,
+    /// Per row: its event's time (its hour is queued for the rollup).
+    times: Vec<DateTime<Utc>>,
     raws: Vec<Option<Box<[u8]>>>,
     rejected: Vec<Rejection>,
     pub first_id: EntryId,
@@ -120,9 +120,9 @@ impl Prepared {
                 .sum::<usize>()
     }
 
-    /// The hour of each row.
-    pub fn hours(&self) -> &[DateTime<Utc>] {
-        &self.hours
+    /// The event time of each row.
+    pub fn times(&self) -> &[DateTime<Utc>] {
+        &self.times
     }
 
     /// Drops the entries at or before `position` — stored by another run
@@ -140,7 +140,7 @@ impl Prepared {
         std::mem::swap(&mut rows, &mut self.rows);
         self.bounds = self.bounds[keep..].iter().map(|b| b - from).collect();
         self.ids.drain(..keep);
-        self.hours.drain(..keep);
+        self.times.drain(..keep);
         self.raws.drain(..keep);
         self.rejected.retain(|r| r.stream_id > position);
         self.first_id = self
@@ -165,7 +165,7 @@ pub fn prepare(entries: impl IntoIterator<Item = RawEntry>) -> anyhow::Result<Pr
         rows: BytesMut::new(),
         bounds: Vec::with_capacity(expected + 1),
         ids: Vec::with_capacity(expected),
-        hours: Vec::with_capacity(expected),
+        times: Vec::with_capacity(expected),
         raws: Vec::with_capacity(expected),
         rejected: Vec::new(),
         first_id: EntryId::ZERO,
@@ -215,7 +215,7 @@ pub fn prepare(entries: impl IntoIterator<Item = RawEntry>) -> anyhow::Result<Pr
                 prepared.raws.push(kept);
                 prepared.bounds.push(prepared.rows.len());
                 prepared.ids.push(id);
-                prepared.hours.push(hour::floor(event.timestamp));
+                prepared.times.push(event.timestamp);
             }
             Err(reason) => {
                 rejected_print = cut.as_ref().map(|cut| cut.fingerprint);

@@ -65,7 +65,7 @@ pub fn replay(
     set_stream(&mut prepared, stream);
     // As in transfer: a partition that cannot be made sends its day's
     // events to the default one.
-    let days: Vec<_> = partitions::days_of(&prepared.hours).into_iter().collect();
+    let days: Vec<_> = partitions::days_of(&prepared.times).into_iter().collect();
     let mut attempt = tx.transaction()?;
     match partitions::create(&mut attempt, &days, retention_days) {
         Ok(_) => attempt.commit()?,

@@ -2,7 +2,7 @@
 //! table once some are found stored already; a refusal for something in
 //! the data split in halves until each refused row stands alone.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
 use chrono::{DateTime, Utc};
@@ -12,6 +12,7 @@ use postgres::error::SqlState;
 use super::{COPY_COLUMNS, ENTRY_KEY, LEGACY_ENTRY_KEY, Prepared};
 use crate::error::{is_data_error, pg_error, pg_refusal};
 use crate::event::EntryId;
+use crate::hour;
 
 /// What [`store_rows`] did: rows stored, rows PostgreSQL refused (with its
 /// words), and the hours queued for their rollup.
@@ -44,12 +45,18 @@ pub(super) fn store_rows(
     if let Some(horizon) = horizon {
         mark_late(tx, stream, prepared, &refused_rows, horizon)?;
     }
-    let hours: BTreeSet<DateTime<Utc>> = (0..rows)
-        .filter(|row| !refused_rows.contains(row))
-        .map(|row| prepared.hours[row])
-        .collect();
+    // Per hour stored for, its earliest event.
+    let mut earliest: BTreeMap<DateTime<Utc>, DateTime<Utc>> = BTreeMap::new();
+    for row in (0..rows).filter(|row| !refused_rows.contains(row)) {
+        let at = prepared.times[row];
+        earliest
+            .entry(hour::floor(at))
+            .and_modify(|first| *first = (*first).min(at))
+            .or_insert(at);
+    }
+    let hours: BTreeSet<DateTime<Utc>> = earliest.keys().copied().collect();
     if !hours.is_empty() {
-        let list: Vec<DateTime<Utc>> = hours.iter().copied().collect();
+        let (list, firsts): (Vec<DateTime<Utc>>, Vec<DateTime<Utc>>) = earliest.into_iter().unzip();
         tx.execute(
             // DO UPDATE, not DO NOTHING: it locks a queued hour's row, so an
             // aggregate taking that hour off the queue waits for this commit
@@ -58,6 +65,15 @@ pub(super) fn store_rows(
             "INSERT INTO generation_rollup_queue AS q (hour) SELECT unnest($1::timestamptz[]) ORDER BY 1
              ON CONFLICT (hour) DO UPDATE SET queued_at = q.queued_at",
             &[&list],
+        )?;
+        // With the queue rows held, a part of an hour rolled up so far that
+        // these events belong in is no longer the whole of its part: gone
+        // (see db::rollup::partial).
+        tx.execute(
+            "DELETE FROM generation_rollup_partial p
+             USING unnest($1::timestamptz[], $2::timestamptz[]) AS s(hour, earliest)
+             WHERE p.hour = s.hour AND p.through > s.earliest",
+            &[&list, &firsts],
         )?;
     }
     Ok(RowsStored {
@@ -79,10 +95,10 @@ fn mark_late(
     horizon: DateTime<Utc>,
 ) -> anyhow::Result<()> {
     let late: Vec<EntryId> = prepared
-        .hours
+        .times
         .iter()
         .enumerate()
-        .filter(|(row, hour)| **hour < horizon && !refused.contains(row))
+        .filter(|(row, at)| hour::floor(**at) < horizon && !refused.contains(row))
         .map(|(row, _)| prepared.ids[row])
         .collect();
     if late.is_empty() {

@@ -8,6 +8,7 @@
 
 mod chunks;
 mod late;
+mod partial;
 mod rows;
 mod sql;
 
@@ -17,6 +18,7 @@ use postgres::Client;
 
 pub use chunks::{CHUNK_HOURS, Tally, roll_up_all, roll_up_chunk, roll_up_queued_before};
 use late::merge_late;
+pub use partial::{merged_select, refresh, refresh_current, without_part};
 pub use rows::{USER_COLUMNS, raw_user_rollup, user_aggregates, user_rollup};
 pub use sql::{KIND_SQL, failures_select, hourly_select, models_select};
 use sql::{failures_sql, models_sql, rollup_sql, users_sql};
@@ -84,6 +86,10 @@ pub fn roll_up(client: &mut Client, hours: &[DateTime<Utc>]) -> anyhow::Result<O
     tx.execute(
         "DELETE FROM generation_rollup_queue WHERE hour IN (
              SELECT hour FROM generation_rollup_queue WHERE hour = ANY($1) ORDER BY hour FOR UPDATE)",
+        &[&hours],
+    )?;
+    tx.execute(
+        "DELETE FROM generation_rollup_partial WHERE hour = ANY($1)",
         &[&hours],
     )?;
     let (before, from): (Vec<DateTime<Utc>>, Vec<DateTime<Utc>>) = hours

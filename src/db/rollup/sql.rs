@@ -110,7 +110,7 @@ pub fn failures_select(hours: &str) -> String {
 
 /// A histogram from the bucket keys one pass collected: keys and counts
 /// in two parallel arrays, as the rows store them.
-const BUCKETS: &str =
+pub(super) const BUCKETS: &str =
     "SELECT array_agg(key ORDER BY key) AS keys, array_agg(n ORDER BY key) AS counts
     FROM (SELECT key, count(*)::int AS n FROM unnest(f.bucket_keys) AS key GROUP BY key) buckets";
 
