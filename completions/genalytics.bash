@@ -25,6 +25,9 @@ _genalytics() {
             genalytics,completions)
                 cmd="genalytics__subcmd__completions"
                 ;;
+            genalytics,config)
+                cmd="genalytics__subcmd__config"
+                ;;
             genalytics,demo)
                 cmd="genalytics__subcmd__demo"
                 ;;
@@ -60,6 +63,9 @@ _genalytics() {
                 ;;
             genalytics__subcmd__help,completions)
                 cmd="genalytics__subcmd__help__subcmd__completions"
+                ;;
+            genalytics__subcmd__help,config)
+                cmd="genalytics__subcmd__help__subcmd__config"
                 ;;
             genalytics__subcmd__help,demo)
                 cmd="genalytics__subcmd__help__subcmd__demo"
@@ -206,12 +212,16 @@ _genalytics() {
 
     case "${cmd}" in
         genalytics)
-            opts="-v -q -h -V --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version demo migrate transfer aggregate report status check prune rejected completions simulate help"
+            opts="-v -q -h -V --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version demo migrate transfer aggregate report status check prune rejected completions config simulate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --database-url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -248,7 +258,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__aggregate)
-            opts="-v -q -h -V --hour --from --to --include-current --jobs --format --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --hour --from --to --include-current --jobs --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -272,6 +282,10 @@ _genalytics() {
                     ;;
                 --format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --database-url)
@@ -310,7 +324,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__check)
-            opts="-t -v -q -h -V --hours --days --crit-failure-rate --max-failure-rate --crit-p95 --max-p95 --crit-lag --max-lag --crit-stale-hours --max-stale-hours --warn-failure-rate --warn-p95 --warn-lag --warn-stale-hours --stale-grace --nagios --format --timeout --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-t -v -q -h -V --hours --days --crit-failure-rate --max-failure-rate --crit-p95 --max-p95 --crit-lag --max-lag --crit-stale-hours --max-stale-hours --warn-failure-rate --warn-p95 --warn-lag --warn-stale-hours --stale-grace --nagios --format --timeout --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -388,6 +402,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --database-url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -424,12 +442,66 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__completions)
-            opts="-v -q -h -V --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version bash elvish fish powershell zsh"
+            opts="-v -q -h -V --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-ns)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stream)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stream-pattern)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --raw-retention)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__config)
+            opts="-v -q -h -V --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --database-url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -466,13 +538,17 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__demo)
-            opts="-v -q -h -V --keep --events --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --keep --events --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --events)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -512,7 +588,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__help)
-            opts="demo migrate transfer aggregate report status check prune rejected completions simulate help"
+            opts="demo migrate transfer aggregate report status check prune rejected completions config simulate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -554,6 +630,20 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        genalytics__subcmd__help__subcmd__config)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -848,12 +938,16 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__migrate)
-            opts="-v -q -h -V --status --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --status --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --database-url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -890,7 +984,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__prune)
-            opts="-v -q -h -V --older-than --dry-run --batch-size --format --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --older-than --dry-run --batch-size --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -906,6 +1000,10 @@ _genalytics() {
                     ;;
                 --format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --database-url)
@@ -944,12 +1042,16 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected)
-            opts="-v -q -h -V --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version list show replay purge help"
+            opts="-v -q -h -V --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version list show replay purge help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --database-url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1070,7 +1172,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected__subcmd__list)
-            opts="-v -q -h -V --reason --since --until --limit --format --csv-raw --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --reason --since --until --limit --format --csv-raw --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1094,6 +1196,10 @@ _genalytics() {
                     ;;
                 --format)
                     COMPREPLY=($(compgen -W "table csv json html" -- "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --database-url)
@@ -1132,7 +1238,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected__subcmd__purge)
-            opts="-v -q -h -V --older-than --reason --format --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --older-than --reason --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1148,6 +1254,10 @@ _genalytics() {
                     ;;
                 --format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --database-url)
@@ -1186,7 +1296,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected__subcmd__replay)
-            opts="-v -q -h -V --all --reason --since --until --format --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --all --reason --since --until --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1206,6 +1316,10 @@ _genalytics() {
                     ;;
                 --format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --database-url)
@@ -1244,7 +1358,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected__subcmd__show)
-            opts="-v -q -h -V --format --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1252,6 +1366,10 @@ _genalytics() {
             case "${prev}" in
                 --format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --database-url)
@@ -1290,12 +1408,16 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report)
-            opts="-v -q -h -V --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version overview trends user models failures peak-hours html help"
+            opts="-v -q -h -V --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version overview trends user models failures peak-hours html help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --database-url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1332,7 +1454,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__failures)
-            opts="-v -q -h -V --days --until --tz --materialized-only --format --section --csv-raw --watch --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1359,6 +1481,10 @@ _genalytics() {
                     return 0
                     ;;
                 --watch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1524,7 +1650,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__html)
-            opts="-o -v -q -h -V --days --until --tz --materialized-only --failure-limit --output --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-o -v -q -h -V --days --until --tz --materialized-only --failure-limit --output --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1551,6 +1677,10 @@ _genalytics() {
                     return 0
                     ;;
                 -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1590,7 +1720,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__models)
-            opts="-v -q -h -V --days --until --tz --materialized-only --format --section --csv-raw --watch --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1617,6 +1747,10 @@ _genalytics() {
                     return 0
                     ;;
                 --watch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1656,7 +1790,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__overview)
-            opts="-v -q -h -V --compare --days --until --tz --materialized-only --format --section --csv-raw --watch --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --compare --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1683,6 +1817,10 @@ _genalytics() {
                     return 0
                     ;;
                 --watch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1722,7 +1860,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__peak__subcmd__hours)
-            opts="-v -q -h -V --by --sort --days --until --tz --materialized-only --format --section --csv-raw --watch --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --by --sort --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1757,6 +1895,10 @@ _genalytics() {
                     return 0
                     ;;
                 --watch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1796,7 +1938,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__trends)
-            opts="-v -q -h -V --interval --days --until --tz --materialized-only --format --section --csv-raw --watch --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --interval --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1827,6 +1969,10 @@ _genalytics() {
                     return 0
                     ;;
                 --watch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1866,7 +2012,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__user)
-            opts="-v -q -h -V --days --until --tz --materialized-only --format --section --csv-raw --watch --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1893,6 +2039,10 @@ _genalytics() {
                     return 0
                     ;;
                 --watch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1932,7 +2082,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__simulate)
-            opts="-v -q -h -V --events --hours --users --seed --end --maxlen --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --events --hours --users --seed --end --maxlen --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1959,6 +2109,10 @@ _genalytics() {
                     return 0
                     ;;
                 --maxlen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1998,7 +2152,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__status)
-            opts="-o -v -q -h -V --format --output --stale-grace --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-o -v -q -h -V --format --output --stale-grace --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2017,6 +2171,10 @@ _genalytics() {
                     return 0
                     ;;
                 --stale-grace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -2056,7 +2214,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__transfer)
-            opts="-v -q -h -V --batch-size --max-events --follow --keep --wait --new-stream --parallel --aggregate --format --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --batch-size --max-events --follow --keep --wait --new-stream --parallel --aggregate --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2080,6 +2238,10 @@ _genalytics() {
                     ;;
                 --format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --database-url)

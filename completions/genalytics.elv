@@ -18,6 +18,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
     }
     var completions = [
         &'genalytics'= {
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
@@ -44,11 +45,13 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand prune 'Delete raw events (and dead letters) older than a cutoff; rollups are kept'
             cand rejected 'Dead letters: list them, show one as received, replay them after a fix, purge them'
             cand completions 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
+            cand config 'Show every setting, its value (passwords masked) and where it came from'
             cand simulate 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'genalytics;demo'= {
             cand --events 'Stream entries to simulate over the last 24 hours'
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
@@ -68,6 +71,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --version 'Print version'
         }
         &'genalytics;migrate'= {
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
@@ -92,6 +96,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --keep 'Stored entries younger than this stay in the stream for live monitoring'
             cand --parallel 'With several streams (--stream more than once, or a pattern): how many to transfer at once; following, each stream has its own'
             cand --format 'Summary format'
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
@@ -119,6 +124,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --to '… up to this time (exclusive)'
             cand --jobs 'Connections rolling up hours at once (default: the CPUs, at most 4)'
             cand --format 'Summary format'
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
@@ -138,6 +144,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --version 'Print version'
         }
         &'genalytics;report'= {
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
@@ -170,6 +177,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --format 'Output format'
             cand --section 'With --format csv: which table of a report with several'
             cand --watch 'Run the report again every INTERVAL (default 5s; --watch=10s) until Ctrl-C: redrawn in place on a terminal, one report after another in a pipe'
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
@@ -198,6 +206,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --format 'Output format'
             cand --section 'With --format csv: which table of a report with several'
             cand --watch 'Run the report again every INTERVAL (default 5s; --watch=10s) until Ctrl-C: redrawn in place on a terminal, one report after another in a pipe'
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
@@ -224,6 +233,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --format 'Output format'
             cand --section 'With --format csv: which table of a report with several'
             cand --watch 'Run the report again every INTERVAL (default 5s; --watch=10s) until Ctrl-C: redrawn in place on a terminal, one report after another in a pipe'
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
@@ -250,6 +260,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --format 'Output format'
             cand --section 'With --format csv: which table of a report with several'
             cand --watch 'Run the report again every INTERVAL (default 5s; --watch=10s) until Ctrl-C: redrawn in place on a terminal, one report after another in a pipe'
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
@@ -276,6 +287,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --format 'Output format'
             cand --section 'With --format csv: which table of a report with several'
             cand --watch 'Run the report again every INTERVAL (default 5s; --watch=10s) until Ctrl-C: redrawn in place on a terminal, one report after another in a pipe'
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
@@ -304,6 +316,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --format 'Output format'
             cand --section 'With --format csv: which table of a report with several'
             cand --watch 'Run the report again every INTERVAL (default 5s; --watch=10s) until Ctrl-C: redrawn in place on a terminal, one report after another in a pipe'
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
@@ -330,6 +343,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --failure-limit 'Draw this failure rate (percent) as a limit on the daily chart'
             cand -o 'Write the page to this file (atomically) instead of stdout'
             cand --output 'Write the page to this file (atomically) instead of stdout'
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
@@ -379,6 +393,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand -o 'Write to this file instead of stdout, atomically (a temporary file in the same directory, renamed over it), readable by all: what the textfile collector of Prometheus'' node exporter needs'
             cand --output 'Write to this file instead of stdout, atomically (a temporary file in the same directory, renamed over it), readable by all: what the textfile collector of Prometheus'' node exporter needs'
             cand --stale-grace 'A complete hour counts as stale once it has waited this long for its rollup (since it ended, or since a late event queued it)'
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
@@ -415,6 +430,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --format 'Output format (exit codes stay 0 and 3)'
             cand -t 'Give up after this long (a server that accepts and never answers, a lock): UNKNOWN with --nagios, else exit 1; 0 waits forever'
             cand --timeout 'Give up after this long (a server that accepts and never answers, a lock): UNKNOWN with --nagios, else exit 1; 0 waits forever'
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
@@ -437,6 +453,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --older-than 'Delete raw events older than this (e.g. 90d, 36h, 1h30m, 2w)'
             cand --batch-size 'Rows deleted per transaction'
             cand --format 'Summary format'
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
@@ -456,6 +473,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --version 'Print version'
         }
         &'genalytics;rejected'= {
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
@@ -484,6 +502,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --until 'Only letters received before this time'
             cand --limit 'Show at most this many (0: all)'
             cand --format 'format'
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
@@ -504,6 +523,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
         }
         &'genalytics;rejected;show'= {
             cand --format 'format'
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
@@ -526,6 +546,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --since 'Only letters received at or after this time'
             cand --until 'Only letters received before this time'
             cand --format 'format'
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
@@ -548,6 +569,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --older-than 'Delete letters older than this (e.g. 30d, 2w; 0 for all)'
             cand --reason 'Only letters whose reason contains this text (any case)'
             cand --format 'format'
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
@@ -583,6 +605,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
         &'genalytics;rejected;help;help'= {
         }
         &'genalytics;completions'= {
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
@@ -600,6 +623,26 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'genalytics;config'= {
+            cand --format 'Output format'
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
+            cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
+            cand --redis-url 'Redis connection URL (rediss:// for TLS)'
+            cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
+            cand --stream 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once'
+            cand --stream-pattern 'For transfer: every stream whose key matches this Redis glob (e.g. ''genonaut:generation_events:stream:*''); more than once allowed'
+            cand --raw-retention 'How long raw events are kept (prune''s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition'
+            cand --log-format 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers'
+            cand --redis-cluster 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
+            cand -v 'Log more to stderr (-v progress, -vv debugging)'
+            cand --verbose 'Log more to stderr (-v progress, -vv debugging)'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'genalytics;simulate'= {
             cand --events 'Stream entries to write (requests, completions and cancellations together)'
             cand --hours 'Length of the simulated window, ending at --end'
@@ -607,6 +650,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand --seed 'Seed for reproducible traffic (random when omitted; the summary prints it)'
             cand --end 'End of the window (exclusive); default now'
             cand --maxlen 'Stream length cap as the producer applies it (XADD MAXLEN ~); 0 keeps everything'
+            cand --config 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml'
             cand --database-url 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require'
             cand --redis-url 'Redis connection URL (rediss:// for TLS)'
             cand --redis-ns 'Namespace of the stream key: {ns}:generation_events:stream'
@@ -635,6 +679,7 @@ set edit:completion:arg-completer[genalytics] = {|@words|
             cand prune 'Delete raw events (and dead letters) older than a cutoff; rollups are kept'
             cand rejected 'Dead letters: list them, show one as received, replay them after a fix, purge them'
             cand completions 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
+            cand config 'Show every setting, its value (passwords masked) and where it came from'
             cand simulate 'Write realistic synthetic traffic into the stream, exactly as the service''s producer does'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -690,6 +735,8 @@ set edit:completion:arg-completer[genalytics] = {|@words|
         &'genalytics;help;rejected;purge'= {
         }
         &'genalytics;help;completions'= {
+        }
+        &'genalytics;help;config'= {
         }
         &'genalytics;help;simulate'= {
         }

@@ -49,8 +49,11 @@ use std::io;
 /// Runs one parsed command line.
 pub fn run(cli: cli::Cli) -> anyhow::Result<Exit> {
     init_logging(&cli.global);
+    for warning in &cli.sources.warnings {
+        tracing::warn!("{warning}");
+    }
     let settings = cli::settings(&cli.global)?;
-    cli::dispatch(cli.command, &settings)
+    cli::dispatch(cli.command, &settings, &cli.sources)
 }
 
 /// Logs go to stderr: at the level -v/-q ask for, or as `RUST_LOG`

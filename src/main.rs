@@ -2,12 +2,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use genalytics::Cli;
 
 fn main() -> ExitCode {
     let plugin = genalytics::plugin_mode(std::env::args_os());
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_with_files(std::env::args_os().collect()) {
         Ok(cli) => cli,
         Err(err) if plugin && err.use_stderr() => {
             return genalytics::report_plugin_error(&err.to_string()).into();

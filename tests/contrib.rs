@@ -150,22 +150,29 @@ fn the_debian_package_ships_what_exists() {
         "usr/share/bash-completion/completions/genalytics",
         "usr/share/zsh/vendor-completions/",
         "usr/share/fish/vendor_completions.d/",
-        "etc/genalytics/env",
+        "etc/genalytics/genalytics.toml",
     ] {
         assert!(
             destinations.iter().any(|d| d == wanted),
             "{wanted} is not shipped"
         );
     }
-    // The env file the units read is the package's conffile, private.
+    // The settings file is the package's conffile, private; every service
+    // reads it through a credential.
     assert_eq!(
         deb["conf-files"],
-        serde_json::json!(["/etc/genalytics/env"])
+        serde_json::json!(["/etc/genalytics/genalytics.toml"])
     );
     for unit in std::fs::read_dir(UNITS).unwrap() {
-        let text = std::fs::read_to_string(unit.unwrap().path()).unwrap();
-        if text.contains("EnvironmentFile=") {
-            assert!(text.contains("EnvironmentFile=/etc/genalytics/env"));
+        let path = unit.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        if path.extension().is_some_and(|e| e == "service") {
+            assert!(
+                text.contains("LoadCredential=genalytics.toml:/etc/genalytics/genalytics.toml")
+                    && text.contains("Environment=GENALYTICS_CONFIG=%d/genalytics.toml"),
+                "{}",
+                path.display()
+            );
         }
     }
 }

@@ -11,6 +11,7 @@ mod harness;
 mod aggregate;
 mod cli_errors;
 mod cluster;
+mod config_file;
 mod contrib;
 mod demo;
 mod follow;

@@ -71,7 +71,9 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     for (what, command) in steps(args.events)? {
         interrupted()?;
         say(&format!("$ {what}"))?;
-        if let Err(err) = super::dispatch(command, &demo) {
+        if let Err(err) =
+            super::dispatch(command, &demo, &crate::commands::config::Sources::default())
+        {
             interrupted()?;
             return Err(err);
         }
@@ -223,6 +225,7 @@ fn demo_settings(
     quiet: bool,
 ) -> anyhow::Result<Settings> {
     Ok(super::settings(&GlobalArgs {
+        config: None,
         database_url: Some(database_url.to_string()),
         redis_url: redis_url.to_string(),
         redis_cluster: cluster,

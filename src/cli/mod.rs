@@ -7,15 +7,20 @@
 //! rustdoc.
 #![allow(clippy::doc_markdown)]
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub mod completions;
 pub mod demo;
+mod file;
 mod manpages;
 mod settings;
 
+use crate::commands::config::{Shown, Sources};
 use crate::commands::{
-    aggregate, check, migrate, prune, rejected, report, simulate, status, transfer,
+    aggregate, check, config, migrate, prune, rejected, report, simulate, status, transfer,
 };
 use crate::config::Settings;
 use crate::error::{Exit, UsageError};
@@ -37,6 +42,97 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+
+    /// Where each setting came from (see `genalytics config`).
+    #[arg(skip)]
+    pub sources: Sources,
+}
+
+impl Cli {
+    /// Parses a command line with the config files' settings as the
+    /// defaults clap falls back on (see `file`): a flag beats a variable,
+    /// which beats a file, which beats the built-in default.
+    pub fn parse_with_files(args: Vec<OsString>) -> Result<Cli, clap::Error> {
+        let refused = |err: UsageError| {
+            clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{}\n", err.0))
+        };
+        let env = |name: &str| std::env::var_os(name);
+        let mut sources = Sources::default();
+        let mut entries = Vec::new();
+        for (path, required) in file::files(&args, &env) {
+            if let Some(found) =
+                file::read(&path, required, &mut sources.warnings).map_err(refused)?
+            {
+                sources.files.push(path);
+                entries.extend(found);
+            }
+        }
+        let mut command = file::apply(Cli::command(), &entries).map_err(refused)?;
+        let matches = command.try_get_matches_from_mut(args)?;
+        let mut cli = Cli::from_arg_matches(&matches).map_err(|err| err.format(&mut command))?;
+        sources.settings = shown(&command, &matches, &entries);
+        cli.sources = sources;
+        Ok(cli)
+    }
+}
+
+/// Every global setting with its value and where it came from, then the
+/// commands' settings the files hold.
+fn shown(
+    command: &clap::Command,
+    matches: &clap::ArgMatches,
+    entries: &[file::Entry],
+) -> Vec<Shown> {
+    use clap::parser::ValueSource;
+    let mut shown = Vec::new();
+    // In the order `--help` lists them (a file's setting moves its option
+    // to the end of the command's list).
+    let order: Vec<clap::Id> = Cli::command()
+        .get_arguments()
+        .map(|arg| arg.get_id().clone())
+        .collect();
+    let mut globals: Vec<&clap::Arg> = command
+        .get_arguments()
+        .filter(|arg| arg.is_global_set())
+        .collect();
+    globals.sort_by_key(|arg| order.iter().position(|id| id == arg.get_id()));
+    for arg in globals {
+        let Some(long) = arg.get_long() else { continue };
+        let name = long.replace('-', "_");
+        let id = arg.get_id().as_str();
+        let value = matches.get_raw(id).map(|values| {
+            values
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        let from = match matches.value_source(id) {
+            Some(ValueSource::CommandLine) => format!("flag --{long}"),
+            Some(ValueSource::EnvVariable) => format!(
+                "variable {}",
+                arg.get_env()
+                    .map_or_else(String::new, |env| env.to_string_lossy().into_owned())
+            ),
+            Some(ValueSource::DefaultValue) => entries
+                .iter()
+                .rev()
+                .find(|entry| entry.command.is_empty() && entry.key == name)
+                .map_or_else(|| "default".to_string(), file::Entry::place),
+            _ => String::new(),
+        };
+        shown.push(Shown { name, value, from });
+    }
+    shown.extend(
+        entries
+            .iter()
+            .filter(|entry| !entry.command.is_empty())
+            .map(|entry| Shown {
+                name: entry.name(),
+                value: Some(entry.values.join(", ")),
+                from: entry.place(),
+            }),
+    );
+    shown
 }
 
 /// `--version`: the release, the commit it was built from and the TLS
@@ -60,6 +156,10 @@ const EXAMPLES: &str = "Examples:
 /// Flags every subcommand accepts, before or after its name.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
+    /// Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml
+    #[arg(long, env = "GENALYTICS_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require
     #[arg(
         long,
@@ -162,14 +262,19 @@ pub enum Command {
     Rejected(rejected::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(completions::Args),
+    /// Show every setting, its value (passwords masked) and where it came from
+    Config(config::Args),
     /// Write realistic synthetic traffic into the stream, exactly as the service's producer does
     Simulate(simulate::Args),
 }
 
 /// Runs one subcommand with the settings built from the global flags.
-pub fn dispatch(command: Command, settings: &Settings) -> anyhow::Result<Exit> {
+pub fn dispatch(command: Command, settings: &Settings, sources: &Sources) -> anyhow::Result<Exit> {
     if settings.several_streams()
-        && !matches!(command, Command::Transfer(_) | Command::Completions(_))
+        && !matches!(
+            command,
+            Command::Transfer(_) | Command::Completions(_) | Command::Config(_)
+        )
     {
         return Err(UsageError(
             "--stream more than once, or --stream-pattern, is for transfer; give this command one stream key"
@@ -181,6 +286,7 @@ pub fn dispatch(command: Command, settings: &Settings) -> anyhow::Result<Exit> {
         Command::Aggregate(args) => aggregate::run(&args, settings),
         Command::Check(args) => check::run(&args, settings),
         Command::Completions(args) => completions::run(&args),
+        Command::Config(args) => config::run(&args, sources, settings),
         Command::Demo(args) => demo::run(&args, settings),
         Command::Migrate(args) => migrate::run(&args, settings),
         Command::Prune(args) => prune::run(&args, settings),

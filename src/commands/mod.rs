@@ -3,6 +3,7 @@
 
 pub mod aggregate;
 pub mod check;
+pub mod config;
 pub mod migrate;
 pub mod prune;
 pub mod rejected;

@@ -148,6 +148,9 @@ impl Cmd {
         for name in SCRUBBED {
             command.env_remove(name);
         }
+        // No config file from the machine or the developer's home: an
+        // empty one (tests of the file name their own).
+        command.env("GENALYTICS_CONFIG", "/dev/null");
         command.stdin(Stdio::null());
         Cmd { command }
     }

@@ -1,0 +1,357 @@
+//! The config file: TOML whose keys are the long options with underscores,
+//! the global ones at the top and each command's in a table named after it
+//! (`[transfer]`, `[report]`, `[rejected.list]`). Its values become the
+//! defaults clap falls back on, so a flag beats a variable, which beats the
+//! file, which beats the built-in default — one rule, clap's own.
+//!
+//! Which file: `--config FILE`, else `GENALYTICS_CONFIG`, else
+//! `/etc/genalytics/genalytics.toml` and then
+//! `$XDG_CONFIG_HOME/genalytics/genalytics.toml` (`~/.config` without it),
+//! each when it exists, the second over the first.
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+
+use toml_edit::{Document, Item, Table, Value};
+
+use crate::error::UsageError;
+
+/// The system-wide file, read when it exists.
+const SYSTEM_FILE: &str = "/etc/genalytics/genalytics.toml";
+
+/// One setting read from a file.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The command path of its table: empty at the top of the file.
+    pub command: Vec<String>,
+    /// The key as written (`keep`, `database_url`).
+    pub key: String,
+    /// The value as the command line would take it (an array: one each).
+    pub values: Vec<String>,
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl Entry {
+    /// `/etc/genalytics/genalytics.toml:4`.
+    pub fn place(&self) -> String {
+        format!("{}:{}", self.file.display(), self.line)
+    }
+
+    /// `transfer.keep`, `database_url`.
+    pub fn name(&self) -> String {
+        let mut path = self.command.clone();
+        path.push(self.key.clone());
+        path.join(".")
+    }
+}
+
+/// The files to read: the one named on the command line (before any
+/// `--`) or by `GENALYTICS_CONFIG`, which must exist; else those of the
+/// usual places that exist.
+pub fn files(args: &[OsString], env: &dyn Fn(&str) -> Option<OsString>) -> Vec<(PathBuf, bool)> {
+    let mut named = None;
+    let mut iter = args.iter().skip(1);
+    while let Some(arg) = iter.next() {
+        if arg == "--" {
+            break;
+        }
+        if arg == "--config" {
+            named = iter.next().cloned();
+        } else if let Some(path) = arg.to_str().and_then(|a| a.strip_prefix("--config=")) {
+            named = Some(path.into());
+        }
+    }
+    if let Some(path) = named.or_else(|| env("GENALYTICS_CONFIG").filter(|p| !p.is_empty())) {
+        return vec![(PathBuf::from(path), true)];
+    }
+    let user_dir = env("XDG_CONFIG_HOME")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|home| Path::new(&home).join(".config")));
+    std::iter::once(PathBuf::from(SYSTEM_FILE))
+        .chain(user_dir.map(|dir| dir.join("genalytics").join("genalytics.toml")))
+        .map(|path| (path, false))
+        .collect()
+}
+
+/// Reads a file's settings; `None` for a usual place with no file. A
+/// file that holds a password others may read draws a warning (pushed to
+/// `warnings`, said once logging is up).
+pub fn read(
+    path: &Path,
+    required: bool,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Vec<Entry>>, UsageError> {
+    let shown = path.display();
+    let text = match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8(bytes)
+            .map_err(|_| UsageError(format!("the config file {shown} is not UTF-8 text")))?,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !required => return Ok(None),
+        Err(err) => {
+            return Err(UsageError(format!(
+                "cannot read the config file {shown}: {err}"
+            )));
+        }
+    };
+    let document = Document::parse(text.as_str()).map_err(|err| {
+        UsageError(format!(
+            "the config file {shown} is not valid TOML: {}",
+            crate::text::escape_controls(&one_line(&err.to_string()))
+        ))
+    })?;
+    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    let mut entries = Vec::new();
+    collect(document.as_table(), &[], path, &line_of, &mut entries)?;
+    if entries.iter().any(holds_password) && readable_by_others(path) {
+        warnings.push(format!(
+            "the config file {shown} holds a password and others can read it: chmod 600 {shown}"
+        ));
+    }
+    Ok(Some(entries))
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The table's settings, its tables' settings under their names.
+fn collect(
+    table: &Table,
+    command: &[String],
+    path: &Path,
+    line_of: &dyn Fn(usize) -> usize,
+    entries: &mut Vec<Entry>,
+) -> Result<(), UsageError> {
+    for (key, item) in table {
+        let line = item
+            .span()
+            .or_else(|| table.key(key).and_then(toml_edit::Key::span))
+            .map_or(0, |span| line_of(span.start));
+        let place = format!("{}:{line}", path.display());
+        let key_shown = crate::text::escape_controls(key);
+        let mut inner = command.to_vec();
+        inner.push(key.to_string());
+        match item {
+            Item::Table(sub) => collect(sub, &inner, path, line_of, entries)?,
+            Item::Value(Value::InlineTable(sub)) => {
+                collect(&sub.clone().into_table(), &inner, path, line_of, entries)?;
+            }
+            Item::Value(value) => entries.push(Entry {
+                command: command.to_vec(),
+                key: key.to_string(),
+                values: scalars(value).ok_or_else(|| {
+                    UsageError(format!(
+                        "{place}: {key_shown} takes a string, a number, true or false, or an array of them"
+                    ))
+                })?,
+                file: path.to_path_buf(),
+                line,
+            }),
+            Item::ArrayOfTables(_) | Item::None => {
+                return Err(UsageError(format!(
+                    "{place}: {key_shown} is not a setting (an array of tables)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A value as command-line words.
+fn scalars(value: &Value) -> Option<Vec<String>> {
+    let one = |value: &Value| match value {
+        Value::String(s) => Some(s.value().clone()),
+        Value::Integer(n) => Some(n.value().to_string()),
+        Value::Float(x) => Some(x.value().to_string()),
+        Value::Boolean(b) => Some(b.value().to_string()),
+        Value::Datetime(d) => Some(d.value().to_string()),
+        Value::Array(_) | Value::InlineTable(_) => None,
+    };
+    match value {
+        Value::Array(items) => items.iter().map(one).collect(),
+        scalar => one(scalar).map(|value| vec![value]),
+    }
+}
+
+/// A URL with a password in it (`user:secret@`, `password=`).
+fn holds_password(entry: &Entry) -> bool {
+    entry.values.iter().any(|value| {
+        let lower = value.to_ascii_lowercase();
+        lower.contains("password=")
+            || value
+                .split_once("://")
+                .and_then(|(_, rest)| rest.split_once('@'))
+                .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+    })
+}
+
+fn readable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o077 != 0)
+}
+
+/// Makes each entry the default of its option, validated by the option's
+/// own parser: an unknown table or key, or a value the option refuses, is
+/// an error naming the file and line.
+pub fn apply(mut command: clap::Command, entries: &[Entry]) -> Result<clap::Command, UsageError> {
+    for entry in entries {
+        command = apply_one(command, entry, 0)?;
+    }
+    Ok(command)
+}
+
+fn apply_one(
+    command: clap::Command,
+    entry: &Entry,
+    depth: usize,
+) -> Result<clap::Command, UsageError> {
+    let place = entry.place();
+    let name = crate::text::escape_controls(&entry.name()).into_owned();
+    if let Some(sub) = entry.command.get(depth) {
+        if command.find_subcommand(sub).is_none() {
+            return Err(UsageError(format!(
+                "{place}: [{}] is not a command's table (the file has one per command: [transfer], [report], …)",
+                crate::text::escape_controls(&entry.command[..=depth].join("."))
+            )));
+        }
+        let mut failure = None;
+        let command = command.mut_subcommand(sub, |inner| {
+            match apply_one(inner.clone(), entry, depth + 1) {
+                Ok(applied) => applied,
+                Err(err) => {
+                    failure = Some(err);
+                    inner
+                }
+            }
+        });
+        return failure.map_or(Ok(command), Err);
+    }
+    let long = entry.key.replace('_', "-");
+    let found = command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long.as_str()))
+        .map(|arg| arg.get_id().clone());
+    if let Some(id) = found {
+        return set_default(command, &id, entry);
+    }
+    // A table for a command of commands (`[report]`) sets the option in
+    // each of them that has it.
+    let holders: Vec<String> = command
+        .get_subcommands()
+        .filter(|_| !entry.command.is_empty())
+        .filter(|sub| {
+            sub.get_arguments()
+                .any(|arg| arg.get_long() == Some(long.as_str()))
+        })
+        .map(|sub| sub.get_name().to_string())
+        .collect();
+    if holders.is_empty() {
+        let top = if entry.command.is_empty() {
+            " (a command's option goes in its table, e.g. [transfer] keep = \"2h\")"
+        } else if command_has_global(&long) {
+            " (a global option goes at the top of the file, before any table)"
+        } else {
+            ""
+        };
+        return Err(UsageError(format!("{place}: unknown setting {name}{top}")));
+    }
+    let mut command = command;
+    for holder in holders {
+        let mut failure = None;
+        command = command.mut_subcommand(&holder, |sub| {
+            let id = sub
+                .get_arguments()
+                .find(|arg| arg.get_long() == Some(long.as_str()))
+                .map(|arg| arg.get_id().clone());
+            match id.map(|id| set_default(sub.clone(), &id, entry)) {
+                Some(Ok(applied)) => applied,
+                Some(Err(err)) => {
+                    failure = Some(err);
+                    sub
+                }
+                None => sub,
+            }
+        });
+        if let Some(err) = failure {
+            return Err(err);
+        }
+    }
+    Ok(command)
+}
+
+/// Whether the top-level command has a global option `--long`.
+fn command_has_global(long: &str) -> bool {
+    use clap::CommandFactory;
+    super::Cli::command()
+        .get_arguments()
+        .any(|arg| arg.is_global_set() && arg.get_long() == Some(long))
+}
+
+fn set_default(
+    command: clap::Command,
+    id: &clap::Id,
+    entry: &Entry,
+) -> Result<clap::Command, UsageError> {
+    let arg = command
+        .get_arguments()
+        .find(|arg| arg.get_id() == id)
+        .expect("the option was just found")
+        .clone();
+    let place = entry.place();
+    let name = crate::text::escape_controls(&entry.name()).into_owned();
+    let action = arg.get_action();
+    if entry.values.len() != 1 && !matches!(action, clap::ArgAction::Append) {
+        return Err(UsageError(format!(
+            "{place}: {name} takes one value, not an array"
+        )));
+    }
+    if matches!(action, clap::ArgAction::SetTrue) {
+        if !matches!(entry.values[0].as_str(), "true" | "false") {
+            return Err(UsageError(format!(
+                "{place}: {name} is a switch: true or false"
+            )));
+        }
+    } else {
+        // The option's own parser, on a command of its own (clap would
+        // assert, not answer, on a default it refuses).
+        for value in &entry.values {
+            clap::Command::new("genalytics")
+                .arg(
+                    clap::Arg::new("probe")
+                        .long("probe")
+                        .action(clap::ArgAction::Set)
+                        .value_parser(arg.get_value_parser().clone()),
+                )
+                .try_get_matches_from([
+                    OsStr::new("genalytics"),
+                    OsStr::new("--probe"),
+                    OsStr::new(value),
+                ])
+                .map_err(|err| {
+                    UsageError(format!(
+                        "{place}: {name} = {:?} is refused: {}",
+                        crate::text::escape_controls(value),
+                        clap_reason(&err)
+                    ))
+                })?;
+        }
+    }
+    let values: Vec<clap::builder::OsStr> = entry
+        .values
+        .iter()
+        .map(|value| clap::builder::OsStr::from(value.clone()))
+        .collect();
+    // `--help` shows the file's value as the default, but never a password.
+    let secret = holds_password(entry);
+    Ok(command.mut_arg(id.clone(), |arg| {
+        arg.default_values(values).hide_default_value(secret)
+    }))
+}
+
+/// clap's message without its `error:` prefix and its hints.
+fn clap_reason(err: &clap::Error) -> String {
+    let text = err.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    first.strip_prefix("error: ").unwrap_or(first).to_string()
+}
