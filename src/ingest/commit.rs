@@ -10,7 +10,7 @@ use anyhow::Context;
 use chrono::Utc;
 
 use super::Run;
-use super::fault::{Fault, StateChanged};
+use super::fault::{Fault, PositionWentBack, StateChanged};
 use crate::config::Settings;
 use crate::db::events::{self, Claim, Outcome, Prepared};
 use crate::db::streams::{self, PositionMoved, TransferState};
@@ -170,10 +170,20 @@ impl Run<'_> {
     }
 
     /// Reads the stored state again after the position may have moved:
-    /// the session goes on if the key still holds the stream it read.
+    /// the session goes on if the key still holds the stream it read and
+    /// the position moved on; one that went back (commits lost in a
+    /// failover) starts a new session from it, or the entries between
+    /// would be skipped.
     pub(super) fn reread_state(&mut self, old: &TransferState) -> Result<(), Fault> {
         let key = self.key;
         match streams::state(self.pg()?, key).map_err(Fault::of)? {
+            Some(fresh) if fresh.stream_ref == old.stream_ref && fresh.position < old.position => {
+                Err(Fault::Transient(anyhow::Error::new(PositionWentBack {
+                    key: key.to_string(),
+                    from: old.position,
+                    to: fresh.position,
+                })))
+            }
             Some(fresh) if fresh.stream_ref == old.stream_ref => {
                 self.state = Some(fresh);
                 Ok(())

@@ -40,10 +40,26 @@ impl From<ReadError> for Fault {
 #[error("another transfer recorded a new stream under {0} while this one ran; run transfer again")]
 pub(super) struct StateChanged(pub(super) String);
 
+/// The stored position is older than the one this run committed: commits
+/// were lost — a failover to a standby that had not replayed them. A new
+/// session reads the stream again from the stored position (the trim
+/// waited for the standbys, so those entries are still there).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the stored position of {key} went back from {from} to {to} (commits lost in a failover?); \
+     reading the stream again from {to}"
+)]
+pub(super) struct PositionWentBack {
+    pub(super) key: String,
+    pub(super) from: crate::event::EntryId,
+    pub(super) to: crate::event::EntryId,
+}
+
 /// Whether a new session mends the fault in a run that does not follow:
 /// the stream (or its recorded state) changed under the run.
 pub(super) fn starts_over(err: &anyhow::Error) -> bool {
     err.is::<StateChanged>()
+        || err.is::<PositionWentBack>()
         || err
             .downcast_ref::<ReadError>()
             .is_some_and(|read| matches!(read, ReadError::StreamChanged(_)))

@@ -132,6 +132,7 @@ impl Run<'_> {
                 .map(|cap| cap.saturating_sub(self.summary.entries())),
             follow: self.options.follow,
             stop: Arc::clone(&self.stop),
+            abandoned: Arc::new(AtomicBool::new(false)),
             index: state.position_index,
             anchor,
             in_flight: Arc::clone(&self.in_flight),
@@ -149,6 +150,7 @@ impl Run<'_> {
         self.in_flight.store(0, Ordering::Relaxed);
         let (sender, batches) = sync_channel::<Message>(1);
         let in_flight = Arc::clone(&self.in_flight);
+        let abandoned = Arc::clone(&plan.abandoned);
         let reader = std::thread::Builder::new()
             .name("stream-reader".into())
             .spawn(move || {
@@ -160,7 +162,9 @@ impl Run<'_> {
             })
             .map_err(|err| Fault::Fatal(anyhow!("cannot start the reader thread: {err}")))?;
         let outcome = self.store(&batches);
-        // Dropping the receiver stops a reader still waiting to send.
+        // Dropping the receiver stops a reader still waiting to send; the
+        // flag one waiting for entries or for room.
+        abandoned.store(true, Ordering::Relaxed);
         drop(batches);
         let _ = reader.join();
         outcome

@@ -93,6 +93,9 @@ pub struct ReadPlan {
     pub max_events: Option<u64>,
     pub follow: bool,
     pub stop: Arc<AtomicBool>,
+    /// Set once nobody takes batches any more (the committer failed): an
+    /// idle follower waiting for entries, or for room, gives up.
+    pub abandoned: Arc<AtomicBool>,
     /// The position's index in the stream, if known.
     pub index: Option<u64>,
     /// The fingerprint of the position's entry, when the session found it
@@ -104,6 +107,11 @@ pub struct ReadPlan {
 }
 
 impl ReadPlan {
+    /// A stop was asked for, or the batches would go nowhere.
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.abandoned.load(Ordering::Relaxed)
+    }
+
     /// The next read after `after`, filling what a batch holding `queued`
     /// entries of `bytes` has room for, with `left` entries to go.
     fn request(
@@ -254,7 +262,7 @@ impl Reading<'_> {
         // starts at an entry it read.
         let mut caught_up = false;
         loop {
-            if self.left == 0 || self.plan.stop.load(Ordering::Relaxed) {
+            if self.left == 0 || self.plan.stopped() {
                 self.pending.flush(sink, self.progress);
                 return Ok(());
             }
@@ -346,7 +354,7 @@ impl Reading<'_> {
         let room = largest < GIANT_ENTRY
             && self.plan.in_flight.load(Ordering::Relaxed) + self.pending.bytes
                 < self.pending.in_flight_max();
-        if !read.drained && room && self.left > 0 && !self.plan.stop.load(Ordering::Relaxed) {
+        if !read.drained && room && self.left > 0 && !self.plan.stopped() {
             // Redis reads on while this read is parsed (not while giant
             // entries are about: one at a time is enough).
             let queued = if due {
@@ -383,7 +391,7 @@ impl Reading<'_> {
             >= self.pending.in_flight_max()
             && self.plan.in_flight.load(Ordering::Relaxed) > 0
         {
-            if self.plan.stop.load(Ordering::Relaxed) {
+            if self.plan.stopped() {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(2));

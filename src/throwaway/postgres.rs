@@ -164,7 +164,7 @@ impl Postgres {
                 log_tail(&log)
             );
         }
-        Postgres {
+        let standby = Postgres {
             program: self.program.clone(),
             password: self.password.clone(),
             detached: false,
@@ -173,7 +173,27 @@ impl Postgres {
             child: None,
             dir,
         }
-        .started()
+        .started()?;
+        // Ready once it streams: before, this server does not list it, and
+        // a trim would not wait for it (pg_basebackup's own WAL stream,
+        // which may linger a moment, is not the standby).
+        let mut admin = self.admin()?;
+        let started = std::time::Instant::now();
+        while admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_replication
+                 WHERE state = 'streaming' AND application_name <> 'pg_basebackup'",
+                &[],
+            )?
+            .get::<_, i64>(0)
+            == 0
+        {
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("the standby did not start streaming within a minute");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(standby)
     }
 
     fn launch(&mut self) -> anyhow::Result<()> {
@@ -253,6 +273,40 @@ impl Postgres {
         if let Some(mut child) = self.child.take() {
             stop_child(&mut child, Signal::SIGINT);
         }
+    }
+
+    /// Immediate shutdown (`pg_ctl stop -m immediate`), as a crash: no
+    /// checkpoint, connections cut; the data is kept.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, Signal::SIGQUIT);
+        }
+    }
+
+    /// Promotes a standby to a primary (`pg_ctl promote`), waiting until it
+    /// takes writes.
+    pub fn promote(&self) -> anyhow::Result<()> {
+        let pg_ctl = postgres_program("pg_ctl")?;
+        let mut command = Command::new(&pg_ctl);
+        command
+            .args(["promote", "-w", "-t", "60", "-D"])
+            .arg(self.dir.path().join("data"))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        as_owner(&mut command, self.owner);
+        let out = command
+            .output()
+            .with_context(|| format!("cannot run {}", pg_ctl.display()))?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl promote failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
     }
 
     /// Starts a stopped server again on the same port, with its data.
