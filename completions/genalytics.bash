@@ -212,7 +212,7 @@ _genalytics() {
 
     case "${cmd}" in
         genalytics)
-            opts="-v -q -h -V --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version demo migrate transfer aggregate report status check prune rejected completions config simulate help"
+            opts="-v -q -h -V --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version demo migrate transfer aggregate report status check prune rejected completions config simulate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -246,6 +246,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
@@ -258,7 +262,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__aggregate)
-            opts="-v -q -h -V --hour --from --to --include-current --jobs --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --hour --from --to --include-current --jobs --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -312,6 +316,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
@@ -324,7 +332,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__check)
-            opts="-t -v -q -h -V --hours --days --crit-failure-rate --max-failure-rate --crit-p95 --max-p95 --crit-lag --max-lag --crit-stale-hours --max-stale-hours --warn-failure-rate --warn-p95 --warn-lag --warn-stale-hours --stale-grace --nagios --format --timeout --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-t -v -q -h -V --hours --days --crit-failure-rate --max-failure-rate --crit-p95 --max-p95 --crit-lag --max-lag --crit-stale-hours --max-stale-hours --warn-failure-rate --warn-p95 --warn-lag --warn-stale-hours --stale-grace --nagios --format --timeout --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -430,6 +438,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
@@ -442,7 +454,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__completions)
-            opts="-v -q -h -V --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version bash elvish fish powershell zsh"
+            opts="-v -q -h -V --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -476,6 +488,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
@@ -488,7 +504,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__config)
-            opts="-v -q -h -V --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -526,6 +542,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
@@ -538,7 +558,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__demo)
-            opts="-v -q -h -V --keep --events --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --keep --events --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -574,6 +594,10 @@ _genalytics() {
                     ;;
                 --raw-retention)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
                     return 0
                     ;;
                 --log-format)
@@ -938,7 +962,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__migrate)
-            opts="-v -q -h -V --status --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --status --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -972,6 +996,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
@@ -984,7 +1012,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__prune)
-            opts="-v -q -h -V --older-than --dry-run --batch-size --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --older-than --dry-run --batch-size --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1030,6 +1058,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
@@ -1042,7 +1074,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected)
-            opts="-v -q -h -V --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version list show replay purge help"
+            opts="-v -q -h -V --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version list show replay purge help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1074,6 +1106,10 @@ _genalytics() {
                     ;;
                 --raw-retention)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
                     return 0
                     ;;
                 --log-format)
@@ -1172,7 +1208,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected__subcmd__list)
-            opts="-v -q -h -V --reason --since --until --limit --format --csv-raw --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --reason --since --until --limit --format --csv-raw --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1226,6 +1262,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
@@ -1238,7 +1278,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected__subcmd__purge)
-            opts="-v -q -h -V --older-than --reason --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --older-than --reason --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1284,6 +1324,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
@@ -1296,7 +1340,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected__subcmd__replay)
-            opts="-v -q -h -V --all --reason --since --until --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --all --reason --since --until --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1346,6 +1390,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
@@ -1358,7 +1406,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected__subcmd__show)
-            opts="-v -q -h -V --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1396,6 +1444,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
@@ -1408,7 +1460,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report)
-            opts="-v -q -h -V --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version overview trends user models failures peak-hours html help"
+            opts="-v -q -h -V --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version overview trends user models failures peak-hours html help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1442,6 +1494,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
@@ -1454,7 +1510,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__failures)
-            opts="-v -q -h -V --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1510,6 +1566,10 @@ _genalytics() {
                     ;;
                 --raw-retention)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
                     return 0
                     ;;
                 --log-format)
@@ -1650,7 +1710,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__html)
-            opts="-o -v -q -h -V --days --until --tz --materialized-only --failure-limit --output --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-o -v -q -h -V --days --until --tz --materialized-only --failure-limit --output --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1708,6 +1768,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
@@ -1720,7 +1784,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__models)
-            opts="-v -q -h -V --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1776,6 +1840,10 @@ _genalytics() {
                     ;;
                 --raw-retention)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
                     return 0
                     ;;
                 --log-format)
@@ -1790,7 +1858,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__overview)
-            opts="-v -q -h -V --compare --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --compare --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1848,6 +1916,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
@@ -1860,7 +1932,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__peak__subcmd__hours)
-            opts="-v -q -h -V --by --sort --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --by --sort --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1926,6 +1998,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
@@ -1938,7 +2014,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__trends)
-            opts="-v -q -h -V --interval --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --interval --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2000,6 +2076,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
@@ -2012,7 +2092,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__user)
-            opts="-v -q -h -V --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2070,6 +2150,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
@@ -2082,7 +2166,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__simulate)
-            opts="-v -q -h -V --events --hours --users --seed --end --maxlen --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --events --hours --users --seed --end --maxlen --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2140,6 +2224,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
@@ -2152,7 +2240,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__status)
-            opts="-o -v -q -h -V --format --output --stale-grace --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-o -v -q -h -V --format --output --stale-grace --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2202,6 +2290,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
@@ -2214,7 +2306,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__transfer)
-            opts="-v -q -h -V --batch-size --max-events --follow --keep --wait --new-stream --parallel --aggregate --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --log-format --help --version"
+            opts="-v -q -h -V --batch-size --max-events --follow --keep --wait --new-stream --parallel --aggregate --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2266,6 +2358,10 @@ _genalytics() {
                     ;;
                 --raw-retention)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
                     return 0
                     ;;
                 --log-format)

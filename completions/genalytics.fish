@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_genalytics_global_optspecs
-    string join \n config= database-url= redis-url= redis-cluster redis-ns= stream= stream-pattern= raw-retention= v/verbose q/quiet log-format= h/help V/version
+    string join \n config= database-url= redis-url= redis-cluster redis-ns= stream= stream-pattern= raw-retention= v/verbose q/quiet color= log-format= h/help V/version
 end
 
 function __fish_genalytics_needs_command
@@ -31,6 +31,9 @@ complete -c genalytics -n "__fish_genalytics_needs_command" -l redis-ns -d 'Name
 complete -c genalytics -n "__fish_genalytics_needs_command" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_needs_command" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_needs_command" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_needs_command" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_needs_command" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_needs_command" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
@@ -59,13 +62,16 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l redis-ns 
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l keep -d 'Leave the servers running and print the settings to try other commands on them'
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -s q -l quiet -d 'Print only errors'
-complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -s h -l help -d 'Print help'
+complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -s V -l version -d 'Print version'
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
@@ -74,13 +80,16 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l redis-
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l status -d 'List applied and pending migrations instead of applying them'
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -s q -l quiet -d 'Print only errors'
-complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -s h -l help -d 'Print help'
+complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -s V -l version -d 'Print version'
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l batch-size -d 'Entries per transaction (and at most per read from Redis)' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l max-events -d 'Stop after this many entries' -r
@@ -95,6 +104,9 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l redis
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l follow -d 'Keep reading new entries until SIGINT/SIGTERM, committing at least every second; survives server restarts'
@@ -119,6 +131,9 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l redi
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l include-current -d 'Also roll up the hour in progress'
@@ -134,12 +149,15 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -s q -l quiet -d 'Print only errors'
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -s h -l help -d 'Print help'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -s V -l version -d 'Print version'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -f -a "overview" -d 'Totals, success rate, durations and users over the window (default 7 days)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -f -a "trends" -d 'One point per hour or local day, gaps filled with zeros (default 7 days)'
@@ -165,6 +183,9 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l compare -d 'Show each figure beside the previous window of the same length, and its change'
@@ -193,6 +214,9 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l materialized-only -d 'Read hourly rollups alone: leave out events of hours not rolled up yet (by default they are counted from raw events)'
@@ -218,6 +242,9 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l materialized-only -d 'Read hourly rollups alone: leave out events of hours not rolled up yet (by default they are counted from raw events)'
@@ -243,6 +270,9 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l materialized-only -d 'Read hourly rollups alone: leave out events of hours not rolled up yet (by default they are counted from raw events)'
@@ -268,6 +298,9 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l materialized-only -d 'Read hourly rollups alone: leave out events of hours not rolled up yet (by default they are counted from raw events)'
@@ -296,6 +329,9 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l materialized-only -d 'Read hourly rollups alone: leave out events of hours not rolled up yet (by default they are counted from raw events)'
@@ -317,6 +353,9 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l materialized-only -d 'Read hourly rollups alone: leave out events of hours not rolled up yet (by default they are counted from raw events)'
@@ -345,6 +384,9 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l redis-n
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
@@ -373,6 +415,9 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l redis-ns
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l nagios -d 'Speak the Monitoring Plugins protocol (Nagios, Icinga, Naemon): one status line with performance data; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN'
@@ -392,6 +437,9 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l redis-ns
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l dry-run -d 'Count what would be deleted; delete nothing'
@@ -407,12 +455,15 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not 
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -s q -l quiet -d 'Print only errors'
-complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -s h -l help -d 'Print help'
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -s V -l version -d 'Print version'
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -f -a "list" -d 'List dead letters, oldest first: entry ID, stream, when, why'
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -f -a "show" -d 'Show one dead letter\'s fields exactly as received (bytes that are not printable UTF-8 escaped as \\xNN)'
@@ -434,6 +485,9 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fi
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l csv-raw -d 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading \')'
@@ -451,6 +505,9 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fi
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
@@ -470,6 +527,9 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fi
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l all -d 'Replay every letter (that the filters match)'
@@ -489,6 +549,9 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fi
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
@@ -508,12 +571,15 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l re
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -s q -l quiet -d 'Print only errors'
-complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -s h -l help -d 'Print help'
+complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -s V -l version -d 'Print version'
 complete -c genalytics -n "__fish_genalytics_using_subcommand config" -l format -d 'Output format' -r -f -a "text\t'One line for people and cron mail'
 json\t'One JSON object'"
@@ -524,6 +590,9 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand config" -l redis-n
 complete -c genalytics -n "__fish_genalytics_using_subcommand config" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand config" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand config" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand config" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand config" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand config" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
@@ -544,12 +613,15 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l redis
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l raw-retention -d 'How long raw events are kept (prune\'s --older-than): day partitions are made only for days inside it and a week ahead; events outside go to the default partition' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l color -d 'Styled tables (bold headers): auto on a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s q -l quiet -d 'Print only errors'
-complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s h -l help -d 'Print help'
+complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -s V -l version -d 'Print version'
 complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune rejected completions config simulate help" -f -a "demo" -d 'Run the whole pipeline on throwaway local servers: simulate, transfer, aggregate, report'
 complete -c genalytics -n "__fish_genalytics_using_subcommand help; and not __fish_seen_subcommand_from demo migrate transfer aggregate report status check prune rejected completions config simulate help" -f -a "migrate" -d 'Create or upgrade the PostgreSQL schema (also adopts the original service\'s tables)'

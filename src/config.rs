@@ -8,6 +8,16 @@ use std::str::FromStr;
 
 use crate::error::UsageError;
 
+/// When tables are styled (bold headers): `auto` on a terminal unless
+/// `NO_COLOR` is set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Color {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
 /// Settings shared by every command.
 #[derive(Debug)]
 pub struct Settings {
@@ -28,6 +38,7 @@ pub struct Settings {
     /// Whole days of raw events kept: day partitions are made inside them.
     pub raw_retention_days: i32,
     pub quiet: bool,
+    pub color: Color,
 }
 
 impl Settings {

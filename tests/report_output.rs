@@ -187,8 +187,9 @@ Models, last 1 day: 2026-11-19 00:00 → 2026-11-20 00:00 UTC
  model               completions   ok   failed   success    avg      p50      p95      last used            
 ────────────────────────────────────────────────────────────────────────────────────────────────────────────
  sd_xl_base_1.0                2    1        1    50.00 %   41.2 s   41.4 s   41.4 s   2026-11-19 22:02 UTC 
- illustriousXL_v01             1    1        0   100.00 %   850 ms   854 ms   854 ms   2026-11-19 22:03 UTC 
+ illustriousXL_v01             1    1        0   100.00 %    0.8 s    0.9 s    0.9 s   2026-11-19 22:03 UTC 
 ";
-    // (p50/p95 come from the 1 %-accurate histogram: 41.4 s for 41.2 s.)
+    // (p50/p95 come from the 1 %-accurate histogram: 41.4 s for 41.2 s;
+    // each duration column keeps one unit: 850 ms shows as 0.8 s.)
     assert_eq!(table, want);
 }

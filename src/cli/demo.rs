@@ -235,6 +235,7 @@ fn demo_settings(
         raw_retention: chrono::TimeDelta::days(90),
         verbose: 0,
         quiet,
+        color: crate::config::Color::Auto,
         log_format: super::LogFormat::Text,
     })?)
 }

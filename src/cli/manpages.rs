@@ -1,7 +1,7 @@
 //! Man pages, one per command and subcommand (`genalytics-report-trends(1)`
 //! and all), generated from the clap definition: `clap_mangen` writes NAME,
-//! SYNOPSIS, DESCRIPTION, OPTIONS (the global ones included) and the list
-//! of subcommands; this adds EXAMPLES (the ones `--help` shows), EXIT
+//! SYNOPSIS, DESCRIPTION, OPTIONS and the list of subcommands; this adds
+//! GLOBAL OPTIONS (below the top page, the options every command takes), EXAMPLES (the ones `--help` shows), EXIT
 //! STATUS, ENVIRONMENT and a SEE ALSO naming only pages that are generated.
 
 use clap::{Command, CommandFactory};
@@ -53,14 +53,41 @@ fn walk(
     } else {
         own.clone()
     };
-    let man = clap_mangen::Man::new(cmd.clone());
+    // Below the top page, the command's own options, then the global ones
+    // in a section of their own.
+    let globals: Vec<clap::Arg> = if ancestors.is_empty() {
+        Vec::new()
+    } else {
+        cmd.get_arguments()
+            .filter(|arg| arg.is_global_set() && !arg.is_hide_set())
+            .cloned()
+            .collect()
+    };
+    let own_options = globals.iter().fold(cmd.clone(), |own, global| {
+        own.mut_arg(global.get_id(), |arg| arg.hide(true))
+    });
+    let man = clap_mangen::Man::new(own_options.clone());
     let mut page = Vec::new();
     man.render_title(&mut page)?;
     man.render_name_section(&mut page)?;
     man.render_synopsis_section(&mut page)?;
     man.render_description_section(&mut page)?;
-    if cmd.get_arguments().any(|arg| !arg.is_hide_set()) {
+    if own_options.get_arguments().any(|arg| !arg.is_hide_set()) {
         man.render_options_section(&mut page)?;
+    }
+    if !globals.is_empty() {
+        let only_globals = globals
+            .iter()
+            .fold(Command::new(name.clone()), |only, global| {
+                only.arg(global.clone().global(false))
+            })
+            .disable_help_flag(true)
+            .disable_version_flag(true);
+        let mut section = Vec::new();
+        clap_mangen::Man::new(only_globals).render_options_section(&mut section)?;
+        let section =
+            String::from_utf8_lossy(&section).replacen(".SH OPTIONS", ".SH \"GLOBAL OPTIONS\"", 1);
+        page.extend_from_slice(section.as_bytes());
     }
     let children: Vec<&Command> = cmd.get_subcommands().filter(|s| !s.is_hide_set()).collect();
     if !children.is_empty() {

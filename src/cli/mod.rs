@@ -67,13 +67,42 @@ impl Cli {
                 entries.extend(found);
             }
         }
-        let mut command = file::apply(Cli::command(), &entries).map_err(refused)?;
+        let mut command =
+            globals_listed_once(file::apply(Cli::command(), &entries).map_err(refused)?);
         let matches = command.try_get_matches_from_mut(args)?;
         let mut cli = Cli::from_arg_matches(&matches).map_err(|err| err.format(&mut command))?;
         sources.settings = shown(&command, &matches, &entries);
         cli.sources = sources;
         Ok(cli)
     }
+}
+
+/// The global options in `genalytics --help` only: each command's help
+/// lists its own options and points there (they are still accepted
+/// before or after its name; man pages have a GLOBAL OPTIONS section).
+/// Each command gets hidden copies of them, which clap then does not
+/// propagate over; their values still reach the top, as a global's do.
+fn globals_listed_once(command: clap::Command) -> clap::Command {
+    let globals: Vec<clap::Arg> = command
+        .get_arguments()
+        .filter(|arg| arg.is_global_set())
+        .cloned()
+        .collect();
+    command.mut_subcommands(|sub| hidden_globals(sub, &globals))
+}
+
+fn hidden_globals(command: clap::Command, globals: &[clap::Arg]) -> clap::Command {
+    let after = command
+        .get_after_help()
+        .map(|text| format!("{text}\n\n"))
+        .unwrap_or_default();
+    globals
+        .iter()
+        .fold(command, |command, global| command.arg(global.clone().hide(true)))
+        .after_help(format!(
+            "{after}Global options (--database-url, --redis-url, --config, -v, -q, …): genalytics --help"
+        ))
+        .mut_subcommands(|sub| hidden_globals(sub, globals))
 }
 
 /// Every global setting with its value and where it came from, then the
@@ -229,6 +258,10 @@ pub struct GlobalArgs {
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 
+    /// Styled tables (bold headers): auto on a terminal unless NO_COLOR is set
+    #[arg(long, global = true, value_enum, default_value_t = crate::config::Color::Auto, value_name = "WHEN")]
+    pub color: crate::config::Color,
+
     /// Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
     pub log_format: LogFormat,
@@ -243,28 +276,94 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the whole pipeline on throwaway local servers: simulate, transfer, aggregate, report
+    ///
+    /// Starts a PostgreSQL and a Redis of its own on free local ports in temporary
+    /// directories, writes a day of realistic traffic, transfers it, rolls it up and prints
+    /// the reports, then stops the servers and deletes their files (--keep leaves them
+    /// running and says how to reach them). Run it first, to see what genalytics does; it
+    /// never touches a server you run.
     Demo(demo::Args),
     /// Create or upgrade the PostgreSQL schema (also adopts the original service's tables)
+    ///
+    /// Applies the schema's migrations that the database does not have yet, each in its own
+    /// transaction with its checksum recorded; on the original service's database it adopts
+    /// its tables without losing a row. Run it once after installing and after each upgrade,
+    /// before the other commands (they refuse a database whose schema is behind). Two runs
+    /// at once apply each migration once.
     Migrate(migrate::Args),
     /// Drain the Redis stream into generation_events, exactly once
+    ///
+    /// Reads the stream's new entries in batches and stores each batch, its dead letters and
+    /// the stream position in one PostgreSQL transaction, so that a crash at any moment
+    /// stores every entry exactly once; then trims what is stored and older than --keep.
+    /// Run it from cron or a timer every minute, or once with --follow as a service (with
+    /// --aggregate it also keeps the hourly rollups current). It changes generation_events,
+    /// the dead letters, the stream position, and the stream (the trim).
     Transfer(transfer::Args),
     /// Roll events up by UTC hour (every hour with new events, or the hours given)
+    ///
+    /// Computes the hourly rollups the reports read — counts, durations, percentiles, users,
+    /// per model, per error type, per user — for every complete hour that received events
+    /// since it was last rolled up, and the current hour so far; --hour and --from/--to
+    /// recompute given hours. Run it a few minutes past every hour from cron (not needed
+    /// with transfer --follow --aggregate). It changes only the rollup tables; events stay.
     Aggregate(aggregate::Args),
     /// Print a report: overview, trends, user, models, failures, peak-hours
+    ///
+    /// Reads the hourly rollups, and the raw events of hours not rolled up yet, and prints a
+    /// report over a window of whole hours as a table for people, CSV or JSON for machines,
+    /// or one HTML page. Run it whenever you need to know; --watch keeps it on screen. It
+    /// changes nothing and works on a hot standby.
     Report(report::Args),
     /// Is data flowing? Stream, transfer lag, rollup backlog, table sizes
+    ///
+    /// Looks at the stream, the stored events, the rollup queue and the database server and
+    /// says whether data is flowing, with a warning for each thing that is not as it should
+    /// be; --format openmetrics writes gauges for Prometheus. Run it by hand, or every minute
+    /// for a metrics file. It changes nothing.
     Status(status::Args),
     /// Alerting: exit 3 when a threshold is breached (failure rate, p95, lag, stale rollups)
+    ///
+    /// Compares the recent failure rate, p95 duration, transfer lag and the age of the
+    /// rollups with thresholds and exits 0 (fine), 3 (breached) or 1 (cannot tell), with one
+    /// line that says why; with --nagios it is a Monitoring Plugin (0 OK, 1 WARNING,
+    /// 2 CRITICAL, 3 UNKNOWN). Run it from cron or your monitoring system. It changes
+    /// nothing.
     Check(check::Args),
     /// Delete raw events (and dead letters) older than a cutoff; rollups are kept
+    ///
+    /// Rolls up what is not rolled up yet, then deletes raw events and dead letters older
+    /// than --older-than, a day partition at a time where it can; the hourly rollups are
+    /// kept for ever, so reports over old windows stay exact. Run it daily. It deletes rows
+    /// for good: --dry-run says what it would delete.
     Prune(prune::Args),
     /// Dead letters: list them, show one as received, replay them after a fix, purge them
+    ///
+    /// A stream entry that cannot be stored as an event (a field missing, a value out of
+    /// range, a giant entry) is kept as a dead letter with the reason, instead of stopping
+    /// the pipeline. These commands let you see them, replay them once the producer or
+    /// genalytics is fixed (each stored exactly once), and delete them.
     Rejected(rejected::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    ///
+    /// Writes the completion script for your shell to standard output, e.g.
+    /// `genalytics completions bash > ~/.local/share/bash-completion/completions/genalytics`.
+    /// The Debian package installs them already. It changes nothing.
     Completions(completions::Args),
     /// Show every setting, its value (passwords masked) and where it came from
+    ///
+    /// Prints the global options and each command's options set in a config file, with
+    /// their values (passwords masked) and where each came from: a flag, an environment
+    /// variable, a config file and line, or the default. Precedence: flag, then variable,
+    /// then file, then default. Run it when a setting is not what you expect. It connects to
+    /// nothing and changes nothing.
     Config(config::Args),
     /// Write realistic synthetic traffic into the stream, exactly as the service's producer does
+    ///
+    /// Writes requests, completions and cancellations with the service's field layout and a
+    /// realistic daily rhythm, users, models and failures, into the stream a transfer reads.
+    /// Run it against a test stream to try genalytics or to load-test it; it only adds
+    /// entries to the stream.
     Simulate(simulate::Args),
 }
 

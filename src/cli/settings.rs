@@ -75,5 +75,6 @@ pub fn settings(args: &GlobalArgs) -> Result<Settings, UsageError> {
         patterns: args.stream_pattern.clone(),
         raw_retention_days: i32::try_from(args.raw_retention.num_days()).unwrap_or(i32::MAX),
         quiet: args.quiet,
+        color: args.color,
     })
 }

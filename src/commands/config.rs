@@ -14,13 +14,7 @@ use crate::output::SummaryFormat;
 use crate::text::escape_controls;
 
 #[derive(Debug, clap::Args)]
-#[command(
-    after_help = EXAMPLES,
-    long_about = "Print every setting genalytics would use here: the global options, then each \
-    command's options set in a config file, with their values (passwords masked) and where each \
-    came from — a flag, an environment variable, a config file and line, or the default. \
-    Precedence: flag, then variable, then file, then default. Nothing is connected to or changed."
-)]
+#[command(after_help = EXAMPLES)]
 pub struct Args {
     /// Output format
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]

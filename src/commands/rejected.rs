@@ -156,7 +156,8 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
                 section: None,
                 raw: *csv_raw,
             };
-            render::renderer(*format, csv, chrono_tz::UTC).render(&listing, &mut out)?;
+            render::renderer(*format, csv, chrono_tz::UTC, settings.color)
+                .render(&listing, &mut out)?;
         }
         Action::Show { stream_id, format } => {
             let id = *stream_id;

@@ -35,6 +35,11 @@ const EXAMPLES: &str = "Examples:
 #[derive(Debug, clap::Subcommand)]
 pub enum Which {
     /// Totals, success rate, durations and users over the window (default 7 days)
+    ///
+    /// Requests, completions by outcome, the success rate, average and p50/p95/p99
+    /// durations, distinct users, images and the busiest hours' load over the window, with a
+    /// sparkline of requests per hour on a terminal; --compare sets each figure beside the
+    /// previous window of the same length.
     Overview {
         /// Show each figure beside the previous window of the same length, and its change
         #[arg(long)]
@@ -43,6 +48,10 @@ pub enum Which {
         common: Common,
     },
     /// One point per hour or local day, gaps filled with zeros (default 7 days)
+    ///
+    /// Each hour's (or, with --interval daily, each local day's) requests, outcomes, success
+    /// rate, durations and users, oldest first, hours without events as zeros, so that a
+    /// dip shows; a bar of requests per row on a terminal.
     Trends {
         /// Points per hour or per day (in --tz)
         #[arg(long, value_enum, default_value_t = Interval::Hourly)]
@@ -51,6 +60,10 @@ pub enum Which {
         common: Common,
     },
     /// One user's generations, recent activity and failures (default 30 days)
+    ///
+    /// One user's requests, outcomes, durations (exact while they have few enough
+    /// completions), first and last generation, the 20 newest completions and their
+    /// failures by error type — for a support ticket about one user.
     User {
         /// The user's UUID
         #[arg(value_name = "USER_ID", value_parser = parse_user_id)]
@@ -59,10 +72,20 @@ pub enum Which {
         common: Common,
     },
     /// One row per model checkpoint (default 30 days)
+    ///
+    /// Each model's completions, outcomes, success rate, average and p50/p95 durations and
+    /// when it was last used, busiest first — which model is slow or failing.
     Models(Common),
     /// Failures by error type and the failure rate per day (default 7 days)
+    ///
+    /// Each error type's failures, users affected, average duration and a few sample
+    /// messages, then the failure rate of each local day — what is failing and since when.
     Failures(Common),
     /// Average load per hour of day, busiest first (default 30 days)
+    ///
+    /// For each hour of the day (in --tz), the average requests and users per hour, the
+    /// queue length and p95 duration over the window's hours — when to add capacity;
+    /// --by weekday splits each hour by weekday.
     PeakHours {
         /// Split each hour of day by weekday (a heatmap in a table)
         #[arg(long, value_enum)]
@@ -240,6 +263,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
             raw: common.csv_raw,
         },
         window.tz,
+        settings.color,
     );
     match common.watch {
         None => {

@@ -66,14 +66,36 @@ pub fn thousands_signed(n: i64) -> String {
 
 /// A duration for people: `850 ms`, `41.2 s`, `12.5 min`, `1.2 h`.
 pub fn duration(ms: f64) -> String {
-    if ms.abs() < 1_000.0 {
-        format!("{ms:.0} ms")
-    } else if ms.abs() < 60_000.0 {
-        format!("{:.1} s", ms / 1_000.0)
-    } else if ms.abs() < 3_600_000.0 {
-        format!("{:.1} min", ms / 60_000.0)
-    } else {
-        format!("{:.1} h", ms / 3_600_000.0)
+    DurationUnit::of(ms).show(ms)
+}
+
+/// The unit a duration is shown in; a table's column keeps one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DurationUnit {
+    Ms,
+    S,
+    Min,
+    H,
+}
+
+impl DurationUnit {
+    /// The unit that suits `ms`.
+    pub fn of(ms: f64) -> DurationUnit {
+        match ms.abs() {
+            ms if ms < 1_000.0 => DurationUnit::Ms,
+            ms if ms < 60_000.0 => DurationUnit::S,
+            ms if ms < 3_600_000.0 => DurationUnit::Min,
+            _ => DurationUnit::H,
+        }
+    }
+
+    pub fn show(self, ms: f64) -> String {
+        match self {
+            DurationUnit::Ms => format!("{ms:.0} ms"),
+            DurationUnit::S => format!("{:.1} s", ms / 1_000.0),
+            DurationUnit::Min => format!("{:.1} min", ms / 60_000.0),
+            DurationUnit::H => format!("{:.1} h", ms / 3_600_000.0),
+        }
     }
 }
 

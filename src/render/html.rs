@@ -61,10 +61,7 @@ impl Renderer for HtmlRenderer {
 impl HtmlRenderer {
     /// The whole page.
     pub fn page(&self, report: &dyn Report) -> anyhow::Result<String> {
-        let cells = TableRenderer {
-            styled: false,
-            tz: self.tz,
-        };
+        let cells = TableRenderer::plain(self.tz);
         let heading = escape(&report.heading());
         let mut page = format!(
             "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\

@@ -31,6 +31,11 @@ pub trait Report {
     fn notes(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Whether the window holds nothing to show: a table then says so
+    /// instead of printing rows of zeros.
+    fn is_empty(&self) -> bool {
+        false
+    }
     /// Its series as charts, for renderers that draw (HTML).
     fn charts(&self) -> Vec<Chart> {
         Vec::new()
@@ -186,12 +191,14 @@ pub trait Renderer {
 
 /// The renderer for a format; `csv` says which CSV table and whether its
 /// text is written raw, `tz` the zone times are shown in.
-pub fn renderer(format: Format, csv: CsvChoice, tz: chrono_tz::Tz) -> Box<dyn Renderer> {
+pub fn renderer(
+    format: Format,
+    csv: CsvChoice,
+    tz: chrono_tz::Tz,
+    color: crate::config::Color,
+) -> Box<dyn Renderer> {
     match format {
-        Format::Table => Box::new(table::TableRenderer {
-            styled: table::styled(),
-            tz,
-        }),
+        Format::Table => Box::new(table::TableRenderer::for_stdout(color, tz)),
         Format::Csv => Box::new(csv::CsvRenderer {
             section: csv.section,
             raw: csv.raw,

@@ -130,6 +130,10 @@ impl FailuresReport {
 }
 
 impl Report for FailuresReport {
+    fn is_empty(&self) -> bool {
+        self.error_types.is_empty() && self.failure_trends.iter().all(|d| d.total_completions == 0)
+    }
+
     fn heading(&self) -> String {
         super::heading(
             "Failures",

@@ -36,6 +36,10 @@ impl Report for Fresh {
         notes
     }
 
+    fn is_empty(&self) -> bool {
+        self.report.is_empty()
+    }
+
     fn charts(&self) -> Vec<Chart> {
         self.report.charts()
     }

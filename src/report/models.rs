@@ -77,6 +77,10 @@ pub fn build(
 }
 
 impl Report for ModelsReport {
+    fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+
     fn heading(&self) -> String {
         super::heading(
             "Models",

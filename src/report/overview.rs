@@ -164,6 +164,13 @@ impl Overview {
 }
 
 impl Report for Overview {
+    fn is_empty(&self) -> bool {
+        self.total_requests == 0
+            && self.successful_generations == 0
+            && self.failed_generations == 0
+            && self.cancelled_generations == 0
+    }
+
     fn heading(&self) -> String {
         super::heading(
             "Overview",

@@ -147,6 +147,10 @@ impl PeakHours {
 }
 
 impl Report for PeakHours {
+    fn is_empty(&self) -> bool {
+        self.peak_hours.iter().all(|row| row.hours_with_data == 0)
+    }
+
     fn heading(&self) -> String {
         super::heading(
             &format!("Peak hours ({})", self.tz),

@@ -138,6 +138,15 @@ pub fn daily(
 }
 
 impl Report for Trends {
+    fn is_empty(&self) -> bool {
+        self.data_points.iter().all(|p| {
+            p.total_requests == 0
+                && p.successful_generations == 0
+                && p.failed_generations == 0
+                && p.cancelled_generations == 0
+        })
+    }
+
     fn heading(&self) -> String {
         let what = match self.interval {
             Interval::Hourly => "Hourly trends",

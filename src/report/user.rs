@@ -168,6 +168,13 @@ pub struct ErrorCount {
 }
 
 impl Report for UserReport {
+    fn is_empty(&self) -> bool {
+        self.total_requests == 0
+            && self.successful_generations == 0
+            && self.failed_generations == 0
+            && self.cancelled_generations == 0
+    }
+
     fn heading(&self) -> String {
         super::heading(
             &format!("User {}", self.user_id),

@@ -213,9 +213,20 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     }
     stored_figures(&mut client, now, args.grace.stale_grace, &mut status)?;
     match &args.output {
-        None => print(args.format, &status, &mut std::io::stdout().lock())?,
+        None => {
+            let renderer = TableRenderer::for_stdout(settings.color, chrono_tz::UTC);
+            print(
+                args.format,
+                &status,
+                &renderer,
+                &mut std::io::stdout().lock(),
+            )?;
+        }
         Some(path) => {
-            crate::output::write_atomically(path, |out| print(args.format, &status, out))?;
+            let renderer = TableRenderer::plain(chrono_tz::UTC);
+            crate::output::write_atomically(path, |out| {
+                print(args.format, &status, &renderer, out)
+            })?;
         }
     }
     Ok(Exit::Success)
@@ -364,7 +375,12 @@ fn identity_name<S: serde::Serializer>(
     }
 }
 
-fn print(format: Format, status: &Status, out: &mut dyn Write) -> anyhow::Result<()> {
+fn print(
+    format: Format,
+    status: &Status,
+    renderer: &TableRenderer,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     match format {
         Format::Json => {
             serde_json::to_writer_pretty(&mut *out, status)?;
@@ -377,10 +393,6 @@ fn print(format: Format, status: &Status, out: &mut dyn Write) -> anyhow::Result
         }
         Format::Text => {}
     }
-    let renderer = TableRenderer {
-        styled: crate::render::table::styled(),
-        tz: chrono_tz::UTC,
-    };
     renderer.render(status, out)?;
     if status.warnings.is_empty() {
         writeln!(out, "no warnings: data is flowing")?;
