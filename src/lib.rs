@@ -16,6 +16,7 @@ mod ingest;
 mod interrupt;
 mod monitoring;
 mod output;
+mod pg_service;
 mod render;
 mod report;
 mod retry;

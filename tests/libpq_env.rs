@@ -116,3 +116,68 @@ fn a_url_without_a_password_takes_it_from_pgpassword_or_the_password_file() {
         .env("HOME", other.path().as_os_str())
         .code(1);
 }
+
+#[test]
+fn a_service_file_describes_the_connection_as_libpq_reads_it() {
+    let env = migrated();
+    let (port, password) = server(&env);
+    let dir = tempfile::tempdir().unwrap();
+    let file = password_file(
+        dir.path(),
+        "pg_service.conf",
+        &format!(
+            "# ours\n[elsewhere]\nhost=192.0.2.1\n\n[analytics]\nhost=127.0.0.1\nport={port}\n\
+             dbname={}\nuser=postgres\npassword={password}\n",
+            env.database
+        ),
+        0o600,
+    );
+    let status = |ran: crate::harness::Ran| -> serde_json::Value {
+        assert!(!ran.stdout.contains(&password) && !ran.stderr.contains(&password));
+        serde_json::from_str(&ran.stdout).unwrap()
+    };
+    // PGSERVICE alone, and service= as the whole connection string.
+    for (url, service) in [(None, Some("analytics")), (Some("service=analytics"), None)] {
+        let mut cmd = env
+            .genalytics()
+            .env_remove("DATABASE_URL")
+            .env("PGSERVICEFILE", &file)
+            .env("PGSYSCONFDIR", dir.path().join("none"));
+        if let Some(url) = url {
+            cmd = cmd.env("DATABASE_URL", url);
+        }
+        if let Some(service) = service {
+            cmd = cmd.env("PGSERVICE", service);
+        }
+        let json = status(cmd.args(["status", "--format", "json"]).ok());
+        assert_eq!(json["events_transferred"], 0, "{json}");
+        assert_eq!(json["database"], format!("127.0.0.1:{port}"));
+    }
+    // The service wins over the variables, as in libpq.
+    let json = status(
+        env.genalytics()
+            .env_remove("DATABASE_URL")
+            .env("PGSERVICEFILE", &file)
+            .env("PGSERVICE", "analytics")
+            .env("PGPORT", "1")
+            .args(["status", "--format", "json"])
+            .ok(),
+    );
+    assert_eq!(json["database"], format!("127.0.0.1:{port}"));
+    // A service no file defines: one sentence naming the files searched.
+    let ran = env
+        .genalytics()
+        .env_remove("DATABASE_URL")
+        .env("PGSERVICEFILE", &file)
+        .env("PGSYSCONFDIR", dir.path().join("none"))
+        .env("PGSERVICE", "nowhere\u{1b}[2J")
+        .args(["status"])
+        .code(2);
+    assert!(
+        ran.stderr.contains("is defined in no service file")
+            && ran.stderr.contains("pg_service.conf"),
+        "{}",
+        ran.stderr
+    );
+    assert!(!ran.stderr.contains('\u{1b}'), "{}", ran.stderr);
+}

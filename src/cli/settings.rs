@@ -8,14 +8,26 @@ use crate::error::UsageError;
 /// Validates the global flags (and the environment clap read for them).
 pub fn settings(args: &GlobalArgs) -> Result<Settings, UsageError> {
     // As libpq: the URL, else its PG* variables; what either leaves out
-    // (user, database, port, password) from the variables and the password
-    // file.
-    let env = |name: &str| std::env::var(name).ok();
-    let database = match args
+    // (user, database, port, password) from a service (PGSERVICE or the
+    // URL's service=), then the variables and the password file.
+    let (url, named) = args
         .database_url
         .as_deref()
-        .filter(|url| !url.trim().is_empty())
-    {
+        .map(crate::pg_service::take_service_param)
+        .unwrap_or_default();
+    let process_env = |name: &str| std::env::var(name).ok();
+    let service = named
+        .or_else(|| process_env("PGSERVICE").filter(|name| !name.is_empty()))
+        .map(|name| {
+            let home = process_env("HOME")
+                .filter(|home| !home.is_empty())
+                .map(Into::into);
+            crate::pg_service::lookup(&name, &process_env, home)
+        })
+        .transpose()?
+        .unwrap_or_default();
+    let env = |name: &str| service.variable(name).or_else(|| process_env(name));
+    let database = match Some(url.as_str()).filter(|url| !url.trim().is_empty()) {
         Some(url) => Some(DatabaseUrl::parse(&DatabaseUrl::with_tls_env(url, &env))?),
         None => DatabaseUrl::from_libpq_env(&env).transpose()?,
     }

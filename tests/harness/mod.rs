@@ -39,6 +39,9 @@ const SCRUBBED: &[&str] = &[
     "PGAPPNAME",
     "PGCONNECT_TIMEOUT",
     "PGTARGETSESSIONATTRS",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "PGSYSCONFDIR",
 ];
 
 /// One test's private world: its own servers, database and stream namespace.
