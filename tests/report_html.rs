@@ -169,10 +169,58 @@ fn the_html_report_is_self_contained_and_shows_the_json_reports_figures() {
         .iter()
         .filter(|d| !d["failure_rate_pct"].is_null())
         .count();
+    // Days are bars (one per rated day); the limit is a line.
+    let bars = figure("failure_rate")
+        .select(&select("rect"))
+        .filter(|rect| rect.value().attr("fill") == Some("#1F77B4"))
+        .count();
+    assert_eq!(bars, rated, "a bar per rated day");
+    assert_eq!(drawn_points(figure("failure_rate")), 2, "the limit");
+    // Every point says its value on hover; axes have titles; labels are
+    // at least 12 px on a 960 px chart.
+    let titled = |id: &str| figure(id).select(&select("svg circle title")).count();
+    assert_eq!(titled("requests"), points.len());
     assert_eq!(
-        drawn_points(figure("failure_rate")),
-        rated + 2,
-        "the days and the limit"
+        titled("durations"),
+        present("p50_duration_ms") + present("p95_duration_ms")
+    );
+    assert_eq!(titled("failure_rate"), rated);
+    let first_title: String = figure("requests")
+        .select(&select("svg circle title"))
+        .next()
+        .unwrap()
+        .text()
+        .collect();
+    assert!(first_title.starts_with("requests "), "{first_title}");
+    for id in ["requests", "durations", "failure_rate"] {
+        let texts: Vec<String> = figure(id)
+            .select(&select("svg text"))
+            .flat_map(|t| t.text())
+            .map(str::to_string)
+            .collect();
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.contains("hour (America/New_York)")
+                    || t.contains("day (America/New_York)")),
+            "{id}: an x axis title: {texts:?}"
+        );
+        for text in figure(id).select(&select("svg text")) {
+            let size: f64 = text.value().attr("font-size").unwrap().parse().unwrap();
+            assert!(size >= 12.0, "{id}: a {size} px label");
+        }
+    }
+    assert!(
+        style.contains("@media (prefers-color-scheme: dark)"),
+        "{style}"
+    );
+    // Flags are footnotes when they hold, and absent when they do not.
+    assert!(
+        page.select(&select("#section-summary td")).all(|td| {
+            let shown: String = td.text().collect();
+            shown != "no" && shown != "yes"
+        }),
+        "no yes/no cells"
     );
     assert!(
         figure("failure_rate")
@@ -193,6 +241,9 @@ fn the_html_report_is_self_contained_and_shows_the_json_reports_figures() {
         want[day * 24 + hour] = row["avg_requests"].as_f64().unwrap();
     }
     assert_eq!(cells, want);
+    // Its colour scale, five steps up to the largest value.
+    let scale = figure("peak_hours").select(&select("p.scale span")).count();
+    assert_eq!(scale, 5);
 
     // A model name from the data is text, never markup.
     let mut db = env.db();

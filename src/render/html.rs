@@ -49,6 +49,16 @@ figure svg { width: 100%; height: auto; }
 table.heatmap td { width: 2.4em; height: 1.5em; padding: 0; border: 1px solid #fff; }
 table.heatmap th { font-weight: normal; font-size: .8em; color: #555; padding: 0 .2em; }
 p.note { color: #555; font-size: .9em; }
+.scale span { display: inline-block; width: 1.6em; height: .9em; vertical-align: middle; }
+@media (prefers-color-scheme: dark) {
+  body { background: #121212; color: #ddd; }
+  table, figure { background: #1c1c1c; }
+  th, td, figure { border-color: #333; }
+  table.figures th, table.heatmap th, p.note { color: #aaa; }
+  table.heatmap td { border-color: #121212; }
+  /* The charts are drawn on white: turned dark, their colours kept. */
+  figure svg { filter: invert(.92) hue-rotate(180deg); }
+}
 ";
 
 impl Renderer for HtmlRenderer {
@@ -155,17 +165,25 @@ fn draw_lines(
 ) -> anyhow::Result<String> {
     let fail = |err: &dyn std::fmt::Display| anyhow::anyhow!("cannot draw a chart: {err}");
     let mut svg = String::new();
+    // Each point's place on the drawing and what it says on hover.
+    let mut hovers: Vec<((i32, i32), String)> = Vec::new();
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| fail(&e))?;
         let last = x.len().saturating_sub(1).max(1) as f64;
+        // Bars need half a slot on each side.
+        let (left, right) = if daily {
+            (-0.5, last + 0.5)
+        } else {
+            (0.0, last)
+        };
         let top = series
             .iter()
             .flat_map(|s| s.values.iter().flatten().copied())
             .chain(limit)
             .fold(0.0_f64, f64::max);
         let top = if top > 0.0 { top * 1.1 } else { 1.0 };
-        let label_at = |index: &f64| -> String {
+        let when = |index: f64| -> String {
             let Some(at) = x.get(index.round().max(0.0) as usize) else {
                 return String::new();
             };
@@ -176,14 +194,21 @@ fn draw_lines(
                 local.format("%b %d %H:%M").to_string()
             }
         };
+        let label_at = |index: &f64| -> String {
+            if index.fract().abs() > 1e-9 {
+                return String::new();
+            }
+            when(*index)
+        };
         let y_label = |value: &f64| value_label(*value, unit);
+        let (x_title, y_title) = axis_titles(daily, unit, tz);
         let mut chart = ChartBuilder::on(&root)
             .margin(12)
             // Room for the last label, centred on the last point.
             .margin_right(40)
-            .x_label_area_size(28)
-            .y_label_area_size(64)
-            .build_cartesian_2d(0.0..last, 0.0..top)
+            .x_label_area_size(48)
+            .y_label_area_size(92)
+            .build_cartesian_2d(left..right, 0.0..top)
             .map_err(|e| fail(&e))?;
         chart
             .configure_mesh()
@@ -192,29 +217,84 @@ fn draw_lines(
             .y_labels(6)
             .x_label_formatter(&label_at)
             .y_label_formatter(&y_label)
+            .x_desc(x_title)
+            .y_desc(y_title)
             .light_line_style(RGBColor(238, 238, 238))
             .bold_line_style(RGBColor(220, 220, 220))
-            .label_style(("sans-serif", 12))
+            .label_style(("sans-serif", 16))
+            .axis_desc_style(("sans-serif", 16))
             .draw()
             .map_err(|e| fail(&e))?;
-        for (series, colour) in series.iter().zip(COLOURS) {
-            for run in runs(&series.values) {
-                chart
-                    .draw_series(LineSeries::new(run, colour.stroke_width(2)))
-                    .map_err(|e| fail(&e))?;
+        let lines = series.len().max(1) as f64;
+        for (k, (series, colour)) in series.iter().zip(COLOURS).enumerate() {
+            if daily {
+                // A day is a bar (side by side when several series).
+                let width = 0.8 / lines;
+                let bars = series.values.iter().enumerate().filter_map(|(i, v)| {
+                    let from = i as f64 - 0.4 + k as f64 * width;
+                    v.map(|v| Rectangle::new([(from, 0.0), (from + width, v)], colour.filled()))
+                });
+                chart.draw_series(bars).map_err(|e| fail(&e))?;
+            } else {
+                for run in runs(&series.values) {
+                    chart
+                        .draw_series(LineSeries::new(run, colour.stroke_width(2)))
+                        .map_err(|e| fail(&e))?;
+                }
+            }
+            for (i, value) in series.values.iter().enumerate() {
+                if let Some(value) = value {
+                    hovers.push((
+                        chart.backend_coord(&(i as f64, *value)),
+                        format!(
+                            "{} {}: {}",
+                            series.label,
+                            when(i as f64),
+                            value_label(*value, unit)
+                        ),
+                    ));
+                }
             }
         }
         if let Some(limit) = limit {
             chart
                 .draw_series(LineSeries::new(
-                    [(0.0, limit), (last, limit)],
+                    [(left, limit), (right, limit)],
                     LIMIT.stroke_width(1),
                 ))
                 .map_err(|e| fail(&e))?;
         }
         root.present().map_err(|e| fail(&e))?;
     }
+    with_hover_points(&mut svg, &hovers);
     Ok(svg)
+}
+
+/// Each point says its value on hover: a transparent circle over it with
+/// a title, no script; appended to the drawing.
+fn with_hover_points(svg: &mut String, hovers: &[((i32, i32), String)]) {
+    let mut points = String::from("<g class=\"points\">");
+    for ((cx, cy), says) in hovers {
+        let _ = write!(
+            points,
+            "<circle cx=\"{cx}\" cy=\"{cy}\" r=\"6\" fill=\"#000\" fill-opacity=\"0\"><title>{}</title></circle>",
+            escape(says)
+        );
+    }
+    points.push_str("</g>\n</svg>");
+    if let Some(end) = svg.rfind("</svg>") {
+        svg.replace_range(end.., &points);
+    }
+}
+
+/// What the axes measure: the time (and its zone) and the unit.
+fn axis_titles(daily: bool, unit: Unit, tz: chrono_tz::Tz) -> (String, &'static str) {
+    let y = match unit {
+        Unit::Count => "count",
+        Unit::Milliseconds => "duration",
+        Unit::Percent => "percent",
+    };
+    (format!("{} ({tz})", if daily { "day" } else { "hour" }), y)
 }
 
 /// A value on an axis or a limit, in the chart's unit.
@@ -271,10 +351,16 @@ fn heatmap(page: &mut String, chart: &Heatmap) {
         }
         page.push_str("</tr>\n");
     }
-    let _ = writeln!(
-        page,
-        "</table>\n<p class=\"legend\">darkest: {max:.2} {per}</p>\n</figure>"
-    );
+    // The colour scale, lightest to darkest, with the values it spans.
+    let _ = write!(page, "</table>\n<p class=\"legend scale\">0 ");
+    for step in 1..=5 {
+        let alpha = f64::from(step) / 5.0;
+        let _ = write!(
+            page,
+            "<span style=\"background:rgba({r},{g},{b},{alpha:.3})\"></span>"
+        );
+    }
+    let _ = writeln!(page, " {max:.2} {per}</p>\n</figure>");
 }
 
 /// A one-row section as title/value lines (sparklines left to the charts).
@@ -284,10 +370,20 @@ fn figures(page: &mut String, section: &Section, cells: &TableRenderer) {
         "<section id=\"section-{}\">\n<table class=\"figures\">",
         section.name
     );
+    // A flag is a footnote when it holds, and nothing when it does not.
+    let mut notes = Vec::new();
     for row in &section.rows {
         for ((field, title), cell) in section.columns.iter().zip(row) {
-            if matches!(cell, Cell::Spark(_)) {
-                continue;
+            match cell {
+                Cell::Spark(_) | Cell::Flag(false) => continue,
+                Cell::Flag(true) => {
+                    notes.push(format!(
+                        "<p class=\"note\" data-field=\"{field}\">* {}</p>",
+                        escape(title)
+                    ));
+                    continue;
+                }
+                _ => {}
             }
             let _ = writeln!(
                 page,
@@ -297,7 +393,12 @@ fn figures(page: &mut String, section: &Section, cells: &TableRenderer) {
             );
         }
     }
-    page.push_str("</table>\n</section>\n");
+    page.push_str("</table>\n");
+    for note in notes {
+        page.push_str(&note);
+        page.push('\n');
+    }
+    page.push_str("</section>\n");
 }
 
 fn rows(page: &mut String, section: &Section, cells: &TableRenderer) {
