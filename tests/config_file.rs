@@ -149,7 +149,7 @@ fn an_unknown_key_or_a_refused_value_names_the_file_and_line() {
         ),
         (
             "\n[transfer]\nkeep = \"soon\"\n",
-            "3: transfer.keep = \"soon\" is refused",
+            "3: transfer.keep = 'soon' is refused: invalid value 'soon' for --keep <DURATION>",
         ),
         (
             "[trasnfer]\nkeep = \"2h\"\n",
@@ -171,7 +171,23 @@ fn an_unknown_key_or_a_refused_value_names_the_file_and_line() {
             "[aggregate]\ninclude_current = \"yes\"\n",
             "aggregate.include_current is a switch",
         ),
-        ("[report]\ndays = 0\n", "2: report.days = \"0\" is refused"),
+        ("[report]\ndays = 0\n", "2: report.days = '0' is refused"),
+        (
+            "[transfer]\nkeep = \"\\u001b[2J\"\n",
+            "2: transfer.keep = '\\x1b[2J' is refused",
+        ),
+        (
+            "[check]\nhours = 6\n",
+            "2: check.hours excludes other options",
+        ),
+        (
+            "stream_pattern = \"x:*\"\n",
+            "1: stream_pattern names streams for transfer alone",
+        ),
+        (
+            "config = \"other.toml\"\n",
+            "1: a config file cannot name another",
+        ),
         ("database_url = = 1\n", "is not valid TOML"),
         ("redis_ns = \"\u{1b}[2J\"\n[x\u{1b}]\n", "is not valid TOML"),
     ]
@@ -208,6 +224,36 @@ fn an_unknown_key_or_a_refused_value_names_the_file_and_line() {
         .arg("status")
         .code(2);
     assert!(ran.stderr.contains("is not UTF-8 text"), "{}", ran.stderr);
+    // Too big to be settings, or a pipe: refused, never read whole or
+    // waited on.
+    let ran = Cmd::new()
+        .env("GENALYTICS_CONFIG", "/dev/zero")
+        .arg("status")
+        .code(2);
+    assert!(ran.stderr.contains("larger than 1 MiB"), "{}", ran.stderr);
+    let fifo = dir.path().join("fifo.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let ran = Cmd::new()
+        .env("GENALYTICS_CONFIG", &fifo)
+        .arg("status")
+        .code(2);
+    assert!(ran.stderr.contains("not a regular file"), "{}", ran.stderr);
+    // A value that starts with a dash is a value; a key may have dashes.
+    let dashed = file(dir.path(), "dashed.toml", "redis-ns = \"-x\"\n", 0o600);
+    let ran = Cmd::new()
+        .env("GENALYTICS_CONFIG", &dashed)
+        .arg("config")
+        .ok();
+    assert!(
+        row(&ran.stdout, "redis_ns").contains("-x"),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        row(&ran.stdout, "redis_ns").ends_with(":1"),
+        "{}",
+        ran.stdout
+    );
 }
 
 #[test]
@@ -279,6 +325,47 @@ fn the_users_file_is_read_unasked_from_xdg_config_home_or_home() {
         "{}",
         ran.stdout
     );
+}
+
+#[test]
+fn a_default_file_this_user_may_not_read_is_skipped_with_a_warning() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let locked = file(
+        dir.path(),
+        "xdg/genalytics/genalytics.toml",
+        "redis_ns = \"secret\"\n",
+        0o600,
+    );
+    for open in [
+        dir.path().to_path_buf(),
+        dir.path().join("xdg"),
+        dir.path().join("xdg/genalytics"),
+    ] {
+        std::fs::set_permissions(open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // As another user, as the package's root-owned file is to other
+    // users' cron jobs (the harness runs as root, who reads anything).
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let mut command = Cmd::new()
+        .env_remove("GENALYTICS_CONFIG")
+        .env("XDG_CONFIG_HOME", dir.path().join("xdg"))
+        .env("HOME", dir.path())
+        .arg("config")
+        .command();
+    command.uid(nobody.uid.as_raw()).gid(nobody.gid.as_raw());
+    let out = command.output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot read the config file {}", locked.display()))
+            && stderr.contains("going on without it"),
+        "{stderr}"
+    );
+    assert!(row(&stdout, "redis_ns").ends_with("default"), "{stdout}");
 }
 
 #[test]

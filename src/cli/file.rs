@@ -10,6 +10,8 @@
 //! each when it exists, the second over the first.
 
 use std::ffi::{OsStr, OsString};
+use std::io::Read as _;
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
 use toml_edit::{Document, Item, Table, Value};
@@ -58,8 +60,9 @@ pub fn files(args: &[OsString], env: &dyn Fn(&str) -> Option<OsString>) -> Vec<(
         }
         if arg == "--config" {
             named = iter.next().cloned();
-        } else if let Some(path) = arg.to_str().and_then(|a| a.strip_prefix("--config=")) {
-            named = Some(path.into());
+        } else if let Some(path) = arg.as_bytes().strip_prefix(b"--config=") {
+            // Bytes, not text: a path need not be UTF-8.
+            named = Some(OsStr::from_bytes(path).to_os_string());
         }
     }
     if let Some(path) = named.or_else(|| env("GENALYTICS_CONFIG").filter(|p| !p.is_empty())) {
@@ -84,16 +87,25 @@ pub fn read(
     warnings: &mut Vec<String>,
 ) -> Result<Option<Vec<Entry>>, UsageError> {
     let shown = path.display();
-    let text = match std::fs::read(path) {
-        Ok(bytes) => String::from_utf8(bytes)
-            .map_err(|_| UsageError(format!("the config file {shown} is not UTF-8 text")))?,
+    let bytes = match read_bounded(path) {
+        Ok(bytes) => bytes,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound && !required => return Ok(None),
+        // The system's file is root's (mode 0600): another user's run goes
+        // on without it, as if it were not there, and says so.
+        Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied && !required => {
+            warnings.push(format!(
+                "cannot read the config file {shown} ({err}): going on without it"
+            ));
+            return Ok(None);
+        }
         Err(err) => {
             return Err(UsageError(format!(
                 "cannot read the config file {shown}: {err}"
             )));
         }
     };
+    let text = String::from_utf8(bytes)
+        .map_err(|_| UsageError(format!("the config file {shown} is not UTF-8 text")))?;
     let document = Document::parse(text.as_str()).map_err(|err| {
         UsageError(format!(
             "the config file {shown} is not valid TOML: {}",
@@ -109,6 +121,28 @@ pub fn read(
         ));
     }
     Ok(Some(entries))
+}
+
+/// Most bytes a config file may hold: settings, not data.
+const FILE_MAX: u64 = 1 << 20;
+
+/// A file's bytes, at most [`FILE_MAX`]: `/dev/zero` or a FIFO named as
+/// the file must not hang or fill memory (`/dev/null` is an empty file).
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileTypeExt as _;
+    // Opening a FIFO would wait for a writer.
+    let kind = std::fs::metadata(path)?.file_type();
+    if kind.is_dir() || kind.is_fifo() || kind.is_socket() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(FILE_MAX + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > FILE_MAX {
+        return Err(std::io::Error::other("larger than 1 MiB"));
+    }
+    Ok(bytes)
 }
 
 fn one_line(text: &str) -> String {
@@ -137,9 +171,21 @@ fn collect(
             Item::Value(Value::InlineTable(sub)) => {
                 collect(&sub.clone().into_table(), &inner, path, line_of, entries)?;
             }
+            Item::Value(_) if command.is_empty() && key.replace('-', "_") == "config" => {
+                return Err(UsageError(format!(
+                    "{place}: a config file cannot name another (use --config or GENALYTICS_CONFIG)"
+                )));
+            }
+            Item::Value(_)
+                if command.is_empty() && matches!(key.replace('-', "_").as_str(), "stream" | "stream_pattern") =>
+            {
+                return Err(UsageError(format!(
+                    "{place}: {key_shown} names streams for transfer alone: give it on transfer's command line"
+                )));
+            }
             Item::Value(value) => entries.push(Entry {
                 command: command.to_vec(),
-                key: key.to_string(),
+                key: key.replace('-', "_"),
                 values: scalars(value).ok_or_else(|| {
                     UsageError(format!(
                         "{place}: {key_shown} takes a string, a number, true or false, or an array of them"
@@ -174,16 +220,12 @@ fn scalars(value: &Value) -> Option<Vec<String>> {
     }
 }
 
-/// A URL with a password in it (`user:secret@`, `password=`).
+/// A value with a password in it: what `genalytics config` would mask.
 fn holds_password(entry: &Entry) -> bool {
-    entry.values.iter().any(|value| {
-        let lower = value.to_ascii_lowercase();
-        lower.contains("password=")
-            || value
-                .split_once("://")
-                .and_then(|(_, rest)| rest.split_once('@'))
-                .is_some_and(|(userinfo, _)| userinfo.contains(':'))
-    })
+    entry
+        .values
+        .iter()
+        .any(|value| crate::commands::config::masked(value) != *value)
 }
 
 fn readable_by_others(path: &Path) -> bool {
@@ -306,6 +348,17 @@ fn set_default(
             "{place}: {name} takes one value, not an array"
         )));
     }
+    // A file's value is a default, which clap does not hold against an
+    // option it conflicts with: such options are for the command line.
+    if arg.get_long().is_some()
+        && command
+            .get_arguments()
+            .any(|other| other.get_id() != id && conflicts(&command, &arg, other))
+    {
+        return Err(UsageError(format!(
+            "{place}: {name} excludes other options, so it is given on the command line, not in a file"
+        )));
+    }
     if matches!(action, clap::ArgAction::SetTrue) {
         if !matches!(entry.values[0].as_str(), "true" | "false") {
             return Err(UsageError(format!(
@@ -324,15 +377,23 @@ fn set_default(
                         .value_parser(arg.get_value_parser().clone()),
                 )
                 .try_get_matches_from([
-                    OsStr::new("genalytics"),
-                    OsStr::new("--probe"),
-                    OsStr::new(value),
+                    OsString::from("genalytics"),
+                    OsString::from(format!("--probe={value}")),
                 ])
                 .map_err(|err| {
+                    let option = format!(
+                        "--{} <{}>",
+                        arg.get_long().unwrap_or_default(),
+                        arg.get_value_names()
+                            .and_then(|names| names.first())
+                            .map_or_else(|| "VALUE".to_string(), ToString::to_string)
+                    );
                     UsageError(format!(
-                        "{place}: {name} = {:?} is refused: {}",
-                        crate::text::escape_controls(value),
-                        clap_reason(&err)
+                        "{place}: {name} = {} is refused: {}",
+                        crate::text::quoted(value),
+                        crate::text::escape_controls(
+                            &clap_reason(&err).replace("'--probe <probe>'", &option)
+                        )
                     ))
                 })?;
         }
@@ -347,6 +408,18 @@ fn set_default(
     Ok(command.mut_arg(id.clone(), |arg| {
         arg.default_values(values).hide_default_value(secret)
     }))
+}
+
+/// Whether `arg` and `other` exclude each other in `command`.
+fn conflicts(command: &clap::Command, arg: &clap::Arg, other: &clap::Arg) -> bool {
+    command
+        .get_arg_conflicts_with(arg)
+        .iter()
+        .any(|c| c.get_id() == other.get_id())
+        || command
+            .get_arg_conflicts_with(other)
+            .iter()
+            .any(|c| c.get_id() == arg.get_id())
 }
 
 /// clap's message without its `error:` prefix and its hints.

@@ -124,42 +124,73 @@ fn text(report: &Sources) -> String {
 }
 
 /// The value with every password replaced by `****`: a URL's between the
-/// user and the last `@` (more is hidden rather than less), and any
-/// `password=` parameter up to the next `&` or space.
+/// user and the last `@` before the next URL (more is hidden rather than
+/// less), and any `password` keyword's value (`password=x`,
+/// `password = 'two words'`, `sslpassword=`).
 pub fn masked(value: &str) -> String {
+    // URLs start at a scheme genalytics speaks: a `://` inside a password
+    // starts none.
+    const SCHEMES: [&str; 4] = ["postgresql://", "postgres://", "rediss://", "redis://"];
+    let lower = value.to_ascii_lowercase();
+    let mut starts: Vec<usize> = SCHEMES
+        .iter()
+        .flat_map(|scheme| lower.match_indices(scheme).map(|(at, _)| at))
+        .collect();
+    starts.sort_unstable();
     let mut out = String::with_capacity(value.len());
-    let mut rest = value;
-    while let Some(scheme) = rest.find("://") {
-        let (head, tail) = rest.split_at(scheme + 3);
-        out.push_str(head);
-        let segment_end = tail.find("://").unwrap_or(tail.len());
-        let segment = &tail[..segment_end];
-        match (segment.rfind('@'), segment.find(':')) {
+    out.push_str(&value[..starts.first().copied().unwrap_or(value.len())]);
+    for (n, &start) in starts.iter().enumerate() {
+        let end = starts.get(n + 1).copied().unwrap_or(value.len());
+        let url = &value[start..end];
+        let body = url.find("://").map_or(0, |at| at + 3);
+        match (url.rfind('@'), url[body..].find(':').map(|at| body + at)) {
             (Some(at), Some(colon)) if colon < at => {
-                out.push_str(&segment[..=colon]);
+                out.push_str(&url[..=colon]);
                 out.push_str("****");
-                out.push_str(&segment[at..]);
+                out.push_str(&url[at..]);
             }
-            _ => out.push_str(segment),
+            _ => out.push_str(url),
         }
-        rest = &tail[segment_end..];
     }
-    out.push_str(rest);
     mask_parameters(&out)
 }
 
-/// `password=…` (also `sslpassword=`) up to the next `&` or space.
+/// Every `password` keyword's value (`sslpassword` too), spaces around
+/// `=` and quotes allowed as in a conninfo string.
 fn mask_parameters(value: &str) -> String {
     let lower = value.to_ascii_lowercase();
     let mut out = String::with_capacity(value.len());
     let mut from = 0;
-    while let Some(found) = lower[from..].find("password=") {
-        let start = from + found + "password=".len();
-        out.push_str(&value[from..start]);
-        let end = value[start..]
-            .find(['&', ' '])
-            .map_or(value.len(), |i| start + i);
-        if end > start {
+    while let Some(found) = lower[from..].find("password") {
+        let after_word = from + found + "password".len();
+        let rest = &value[after_word..];
+        let spaces = rest.len() - rest.trim_start().len();
+        if !rest.trim_start().starts_with('=') {
+            out.push_str(&value[from..after_word]);
+            from = after_word;
+            continue;
+        }
+        let after_eq = after_word + spaces + 1;
+        let value_start =
+            after_eq + (value[after_eq..].len() - value[after_eq..].trim_start().len());
+        let end = if value[value_start..].starts_with('\'') {
+            // Up to the closing quote (a backslash escapes one).
+            let mut escaped = false;
+            value[value_start + 1..]
+                .char_indices()
+                .find(|&(_, c)| {
+                    let closes = c == '\'' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    closes
+                })
+                .map_or(value.len(), |(i, _)| value_start + 1 + i + 1)
+        } else {
+            value[value_start..]
+                .find(['&', ' ', '\t'])
+                .map_or(value.len(), |i| value_start + i)
+        };
+        out.push_str(&value[from..value_start]);
+        if end > value_start {
             out.push_str("****");
         }
         from = end;
@@ -199,11 +230,15 @@ mod tests {
 
     #[test]
     fn no_secret_survives_masking() {
-        for secret in ["s3cr3t", "p@ss", "a:b", "x,y", "%40"] {
+        for secret in ["s3cr3t", "p@ss", "a:b", "x,y", "%40", "pa://ss", "PaSs"] {
             for url in [
                 format!("postgres://user:{secret}@host/db"),
                 format!("redis://:{secret}@host:6379"),
+                format!("redis://:a@h1,redis://:{secret}@h2"),
                 format!("postgres://host/db?password={secret}"),
+                format!("host=db password = {secret} user=u"),
+                format!("host=db password='{secret} two' user=u"),
+                format!("host=db PASSWORD\t=\t{secret}"),
             ] {
                 assert!(!masked(&url).contains(secret), "{url} -> {}", masked(&url));
             }

@@ -89,6 +89,17 @@ impl DurationUnit {
         }
     }
 
+    /// The unit of a column whose largest value is `ms`: seconds up to ten
+    /// minutes, so 400 ms beside 65 s reads `0.4 s`, not `0.0 min`.
+    pub fn for_column(ms: f64) -> DurationUnit {
+        match ms.abs() {
+            ms if ms < 1_000.0 => DurationUnit::Ms,
+            ms if ms < 600_000.0 => DurationUnit::S,
+            ms if ms < 36_000_000.0 => DurationUnit::Min,
+            _ => DurationUnit::H,
+        }
+    }
+
     pub fn show(self, ms: f64) -> String {
         match self {
             DurationUnit::Ms => format!("{ms:.0} ms"),

@@ -109,9 +109,10 @@ pub fn without_part(hours: &str) -> String {
 }
 
 /// Brings the part of a queued `hour` up to `through` (at most the hour's
-/// end); whether there is one now. No part is made for an hour off the
-/// queue, without events, or that received an event from before `through`
-/// while this ran (the next refresh tries again).
+/// end); whether it did. Nothing is made for an hour off the queue,
+/// without events, or that received an event from before `through` while
+/// this ran (the next refresh tries again); a part made before and still
+/// whole stays.
 pub fn refresh(
     client: &mut Client,
     hour: DateTime<Utc>,
