@@ -65,6 +65,19 @@ fn writers_refuse_a_standby_and_readers_work_on_it() {
         on_standby["database"],
         format!("127.0.0.1:{}", standby.port())
     );
+    // check names the server it read, and what it is.
+    let checked = env
+        .genalytics()
+        .env("DATABASE_URL", &url)
+        .args(["check", "--max-stale-hours", "100"])
+        .ok();
+    assert!(
+        checked
+            .stdout
+            .contains(&format!("(read on 127.0.0.1:{} (standby))", standby.port())),
+        "{}",
+        checked.stdout
+    );
     let on_primary = status(&env.database_url());
     assert_eq!(on_primary["database_role"], "primary");
     assert_eq!(on_primary["standbys"], 1, "{on_primary}");

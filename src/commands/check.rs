@@ -99,20 +99,20 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     give_up_after(args.timeout, args.nagios);
     if args.nagios {
         // An error is UNKNOWN (exit 3): main reports it so in plugin mode.
-        let figures = figures(args, settings)?;
+        let (figures, _) = figures(args, settings)?;
         print!("{}", monitoring::plugin_output(&figures));
         return Ok(Exit::Plugin(monitoring::worst(&figures).plugin_code()));
     }
-    let figures = figures(args, settings)?;
+    let (figures, server) = figures(args, settings)?;
     let level = monitoring::worst(&figures);
     let mut out = std::io::stdout().lock();
     if args.format == SummaryFormat::Json {
-        let report = serde_json::json!({ "status": level, "checks": figures });
+        let report = serde_json::json!({ "status": level, "checks": figures, "database": server });
         writeln!(out, "{report}")?;
     } else if level == Level::Ok {
         if !settings.quiet {
             let fine: Vec<&str> = figures.iter().map(|f| f.text.as_str()).collect();
-            writeln!(out, "ok: {}", fine.join("; "))?;
+            writeln!(out, "ok: {} (read on {server})", fine.join("; "))?;
         }
     } else {
         for figure in &figures {
@@ -157,8 +157,10 @@ fn give_up_after(timeout: TimeDelta, plugin: bool) {
     });
 }
 
-/// Measures every figure a limit was given for and judges it.
-fn figures(args: &Args, settings: &Settings) -> anyhow::Result<Vec<Figure>> {
+/// Measures every figure a limit was given for and judges it; and the
+/// server it read (`host:port (primary)`): on a standby, the figures are
+/// as fresh as its replay.
+fn figures(args: &Args, settings: &Settings) -> anyhow::Result<(Vec<Figure>, String)> {
     let rate_limits = Limits {
         warn: args.warn_failure_rate,
         crit: args.max_failure_rate,
@@ -196,6 +198,15 @@ fn figures(args: &Args, settings: &Settings) -> anyhow::Result<Vec<Figure>> {
     let database = settings.database()?;
     let mut client = db::connect(database)?;
     migrations::ensure_current(&mut client)?;
+    let server = format!(
+        "{} ({})",
+        database.target(),
+        if db::replication::role(&mut client)?.standby {
+            "standby"
+        } else {
+            "primary"
+        }
+    );
     let now = Utc::now();
     let mut figures = Vec::new();
 
@@ -223,7 +234,7 @@ fn figures(args: &Args, settings: &Settings) -> anyhow::Result<Vec<Figure>> {
             .judged(stale_limits),
         );
     }
-    Ok(figures)
+    Ok((figures, server))
 }
 
 /// The failure rate and p95 over the window, each judged if it has limits.
