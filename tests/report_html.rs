@@ -205,6 +205,22 @@ fn the_html_report_is_self_contained_and_shows_the_json_reports_figures() {
                     || t.contains("day (America/New_York)")),
             "{id}: an x axis title: {texts:?}"
         );
+        // Ticks fall on local midnights ("Nov 17") or every sixth hour.
+        let labels: Vec<&str> = texts.iter().map(|t| t.trim()).collect();
+        let days = labels
+            .iter()
+            .filter(|t| {
+                t.len() == 6 && t.as_bytes()[3] == b' ' && t[..3].chars().all(char::is_alphabetic)
+            })
+            .count();
+        assert!(days >= 2, "{id}: day ticks: {labels:?}");
+        for label in labels.iter().filter(|t| t.contains(':')) {
+            let hour: u32 = label[..2].parse().unwrap_or(99);
+            assert!(
+                label.len() == 5 && label.ends_with(":00") && hour.is_multiple_of(6),
+                "{id}: a tick at an odd time: {label}"
+            );
+        }
         for text in figure(id).select(&select("svg text")) {
             let size: f64 = text.value().attr("font-size").unwrap().parse().unwrap();
             assert!(size >= 12.0, "{id}: a {size} px label");

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::io::Write;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::table::TableRenderer;
 use super::{Cell, Chart, Heatmap, Layout, LineChart, Renderer, Report, Section, Series, Unit};
@@ -194,12 +195,12 @@ fn draw_lines(
                 local.format("%b %d %H:%M").to_string()
             }
         };
-        let label_at = |index: &f64| -> String {
-            if index.fract().abs() > 1e-9 {
-                return String::new();
-            }
-            when(*index)
-        };
+        // Ticks where a reader looks: local midnights (every sixth hour
+        // when the window is short), every day or week for daily points.
+        let ticks: Vec<(f64, String)> = ticks(x, daily, tz)
+            .into_iter()
+            .map(|index| (index, tick_label(x, index, daily, tz)))
+            .collect();
         let y_label = |value: &f64| value_label(*value, unit);
         let (x_title, y_title) = axis_titles(daily, unit, tz);
         let mut chart = ChartBuilder::on(&root)
@@ -212,10 +213,10 @@ fn draw_lines(
             .map_err(|e| fail(&e))?;
         chart
             .configure_mesh()
-            // One label per point at most: days are not repeated.
-            .x_labels(x.len().clamp(2, 8))
+            // The x labels are drawn at the chosen ticks below.
+            .x_labels(0)
+            .disable_x_mesh()
             .y_labels(6)
-            .x_label_formatter(&label_at)
             .y_label_formatter(&y_label)
             .x_desc(x_title)
             .y_desc(y_title)
@@ -225,6 +226,7 @@ fn draw_lines(
             .axis_desc_style(("sans-serif", 16))
             .draw()
             .map_err(|e| fail(&e))?;
+        draw_ticks(&mut chart, &root, &ticks).map_err(|e| fail(&e))?;
         let lines = series.len().max(1) as f64;
         for (k, (series, colour)) in series.iter().zip(COLOURS).enumerate() {
             if daily {
@@ -285,6 +287,88 @@ fn with_hover_points(svg: &mut String, hovers: &[((i32, i32), String)]) {
     if let Some(end) = svg.rfind("</svg>") {
         svg.replace_range(end.., &points);
     }
+}
+
+/// A line chart as plotters draws it.
+type Drawing<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// A mark and a label below the axis at each tick.
+fn draw_ticks(
+    chart: &mut Drawing<'_, '_>,
+    root: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    ticks: &[(f64, String)],
+) -> Result<(), DrawingAreaErrorKind<std::io::Error>> {
+    for (tick, label) in ticks {
+        // A short mark on the axis (a rectangle: the lines drawn are data).
+        let (px, py) = chart.backend_coord(&(*tick, 0.0));
+        root.draw(&Rectangle::new(
+            [(px, py), (px + 1, py + 4)],
+            BLACK.filled(),
+        ))?;
+        let (px, py) = chart.backend_coord(&(*tick, 0.0));
+        root.draw(&Text::new(
+            label.clone(),
+            (px, py + 6),
+            ("sans-serif", 16)
+                .into_font()
+                .color(&BLACK)
+                .pos(Pos::new(HPos::Center, VPos::Top)),
+        ))?;
+    }
+    Ok(())
+}
+
+/// A tick's label: the local date at midnight (and for daily points), the
+/// local time otherwise.
+fn tick_label(
+    x: &[chrono::DateTime<chrono::Utc>],
+    index: f64,
+    daily: bool,
+    tz: chrono_tz::Tz,
+) -> String {
+    let Some(at) = x.get(index.round().max(0.0) as usize) else {
+        return String::new();
+    };
+    let local = at.with_timezone(&tz);
+    if daily || chrono::Timelike::hour(&local) == 0 {
+        local.format("%b %d").to_string()
+    } else {
+        local.format("%H:%M").to_string()
+    }
+}
+
+/// The indices of `x` to put a tick at: local midnights, or every sixth
+/// hour when the window holds fewer than three; each day for daily points,
+/// or each week when there are more than 14. At most about 12 labels.
+fn ticks(x: &[chrono::DateTime<chrono::Utc>], daily: bool, tz: chrono_tz::Tz) -> Vec<f64> {
+    use chrono::Timelike;
+    let pick = |keep: &dyn Fn(usize, u32) -> bool| -> Vec<f64> {
+        x.iter()
+            .enumerate()
+            .filter(|(i, at)| keep(*i, at.with_timezone(&tz).hour()))
+            .map(|(i, _)| i as f64)
+            .collect()
+    };
+    let mut chosen = if daily {
+        let step = if x.len() > 14 { 7 } else { 1 };
+        pick(&|i, _| i % step == 0)
+    } else {
+        let midnights = pick(&|_, hour| hour == 0);
+        if midnights.len() >= 3 {
+            midnights
+        } else {
+            pick(&|_, hour| hour % 6 == 0)
+        }
+    };
+    let step = chosen.len().div_ceil(12).max(1);
+    if step > 1 {
+        chosen = chosen.into_iter().step_by(step).collect();
+    }
+    chosen
 }
 
 /// What the axes measure: the time (and its zone) and the unit.
