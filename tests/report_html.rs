@@ -274,8 +274,31 @@ fn the_html_report_is_self_contained_and_shows_the_json_reports_figures() {
     assert!(ran.stdout.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
 
     // Headless Chromium (Debian's chromium, installed by .ci/run) renders
-    // the page, and the screenshot is not blank.
-    let shot = dir.path().join("shot.png");
+    // the page in the light and the dark scheme; neither screenshot is
+    // blank, and the dark one is dark.
+    for (scheme, preferred) in [("light", "1"), ("dark", "0")] {
+        let (colours, near_white, near_black, total, corner) =
+            screenshot(&dir.path().join(format!("{scheme}.png")), &file, preferred);
+        assert!(colours > 50, "{scheme}: {colours} colours");
+        assert!(
+            near_white < total * 97 / 100 && near_black < total * 97 / 100,
+            "{scheme}: {near_white} near white, {near_black} near black of {total}"
+        );
+        match scheme {
+            "light" => assert!(corner.iter().all(|&c| c > 240), "{scheme}: {corner:?}"),
+            _ => assert!(corner.iter().all(|&c| c < 40), "{scheme}: {corner:?}"),
+        }
+    }
+}
+
+/// A screenshot of `page` with `preferredColorScheme` (0 dark, 1 light):
+/// its distinct colours, pixels near white and near black, all pixels, and
+/// the top-left pixel's colour.
+fn screenshot(
+    shot: &std::path::Path,
+    page: &std::path::Path,
+    preferred: &str,
+) -> (usize, usize, usize, usize, Vec<u8>) {
     let profile = tempfile::tempdir().unwrap();
     let out = std::process::Command::new("chromium")
         .args([
@@ -285,9 +308,10 @@ fn the_html_report_is_self_contained_and_shows_the_json_reports_figures() {
             "--hide-scrollbars",
             "--window-size=1100,2400",
         ])
+        .arg(format!("--blink-settings=preferredColorScheme={preferred}"))
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(format!("--screenshot={}", shot.display()))
-        .arg(format!("file://{}", file.display()))
+        .arg(format!("file://{}", page.display()))
         .output()
         .expect("chromium is installed (.ci/run installs Debian's chromium)");
     assert!(
@@ -295,21 +319,24 @@ fn the_html_report_is_self_contained_and_shows_the_json_reports_figures() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(shot).unwrap()));
     let mut reader = decoder.read_info().unwrap();
     let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
     let info = reader.next_frame(&mut pixels).unwrap();
     let channels = info.color_type.samples();
     let pixels = &pixels[..info.buffer_size()];
     let colours: BTreeSet<&[u8]> = pixels.chunks(channels).collect();
-    let light = pixels
-        .chunks(channels)
-        .filter(|p| p.iter().take(3).all(|&c| c > 240))
-        .count();
-    let total = pixels.len() / channels;
-    assert!(colours.len() > 50, "{} colours", colours.len());
-    assert!(
-        light < total * 97 / 100,
-        "{light} of {total} pixels are near white"
-    );
+    let near = |test: fn(u8) -> bool| {
+        pixels
+            .chunks(channels)
+            .filter(|p| p.iter().take(3).all(|&c| test(c)))
+            .count()
+    };
+    (
+        colours.len(),
+        near(|c| c > 240),
+        near(|c| c < 15),
+        pixels.len() / channels,
+        pixels[..3].to_vec(),
+    )
 }
