@@ -122,3 +122,51 @@ fn man_pages_cover_every_command_with_examples_that_parse() {
         }
     }
 }
+
+/// Every command line the README and docs/ show — in `sh` and `console`
+/// blocks, `$ genalytics …` or `genalytics …`, split at `&&`, `;`, `|` and
+/// redirections — is one genalytics accepts, so the pages cannot drift
+/// from the flags.
+#[test]
+fn every_command_line_in_the_readme_and_docs_parses() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut checked = 0;
+    for page in [
+        "README.md",
+        "docs/commands.md",
+        "docs/configuration.md",
+        "docs/operations.md",
+    ] {
+        let text = std::fs::read_to_string(root.join(page)).unwrap();
+        let mut in_block = false;
+        for line in text.lines() {
+            if line.trim_start().starts_with("```") {
+                in_block = !in_block;
+                continue;
+            }
+            if !in_block {
+                continue;
+            }
+            let line = line.trim().trim_start_matches("$ ");
+            for command in line.split("&&").flat_map(|c| c.split(';')) {
+                let words: Vec<String> = command
+                    .split_whitespace()
+                    .take_while(|w| !matches!(*w, ">" | "|" | "2>&1" | ">>" | "#"))
+                    .map(|w| w.trim_matches('\'').to_string())
+                    .collect();
+                if words.first().map(String::as_str) != Some("genalytics") {
+                    continue;
+                }
+                // Placeholders stand for a value the reader supplies.
+                if words.iter().any(|w| w.contains('…') || w.starts_with('<')) {
+                    continue;
+                }
+                if let Err(err) = <genalytics::Cli as clap::Parser>::try_parse_from(&words) {
+                    panic!("{page}: `{line}` does not parse: {err}");
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 40, "only {checked} command lines found");
+}
