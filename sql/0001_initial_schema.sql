@@ -1,4 +1,4 @@
--- The schema of SPEC §3, written so that it also adopts the tables the
+-- The events, rollups and state tables, written so that it also adopts the tables the
 -- original service's migrations created: every statement is a no-op where
 -- the object already exists, and indexes are matched by definition rather
 -- than by name, so a legacy database never gets a duplicate index.

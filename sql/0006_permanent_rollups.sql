@@ -1,4 +1,4 @@
--- Rollups are permanent (SPEC §10): no later operation changes a stored
+-- Rollups are permanent: no later operation changes a stored
 -- figure except by adding events that really happened.
 
 -- The raw horizon: the start of the oldest hour that still has all its raw

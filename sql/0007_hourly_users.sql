@@ -1,6 +1,6 @@
 -- Per user and hour: what `report user` needs, so that it costs the same
 -- for a user with a million events as for one with ten. Kept forever like
--- the other rollups (SPEC §10): aggregate writes an hour's rows with the
+-- the other rollups: aggregate writes an hour's rows with the
 -- hour, late events are merged into them, prune leaves them.
 CREATE TABLE generation_metrics_hourly_users (
     timestamp              TIMESTAMPTZ NOT NULL,

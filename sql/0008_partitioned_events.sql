@@ -1,5 +1,5 @@
 -- generation_events becomes range-partitioned by timestamp, one partition
--- per UTC day (SPEC §13): retention drops whole days instead of deleting
+-- per UTC day: retention drops whole days instead of deleting
 -- rows, and each day's indexes stay the size of one day.
 --
 -- The existing table is not copied. It keeps its rows, its storage and its
@@ -41,7 +41,7 @@ BEGIN
     -- before anything changes.
     IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'generation_events'::regclass
                AND attname = 'id' AND attidentity <> '') THEN
-        RAISE EXCEPTION 'generation_events.id is an identity column; genalytics expects BIGSERIAL (SPEC §3): '
+        RAISE EXCEPTION 'generation_events.id is an identity column; genalytics expects BIGSERIAL: '
             'make it one (ALTER TABLE generation_events ALTER COLUMN id DROP IDENTITY, with a sequence '
             'as its default) and migrate again';
     END IF;
@@ -58,7 +58,7 @@ BEGIN
     -- whatever the original service or an earlier genalytics made them.
     CREATE TABLE generation_events (LIKE genalytics_events_unpartitioned INCLUDING DEFAULTS)
         PARTITION BY RANGE ("timestamp");
-    -- The id sequence (BIGSERIAL, SPEC §3) now belongs to the parent, so it
+    -- The id sequence (BIGSERIAL) now belongs to the parent, so it
     -- outlives the adopted partition when prune drops that one.
     id_sequence := pg_get_serial_sequence('genalytics_events_unpartitioned', 'id');
     IF id_sequence IS NOT NULL THEN

@@ -369,6 +369,25 @@ fn an_applied_migration_that_changed_is_refused() {
 }
 
 #[test]
+fn a_database_that_recorded_a_migration_before_its_comments_were_reworded_goes_on() {
+    let env = TestEnv::new();
+    env.genalytics().arg("migrate").ok();
+    let mut db = env.db();
+    // sql/0001 as first released: the same statements, other comments.
+    db.execute(
+        "UPDATE genalytics_schema_migrations
+         SET checksum = 'c285b506309698176828f6d6454300a9286fb28435285e7d98a89a6c3abbdfd2'
+         WHERE version = 1",
+        &[],
+    )
+    .unwrap();
+    env.genalytics().arg("migrate").ok();
+    let status = env.genalytics().args(["migrate", "--status"]).ok();
+    assert!(!status.stdout.contains("CHANGED"), "{}", status.stdout);
+    env.genalytics().args(["status", "--format", "json"]).ok();
+}
+
+#[test]
 fn a_database_migrated_by_a_newer_genalytics_is_refused() {
     let env = TestEnv::new();
     env.genalytics().arg("migrate").ok();

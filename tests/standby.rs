@@ -133,6 +133,19 @@ fn the_trim_waits_until_every_standby_has_replayed_the_commit() {
     replica
         .batch_execute("SELECT pg_wal_replay_pause()")
         .unwrap();
+    // Paused for real once the standby meets a WAL record to hold back:
+    // the primary writes one until it does.
+    let mut primary = env.pg.admin().unwrap();
+    wait_for("the standby's replay to pause", 30, || {
+        primary
+            .batch_execute("CREATE TEMP TABLE nudge (); DROP TABLE nudge")
+            .unwrap();
+        replica
+            .query_one("SELECT pg_get_wal_replay_pause_state()", &[])
+            .unwrap()
+            .get::<_, String>(0)
+            == "paused"
+    });
     let hour = genalytics::testing::hour_floor(Utc::now()) - Duration::hours(1);
     let mut key_con = env.redis();
     let key = env.stream_key();

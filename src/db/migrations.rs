@@ -109,13 +109,43 @@ fn applied(client: &mut Client) -> anyhow::Result<BTreeMap<i32, AppliedMigration
         .collect())
 }
 
+/// Checksums of migration files as first released whose comments (and
+/// one error message) were reworded since, the statements unchanged: a
+/// database that recorded one of them has that very migration.
+const REWORDED: [(i32, &str); 4] = [
+    (
+        1,
+        "c285b506309698176828f6d6454300a9286fb28435285e7d98a89a6c3abbdfd2",
+    ),
+    (
+        6,
+        "b05b6621636174c58b838ac126d476755e9f50c15e670d3b535b0f1707864c23",
+    ),
+    (
+        7,
+        "c3f87b6ee1b439bc82a086d53537d0363add589d246bbcb31d77cc8f606d2554",
+    ),
+    (
+        8,
+        "3871f9686140a5e49cc81d1fb62400790c52667c4a53ce7c1de492d34403a929",
+    ),
+];
+
+/// Whether a recorded checksum is this migration's.
+fn recorded_as(migration: &EmbeddedMigration, recorded: &str) -> bool {
+    recorded == migration.checksum()
+        || REWORDED
+            .iter()
+            .any(|&(version, old)| version == migration.version && old == recorded)
+}
+
 /// Every migration the binary knows or the database recorded, in order.
 pub fn status(client: &mut Client) -> anyhow::Result<Vec<MigrationStatus>> {
     let mut applied = applied(client).context("cannot read the migration history")?;
     let mut out = Vec::new();
     for migration in MIGRATIONS {
         let state = match applied.remove(&migration.version) {
-            Some(done) if done.checksum == migration.checksum() => State::Applied(done.applied_at),
+            Some(done) if recorded_as(migration, &done.checksum) => State::Applied(done.applied_at),
             Some(done) => State::Changed(done.applied_at),
             None => State::Pending,
         };
@@ -252,6 +282,21 @@ mod tests {
             );
             assert!(!migration.sql.trim().is_empty(), "{}", migration.label());
         }
+    }
+
+    #[test]
+    fn a_reworded_migration_is_the_one_a_database_recorded() {
+        for (version, old) in REWORDED {
+            let migration = MIGRATIONS.iter().find(|m| m.version == version).unwrap();
+            assert!(recorded_as(migration, old));
+            assert!(recorded_as(migration, &migration.checksum()));
+            assert_ne!(migration.checksum(), old, "{version} was reworded");
+        }
+        let first = &MIGRATIONS[0];
+        assert!(
+            !recorded_as(first, REWORDED[1].1),
+            "another version's checksum"
+        );
     }
 
     #[test]

@@ -182,7 +182,8 @@ impl Postgres {
         while admin
             .query_one(
                 "SELECT count(*) FROM pg_stat_replication
-                 WHERE state = 'streaming' AND application_name <> 'pg_basebackup'",
+                 WHERE state = 'streaming' AND application_name <> 'pg_basebackup'
+                   AND replay_lsn IS NOT NULL",
                 &[],
             )?
             .get::<_, i64>(0)

@@ -346,9 +346,10 @@ pub fn wait_for(what: &str, seconds: u64, mut condition: impl FnMut() -> bool) {
 }
 
 /// Waits until the wall clock is at least `seconds` before the next whole
-/// hour. Tests whose expectations name "the current hour" call it first, so
-/// the hour cannot turn while they run (a run that starts at 10:59:50 would
-/// otherwise see 10:00 complete before its assertions).
+/// hour and a minute past the last. Tests whose expectations name "the
+/// current hour" call it first, so the hour cannot turn while they run (a
+/// run that starts at 10:59:50 would otherwise see 10:00 complete before
+/// its assertions) and it already holds some seconds of events.
 pub fn clear_of_hour_turn(seconds: i64) {
     use chrono::Timelike;
     let now = chrono::Utc::now();
@@ -357,6 +358,16 @@ pub fn clear_of_hour_turn(seconds: i64) {
     if left < seconds {
         eprintln!("waiting {left} s for the hour to turn");
         std::thread::sleep(std::time::Duration::from_secs(left as u64 + 1));
+    }
+    // Nor in its first minute: "the current hour so far" must hold some
+    // seconds of events a few seconds old.
+    let into_hour = {
+        let now = chrono::Utc::now();
+        i64::from(now.minute() * 60 + now.second())
+    };
+    if into_hour < 60 {
+        eprintln!("waiting {} s into the hour", 60 - into_hour);
+        std::thread::sleep(std::time::Duration::from_secs((60 - into_hour) as u64));
     }
 }
 
