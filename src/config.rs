@@ -406,6 +406,33 @@ impl DatabaseUrl {
         warn: &mut dyn FnMut(String),
     ) -> Self {
         let set = |name: &str| env(name).filter(|value| !value.is_empty());
+        // A URL without a host (`postgres:///analytics`) takes PGHOST, else
+        // libpq's default: Debian's socket directory when there is one.
+        if self.config.get_hosts().is_empty() {
+            let hosts = set("PGHOST").or_else(|| {
+                Path::new(SOCKET_DIR)
+                    .is_dir()
+                    .then(|| SOCKET_DIR.to_string())
+            });
+            for host in hosts.iter().flat_map(|hosts| hosts.split(',')) {
+                if host.starts_with('/') {
+                    self.config.host_path(host);
+                } else {
+                    self.config.host(host);
+                }
+            }
+        }
+        // And without a port, PGPORT (one for every host, or one each).
+        if self.config.get_ports().is_empty()
+            && let Some(ports) = set("PGPORT")
+        {
+            for port in ports
+                .split(',')
+                .filter_map(|p| p.trim().parse::<u16>().ok())
+            {
+                self.config.port(port);
+            }
+        }
         if self.config.get_user().is_none()
             && let Some(user) = set("PGUSER").or_else(system_user)
         {
@@ -542,6 +569,9 @@ fn home(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
                 .map(|user| user.dir)
         })
 }
+
+/// Where Debian's libpq looks for the server's socket when no host is given.
+const SOCKET_DIR: &str = "/var/run/postgresql";
 
 /// The system user's name, libpq's default user.
 fn system_user() -> Option<String> {

@@ -181,3 +181,29 @@ fn a_service_file_describes_the_connection_as_libpq_reads_it() {
     );
     assert!(!ran.stderr.contains('\u{1b}'), "{}", ran.stderr);
 }
+
+#[test]
+fn a_url_without_host_or_port_takes_them_from_pghost_and_pgport() {
+    let env = migrated();
+    let (port, password) = server(&env);
+    let ran = env
+        .genalytics()
+        .env(
+            "DATABASE_URL",
+            format!("postgres://postgres:{password}@/{}", env.database),
+        )
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", &port)
+        .args(["status", "--format", "json"])
+        .ok();
+    let status: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(status["database"], format!("127.0.0.1:{port}"), "{status}");
+    // A URL's own port stands.
+    let ran = env
+        .genalytics()
+        .env("PGPORT", "1")
+        .args(["status", "--format", "json"])
+        .ok();
+    let status: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(status["database"], format!("127.0.0.1:{port}"), "{status}");
+}
