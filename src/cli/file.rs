@@ -22,7 +22,7 @@ use crate::error::UsageError;
 const SYSTEM_FILE: &str = "/etc/genalytics/genalytics.toml";
 
 /// One setting read from a file.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Entry {
     /// The command path of its table: empty at the top of the file.
     pub command: Vec<String>,
@@ -32,6 +32,24 @@ pub struct Entry {
     pub values: Vec<String>,
     pub file: PathBuf,
     pub line: usize,
+}
+
+/// Masked: a file's values may be passwords.
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let values: Vec<String> = self
+            .values
+            .iter()
+            .map(|value| crate::commands::config::masked(value))
+            .collect();
+        f.debug_struct("Entry")
+            .field("command", &self.command)
+            .field("key", &self.key)
+            .field("values", &values)
+            .field("file", &self.file)
+            .field("line", &self.line)
+            .finish()
+    }
 }
 
 impl Entry {

@@ -38,12 +38,23 @@ pub struct Sources {
 }
 
 /// One setting: `database_url`, `transfer.keep`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct Shown {
     pub name: String,
     /// None: not set.
     pub value: Option<String>,
     pub from: String,
+}
+
+/// Masked, as everything that shows a setting.
+impl std::fmt::Debug for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shown")
+            .field("name", &self.name)
+            .field("value", &self.value.as_deref().map(masked))
+            .field("from", &self.from)
+            .finish()
+    }
 }
 
 pub fn run(args: &Args, sources: &Sources, settings: &Settings) -> anyhow::Result<Exit> {
@@ -226,6 +237,20 @@ mod tests {
         ] {
             assert_eq!(masked(value), want, "{value}");
         }
+    }
+
+    #[test]
+    fn debug_output_masks_a_settings_password() {
+        let shown = super::Shown {
+            name: "database_url".into(),
+            value: Some("postgres://u:s3cr3t@db/a".into()),
+            from: "flag --database-url".into(),
+        };
+        let debug = format!("{shown:?}");
+        assert!(
+            !debug.contains("s3cr3t") && debug.contains("****"),
+            "{debug}"
+        );
     }
 
     #[test]

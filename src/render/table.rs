@@ -359,11 +359,12 @@ fn cut(text: &str, room: Option<usize>) -> String {
     }
 }
 
-/// The widest line of a table, in characters.
+/// The widest line of a table, in terminal columns: a CJK model name
+/// takes two per character, as comfy-table lays it out.
 fn widest(table: &Table) -> usize {
     table
         .lines()
-        .map(|line| line.chars().count())
+        .map(|line| unicode_width::UnicodeWidthStr::width(line.as_str()))
         .max()
         .unwrap_or(0)
 }
@@ -540,6 +541,32 @@ mod tests {
                 table.lines().count(),
                 5,
                 "{width}: one line per row:\n{table}"
+            );
+        }
+    }
+
+    #[test]
+    fn wide_characters_count_as_two_columns() {
+        let section = Section {
+            name: "t",
+            title: None,
+            layout: Layout::Rows,
+            columns: vec![("m", "model"), ("n", "completions")],
+            rows: vec![vec![
+                Cell::Text(Some("画像生成モデル大型版".into())),
+                Cell::Count(12_345),
+            ]],
+            bar: None,
+        };
+        let narrow = TableRenderer {
+            width: Some(30),
+            ..renderer()
+        };
+        let table = narrow.table(&section).to_string();
+        for line in table.lines() {
+            assert!(
+                unicode_width::UnicodeWidthStr::width(line) <= 30,
+                "{line:?} is wider than 30 columns:\n{table}"
             );
         }
     }
