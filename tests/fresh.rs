@@ -408,6 +408,43 @@ fn watch_in_a_pipe_prints_one_report_per_interval() {
         .count();
     assert!(headers >= 3, "one report per interval: {out}");
     assert!(!out.contains('\x1b'), "no escape codes in a pipe: {out:?}");
+
+    // JSON: one report per line, each a whole object.
+    let mut child = env
+        .genalytics()
+        .args([
+            "report",
+            "overview",
+            "--days",
+            "1",
+            "--watch=200ms",
+            "--format",
+            "json",
+        ])
+        .command()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(StdDuration::from_millis(1_500));
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let reports: Vec<Value> = out
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}")))
+        .collect();
+    assert!(reports.len() >= 3, "{out}");
+    assert!(
+        reports.iter().all(|r| r["total_requests"].is_number()),
+        "{out}"
+    );
 }
 
 #[test]

@@ -270,7 +270,13 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
             let report = build(&mut client, &args.report, &window, materialized_only)?;
             renderer.render(&report, &mut std::io::stdout().lock())?;
         }
-        Some(interval) => watch(&mut client, args, renderer.as_ref(), interval)?,
+        Some(interval) => watch(
+            &mut client,
+            args,
+            renderer.as_ref(),
+            interval,
+            common.format == render::Format::Json,
+        )?,
     }
     Ok(Exit::Success)
 }
@@ -281,17 +287,19 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
 /// each run over the last in place — cursor home, every line cleared as it
 /// is written, the rest cleared after, as many lines as the terminal has —
 /// so nothing flickers or scrolls; in a pipe each is printed after the
-/// last.
+/// last, JSON as one object per line.
 fn watch(
     client: &mut postgres::Client,
     args: &Args,
     renderer: &dyn Renderer,
     interval: std::time::Duration,
+    json: bool,
 ) -> anyhow::Result<()> {
     use std::io::{IsTerminal, Write};
     let stop = crate::interrupt::install()?;
     let terminal = std::io::stdout().is_terminal();
     let materialized_only = args.window_args().0.materialized_only;
+    let json_lines = json && !terminal;
     let _screen = terminal.then(AlternateScreen::enter).transpose()?;
     let mut first = true;
     loop {
@@ -319,6 +327,10 @@ fn watch(
                 )?;
             }
             out.write_all(b"\x1b[J")?;
+        } else if json_lines {
+            // One report per line: what a program reading the pipe splits on.
+            let report: serde_json::Value = serde_json::from_slice(&page)?;
+            writeln!(out, "{report}")?;
         } else {
             if !first {
                 writeln!(out)?;
