@@ -218,7 +218,7 @@ impl TableRenderer {
                 let units: Vec<Option<Unit>> = (0..section.columns.len())
                     .map(|column| column_unit(section, column))
                     .collect();
-                let shown: Vec<Vec<String>> = section
+                let mut shown: Vec<Vec<String>> = section
                     .rows
                     .iter()
                     .map(|row| {
@@ -228,6 +228,7 @@ impl TableRenderer {
                             .collect()
                     })
                     .collect();
+                self.zone_where_times_repeat(section, &mut shown);
                 let mut header: Vec<TableCell> = section
                     .columns
                     .iter()
@@ -279,6 +280,40 @@ impl TableRenderer {
                     table.add_row(cells);
                 }
                 table
+            }
+        }
+    }
+
+    /// Short times (no zone) that read the same for two instants — the
+    /// hour a DST change repeats — get their zone back, in that column.
+    fn zone_where_times_repeat(&self, section: &Section, shown: &mut [Vec<String>]) {
+        for column in 0..section.columns.len() {
+            let mut seen: std::collections::HashMap<&str, DateTime<Utc>> =
+                std::collections::HashMap::new();
+            let mut repeats = false;
+            for (row, texts) in section.rows.iter().zip(shown.iter()) {
+                if let (Some(Cell::Time(Some(at))), Some(text)) =
+                    (row.get(column), texts.get(column))
+                {
+                    // Minutes apart is the same minute shown; an hour apart
+                    // is the same wall-clock time twice.
+                    repeats |= seen
+                        .insert(text.as_str(), *at)
+                        .is_some_and(|other| (other - *at).abs() >= chrono::TimeDelta::minutes(30));
+                }
+            }
+            if !repeats {
+                continue;
+            }
+            for (row, texts) in section.rows.iter().zip(shown.iter_mut()) {
+                if let (Some(Cell::Time(Some(at))), Some(text)) =
+                    (row.get(column), texts.get_mut(column))
+                {
+                    *text = at
+                        .with_timezone(&self.tz)
+                        .format("%m-%d %H:%M %Z")
+                        .to_string();
+                }
             }
         }
     }
@@ -543,6 +578,33 @@ mod tests {
                 "{width}: one line per row:\n{table}"
             );
         }
+    }
+
+    #[test]
+    fn a_repeated_hour_keeps_its_zone_in_short_times() {
+        // 2026-11-01 01:00 happens twice in New York: EDT, then EST.
+        let first: DateTime<Utc> = "2026-11-01T05:00:00Z".parse().unwrap();
+        let again: DateTime<Utc> = "2026-11-01T06:00:00Z".parse().unwrap();
+        let section = Section {
+            name: "t",
+            title: None,
+            layout: Layout::Rows,
+            columns: vec![("t", "time"), ("r", "requests"), ("c", "cancelled")],
+            rows: vec![
+                vec![Cell::Time(Some(first)), Cell::Count(5), Cell::Count(1)],
+                vec![Cell::Time(Some(again)), Cell::Count(6), Cell::Count(2)],
+            ],
+            bar: None,
+        };
+        let narrow = TableRenderer {
+            width: Some(40),
+            ..TableRenderer::plain(chrono_tz::America::New_York)
+        };
+        let table = narrow.table(&section).to_string();
+        assert!(
+            table.contains("11-01 01:00 EDT") && table.contains("11-01 01:00 EST"),
+            "{table}"
+        );
     }
 
     #[test]
