@@ -62,6 +62,12 @@ fn a_cron_transfer_after_a_crash_and_a_promote_stores_every_entry_once() {
     write(&env, &entries(150, seed));
     transfer(&env);
     assert_eq!(stored(&env.database_url()), (150, 150));
+    // The standby replays them (commits lost with the primary are the
+    // follower test's case).
+    let replica = standby.url(&env.database);
+    wait_for("the standby to replay the first run", 60, || {
+        stored(&replica) == (150, 150)
+    });
 
     env.pg.crash();
     write(&env, &entries(70, seed + 1));
