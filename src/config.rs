@@ -558,7 +558,7 @@ fn password_file_fields(line: &str) -> Vec<String> {
 
 /// The home directory, as libpq finds `~/.pgpass`: `HOME`, else the
 /// account's.
-fn home(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+pub fn home(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
     env("HOME")
         .filter(|home| !home.is_empty())
         .map(PathBuf::from)

@@ -12,12 +12,10 @@ use std::time::{Duration as StdDuration, Instant};
 use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 
-use crate::harness::events::{Written, traffic, write};
-use crate::harness::{TestEnv, clear_of_hour_turn, migrated, sigterm, wait_for, xadd};
+use genalytics::testing::hour_floor;
 
-fn hour_floor(at: DateTime<Utc>) -> DateTime<Utc> {
-    genalytics::testing::hour_floor(at)
-}
+use crate::harness::events::{Written, count, traffic, write};
+use crate::harness::{TestEnv, clear_of_hour_turn, migrated, sigterm, transfer, wait_for, xadd};
 
 /// A report as JSON over the window ending `until`.
 fn report_at(env: &TestEnv, until: DateTime<Utc>, args: &[&str]) -> Value {
@@ -33,16 +31,6 @@ fn report_at(env: &TestEnv, until: DateTime<Utc>, args: &[&str]) -> Value {
 /// A report as JSON over the window ending now.
 fn report(env: &TestEnv, args: &[&str]) -> Value {
     report_at(env, Utc::now(), args)
-}
-
-fn transfer(env: &TestEnv) {
-    env.genalytics()
-        .args(["transfer", "-q", "--keep", "3650d"])
-        .ok();
-}
-
-fn count(events: &[Written], f: impl Fn(&Written) -> bool) -> i64 {
-    events.iter().filter(|e| f(e)).count() as i64
 }
 
 /// The report without its freshness count: what must not change when its
@@ -372,9 +360,9 @@ fn watch_redraws_in_place_on_a_terminal_and_ctrl_c_ends_it_cleanly() {
     assert!(!text.contains("panicked"), "{text}");
 }
 
-#[test]
-fn watch_in_a_pipe_prints_one_report_per_interval() {
-    let env = migrated();
+/// What `report overview --watch=200ms` prints into a pipe in 1.5 s, in
+/// `format`; it ends cleanly on SIGTERM.
+fn watched_in_a_pipe(env: &TestEnv, format: &str) -> String {
     let mut child = env
         .genalytics()
         .args([
@@ -384,7 +372,7 @@ fn watch_in_a_pipe_prints_one_report_per_interval() {
             "1",
             "--watch=200ms",
             "--format",
-            "csv",
+            format,
         ])
         .command()
         .stdout(Stdio::piped())
@@ -394,6 +382,7 @@ fn watch_in_a_pipe_prints_one_report_per_interval() {
     std::thread::sleep(StdDuration::from_millis(1_500));
     sigterm(&child);
     let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
     let mut out = String::new();
     child
         .stdout
@@ -401,7 +390,13 @@ fn watch_in_a_pipe_prints_one_report_per_interval() {
         .unwrap()
         .read_to_string(&mut out)
         .unwrap();
-    assert!(status.success(), "{status:?}");
+    out
+}
+
+#[test]
+fn watch_in_a_pipe_prints_one_report_per_interval() {
+    let env = migrated();
+    let out = watched_in_a_pipe(&env, "csv");
     let headers = out
         .lines()
         .filter(|line| line.starts_with("lookback_days") || line.contains("total_requests"))
@@ -410,32 +405,7 @@ fn watch_in_a_pipe_prints_one_report_per_interval() {
     assert!(!out.contains('\x1b'), "no escape codes in a pipe: {out:?}");
 
     // JSON: one report per line, each a whole object.
-    let mut child = env
-        .genalytics()
-        .args([
-            "report",
-            "overview",
-            "--days",
-            "1",
-            "--watch=200ms",
-            "--format",
-            "json",
-        ])
-        .command()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(StdDuration::from_millis(1_500));
-    sigterm(&child);
-    assert!(child.wait().unwrap().success());
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    let out = watched_in_a_pipe(&env, "json");
     let reports: Vec<Value> = out
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}")))

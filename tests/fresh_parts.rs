@@ -10,20 +10,12 @@ use chrono::{DateTime, Duration, Utc};
 use postgres::Client;
 use serde_json::Value;
 
-use crate::harness::events::{Written, percentile, traffic, write};
-use crate::harness::{TestEnv, migrated, wait_for};
+use genalytics::testing::hour_floor;
+
+use crate::harness::events::{Written, count, percentile, traffic, write};
+use crate::harness::{TestEnv, migrated, transfer, wait_for};
 
 const REPORTS: [&str; 5] = ["overview", "trends", "models", "failures", "peak-hours"];
-
-fn hour_floor(at: DateTime<Utc>) -> DateTime<Utc> {
-    genalytics::testing::hour_floor(at)
-}
-
-fn transfer(env: &TestEnv) {
-    env.genalytics()
-        .args(["transfer", "-q", "--keep", "3650d"])
-        .ok();
-}
 
 /// Every report over the last day ending `until`, as JSON, without the
 /// count of hours read raw (which the part and the rollup change).
@@ -54,10 +46,6 @@ fn part(db: &mut Client, hour: DateTime<Utc>) -> Option<(DateTime<Utc>, i64)> {
     )
     .unwrap()
     .map(|row| (row.get(0), row.get(1)))
-}
-
-fn count(events: &[Written], f: impl Fn(&Written) -> bool) -> i64 {
-    events.iter().filter(|e| f(e)).count() as i64
 }
 
 /// The trends report's point for `hour`.

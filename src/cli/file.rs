@@ -275,24 +275,10 @@ fn apply_one(
                 crate::text::escape_controls(&entry.command[..=depth].join("."))
             )));
         }
-        let mut failure = None;
-        let command = command.mut_subcommand(sub, |inner| {
-            match apply_one(inner.clone(), entry, depth + 1) {
-                Ok(applied) => applied,
-                Err(err) => {
-                    failure = Some(err);
-                    inner
-                }
-            }
-        });
-        return failure.map_or(Ok(command), Err);
+        return in_subcommand(command, sub, |inner| apply_one(inner, entry, depth + 1));
     }
     let long = entry.key.replace('_', "-");
-    let found = command
-        .get_arguments()
-        .find(|arg| arg.get_long() == Some(long.as_str()))
-        .map(|arg| arg.get_id().clone());
-    if let Some(id) = found {
+    if let Some(id) = option_id(&command, &long) {
         return set_default(command, &id, entry);
     }
     // A table for a command of commands (`[report]`) sets the option in
@@ -300,10 +286,7 @@ fn apply_one(
     let holders: Vec<String> = command
         .get_subcommands()
         .filter(|_| !entry.command.is_empty())
-        .filter(|sub| {
-            sub.get_arguments()
-                .any(|arg| arg.get_long() == Some(long.as_str()))
-        })
+        .filter(|sub| option_id(sub, &long).is_some())
         .map(|sub| sub.get_name().to_string())
         .collect();
     if holders.is_empty() {
@@ -316,28 +299,38 @@ fn apply_one(
         };
         return Err(UsageError(format!("{place}: unknown setting {name}{top}")));
     }
-    let mut command = command;
-    for holder in holders {
-        let mut failure = None;
-        command = command.mut_subcommand(&holder, |sub| {
-            let id = sub
-                .get_arguments()
-                .find(|arg| arg.get_long() == Some(long.as_str()))
-                .map(|arg| arg.get_id().clone());
-            match id.map(|id| set_default(sub.clone(), &id, entry)) {
-                Some(Ok(applied)) => applied,
-                Some(Err(err)) => {
-                    failure = Some(err);
-                    sub
-                }
-                None => sub,
-            }
-        });
-        if let Some(err) = failure {
-            return Err(err);
+    holders.iter().try_fold(command, |command, holder| {
+        in_subcommand(command, holder, |sub| {
+            let id = option_id(&sub, &long).expect("a holder has the option");
+            set_default(sub, &id, entry)
+        })
+    })
+}
+
+/// The ID of `command`'s option `--long`.
+fn option_id(command: &clap::Command, long: &str) -> Option<clap::Id> {
+    command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long))
+        .map(|arg| arg.get_id().clone())
+}
+
+/// `command` with its subcommand `name` changed by `change`, which may
+/// refuse (clap's `mut_subcommand` takes no fallible change).
+fn in_subcommand(
+    command: clap::Command,
+    name: &str,
+    change: impl FnOnce(clap::Command) -> Result<clap::Command, UsageError>,
+) -> Result<clap::Command, UsageError> {
+    let mut failure = None;
+    let command = command.mut_subcommand(name, |sub| match change(sub.clone()) {
+        Ok(changed) => changed,
+        Err(err) => {
+            failure = Some(err);
+            sub
         }
-    }
-    Ok(command)
+    });
+    failure.map_or(Ok(command), Err)
 }
 
 /// Whether the top-level command has a global option `--long`.

@@ -67,11 +67,17 @@ impl Cli {
                 entries.extend(found);
             }
         }
-        let mut command =
-            globals_listed_once(file::apply(Cli::command(), &entries).map_err(refused)?);
+        let pristine = Cli::command();
+        // The order `--help` lists the options in (a file's setting moves
+        // its option to the end of the command's list).
+        let order: Vec<clap::Id> = pristine
+            .get_arguments()
+            .map(|arg| arg.get_id().clone())
+            .collect();
+        let mut command = globals_listed_once(file::apply(pristine, &entries).map_err(refused)?);
         let matches = command.try_get_matches_from_mut(args)?;
         let mut cli = Cli::from_arg_matches(&matches).map_err(|err| err.format(&mut command))?;
-        sources.settings = shown(&command, &matches, &entries);
+        sources.settings = shown(&command, &matches, &entries, &order);
         cli.sources = sources;
         Ok(cli)
     }
@@ -111,15 +117,10 @@ fn shown(
     command: &clap::Command,
     matches: &clap::ArgMatches,
     entries: &[file::Entry],
+    order: &[clap::Id],
 ) -> Vec<Shown> {
     use clap::parser::ValueSource;
     let mut shown = Vec::new();
-    // In the order `--help` lists them (a file's setting moves its option
-    // to the end of the command's list).
-    let order: Vec<clap::Id> = Cli::command()
-        .get_arguments()
-        .map(|arg| arg.get_id().clone())
-        .collect();
     let mut globals: Vec<&clap::Arg> = command
         .get_arguments()
         .filter(|arg| arg.is_global_set())

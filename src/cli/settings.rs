@@ -19,10 +19,7 @@ pub fn settings(args: &GlobalArgs) -> Result<Settings, UsageError> {
     let service = named
         .or_else(|| process_env("PGSERVICE").filter(|name| !name.is_empty()))
         .map(|name| {
-            let home = process_env("HOME")
-                .filter(|home| !home.is_empty())
-                .map(Into::into);
-            crate::pg_service::lookup(&name, &process_env, home)
+            crate::pg_service::lookup(&name, &process_env, crate::config::home(&process_env))
         })
         .transpose()?
         .unwrap_or_default();

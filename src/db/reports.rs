@@ -70,6 +70,24 @@ fn with_raw(rolled: &str, fresh: impl FnOnce() -> String, raw: &[DateTime<Utc>])
     }
 }
 
+/// A rollup table's rows in the window but the hours `$3`, and those
+/// hours' rows from their raw events by `raw_select`, under `columns`.
+fn window_rows(
+    table: &str,
+    columns: &str,
+    raw_select: impl FnOnce() -> String,
+    raw: &[DateTime<Utc>],
+) -> String {
+    with_raw(
+        &format!(
+            "SELECT {columns} FROM {table}
+             WHERE timestamp >= $1 AND timestamp < $2 AND timestamp <> ALL($3)"
+        ),
+        || format!("SELECT {columns} FROM ({}) raw", raw_select()),
+        raw,
+    )
+}
+
 /// The window's hourly rows as a derived table `h`: rolled-up hours from
 /// the table, the hours `$3` from their raw events.
 fn hourly_rows(raw: &[DateTime<Utc>]) -> String {
@@ -240,12 +258,10 @@ pub fn model_parts(
         duration_sum_ms, duration_count, duration_hist_keys, duration_hist_counts, last_used_at";
     Ok(client
         .query(
-            &with_raw(
-                &format!(
-                    "SELECT {columns} FROM generation_metrics_hourly_models
-                     WHERE timestamp >= $1 AND timestamp < $2 AND timestamp <> ALL($3)"
-                ),
-                || format!("SELECT {columns} FROM ({}) raw", models_select("$3")),
+            &window_rows(
+                "generation_metrics_hourly_models",
+                columns,
+                || models_select("$3"),
                 raw,
             ),
             &[&window.start, &window.end, &raw],
@@ -278,12 +294,10 @@ pub fn failure_parts(
         "error_type, failures, duration_sum_ms, duration_count, user_ids, sample_messages";
     Ok(client
         .query(
-            &with_raw(
-                &format!(
-                    "SELECT {columns} FROM generation_metrics_hourly_failures
-                     WHERE timestamp >= $1 AND timestamp < $2 AND timestamp <> ALL($3)"
-                ),
-                || format!("SELECT {columns} FROM ({}) raw", failures_select("$3")),
+            &window_rows(
+                "generation_metrics_hourly_failures",
+                columns,
+                || failures_select("$3"),
                 raw,
             ),
             &[&window.start, &window.end, &raw],

@@ -271,17 +271,19 @@ impl Postgres {
 
     /// Fast shutdown: open connections are cut, the data is kept.
     pub fn stop(&mut self) {
+        self.end(Signal::SIGINT);
+    }
+
+    fn end(&mut self, signal: Signal) {
         if let Some(mut child) = self.child.take() {
-            stop_child(&mut child, Signal::SIGINT);
+            stop_child(&mut child, signal);
         }
     }
 
     /// Immediate shutdown (`pg_ctl stop -m immediate`), as a crash: no
     /// checkpoint, connections cut; the data is kept.
     pub fn crash(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            stop_child(&mut child, Signal::SIGQUIT);
-        }
+        self.end(Signal::SIGQUIT);
     }
 
     /// Promotes a standby to a primary (`pg_ctl promote`), waiting until it

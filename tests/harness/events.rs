@@ -158,6 +158,11 @@ pub fn write(env: &TestEnv, events: &[Written]) {
     }
 }
 
+/// How many of `events` `f` holds for.
+pub fn count(events: &[Written], f: impl Fn(&Written) -> bool) -> i64 {
+    events.iter().filter(|e| f(e)).count() as i64
+}
+
 /// `percentile_cont`, computed here.
 pub fn percentile(sorted: &[i64], q: f64) -> Option<f64> {
     if sorted.is_empty() {

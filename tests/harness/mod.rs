@@ -236,6 +236,14 @@ impl Cmd {
     }
 }
 
+/// Stores what the stream holds, keeping it there for ten years (tests
+/// read it again).
+pub fn transfer(env: &TestEnv) {
+    env.genalytics()
+        .args(["transfer", "-q", "--keep", "3650d"])
+        .ok();
+}
+
 /// A fresh environment with the schema migrated.
 #[track_caller]
 pub fn migrated() -> TestEnv {
