@@ -212,7 +212,7 @@ _genalytics() {
 
     case "${cmd}" in
         genalytics)
-            opts="-v -q -h -V --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version demo migrate transfer aggregate report status check prune rejected completions config simulate help"
+            opts="-v -q -h -V --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version demo migrate transfer aggregate report status check prune rejected completions config simulate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -227,6 +227,10 @@ _genalytics() {
                     return 0
                     ;;
                 --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-sentinel)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -262,7 +266,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__aggregate)
-            opts="-v -q -h -V --hour --from --to --include-current --jobs --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
+            opts="-v -q -h -V --hour --from --to --include-current --jobs --format --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -300,6 +304,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-sentinel)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --redis-ns)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -332,7 +340,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__check)
-            opts="-t -v -q -h -V --hours --days --crit-failure-rate --max-failure-rate --crit-p95 --max-p95 --crit-lag --max-lag --crit-stale-hours --max-stale-hours --warn-failure-rate --warn-p95 --warn-lag --warn-stale-hours --stale-grace --nagios --format --timeout --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
+            opts="-t -v -q -h -V --hours --days --crit-failure-rate --max-failure-rate --crit-p95 --max-p95 --crit-lag --max-lag --crit-stale-hours --max-stale-hours --warn-failure-rate --warn-p95 --warn-lag --warn-stale-hours --stale-grace --nagios --format --timeout --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -422,6 +430,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-sentinel)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --redis-ns)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -454,7 +466,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__completions)
-            opts="-v -q -h -V --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version bash elvish fish powershell zsh"
+            opts="-v -q -h -V --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -469,6 +481,10 @@ _genalytics() {
                     return 0
                     ;;
                 --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-sentinel)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -504,7 +520,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__config)
-            opts="-v -q -h -V --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
+            opts="-v -q -h -V --format --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -523,6 +539,10 @@ _genalytics() {
                     return 0
                     ;;
                 --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-sentinel)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -558,7 +578,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__demo)
-            opts="-v -q -h -V --keep --events --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
+            opts="-v -q -h -V --keep --events --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -577,6 +597,10 @@ _genalytics() {
                     return 0
                     ;;
                 --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-sentinel)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -962,7 +986,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__migrate)
-            opts="-v -q -h -V --status --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
+            opts="-v -q -h -V --status --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -977,6 +1001,10 @@ _genalytics() {
                     return 0
                     ;;
                 --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-sentinel)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1012,7 +1040,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__prune)
-            opts="-v -q -h -V --older-than --dry-run --batch-size --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
+            opts="-v -q -h -V --older-than --dry-run --batch-size --format --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1039,6 +1067,10 @@ _genalytics() {
                     return 0
                     ;;
                 --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-sentinel)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1074,7 +1106,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected)
-            opts="-v -q -h -V --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version list show replay purge help"
+            opts="-v -q -h -V --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version list show replay purge help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1089,6 +1121,10 @@ _genalytics() {
                     return 0
                     ;;
                 --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-sentinel)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1208,7 +1244,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected__subcmd__list)
-            opts="-v -q -h -V --reason --since --until --limit --format --csv-raw --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
+            opts="-v -q -h -V --reason --since --until --limit --format --csv-raw --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1246,6 +1282,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-sentinel)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --redis-ns)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1278,7 +1318,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected__subcmd__purge)
-            opts="-v -q -h -V --older-than --reason --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
+            opts="-v -q -h -V --older-than --reason --format --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1305,6 +1345,10 @@ _genalytics() {
                     return 0
                     ;;
                 --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-sentinel)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1340,7 +1384,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected__subcmd__replay)
-            opts="-v -q -h -V --all --reason --since --until --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
+            opts="-v -q -h -V --all --reason --since --until --format --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1371,6 +1415,10 @@ _genalytics() {
                     return 0
                     ;;
                 --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-sentinel)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1406,7 +1454,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__rejected__subcmd__show)
-            opts="-v -q -h -V --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
+            opts="-v -q -h -V --format --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1425,6 +1473,10 @@ _genalytics() {
                     return 0
                     ;;
                 --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-sentinel)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1460,7 +1512,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report)
-            opts="-v -q -h -V --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version overview trends user models failures peak-hours html help"
+            opts="-v -q -h -V --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version overview trends user models failures peak-hours html help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1475,6 +1527,10 @@ _genalytics() {
                     return 0
                     ;;
                 --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-sentinel)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1510,7 +1566,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__failures)
-            opts="-v -q -h -V --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
+            opts="-v -q -h -V --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1549,6 +1605,10 @@ _genalytics() {
                     return 0
                     ;;
                 --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-sentinel)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1710,7 +1770,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__html)
-            opts="-o -v -q -h -V --days --until --tz --materialized-only --failure-limit --output --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
+            opts="-o -v -q -h -V --days --until --tz --materialized-only --failure-limit --output --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1752,6 +1812,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-sentinel)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --redis-ns)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1784,7 +1848,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__models)
-            opts="-v -q -h -V --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
+            opts="-v -q -h -V --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1823,6 +1887,10 @@ _genalytics() {
                     return 0
                     ;;
                 --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-sentinel)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1858,7 +1926,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__overview)
-            opts="-v -q -h -V --compare --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
+            opts="-v -q -h -V --compare --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1900,6 +1968,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-sentinel)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --redis-ns)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1932,7 +2004,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__peak__subcmd__hours)
-            opts="-v -q -h -V --by --sort --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
+            opts="-v -q -h -V --by --sort --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1982,6 +2054,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-sentinel)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --redis-ns)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -2014,7 +2090,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__trends)
-            opts="-v -q -h -V --interval --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
+            opts="-v -q -h -V --interval --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2060,6 +2136,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-sentinel)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --redis-ns)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -2092,7 +2172,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__report__subcmd__user)
-            opts="-v -q -h -V --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
+            opts="-v -q -h -V --days --until --tz --materialized-only --format --section --csv-raw --watch --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2134,6 +2214,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-sentinel)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --redis-ns)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -2166,7 +2250,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__simulate)
-            opts="-v -q -h -V --events --hours --users --seed --end --maxlen --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
+            opts="-v -q -h -V --events --hours --users --seed --end --maxlen --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2208,6 +2292,10 @@ _genalytics() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-sentinel)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --redis-ns)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -2240,7 +2328,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__status)
-            opts="-o -v -q -h -V --format --output --stale-grace --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
+            opts="-o -v -q -h -V --format --output --stale-grace --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2271,6 +2359,10 @@ _genalytics() {
                     return 0
                     ;;
                 --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-sentinel)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -2306,7 +2398,7 @@ _genalytics() {
             return 0
             ;;
         genalytics__subcmd__transfer)
-            opts="-v -q -h -V --batch-size --max-events --follow --keep --wait --new-stream --parallel --aggregate --format --config --database-url --redis-url --redis-cluster --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
+            opts="-v -q -h -V --batch-size --max-events --follow --keep --wait --new-stream --parallel --aggregate --format --config --database-url --redis-url --redis-cluster --redis-sentinel --redis-ns --stream --stream-pattern --raw-retention --verbose --quiet --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2341,6 +2433,10 @@ _genalytics() {
                     return 0
                     ;;
                 --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-sentinel)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

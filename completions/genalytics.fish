@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_genalytics_global_optspecs
-    string join \n config= database-url= redis-url= redis-cluster redis-ns= stream= stream-pattern= raw-retention= v/verbose q/quiet color= log-format= h/help V/version
+    string join \n config= database-url= redis-url= redis-cluster redis-sentinel= redis-ns= stream= stream-pattern= raw-retention= v/verbose q/quiet color= log-format= h/help V/version
 end
 
 function __fish_genalytics_needs_command
@@ -27,6 +27,7 @@ end
 complete -c genalytics -n "__fish_genalytics_needs_command" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_needs_command" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_needs_command" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_needs_command" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_needs_command" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_needs_command" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_needs_command" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
@@ -58,6 +59,7 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l events -d
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
@@ -76,6 +78,7 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand demo" -s V -l vers
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand migrate" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
@@ -100,6 +103,7 @@ json\t'One JSON object'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand transfer" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
@@ -127,6 +131,7 @@ json\t'One JSON object'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
@@ -145,6 +150,7 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand aggregate" -s V -l
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and not __fish_seen_subcommand_from overview trends user models failures peak-hours html help" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
@@ -179,6 +185,7 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
@@ -210,6 +217,7 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
@@ -238,6 +246,7 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
@@ -266,6 +275,7 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
@@ -294,6 +304,7 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
@@ -325,6 +336,7 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
@@ -349,6 +361,7 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
@@ -380,6 +393,7 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l stale-g
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand status" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
@@ -411,6 +425,7 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand check" -s t -l tim
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand check" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
@@ -433,6 +448,7 @@ json\t'One JSON object'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
@@ -451,6 +467,7 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand prune" -s V -l ver
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and not __fish_seen_subcommand_from list show replay purge help" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
@@ -481,6 +498,7 @@ html\t'One self-contained HTML page (inline CSS and SVG charts)'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from list" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
@@ -501,6 +519,7 @@ json\t'One JSON object'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from show" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
@@ -523,6 +542,7 @@ json\t'One JSON object'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from replay" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
@@ -545,6 +565,7 @@ json\t'One JSON object'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fish_seen_subcommand_from purge" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
@@ -567,6 +588,7 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand rejected; and __fi
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand completions" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
@@ -586,6 +608,7 @@ json\t'One JSON object'"
 complete -c genalytics -n "__fish_genalytics_using_subcommand config" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand config" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand config" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand config" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand config" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand config" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand config" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r
@@ -609,6 +632,7 @@ complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l maxle
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l config -d 'Config file (TOML: the long options with underscores, a [table] per command); default /etc/genalytics/genalytics.toml, then ~/.config/genalytics/genalytics.toml' -r -F
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l database-url -d 'PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db?sslmode=require' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l redis-url -d 'Redis connection URL (rediss:// for TLS)' -r
+complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l redis-sentinel -d 'Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l redis-ns -d 'Namespace of the stream key: {ns}:generation_events:stream' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l stream -d 'Full stream key, overriding the one built from --redis-ns, taken literally (*, ? and [ are part of the key); transfer takes it more than once' -r
 complete -c genalytics -n "__fish_genalytics_using_subcommand simulate" -l stream-pattern -d 'For transfer: every stream whose key matches this Redis glob (e.g. \'genonaut:generation_events:stream:*\'); more than once allowed' -r

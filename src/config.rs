@@ -23,10 +23,10 @@ pub enum Color {
 pub struct Settings {
     /// None when no URL was given: only commands that need one say so.
     pub database: Option<DatabaseUrl>,
-    /// Redis, or the first seed node of a cluster.
+    /// Redis, or the first seed node of a cluster, or the first sentinel.
     pub redis: RedisUrl,
-    /// Every seed node, when Redis is a cluster (`--redis-cluster`).
-    pub redis_cluster: Option<Vec<RedisUrl>>,
+    /// Where a key's commands go: `redis`, a cluster or a sentinel's master.
+    pub redis_nodes: RedisNodes,
     /// The stream a command works on: the first of `streams`.
     pub stream_key: String,
     /// Every `--stream` given, or the key built from the namespace when
@@ -39,6 +39,21 @@ pub struct Settings {
     pub raw_retention_days: i32,
     pub quiet: bool,
     pub color: Color,
+}
+
+/// How Redis is deployed, which decides which server holds a key.
+#[derive(Debug, Clone)]
+pub enum RedisNodes {
+    /// One server: `redis`.
+    Server,
+    /// A cluster: every seed node (`--redis-cluster`).
+    Cluster(Vec<RedisUrl>),
+    /// The master that sentinels monitor under a name
+    /// (`--redis-sentinel NAME`), asked of every sentinel given.
+    Sentinel {
+        master: String,
+        sentinels: Vec<RedisUrl>,
+    },
 }
 
 impl Settings {

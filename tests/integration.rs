@@ -35,6 +35,7 @@ mod report_output;
 mod report_windows;
 mod rollups;
 mod secrets;
+mod sentinel;
 mod servers;
 mod simulate;
 mod standby;

@@ -13,9 +13,9 @@ use anyhow::bail;
 use clap::Parser;
 
 use super::{Cli, Command, GlobalArgs};
-use crate::config::Settings;
+use crate::config::{RedisNodes, Settings};
 use crate::error::Exit;
-use crate::throwaway::{Postgres, Redis, RedisCluster};
+use crate::throwaway::{Postgres, Redis, RedisCluster, RedisSentinel};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
@@ -49,19 +49,27 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
         Ok(())
     };
 
-    let cluster = settings.redis_cluster.is_some();
+    let kind = match settings.redis_nodes {
+        RedisNodes::Server => Kind::One,
+        RedisNodes::Cluster(_) => Kind::Cluster,
+        RedisNodes::Sentinel { .. } => Kind::Sentinel,
+    };
     say(&format!(
         "demo: starting a throwaway PostgreSQL and {} on private ports…",
-        if cluster { "Redis cluster" } else { "Redis" }
+        match kind {
+            Kind::One => "Redis",
+            Kind::Cluster => "Redis cluster",
+            Kind::Sentinel => "Redis master, replica and sentinel",
+        }
     ))?;
     let pg = if args.keep {
         Postgres::start_detached()?
     } else {
         Postgres::start()?
     };
-    let redis = DemoRedis::start(cluster, args.keep)?;
+    let redis = DemoRedis::start(kind, args.keep)?;
     pg.create_database("genalytics")?;
-    let demo = demo_settings(&pg.url("genalytics"), &redis.url(), cluster, settings.quiet)?;
+    let demo = demo_settings(&pg.url("genalytics"), &redis.url(), kind, settings.quiet)?;
     say(&format!(
         "demo: PostgreSQL on 127.0.0.1:{}, {} — yours are not touched\n",
         pg.port(),
@@ -82,7 +90,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     interrupted()?;
 
     if args.keep {
-        print_kept(pg, redis, cluster)?;
+        print_kept(pg, redis, kind)?;
     } else {
         drop((pg, redis));
         say(
@@ -94,7 +102,7 @@ pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
 
 /// How to use the servers `--keep` leaves running, and how to remove
 /// them: printed even with -q, since it is what `--keep` is for.
-fn print_kept(pg: Postgres, redis: DemoRedis, cluster: bool) -> anyhow::Result<()> {
+fn print_kept(pg: Postgres, redis: DemoRedis, kind: Kind) -> anyhow::Result<()> {
     let database_url = pg.url("genalytics");
     let redis_url = redis.url();
     let dirs = std::iter::once(pg.dir().display().to_string())
@@ -114,8 +122,14 @@ fn print_kept(pg: Postgres, redis: DemoRedis, cluster: bool) -> anyhow::Result<(
     )?;
     writeln!(out, "  export DATABASE_URL={database_url}")?;
     writeln!(out, "  export REDIS_URL={redis_url}")?;
-    if cluster {
-        writeln!(out, "  export GENALYTICS_REDIS_CLUSTER=1")?;
+    match kind {
+        Kind::One => {}
+        Kind::Cluster => writeln!(out, "  export GENALYTICS_REDIS_CLUSTER=1")?,
+        Kind::Sentinel => writeln!(
+            out,
+            "  export GENALYTICS_REDIS_SENTINEL={}",
+            RedisSentinel::NAME
+        )?,
     }
     writeln!(
         out,
@@ -158,28 +172,41 @@ fn steps(events: u64) -> anyhow::Result<Vec<(String, Command)>> {
         .collect()
 }
 
-/// The demo's Redis: one server, or with `--redis-cluster` a cluster of
-/// three masters.
+/// Which Redis the demo starts, as the options ask.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    One,
+    Cluster,
+    Sentinel,
+}
+
+/// The demo's Redis: one server, with `--redis-cluster` a cluster of three
+/// masters, with `--redis-sentinel` a master, a replica and a sentinel.
 enum DemoRedis {
     One(Redis),
     Cluster(RedisCluster),
+    Sentinel(RedisSentinel),
 }
 
 impl DemoRedis {
-    fn start(cluster: bool, keep: bool) -> anyhow::Result<DemoRedis> {
-        Ok(match (cluster, keep) {
-            (false, false) => DemoRedis::One(Redis::start()?),
-            (false, true) => DemoRedis::One(Redis::start_detached()?),
-            (true, false) => DemoRedis::Cluster(RedisCluster::start(3)?),
-            (true, true) => DemoRedis::Cluster(RedisCluster::start_detached(3)?),
+    fn start(kind: Kind, keep: bool) -> anyhow::Result<DemoRedis> {
+        Ok(match (kind, keep) {
+            (Kind::One, false) => DemoRedis::One(Redis::start()?),
+            (Kind::One, true) => DemoRedis::One(Redis::start_detached()?),
+            (Kind::Cluster, false) => DemoRedis::Cluster(RedisCluster::start(3)?),
+            (Kind::Cluster, true) => DemoRedis::Cluster(RedisCluster::start_detached(3)?),
+            (Kind::Sentinel, false) => DemoRedis::Sentinel(RedisSentinel::start(false)?),
+            (Kind::Sentinel, true) => DemoRedis::Sentinel(RedisSentinel::start_detached()?),
         })
     }
 
-    /// `REDIS_URL`: the server, or the cluster's nodes as seeds.
+    /// `REDIS_URL`: the server, the cluster's nodes as seeds, or the
+    /// sentinel.
     fn url(&self) -> String {
         match self {
             DemoRedis::One(redis) => redis.url(),
             DemoRedis::Cluster(cluster) => cluster.urls(),
+            DemoRedis::Sentinel(group) => group.url(),
         }
     }
 
@@ -196,24 +223,30 @@ impl DemoRedis {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
+            DemoRedis::Sentinel(group) => {
+                let (master, replica, sentinel) = group.ports();
+                format!(
+                    "a Redis master on 127.0.0.1:{master}, its replica on {replica} and a sentinel \
+                     on {sentinel}"
+                )
+            }
         }
     }
 
     fn dirs(&self) -> Vec<String> {
-        let nodes: &[Redis] = match self {
-            DemoRedis::One(redis) => std::slice::from_ref(redis),
-            DemoRedis::Cluster(cluster) => cluster.nodes(),
+        let dirs: Vec<&std::path::Path> = match self {
+            DemoRedis::One(redis) => vec![redis.dir()],
+            DemoRedis::Cluster(cluster) => cluster.nodes().iter().map(Redis::dir).collect(),
+            DemoRedis::Sentinel(group) => group.dirs(),
         };
-        nodes
-            .iter()
-            .map(|node| node.dir().display().to_string())
-            .collect()
+        dirs.iter().map(|dir| dir.display().to_string()).collect()
     }
 
     fn keep(self) -> Vec<u32> {
         match self {
             DemoRedis::One(redis) => redis.keep().into_iter().collect(),
             DemoRedis::Cluster(cluster) => cluster.keep(),
+            DemoRedis::Sentinel(group) => group.keep(),
         }
     }
 }
@@ -221,14 +254,15 @@ impl DemoRedis {
 fn demo_settings(
     database_url: &str,
     redis_url: &str,
-    cluster: bool,
+    kind: Kind,
     quiet: bool,
 ) -> anyhow::Result<Settings> {
     Ok(super::settings(&GlobalArgs {
         config: None,
         database_url: Some(database_url.to_string()),
         redis_url: redis_url.to_string(),
-        redis_cluster: cluster,
+        redis_cluster: matches!(kind, Kind::Cluster),
+        redis_sentinel: matches!(kind, Kind::Sentinel).then(|| RedisSentinel::NAME.to_string()),
         redis_ns: "genonaut".to_string(),
         stream: Vec::new(),
         stream_pattern: Vec::new(),

@@ -221,6 +221,15 @@ pub struct GlobalArgs {
     )]
     pub redis_cluster: bool,
 
+    /// Redis is watched by Sentinel: REDIS_URL names the sentinels (comma-separated) and NAME the master they monitor
+    #[arg(
+        long,
+        env = "GENALYTICS_REDIS_SENTINEL",
+        global = true,
+        value_name = "NAME"
+    )]
+    pub redis_sentinel: Option<String>,
+
     /// Namespace of the stream key: {ns}:generation_events:stream
     #[arg(
         long,

@@ -2,7 +2,7 @@
 //! both the command line and the settings, so `config` needs no clap.
 
 use super::GlobalArgs;
-use crate::config::{DatabaseUrl, RedisUrl, Settings, stream_key_for};
+use crate::config::{DatabaseUrl, RedisNodes, RedisUrl, Settings, stream_key_for};
 use crate::error::UsageError;
 
 /// Validates the global flags (and the environment clap read for them).
@@ -29,34 +29,7 @@ pub fn settings(args: &GlobalArgs) -> Result<Settings, UsageError> {
         None => DatabaseUrl::from_libpq_env(&env).transpose()?,
     }
     .map(|url| url.completed(&env, &mut |warning| tracing::warn!("{warning}")));
-    // Only a cluster's URL is a list: a single server's password may
-    // hold a comma.
-    let (redis, redis_cluster) = if args.redis_cluster {
-        let seeds = args
-            .redis_url
-            .split(',')
-            .map(str::trim)
-            .filter(|url| !url.is_empty())
-            .map(RedisUrl::parse)
-            .collect::<Result<Vec<_>, _>>()?;
-        let first = seeds
-            .first()
-            .cloned()
-            .ok_or_else(|| UsageError("the Redis URL (REDIS_URL / --redis-url) is empty".into()))?;
-        (first, Some(seeds))
-    } else {
-        match RedisUrl::parse(&args.redis_url) {
-            Ok(url) => (url, None),
-            Err(_) if args.redis_url.contains(",redis") => {
-                return Err(UsageError(
-                    "REDIS_URL names several servers, which only a cluster has: pass --redis-cluster \
-                     (GENALYTICS_REDIS_CLUSTER=1) or give one URL"
-                        .into(),
-                ));
-            }
-            Err(err) => return Err(err),
-        }
-    };
+    let (redis, redis_nodes) = redis(args)?;
     if args.stream.iter().any(String::is_empty) {
         return Err(UsageError("--stream must not be empty".into()));
     }
@@ -75,7 +48,7 @@ pub fn settings(args: &GlobalArgs) -> Result<Settings, UsageError> {
     Ok(Settings {
         database,
         redis,
-        redis_cluster,
+        redis_nodes,
         stream_key: streams
             .first()
             .cloned()
@@ -86,4 +59,62 @@ pub fn settings(args: &GlobalArgs) -> Result<Settings, UsageError> {
         quiet: args.quiet,
         color: args.color,
     })
+}
+
+/// Redis as the flags say: one server, a cluster's seeds, or sentinels;
+/// the first URL names it in messages.
+fn redis(args: &GlobalArgs) -> Result<(RedisUrl, RedisNodes), UsageError> {
+    // Only a cluster's or the sentinels' URL is a list: a single server's
+    // password may hold a comma.
+    let list = || -> Result<(RedisUrl, Vec<RedisUrl>), UsageError> {
+        let urls = args
+            .redis_url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(RedisUrl::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        let first = urls
+            .first()
+            .cloned()
+            .ok_or_else(|| UsageError("the Redis URL (REDIS_URL / --redis-url) is empty".into()))?;
+        Ok((first, urls))
+    };
+    match &args.redis_sentinel {
+        Some(master) if master.trim().is_empty() => Err(UsageError(
+            "--redis-sentinel (GENALYTICS_REDIS_SENTINEL) needs the name the sentinels monitor \
+                 the master under"
+                .into(),
+        )),
+        // Checked here, not by clap: either may come from a config file.
+        Some(_) if args.redis_cluster => Err(UsageError(
+            "--redis-cluster and --redis-sentinel exclude each other: Redis is a cluster, or \
+                 a master the sentinels watch"
+                .into(),
+        )),
+        Some(master) => {
+            let (first, sentinels) = list()?;
+            Ok((
+                first,
+                RedisNodes::Sentinel {
+                    master: master.clone(),
+                    sentinels,
+                },
+            ))
+        }
+        None if args.redis_cluster => {
+            let (first, seeds) = list()?;
+            Ok((first, RedisNodes::Cluster(seeds)))
+        }
+        None => match RedisUrl::parse(&args.redis_url) {
+            Ok(url) => Ok((url, RedisNodes::Server)),
+            Err(_) if args.redis_url.contains(",redis") => Err(UsageError(
+                "REDIS_URL names several servers, which only a cluster or sentinels have: pass \
+                     --redis-cluster (GENALYTICS_REDIS_CLUSTER=1), --redis-sentinel NAME, or give \
+                     one URL"
+                    .into(),
+            )),
+            Err(err) => Err(err),
+        },
+    }
 }

@@ -23,7 +23,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use crate::config::Settings;
+use crate::config::{RedisNodes, Settings};
 use crate::db::partitions;
 use crate::db::streams::TransferState;
 use crate::error::Exit;
@@ -235,13 +235,14 @@ fn transfer_stream(
             stream: key.to_string(),
         });
     }
-    let (mut restarts, mut redirects) = (0, 0);
+    let (mut restarts, mut redirects, mut failovers) = (0, 0, 0);
     let outcome = loop {
         let before = run.summary.entries();
         match run.session() {
             Ok(()) => break Ok(()),
             Err(Fault::Transient(err))
-                if settings.redis_cluster.is_none() && cluster::is_redirect(&err) =>
+                if !matches!(settings.redis_nodes, RedisNodes::Cluster(_))
+                    && cluster::is_redirect(&err) =>
             {
                 break Err(err.context(
                     "Redis answered with a redirection: it is a cluster node — pass --redis-cluster \
@@ -274,6 +275,21 @@ fn transfer_stream(
                 tracing::warn!("{err}; asking the cluster where {key} is now");
                 run.redis = None;
                 std::thread::sleep(Duration::from_millis(100 * redirects));
+            }
+            // The master went away or turned replica: a failover takes
+            // the sentinels seconds, so a cron run asks them again for
+            // about half a minute before it gives up.
+            Err(Fault::Transient(err))
+                if matches!(settings.redis_nodes, RedisNodes::Sentinel { .. })
+                    && failovers < 20 =>
+            {
+                if run.summary.entries() > before {
+                    failovers = 0;
+                }
+                failovers += 1;
+                tracing::warn!("{err:#}; asking the sentinels for the master again");
+                run.redis = None;
+                std::thread::sleep(Duration::from_millis(250 * failovers.min(8)));
             }
             Err(Fault::Transient(err) | Fault::Fatal(err)) => break Err(err),
         }

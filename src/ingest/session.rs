@@ -115,10 +115,7 @@ impl Run<'_> {
 
         let plan = ReadPlan {
             key: key.to_string(),
-            redis: match self.settings.redis_cluster {
-                Some(_) => format!("the cluster of {}", self.settings.redis.target()),
-                None => self.settings.redis.target(),
-            },
+            redis: stream::described(self.settings),
             after: position,
             until: if self.options.follow {
                 None

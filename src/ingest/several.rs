@@ -180,11 +180,7 @@ fn resolve(
     if patterns.is_empty() {
         return Ok(keys);
     }
-    // Each node of a cluster lists only its own keys.
-    let nodes = match &settings.redis_cluster {
-        Some(seeds) => stream::cluster::masters(seeds)?,
-        None => vec![settings.redis.clone()],
-    };
+    let nodes = stream::servers(settings)?;
     for node in &nodes {
         let mut con = stream::connect(node)?;
         for pattern in patterns {

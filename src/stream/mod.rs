@@ -5,28 +5,60 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 
-use crate::config::{RedisUrl, Settings};
+use crate::config::{RedisNodes, RedisUrl, Settings};
 use crate::error::ConnectError;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for one reply; blocking reads ask for far less.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A connection to the server that holds `key`: Redis, or the cluster
-/// master that owns the key's slot.
+/// A connection to the server that holds `key`: Redis, the cluster master
+/// that owns the key's slot, or the master the sentinels name.
 pub fn connect_key(settings: &Settings, key: &str) -> anyhow::Result<redis::Connection> {
-    match &settings.redis_cluster {
-        Some(seeds) => cluster::connect_owner(seeds, key),
-        None => connect(&settings.redis),
+    match &settings.redis_nodes {
+        RedisNodes::Cluster(seeds) => cluster::connect_owner(seeds, key),
+        RedisNodes::Sentinel { .. } => connect(&server_for(settings, key)?),
+        RedisNodes::Server => connect(&settings.redis),
+    }
+}
+
+/// The server that holds `key`, asked of the cluster or the sentinels.
+pub fn server_for(settings: &Settings, key: &str) -> anyhow::Result<RedisUrl> {
+    match &settings.redis_nodes {
+        RedisNodes::Cluster(seeds) => cluster::owner(seeds, key),
+        RedisNodes::Sentinel { master, sentinels } => sentinel::master(master, sentinels),
+        RedisNodes::Server => Ok(settings.redis.clone()),
+    }
+}
+
+/// Every server that holds keys (a cluster's masters each list only their
+/// own in `SCAN`).
+pub fn servers(settings: &Settings) -> anyhow::Result<Vec<RedisUrl>> {
+    match &settings.redis_nodes {
+        RedisNodes::Cluster(seeds) => cluster::masters(seeds),
+        RedisNodes::Sentinel { master, sentinels } => {
+            Ok(vec![sentinel::master(master, sentinels)?])
+        }
+        RedisNodes::Server => Ok(vec![settings.redis.clone()]),
+    }
+}
+
+/// Where `settings` point, for messages.
+pub fn described(settings: &Settings) -> String {
+    match &settings.redis_nodes {
+        RedisNodes::Cluster(_) => format!("the cluster of {}", settings.redis.target()),
+        RedisNodes::Sentinel { master, .. } => format!(
+            "the master {} of the sentinels at {}",
+            crate::text::escape_controls(master),
+            settings.redis.target()
+        ),
+        RedisNodes::Server => settings.redis.target(),
     }
 }
 
 /// The reader's connection (see [`wire`]) to the server that holds `key`.
 pub fn connect_reader(settings: &Settings, key: &str) -> anyhow::Result<wire::Wire> {
-    let url = match &settings.redis_cluster {
-        Some(seeds) => cluster::owner(seeds, key)?,
-        None => settings.redis.clone(),
-    };
+    let url = server_for(settings, key)?;
     let target = url.target();
     let tls = matches!(url.info.addr(), redis::ConnectionAddr::TcpTls { .. });
     no_plain_server_behind_tls(&url, &target)?;
@@ -137,6 +169,7 @@ pub mod identity;
 pub mod info;
 pub mod producer;
 pub mod reader;
+pub mod sentinel;
 pub mod trim;
 pub mod verdict;
 pub mod wire;

@@ -16,7 +16,7 @@ mod postgres;
 mod redis;
 
 pub use self::postgres::Postgres;
-pub use self::redis::{Redis, RedisCluster};
+pub use self::redis::{Redis, RedisCluster, RedisSentinel};
 
 use std::fs;
 use std::net::TcpListener;

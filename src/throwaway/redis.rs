@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use nix::sys::signal::Signal;
@@ -21,6 +21,8 @@ pub struct Redis {
     detached: bool,
     /// A cluster node, with its cluster bus on this port.
     cluster_bus: Option<u16>,
+    /// A member of a group that Sentinel watches.
+    watched: Option<Watched>,
     port: u16,
     child: Option<Child>,
     dir: TempDir,
@@ -43,7 +45,7 @@ impl Redis {
     }
 
     fn launch_new(detached: bool, tls: Option<(PathBuf, PathBuf)>) -> anyhow::Result<Redis> {
-        Self::launch_node(super::random_password(), detached, tls, false)
+        Self::launch_node(super::random_password(), detached, tls, false, None)
     }
 
     fn launch_node(
@@ -51,6 +53,7 @@ impl Redis {
         detached: bool,
         tls: Option<(PathBuf, PathBuf)>,
         cluster: bool,
+        watched: Option<Watched>,
     ) -> anyhow::Result<Redis> {
         let program = redis_program()?;
         let dir = super::private_dir("genalytics-redis-")?;
@@ -60,6 +63,7 @@ impl Redis {
             tls,
             detached,
             cluster_bus: None,
+            watched,
             port: 0,
             child: None,
             dir,
@@ -77,6 +81,14 @@ impl Redis {
 
     fn launch(&mut self) -> anyhow::Result<()> {
         let mut command = Command::new(&self.program);
+        if let Some(Watched::Sentinel {
+            master,
+            master_port,
+            open,
+        }) = self.watched.clone()
+        {
+            return self.launch_sentinel(command, &master, master_port, open);
+        }
         command.args(["--bind", "127.0.0.1"]);
         match &self.tls {
             None => {
@@ -103,6 +115,20 @@ impl Redis {
                 .arg("--masterauth")
                 .arg(&self.password);
         }
+        match self.watched {
+            Some(Watched::Replica { of }) => {
+                command
+                    .args(["--replicaof", "127.0.0.1"])
+                    .arg(of.to_string())
+                    .arg("--masterauth")
+                    .arg(&self.password);
+            }
+            // A master turns replica in a failover.
+            Some(Watched::Master) => {
+                command.arg("--masterauth").arg(&self.password);
+            }
+            _ => {}
+        }
         command
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--requirepass")
@@ -117,6 +143,45 @@ impl Redis {
         let child = spawn_server(
             &mut command,
             "redis-server",
+            &self.log(),
+            Signal::SIGTERM,
+            self.detached,
+            || ping(&probe),
+        )?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// A sentinel reads, and rewrites, a configuration file.
+    fn launch_sentinel(
+        &mut self,
+        mut command: Command,
+        master: &str,
+        master_port: u16,
+        open: bool,
+    ) -> anyhow::Result<()> {
+        let config = self.dir.path().join("sentinel.conf");
+        let mut text = format!(
+            "bind 127.0.0.1\nport {}\ndir {}\nsentinel monitor {master} 127.0.0.1 {master_port} 1\n\
+             sentinel auth-pass {master} {}\nsentinel down-after-milliseconds {master} 1000\n\
+             sentinel failover-timeout {master} 5000\n",
+            self.port,
+            self.dir.path().display(),
+            self.password
+        );
+        if !open {
+            text = text + "requirepass " + &self.password + "\n";
+        }
+        std::fs::write(&config, text).context("cannot write the sentinel's configuration")?;
+        command.arg(&config).arg("--sentinel");
+        let probe = if open {
+            format!("redis://127.0.0.1:{}", self.port)
+        } else {
+            self.url()
+        };
+        let child = spawn_server(
+            &mut command,
+            "redis-server --sentinel",
             &self.log(),
             Signal::SIGTERM,
             self.detached,
@@ -242,7 +307,7 @@ impl RedisCluster {
         anyhow::ensure!(masters >= 1, "a cluster needs a master");
         let password = super::random_password();
         let nodes = (0..masters)
-            .map(|_| Redis::launch_node(password.clone(), detached, None, true))
+            .map(|_| Redis::launch_node(password.clone(), detached, None, true, None))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let cluster = RedisCluster { nodes };
         let mut first = cluster.nodes[0].connection()?;
@@ -413,4 +478,224 @@ fn owns_slot(line: &str, slot: u16) -> bool {
             _ => false,
         }
     })
+}
+
+/// What a node of a watched group is.
+#[derive(Debug, Clone)]
+enum Watched {
+    Master,
+    Replica {
+        of: u16,
+    },
+    /// `open`: no password of its own (the data nodes keep theirs).
+    Sentinel {
+        master: String,
+        master_port: u16,
+        open: bool,
+    },
+}
+
+/// A private master, a replica of it and a sentinel watching them under
+/// the name [`RedisSentinel::NAME`], on free ports of 127.0.0.1, sharing
+/// one password (the sentinel none when `open`).
+pub struct RedisSentinel {
+    /// The master, then the replica: which is which changes in a failover.
+    nodes: Vec<Redis>,
+    sentinel: Redis,
+}
+
+impl RedisSentinel {
+    pub const NAME: &'static str = "genmaster";
+
+    pub fn start(open: bool) -> anyhow::Result<RedisSentinel> {
+        Self::start_with(open, false)
+    }
+
+    /// Like [`RedisSentinel::start`], but outliving this process.
+    pub fn start_detached() -> anyhow::Result<RedisSentinel> {
+        Self::start_with(false, true)
+    }
+
+    fn start_with(open: bool, detached: bool) -> anyhow::Result<RedisSentinel> {
+        let password = super::random_password();
+        let master = Redis::launch_node(
+            password.clone(),
+            detached,
+            None,
+            false,
+            Some(Watched::Master),
+        )?;
+        let replica = Redis::launch_node(
+            password.clone(),
+            detached,
+            None,
+            false,
+            Some(Watched::Replica { of: master.port }),
+        )?;
+        let group = |started: Instant, what: &str| -> anyhow::Result<()> {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(60),
+                "the throwaway Redis {what} within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+            Ok(())
+        };
+        let started = Instant::now();
+        while !info(&replica, "replication").contains("master_link_status:up") {
+            group(started, "replica did not reach its master")?;
+        }
+        let sentinel = Redis::launch_node(
+            password,
+            detached,
+            None,
+            false,
+            Some(Watched::Sentinel {
+                master: Self::NAME.to_string(),
+                master_port: master.port,
+                open,
+            }),
+        )?;
+        let watched = RedisSentinel {
+            nodes: vec![master, replica],
+            sentinel,
+        };
+        // A failover needs the sentinel to know the replica.
+        while watched.known_replicas()? < 1 {
+            group(started, "sentinel did not find the replica")?;
+        }
+        Ok(watched)
+    }
+
+    /// `REDIS_URL` for genalytics: the sentinel, with the data nodes'
+    /// password.
+    pub fn url(&self) -> String {
+        self.sentinel.url()
+    }
+
+    /// A connection to the sentinel.
+    pub fn sentinel(&self) -> anyhow::Result<redis::Connection> {
+        let url = match &self.sentinel.watched {
+            Some(Watched::Sentinel { open: true, .. }) => {
+                format!("redis://127.0.0.1:{}", self.sentinel.port)
+            }
+            _ => self.sentinel.url(),
+        };
+        redis::Client::open(url)?
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .context("cannot connect to the throwaway sentinel")
+    }
+
+    fn known_replicas(&self) -> anyhow::Result<usize> {
+        let replicas: Vec<Vec<String>> = redis::cmd("SENTINEL")
+            .arg("REPLICAS")
+            .arg(Self::NAME)
+            .query(&mut self.sentinel()?)?;
+        Ok(replicas
+            .iter()
+            .filter(|fields| {
+                fields
+                    .chunks(2)
+                    .any(|pair| pair[0] == "flags" && pair.get(1).is_some_and(|f| f == "slave"))
+            })
+            .count())
+    }
+
+    /// The node the sentinel names as master now.
+    pub fn master(&self) -> anyhow::Result<&Redis> {
+        let (_, port): (String, u16) = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(Self::NAME)
+            .query(&mut self.sentinel()?)?;
+        self.nodes
+            .iter()
+            .find(|node| node.port == port)
+            .context("the sentinel names a master outside the group")
+    }
+
+    pub fn nodes(&self) -> &[Redis] {
+        &self.nodes
+    }
+
+    /// Has the sentinel promote the replica (`SENTINEL FAILOVER`) and waits
+    /// until the promoted node says it is master, the sentinel names it and
+    /// the old master replicates from it; returns the new master.
+    pub fn fail_over(&self) -> anyhow::Result<&Redis> {
+        let old = self.master()?.port;
+        let started = Instant::now();
+        loop {
+            let asked = redis::cmd("SENTINEL")
+                .arg("FAILOVER")
+                .arg(Self::NAME)
+                .query::<()>(&mut self.sentinel()?);
+            match asked {
+                Ok(()) => break,
+                // The sentinel may not yet see the replica as good.
+                Err(err) if started.elapsed() < Duration::from_secs(30) => {
+                    tracing::debug!("SENTINEL FAILOVER: {err}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(err) => return Err(err).context("the sentinel refused to fail over"),
+            }
+        }
+        loop {
+            let now = self.master().ok().map(|node| node.port);
+            if let Some(port) = now.filter(|&port| port != old) {
+                let new = self.nodes.iter().find(|node| node.port == port);
+                let old_node = self.nodes.iter().find(|node| node.port == old);
+                if let (Some(new), Some(old_node)) = (new, old_node)
+                    && info(new, "replication").contains("role:master")
+                    && info(old_node, "replication").contains("master_link_status:up")
+                {
+                    return Ok(new);
+                }
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(60),
+                "the throwaway Redis group did not fail over within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the master the sentinel names now, as a crash would leave it
+    /// (no failover asked for: the sentinel sees it down and fails over by
+    /// itself); returns its port.
+    pub fn stop_master(&mut self) -> anyhow::Result<u16> {
+        let port = self.master()?.port;
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|node| node.port == port)
+            .context("the master is not in the group")?;
+        node.stop();
+        Ok(port)
+    }
+
+    /// Leaves the servers running; their process IDs.
+    pub fn keep(self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.nodes.into_iter().filter_map(Redis::keep).collect();
+        pids.extend(self.sentinel.keep());
+        pids
+    }
+
+    /// Every server's directory, the sentinel's last.
+    pub fn dirs(&self) -> Vec<&Path> {
+        self.nodes
+            .iter()
+            .chain(std::iter::once(&self.sentinel))
+            .map(Redis::dir)
+            .collect()
+    }
+
+    /// Ports of the master, the replica and the sentinel, for messages.
+    pub fn ports(&self) -> (u16, u16, u16) {
+        (self.nodes[0].port, self.nodes[1].port, self.sentinel.port)
+    }
+}
+
+/// One section of `INFO`, empty when the server does not answer.
+fn info(node: &Redis, section: &str) -> String {
+    node.connection()
+        .and_then(|mut con| Ok(redis::cmd("INFO").arg(section).query::<String>(&mut con)?))
+        .unwrap_or_default()
 }
