@@ -86,6 +86,60 @@ pub fn stream_key_for(namespace: &str) -> String {
 pub struct DatabaseUrl {
     pub config: postgres::Config,
     pub tls: PgTls,
+    /// `target_session_attrs`, taken out of the string for the driver.
+    pub session: SessionAttrs,
+}
+
+/// libpq's `target_session_attrs`: which of the listed servers a session
+/// may use. The driver knows only `any`, `read-write` and `read-only`, so
+/// the servers are tried one by one and asked (`db::connect`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SessionAttrs {
+    #[default]
+    Any,
+    /// Takes writes: not a standby, `default_transaction_read_only` off.
+    ReadWrite,
+    ReadOnly,
+    /// Not in recovery.
+    Primary,
+    /// In recovery: a hot standby.
+    Standby,
+    /// A standby if any listed server is one, else any server.
+    PreferStandby,
+}
+
+impl SessionAttrs {
+    const ALL: [SessionAttrs; 6] = [
+        SessionAttrs::Any,
+        SessionAttrs::ReadWrite,
+        SessionAttrs::ReadOnly,
+        SessionAttrs::Primary,
+        SessionAttrs::Standby,
+        SessionAttrs::PreferStandby,
+    ];
+
+    pub fn keyword(self) -> &'static str {
+        match self {
+            SessionAttrs::Any => "any",
+            SessionAttrs::ReadWrite => "read-write",
+            SessionAttrs::ReadOnly => "read-only",
+            SessionAttrs::Primary => "primary",
+            SessionAttrs::Standby => "standby",
+            SessionAttrs::PreferStandby => "prefer-standby",
+        }
+    }
+
+    /// Whether a server in recovery or not, read-only or not, will do
+    /// (prefer-standby's second pass is `Any`).
+    pub fn accepts(self, in_recovery: bool, read_only: bool) -> bool {
+        match self {
+            SessionAttrs::Any => true,
+            SessionAttrs::ReadWrite => !read_only,
+            SessionAttrs::ReadOnly => read_only,
+            SessionAttrs::Primary => !in_recovery,
+            SessionAttrs::Standby | SessionAttrs::PreferStandby => in_recovery,
+        }
+    }
 }
 
 /// How the connection is secured, as libpq's `sslmode`, `sslrootcert`,
@@ -183,7 +237,7 @@ fn conninfo_tokens(text: &str) -> Vec<(String, String, std::ops::Range<usize>)> 
 /// Takes libpq's TLS options out of a URL or keyword string, leaving every
 /// other parameter exactly as written, for the driver to parse as libpq
 /// would; returns the string the driver gets and the TLS settings.
-fn split_tls(url: &str) -> Result<(String, PgTls), UsageError> {
+fn split_tls(url: &str) -> Result<(String, PgTls, SessionAttrs), UsageError> {
     let bad = |what: &str| {
         UsageError(format!(
             "the PostgreSQL URL (DATABASE_URL / --database-url) has {what}"
@@ -193,8 +247,10 @@ fn split_tls(url: &str) -> Result<(String, PgTls), UsageError> {
     let mut root = None;
     let mut cert = None;
     let mut key = None;
+    let mut session = None;
     let mut take = |name: &str, value: String| -> bool {
         match name {
+            "target_session_attrs" => session = Some(value),
             "sslmode" => mode = Some(value),
             "sslrootcert" => root = Some(PathBuf::from(value)),
             "sslcert" => cert = Some(PathBuf::from(value)),
@@ -260,15 +316,28 @@ fn split_tls(url: &str) -> Result<(String, PgTls), UsageError> {
             ));
         }
     };
+    let session = match session.as_deref() {
+        None => SessionAttrs::Any,
+        Some(text) => SessionAttrs::ALL
+            .into_iter()
+            .find(|attrs| attrs.keyword() == text)
+            .ok_or_else(|| {
+                bad(
+                    "a target_session_attrs other than any, read-write, read-only, primary, \
+                     standby or prefer-standby",
+                )
+            })?,
+    };
     Ok((
         format!("{rest}{separator}sslmode={driver_mode}"),
         PgTls { mode, root, client },
+        session,
     ))
 }
 
 impl DatabaseUrl {
     pub fn parse(url: &str) -> Result<Self, UsageError> {
-        let (url, tls) = split_tls(url)?;
+        let (url, tls, session) = split_tls(url)?;
         let mut config = postgres::Config::from_str(&url).map_err(|err| {
             UsageError(format!(
                 "the PostgreSQL URL (DATABASE_URL / --database-url) is not valid: {err}"
@@ -302,7 +371,78 @@ impl DatabaseUrl {
         if config.get_keepalives_idle() == std::time::Duration::from_secs(2 * 60 * 60) {
             config.keepalives_idle(std::time::Duration::from_secs(30));
         }
-        Ok(DatabaseUrl { config, tls })
+        Ok(DatabaseUrl {
+            config,
+            tls,
+            session,
+        })
+    }
+
+    /// One URL per listed server, in order, each with everything else
+    /// this one says: for trying them one by one.
+    pub fn each_host(&self) -> Vec<DatabaseUrl> {
+        let c = &self.config;
+        let hosts = c.get_hosts();
+        if hosts.is_empty() {
+            return vec![DatabaseUrl {
+                config: c.clone(),
+                tls: self.tls.clone(),
+                session: SessionAttrs::Any,
+            }];
+        }
+        (0..hosts.len())
+            .map(|i| {
+                let mut one = postgres::Config::new();
+                match &hosts[i] {
+                    postgres::config::Host::Tcp(host) => one.host(host),
+                    postgres::config::Host::Unix(path) => one.host_path(path),
+                };
+                if let Some(addr) = c.get_hostaddrs().get(i) {
+                    one.hostaddr(*addr);
+                }
+                // One port for every host, or one each.
+                if let Some(port) = c.get_ports().get(i).or(c.get_ports().first()) {
+                    one.port(*port);
+                }
+                if let Some(user) = c.get_user() {
+                    one.user(user);
+                }
+                if let Some(password) = c.get_password() {
+                    one.password(password);
+                }
+                if let Some(dbname) = c.get_dbname() {
+                    one.dbname(dbname);
+                }
+                if let Some(options) = c.get_options() {
+                    one.options(options);
+                }
+                if let Some(name) = c.get_application_name() {
+                    one.application_name(name);
+                }
+                if let Some(timeout) = c.get_connect_timeout() {
+                    one.connect_timeout(*timeout);
+                }
+                if let Some(timeout) = c.get_tcp_user_timeout() {
+                    one.tcp_user_timeout(*timeout);
+                }
+                if let Some(interval) = c.get_keepalives_interval() {
+                    one.keepalives_interval(interval);
+                }
+                if let Some(retries) = c.get_keepalives_retries() {
+                    one.keepalives_retries(retries);
+                }
+                one.ssl_mode(c.get_ssl_mode())
+                    .ssl_negotiation(c.get_ssl_negotiation())
+                    .keepalives(c.get_keepalives())
+                    .keepalives_idle(c.get_keepalives_idle())
+                    .channel_binding(c.get_channel_binding());
+                DatabaseUrl {
+                    config: one,
+                    tls: self.tls.clone(),
+                    session: SessionAttrs::Any,
+                }
+            })
+            .collect()
     }
 
     /// `host:port` (or the socket directory) for messages.
@@ -542,6 +682,7 @@ impl fmt::Debug for DatabaseUrl {
                 &self.config.get_password().map(|_| "<redacted>"),
             )
             .field("tls", &self.tls)
+            .field("session", &self.session)
             .finish_non_exhaustive()
     }
 }
@@ -801,6 +942,62 @@ mod tests {
             .to_string();
         assert!(err.contains("REDIS_URL"), "{err}");
         assert!(!err.contains("s3cr3t-pw"), "{err}");
+    }
+
+    #[test]
+    fn target_session_attrs_takes_libpqs_six_values_and_each_host_keeps_the_rest() {
+        for (text, want) in [
+            ("any", SessionAttrs::Any),
+            ("read-write", SessionAttrs::ReadWrite),
+            ("read-only", SessionAttrs::ReadOnly),
+            ("primary", SessionAttrs::Primary),
+            ("standby", SessionAttrs::Standby),
+            ("prefer-standby", SessionAttrs::PreferStandby),
+        ] {
+            let url = DatabaseUrl::parse(&format!(
+                "postgres://u:pw@a:5433,b/db?target_session_attrs={text}&application_name=x"
+            ))
+            .unwrap();
+            assert_eq!(url.session, want, "{text}");
+            let keyword = DatabaseUrl::parse(&format!(
+                "host=a,b port=5433,5434 dbname=db target_session_attrs={text}"
+            ))
+            .unwrap();
+            assert_eq!(keyword.session, want, "{text}");
+        }
+        assert_eq!(
+            DatabaseUrl::parse("postgres://a/db").unwrap().session,
+            SessionAttrs::Any
+        );
+        for bad in ["READ-WRITE", "readwrite", "", "standby\u{1b}"] {
+            let err = DatabaseUrl::parse(&format!("postgres://a/db?target_session_attrs={bad}"))
+                .unwrap_err();
+            assert!(err.0.contains("target_session_attrs other than"), "{err}");
+        }
+
+        // One port for all hosts, or one each; the rest kept for each.
+        let url = DatabaseUrl::parse(
+            "postgres://u:pw@a,b:6000,c:6001/db?application_name=x&connect_timeout=3&sslmode=require",
+        )
+        .unwrap();
+        let each = url.each_host();
+        let targets: Vec<String> = each.iter().map(DatabaseUrl::target).collect();
+        assert_eq!(targets, ["a:5432", "b:6000", "c:6001"]);
+        for one in &each {
+            assert_eq!(one.config.get_user(), Some("u"));
+            assert_eq!(one.config.get_password(), Some(&b"pw"[..]));
+            assert_eq!(one.config.get_dbname(), Some("db"));
+            assert_eq!(one.config.get_application_name(), Some("x"));
+            assert_eq!(
+                one.config.get_connect_timeout(),
+                Some(&std::time::Duration::from_secs(3))
+            );
+            assert_eq!(one.tls.mode, SslMode::Encrypt);
+            assert_eq!(one.session, SessionAttrs::Any);
+        }
+        let shared = DatabaseUrl::parse("host=a,b port=7000 dbname=db").unwrap();
+        let targets: Vec<String> = shared.each_host().iter().map(DatabaseUrl::target).collect();
+        assert_eq!(targets, ["a:7000", "b:7000"]);
     }
 
     #[test]

@@ -184,3 +184,95 @@ fn the_trim_waits_until_every_standby_has_replayed_the_commit() {
     let length: i64 = redis::cmd("XLEN").arg(&key).query(&mut key_con).unwrap();
     assert!(length <= 1, "trimmed after the replay: {length} left");
 }
+
+#[test]
+fn target_session_attrs_chooses_among_the_listed_servers_as_libpq_does() {
+    let env = migrated();
+    let standby = env.pg.standby().unwrap_or_else(|err| panic!("{err:#}"));
+    let primary = format!("127.0.0.1:{}", env.pg.port());
+    let replica = format!("127.0.0.1:{}", standby.port());
+    // The servers in the order given, with the test database's credentials.
+    let url = |hosts: &[&str], attrs: &str| {
+        let base = env.database_url();
+        let (scheme_and_login, _) = base.split_once('@').unwrap();
+        format!(
+            "{scheme_and_login}@{}/{}?target_session_attrs={attrs}",
+            hosts.join(","),
+            env.database
+        )
+    };
+    let read = |database_url: &str| -> (String, String) {
+        let ran = env
+            .genalytics()
+            .env("DATABASE_URL", database_url)
+            .args(["status", "--format", "json"])
+            .ok();
+        let status: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+        (
+            status["database"].as_str().unwrap().to_string(),
+            status["database_role"].as_str().unwrap().to_string(),
+        )
+    };
+    let (p, s) = (primary.as_str(), replica.as_str());
+    let both = [[p, s], [s, p]];
+    for order in &both {
+        for (attrs, want) in [
+            ("read-write", p),
+            ("primary", p),
+            ("read-only", s),
+            ("standby", s),
+            ("prefer-standby", s),
+            ("any", order[0]),
+        ] {
+            let (server, role) = read(&url(order, attrs));
+            assert_eq!(server, want, "{attrs} with {order:?}");
+            let role_wanted = if want == p { "primary" } else { "standby" };
+            assert_eq!(role, role_wanted, "{attrs} with {order:?}");
+        }
+    }
+    // A server that does not answer is passed over; prefer-standby takes
+    // the primary when no standby is listed.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("127.0.0.1:{}", listener.local_addr().unwrap().port())
+    };
+    assert_eq!(read(&url(&[&dead, p], "prefer-standby")).0, primary);
+    assert_eq!(read(&url(&[&dead, s], "any")).0, replica);
+
+    // No listed server will do: one sentence naming each.
+    let ran = env
+        .genalytics()
+        .env("DATABASE_URL", url(&[p], "standby"))
+        .args(["status"])
+        .run();
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains(&format!(
+            "will do for target_session_attrs=standby: {primary} is a primary"
+        )),
+        "{}",
+        ran.stderr
+    );
+    // A writer sent to the standby names it, though it is listed second.
+    let ran = env
+        .genalytics()
+        .env("DATABASE_URL", url(&[p, s], "standby"))
+        .args(["aggregate"])
+        .code(1);
+    assert!(
+        ran.stderr
+            .contains(&format!("{replica} is a read-only standby")),
+        "{}",
+        ran.stderr
+    );
+    let ran = env
+        .genalytics()
+        .env("DATABASE_URL", url(&[p, s], "primary-ish"))
+        .args(["status"])
+        .code(2);
+    assert!(
+        ran.stderr.contains("target_session_attrs other than"),
+        "{}",
+        ran.stderr
+    );
+}

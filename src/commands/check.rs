@@ -196,11 +196,10 @@ fn figures(args: &Args, settings: &Settings) -> anyhow::Result<(Vec<Figure>, Str
     };
     let window = format!("over the last {}", format_span(span));
     let database = settings.database()?;
-    let mut client = db::connect(database)?;
+    let (mut client, server) = db::connect_to(database)?;
     migrations::ensure_current(&mut client)?;
     let server = format!(
-        "{} ({})",
-        database.target(),
+        "{server} ({})",
         if db::replication::role(&mut client)?.standby {
             "standby"
         } else {

@@ -23,9 +23,9 @@ const EXAMPLES: &str = "Examples:
 
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     let database = settings.database()?;
-    let mut client = db::connect(database)?;
+    let (mut client, server) = db::connect_to(database)?;
     if !args.status {
-        db::ensure_primary(&mut client, database)?;
+        db::ensure_primary(&mut client, &server)?;
     }
     let mut out = std::io::stdout().lock();
     if args.status {

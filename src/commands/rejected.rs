@@ -135,9 +135,9 @@ const REPLAY_CHUNK: usize = 1_000;
 
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     let database = settings.database()?;
-    let mut client = db::connect(database)?;
+    let (mut client, server) = db::connect_to(database)?;
     if matches!(args.action, Action::Replay { .. } | Action::Purge { .. }) {
-        db::ensure_primary(&mut client, database)?;
+        db::ensure_primary(&mut client, &server)?;
     }
     migrations::ensure_current(&mut client)?;
     let mut out = std::io::stdout().lock();

@@ -18,7 +18,7 @@ use std::io;
 use anyhow::Context;
 use postgres::{Client, NoTls};
 
-use crate::config::{DatabaseUrl, PgTls, SslMode};
+use crate::config::{DatabaseUrl, PgTls, SessionAttrs, SslMode};
 use crate::error::ConnectError;
 use crate::event::RawFields;
 
@@ -29,9 +29,84 @@ pub fn flat_raw(raw: &RawFields) -> Vec<&[u8]> {
         .collect()
 }
 
-/// Opens one connection, over TLS as `sslmode` asks; the error says where
-/// it tried and what to do.
+/// Opens one connection, over TLS as `sslmode` asks, to a listed server
+/// that `target_session_attrs` accepts; the error says where it tried and
+/// what to do.
 pub fn connect(url: &DatabaseUrl) -> anyhow::Result<Client> {
+    connect_to(url).map(|(client, _)| client)
+}
+
+/// [`connect`], and the `host:port` of the server it reached, for messages
+/// that name the server read (several may be listed).
+pub fn connect_to(url: &DatabaseUrl) -> anyhow::Result<(Client, String)> {
+    if url.session == SessionAttrs::Any && url.config.get_hosts().len() <= 1 {
+        return Ok((connect_first(url)?, url.target()));
+    }
+    let passes: &[SessionAttrs] = match url.session {
+        SessionAttrs::PreferStandby => &[SessionAttrs::Standby, SessionAttrs::Any],
+        one => &[one],
+    };
+    let hosts = url.each_host();
+    let mut seen = Vec::new();
+    // A wrong password everywhere is not worth a retry; a server down is.
+    let (mut transient, mut answered) = (true, false);
+    for &wanted in passes {
+        for host in &hosts {
+            let mut client = match connect_first(host) {
+                Ok(client) => client,
+                Err(err) if hosts.len() == 1 => return Err(err),
+                Err(err) => {
+                    transient &= crate::error::is_transient(&err);
+                    seen.push(format!("{err:#}"));
+                    continue;
+                }
+            };
+            if wanted == SessionAttrs::Any {
+                return Ok((client, host.target()));
+            }
+            let row = client.query_one(
+                "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'",
+                &[],
+            )?;
+            let (in_recovery, read_only): (bool, bool) = (row.get(0), row.get(1));
+            if wanted.accepts(in_recovery, read_only) {
+                return Ok((client, host.target()));
+            }
+            answered = true;
+            seen.push(format!(
+                "{} is {}",
+                host.target(),
+                match (in_recovery, read_only) {
+                    (true, _) => "a standby",
+                    (false, true) => "a primary that is read-only by default",
+                    (false, false) => "a primary",
+                }
+            ));
+        }
+    }
+    if url.session == SessionAttrs::Any {
+        // Every server failed to connect: the first one's error says why.
+        return Err(anyhow::Error::new(ConnectError {
+            message: format!(
+                "no server in DATABASE_URL / --database-url answered: {}",
+                seen.join("; ")
+            ),
+            transient: true,
+        }));
+    }
+    // During a failover there may be no primary for a moment: worth a retry.
+    Err(anyhow::Error::new(ConnectError {
+        message: format!(
+            "no server in DATABASE_URL / --database-url will do for target_session_attrs={}: {}",
+            url.session.keyword(),
+            seen.join("; ")
+        ),
+        transient: transient || answered,
+    }))
+}
+
+/// The first listed server that answers, as the driver picks it.
+fn connect_first(url: &DatabaseUrl) -> anyhow::Result<Client> {
     let connected = match url.tls.mode {
         SslMode::Off => url.config.connect(NoTls),
         _ => url.config.connect(tls_connector(&url.tls)?),
@@ -55,21 +130,20 @@ pub fn connect_current(url: &DatabaseUrl) -> anyhow::Result<Client> {
 /// nothing to do or not, when the server is a read-only standby — a cron
 /// job aimed at the wrong host must not sit idle for ever.
 pub fn connect_writer(url: &DatabaseUrl) -> anyhow::Result<Client> {
-    let mut client = connect(url)?;
-    ensure_primary(&mut client, url)?;
+    let (mut client, server) = connect_to(url)?;
+    ensure_primary(&mut client, &server)?;
     migrations::ensure_current(&mut client)?;
     Ok(client)
 }
 
 /// Refuses a server in recovery (a hot standby): it takes no writes.
-pub fn ensure_primary(client: &mut Client, url: &DatabaseUrl) -> anyhow::Result<()> {
+pub fn ensure_primary(client: &mut Client, server: &str) -> anyhow::Result<()> {
     let standby: bool = client.query_one("SELECT pg_is_in_recovery()", &[])?.get(0);
     if standby {
         anyhow::bail!(
-            "PostgreSQL at {} is a read-only standby (in recovery) and this command writes: point \
-             DATABASE_URL / --database-url at the primary, or list every host with \
-             target_session_attrs=read-write",
-            url.target()
+            "PostgreSQL at {server} is a read-only standby (in recovery) and this command writes: \
+             point DATABASE_URL / --database-url at the primary, or list every host with \
+             target_session_attrs=read-write"
         );
     }
     Ok(())

@@ -164,14 +164,14 @@ struct TableRow {
 pub fn run(args: &Args, settings: &Settings) -> anyhow::Result<Exit> {
     let key = settings.stream_key.as_str();
     let database = settings.database()?;
-    let mut client = db::connect(database)?;
+    let (mut client, server) = db::connect_to(database)?;
     migrations::ensure_current(&mut client)?;
     let now = Utc::now();
     let role = crate::db::replication::role(&mut client)?;
     let mut status = Status {
         stream: key.to_string(),
         at: now,
-        database: database.target(),
+        database: server,
         database_role: if role.standby { "standby" } else { "primary" },
         standbys: role.standbys,
         standby_replay_lag_seconds: role.replay_lag_seconds,
