@@ -136,6 +136,16 @@ impl Postgres {
     /// A hot standby of this server, streaming from it on a port of its
     /// own (`pg_basebackup -R`): for what must work, or refuse, on one.
     pub fn standby(&self) -> anyhow::Result<Postgres> {
+        self.standby_at(None)
+    }
+
+    /// [`Postgres::standby`] on a given port: a crashed primary's, so that
+    /// a URL listing both servers names the new standby too.
+    pub fn standby_on_port(&self, port: u16) -> anyhow::Result<Postgres> {
+        self.standby_at(Some(port))
+    }
+
+    fn standby_at(&self, port: Option<u16>) -> anyhow::Result<Postgres> {
         let basebackup = postgres_program("pg_basebackup")?;
         let dir = super::private_dir("genalytics-pg-")?;
         if let Some((uid, gid)) = self.owner {
@@ -164,16 +174,20 @@ impl Postgres {
                 log_tail(&log)
             );
         }
-        let standby = Postgres {
+        let mut standby = Postgres {
             program: self.program.clone(),
             password: self.password.clone(),
             detached: false,
             owner: self.owner,
-            port: 0,
+            port: port.unwrap_or(0),
             child: None,
             dir,
+        };
+        if port.is_some() {
+            standby.launch()?;
+        } else {
+            standby = standby.started()?;
         }
-        .started()?;
         // Ready once it streams: before, this server does not list it, and
         // a trim would not wait for it (pg_basebackup's own WAL stream,
         // which may linger a moment, is not the standby).
