@@ -276,3 +276,74 @@ fn target_session_attrs_chooses_among_the_listed_servers_as_libpq_does() {
         ran.stderr
     );
 }
+
+/// With `synchronous_commit = off` (the throwaway server's setting, and
+/// many operators') a commit returns before its WAL is written; with a
+/// slow WAL writer it stays unwritten for seconds, so a standby that has
+/// replayed everything written does not have the commit. The trim must
+/// wait for the commit itself: every entry gone from the stream right
+/// after the run is on the standby.
+#[test]
+fn the_trim_waits_for_an_asynchronous_commit_not_yet_written() {
+    let pg = genalytics::throwaway::Postgres::start_with(&[("wal_writer_delay", "10000")])
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    let env = crate::harness::TestEnv::with_postgres(pg);
+    env.genalytics().args(["migrate", "-q"]).ok();
+    let standby = env.pg.standby().unwrap_or_else(|err| panic!("{err:#}"));
+    let mut replica =
+        postgres::Client::connect(&standby.url(&env.database), postgres::NoTls).unwrap();
+    let hour = genalytics::testing::hour_floor(Utc::now()) - Duration::hours(1);
+    let key = env.stream_key();
+    let mut con = env.redis();
+    let mut primary = env.pg.admin_of(&env.database).unwrap();
+    let mut held_back = 0;
+    for round in 0..6 {
+        write(&env, &traffic(hour, 3, crate::harness::seed() + round));
+        let written = crate::harness::stream_ids(&mut con, &key);
+        // Everything so far written and replayed: the write position is a
+        // record's end the standby has reached, and the transfer's small
+        // asynchronous commit will sit unwritten behind it.
+        primary
+            .batch_execute(
+                "SET synchronous_commit = on; CREATE TEMP TABLE flush (); DROP TABLE flush;",
+            )
+            .unwrap();
+        wait_for("the standby to replay what is written", 30, || {
+            primary
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_replication
+                     WHERE application_name <> 'pg_basebackup'
+                       AND replay_lsn >= pg_current_wal_lsn()",
+                    &[],
+                )
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
+        });
+        env.genalytics()
+            .args(["transfer", "-q", "--keep", "0s"])
+            .ok();
+        let left: std::collections::BTreeSet<String> = crate::harness::stream_ids(&mut con, &key)
+            .into_iter()
+            .collect();
+        let on_standby: std::collections::BTreeSet<String> =
+            crate::harness::stored_ids(&mut replica)
+                .into_iter()
+                .collect();
+        let lost: Vec<&String> = written
+            .iter()
+            .filter(|id| !left.contains(*id) && !on_standby.contains(*id))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "round {round}: trimmed before the standby had them: {lost:?}"
+        );
+        // The fault happened: the run stored entries and left them in the
+        // stream (more than the one kept as the trim's anchor), the commit
+        // being unwritten for the standby.
+        if written.iter().filter(|id| left.contains(*id)).count() > 1 {
+            held_back += 1;
+        }
+    }
+    assert!(held_back > 0, "no round had a commit the standby lacked");
+}

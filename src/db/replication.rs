@@ -6,8 +6,12 @@
 use postgres::Client;
 
 /// How many standbys have not replayed up to `lsn` (none streaming: 0),
-/// `lsn` being where the primary's WAL stands now (past every commit made
-/// so far) unless given, and that position; the count is `None` when this
+/// and that position; `lsn` is where the primary's WAL stands now unless
+/// given. "Now" is the insert position, past every commit made so far:
+/// with `synchronous_commit = off` a commit returns before its record is
+/// written, and the write position (`pg_current_wal_lsn`) may still be
+/// short of it while a standby has replayed all that was written — a trim
+/// then would outrun the standby. The count is `None` when this
 /// role may not see their replay (`pg_stat_replication` shows it to
 /// `pg_read_all_stats` and superusers only). One statement: without
 /// standbys, a commit's trim costs this one query.
@@ -19,7 +23,7 @@ pub fn standbys_behind(
         "SELECT at::text, pg_has_role('pg_read_all_stats', 'USAGE'),
                 (SELECT count(*) FROM pg_stat_replication
                  WHERE replay_lsn IS NULL OR replay_lsn < at)
-         FROM (SELECT coalesce($1::text::pg_lsn, pg_current_wal_lsn()) AS at) now",
+         FROM (SELECT coalesce($1::text::pg_lsn, pg_current_wal_insert_lsn()) AS at) now",
         &[&lsn],
     )?;
     let (lsn, visible, behind): (String, bool, i64) = (row.get(0), row.get(1), row.get(2));

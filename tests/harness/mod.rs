@@ -59,7 +59,12 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 impl TestEnv {
     #[track_caller]
     pub fn new() -> TestEnv {
-        let pg = Postgres::start().unwrap_or_else(|err| panic!("{err:#}"));
+        Self::with_postgres(Postgres::start().unwrap_or_else(|err| panic!("{err:#}")))
+    }
+
+    /// An environment around a server started with settings of its own.
+    #[track_caller]
+    pub fn with_postgres(pg: Postgres) -> TestEnv {
         let redis = Redis::start().unwrap_or_else(|err| panic!("{err:#}"));
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let database = format!("genalytics_test_{n}");
