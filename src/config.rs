@@ -90,6 +90,10 @@ pub struct DatabaseUrl {
     pub session: SessionAttrs,
 }
 
+/// How long connecting to one PostgreSQL server may take when the URL
+/// sets no `connect_timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// libpq's `target_session_attrs`: which of the listed servers a session
 /// may use. The driver knows only `any`, `read-write` and `read-only`, so
 /// the servers are tried one by one and asked (`db::connect`).
@@ -356,8 +360,27 @@ impl DatabaseUrl {
                     .into(),
             ));
         }
+        // As libpq: one port for every host or one each, and as many
+        // addresses as hosts when any is given.
+        let (hosts, ports, addrs) = (
+            config.get_hosts().len(),
+            config.get_ports().len(),
+            config.get_hostaddrs().len(),
+        );
+        if ports > 1 && ports != hosts {
+            return Err(UsageError(format!(
+                "the PostgreSQL URL (DATABASE_URL / --database-url) has {ports} port numbers for \
+                 {hosts} hosts: give one port for all, or one for each host"
+            )));
+        }
+        if addrs > 0 && hosts > 0 && addrs != hosts {
+            return Err(UsageError(format!(
+                "the PostgreSQL URL (DATABASE_URL / --database-url) has {addrs} hostaddr values for \
+                 {hosts} hosts: give one for each host"
+            )));
+        }
         if config.get_connect_timeout().is_none() {
-            config.connect_timeout(std::time::Duration::from_secs(10));
+            config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
         }
         if config.get_application_name().is_none() {
             config.application_name("genalytics");
@@ -378,8 +401,9 @@ impl DatabaseUrl {
         })
     }
 
-    /// One URL per listed server, in order, each with everything else
-    /// this one says: for trying them one by one.
+    /// One URL per listed server, in order (shuffled with
+    /// `load_balance_hosts=random`), each with everything else this one
+    /// says: for trying them one by one.
     pub fn each_host(&self) -> Vec<DatabaseUrl> {
         let c = &self.config;
         let hosts = c.get_hosts();
@@ -390,7 +414,7 @@ impl DatabaseUrl {
                 session: SessionAttrs::Any,
             }];
         }
-        (0..hosts.len())
+        let mut each = (0..hosts.len())
             .map(|i| {
                 let mut one = postgres::Config::new();
                 match &hosts[i] {
@@ -442,7 +466,12 @@ impl DatabaseUrl {
                     session: SessionAttrs::Any,
                 }
             })
-            .collect()
+            .collect::<Vec<_>>();
+        if c.get_load_balance_hosts() == postgres::config::LoadBalanceHosts::Random {
+            use rand::seq::SliceRandom;
+            each.shuffle(&mut rand::rng());
+        }
+        each
     }
 
     /// `host:port` (or the socket directory) for messages.
@@ -804,6 +833,35 @@ impl fmt::Debug for RedisUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_port_and_address_counts_must_match_as_libpq_says() {
+        for bad in [
+            "host=a,b,c port=1,2 dbname=d",
+            "postgres://a:1,b:2,c/d?port=5,6",
+            "host=a,b,c hostaddr=10.0.0.1,10.0.0.2 dbname=d",
+        ] {
+            let err = DatabaseUrl::parse(bad).unwrap_err();
+            assert!(err.0.contains("for 3 hosts"), "{bad}: {err}");
+        }
+        for good in [
+            "host=a,b,c port=1 dbname=d",
+            "host=a,b port=1,2 hostaddr=10.0.0.1,10.0.0.2 dbname=d",
+            "postgres://a:1,b:2/d",
+        ] {
+            DatabaseUrl::parse(good).unwrap_or_else(|err| panic!("{good}: {err}"));
+        }
+    }
+
+    #[test]
+    fn load_balance_hosts_random_shuffles_the_order_tried() {
+        let url = DatabaseUrl::parse("postgres://a,b,c/d?load_balance_hosts=random").unwrap();
+        let firsts: std::collections::BTreeSet<String> =
+            (0..200).map(|_| url.each_host()[0].target()).collect();
+        assert_eq!(firsts.len(), 3, "{firsts:?}");
+        let fixed = DatabaseUrl::parse("postgres://a,b,c/d").unwrap();
+        assert!((0..50).all(|_| fixed.each_host()[0].target() == "a:5432"));
+    }
 
     #[test]
     fn the_password_file_is_read_as_libpq_reads_it() {

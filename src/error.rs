@@ -57,6 +57,30 @@ pub struct UsageError(pub String);
 pub struct ConnectError {
     pub message: String,
     pub transient: bool,
+    pub server: Server,
+}
+
+/// Which server a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    Postgres,
+    Redis,
+}
+
+/// Whether a failure came from Redis — a connection, a reply or the
+/// reader's socket — and not from PostgreSQL.
+pub fn from_redis(err: &anyhow::Error) -> bool {
+    let mut redis = false;
+    for cause in err.chain() {
+        if cause.is::<postgres::Error>() {
+            return false;
+        }
+        if let Some(connect) = cause.downcast_ref::<ConnectError>() {
+            return connect.server == Server::Redis;
+        }
+        redis |= cause.is::<redis::RedisError>() || cause.is::<io::Error>();
+    }
+    redis
 }
 
 /// Whether a failure may go away by itself: a connection lost, refused or
@@ -262,6 +286,27 @@ pub fn one_line(err: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_is_told_from_redis_or_postgresql() {
+        let redis_io = anyhow::Error::new(redis::RedisError::from(io::Error::from(
+            io::ErrorKind::ConnectionReset,
+        )))
+        .context("cannot read the stream s from Redis at h:1");
+        assert!(from_redis(&redis_io));
+        let connect = |server| {
+            anyhow::Error::new(ConnectError {
+                message: "cannot connect".into(),
+                transient: true,
+                server,
+            })
+            .context("while storing")
+        };
+        assert!(from_redis(&connect(Server::Redis)));
+        assert!(!from_redis(&connect(Server::Postgres)));
+        // Nothing from either: not Redis.
+        assert!(!from_redis(&anyhow::anyhow!("the state changed")));
+    }
 
     #[test]
     fn an_interrupted_call_is_found_inside_a_redis_error() {

@@ -40,6 +40,7 @@ pub mod testing {
     pub use crate::config::DatabaseUrl;
     pub use crate::db::connect;
     pub use crate::db::migrations::{MIGRATIONS, apply_through};
+    pub use crate::db::replication::standbys_behind;
     pub use crate::db::rollup::refresh as refresh_partial;
     pub use crate::histogram::{Histogram, KEY_SQL, key};
     pub use crate::hour::floor as hour_floor;

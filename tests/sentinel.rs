@@ -360,3 +360,87 @@ fn a_cron_transfer_started_while_the_master_is_down_waits_for_the_sentinels_fail
     written.sort();
     assert_eq!(stored_ids(&mut env.db()), written, "each entry once");
 }
+
+#[test]
+fn sentinels_and_their_master_over_tls_are_verified_as_one_node_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let env = migrated();
+    let group = RedisSentinel::start_tls(&cert, &key).unwrap();
+    assert!(group.url().starts_with("rediss://"), "{}", group.url());
+
+    // The sentinel's certificate and the master's, the latter at the
+    // address the sentinel gives (127.0.0.1), verified with the root.
+    through(&env, &group)
+        .env("SSL_CERT_FILE", &cert)
+        .args([
+            "simulate", "-q", "--events", "200", "--hours", "1", "--maxlen", "0",
+        ])
+        .ok();
+    let ran = through(&env, &group)
+        .env("SSL_CERT_FILE", &cert)
+        .args(["transfer", "--keep", "0s"])
+        .ok();
+    assert!(
+        ran.stdout.starts_with("transferred 200 events"),
+        "{}",
+        ran.stdout
+    );
+    // Not trusted: one sentence about the certificate.
+    let ran = through(&env, &group).arg("transfer").code(1);
+    assert!(
+        ran.stderr.contains("not signed by a trusted authority"),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(ran.stderr.lines().count(), 1, "{}", ran.stderr);
+}
+
+#[test]
+fn a_sentinel_that_never_answers_delays_the_next_by_seconds_at_most() {
+    let env = migrated();
+    let group = RedisSentinel::start(false).unwrap();
+    let key = env.stream_key();
+    let written = write_to_master(&group, &key, &events(20, 5));
+    // Accepts connections (the kernel does) and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = group.url();
+    let (login, _) = url.rsplit_once('@').unwrap();
+    let urls = format!(
+        "{login}@127.0.0.1:{},{url}",
+        silent.local_addr().unwrap().port()
+    );
+    let started = std::time::Instant::now();
+    let ran = env
+        .genalytics()
+        .env("REDIS_URL", urls)
+        .env("GENALYTICS_REDIS_SENTINEL", RedisSentinel::NAME)
+        .args(["transfer", "--keep", "0s"])
+        .ok();
+    assert!(
+        ran.stdout.starts_with("transferred 20 events"),
+        "{}",
+        ran.stdout
+    );
+    // The silent one costs its 2 s once: the answering one is asked first
+    // after that.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(stored_ids(&mut env.db()).len(), written.len());
+}

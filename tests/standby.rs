@@ -347,3 +347,150 @@ fn the_trim_waits_for_an_asynchronous_commit_not_yet_written() {
     }
     assert!(held_back > 0, "no round had a commit the standby lacked");
 }
+
+/// A record that ends exactly on a WAL page boundary leaves the insert
+/// position after the next page's header, while a standby that replayed it
+/// reports the boundary: it has replayed everything, and the trim must not
+/// count it behind.
+#[test]
+fn a_standby_at_a_page_boundary_is_not_counted_behind() {
+    let env = migrated();
+    let _standby = env.pg.standby().unwrap_or_else(|err| panic!("{err:#}"));
+    let mut primary = env.pg.admin().unwrap();
+    let offset = |db: &mut postgres::Client| -> i64 {
+        db.query_one("SELECT (pg_current_wal_insert_lsn() - '0/0')::int8", &[])
+            .unwrap()
+            .get(0)
+    };
+    let emit = |db: &mut postgres::Client, len: i64| {
+        db.execute(
+            "SELECT pg_logical_emit_message(false, 'x', repeat('y', $1::int8::int))",
+            &[&len],
+        )
+        .unwrap();
+    };
+    for _ in 0..100 {
+        // A message's record size beyond its text, measured (aligned; a
+        // text over 255 bytes has the longer data header).
+        let before = offset(&mut primary);
+        emit(&mut primary, 400);
+        let at = offset(&mut primary);
+        let overhead = at - before - 400;
+        let left = 8192 - at % 8192;
+        if left < overhead + 64 {
+            emit(&mut primary, left);
+            continue;
+        }
+        emit(&mut primary, left - overhead);
+        let boundary = offset(&mut primary);
+        if boundary % 8192 != 24 {
+            continue;
+        }
+        // The standby replays up to the boundary.
+        wait_for("the standby to replay up to the boundary", 30, || {
+            primary
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_replication
+                     WHERE application_name <> 'pg_basebackup'
+                       AND replay_lsn >= pg_current_wal_insert_lsn() - 24",
+                    &[],
+                )
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
+        });
+        let (_, behind) = genalytics::testing::standbys_behind(&mut primary, None).unwrap();
+        // Nothing else was written meanwhile, or this try proves nothing.
+        if offset(&mut primary) != boundary {
+            continue;
+        }
+        assert_eq!(behind, Some(0), "the standby has replayed everything");
+        return;
+    }
+    panic!("never ended a record on a page boundary in 100 tries");
+}
+
+/// A listener that accepts connections and never says a word: a server
+/// stopped (SIGSTOP) or cut off after the TCP handshake.
+fn silent_server() -> (std::net::TcpListener, u16) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
+
+#[test]
+fn a_server_that_accepts_and_never_answers_is_passed_over_within_connect_timeout() {
+    let env = migrated();
+    // The kernel completes the handshake for the backlog; nobody answers.
+    let (_silent, port) = silent_server();
+    let real = format!("127.0.0.1:{}", env.pg.port());
+    let base = env.database_url();
+    let (login, _) = base.split_once('@').unwrap();
+    let url = format!(
+        "{login}@127.0.0.1:{port},{real}/{}?connect_timeout=2",
+        env.database
+    );
+    let started = std::time::Instant::now();
+    let ran = env
+        .genalytics()
+        .env("DATABASE_URL", &url)
+        .args(["status", "--format", "json"])
+        .ok();
+    let status: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(status["database"], real.as_str());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    // Alone, it is one sentence naming the limit, not a hang.
+    let ran = env
+        .genalytics()
+        .env(
+            "DATABASE_URL",
+            format!("{login}@127.0.0.1:{port}/x?connect_timeout=1"),
+        )
+        .arg("status")
+        .code(1);
+    assert!(
+        ran.stderr.contains("no answer within 1 s"),
+        "{}",
+        ran.stderr
+    );
+}
+
+#[test]
+fn a_wrong_password_on_every_listed_server_stops_a_follower() {
+    let env = migrated();
+    let standby = env.pg.standby().unwrap_or_else(|err| panic!("{err:#}"));
+    let base = env.database_url();
+    let (login, _) = base.split_once('@').unwrap();
+    let (user, _) = login.rsplit_once(':').unwrap();
+    let url = format!(
+        "{user}:wrong-pw@127.0.0.1:{},127.0.0.1:{}/{}",
+        env.pg.port(),
+        standby.port(),
+        env.database
+    );
+    let mut follower = env
+        .genalytics()
+        .env("DATABASE_URL", &url)
+        .args(["transfer", "--follow"])
+        .spawn();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = follower.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = follower.kill();
+            panic!("the follower kept retrying a wrong password");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let out = follower.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("password"), "{stderr}");
+    assert!(!stderr.contains("wrong-pw"), "{stderr}");
+}

@@ -19,7 +19,7 @@ use anyhow::Context;
 use postgres::{Client, NoTls};
 
 use crate::config::{DatabaseUrl, PgTls, SessionAttrs, SslMode};
-use crate::error::ConnectError;
+use crate::error::{ConnectError, Server};
 use crate::event::RawFields;
 
 /// The raw fields flattened (name, value, name, value, …) for `BYTEA[]`.
@@ -37,86 +37,120 @@ pub fn connect(url: &DatabaseUrl) -> anyhow::Result<Client> {
 }
 
 /// [`connect`], and the `host:port` of the server it reached, for messages
-/// that name the server read (several may be listed).
+/// that name the server read (several may be listed). The servers are
+/// tried in order (shuffled with `load_balance_hosts=random`), as libpq
+/// tries them.
 pub fn connect_to(url: &DatabaseUrl) -> anyhow::Result<(Client, String)> {
-    if url.session == SessionAttrs::Any && url.config.get_hosts().len() <= 1 {
+    let hosts = url.each_host();
+    if url.session == SessionAttrs::Any && hosts.len() <= 1 {
         return Ok((connect_first(url)?, url.target()));
     }
-    let passes: &[SessionAttrs] = match url.session {
-        SessionAttrs::PreferStandby => &[SessionAttrs::Standby, SessionAttrs::Any],
-        one => &[one],
-    };
-    let hosts = url.each_host();
     let mut seen = Vec::new();
     // A wrong password everywhere is not worth a retry; a server down is.
     let (mut transient, mut answered) = (true, false);
-    for &wanted in passes {
-        for host in &hosts {
-            let mut client = match connect_first(host) {
-                Ok(client) => client,
-                Err(err) if hosts.len() == 1 => return Err(err),
-                Err(err) => {
-                    transient &= crate::error::is_transient(&err);
-                    seen.push(format!("{err:#}"));
-                    continue;
-                }
-            };
-            if wanted == SessionAttrs::Any {
-                return Ok((client, host.target()));
+    // prefer-standby: the first server that answered, if none is a standby.
+    let mut fallback = None;
+    for host in &hosts {
+        let mut client = match connect_first(host) {
+            Ok(client) => client,
+            Err(err) if hosts.len() == 1 => return Err(err),
+            Err(err) => {
+                transient &= crate::error::is_transient(&err);
+                seen.push(format!("{err:#}"));
+                continue;
             }
-            let row = client.query_one(
-                "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'",
-                &[],
-            )?;
-            let (in_recovery, read_only): (bool, bool) = (row.get(0), row.get(1));
-            if wanted.accepts(in_recovery, read_only) {
-                return Ok((client, host.target()));
+        };
+        if url.session == SessionAttrs::Any {
+            return Ok((client, host.target()));
+        }
+        let row = client.query_one(
+            "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'",
+            &[],
+        )?;
+        let (in_recovery, read_only): (bool, bool) = (row.get(0), row.get(1));
+        if url.session.accepts(in_recovery, read_only) {
+            return Ok((client, host.target()));
+        }
+        answered = true;
+        seen.push(format!(
+            "{} is {}",
+            host.target(),
+            match (in_recovery, read_only) {
+                (true, _) => "a standby",
+                (false, true) => "a primary that is read-only by default",
+                (false, false) => "a primary",
             }
-            answered = true;
-            seen.push(format!(
-                "{} is {}",
-                host.target(),
-                match (in_recovery, read_only) {
-                    (true, _) => "a standby",
-                    (false, true) => "a primary that is read-only by default",
-                    (false, false) => "a primary",
-                }
-            ));
+        ));
+        if url.session == SessionAttrs::PreferStandby && fallback.is_none() {
+            fallback = Some((client, host.target()));
         }
     }
-    if url.session == SessionAttrs::Any {
-        // Every server failed to connect: the first one's error says why.
-        return Err(anyhow::Error::new(ConnectError {
-            message: format!(
-                "no server in DATABASE_URL / --database-url answered: {}",
-                seen.join("; ")
-            ),
-            transient: true,
-        }));
+    if let Some(first) = fallback {
+        return Ok(first);
     }
-    // During a failover there may be no primary for a moment: worth a retry.
-    Err(anyhow::Error::new(ConnectError {
-        message: format!(
+    let message = if url.session == SessionAttrs::Any || !answered {
+        format!(
+            "no server in DATABASE_URL / --database-url answered: {}",
+            seen.join("; ")
+        )
+    } else {
+        format!(
             "no server in DATABASE_URL / --database-url will do for target_session_attrs={}: {}",
             url.session.keyword(),
             seen.join("; ")
-        ),
+        )
+    };
+    // During a failover there may be no primary for a moment: worth a retry.
+    Err(anyhow::Error::new(ConnectError {
+        message,
         transient: transient || answered,
+        server: Server::Postgres,
     }))
 }
 
-/// The first listed server that answers, as the driver picks it.
+/// The first listed server that answers, as the driver picks it, within
+/// `connect_timeout` for the whole of it as libpq means it: the driver
+/// bounds only the socket's connect, and a server that accepts and then
+/// says nothing (stopped, partitioned) would hold the run, and the
+/// servers listed after it, for ever.
 fn connect_first(url: &DatabaseUrl) -> anyhow::Result<Client> {
-    let connected = match url.tls.mode {
-        SslMode::Off => url.config.connect(NoTls),
-        _ => url.config.connect(tls_connector(&url.tls)?),
+    let limit = url
+        .config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(crate::config::DEFAULT_CONNECT_TIMEOUT);
+    let config = url.config.clone();
+    let connector = match url.tls.mode {
+        SslMode::Off => None,
+        _ => Some(tls_connector(&url.tls)?),
     };
-    connected.map_err(|err| {
-        anyhow::Error::new(ConnectError {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    // Left behind if the server never answers; it ends with the process.
+    std::thread::spawn(move || {
+        let connected = match connector {
+            None => config.connect(NoTls),
+            Some(connector) => config.connect(connector),
+        };
+        let _ = sender.send(connected);
+    });
+    match receiver.recv_timeout(limit + std::time::Duration::from_secs(1)) {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(err)) => Err(anyhow::Error::new(ConnectError {
             message: describe_connect_error(url, &err),
             transient: crate::error::pg_transient(&err),
-        })
-    })
+            server: Server::Postgres,
+        })),
+        Err(_) => Err(anyhow::Error::new(ConnectError {
+            message: format!(
+                "cannot connect to PostgreSQL at {}: no answer within {} s (connect_timeout) — is the \
+                 server up and responsive?",
+                url.target(),
+                limit.as_secs()
+            ),
+            transient: true,
+            server: Server::Postgres,
+        })),
+    }
 }
 
 /// Opens a connection and checks the schema is the one this binary knows.

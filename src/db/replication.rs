@@ -5,6 +5,19 @@
 
 use postgres::Client;
 
+/// Where the primary's WAL stands: its insert position, less the header
+/// of a page (or, at a segment's start, the longer one) it has just
+/// begun: a record that ended on the boundary leaves the position after
+/// the new page's header, and a standby that replayed that record stays
+/// at the boundary until more WAL comes.
+const NOW: &str = "(SELECT CASE
+        WHEN (p - '0/0') % seg = 40 THEN p - 40
+        WHEN (p - '0/0') % blk = 24 THEN p - 24
+        ELSE p END
+    FROM (SELECT pg_current_wal_insert_lsn() AS p,
+                 current_setting('wal_block_size')::int8 AS blk,
+                 (SELECT setting::int8 FROM pg_settings WHERE name = 'wal_segment_size') AS seg) w)";
+
 /// How many standbys have not replayed up to `lsn` (none streaming: 0),
 /// and that position; `lsn` is where the primary's WAL stands now unless
 /// given. "Now" is the insert position, past every commit made so far:
@@ -20,10 +33,12 @@ pub fn standbys_behind(
     lsn: Option<&str>,
 ) -> anyhow::Result<(String, Option<i64>)> {
     let row = client.query_one(
-        "SELECT at::text, pg_has_role('pg_read_all_stats', 'USAGE'),
+        &format!(
+            "SELECT at::text, pg_has_role('pg_read_all_stats', 'USAGE'),
                 (SELECT count(*) FROM pg_stat_replication
                  WHERE replay_lsn IS NULL OR replay_lsn < at)
-         FROM (SELECT coalesce($1::text::pg_lsn, pg_current_wal_insert_lsn()) AS at) now",
+         FROM (SELECT coalesce($1::text::pg_lsn, {NOW}) AS at) now",
+        ),
         &[&lsn],
     )?;
     let (lsn, visible, behind): (String, bool, i64) = (row.get(0), row.get(1), row.get(2));

@@ -281,6 +281,7 @@ fn transfer_stream(
             // about half a minute before it gives up.
             Err(Fault::Transient(err))
                 if matches!(settings.redis_nodes, RedisNodes::Sentinel { .. })
+                    && crate::error::from_redis(&err)
                     && failovers < 20 =>
             {
                 if run.summary.entries() > before {

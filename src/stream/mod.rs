@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 
 use crate::config::{RedisNodes, RedisUrl, Settings};
-use crate::error::ConnectError;
+use crate::error::{ConnectError, Server};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for one reply; blocking reads ask for far less.
@@ -65,7 +65,8 @@ pub fn connect_reader(settings: &Settings, key: &str) -> anyhow::Result<wire::Wi
     wire::Wire::open(&url, CONNECT_TIMEOUT, IO_TIMEOUT).map_err(|err| {
         ConnectError {
             message: describe_connect_error(&target, tls, &err),
-            transient: crate::error::redis_transient(&err),
+            transient: transient(&err, tls),
+            server: Server::Redis,
         }
         .into()
     })
@@ -83,6 +84,7 @@ fn no_plain_server_behind_tls(url: &RedisUrl, target: &str) -> anyhow::Result<()
                 crate::tls::explain(crate::tls::Cause::NoTls, host, None)
             ),
             transient: false,
+            server: Server::Redis,
         }
         .into());
     }
@@ -91,27 +93,58 @@ fn no_plain_server_behind_tls(url: &RedisUrl, target: &str) -> anyhow::Result<()
 
 /// Opens one connection and checks it answers; the error says where it tried.
 pub fn connect(url: &RedisUrl) -> anyhow::Result<redis::Connection> {
+    connect_within(url, CONNECT_TIMEOUT, IO_TIMEOUT, |_| false)
+}
+
+/// [`connect`] with its own time limits; `again` says whether a refusal
+/// is worth no error yet (the caller tries otherwise, and `Ok(None)`).
+fn connect_within(
+    url: &RedisUrl,
+    connect_timeout: std::time::Duration,
+    io_timeout: std::time::Duration,
+    again: impl Fn(&redis::RedisError) -> bool,
+) -> anyhow::Result<redis::Connection> {
     let target = url.target();
-    let tls = matches!(url.info.addr(), redis::ConnectionAddr::TcpTls { .. });
-    let failed = |err: &redis::RedisError| ConnectError {
-        message: describe_connect_error(&target, tls, err),
-        transient: crate::error::redis_transient(err),
+    let failed = |err: &redis::RedisError| -> anyhow::Error {
+        if again(err) {
+            return anyhow::Error::new(err.clone());
+        }
+        connect_error(url, err)
     };
     let client = redis::Client::open(url.info.clone())
         .map_err(|err| anyhow!("cannot use the Redis URL for {target}: {}", describe(&err)))?;
     no_plain_server_behind_tls(url, &target)?;
     let mut con = client
-        .get_connection_with_timeout(CONNECT_TIMEOUT)
+        .get_connection_with_timeout(connect_timeout)
         .map_err(|err| failed(&err))?;
     // A server that stops answering without closing the connection (a
     // network partition) must not hold a run, or a follower, forever.
-    con.set_read_timeout(Some(IO_TIMEOUT))
-        .and_then(|()| con.set_write_timeout(Some(IO_TIMEOUT)))
+    con.set_read_timeout(Some(io_timeout))
+        .and_then(|()| con.set_write_timeout(Some(io_timeout)))
         .map_err(|err| failed(&err))?;
     redis::cmd("PING")
         .query::<()>(&mut con)
         .map_err(|err| failed(&err))?;
     Ok(con)
+}
+
+/// A failed connection to `url`, said for an operator.
+fn connect_error(url: &RedisUrl, err: &redis::RedisError) -> anyhow::Error {
+    let tls = matches!(url.info.addr(), redis::ConnectionAddr::TcpTls { .. });
+    ConnectError {
+        message: describe_connect_error(&url.target(), tls, err),
+        transient: transient(err, tls),
+        server: Server::Redis,
+    }
+    .into()
+}
+
+/// Whether a failed connection is worth trying again: a certificate that
+/// does not verify (or a server without TLS) stays so, though the driver
+/// reports it as an I/O error.
+fn transient(err: &redis::RedisError, tls: bool) -> bool {
+    crate::error::redis_transient(err)
+        && !(tls && crate::tls::cause(&crate::tls::chain_text(err)).is_some())
 }
 
 fn describe_connect_error(target: &str, tls: bool, err: &redis::RedisError) -> String {

@@ -7,22 +7,37 @@
 //! redis crate's sentinel client: the reader speaks on its own connection
 //! ([`super::wire`]), so what is needed is the master's address.
 
+use std::time::Duration;
+
 use anyhow::anyhow;
 use redis::Value;
 
 use crate::config::RedisUrl;
-use crate::error::ConnectError;
+use crate::error::{ConnectError, Server};
 use crate::text::escape_controls;
+
+/// The sentinel (`host:port`) that last named a master that was one.
+static ANSWERED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 /// The master the sentinels monitor as `name`, with the sentinel URL's
 /// credentials and TLS.
 pub fn master(name: &str, sentinels: &[RedisUrl]) -> anyhow::Result<RedisUrl> {
     let mut last: Option<anyhow::Error> = None;
     let mut named_unknown = 0;
-    for sentinel in sentinels {
+    // The sentinel that answered last is asked first: one that is down
+    // costs each lookup its time limit only until another answers.
+    let answered = ANSWERED.lock().ok().and_then(|target| target.clone());
+    let mut order: Vec<&RedisUrl> = sentinels.iter().collect();
+    order.sort_by_key(|sentinel| Some(sentinel.target()) != answered);
+    for sentinel in order {
         match ask(name, sentinel) {
             Ok(Some(master)) => match role(&master) {
-                Ok(role) if role == "master" => return Ok(master),
+                Ok(role) if role == "master" => {
+                    if let Ok(mut target) = ANSWERED.lock() {
+                        *target = Some(sentinel.target());
+                    }
+                    return Ok(master);
+                }
                 Ok(role) => {
                     last = Some(
                         ConnectError {
@@ -34,6 +49,7 @@ pub fn master(name: &str, sentinels: &[RedisUrl]) -> anyhow::Result<RedisUrl> {
                                 escape_controls(name)
                             ),
                             transient: true,
+                            server: Server::Redis,
                         }
                         .into(),
                     );
@@ -56,6 +72,7 @@ pub fn master(name: &str, sentinels: &[RedisUrl]) -> anyhow::Result<RedisUrl> {
                 escape_controls(name)
             ),
             transient: false,
+            server: Server::Redis,
         }
         .into());
     }
@@ -88,8 +105,13 @@ fn ask(name: &str, sentinel: &RedisUrl) -> anyhow::Result<Option<RedisUrl>> {
     Ok(reply.map(|(host, port)| sentinel.with_node(&host, port)))
 }
 
+/// How long a sentinel may take to connect and to answer: a sentinel only
+/// points elsewhere, and one that is stopped must not hold up asking the
+/// next.
+const SENTINEL_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A connection to a sentinel: with the URL's credentials, or without them
-/// when the sentinel has no password (it refuses the `AUTH` then), as
+/// when the sentinel has no password (it refuses the login then), as
 /// sentinels are often left open where the data nodes are not. A sentinel
 /// has no databases: the URL's number is for the master.
 fn connect(sentinel: &RedisUrl) -> anyhow::Result<redis::Connection> {
@@ -100,16 +122,30 @@ fn connect(sentinel: &RedisUrl) -> anyhow::Result<redis::Connection> {
             .clone()
             .set_redis_settings(sentinel_settings(settings)),
     };
-    match super::connect(&with_credentials) {
-        Err(refused) if settings.password().is_some() => {
-            let open = RedisUrl {
-                info: sentinel
-                    .info
-                    .clone()
-                    .set_redis_settings(redis::RedisConnectionInfo::default()),
-            };
-            super::connect(&open).map_err(|_| refused)
-        }
+    let has_password = settings.password().is_some();
+    let refused_login = |err: &redis::RedisError| {
+        has_password && err.kind() == redis::ErrorKind::AuthenticationFailed
+    };
+    match super::connect_within(
+        &with_credentials,
+        SENTINEL_TIMEOUT,
+        SENTINEL_TIMEOUT,
+        refused_login,
+    ) {
+        Err(refused) => match refused.downcast::<redis::RedisError>() {
+            Ok(refused) => {
+                let open = RedisUrl {
+                    info: sentinel
+                        .info
+                        .clone()
+                        .set_redis_settings(redis::RedisConnectionInfo::default()),
+                };
+                // Refused both ways: the password is wrong.
+                super::connect_within(&open, SENTINEL_TIMEOUT, SENTINEL_TIMEOUT, |_| false)
+                    .map_err(|_| super::connect_error(&with_credentials, &refused))
+            }
+            Err(other) => Err(other),
+        },
         connected => connected,
     }
 }

@@ -115,6 +115,12 @@ impl Redis {
                 .arg("--masterauth")
                 .arg(&self.password);
         }
+        if let (Some(_), Some((cert, _))) = (&self.watched, &self.tls) {
+            // Replication over TLS, trusting the group's one certificate.
+            command
+                .args(["--tls-replication", "yes", "--tls-ca-cert-file"])
+                .arg(cert);
+        }
         match self.watched {
             Some(Watched::Replica { of }) => {
                 command
@@ -136,10 +142,7 @@ impl Redis {
             .arg("--dir")
             .arg(self.dir.path());
         // Readiness needs no certificate check.
-        let probe = match self.tls {
-            None => self.url(),
-            Some(_) => format!("{}/#insecure", self.url()),
-        };
+        let probe = self.probe_url(false);
         let child = spawn_server(
             &mut command,
             "redis-server",
@@ -161,11 +164,22 @@ impl Redis {
         open: bool,
     ) -> anyhow::Result<()> {
         let config = self.dir.path().join("sentinel.conf");
+        // Over TLS it also speaks TLS to the nodes, trusting their certificate.
+        let listen = match &self.tls {
+            None => format!("port {}\n", self.port),
+            Some((cert, key)) => format!(
+                "port 0\ntls-port {}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+                 tls-auth-clients no\ntls-replication yes\n",
+                self.port,
+                cert.display(),
+                key.display(),
+                cert.display()
+            ),
+        };
         let mut text = format!(
-            "bind 127.0.0.1\nport {}\ndir {}\nsentinel monitor {master} 127.0.0.1 {master_port} 1\n\
+            "bind 127.0.0.1\n{listen}dir {}\nsentinel monitor {master} 127.0.0.1 {master_port} 1\n\
              sentinel auth-pass {master} {}\nsentinel down-after-milliseconds {master} 1000\n\
              sentinel failover-timeout {master} 5000\n",
-            self.port,
             self.dir.path().display(),
             self.password
         );
@@ -174,11 +188,7 @@ impl Redis {
         }
         std::fs::write(&config, text).context("cannot write the sentinel's configuration")?;
         command.arg(&config).arg("--sentinel");
-        let probe = if open {
-            format!("redis://127.0.0.1:{}", self.port)
-        } else {
-            self.url()
-        };
+        let probe = self.probe_url(open);
         let child = spawn_server(
             &mut command,
             "redis-server --sentinel",
@@ -209,8 +219,22 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The URL the harness itself connects with: with the password unless
+    /// `open`, not verifying the certificate over TLS.
+    fn probe_url(&self, open: bool) -> String {
+        let url = if open {
+            self.url().replacen(&format!(":{}@", self.password), "", 1)
+        } else {
+            self.url()
+        };
+        match self.tls {
+            None => url,
+            Some(_) => format!("{url}/#insecure"),
+        }
+    }
+
     pub fn connection(&self) -> anyhow::Result<redis::Connection> {
-        redis::Client::open(self.url())?
+        redis::Client::open(self.probe_url(false))?
             .get_connection_with_timeout(Duration::from_secs(5))
             .context("cannot connect to the throwaway Redis")
     }
@@ -508,27 +532,37 @@ impl RedisSentinel {
     pub const NAME: &'static str = "genmaster";
 
     pub fn start(open: bool) -> anyhow::Result<RedisSentinel> {
-        Self::start_with(open, false)
+        Self::start_with(open, false, None)
+    }
+
+    /// Every server, the sentinel too, speaking only TLS with this
+    /// certificate and key (`rediss://`), replication included.
+    pub fn start_tls(cert: &Path, key: &Path) -> anyhow::Result<RedisSentinel> {
+        Self::start_with(false, false, Some((cert.to_path_buf(), key.to_path_buf())))
     }
 
     /// Like [`RedisSentinel::start`], but outliving this process.
     pub fn start_detached() -> anyhow::Result<RedisSentinel> {
-        Self::start_with(false, true)
+        Self::start_with(false, true, None)
     }
 
-    fn start_with(open: bool, detached: bool) -> anyhow::Result<RedisSentinel> {
+    fn start_with(
+        open: bool,
+        detached: bool,
+        tls: Option<(PathBuf, PathBuf)>,
+    ) -> anyhow::Result<RedisSentinel> {
         let password = super::random_password();
         let master = Redis::launch_node(
             password.clone(),
             detached,
-            None,
+            tls.clone(),
             false,
             Some(Watched::Master),
         )?;
         let replica = Redis::launch_node(
             password.clone(),
             detached,
-            None,
+            tls.clone(),
             false,
             Some(Watched::Replica { of: master.port }),
         )?;
@@ -547,7 +581,7 @@ impl RedisSentinel {
         let sentinel = Redis::launch_node(
             password,
             detached,
-            None,
+            tls,
             false,
             Some(Watched::Sentinel {
                 master: Self::NAME.to_string(),
@@ -574,13 +608,11 @@ impl RedisSentinel {
 
     /// A connection to the sentinel.
     pub fn sentinel(&self) -> anyhow::Result<redis::Connection> {
-        let url = match &self.sentinel.watched {
-            Some(Watched::Sentinel { open: true, .. }) => {
-                format!("redis://127.0.0.1:{}", self.sentinel.port)
-            }
-            _ => self.sentinel.url(),
-        };
-        redis::Client::open(url)?
+        let open = matches!(
+            self.sentinel.watched,
+            Some(Watched::Sentinel { open: true, .. })
+        );
+        redis::Client::open(self.sentinel.probe_url(open))?
             .get_connection_with_timeout(Duration::from_secs(5))
             .context("cannot connect to the throwaway sentinel")
     }
