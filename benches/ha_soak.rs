@@ -110,7 +110,7 @@ fn main() -> anyhow::Result<()> {
     drained(&group, &primary)?;
     anyhow::ensure!(
         follower.try_wait()?.is_none(),
-        "the follower is still running"
+        "the follower stopped before the end"
     );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(follower.id())?),

@@ -53,6 +53,8 @@ pub enum RedisNodes {
     Sentinel {
         master: String,
         sentinels: Vec<RedisUrl>,
+        /// Which sentinel answered last (asked first next time).
+        answered: std::sync::Arc<std::sync::Mutex<Option<usize>>>,
     },
 }
 

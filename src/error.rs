@@ -67,10 +67,15 @@ pub enum Server {
     Redis,
 }
 
+/// A failure of Redis already said in words (the reader's), kept apart
+/// from PostgreSQL's by its type.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RedisFailure(pub String);
+
 /// Whether a failure came from Redis — a connection, a reply or the
 /// reader's socket — and not from PostgreSQL.
 pub fn from_redis(err: &anyhow::Error) -> bool {
-    let mut redis = false;
     for cause in err.chain() {
         if cause.is::<postgres::Error>() {
             return false;
@@ -78,9 +83,11 @@ pub fn from_redis(err: &anyhow::Error) -> bool {
         if let Some(connect) = cause.downcast_ref::<ConnectError>() {
             return connect.server == Server::Redis;
         }
-        redis |= cause.is::<redis::RedisError>() || cause.is::<io::Error>();
+        if cause.is::<redis::RedisError>() || cause.is::<RedisFailure>() {
+            return true;
+        }
     }
-    redis
+    false
 }
 
 /// Whether a failure may go away by itself: a connection lost, refused or
@@ -292,8 +299,17 @@ mod tests {
         let redis_io = anyhow::Error::new(redis::RedisError::from(io::Error::from(
             io::ErrorKind::ConnectionReset,
         )))
-        .context("cannot read the stream s from Redis at h:1");
+        .context("cannot XADD");
         assert!(from_redis(&redis_io));
+        // The reader's failure, as it says it.
+        let read = anyhow::Error::new(RedisFailure(
+            "cannot read the stream s from Redis at h:1: the connection was lost".into(),
+        ));
+        assert!(from_redis(&read));
+        // A local file's failure is not Redis's.
+        assert!(!from_redis(&anyhow::Error::new(io::Error::from(
+            io::ErrorKind::PermissionDenied
+        ))));
         let connect = |server| {
             anyhow::Error::new(ConnectError {
                 message: "cannot connect".into(),

@@ -346,6 +346,23 @@ fn the_trim_waits_for_an_asynchronous_commit_not_yet_written() {
         }
     }
     assert!(held_back > 0, "no round had a commit the standby lacked");
+
+    // A run whose commit is written at once (synchronous_commit on for
+    // its session) trims what is stored: the wait held the trim back, it
+    // did not stop it.
+    write(&env, &traffic(hour, 1, crate::harness::seed() + 99));
+    env.genalytics()
+        .env(
+            "DATABASE_URL",
+            format!(
+                "{}?options=-c%20synchronous_commit%3Don",
+                env.database_url()
+            ),
+        )
+        .args(["transfer", "-q", "--keep", "0s"])
+        .ok();
+    let left = crate::harness::stream_ids(&mut con, &key).len();
+    assert!(left <= 1, "trimmed once replayed: {left} left");
 }
 
 /// A record that ends exactly on a WAL page boundary leaves the insert
@@ -405,9 +422,48 @@ fn a_standby_at_a_page_boundary_is_not_counted_behind() {
             continue;
         }
         assert_eq!(behind, Some(0), "the standby has replayed everything");
+        at_segment_start(&mut primary, &offset);
         return;
     }
     panic!("never ended a record on a page boundary in 100 tries");
+}
+
+/// The same at a WAL segment's start, whose page header is the longer one:
+/// `pg_switch_wal()` ends the segment.
+fn at_segment_start(primary: &mut postgres::Client, offset: &dyn Fn(&mut postgres::Client) -> i64) {
+    let segment: i64 = primary
+        .query_one(
+            "SELECT setting::int8 FROM pg_settings WHERE name = 'wal_segment_size'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    for _ in 0..20 {
+        primary.batch_execute("SELECT pg_switch_wal()").unwrap();
+        let start = offset(primary);
+        if start % segment != 40 {
+            continue;
+        }
+        wait_for("the standby to replay the switch", 30, || {
+            primary
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_replication
+                     WHERE application_name <> 'pg_basebackup'
+                       AND replay_lsn >= pg_current_wal_insert_lsn() - 40",
+                    &[],
+                )
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
+        });
+        let (_, behind) = genalytics::testing::standbys_behind(primary, None).unwrap();
+        if offset(primary) != start {
+            continue;
+        }
+        assert_eq!(behind, Some(0), "replayed up to the segment's start");
+        return;
+    }
+    panic!("never stood at a segment's start in 20 tries");
 }
 
 /// A listener that accepts connections and never says a word: a server

@@ -99,6 +99,7 @@ fn redis(args: &GlobalArgs) -> Result<(RedisUrl, RedisNodes), UsageError> {
                 RedisNodes::Sentinel {
                     master: master.clone(),
                     sentinels,
+                    answered: std::sync::Arc::default(),
                 },
             ))
         }

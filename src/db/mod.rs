@@ -12,6 +12,7 @@ pub mod retention;
 pub mod rollup;
 pub mod streams;
 
+use std::collections::BTreeSet;
 use std::error::Error as _;
 use std::io;
 
@@ -63,10 +64,22 @@ pub fn connect_to(url: &DatabaseUrl) -> anyhow::Result<(Client, String)> {
         if url.session == SessionAttrs::Any {
             return Ok((client, host.target()));
         }
-        let row = client.query_one(
+        // A server shutting down in a failover may take the connection and
+        // fail the question: as libpq, go on to the next.
+        let asked = client.query_one(
             "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'",
             &[],
-        )?;
+        );
+        let row = match asked {
+            Ok(row) => row,
+            Err(err) => {
+                let said = err
+                    .as_db_error()
+                    .map_or_else(|| err.to_string(), |db| db.message().to_string());
+                seen.push(format!("{}: {said}", host.target()));
+                continue;
+            }
+        };
         let (in_recovery, read_only): (bool, bool) = (row.get(0), row.get(1));
         if url.session.accepts(in_recovery, read_only) {
             return Ok((client, host.target()));
@@ -90,7 +103,7 @@ pub fn connect_to(url: &DatabaseUrl) -> anyhow::Result<(Client, String)> {
     }
     let message = if url.session == SessionAttrs::Any || !answered {
         format!(
-            "no server in DATABASE_URL / --database-url answered: {}",
+            "cannot connect to any server in DATABASE_URL / --database-url: {}",
             seen.join("; ")
         )
     } else {
@@ -108,6 +121,9 @@ pub fn connect_to(url: &DatabaseUrl) -> anyhow::Result<(Client, String)> {
     }))
 }
 
+/// Servers (`host:port`) with a connection attempt under way.
+static PENDING: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+
 /// The first listed server that answers, as the driver picks it, within
 /// `connect_timeout` for the whole of it as libpq means it: the driver
 /// bounds only the socket's connect, and a server that accepts and then
@@ -124,13 +140,32 @@ fn connect_first(url: &DatabaseUrl) -> anyhow::Result<Client> {
         SslMode::Off => None,
         _ => Some(tls_connector(&url.tls)?),
     };
+    // An attempt the server never answered is left behind (a connection
+    // cannot be abandoned from outside): one at a time per server, so that
+    // a follower retrying a stopped server does not pile them up.
+    let target = url.target();
+    let fresh = PENDING
+        .lock()
+        .is_ok_and(|mut pending| pending.insert(target.clone()));
+    if !fresh {
+        return Err(anyhow::Error::new(ConnectError {
+            message: format!(
+                "cannot connect to PostgreSQL at {target}: an earlier attempt is still waiting \
+                 for its answer — is the server up and responsive?"
+            ),
+            transient: true,
+            server: Server::Postgres,
+        }));
+    }
     let (sender, receiver) = std::sync::mpsc::channel();
-    // Left behind if the server never answers; it ends with the process.
     std::thread::spawn(move || {
         let connected = match connector {
             None => config.connect(NoTls),
             Some(connector) => config.connect(connector),
         };
+        if let Ok(mut pending) = PENDING.lock() {
+            pending.remove(&target);
+        }
         let _ = sender.send(connected);
     });
     match receiver.recv_timeout(limit + std::time::Duration::from_secs(1)) {

@@ -489,11 +489,20 @@ impl Reading<'_> {
             Some(redis) => super::describe(redis),
             None => format!("{err:#}"),
         };
-        let error = anyhow!(
+        let message = format!(
             "cannot read the stream {} from Redis at {}: {reason}; what was read before is stored",
-            self.plan.key,
-            self.plan.redis,
+            self.plan.key, self.plan.redis,
         );
+        // Said once, and still known as Redis's: a run behind sentinels
+        // asks them again.
+        let from_redis = err
+            .chain()
+            .any(|cause| cause.is::<redis::RedisError>() || cause.is::<std::io::Error>());
+        let error = if from_redis {
+            anyhow::Error::new(crate::error::RedisFailure(message))
+        } else {
+            anyhow!(message)
+        };
         ReadError::Failed { error, transient }
     }
 }

@@ -26,7 +26,11 @@ pub fn connect_key(settings: &Settings, key: &str) -> anyhow::Result<redis::Conn
 pub fn server_for(settings: &Settings, key: &str) -> anyhow::Result<RedisUrl> {
     match &settings.redis_nodes {
         RedisNodes::Cluster(seeds) => cluster::owner(seeds, key),
-        RedisNodes::Sentinel { master, sentinels } => sentinel::master(master, sentinels),
+        RedisNodes::Sentinel {
+            master,
+            sentinels,
+            answered,
+        } => sentinel::master(master, sentinels, answered),
         RedisNodes::Server => Ok(settings.redis.clone()),
     }
 }
@@ -36,9 +40,11 @@ pub fn server_for(settings: &Settings, key: &str) -> anyhow::Result<RedisUrl> {
 pub fn servers(settings: &Settings) -> anyhow::Result<Vec<RedisUrl>> {
     match &settings.redis_nodes {
         RedisNodes::Cluster(seeds) => cluster::masters(seeds),
-        RedisNodes::Sentinel { master, sentinels } => {
-            Ok(vec![sentinel::master(master, sentinels)?])
-        }
+        RedisNodes::Sentinel {
+            master,
+            sentinels,
+            answered,
+        } => Ok(vec![sentinel::master(master, sentinels, answered)?]),
         RedisNodes::Server => Ok(vec![settings.redis.clone()]),
     }
 }
@@ -93,39 +99,30 @@ fn no_plain_server_behind_tls(url: &RedisUrl, target: &str) -> anyhow::Result<()
 
 /// Opens one connection and checks it answers; the error says where it tried.
 pub fn connect(url: &RedisUrl) -> anyhow::Result<redis::Connection> {
-    connect_within(url, CONNECT_TIMEOUT, IO_TIMEOUT, |_| false)
+    try_connect(url, CONNECT_TIMEOUT, IO_TIMEOUT)?.map_err(|err| connect_error(url, &err))
 }
 
-/// [`connect`] with its own time limits; `again` says whether a refusal
-/// is worth no error yet (the caller tries otherwise, and `Ok(None)`).
-fn connect_within(
+/// A connection with its own time limits: the outer error for a URL that
+/// cannot be used, the inner one the server's or the network's, for the
+/// caller to judge (a sentinel tries again without a password).
+fn try_connect(
     url: &RedisUrl,
     connect_timeout: std::time::Duration,
     io_timeout: std::time::Duration,
-    again: impl Fn(&redis::RedisError) -> bool,
-) -> anyhow::Result<redis::Connection> {
+) -> anyhow::Result<Result<redis::Connection, redis::RedisError>> {
     let target = url.target();
-    let failed = |err: &redis::RedisError| -> anyhow::Error {
-        if again(err) {
-            return anyhow::Error::new(err.clone());
-        }
-        connect_error(url, err)
-    };
     let client = redis::Client::open(url.info.clone())
         .map_err(|err| anyhow!("cannot use the Redis URL for {target}: {}", describe(&err)))?;
     no_plain_server_behind_tls(url, &target)?;
-    let mut con = client
-        .get_connection_with_timeout(connect_timeout)
-        .map_err(|err| failed(&err))?;
-    // A server that stops answering without closing the connection (a
-    // network partition) must not hold a run, or a follower, forever.
-    con.set_read_timeout(Some(io_timeout))
-        .and_then(|()| con.set_write_timeout(Some(io_timeout)))
-        .map_err(|err| failed(&err))?;
-    redis::cmd("PING")
-        .query::<()>(&mut con)
-        .map_err(|err| failed(&err))?;
-    Ok(con)
+    Ok((|| {
+        let mut con = client.get_connection_with_timeout(connect_timeout)?;
+        // A server that stops answering without closing the connection (a
+        // network partition) must not hold a run, or a follower, forever.
+        con.set_read_timeout(Some(io_timeout))?;
+        con.set_write_timeout(Some(io_timeout))?;
+        redis::cmd("PING").query::<()>(&mut con)?;
+        Ok(con)
+    })())
 }
 
 /// A failed connection to `url`, said for an operator.

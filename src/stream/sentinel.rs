@@ -7,6 +7,8 @@
 //! redis crate's sentinel client: the reader speaks on its own connection
 //! ([`super::wire`]), so what is needed is the master's address.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -16,53 +18,79 @@ use crate::config::RedisUrl;
 use crate::error::{ConnectError, Server};
 use crate::text::escape_controls;
 
-/// The sentinel (`host:port`) that last named a master that was one.
-static ANSWERED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+/// How long a sentinel, or a master it names, may take to connect and to
+/// answer: one that is stopped must not hold up asking the next.
+const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The master the sentinels monitor as `name`, with the sentinel URL's
-/// credentials and TLS.
-pub fn master(name: &str, sentinels: &[RedisUrl]) -> anyhow::Result<RedisUrl> {
+/// The master the sentinels monitor as `name`, reached with the first
+/// URL's credentials, database and TLS whichever sentinel answers.
+/// `answered` remembers the sentinel that answered last, asked first the
+/// next time: one that is down costs a lookup its time limit only until
+/// another has answered.
+pub fn master(
+    name: &str,
+    sentinels: &[RedisUrl],
+    answered: &Mutex<Option<usize>>,
+) -> anyhow::Result<RedisUrl> {
+    let first = sentinels
+        .first()
+        .ok_or_else(|| anyhow!("no sentinel given in REDIS_URL / --redis-url"))?;
     let mut last: Option<anyhow::Error> = None;
     let mut named_unknown = 0;
-    // The sentinel that answered last is asked first: one that is down
-    // costs each lookup its time limit only until another answers.
-    let answered = ANSWERED.lock().ok().and_then(|target| target.clone());
-    let mut order: Vec<&RedisUrl> = sentinels.iter().collect();
-    order.sort_by_key(|sentinel| Some(sentinel.target()) != answered);
-    for sentinel in order {
-        match ask(name, sentinel) {
-            Ok(Some(master)) => match role(&master) {
-                Ok(role) if role == "master" => {
-                    if let Ok(mut target) = ANSWERED.lock() {
-                        *target = Some(sentinel.target());
-                    }
-                    return Ok(master);
-                }
-                Ok(role) => {
-                    last = Some(
-                        ConnectError {
-                            message: format!(
-                                "the sentinel at {} names {} as the master of {}, but it is a {role}: \
-                                 a failover is under way",
-                                sentinel.target(),
-                                master.target(),
-                                escape_controls(name)
-                            ),
-                            transient: true,
-                            server: Server::Redis,
-                        }
-                        .into(),
-                    );
-                }
-                Err(err) => last = Some(err),
-            },
-            Ok(None) => named_unknown += 1,
+    let preferred = answered.lock().ok().and_then(|index| *index);
+    let mut order: Vec<usize> = (0..sentinels.len()).collect();
+    order.sort_by_key(|&i| Some(i) != preferred);
+    // A master named by several sentinels is asked its role once.
+    let mut roles: HashMap<String, String> = HashMap::new();
+    for i in order {
+        let sentinel = &sentinels[i];
+        let (host, port) = match ask(name, sentinel) {
+            Ok(Some(address)) => address,
+            Ok(None) => {
+                named_unknown += 1;
+                continue;
+            }
             Err(err) if err.is::<NotASentinel>() => return Err(err),
             Err(err) => {
                 tracing::debug!("sentinel {} did not answer: {err:#}", sentinel.target());
                 last = Some(err);
+                continue;
             }
+        };
+        let master = first.with_node(&host, port);
+        let role = match roles.get(&master.target()) {
+            Some(role) => role.clone(),
+            None => match role(&master) {
+                Ok(role) => {
+                    roles.insert(master.target(), role.clone());
+                    role
+                }
+                Err(err) => {
+                    last = Some(err);
+                    continue;
+                }
+            },
+        };
+        if role == "master" {
+            if let Ok(mut index) = answered.lock() {
+                *index = Some(i);
+            }
+            return Ok(master);
         }
+        last = Some(
+            ConnectError {
+                message: format!(
+                    "the sentinel at {} names {} as the master of {}, but it is a {role}: a \
+                     failover is under way",
+                    sentinel.target(),
+                    master.target(),
+                    escape_controls(name)
+                ),
+                transient: true,
+                server: Server::Redis,
+            }
+            .into(),
+        );
     }
     if named_unknown == sentinels.len() {
         return Err(ConnectError {
@@ -77,7 +105,7 @@ pub fn master(name: &str, sentinels: &[RedisUrl]) -> anyhow::Result<RedisUrl> {
         .into());
     }
     Err(last
-        .unwrap_or_else(|| anyhow!("no sentinel given in REDIS_URL / --redis-url"))
+        .unwrap_or_else(|| anyhow!("no sentinel answered"))
         .context(format!(
             "cannot find the Redis master {} through the sentinels",
             escape_controls(name)
@@ -86,29 +114,26 @@ pub fn master(name: &str, sentinels: &[RedisUrl]) -> anyhow::Result<RedisUrl> {
 
 /// The master's address as one sentinel knows it (None: it monitors no
 /// master by that name).
-fn ask(name: &str, sentinel: &RedisUrl) -> anyhow::Result<Option<RedisUrl>> {
+fn ask(name: &str, sentinel: &RedisUrl) -> anyhow::Result<Option<(String, u16)>> {
     let mut con = connect(sentinel)?;
-    let reply: Option<(String, u16)> = redis::cmd("SENTINEL")
+    let asked = redis::cmd("SENTINEL")
         .arg("GET-MASTER-ADDR-BY-NAME")
         .arg(name)
-        .query(&mut con)
-        .map_err(|err| {
-            if super::describe(&err).contains("unknown command") {
-                NotASentinel(sentinel.target()).into()
-            } else {
-                anyhow::Error::new(err).context(format!(
-                    "cannot ask the sentinel at {} for the master",
-                    sentinel.target()
-                ))
-            }
-        })?;
-    Ok(reply.map(|(host, port)| sentinel.with_node(&host, port)))
+        .query(&mut con);
+    match asked {
+        Ok(address) => Ok(address),
+        // A server that refuses the command and is no sentinel: the
+        // list names data nodes.
+        Err(err) if role_of(&mut con).is_ok_and(|role| role != "sentinel") => {
+            tracing::debug!("{}: {}", sentinel.target(), super::describe(&err));
+            Err(NotASentinel(sentinel.target()).into())
+        }
+        Err(err) => Err(anyhow::Error::new(err).context(format!(
+            "cannot ask the sentinel at {} for the master",
+            sentinel.target()
+        ))),
+    }
 }
-
-/// How long a sentinel may take to connect and to answer: a sentinel only
-/// points elsewhere, and one that is stopped must not hold up asking the
-/// next.
-const SENTINEL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A connection to a sentinel: with the URL's credentials, or without them
 /// when the sentinel has no password (it refuses the login then), as
@@ -122,32 +147,30 @@ fn connect(sentinel: &RedisUrl) -> anyhow::Result<redis::Connection> {
             .clone()
             .set_redis_settings(sentinel_settings(settings)),
     };
-    let has_password = settings.password().is_some();
-    let refused_login = |err: &redis::RedisError| {
-        has_password && err.kind() == redis::ErrorKind::AuthenticationFailed
-    };
-    match super::connect_within(
-        &with_credentials,
-        SENTINEL_TIMEOUT,
-        SENTINEL_TIMEOUT,
-        refused_login,
-    ) {
-        Err(refused) => match refused.downcast::<redis::RedisError>() {
-            Ok(refused) => {
-                let open = RedisUrl {
-                    info: sentinel
-                        .info
-                        .clone()
-                        .set_redis_settings(redis::RedisConnectionInfo::default()),
-                };
-                // Refused both ways: the password is wrong.
-                super::connect_within(&open, SENTINEL_TIMEOUT, SENTINEL_TIMEOUT, |_| false)
-                    .map_err(|_| super::connect_error(&with_credentials, &refused))
+    match super::try_connect(&with_credentials, TIMEOUT, TIMEOUT)? {
+        Ok(con) => Ok(con),
+        Err(refused) if settings.password().is_some() && refused_login(&refused) => {
+            let open = RedisUrl {
+                info: sentinel
+                    .info
+                    .clone()
+                    .set_redis_settings(redis::RedisConnectionInfo::default()),
+            };
+            match super::try_connect(&open, TIMEOUT, TIMEOUT)? {
+                Ok(con) => Ok(con),
+                // It wants a password, and not that one.
+                Err(err) if refused_login(&err) => {
+                    Err(super::connect_error(&with_credentials, &refused))
+                }
+                Err(err) => Err(super::connect_error(&open, &err)),
             }
-            Err(other) => Err(other),
-        },
-        connected => connected,
+        }
+        Err(err) => Err(super::connect_error(&with_credentials, &err)),
     }
+}
+
+fn refused_login(err: &redis::RedisError) -> bool {
+    err.kind() == redis::ErrorKind::AuthenticationFailed || err.code() == Some("NOAUTH")
 }
 
 fn sentinel_settings(node: &redis::RedisConnectionInfo) -> redis::RedisConnectionInfo {
@@ -163,17 +186,20 @@ fn sentinel_settings(node: &redis::RedisConnectionInfo) -> redis::RedisConnectio
 
 /// `master`, `slave` or `sentinel`, as the server says of itself.
 fn role(server: &RedisUrl) -> anyhow::Result<String> {
-    let mut con = super::connect(server)?;
-    let reply: Value = redis::cmd("ROLE").query(&mut con).map_err(|err| {
-        anyhow::Error::new(err).context(format!("cannot ask {} for its role", server.target()))
-    })?;
-    match reply {
+    let mut con = super::try_connect(server, TIMEOUT, TIMEOUT)?
+        .map_err(|err| super::connect_error(server, &err))?;
+    role_of(&mut con)
+        .map_err(|err| err.context(format!("cannot ask {} for its role", server.target())))
+}
+
+fn role_of(con: &mut redis::Connection) -> anyhow::Result<String> {
+    match redis::cmd("ROLE").query::<Value>(con)? {
         Value::Array(items) => match items.first() {
             Some(Value::BulkString(bytes)) => Ok(String::from_utf8_lossy(bytes).into_owned()),
             Some(Value::SimpleString(text)) => Ok(text.clone()),
-            _ => Err(anyhow!("{} gave an unexpected ROLE reply", server.target())),
+            _ => Err(anyhow!("an unexpected ROLE reply")),
         },
-        _ => Err(anyhow!("{} gave an unexpected ROLE reply", server.target())),
+        _ => Err(anyhow!("an unexpected ROLE reply")),
     }
 }
 
