@@ -513,6 +513,29 @@ fn a_server_that_accepts_and_never_answers_is_passed_over_within_connect_timeout
         "{}",
         ran.stderr
     );
+
+    // A follower retrying it leaves one attempt behind, not one a retry.
+    let mut follower = env
+        .genalytics()
+        .env(
+            "DATABASE_URL",
+            format!("{login}@127.0.0.1:{port}/x?connect_timeout=1"),
+        )
+        .args(["transfer", "--follow"])
+        .spawn();
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    assert!(
+        follower.try_wait().unwrap().is_none(),
+        "the follower stopped"
+    );
+    crate::harness::sigterm(&follower);
+    let out = follower.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no answer within 1 s"), "{stderr}");
+    assert!(
+        stderr.contains("an earlier attempt is still waiting"),
+        "{stderr}"
+    );
 }
 
 #[test]

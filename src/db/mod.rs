@@ -15,6 +15,8 @@ pub mod streams;
 use std::collections::BTreeSet;
 use std::error::Error as _;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use postgres::{Client, NoTls};
@@ -121,8 +123,38 @@ pub fn connect_to(url: &DatabaseUrl) -> anyhow::Result<(Client, String)> {
     }))
 }
 
-/// Servers (`host:port`) with a connection attempt under way.
-static PENDING: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+/// Servers (`host:port`) with an attempt that outlived its time limit and
+/// has not ended yet.
+static ABANDONED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// One connection attempt on its thread. Ending and giving up are decided
+/// under [`ABANDONED`]'s lock, so a server is listed exactly while an
+/// attempt given up on still runs.
+#[derive(Default)]
+struct Attempt {
+    ended: AtomicBool,
+    abandoned: AtomicBool,
+}
+
+impl Attempt {
+    fn end(&self, target: &str) {
+        if let Ok(mut listed) = ABANDONED.lock() {
+            self.ended.store(true, Ordering::Relaxed);
+            if self.abandoned.load(Ordering::Relaxed) {
+                listed.remove(target);
+            }
+        }
+    }
+
+    fn abandon(&self, target: &str) {
+        if let Ok(mut listed) = ABANDONED.lock()
+            && !self.ended.load(Ordering::Relaxed)
+        {
+            self.abandoned.store(true, Ordering::Relaxed);
+            listed.insert(target.to_string());
+        }
+    }
+}
 
 /// The first listed server that answers, as the driver picks it, within
 /// `connect_timeout` for the whole of it as libpq means it: the driver
@@ -141,13 +173,13 @@ fn connect_first(url: &DatabaseUrl) -> anyhow::Result<Client> {
         _ => Some(tls_connector(&url.tls)?),
     };
     // An attempt the server never answered is left behind (a connection
-    // cannot be abandoned from outside): one at a time per server, so that
-    // a follower retrying a stopped server does not pile them up.
+    // cannot be abandoned from outside): one per server at most, so that a
+    // follower retrying a stopped server does not pile them up.
     let target = url.target();
-    let fresh = PENDING
+    if ABANDONED
         .lock()
-        .is_ok_and(|mut pending| pending.insert(target.clone()));
-    if !fresh {
+        .is_ok_and(|abandoned| abandoned.contains(&target))
+    {
         return Err(anyhow::Error::new(ConnectError {
             message: format!(
                 "cannot connect to PostgreSQL at {target}: an earlier attempt is still waiting \
@@ -157,17 +189,19 @@ fn connect_first(url: &DatabaseUrl) -> anyhow::Result<Client> {
             server: Server::Postgres,
         }));
     }
+    let attempt = Arc::new(Attempt::default());
     let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let connected = match connector {
-            None => config.connect(NoTls),
-            Some(connector) => config.connect(connector),
-        };
-        if let Ok(mut pending) = PENDING.lock() {
-            pending.remove(&target);
-        }
-        let _ = sender.send(connected);
-    });
+    {
+        let (attempt, target) = (Arc::clone(&attempt), target.clone());
+        std::thread::spawn(move || {
+            let connected = match connector {
+                None => config.connect(NoTls),
+                Some(connector) => config.connect(connector),
+            };
+            attempt.end(&target);
+            let _ = sender.send(connected);
+        });
+    }
     match receiver.recv_timeout(limit + std::time::Duration::from_secs(1)) {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(err)) => Err(anyhow::Error::new(ConnectError {
@@ -175,16 +209,18 @@ fn connect_first(url: &DatabaseUrl) -> anyhow::Result<Client> {
             transient: crate::error::pg_transient(&err),
             server: Server::Postgres,
         })),
-        Err(_) => Err(anyhow::Error::new(ConnectError {
-            message: format!(
-                "cannot connect to PostgreSQL at {}: no answer within {} s (connect_timeout) — is the \
-                 server up and responsive?",
-                url.target(),
-                limit.as_secs()
-            ),
-            transient: true,
-            server: Server::Postgres,
-        })),
+        Err(_) => {
+            attempt.abandon(&target);
+            Err(anyhow::Error::new(ConnectError {
+                message: format!(
+                    "cannot connect to PostgreSQL at {target}: no answer within {} s \
+                     (connect_timeout) — is the server up and responsive?",
+                    limit.as_secs()
+                ),
+                transient: true,
+                server: Server::Postgres,
+            }))
+        }
     }
 }
 
