@@ -65,17 +65,8 @@ pub fn described(settings: &Settings) -> String {
 /// The reader's connection (see [`wire`]) to the server that holds `key`.
 pub fn connect_reader(settings: &Settings, key: &str) -> anyhow::Result<wire::Wire> {
     let url = server_for(settings, key)?;
-    let target = url.target();
-    let tls = matches!(url.info.addr(), redis::ConnectionAddr::TcpTls { .. });
-    no_plain_server_behind_tls(&url, &target)?;
-    wire::Wire::open(&url, CONNECT_TIMEOUT, IO_TIMEOUT).map_err(|err| {
-        ConnectError {
-            message: describe_connect_error(&target, tls, &err),
-            transient: transient(&err, tls),
-            server: Server::Redis,
-        }
-        .into()
-    })
+    no_plain_server_behind_tls(&url, &url.target())?;
+    wire::Wire::open(&url, CONNECT_TIMEOUT, IO_TIMEOUT).map_err(|err| connect_error(&url, &err))
 }
 
 /// Refuses a `rediss://` URL whose server speaks no TLS: a client would
