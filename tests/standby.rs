@@ -23,6 +23,11 @@ fn writers_refuse_a_standby_and_readers_work_on_it() {
         .unwrap()
         .get(0);
 
+    // A primary alone has no standbys and no lag.
+    let alone = env.status_json();
+    assert_eq!(alone["standbys"], 0, "{alone}");
+    assert!(alone["standby_replay_lag_seconds"].is_null(), "{alone}");
+
     let standby = env.pg.standby().unwrap_or_else(|err| panic!("{err:#}"));
     let url = standby.url(&env.database);
     let mut replica = postgres::Client::connect(&url, postgres::NoTls).unwrap();

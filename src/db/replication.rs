@@ -57,7 +57,7 @@ pub struct Role {
 
 pub fn role(client: &mut Client) -> anyhow::Result<Role> {
     let row = client.query_one(
-        "SELECT pg_is_in_recovery(), count(*),
+        "SELECT pg_is_in_recovery(), count(r.pid),
                 coalesce(max(extract(epoch FROM replay_lag))::float8, 0)
          FROM (SELECT 1) one LEFT JOIN pg_stat_replication r ON true",
         &[],
