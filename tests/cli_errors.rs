@@ -2,20 +2,9 @@
 //! stderr, the right exit code, never a password or a panic. Flag values at
 //! the extremes (far dates, huge durations) either work or are such errors.
 
-use std::net::TcpListener;
-
-use crate::harness::{Cmd, TestEnv, migrated};
+use crate::harness::{Cmd, TestEnv, closed_port, migrated};
 
 const PASSWORD: &str = "pw-s3cr3t-93412";
-
-/// A local port with nothing listening on it.
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[track_caller]
 fn assert_one_clean_sentence(stderr: &str) {

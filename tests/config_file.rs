@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::harness::{Cmd, migrated};
 
 /// Writes `text` to `dir/name` with `mode`.
-fn file(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+pub(crate) fn file(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
     let path = dir.join(name);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).unwrap();

@@ -49,7 +49,7 @@ fn requests_in_overview(stdout: &str) -> u64 {
 
 /// A TMPDIR of the test's own for the demo's servers. PostgreSQL runs as
 /// the postgres user when we are root, so it must be able to enter it.
-fn demo_tmpdir() -> tempfile::TempDir {
+pub(crate) fn demo_tmpdir() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::set_permissions(
         tmp.path(),

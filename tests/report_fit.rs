@@ -6,10 +6,9 @@ use std::io::Read;
 use std::process::Stdio;
 
 use chrono::{Duration, Utc};
-use serde_json::Value;
 
 use crate::harness::events::{traffic, write};
-use crate::harness::{TestEnv, migrated};
+use crate::harness::{TestEnv, json, migrated};
 
 const GRAPHICS: &[char] = &[
     '▁', '▂', '▃', '▄', '▅', '▆', '▇', '█', '▏', '▎', '▍', '▌', '▋', '▊', '▉',
@@ -68,15 +67,6 @@ fn without_escapes(text: &str) -> String {
         }
     }
     out
-}
-
-fn json(env: &TestEnv, args: &[&str]) -> Value {
-    let ran = env
-        .genalytics()
-        .args(args.iter().copied())
-        .args(["--format", "json"])
-        .ok();
-    serde_json::from_str(&ran.stdout).unwrap()
 }
 
 fn stored_traffic() -> TestEnv {

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::Value;
 
-use crate::harness::TestEnv;
 use crate::harness::events::{Written, traffic, write};
+use crate::harness::{TestEnv, json};
 
 const LEGACY_SCHEMA: &str = include_str!("fixtures/legacy_schema.sql");
 
@@ -16,16 +16,6 @@ fn migrated() -> TestEnv {
     let env = TestEnv::new();
     env.genalytics().args(["migrate", "-q"]).ok();
     env
-}
-
-fn json(env: &TestEnv, args: &[&str]) -> Value {
-    let ran = env
-        .genalytics()
-        .args(args.iter().copied())
-        .args(["--format", "json"])
-        .ok();
-    serde_json::from_str(&ran.stdout)
-        .unwrap_or_else(|err| panic!("{args:?}: {err}\n{}", ran.stdout))
 }
 
 /// Every report over a window, as JSON.

@@ -21,11 +21,7 @@ fn no_command_prints_a_password() {
     let env = TestEnv::new();
     // A role whose password is the one that must never be printed.
     let database_url = env.url_with_password(&env.database, PASSWORD);
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = crate::harness::closed_port();
     let commands: &[&[&str]] = &[
         &["migrate"],
         &["migrate", "--status"],

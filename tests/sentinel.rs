@@ -292,12 +292,7 @@ fn sentinel_mistakes_get_one_sentence() {
 
 #[test]
 fn the_demo_runs_behind_a_sentinel_and_leaves_nothing_behind() {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let tmp = crate::demo::demo_tmpdir();
     let ran = Cmd::new()
         .args(["demo", "--events", "3000"])
         .env("GENALYTICS_REDIS_SENTINEL", "mymaster")
@@ -330,17 +325,16 @@ fn a_cron_transfer_started_while_the_master_is_down_waits_for_the_sentinels_fail
     // asks again, and finds the replica it promotes a second or two later.
     // Sentinel set in the config file, as an operator would.
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("genalytics.toml");
-    std::fs::write(
-        &file,
-        format!(
+    let file = crate::config_file::file(
+        dir.path(),
+        "genalytics.toml",
+        &format!(
             "redis_url = \"{}\"\nredis_sentinel = \"{}\"\n",
             group.url(),
             RedisSentinel::NAME
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        0o600,
+    );
     let ran = env
         .genalytics()
         .env_remove("REDIS_URL")
@@ -367,20 +361,11 @@ fn a_cron_transfer_started_while_the_master_is_down_waits_for_the_sentinels_fail
 #[test]
 fn sentinels_and_their_master_over_tls_are_verified_as_one_node_is() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
+    let (cert, key) = crate::tls::certificate(dir.path());
+    let (cert, key) = (
+        std::path::PathBuf::from(cert),
+        std::path::PathBuf::from(key),
+    );
     let env = migrated();
     let group = RedisSentinel::start_tls(&cert, &key).unwrap();
     assert!(group.url().starts_with("rediss://"), "{}", group.url());
@@ -418,14 +403,10 @@ fn a_sentinel_that_never_answers_delays_the_next_by_seconds_at_most() {
     let group = RedisSentinel::start(false).unwrap();
     let key = env.stream_key();
     let written = write_to_master(&group, &key, &events(20, 5));
-    // Accepts connections (the kernel does) and never says a word.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (_silent, port) = crate::harness::silent_server();
     let url = group.url();
     let (login, _) = url.rsplit_once('@').unwrap();
-    let urls = format!(
-        "{login}@127.0.0.1:{},{url}",
-        silent.local_addr().unwrap().port()
-    );
+    let urls = format!("{login}@127.0.0.1:{port},{url}");
     let started = std::time::Instant::now();
     let ran = env
         .genalytics()

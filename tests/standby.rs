@@ -237,10 +237,7 @@ fn target_session_attrs_chooses_among_the_listed_servers_as_libpq_does() {
     }
     // A server that does not answer is passed over; prefer-standby takes
     // the primary when no standby is listed.
-    let dead = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("127.0.0.1:{}", listener.local_addr().unwrap().port())
-    };
+    let dead = format!("127.0.0.1:{}", crate::harness::closed_port());
     assert_eq!(read(&url(&[&dead, p], "prefer-standby")).0, primary);
     assert_eq!(read(&url(&[&dead, s], "any")).0, replica);
 
@@ -313,18 +310,11 @@ fn the_trim_waits_for_an_asynchronous_commit_not_yet_written() {
                 "SET synchronous_commit = on; CREATE TEMP TABLE flush (); DROP TABLE flush;",
             )
             .unwrap();
-        wait_for("the standby to replay what is written", 30, || {
-            primary
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_replication
-                     WHERE application_name <> 'pg_basebackup'
-                       AND replay_lsn >= pg_current_wal_lsn()",
-                    &[],
-                )
-                .unwrap()
-                .get::<_, i64>(0)
-                == 1
-        });
+        wait_replayed(
+            &mut primary,
+            "the standby to replay what is written",
+            "pg_current_wal_lsn()",
+        );
         env.genalytics()
             .args(["transfer", "-q", "--keep", "0s"])
             .ok();
@@ -409,18 +399,11 @@ fn a_standby_at_a_page_boundary_is_not_counted_behind() {
             continue;
         }
         // The standby replays up to the boundary.
-        wait_for("the standby to replay up to the boundary", 30, || {
-            primary
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_replication
-                     WHERE application_name <> 'pg_basebackup'
-                       AND replay_lsn >= pg_current_wal_insert_lsn() - 24",
-                    &[],
-                )
-                .unwrap()
-                .get::<_, i64>(0)
-                == 1
-        });
+        wait_replayed(
+            &mut primary,
+            "the standby to replay up to the boundary",
+            "pg_current_wal_insert_lsn() - 24",
+        );
         let (_, behind) = genalytics::testing::standbys_behind(&mut primary, None).unwrap();
         // Nothing else was written meanwhile, or this try proves nothing.
         if offset(&mut primary) != boundary {
@@ -449,18 +432,11 @@ fn at_segment_start(primary: &mut postgres::Client, offset: &dyn Fn(&mut postgre
         if start % segment != 40 {
             continue;
         }
-        wait_for("the standby to replay the switch", 30, || {
-            primary
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_replication
-                     WHERE application_name <> 'pg_basebackup'
-                       AND replay_lsn >= pg_current_wal_insert_lsn() - 40",
-                    &[],
-                )
-                .unwrap()
-                .get::<_, i64>(0)
-                == 1
-        });
+        wait_replayed(
+            primary,
+            "the standby to replay the switch",
+            "pg_current_wal_insert_lsn() - 40",
+        );
         let (_, behind) = genalytics::testing::standbys_behind(primary, None).unwrap();
         if offset(primary) != start {
             continue;
@@ -471,19 +447,23 @@ fn at_segment_start(primary: &mut postgres::Client, offset: &dyn Fn(&mut postgre
     panic!("never stood at a segment's start in 20 tries");
 }
 
-/// A listener that accepts connections and never says a word: a server
-/// stopped (SIGSTOP) or cut off after the TCP handshake.
-fn silent_server() -> (std::net::TcpListener, u16) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    (listener, port)
+/// Waits until the one standby has replayed up to `lsn` (an SQL
+/// expression on the primary).
+fn wait_replayed(primary: &mut postgres::Client, what: &str, lsn: &str) {
+    let query = format!(
+        "SELECT count(*) FROM pg_stat_replication
+         WHERE application_name <> 'pg_basebackup' AND replay_lsn >= {lsn}"
+    );
+    wait_for(what, 30, || {
+        primary.query_one(&query, &[]).unwrap().get::<_, i64>(0) == 1
+    });
 }
 
 #[test]
 fn a_server_that_accepts_and_never_answers_is_passed_over_within_connect_timeout() {
     let env = migrated();
     // The kernel completes the handshake for the backlog; nobody answers.
-    let (_silent, port) = silent_server();
+    let (_silent, port) = crate::harness::silent_server();
     let real = format!("127.0.0.1:{}", env.pg.port());
     let base = env.database_url();
     let (login, _) = base.split_once('@').unwrap();

@@ -707,11 +707,8 @@ fn status_as_openmetrics_passes_promtool() {
 fn check_gives_up_on_a_server_that_never_answers() {
     // Accepts connections (the kernel does, into the backlog) and never
     // says a word: what a proxy in front of a dead server looks like.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!(
-        "postgres://u:p@127.0.0.1:{}/db",
-        silent.local_addr().unwrap().port()
-    );
+    let (silent, port) = crate::harness::silent_server();
+    let url = format!("postgres://u:p@127.0.0.1:{port}/db");
     let started = std::time::Instant::now();
     let ran = crate::harness::Cmd::new()
         .args([

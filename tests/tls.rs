@@ -14,7 +14,7 @@ const PASSWORD: &str = "tls-Pw-0193";
 
 /// A self-signed certificate for localhost and 127.0.0.1, readable by the
 /// server (which runs as `postgres` when we are root).
-fn certificate(dir: &Path) -> (String, String) {
+pub(crate) fn certificate(dir: &Path) -> (String, String) {
     certificate_for(dir, "localhost", "DNS:localhost,IP:127.0.0.1")
 }
 

@@ -44,10 +44,10 @@ pub fn connect(url: &DatabaseUrl) -> anyhow::Result<Client> {
 /// tried in order (shuffled with `load_balance_hosts=random`), as libpq
 /// tries them.
 pub fn connect_to(url: &DatabaseUrl) -> anyhow::Result<(Client, String)> {
-    let hosts = url.each_host();
-    if url.session == SessionAttrs::Any && hosts.len() <= 1 {
+    if url.session == SessionAttrs::Any && url.config.get_hosts().len() <= 1 {
         return Ok((connect_first(url)?, url.target()));
     }
+    let hosts = url.each_host();
     let mut seen = Vec::new();
     // A wrong password everywhere is not worth a retry; a server down is.
     let (mut transient, mut answered) = (true, false);

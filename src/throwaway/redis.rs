@@ -141,11 +141,16 @@ impl Redis {
             .arg(&self.password)
             .arg("--dir")
             .arg(self.dir.path());
-        // Readiness needs no certificate check.
-        let probe = self.probe_url(false);
+        self.spawn(command, "redis-server", false)
+    }
+
+    /// Starts the server and waits until it answers (no certificate check;
+    /// no password when `open`).
+    fn spawn(&mut self, mut command: Command, what: &str, open: bool) -> anyhow::Result<()> {
+        let probe = self.probe_url(open);
         let child = spawn_server(
             &mut command,
-            "redis-server",
+            what,
             &self.log(),
             Signal::SIGTERM,
             self.detached,
@@ -188,17 +193,7 @@ impl Redis {
         }
         std::fs::write(&config, text).context("cannot write the sentinel's configuration")?;
         command.arg(&config).arg("--sentinel");
-        let probe = self.probe_url(open);
-        let child = spawn_server(
-            &mut command,
-            "redis-server --sentinel",
-            &self.log(),
-            Signal::SIGTERM,
-            self.detached,
-            || ping(&probe),
-        )?;
-        self.child = Some(child);
-        Ok(())
+        self.spawn(command, "redis-server --sentinel", open)
     }
 
     pub fn port(&self) -> u16 {

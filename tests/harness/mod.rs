@@ -347,6 +347,36 @@ pub fn relkind(db: &mut postgres::Client, table: &str) -> u8 {
     kind as u8
 }
 
+/// A local port with nothing listening on it.
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A listener that accepts connections (the kernel does, into the
+/// backlog) and never says a word: a server stopped (SIGSTOP) or cut off
+/// after the TCP handshake. Silent while the listener lives.
+pub fn silent_server() -> (std::net::TcpListener, u16) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
+
+/// `genalytics ARGS --format json`, parsed.
+#[track_caller]
+pub fn json(env: &TestEnv, args: &[&str]) -> serde_json::Value {
+    let ran = env
+        .genalytics()
+        .args(args.iter().copied())
+        .args(["--format", "json"])
+        .ok();
+    serde_json::from_str(&ran.stdout)
+        .unwrap_or_else(|err| panic!("{args:?}: {err}\n{}", ran.stdout))
+}
+
 /// Polls `condition` every 50 ms for up to `seconds`.
 #[track_caller]
 pub fn wait_for(what: &str, seconds: u64, mut condition: impl FnMut() -> bool) {
