@@ -305,7 +305,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Reports fresh to the second: a current hour of 200,000 events not
-/// rolled up and 10,000 late events queueing ten rolled-up hours again,
+/// rolled up and 10,000 late events (stored by transfer) queueing ten
+/// rolled-up hours again,
 /// every report timed as it reads them from raw events beside the rollups;
 /// again once the current hour is rolled up so far, through a minute
 /// before its end, as a follower keeps it (the report then reads that
@@ -320,16 +321,42 @@ fn fresh_tail(
 ) -> anyhow::Result<()> {
     let current = common::env_number("GENALYTICS_BENCH_CURRENT_EVENTS", 200_000) as i64;
     db.execute(TAIL_EVENTS, &[&end, &1_i32, &current])?;
-    for hours_back in 1..=10_i64 {
-        let hour_end = end - TimeDelta::hours(hours_back * 12);
-        db.execute(TAIL_EVENTS, &[&hour_end, &1_i32, &1_000_i64])?;
-    }
     db.execute(
         "INSERT INTO generation_rollup_queue (hour)
          SELECT DISTINCT date_trunc('hour', timestamp, 'UTC') FROM generation_events
          WHERE stream_id LIKE 'tail-%' ON CONFLICT DO NOTHING",
         &[],
     )?;
+    // The late events come the way they do in production: written to the
+    // stream and stored by transfer, which lists them for their hours.
+    for hours_back in 1..=10_i64 {
+        let hour_end = end - TimeDelta::hours(hours_back * 12);
+        run(&[
+            "simulate",
+            "-q",
+            "--events",
+            "1000",
+            "--hours",
+            "1",
+            "--users",
+            "2000",
+            "--seed",
+            &(100 + hours_back).to_string(),
+            "--maxlen",
+            "0",
+            "--end",
+            &hour_end.to_rfc3339(),
+        ])?;
+    }
+    run(&["transfer", "-q", "--keep", "0"])?;
+    let listed: i64 = db
+        .query_one(
+            "SELECT count(*) FROM generation_rollup_late l
+             JOIN generation_rollup_queue q ON q.hour = l.hour AND q.late_listed",
+            &[],
+        )?
+        .get(0);
+    anyhow::ensure!(listed == 10_000, "{listed} late events listed, not 10,000");
     db.batch_execute("VACUUM ANALYZE generation_events")?;
     println!(
         "  with {current} events of the last hour not rolled up and 10,000 late events in 10 queued hours:"

@@ -72,6 +72,19 @@ impl HourRollup {
         }
     }
 
+    /// An hour's stored rollup, if any, with the rollup of its late events
+    /// added: what the hour's figures are once they are merged in.
+    pub fn with_late(stored: Option<HourRollup>, late: HourRollup) -> HourRollup {
+        match stored {
+            Some(mut stored) => {
+                stored.merge(&late);
+                stored
+            }
+            // An hour that had no events: these are all of them.
+            None => late,
+        }
+    }
+
     /// Mean of successful durations, rounded half away from zero.
     pub fn avg_duration_ms(&self) -> Option<i64> {
         crate::histogram::mean(self.duration_sum, self.duration_count)

@@ -9,38 +9,18 @@ use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration as StdDuration, Instant};
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{Duration, Utc};
 use serde_json::Value;
 
 use genalytics::testing::hour_floor;
 
-use crate::harness::events::{Written, count, traffic, write};
+use crate::harness::events::{Written, count, percentile, traffic, write};
+use crate::harness::reports::{every_report, figures, late_list, point, report_at};
 use crate::harness::{TestEnv, clear_of_hour_turn, migrated, sigterm, transfer, wait_for, xadd};
-
-/// A report as JSON over the window ending `until`.
-fn report_at(env: &TestEnv, until: DateTime<Utc>, args: &[&str]) -> Value {
-    let ran = env
-        .genalytics()
-        .arg("report")
-        .args(args.iter().copied())
-        .args(["--format", "json", "--until", &until.to_rfc3339()])
-        .ok();
-    serde_json::from_str(&ran.stdout).unwrap_or_else(|err| panic!("{err}: {}", ran.stdout))
-}
 
 /// A report as JSON over the window ending now.
 fn report(env: &TestEnv, args: &[&str]) -> Value {
     report_at(env, Utc::now(), args)
-}
-
-/// The report without its freshness count: what must not change when its
-/// hours are rolled up.
-fn figures(mut report: Value) -> Value {
-    report
-        .as_object_mut()
-        .unwrap()
-        .remove("hours_from_raw_events");
-    report
 }
 
 #[test]
@@ -93,27 +73,12 @@ fn the_current_hour_is_counted_before_its_rollup_and_the_rollup_changes_nothing(
     );
 
     let trends = report(&["trends", "--days", "1"]);
-    let points = trends["data_points"].as_array().unwrap();
-    let point = |hour: DateTime<Utc>| {
-        points
-            .iter()
-            .find(|p| {
-                p["timestamp"]
-                    .as_str()
-                    .unwrap()
-                    .parse::<DateTime<Utc>>()
-                    .unwrap()
-                    == hour
-            })
-            .unwrap_or_else(|| panic!("no point at {hour}: {trends}"))
-            .clone()
-    };
     assert_eq!(
-        point(current)["total_requests"],
+        point(&trends, current)["total_requests"],
         count(&fresh, |e| e.kind == "request")
     );
     assert_eq!(
-        point(current)["successful_generations"],
+        point(&trends, current)["successful_generations"],
         count(&fresh, Written::is_success)
     );
 
@@ -146,10 +111,12 @@ fn the_current_hour_is_counted_before_its_rollup_and_the_rollup_changes_nothing(
 fn late_events_count_before_their_hour_is_rolled_up_again() {
     clear_of_hour_turn(120);
     let env = migrated();
+    let mut db = env.db();
+    let seed = crate::harness::seed();
     let now = Utc::now();
     let hour = hour_floor(now) - Duration::hours(3);
     let report = |args: &[&str]| report_at(&env, now, args);
-    let first = traffic(hour, 25, crate::harness::seed());
+    let first = traffic(hour, 200, seed);
     write(&env, &first);
     transfer(&env);
     env.genalytics().args(["aggregate", "-q"]).ok();
@@ -160,35 +127,107 @@ fn late_events_count_before_their_hour_is_rolled_up_again() {
         count(&first, Written::is_failure)
     );
 
-    // Seventeen failures arrive late for that hour.
-    let late: Vec<Written> = (0..17)
+    // Late for that hour: seventeen failures of a new error type by new
+    // users, and more of the usual traffic.
+    let mut late: Vec<Written> = (0..17)
         .map(|i| Written {
             duration_ms: Some(100 + i),
             success: Some(false),
             error_type: Some("LateError".into()),
-            user: Some(format!("00000000-0000-4000-8000-{i:012}")),
+            error_message: Some(format!("late {i:02}")),
+            user: Some(format!("00000000-0000-4000-9000-{i:012}")),
             ..Written::new(hour + Duration::minutes(i + 1), "completion")
         })
         .collect();
+    late.extend(traffic(hour, 80, seed + 1));
     write(&env, &late);
     transfer(&env);
+    // The hour is read as its rollup and the late events listed for it,
+    // exactly those.
+    assert_eq!(late_list(&mut db, hour), (Some(true), late.len() as i64));
+    // Proof that the report does not read the hour's other events: a
+    // request turned into a cancellation behind the rollup's back leaves
+    // it unchanged (until the hour is rolled up again).
+    let flip = "UPDATE generation_events SET event_type = $2
+         WHERE id = (SELECT min(e.id) FROM generation_events e
+                     WHERE e.timestamp >= $1 AND e.timestamp < $1 + interval '1 hour'
+                       AND e.event_type = $3
+                       AND NOT EXISTS (SELECT 1 FROM generation_rollup_late l WHERE l.event_id = e.id))";
+    assert_eq!(
+        db.execute(flip, &[&hour, &"cancellation", &"request"])
+            .unwrap(),
+        1
+    );
+    let all: Vec<Written> = first.iter().chain(&late).cloned().collect();
     let fresh = report(&["overview", "--days", "1"]);
     assert_eq!(fresh["hours_from_raw_events"], 1);
     assert_eq!(
-        fresh["failed_generations"],
-        count(&first, Written::is_failure) + 17
+        fresh["total_requests"],
+        count(&all, |e| e.kind == "request")
     );
-    let failures = report(&["failures", "--days", "1"]);
-    assert!(
-        failures.to_string().contains("LateError"),
-        "the late error type is listed: {failures}"
+    assert_eq!(
+        fresh["cancelled_generations"],
+        count(&all, |e| e.kind == "cancellation")
+    );
+    // Put back as it was for the rollup to come.
+    assert_eq!(
+        db.execute(flip, &[&hour, &"request", &"cancellation"])
+            .unwrap(),
+        1
     );
 
-    let before = figures(fresh);
+    assert_eq!(
+        fresh["failed_generations"],
+        count(&all, Written::is_failure)
+    );
+    assert_eq!(
+        fresh["successful_generations"],
+        count(&all, Written::is_success)
+    );
+    let users: std::collections::BTreeSet<&String> =
+        all.iter().filter_map(|e| e.user.as_ref()).collect();
+    assert_eq!(fresh["unique_users"], users.len() as i64, "{fresh}");
+    // The hour's own percentiles are exact, as its rollup will have them.
+    let mut durations: Vec<i64> = all
+        .iter()
+        .filter(|e| e.is_success())
+        .filter_map(|e| e.duration_ms)
+        .collect();
+    durations.sort_unstable();
+    let trends = report(&["trends", "--days", "1"]);
+    for (field, q) in [("p50_duration_ms", 0.5), ("p95_duration_ms", 0.95)] {
+        let want = percentile(&durations, q).unwrap();
+        assert_eq!(
+            point(&trends, hour)[field],
+            want.round() as i64,
+            "{field}: {trends}"
+        );
+    }
+    let failures = report(&["failures", "--days", "1"]);
+    let late_error = failures["error_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["error_type"] == "LateError")
+        .unwrap_or_else(|| panic!("the late error type is listed: {failures}"))
+        .clone();
+    assert_eq!(late_error["count"], 17, "{late_error}");
+    assert_eq!(late_error["affected_users"], 17, "{late_error}");
+    let models = report(&["models", "--days", "1"]);
+    for row in models["models"].as_array().unwrap() {
+        let name = row["model_checkpoint"].as_str().map(str::to_string);
+        let completions = count(&all, |e| e.kind == "completion" && e.model == name);
+        assert_eq!(row["total_generations"], completions, "{row}");
+    }
+
+    // Rolled up again from all its raw events: every report the same, and
+    // the list is gone with the queue row.
+    let before = every_report(&env, now);
     env.genalytics().args(["aggregate", "-q"]).ok();
+    assert_eq!(late_list(&mut db, hour), (None, 0));
     let after = report(&["overview", "--days", "1"]);
     assert_eq!(after["hours_from_raw_events"], 0);
-    assert_eq!(figures(after), before);
+    assert_eq!(every_report(&env, now), before);
 }
 
 #[test]

@@ -2,41 +2,19 @@
 //! the hour's events since, with the same figures as from all the hour's
 //! events and as its rollup later; a transfer storing an event from before
 //! the part's end deletes the part, and a refresh that raced such a
-//! transfer keeps none. Both races are built, not hoped for: the other
-//! side is held open in a transaction of the test's own while the test
-//! sees the genalytics side wait for it.
+//! transfer keeps none. A transfer that waited for the rollup of its hour
+//! lists its events as late ones. The races are built, not hoped for: the
+//! other side is held open in a transaction of the test's own while the
+//! test sees the genalytics side wait for it.
 
 use chrono::{DateTime, Duration, Utc};
 use postgres::Client;
-use serde_json::Value;
 
 use genalytics::testing::hour_floor;
 
 use crate::harness::events::{Written, count, percentile, traffic, write};
-use crate::harness::{TestEnv, migrated, transfer, wait_for};
-
-const REPORTS: [&str; 5] = ["overview", "trends", "models", "failures", "peak-hours"];
-
-/// Every report over the last day ending `until`, as JSON, without the
-/// count of hours read raw (which the part and the rollup change).
-fn reports(env: &TestEnv, until: DateTime<Utc>) -> Vec<Value> {
-    REPORTS
-        .iter()
-        .map(|which| {
-            let ran = env
-                .genalytics()
-                .args(["report", which, "--days", "1", "--format", "json"])
-                .args(["--until", &until.to_rfc3339()])
-                .ok();
-            let mut report: Value = serde_json::from_str(&ran.stdout).unwrap();
-            report
-                .as_object_mut()
-                .unwrap()
-                .remove("hours_from_raw_events");
-            report
-        })
-        .collect()
-}
+use crate::harness::reports::{REPORTS, every_report, late_list, point};
+use crate::harness::{migrated, transfer, wait_for};
 
 /// The part of `hour`: its end and how many events it holds.
 fn part(db: &mut Client, hour: DateTime<Utc>) -> Option<(DateTime<Utc>, i64)> {
@@ -46,24 +24,6 @@ fn part(db: &mut Client, hour: DateTime<Utc>) -> Option<(DateTime<Utc>, i64)> {
     )
     .unwrap()
     .map(|row| (row.get(0), row.get(1)))
-}
-
-/// The trends report's point for `hour`.
-fn point(trends: &Value, hour: DateTime<Utc>) -> Value {
-    trends["data_points"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| {
-            p["timestamp"]
-                .as_str()
-                .unwrap()
-                .parse::<DateTime<Utc>>()
-                .unwrap()
-                == hour
-        })
-        .unwrap_or_else(|| panic!("no point at {hour}: {trends}"))
-        .clone()
 }
 
 /// Holds the session until `what` shows up waiting for a lock in PostgreSQL.
@@ -104,7 +64,7 @@ fn reports_read_a_busy_hour_from_its_part_and_its_newest_events_with_the_same_fi
     assert_eq!(part(&mut db, hour), Some((through, early.len() as i64)));
     let all: Vec<Written> = early.iter().chain(&newest).cloned().collect();
     let until = Utc::now();
-    let with_part = reports(&env, until);
+    let with_part = every_report(&env, until);
     let overview = &with_part[0];
     assert_eq!(
         overview["total_requests"],
@@ -144,9 +104,9 @@ fn reports_read_a_busy_hour_from_its_part_and_its_newest_events_with_the_same_fi
         .unwrap();
     for (which, (raw, part)) in REPORTS
         .iter()
-        .zip(reports(&env, until).iter().zip(&with_part))
+        .zip(every_report(&env, until).iter().zip(&with_part))
     {
-        assert_eq!(raw, part, "{which}: the part changed a figure");
+        assert_eq!(raw, part, "{which:?}: the part changed a figure");
     }
 
     // An event from before the part's end deletes the part in the commit
@@ -156,7 +116,7 @@ fn reports_read_a_busy_hour_from_its_part_and_its_newest_events_with_the_same_fi
     write(&env, std::slice::from_ref(&late));
     transfer(&env);
     assert_eq!(part(&mut db, hour), None, "the transfer deleted the part");
-    let with_late = reports(&env, until);
+    let with_late = every_report(&env, until);
     assert_eq!(
         with_late[0]["total_requests"],
         count(&all, |e| e.kind == "request") + 1
@@ -171,9 +131,9 @@ fn reports_read_a_busy_hour_from_its_part_and_its_newest_events_with_the_same_fi
     assert_eq!(part(&mut db, hour), None, "the rollup deleted the part");
     for (which, (rolled, fresh)) in REPORTS
         .iter()
-        .zip(reports(&env, until).iter().zip(&with_late))
+        .zip(every_report(&env, until).iter().zip(&with_late))
     {
-        assert_eq!(rolled, fresh, "{which}: the rollup changed a figure");
+        assert_eq!(rolled, fresh, "{which:?}: the rollup changed a figure");
     }
 }
 
@@ -331,4 +291,78 @@ fn a_follower_with_aggregate_keeps_the_current_hours_part() {
     );
     crate::harness::sigterm(&follower);
     assert!(follower.wait().unwrap().success());
+}
+
+#[test]
+fn a_transfer_that_waited_for_the_rollup_of_its_hour_lists_its_events() {
+    let env = migrated();
+    let seed = crate::harness::seed();
+    let mut db = env.db();
+    let hour = hour_floor(Utc::now()) - Duration::hours(2);
+    let first = traffic(hour, 150, seed);
+    write(&env, &first);
+    transfer(&env);
+    env.genalytics().args(["aggregate", "-q"]).ok();
+    let late = traffic(hour, 20, seed + 1);
+    write(&env, &late);
+    transfer(&env);
+    assert_eq!(late_list(&mut db, hour), (Some(true), 20));
+
+    // The test holds the hour's queue row. An aggregate waits for it
+    // first, then a transfer of more late events.
+    let mut holder = env.db();
+    let mut tx = holder.transaction().unwrap();
+    tx.execute(
+        "SELECT 1 FROM generation_rollup_queue WHERE hour = $1 FOR UPDATE",
+        &[&hour],
+    )
+    .unwrap();
+    let mut aggregate = env
+        .genalytics()
+        .args(["aggregate", "-q"])
+        .command()
+        .spawn()
+        .unwrap();
+    wait_for_lock_wait(&mut db, "DELETE FROM generation_rollup_queue");
+    let later = traffic(hour, 30, seed + 2);
+    write(&env, &later);
+    let mut transfer = env
+        .genalytics()
+        .args(["transfer", "-q", "--keep", "3650d"])
+        .command()
+        .spawn()
+        .unwrap();
+    wait_for_lock_wait(&mut db, "INSERT INTO generation_rollup_queue");
+    tx.commit().unwrap();
+    for (what, child) in [("aggregate", &mut aggregate), ("transfer", &mut transfer)] {
+        let mut status = None;
+        wait_for(&format!("the {what} to end"), 30, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        assert!(status.unwrap().success(), "{what} failed");
+    }
+
+    // The aggregate rolled the hour up without the transfer's events
+    // (they were not committed); the transfer then queued the hour again
+    // and listed exactly them.
+    assert_eq!(late_list(&mut db, hour), (Some(true), 30));
+    let all: Vec<Written> = first.iter().chain(&late).chain(&later).cloned().collect();
+    let until = Utc::now();
+    let fresh = every_report(&env, until);
+    assert_eq!(
+        fresh[0]["total_requests"],
+        count(&all, |e| e.kind == "request")
+    );
+    assert_eq!(
+        fresh[0]["failed_generations"],
+        count(&all, Written::is_failure)
+    );
+    assert_eq!(
+        point(&fresh[1], hour)["successful_generations"],
+        count(&all, Written::is_success)
+    );
+    env.genalytics().args(["aggregate", "-q"]).ok();
+    assert_eq!(late_list(&mut db, hour), (None, 0));
+    assert_eq!(every_report(&env, until), fresh);
 }

@@ -273,6 +273,47 @@ fn a_late_event_for_a_pruned_hour_adds_exactly_one_to_the_right_figures() {
         count(&mut db, "SELECT count(*) FROM generation_rollup_late"),
         3
     );
+    // Reports count the late events before they are merged, as the merge
+    // will: the same figures before and after.
+    let until = (first + Duration::hours(30)).to_rfc3339();
+    let reports = || -> Vec<(Value, Value)> {
+        ["overview", "trends", "models", "failures", "peak-hours"]
+            .iter()
+            .map(|which| {
+                let mut report = json(&env, &["report", which, "--days", "3", "--until", &until]);
+                let raw = report
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("hours_from_raw_events")
+                    .unwrap();
+                (report, raw)
+            })
+            .collect()
+    };
+    let unmerged = reports();
+    assert!(
+        unmerged.iter().all(|(_, raw)| *raw == 1),
+        "the hour is read beside its rollup"
+    );
+    assert_eq!(
+        unmerged[0].0["total_requests"].as_i64().unwrap()
+            - json(
+                &env,
+                &[
+                    "report",
+                    "overview",
+                    "--days",
+                    "3",
+                    "--until",
+                    &until,
+                    "--materialized-only"
+                ]
+            )["total_requests"]
+                .as_i64()
+                .unwrap(),
+        1,
+        "the late request is counted"
+    );
     let ran = env
         .genalytics()
         .args(["aggregate", "--format", "json"])
@@ -357,6 +398,12 @@ fn a_late_event_for_a_pruned_hour_adds_exactly_one_to_the_right_figures() {
     let p50 = report["p50_duration_ms"].as_f64().unwrap();
     assert!((p50 - 12_345.0).abs() <= 124.0, "{p50}");
     assert_eq!(report["percentiles_exact"], false, "raw events were pruned");
+    let merged = reports();
+    assert!(merged.iter().all(|(_, raw)| *raw == 0));
+    let reports_only = |reports: Vec<(Value, Value)>| -> Vec<Value> {
+        reports.into_iter().map(|(report, _)| report).collect()
+    };
+    assert_eq!(reports_only(merged), reports_only(unmerged));
     // Merged once: another aggregate changes nothing.
     env.genalytics().arg("aggregate").ok();
     assert_eq!(figures(&mut db), after);

@@ -398,9 +398,9 @@ fn build_in_snapshot(
 ) -> anyhow::Result<Fresh> {
     // The user report reads its own raw hours (its sources).
     let raw = &if matches!(which, Which::User { .. }) {
-        Vec::new()
+        reports::Pending::default()
     } else {
-        reports::raw_hours(client, window, materialized_only)?
+        reports::pending(client, window, materialized_only)?
     };
     let mut user_raw_hours = 0;
     let report: Box<dyn Report> = match which {
@@ -408,7 +408,7 @@ fn build_in_snapshot(
             let mut current = overview_of(client, window, raw)?;
             if *compare {
                 let previous = window.previous();
-                let previous_raw = reports::raw_hours(client, &previous, materialized_only)?;
+                let previous_raw = reports::pending(client, &previous, materialized_only)?;
                 current.previous = Some(Box::new(overview_of(client, &previous, &previous_raw)?));
             }
             Box::new(current)
@@ -444,7 +444,7 @@ fn build_in_snapshot(
             ))
         }
         Which::Models(_) => {
-            let legacy = reports::legacy_hours_in(client, window, raw)?;
+            let legacy = reports::legacy_hours_in(client, window, &raw.raw)?;
             Box::new(models::build(
                 window,
                 reports::model_parts(client, window, raw)?,
@@ -498,7 +498,7 @@ fn build_in_snapshot(
 pub fn overview_of(
     client: &mut postgres::Client,
     window: &Window,
-    raw: &[DateTime<Utc>],
+    raw: &reports::Pending,
 ) -> anyhow::Result<overview::Overview> {
     let (parts, raw_users) = reports::hours_and_raw_users(client, window, raw)?;
     Ok(overview::build(

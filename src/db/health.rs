@@ -87,8 +87,8 @@ pub struct RollupHealth {
     pub legacy_hours: i64,
     pub foreign_rows: i64,
     pub late_events: i64,
-    /// Queued hours that still hold all their raw events: reports count
-    /// them from those until they are rolled up.
+    /// Queued hours reports read beside their rollups (from raw events,
+    /// or their rollup and late events) until they are rolled up.
     pub raw_hours: i64,
 }
 
@@ -99,7 +99,8 @@ pub fn rollup_health(client: &mut Client) -> anyhow::Result<RollupHealth> {
                 count(*) FILTER (WHERE m.checksum IS DISTINCT FROM genalytics_hourly_checksum(m)),
                 (SELECT count(*) FROM generation_rollup_late),
                 (SELECT count(*) FROM generation_rollup_queue
-                 WHERE hour >= coalesce((SELECT horizon FROM genalytics_raw_horizon), '-infinity'))
+                 WHERE failures = 0 AND (late_listed
+                     OR hour >= coalesce((SELECT horizon FROM genalytics_raw_horizon), '-infinity')))
          FROM generation_metrics_hourly m",
         &[],
     )?;

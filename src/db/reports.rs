@@ -1,11 +1,12 @@
 //! The queries behind the reports: they fetch the hourly parts a window is
 //! made of — thousands of rows for a quarter, whatever the event volume —
 //! and the report (`report/`) does the arithmetic. An hour not rolled up
-//! yet (the current hour, an hour late events came to) is read from its
-//! raw events by the very statement that will roll it up, so a report
-//! counts every stored event and rolling up later changes no figure. The
-//! user report reads one user's hourly rollups and, for what they do not
-//! cover, raw events.
+//! yet (the current hour) is read from its raw events by the very
+//! statement that will roll it up; an hour late events came to after its
+//! rollup, from that rollup and the few late events, as aggregate will
+//! merge them or roll the hour up again. So a report counts every stored
+//! event and rolling up later changes no figure. The user report reads one
+//! user's hourly rollups and, for what they do not cover, raw events.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,41 +15,72 @@ use postgres::Client;
 use uuid::Uuid;
 
 use crate::db::rollup::{
-    KIND_SQL, USER_COLUMNS, failures_select, hourly_select, merged_select, models_select,
-    raw_user_rollup, user_aggregates, user_rollup, without_part,
+    KIND_SQL, USER_COLUMNS, failures_select, hourly_select, late_failures, late_models,
+    merged_select, models_select, raw_user_rollup, user_aggregates, user_rollup, with_late,
+    without_part,
 };
 use crate::histogram::Histogram;
 use crate::histogram::whole_ms;
 use crate::report::user::{Activity, Sources};
 use crate::report::{HourPart, Totals, Window};
-use crate::rollup::{FailureRollup, ModelRollup, UserRollup};
+use crate::rollup::{FailureRollup, HourRollup, ModelRollup, UserRollup};
 
-/// The hours of the window read from their raw events instead of their
-/// rollup, oldest first: queued for a rollup (transfer queues every hour
-/// it stores events for, aggregate takes them off) and still holding all
-/// their raw events (from the raw horizon on). An hour whose rollup
-/// PostgreSQL refused is left to its rollup (status names it): the same
-/// statement would fail every report over it. None with
-/// `materialized_only`, for reports from rollups alone.
-pub fn raw_hours(
+/// The hours of a window a report reads beside their rollups: queued for
+/// a rollup (transfer queues every hour it stores events for, aggregate
+/// takes them off). An hour whose rollup PostgreSQL refused is left to its
+/// rollup (status names it): the same statement would fail every report
+/// over it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// Hours read from their raw events, oldest first: they hold all of
+    /// them (from the raw horizon on) and are not late-listed.
+    pub raw: Vec<DateTime<Utc>>,
+    /// Late-listed hours, oldest first: their stored rollup (if any) and
+    /// the late events listed for them are all their events.
+    pub late: Vec<DateTime<Utc>>,
+}
+
+impl Pending {
+    /// How many hours the window reads beside their rollups.
+    pub fn len(&self) -> usize {
+        self.raw.len() + self.late.len()
+    }
+
+    /// Every hour whose stored row a report replaces with its own reading.
+    fn all(&self) -> Vec<DateTime<Utc>> {
+        let mut all: Vec<DateTime<Utc>> = self.raw.iter().chain(&self.late).copied().collect();
+        all.sort();
+        all
+    }
+}
+
+/// The window's [`Pending`] hours; none with `materialized_only`, for
+/// reports from rollups alone.
+pub fn pending(
     client: &mut Client,
     window: &Window,
     materialized_only: bool,
-) -> anyhow::Result<Vec<DateTime<Utc>>> {
+) -> anyhow::Result<Pending> {
+    let mut pending = Pending::default();
     if materialized_only {
-        return Ok(Vec::new());
+        return Ok(pending);
     }
-    Ok(client
-        .query(
-            "SELECT hour FROM generation_rollup_queue
-             WHERE hour >= $1 AND hour < $2 AND failures = 0
-               AND hour >= coalesce((SELECT horizon FROM genalytics_raw_horizon), '-infinity')
-             ORDER BY hour",
-            &[&window.start, &window.end],
-        )?
-        .into_iter()
-        .map(|row| row.get(0))
-        .collect())
+    for row in client.query(
+        "SELECT hour, late_listed FROM generation_rollup_queue
+         WHERE hour >= $1 AND hour < $2 AND failures = 0
+           AND (late_listed
+                OR hour >= coalesce((SELECT horizon FROM genalytics_raw_horizon), '-infinity'))
+         ORDER BY hour",
+        &[&window.start, &window.end],
+    )? {
+        let hour = row.get(0);
+        if row.get(1) {
+            pending.late.push(hour);
+        } else {
+            pending.raw.push(hour);
+        }
+    }
+    Ok(pending)
 }
 
 /// The hourly columns a window reads, from the table or from raw events.
@@ -89,11 +121,11 @@ fn window_rows(
 }
 
 /// The window's hourly rows as a derived table `h`: rolled-up hours from
-/// the table, the hours `$3` from their raw events.
+/// the table but the hours `$4`, the hours `$3` from their raw events.
 fn hourly_rows(raw: &[DateTime<Utc>]) -> String {
     let rolled = format!(
         "SELECT {HOUR_READ} FROM generation_metrics_hourly
-         WHERE timestamp >= $1 AND timestamp < $2 AND timestamp <> ALL($3)"
+         WHERE timestamp >= $1 AND timestamp < $2 AND timestamp <> ALL($4)"
     );
     // An hour with a part rolled up so far (the busy current hour) from the
     // part and its events since; any other from all its events.
@@ -107,25 +139,26 @@ fn hourly_rows(raw: &[DateTime<Utc>]) -> String {
     format!("({}) h", with_raw(&rolled, fresh, raw))
 }
 
-/// Hourly rows whose hour starts in the window, oldest first; the hours in
-/// `raw` from their raw events. The original service's rows have no
-/// duration sum: their average, weighted by their successes, stands in;
-/// they have no histogram or user list, which the parts say.
+/// Hourly rows whose hour starts in the window, oldest first; the
+/// [`Pending`] hours read beside their rollups. The original service's
+/// rows have no duration sum: their average, weighted by their successes,
+/// stands in; they have no histogram or user list, which the parts say.
 pub fn hours(
     client: &mut Client,
     window: &Window,
-    raw: &[DateTime<Utc>],
+    pending: &Pending,
 ) -> anyhow::Result<Vec<HourPart>> {
-    Ok(hours_and_raw_users(client, window, raw)?.0)
+    Ok(hours_and_raw_users(client, window, pending)?.0)
 }
 
-/// [`hours`], and the users of the hours read from raw events (which
+/// [`hours`], and the users of the pending hours (which
 /// [`users_in_lists`] then need not read again).
 pub fn hours_and_raw_users(
     client: &mut Client,
     window: &Window,
-    raw: &[DateTime<Utc>],
+    pending: &Pending,
 ) -> anyhow::Result<(Vec<HourPart>, Vec<Uuid>)> {
+    let raw = &pending.raw;
     let rows = client.query(
         &format!("SELECT timestamp, total_requests, successful_generations, failed_generations,
                 cancelled_generations,
@@ -142,7 +175,7 @@ pub fn hours_and_raw_users(
          ORDER BY timestamp",
             hourly_rows(raw)
         ),
-        &[&window.start, &window.end, &raw],
+        &[&window.start, &window.end, raw, &pending.all()],
     )?;
     let mut raw_users = BTreeSet::new();
     for row in &rows {
@@ -150,7 +183,7 @@ pub fn hours_and_raw_users(
             raw_users.extend(users);
         }
     }
-    let parts = rows
+    let mut parts: Vec<HourPart> = rows
         .into_iter()
         .map(|row| {
             let keys: Vec<i32> = row.get(15);
@@ -186,16 +219,60 @@ pub fn hours_and_raw_users(
             }
         })
         .collect();
+    for (hour, merged) in late_hours(client, &pending.late)? {
+        raw_users.extend(merged.users.iter().copied());
+        parts.push(HourPart::from_rollup(hour, &merged));
+    }
+    parts.sort_by_key(|part| part.hour);
     Ok((parts, raw_users.into_iter().collect()))
 }
 
+/// The late-listed `hours`, each its stored rollup with its late events
+/// added as aggregate will: merged before the raw horizon (percentiles
+/// from the histogram then), rolled up again from all its raw events from
+/// the horizon on — which only the exact percentiles need, read here from
+/// the hour's successful durations alone.
+fn late_hours(
+    client: &mut Client,
+    hours: &[DateTime<Utc>],
+) -> anyhow::Result<BTreeMap<DateTime<Utc>, HourRollup>> {
+    let mut merged = with_late(client, hours)?;
+    let horizon = crate::db::retention::horizon(client)?;
+    let whole: Vec<DateTime<Utc>> = merged
+        .keys()
+        .copied()
+        .filter(|hour| horizon.is_none_or(|horizon| *hour >= horizon))
+        .collect();
+    if whole.is_empty() {
+        return Ok(merged);
+    }
+    for row in client.query(
+        "SELECT h.hour, round(p.q[1]::numeric)::int, round(p.q[2]::numeric)::int,
+             round(p.q[3]::numeric)::int
+         FROM unnest($1::timestamptz[]) AS h(hour)
+         CROSS JOIN LATERAL (
+             SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY e.duration_ms) AS q
+             FROM generation_events e
+             WHERE e.timestamp >= h.hour AND e.timestamp < h.hour + interval '1 hour'
+               AND e.event_type = 'completion' AND e.success) p",
+        &[&whole],
+    )? {
+        if let Some(hour) = merged.get_mut(&row.get(0)) {
+            let quantile = |i: usize| row.get::<_, Option<i32>>(i).map(i64::from);
+            hour.percentiles = [quantile(1), quantile(2), quantile(3)];
+            hour.percentiles_exact = Some(true);
+        }
+    }
+    Ok(merged)
+}
+
 /// Distinct users in the window's hourly user lists: those of rolled-up
-/// hours, and `raw_users`, the users of the hours in `raw` (see
+/// hours but the pending ones, and `raw_users`, the users of those (see
 /// [`hours_and_raw_users`]).
 pub fn users_in_lists(
     client: &mut Client,
     window: &Window,
-    raw: &[DateTime<Utc>],
+    pending: &Pending,
     raw_users: &[Uuid],
 ) -> anyhow::Result<i64> {
     Ok(client
@@ -205,17 +282,22 @@ pub fn users_in_lists(
                  WHERE h.timestamp >= $1 AND h.timestamp < $2 AND h.timestamp <> ALL($3)
                  UNION ALL
                  SELECT unnest($4::uuid[])) x",
-            &[&window.start, &window.end, &raw, &raw_users],
+            &[&window.start, &window.end, &pending.all(), &raw_users],
         )?
         .get(0))
 }
 
 /// Each hour's users as a derived table `x (hour, u)`: from the user lists
-/// of rolled-up hours, and from the raw events of the hours `$3`.
+/// of rolled-up hours (late-listed ones too), the late events listed for
+/// the hours `$5`, and the raw events of the hours `$3`.
 fn hourly_users(raw: &[DateTime<Utc>]) -> String {
     let rolled =
         "SELECT h.timestamp AS hour, u FROM generation_metrics_hourly h, unnest(h.user_ids) AS u
-         WHERE h.timestamp >= $1 AND h.timestamp < $2 AND h.timestamp <> ALL($3)";
+         WHERE h.timestamp >= $1 AND h.timestamp < $2 AND h.timestamp <> ALL($3)
+         UNION ALL
+         SELECT l.hour, e.user_id FROM generation_rollup_late l
+         JOIN generation_events e ON e.id = l.event_id AND e.timestamp = l.event_at
+         WHERE l.hour = ANY($5) AND e.user_id IS NOT NULL";
     let fresh = || {
         "SELECT r.hour, x.u FROM unnest($3::timestamptz[]) AS r(hour)
          CROSS JOIN LATERAL (
@@ -232,14 +314,20 @@ fn hourly_users(raw: &[DateTime<Utc>]) -> String {
 pub fn users_by_day(
     client: &mut Client,
     window: &Window,
-    raw: &[DateTime<Utc>],
+    pending: &Pending,
 ) -> anyhow::Result<BTreeMap<NaiveDate, i64>> {
     let rows = client.query(
         &format!(
             "SELECT (x.hour AT TIME ZONE $4)::date, count(DISTINCT u) FROM {} GROUP BY 1",
-            hourly_users(raw)
+            hourly_users(&pending.raw)
         ),
-        &[&window.start, &window.end, &raw, &window.tz.name()],
+        &[
+            &window.start,
+            &window.end,
+            &pending.raw,
+            &window.tz.name(),
+            &pending.late,
+        ],
     )?;
     Ok(rows
         .into_iter()
@@ -247,16 +335,17 @@ pub fn users_by_day(
         .collect())
 }
 
-/// The window's per-hour-and-model rows (the hours in `raw` from their
-/// raw events).
+/// The window's per-hour-and-model rows: the raw hours' from their raw
+/// events, and the late-listed hours' late events beside their rows.
 pub fn model_parts(
     client: &mut Client,
     window: &Window,
-    raw: &[DateTime<Utc>],
+    pending: &Pending,
 ) -> anyhow::Result<Vec<(Option<String>, ModelRollup)>> {
+    let raw = &pending.raw;
     let columns = "model_checkpoint, total_generations, successful_generations, failed_generations,
         duration_sum_ms, duration_count, duration_hist_keys, duration_hist_counts, last_used_at";
-    Ok(client
+    let mut parts: Vec<(Option<String>, ModelRollup)> = client
         .query(
             &window_rows(
                 "generation_metrics_hourly_models",
@@ -280,19 +369,26 @@ pub fn model_parts(
             };
             (row.get(0), model)
         })
-        .collect())
+        .collect();
+    parts.extend(
+        late_models(client, &pending.late)?
+            .into_iter()
+            .map(|(_, model, late)| (model, late)),
+    );
+    Ok(parts)
 }
 
-/// The window's per-hour-and-error-type rows (the hours in `raw` from
-/// their raw events).
+/// The window's per-hour-and-error-type rows: the raw hours' from their
+/// raw events, and the late-listed hours' late failures beside their rows.
 pub fn failure_parts(
     client: &mut Client,
     window: &Window,
-    raw: &[DateTime<Utc>],
+    pending: &Pending,
 ) -> anyhow::Result<Vec<(Option<String>, FailureRollup)>> {
+    let raw = &pending.raw;
     let columns =
         "error_type, failures, duration_sum_ms, duration_count, user_ids, sample_messages";
-    Ok(client
+    let mut parts: Vec<(Option<String>, FailureRollup)> = client
         .query(
             &window_rows(
                 "generation_metrics_hourly_failures",
@@ -314,7 +410,13 @@ pub fn failure_parts(
             };
             (row.get(0), failure)
         })
-        .collect())
+        .collect();
+    parts.extend(
+        late_failures(client, &pending.late)?
+            .into_iter()
+            .map(|(_, error_type, late)| (error_type, late)),
+    );
+    Ok(parts)
 }
 
 /// Hours of the window queued for their rollup: the user report reads

@@ -8,6 +8,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::histogram::Histogram;
+use crate::rollup::HourRollup;
 
 /// successful / (successful + failed) × 100, to two decimals; none without
 /// completions.
@@ -121,6 +122,38 @@ pub struct HourPart {
     /// its histogram after late events); `None` for the original service's
     /// figures, which are not comparable (failures included).
     pub own_percentiles: Option<[Option<i64>; 3]>,
+}
+
+impl HourPart {
+    /// An hour's rollup as a window reads it.
+    pub fn from_rollup(hour: DateTime<Utc>, rollup: &HourRollup) -> HourPart {
+        HourPart {
+            hour,
+            totals: Totals {
+                requests: rollup.requests,
+                successful: rollup.successful,
+                failed: rollup.failed,
+                cancelled: rollup.cancelled,
+                duration_sum: rollup.duration_sum,
+                duration_count: rollup.duration_count,
+                images: rollup.images,
+                queue_sum: rollup.queue_sum,
+                queue_samples: rollup.queue_samples,
+                max_queue: rollup.max_queue,
+                histogram: rollup.histogram.clone(),
+                partial_hours: i64::from(!rollup.hist_complete && rollup.successful > 0),
+                users_floor: if rollup.users_complete {
+                    0
+                } else {
+                    rollup.unique_users
+                },
+                users_partial_hours: i64::from(!rollup.users_complete),
+                legacy_hours: i64::from(rollup.legacy),
+            },
+            unique_users: rollup.unique_users,
+            own_percentiles: rollup.percentiles_exact.map(|_| rollup.percentiles),
+        }
+    }
 }
 
 #[cfg(test)]

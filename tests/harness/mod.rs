@@ -5,6 +5,7 @@
 pub mod events;
 pub mod gate;
 pub mod proxy;
+pub mod reports;
 
 use std::ffi::OsString;
 use std::process::{Command, Output, Stdio};

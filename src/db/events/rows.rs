@@ -23,8 +23,8 @@ pub(super) struct RowsStored {
 }
 
 /// Stores a batch's rows as transfer and replay both do: each refused row
-/// isolated, rows for hours before the raw horizon marked late, and the
-/// hours of the rows stored queued for their rollup.
+/// isolated, the hours of the rows stored queued for their rollup, and
+/// rows for late-listed hours listed as late events.
 pub(super) fn store_rows(
     tx: &mut Transaction<'_>,
     stream: i32,
@@ -32,7 +32,7 @@ pub(super) fn store_rows(
     mut mode: Mode,
 ) -> anyhow::Result<RowsStored> {
     // Held until commit: a prune cannot move the horizon meanwhile, so an
-    // event is marked late exactly when its hour's raw events are gone.
+    // hour is late-listed exactly when its raw events are gone or rolled up.
     let horizon: Option<DateTime<Utc>> = crate::db::retention::horizon_held(tx)?;
     let mut refused = Vec::new();
     let rows = prepared.ids.len();
@@ -42,12 +42,10 @@ pub(super) fn store_rows(
         insert_rows(tx, prepared, 0..rows, &mut mode, &mut refused)?
     };
     let refused_rows: BTreeSet<usize> = refused.iter().map(|(row, _)| *row).collect();
-    if let Some(horizon) = horizon {
-        mark_late(tx, stream, prepared, &refused_rows, horizon)?;
-    }
+    let kept = || (0..rows).filter(|row| !refused_rows.contains(row));
     // Per hour stored for, its earliest event.
     let mut earliest: BTreeMap<DateTime<Utc>, DateTime<Utc>> = BTreeMap::new();
-    for row in (0..rows).filter(|row| !refused_rows.contains(row)) {
+    for row in kept() {
         let at = prepared.times[row];
         earliest
             .entry(hour::floor(at))
@@ -57,15 +55,31 @@ pub(super) fn store_rows(
     let hours: BTreeSet<DateTime<Utc>> = earliest.keys().copied().collect();
     if !hours.is_empty() {
         let (list, firsts): (Vec<DateTime<Utc>>, Vec<DateTime<Utc>>) = earliest.into_iter().unzip();
-        tx.execute(
-            // DO UPDATE, not DO NOTHING: it locks a queued hour's row, so an
-            // aggregate taking that hour off the queue waits for this commit
-            // and then sees these events (see db::rollup::roll_up). The time
-            // it was first queued stays: how long it has waited.
-            "INSERT INTO generation_rollup_queue AS q (hour) SELECT unnest($1::timestamptz[]) ORDER BY 1
-             ON CONFLICT (hour) DO UPDATE SET queued_at = q.queued_at",
-            &[&list],
-        )?;
+        let late_listed: BTreeSet<DateTime<Utc>> = tx
+            .query(
+                // DO UPDATE, not DO NOTHING: it locks a queued hour's row, so
+                // an aggregate taking that hour off the queue waits for this
+                // commit and then sees these events (see db::rollup::roll_up).
+                // The time it was first queued stays: how long it has waited.
+                // Whether the hour is late-listed is decided once, when it is
+                // queued: its raw events are gone, or it has a rollup of our
+                // own that cannot hold this transaction's events.
+                "INSERT INTO generation_rollup_queue AS q (hour, late_listed)
+                 SELECT s.hour, s.hour < coalesce($2::timestamptz, '-infinity') OR EXISTS (
+                     SELECT 1 FROM generation_metrics_hourly m WHERE m.timestamp = s.hour AND NOT m.legacy)
+                 FROM unnest($1::timestamptz[]) AS s(hour) ORDER BY 1
+                 ON CONFLICT (hour) DO UPDATE SET queued_at = q.queued_at
+                 RETURNING hour, late_listed",
+                &[&list, &horizon],
+            )?
+            .into_iter()
+            .filter(|row| row.get::<_, bool>(1))
+            .map(|row| row.get(0))
+            .collect();
+        let late: Vec<usize> = kept()
+            .filter(|row| late_listed.contains(&hour::floor(prepared.times[*row])))
+            .collect();
+        list_late(tx, stream, prepared, &late)?;
         // With the queue rows held, a part of an hour rolled up so far that
         // these events belong in is no longer the whole of its part: gone
         // (see db::rollup::partial).
@@ -83,33 +97,33 @@ pub(super) fn store_rows(
     })
 }
 
-/// Marks the rows this transaction stored for hours before the horizon as
-/// late events, for aggregate to merge into those hours' rollups (their
-/// raw events are gone, so the hours are never rolled up again). Rows that
-/// were already stored keep their older `created_at` and are not marked.
-fn mark_late(
+/// Lists the rows this transaction stored for late-listed hours as late
+/// events: a report adds them to the hour's rollup, and aggregate merges
+/// them into it before the raw horizon or rolls the hour up again after
+/// it. Rows that were already stored keep their older `created_at` and
+/// are not listed.
+fn list_late(
     tx: &mut Transaction<'_>,
     stream: i32,
     prepared: &Prepared,
-    refused: &BTreeSet<usize>,
-    horizon: DateTime<Utc>,
+    rows: &[usize],
 ) -> anyhow::Result<()> {
-    let late: Vec<EntryId> = prepared
-        .times
-        .iter()
-        .enumerate()
-        .filter(|(row, at)| hour::floor(**at) < horizon && !refused.contains(row))
-        .map(|(row, _)| prepared.ids[row])
-        .collect();
-    if late.is_empty() {
+    if rows.is_empty() {
         return Ok(());
     }
+    let ids: Vec<EntryId> = rows.iter().map(|row| prepared.ids[*row]).collect();
+    let times: Vec<DateTime<Utc>> = rows.iter().map(|row| prepared.times[*row]).collect();
+    // By the whole entry key, time included: each probe goes to one
+    // partition.
     tx.execute(
         "INSERT INTO generation_rollup_late (event_id, event_at, hour)
-         SELECT id, timestamp, date_trunc('hour', timestamp, 'UTC') FROM generation_events
-         WHERE stream = $1 AND stream_id = ANY($2) AND created_at = now()
+         SELECT e.id, e.timestamp, date_trunc('hour', e.timestamp, 'UTC')
+         FROM unnest($2::text[], $3::timestamptz[]) AS l(stream_id, at)
+         JOIN generation_events e
+           ON e.stream = $1 AND e.stream_id = l.stream_id AND e.timestamp = l.at
+         WHERE e.created_at = now()
          ON CONFLICT (event_id) DO NOTHING",
-        &[&stream, &late],
+        &[&stream, &ids, &times],
     )?;
     Ok(())
 }

@@ -1,48 +1,38 @@
-//! Late events — stored after their hour's raw events were pruned —
-//! rolled up on their own and merged into the hour's stored rollups, which
-//! are never recomputed.
+//! Late events — stored for an hour after it was rolled up, or after its
+//! raw events were pruned — listed per hour (`generation_rollup_late`),
+//! rolled up on their own, and added to the hour's stored rollups: merged
+//! into them for good before the raw horizon (those rollups are never
+//! recomputed), and by a report meanwhile, which so reads a few events
+//! instead of the whole hour (`db::reports`).
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use postgres::Transaction;
+use postgres::{GenericClient, Transaction};
 use uuid::Uuid;
 
 use super::rows::{
-    USER_COLUMNS, raw_user_rollup, read_hour, user_aggregates, user_rollup, write_hour,
+    USER_COLUMNS, raw_user_rollup, read_hour, stored_hours, user_aggregates, user_rollup,
+    write_hour,
 };
 use super::sql::{KIND_SQL, SAMPLE};
 use crate::histogram::{Histogram, KEY_SQL};
 use crate::rollup::{FailureRollup, HourRollup, ModelRollup};
 
-/// The late events of `hours`, taken off their list, as (id, timestamp).
-fn take_late(
-    tx: &mut Transaction<'_>,
-    hours: &[DateTime<Utc>],
-) -> anyhow::Result<(Vec<i64>, Vec<DateTime<Utc>>)> {
-    Ok(tx
-        .query(
-            "DELETE FROM generation_rollup_late WHERE hour = ANY($1) RETURNING event_id, event_at",
-            &[&hours],
-        )?
-        .into_iter()
-        .map(|row| (row.get::<_, i64>(0), row.get::<_, DateTime<Utc>>(1)))
-        .unzip())
-}
-
-/// The late events themselves, for the statements below: `$1` their ids,
-/// `$2` their times (which lets PostgreSQL go straight to their partition).
+/// The late events listed for the hours `$1`, through their (id, time)
+/// key: each goes straight to its partition.
 const LATE: &str = "late AS (
-    SELECT e.* FROM unnest($1::int8[], $2::timestamptz[]) AS l(id, at)
-    JOIN generation_events e ON e.id = l.id AND e.timestamp = l.at)";
+    SELECT e.* FROM generation_rollup_late l
+    JOIN generation_events e ON e.id = l.event_id AND e.timestamp = l.event_at
+    WHERE l.hour = ANY($1))";
 
-/// Merges the late events of hours before the horizon into the hours'
-/// rollups; returns how many hours had any.
-pub(super) fn merge_late(tx: &mut Transaction<'_>, hours: &[DateTime<Utc>]) -> anyhow::Result<u64> {
-    let (ids, ats) = take_late(tx, hours)?;
-    if ids.is_empty() {
-        return Ok(0);
-    }
+/// Per hour of `hours`, the rollup of its listed late events.
+pub(super) fn late_hours(
+    client: &mut impl GenericClient,
+    hours: &[DateTime<Utc>],
+) -> anyhow::Result<BTreeMap<DateTime<Utc>, HourRollup>> {
     let ok = "event_type = 'completion' AND success";
-    let late_hours = tx.query(
+    let rows = client.query(
         &format!(
             "WITH {LATE}
              SELECT date_trunc('hour', timestamp, 'UTC'),
@@ -60,85 +50,164 @@ pub(super) fn merge_late(tx: &mut Transaction<'_>, hours: &[DateTime<Utc>]) -> a
                  coalesce(array_agg({KEY_SQL}) FILTER (WHERE {ok} AND duration_ms IS NOT NULL), '{{}}')
              FROM late GROUP BY 1"
         ),
-        &[&ids, &ats],
+        &[&hours],
     )?;
-    for row in &late_hours {
-        let hour: DateTime<Utc> = row.get(0);
-        let exact: Option<Vec<f64>> = row.get(7);
-        let users: Vec<Uuid> = row.get(8);
-        let keys: Vec<i32> = row.get(13);
-        let late = HourRollup {
-            requests: row.get(1),
-            successful: row.get(2),
-            failed: row.get(3),
-            cancelled: row.get(4),
-            duration_sum: row.get(5),
-            duration_count: row.get(6),
-            histogram: Histogram::from_keys(&keys),
-            unique_users: users.len() as i64,
-            users: users.into_iter().collect(),
-            images: row.get(9),
-            queue_sum: row.get(10),
-            queue_samples: row.get(11),
-            max_queue: row.get::<_, Option<i32>>(12).map(i64::from),
-            percentiles: [0, 1, 2].map(|i| {
-                exact
-                    .as_ref()
-                    .and_then(|q| q.get(i))
-                    .map(|&v| crate::histogram::whole_ms(v))
-            }),
-            percentiles_exact: Some(true),
-            hist_complete: true,
-            users_complete: true,
-            legacy: false,
-        };
-        let (merged, new) = match read_hour(tx, hour)? {
-            Some(mut stored) => {
-                stored.merge(&late);
-                (stored, false)
-            }
-            // An hour that had no events: these are all of them.
-            None => (late, true),
-        };
-        write_hour(tx, hour, &merged, new)?;
-    }
-    merge_late_models(tx, &ids, &ats)?;
-    merge_late_failures(tx, &ids, &ats)?;
-    merge_late_users(tx, &ids, &ats)?;
-    Ok(late_hours.len() as u64)
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let exact: Option<Vec<f64>> = row.get(7);
+            let users: Vec<Uuid> = row.get(8);
+            let keys: Vec<i32> = row.get(13);
+            let late = HourRollup {
+                requests: row.get(1),
+                successful: row.get(2),
+                failed: row.get(3),
+                cancelled: row.get(4),
+                duration_sum: row.get(5),
+                duration_count: row.get(6),
+                histogram: Histogram::from_keys(&keys),
+                unique_users: users.len() as i64,
+                users: users.into_iter().collect(),
+                images: row.get(9),
+                queue_sum: row.get(10),
+                queue_samples: row.get(11),
+                max_queue: row.get::<_, Option<i32>>(12).map(i64::from),
+                percentiles: [0, 1, 2].map(|i| {
+                    exact
+                        .as_ref()
+                        .and_then(|q| q.get(i))
+                        .map(|&v| crate::histogram::whole_ms(v))
+                }),
+                percentiles_exact: Some(true),
+                hist_complete: true,
+                users_complete: true,
+                legacy: false,
+            };
+            (row.get(0), late)
+        })
+        .collect())
 }
 
-fn merge_late_models(
-    tx: &mut Transaction<'_>,
-    ids: &[i64],
-    ats: &[DateTime<Utc>],
-) -> anyhow::Result<()> {
-    let rows = tx.query(
-        &format!(
-            "WITH {LATE}
-             SELECT date_trunc('hour', timestamp, 'UTC'), model_checkpoint, count(*),
-                 count(*) FILTER (WHERE success), count(*) FILTER (WHERE NOT success),
-                 coalesce(sum(duration_ms) FILTER (WHERE success), 0)::int8,
-                 count(duration_ms) FILTER (WHERE success),
-                 coalesce(array_agg({KEY_SQL}) FILTER (WHERE success AND duration_ms IS NOT NULL), '{{}}'),
-                 max(timestamp)
-             FROM late WHERE event_type = 'completion' GROUP BY 1, 2"
-        ),
-        &[&ids, &ats],
+/// Per hour of `hours`, its stored rollup with its listed late events
+/// added — what [`merge_late`] would make of it. An hour with neither has
+/// no entry.
+pub fn with_late(
+    client: &mut impl GenericClient,
+    hours: &[DateTime<Utc>],
+) -> anyhow::Result<BTreeMap<DateTime<Utc>, HourRollup>> {
+    let mut merged = stored_hours(client, hours)?;
+    for (hour, late) in late_hours(client, hours)? {
+        let stored = merged.remove(&hour);
+        merged.insert(hour, HourRollup::with_late(stored, late));
+    }
+    Ok(merged)
+}
+
+/// Merges the late events of hours before the horizon into the hours'
+/// rollups, and takes them off the list; returns how many hours had any.
+/// The hours' queue rows are held: no transfer lists events for them
+/// meanwhile.
+pub(super) fn merge_late(tx: &mut Transaction<'_>, hours: &[DateTime<Utc>]) -> anyhow::Result<u64> {
+    let late = late_hours(tx, hours)?;
+    for (hour, late) in &late {
+        let stored = read_hour(tx, *hour)?;
+        let new = stored.is_none();
+        write_hour(tx, *hour, &HourRollup::with_late(stored, late.clone()), new)?;
+    }
+    if !late.is_empty() {
+        merge_late_models(tx, hours)?;
+        merge_late_failures(tx, hours)?;
+        merge_late_users(tx, hours)?;
+    }
+    forget(tx, hours)?;
+    Ok(late.len() as u64)
+}
+
+/// Takes the late events of `hours` off the list: merged into their
+/// rollups, or counted by a rollup from raw events.
+pub(super) fn forget(tx: &mut Transaction<'_>, hours: &[DateTime<Utc>]) -> anyhow::Result<()> {
+    tx.execute(
+        "DELETE FROM generation_rollup_late WHERE hour = ANY($1)",
+        &[&hours],
     )?;
-    for row in rows {
-        let hour: DateTime<Utc> = row.get(0);
-        let model: Option<String> = row.get(1);
-        let keys: Vec<i32> = row.get(7);
-        let late = ModelRollup {
-            total: row.get(2),
-            successful: row.get(3),
-            failed: row.get(4),
-            duration_sum: row.get(5),
-            duration_count: row.get(6),
-            histogram: Histogram::from_keys(&keys),
-            last_used_at: row.get(8),
-        };
+    Ok(())
+}
+
+/// A rollup of an hour and a key (a model, an error type).
+pub type Keyed<T> = (DateTime<Utc>, Option<String>, T);
+
+/// Per hour of `hours` and model, the rollup of its listed late
+/// completions.
+pub fn late_models(
+    client: &mut impl GenericClient,
+    hours: &[DateTime<Utc>],
+) -> anyhow::Result<Vec<Keyed<ModelRollup>>> {
+    Ok(client
+        .query(
+            &format!(
+                "WITH {LATE}
+                 SELECT date_trunc('hour', timestamp, 'UTC'), model_checkpoint, count(*),
+                     count(*) FILTER (WHERE success), count(*) FILTER (WHERE NOT success),
+                     coalesce(sum(duration_ms) FILTER (WHERE success), 0)::int8,
+                     count(duration_ms) FILTER (WHERE success),
+                     coalesce(array_agg({KEY_SQL}) FILTER (WHERE success AND duration_ms IS NOT NULL), '{{}}'),
+                     max(timestamp)
+                 FROM late WHERE event_type = 'completion' GROUP BY 1, 2"
+            ),
+            &[&hours],
+        )?
+        .into_iter()
+        .map(|row| {
+            let keys: Vec<i32> = row.get(7);
+            let late = ModelRollup {
+                total: row.get(2),
+                successful: row.get(3),
+                failed: row.get(4),
+                duration_sum: row.get(5),
+                duration_count: row.get(6),
+                histogram: Histogram::from_keys(&keys),
+                last_used_at: row.get(8),
+            };
+            (row.get(0), row.get(1), late)
+        })
+        .collect())
+}
+
+/// Per hour of `hours` and error type, the rollup of its listed late
+/// failures.
+pub fn late_failures(
+    client: &mut impl GenericClient,
+    hours: &[DateTime<Utc>],
+) -> anyhow::Result<Vec<Keyed<FailureRollup>>> {
+    Ok(client
+        .query(
+            &format!(
+                "WITH {LATE}
+                 SELECT date_trunc('hour', timestamp, 'UTC'), error_type, count(*),
+                     coalesce(sum(duration_ms), 0)::int8, count(duration_ms),
+                     coalesce(array_agg(DISTINCT user_id) FILTER (WHERE user_id IS NOT NULL), '{{}}'),
+                     coalesce((array_agg(DISTINCT {SAMPLE}) FILTER (WHERE error_message IS NOT NULL))[1:3], '{{}}')
+                 FROM late WHERE event_type = 'completion' AND NOT success GROUP BY 1, 2"
+            ),
+            &[&hours],
+        )?
+        .into_iter()
+        .map(|row| {
+            let users: Vec<Uuid> = row.get(5);
+            let late = FailureRollup {
+                failures: row.get(2),
+                duration_sum: row.get(3),
+                duration_count: row.get(4),
+                users: users.into_iter().collect(),
+                sample_messages: row.get(6),
+            };
+            (row.get(0), row.get(1), late)
+        })
+        .collect())
+}
+
+fn merge_late_models(tx: &mut Transaction<'_>, hours: &[DateTime<Utc>]) -> anyhow::Result<()> {
+    for (hour, model, late) in late_models(tx, hours)? {
         let stored = tx.query_opt(
             "DELETE FROM generation_metrics_hourly_models
              WHERE timestamp = $1 AND model_checkpoint IS NOT DISTINCT FROM $2
@@ -186,33 +255,8 @@ fn merge_late_models(
     Ok(())
 }
 
-fn merge_late_failures(
-    tx: &mut Transaction<'_>,
-    ids: &[i64],
-    ats: &[DateTime<Utc>],
-) -> anyhow::Result<()> {
-    let rows = tx.query(
-        &format!(
-            "WITH {LATE}
-             SELECT date_trunc('hour', timestamp, 'UTC'), error_type, count(*),
-                 coalesce(sum(duration_ms), 0)::int8, count(duration_ms),
-                 coalesce(array_agg(DISTINCT user_id) FILTER (WHERE user_id IS NOT NULL), '{{}}'),
-                 coalesce((array_agg(DISTINCT {SAMPLE}) FILTER (WHERE error_message IS NOT NULL))[1:3], '{{}}')
-             FROM late WHERE event_type = 'completion' AND NOT success GROUP BY 1, 2"
-        ),
-        &[&ids, &ats],
-    )?;
-    for row in rows {
-        let hour: DateTime<Utc> = row.get(0);
-        let error_type: Option<String> = row.get(1);
-        let users: Vec<Uuid> = row.get(5);
-        let late = FailureRollup {
-            failures: row.get(2),
-            duration_sum: row.get(3),
-            duration_count: row.get(4),
-            users: users.into_iter().collect(),
-            sample_messages: row.get(6),
-        };
+fn merge_late_failures(tx: &mut Transaction<'_>, hours: &[DateTime<Utc>]) -> anyhow::Result<()> {
+    for (hour, error_type, late) in late_failures(tx, hours)? {
         let stored = tx.query_opt(
             "DELETE FROM generation_metrics_hourly_failures
              WHERE timestamp = $1 AND error_type IS NOT DISTINCT FROM $2
@@ -253,11 +297,7 @@ fn merge_late_failures(
     Ok(())
 }
 
-fn merge_late_users(
-    tx: &mut Transaction<'_>,
-    ids: &[i64],
-    ats: &[DateTime<Utc>],
-) -> anyhow::Result<()> {
+fn merge_late_users(tx: &mut Transaction<'_>, hours: &[DateTime<Utc>]) -> anyhow::Result<()> {
     let rows = tx.query(
         &format!(
             "WITH {LATE}
@@ -266,7 +306,7 @@ fn merge_late_users(
              WHERE e.user_id IS NOT NULL GROUP BY 1, 2",
             user_aggregates()
         ),
-        &[&ids, &ats],
+        &[&hours],
     )?;
     for row in rows {
         let hour: DateTime<Utc> = row.get(0);

@@ -17,7 +17,8 @@ use chrono::{DateTime, Utc};
 use postgres::Client;
 
 pub use chunks::{CHUNK_HOURS, Tally, roll_up_all, roll_up_chunk, roll_up_queued_before};
-use late::merge_late;
+use late::{forget, merge_late};
+pub use late::{late_failures, late_models, with_late};
 pub use partial::{merged_select, refresh, refresh_current, without_part};
 pub use rows::{USER_COLUMNS, raw_user_rollup, user_aggregates, user_rollup};
 pub use sql::{KIND_SQL, failures_select, hourly_select, models_select};
@@ -96,6 +97,8 @@ pub fn roll_up(client: &mut Client, hours: &[DateTime<Utc>]) -> anyhow::Result<O
         .iter()
         .partition(|hour| horizon.is_some_and(|horizon| **hour < horizon));
     if !from.is_empty() {
+        // Counted from their raw events now, listed late events included.
+        forget(&mut tx, &from)?;
         outcome.rolled_up = tx
             .execute(&rollup_sql(), &[&from])
             .context("cannot compute the hourly figures")?;

@@ -1,7 +1,9 @@
 //! Reading and writing stored hourly rows as values (`crate::rollup`).
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
-use postgres::Transaction;
+use postgres::{GenericClient, Transaction};
 use uuid::Uuid;
 
 use crate::histogram::{Histogram, KEY_SQL};
@@ -13,35 +15,57 @@ pub(super) const HOUR_COLUMNS: &str = "total_requests, successful_generations, f
     max_queue_length, p50_duration_ms, p95_duration_ms, p99_duration_ms, percentiles_exact,
     hist_complete, users_complete, legacy, avg_duration_ms";
 
-/// An hourly row, locked for the merge. The original service's rows have
-/// no duration sum: their average, weighted by their successes, stands in.
+/// An hourly row, locked for the merge.
 pub(super) fn read_hour(
     tx: &mut Transaction<'_>,
     hour: DateTime<Utc>,
 ) -> anyhow::Result<Option<HourRollup>> {
-    let Some(row) = tx.query_opt(
-        &format!(
-            "SELECT {HOUR_COLUMNS} FROM generation_metrics_hourly WHERE timestamp = $1 FOR UPDATE"
-        ),
-        &[&hour],
-    )?
-    else {
-        return Ok(None);
-    };
-    let int = |i: usize| i64::from(row.get::<_, i32>(i));
-    let optional = |i: usize| row.get::<_, Option<i32>>(i).map(i64::from);
+    Ok(tx
+        .query_opt(
+            &format!(
+                "SELECT {HOUR_COLUMNS} FROM generation_metrics_hourly WHERE timestamp = $1 FOR UPDATE"
+            ),
+            &[&hour],
+        )?
+        .map(|row| hour_rollup(&row, 0)))
+}
+
+/// The hourly rows of `hours`, as they stand.
+pub(super) fn stored_hours(
+    client: &mut impl GenericClient,
+    hours: &[DateTime<Utc>],
+) -> anyhow::Result<BTreeMap<DateTime<Utc>, HourRollup>> {
+    Ok(client
+        .query(
+            &format!(
+                "SELECT timestamp, {HOUR_COLUMNS} FROM generation_metrics_hourly
+                 WHERE timestamp = ANY($1)"
+            ),
+            &[&hours],
+        )?
+        .into_iter()
+        .map(|row| (row.get(0), hour_rollup(&row, 1)))
+        .collect())
+}
+
+/// An hourly row selected as [`HOUR_COLUMNS`] from column `at` on. The
+/// original service's rows have no duration sum: their average, weighted
+/// by their successes, stands in.
+fn hour_rollup(row: &postgres::Row, at: usize) -> HourRollup {
+    let int = |i: usize| i64::from(row.get::<_, i32>(at + i));
+    let optional = |i: usize| row.get::<_, Option<i32>>(at + i).map(i64::from);
     let successful = int(1);
     let average = optional(21);
-    let keys: Option<Vec<i32>> = row.get(6);
-    let counts: Option<Vec<i32>> = row.get(7);
-    let users: Option<Vec<Uuid>> = row.get(8);
-    Ok(Some(HourRollup {
+    let keys: Option<Vec<i32>> = row.get(at + 6);
+    let counts: Option<Vec<i32>> = row.get(at + 7);
+    let users: Option<Vec<Uuid>> = row.get(at + 8);
+    HourRollup {
         requests: int(0),
         successful,
         failed: int(2),
         cancelled: int(3),
         duration_sum: row
-            .get::<_, Option<i64>>(4)
+            .get::<_, Option<i64>>(at + 4)
             .unwrap_or_else(|| average.map_or(0, |avg| avg * successful)),
         duration_count: optional(5).unwrap_or(if average.is_some() { successful } else { 0 }),
         histogram: Histogram::from_parts(
@@ -50,16 +74,16 @@ pub(super) fn read_hour(
         ),
         users: users.unwrap_or_default().into_iter().collect(),
         unique_users: optional(9).unwrap_or(0),
-        images: row.get::<_, Option<i64>>(10).unwrap_or(0),
-        queue_sum: row.get::<_, Option<i64>>(11).unwrap_or(0),
+        images: row.get::<_, Option<i64>>(at + 10).unwrap_or(0),
+        queue_sum: row.get::<_, Option<i64>>(at + 11).unwrap_or(0),
         queue_samples: optional(12).unwrap_or(0),
         max_queue: optional(13),
         percentiles: [optional(14), optional(15), optional(16)],
-        percentiles_exact: row.get(17),
-        hist_complete: row.get(18),
-        users_complete: row.get(19),
-        legacy: row.get(20),
-    }))
+        percentiles_exact: row.get(at + 17),
+        hist_complete: row.get(at + 18),
+        users_complete: row.get(at + 19),
+        legacy: row.get(at + 20),
+    }
 }
 
 /// Writes a merged hour; `new` when the hour had no row, so that its

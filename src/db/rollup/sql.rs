@@ -4,8 +4,11 @@
 use crate::histogram::KEY_SQL;
 
 /// A sample message as kept: its first 300 characters (a message of
-/// megabytes is an example, not a report).
-pub(super) const SAMPLE: &str = "left(error_message, 300)";
+/// megabytes is an example, not a report), ordered by its bytes as the
+/// merge of late events orders them (`crate::rollup`), whatever the
+/// database's collation: which few an hour keeps does not depend on when
+/// its events came.
+pub(super) const SAMPLE: &str = "left(error_message, 300) COLLATE \"C\"";
 
 /// A derived table `f` with a column `hour` and, per hour and `keys`, the
 /// `aggregates` over the rows `columns` selects from the events matching
