@@ -15,9 +15,9 @@ use postgres::Client;
 use uuid::Uuid;
 
 use crate::db::rollup::{
-    KIND_SQL, USER_COLUMNS, failures_select, hourly_select, late_failures, late_models,
-    merged_select, models_select, raw_user_rollup, user_aggregates, user_rollup, with_late,
-    without_part,
+    KIND_SQL, USER_COLUMNS, failures_select, hourly_select, late_events, late_failures,
+    late_models, merged_select, models_select, raw_user_rollup, user_aggregates, user_rollup,
+    with_late, without_part,
 };
 use crate::histogram::Histogram;
 use crate::histogram::whole_ms;
@@ -291,13 +291,14 @@ pub fn users_in_lists(
 /// of rolled-up hours (late-listed ones too), the late events listed for
 /// the hours `$5`, and the raw events of the hours `$3`.
 fn hourly_users(raw: &[DateTime<Utc>]) -> String {
-    let rolled =
+    let rolled = format!(
         "SELECT h.timestamp AS hour, u FROM generation_metrics_hourly h, unnest(h.user_ids) AS u
          WHERE h.timestamp >= $1 AND h.timestamp < $2 AND h.timestamp <> ALL($3)
          UNION ALL
-         SELECT l.hour, e.user_id FROM generation_rollup_late l
-         JOIN generation_events e ON e.id = l.event_id AND e.timestamp = l.event_at
-         WHERE l.hour = ANY($5) AND e.user_id IS NOT NULL";
+         SELECT date_trunc('hour', e.timestamp, 'UTC'), e.user_id FROM ({}) e
+         WHERE e.user_id IS NOT NULL",
+        late_events("$5")
+    );
     let fresh = || {
         "SELECT r.hour, x.u FROM unnest($3::timestamptz[]) AS r(hour)
          CROSS JOIN LATERAL (
@@ -306,7 +307,7 @@ fn hourly_users(raw: &[DateTime<Utc>]) -> String {
                AND e.user_id IS NOT NULL) x"
             .to_string()
     };
-    format!("({}) x", with_raw(rolled, fresh, raw))
+    format!("({}) x", with_raw(&rolled, fresh, raw))
 }
 
 /// Distinct users in the hourly user lists of each local day of the window

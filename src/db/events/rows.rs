@@ -113,15 +113,23 @@ fn list_late(
     }
     let ids: Vec<EntryId> = rows.iter().map(|row| prepared.ids[*row]).collect();
     let times: Vec<DateTime<Utc>> = rows.iter().map(|row| prepared.times[*row]).collect();
-    // By the whole entry key, time included: each probe goes to one
-    // partition.
+    // By the whole entry key, time included, one entry at a time (kept so
+    // by `OFFSET 0`): each probe goes to one partition's key, where a join
+    // could scan them all. The list carries what the rollups read of the event (a
+    // sample message is its first 300 characters).
     tx.execute(
-        "INSERT INTO generation_rollup_late (event_id, event_at, hour)
-         SELECT e.id, e.timestamp, date_trunc('hour', e.timestamp, 'UTC')
+        "INSERT INTO generation_rollup_late (event_id, event_at, hour, event_type, success,
+             duration_ms, user_id, batch_size, queue_length, model_checkpoint, error_type,
+             error_message)
+         SELECT e.id, e.timestamp, date_trunc('hour', e.timestamp, 'UTC'), e.event_type, e.success,
+             e.duration_ms, e.user_id, e.batch_size, e.queue_length, e.model_checkpoint,
+             e.error_type, left(e.error_message, 300)
          FROM unnest($2::text[], $3::timestamptz[]) AS l(stream_id, at)
-         JOIN generation_events e
-           ON e.stream = $1 AND e.stream_id = l.stream_id AND e.timestamp = l.at
-         WHERE e.created_at = now()
+         CROSS JOIN LATERAL (
+             SELECT * FROM generation_events e
+             WHERE e.stream = $1 AND e.stream_id = l.stream_id AND e.timestamp = l.at
+               AND e.created_at = now()
+             OFFSET 0) e
          ON CONFLICT (event_id) DO NOTHING",
         &[&stream, &ids, &times],
     )?;

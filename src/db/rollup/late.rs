@@ -19,22 +19,28 @@ use super::sql::{KIND_SQL, SAMPLE};
 use crate::histogram::{Histogram, KEY_SQL};
 use crate::rollup::{FailureRollup, HourRollup, ModelRollup};
 
-/// The late events listed for the hours `$1`, through their (id, time)
-/// key: each goes straight to its partition.
-const LATE: &str = "late AS (
-    SELECT e.* FROM generation_rollup_late l
-    JOIN generation_events e ON e.id = l.event_id AND e.timestamp = l.event_at
-    WHERE l.hour = ANY($1))";
+/// The late events listed for the hours `hours` (an SQL expression),
+/// under the names of `generation_events`' columns: the list carries what
+/// the rollups read of them, so a report reads the few late events of an
+/// hour through the list's hour index alone.
+pub fn late_events(hours: &str) -> String {
+    format!(
+        "SELECT l.event_at AS timestamp, l.event_type, l.success, l.duration_ms, l.user_id,
+             l.batch_size, l.queue_length, l.model_checkpoint, l.error_type, l.error_message
+         FROM generation_rollup_late l WHERE l.hour = ANY({hours})"
+    )
+}
 
 /// Per hour of `hours`, the rollup of its listed late events.
 pub(super) fn late_hours(
     client: &mut impl GenericClient,
     hours: &[DateTime<Utc>],
 ) -> anyhow::Result<BTreeMap<DateTime<Utc>, HourRollup>> {
+    let late = late_events("$1");
     let ok = "event_type = 'completion' AND success";
     let rows = client.query(
         &format!(
-            "WITH {LATE}
+            "WITH late AS ({late})
              SELECT date_trunc('hour', timestamp, 'UTC'),
                  count(*) FILTER (WHERE event_type = 'request'),
                  count(*) FILTER (WHERE {ok}),
@@ -142,10 +148,11 @@ pub fn late_models(
     client: &mut impl GenericClient,
     hours: &[DateTime<Utc>],
 ) -> anyhow::Result<Vec<Keyed<ModelRollup>>> {
+    let late = late_events("$1");
     Ok(client
         .query(
             &format!(
-                "WITH {LATE}
+                "WITH late AS ({late})
                  SELECT date_trunc('hour', timestamp, 'UTC'), model_checkpoint, count(*),
                      count(*) FILTER (WHERE success), count(*) FILTER (WHERE NOT success),
                      coalesce(sum(duration_ms) FILTER (WHERE success), 0)::int8,
@@ -179,10 +186,11 @@ pub fn late_failures(
     client: &mut impl GenericClient,
     hours: &[DateTime<Utc>],
 ) -> anyhow::Result<Vec<Keyed<FailureRollup>>> {
+    let late = late_events("$1");
     Ok(client
         .query(
             &format!(
-                "WITH {LATE}
+                "WITH late AS ({late})
                  SELECT date_trunc('hour', timestamp, 'UTC'), error_type, count(*),
                      coalesce(sum(duration_ms), 0)::int8, count(duration_ms),
                      coalesce(array_agg(DISTINCT user_id) FILTER (WHERE user_id IS NOT NULL), '{{}}'),
@@ -298,9 +306,10 @@ fn merge_late_failures(tx: &mut Transaction<'_>, hours: &[DateTime<Utc>]) -> any
 }
 
 fn merge_late_users(tx: &mut Transaction<'_>, hours: &[DateTime<Utc>]) -> anyhow::Result<()> {
+    let late = late_events("$1");
     let rows = tx.query(
         &format!(
-            "WITH {LATE}
+            "WITH late AS ({late})
              SELECT date_trunc('hour', e.timestamp, 'UTC'), e.user_id, {}
              FROM late e CROSS JOIN LATERAL (SELECT {KIND_SQL} AS kind) k
              WHERE e.user_id IS NOT NULL GROUP BY 1, 2",
