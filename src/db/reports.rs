@@ -15,14 +15,14 @@ use postgres::Client;
 use uuid::Uuid;
 
 use crate::db::rollup::{
-    KIND_SQL, USER_COLUMNS, failures_select, hourly_select, late_events, late_failures,
-    late_models, merged_select, models_select, raw_user_rollup, user_aggregates, user_rollup,
-    with_late, without_part,
+    KIND_SQL, USER_COLUMNS, failures_select, hour_columns, hour_rollup, hourly_select, late_events,
+    late_failures, late_models, merged_select, models_select, raw_user_rollup, user_aggregates,
+    user_rollup, with_late, without_part,
 };
 use crate::histogram::Histogram;
 use crate::histogram::whole_ms;
 use crate::report::user::{Activity, Sources};
-use crate::report::{HourPart, Totals, Window};
+use crate::report::{HourPart, Window};
 use crate::rollup::{FailureRollup, HourRollup, ModelRollup, UserRollup};
 
 /// The hours of a window a report reads beside their rollups: queued for
@@ -83,13 +83,6 @@ pub fn pending(
     Ok(pending)
 }
 
-/// The hourly columns a window reads, from the table or from raw events.
-const HOUR_READ: &str = "timestamp, total_requests, successful_generations, failed_generations,
-    cancelled_generations, duration_sum_ms, avg_duration_ms, duration_count, total_images_generated,
-    queue_length_sum, queue_length_samples, max_queue_length, p50_duration_ms, p95_duration_ms,
-    p99_duration_ms, unique_users, duration_hist_keys, duration_hist_counts, percentiles_exact,
-    hist_complete, users_complete, legacy, user_ids";
-
 /// `rolled` — rows of a rollup table in the window `$1`…`$2`, but the
 /// hours `$3` — and, when there are any, `fresh`: those hours' rows from
 /// their raw events. Without raw hours the statement stays the plain read
@@ -123,15 +116,17 @@ fn window_rows(
 /// The window's hourly rows as a derived table `h`: rolled-up hours from
 /// the table but the hours `$4`, the hours `$3` from their raw events.
 fn hourly_rows(raw: &[DateTime<Utc>]) -> String {
+    // The hourly columns a window reads, from the table or from raw events.
+    let columns = format!("timestamp, {}", hour_columns("user_ids"));
     let rolled = format!(
-        "SELECT {HOUR_READ} FROM generation_metrics_hourly
+        "SELECT {columns} FROM generation_metrics_hourly
          WHERE timestamp >= $1 AND timestamp < $2 AND timestamp <> ALL($4)"
     );
     // An hour with a part rolled up so far (the busy current hour) from the
     // part and its events since; any other from all its events.
     let fresh = || {
         format!(
-            "SELECT {HOUR_READ} FROM ({}) raw UNION ALL SELECT {HOUR_READ} FROM ({}) part",
+            "SELECT {columns} FROM ({}) raw UNION ALL SELECT {columns} FROM ({}) part",
             hourly_select(&without_part("$3")),
             merged_select("$3")
         )
@@ -160,65 +155,22 @@ pub fn hours_and_raw_users(
 ) -> anyhow::Result<(Vec<HourPart>, Vec<Uuid>)> {
     let raw = &pending.raw;
     let rows = client.query(
-        &format!("SELECT timestamp, total_requests, successful_generations, failed_generations,
-                cancelled_generations,
-                coalesce(duration_sum_ms, avg_duration_ms::int8 * successful_generations, 0),
-                coalesce(duration_count,
-                         CASE WHEN avg_duration_ms IS NOT NULL THEN successful_generations ELSE 0 END),
-                coalesce(total_images_generated, 0), coalesce(queue_length_sum, 0),
-                coalesce(queue_length_samples, 0), max_queue_length,
-                p50_duration_ms, p95_duration_ms, p99_duration_ms, coalesce(unique_users, 0),
-                coalesce(duration_hist_keys, '{{}}'), coalesce(duration_hist_counts, '{{}}'),
-                percentiles_exact, hist_complete, users_complete, legacy,
-                CASE WHEN timestamp = ANY($3) THEN user_ids END
-         FROM {}
-         ORDER BY timestamp",
+        &format!(
+            "SELECT timestamp, {} FROM {} ORDER BY timestamp",
+            // The user lists of the hours read raw only: the rest are
+            // counted by users_in_lists where they are.
+            hour_columns("CASE WHEN timestamp = ANY($3) THEN user_ids END"),
             hourly_rows(raw)
         ),
         &[&window.start, &window.end, raw, &pending.all()],
     )?;
     let mut raw_users = BTreeSet::new();
+    let mut parts = Vec::with_capacity(rows.len() + pending.late.len());
     for row in &rows {
-        if let Some(users) = row.get::<_, Option<Vec<Uuid>>>(21) {
-            raw_users.extend(users);
-        }
+        let rollup = hour_rollup(row, 1);
+        raw_users.extend(rollup.users.iter().copied());
+        parts.push(HourPart::from_rollup(row.get(0), &rollup));
     }
-    let mut parts: Vec<HourPart> = rows
-        .into_iter()
-        .map(|row| {
-            let keys: Vec<i32> = row.get(15);
-            let counts: Vec<i32> = row.get(16);
-            let int = |index: usize| i64::from(row.get::<_, i32>(index));
-            let optional = |index: usize| row.get::<_, Option<i32>>(index).map(i64::from);
-            let exact: Option<bool> = row.get(17);
-            let (hist_complete, users_complete, legacy): (bool, bool, bool) =
-                (row.get(18), row.get(19), row.get(20));
-            let successful = int(2);
-            let unique_users = int(14);
-            HourPart {
-                hour: row.get(0),
-                totals: Totals {
-                    requests: int(1),
-                    successful,
-                    failed: int(3),
-                    cancelled: int(4),
-                    duration_sum: row.get(5),
-                    duration_count: int(6),
-                    images: row.get(7),
-                    queue_sum: row.get(8),
-                    queue_samples: int(9),
-                    max_queue: optional(10),
-                    histogram: Histogram::from_parts(&keys, &counts),
-                    partial_hours: i64::from(!hist_complete && successful > 0),
-                    users_floor: if users_complete { 0 } else { unique_users },
-                    users_partial_hours: i64::from(!users_complete),
-                    legacy_hours: i64::from(legacy),
-                },
-                unique_users,
-                own_percentiles: exact.map(|_| [optional(11), optional(12), optional(13)]),
-            }
-        })
-        .collect();
     for (hour, merged) in late_hours(client, &pending.late)? {
         raw_users.extend(merged.users.iter().copied());
         parts.push(HourPart::from_rollup(hour, &merged));

@@ -17,7 +17,7 @@ pub mod window;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
-pub use figures::{HourPart, Totals, failure_rate, round2, success_rate};
+pub use figures::{HourPart, failure_rate, round2, success_rate};
 pub use window::Window;
 
 /// "Overview, last 7 days: 2026-11-20 00:00 → 2026-11-27 00:00 UTC".

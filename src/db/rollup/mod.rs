@@ -20,7 +20,9 @@ pub use chunks::{CHUNK_HOURS, Tally, roll_up_all, roll_up_chunk, roll_up_queued_
 use late::{forget, merge_late};
 pub use late::{late_events, late_failures, late_models, with_late};
 pub use partial::{merged_select, refresh, refresh_current, without_part};
-pub use rows::{USER_COLUMNS, raw_user_rollup, user_aggregates, user_rollup};
+pub use rows::{
+    USER_COLUMNS, hour_columns, hour_rollup, raw_user_rollup, user_aggregates, user_rollup,
+};
 pub use sql::{KIND_SQL, failures_select, hourly_select, models_select};
 use sql::{failures_sql, models_sql, rollup_sql, users_sql};
 

@@ -9,11 +9,17 @@ use uuid::Uuid;
 use crate::histogram::{Histogram, KEY_SQL};
 use crate::rollup::{HourRollup, UserRollup};
 
-pub(super) const HOUR_COLUMNS: &str = "total_requests, successful_generations, failed_generations,
-    cancelled_generations, duration_sum_ms, duration_count, duration_hist_keys, duration_hist_counts,
-    user_ids, unique_users, total_images_generated, queue_length_sum, queue_length_samples,
-    max_queue_length, p50_duration_ms, p95_duration_ms, p99_duration_ms, percentiles_exact,
-    hist_complete, users_complete, legacy, avg_duration_ms";
+/// The hourly columns [`hour_rollup`] reads, in its order, the user list
+/// as `user_ids` (an SQL expression: a reader may leave it out).
+pub fn hour_columns(user_ids: &str) -> String {
+    format!(
+        "total_requests, successful_generations, failed_generations,
+        cancelled_generations, duration_sum_ms, duration_count, duration_hist_keys, duration_hist_counts,
+        {user_ids}, unique_users, total_images_generated, queue_length_sum, queue_length_samples,
+        max_queue_length, p50_duration_ms, p95_duration_ms, p99_duration_ms, percentiles_exact,
+        hist_complete, users_complete, legacy, avg_duration_ms"
+    )
+}
 
 /// An hourly row, locked for the merge.
 pub(super) fn read_hour(
@@ -23,7 +29,8 @@ pub(super) fn read_hour(
     Ok(tx
         .query_opt(
             &format!(
-                "SELECT {HOUR_COLUMNS} FROM generation_metrics_hourly WHERE timestamp = $1 FOR UPDATE"
+                "SELECT {} FROM generation_metrics_hourly WHERE timestamp = $1 FOR UPDATE",
+                hour_columns("user_ids")
             ),
             &[&hour],
         )?
@@ -38,8 +45,8 @@ pub(super) fn stored_hours(
     Ok(client
         .query(
             &format!(
-                "SELECT timestamp, {HOUR_COLUMNS} FROM generation_metrics_hourly
-                 WHERE timestamp = ANY($1)"
+                "SELECT timestamp, {} FROM generation_metrics_hourly WHERE timestamp = ANY($1)",
+                hour_columns("user_ids")
             ),
             &[&hours],
         )?
@@ -48,10 +55,10 @@ pub(super) fn stored_hours(
         .collect())
 }
 
-/// An hourly row selected as [`HOUR_COLUMNS`] from column `at` on. The
+/// An hourly row selected as [`hour_columns`] from column `at` on. The
 /// original service's rows have no duration sum: their average, weighted
 /// by their successes, stands in.
-fn hour_rollup(row: &postgres::Row, at: usize) -> HourRollup {
+pub fn hour_rollup(row: &postgres::Row, at: usize) -> HourRollup {
     let int = |i: usize| i64::from(row.get::<_, i32>(at + i));
     let optional = |i: usize| row.get::<_, Option<i32>>(at + i).map(i64::from);
     let successful = int(1);
