@@ -3,7 +3,8 @@
 //! hour's raw events were pruned: rollups are permanent, so late events are
 //! added, never recomputed. Pure: counts and sums add, histograms merge,
 //! user sets unite; the merged hour's percentiles then come from its
-//! histogram and say they are no longer exact. The property test below
+//! histogram and say they are no longer exact (unless no late event had a
+//! successful duration). The property test below
 //! checks that merging the parts equals rolling up the whole.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,7 +67,9 @@ impl HourRollup {
         self.queue_sum += late.queue_sum;
         self.queue_samples += late.queue_samples;
         self.max_queue = self.max_queue.max(late.max_queue);
-        if self.hist_complete {
+        // Late events without a successful duration leave the durations,
+        // and so the percentiles, as they were.
+        if self.hist_complete && late.duration_count > 0 {
             self.percentiles = crate::histogram::percentiles(&self.histogram);
             self.percentiles_exact = Some(false);
         }

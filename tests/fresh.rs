@@ -214,7 +214,9 @@ fn late_events_count_before_their_hour_is_rolled_up_again() {
     assert_eq!(late_error["count"], 17, "{late_error}");
     assert_eq!(late_error["affected_users"], 17, "{late_error}");
     let models = report(&["models", "--days", "1"]);
-    for row in models["models"].as_array().unwrap() {
+    let rows = models["models"].as_array().unwrap();
+    assert!(!rows.is_empty(), "{models}");
+    for row in rows {
         let name = row["model_checkpoint"].as_str().map(str::to_string);
         let completions = count(&all, |e| e.kind == "completion" && e.model == name);
         assert_eq!(row["total_generations"], completions, "{row}");

@@ -13,6 +13,7 @@ use postgres::Client;
 use genalytics::testing::hour_floor;
 
 use crate::harness::events::{Written, count, percentile, traffic, write};
+use crate::harness::gate::{Gate, Stage};
 use crate::harness::reports::{REPORTS, every_report, late_list, point};
 use crate::harness::{migrated, transfer, wait_for};
 
@@ -25,6 +26,11 @@ fn part(db: &mut Client, hour: DateTime<Utc>) -> Option<(DateTime<Utc>, i64)> {
     .unwrap()
     .map(|row| (row.get(0), row.get(1)))
 }
+
+/// How a transfer's statement that queues hours starts.
+const TRANSFER_QUEUES: &str = "INSERT INTO generation_rollup_queue AS q (hour, late_listed)";
+/// How a rollup's statement that holds its hours' queue rows starts.
+const ROLLUP_HOLDS: &str = "INSERT INTO generation_rollup_queue AS q (hour) SELECT";
 
 /// Holds the session until `what` shows up waiting for a lock in PostgreSQL.
 fn wait_for_lock_wait(db: &mut Client, what: &str) {
@@ -234,7 +240,7 @@ fn a_transfer_waiting_for_a_refresh_deletes_the_part_it_made() {
         .command()
         .spawn()
         .unwrap();
-    wait_for_lock_wait(&mut db, "INSERT INTO generation_rollup_queue");
+    wait_for_lock_wait(&mut db, TRANSFER_QUEUES);
     tx.commit().unwrap();
     let mut status = None;
     wait_for("the transfer to end", 30, || {
@@ -323,7 +329,7 @@ fn a_transfer_that_waited_for_the_rollup_of_its_hour_lists_its_events() {
         .command()
         .spawn()
         .unwrap();
-    wait_for_lock_wait(&mut db, "DELETE FROM generation_rollup_queue");
+    wait_for_lock_wait(&mut db, ROLLUP_HOLDS);
     let later = traffic(hour, 30, seed + 2);
     write(&env, &later);
     let mut transfer = env
@@ -332,7 +338,7 @@ fn a_transfer_that_waited_for_the_rollup_of_its_hour_lists_its_events() {
         .command()
         .spawn()
         .unwrap();
-    wait_for_lock_wait(&mut db, "INSERT INTO generation_rollup_queue");
+    wait_for_lock_wait(&mut db, TRANSFER_QUEUES);
     tx.commit().unwrap();
     for (what, child) in [("aggregate", &mut aggregate), ("transfer", &mut transfer)] {
         let mut status = None;
@@ -365,4 +371,73 @@ fn a_transfer_that_waited_for_the_rollup_of_its_hour_lists_its_events() {
     env.genalytics().args(["aggregate", "-q"]).ok();
     assert_eq!(late_list(&mut db, hour), (None, 0));
     assert_eq!(every_report(&env, until), fresh);
+}
+
+#[test]
+fn a_rollup_of_an_hour_waits_for_a_transfer_storing_events_for_it() {
+    let env = migrated();
+    let seed = crate::harness::seed();
+    let mut db = env.db();
+    let hour = hour_floor(Utc::now()) - Duration::hours(2);
+    let first = traffic(hour, 150, seed);
+    write(&env, &first);
+    transfer(&env);
+    env.genalytics().args(["aggregate", "-q"]).ok();
+    assert_eq!(late_list(&mut db, hour), (None, 0));
+
+    // A transfer of late events for the hour, held after storing them:
+    // it holds the hour's new queue row, not committed, so the hour is
+    // not queued as far as anyone else can see.
+    let late = traffic(hour, 25, seed + 1);
+    write(&env, &late);
+    let mut gate = Gate::close(&env.database_url(), Stage::Rows, 1);
+    let mut transfer = env
+        .genalytics()
+        .args(["transfer", "-q", "--keep", "3650d"])
+        .command()
+        .spawn()
+        .unwrap();
+    gate.wait_held(&mut transfer, 30);
+    // A rollup of that hour waits for it all the same.
+    let mut aggregate = env
+        .genalytics()
+        .args(["aggregate", "-q", "--hour", &hour.to_rfc3339()])
+        .command()
+        .spawn()
+        .unwrap();
+    wait_for_lock_wait(&mut db, ROLLUP_HOLDS);
+    assert!(aggregate.try_wait().unwrap().is_none());
+    gate.open();
+    for (what, child) in [("transfer", &mut transfer), ("aggregate", &mut aggregate)] {
+        let mut status = None;
+        wait_for(&format!("the {what} to end"), 30, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        assert!(status.unwrap().success(), "{what} failed");
+    }
+
+    // The rollup counted the late events once, and took them off the list.
+    assert_eq!(late_list(&mut db, hour), (None, 0));
+    let all: Vec<Written> = first.iter().chain(&late).cloned().collect();
+    let until = Utc::now();
+    let rolled = every_report(&env, until);
+    assert_eq!(
+        rolled[0]["total_requests"],
+        count(&all, |e| e.kind == "request")
+    );
+    let models = rolled[3]["models"].as_array().unwrap();
+    assert!(!models.is_empty());
+    for row in models {
+        let name = row["model_checkpoint"].as_str().map(str::to_string);
+        let completions = count(&all, |e| e.kind == "completion" && e.model == name);
+        assert_eq!(row["total_generations"], completions, "{row}");
+    }
+    let failures: i64 = rolled[4]["error_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["count"].as_i64().unwrap())
+        .sum();
+    assert_eq!(failures, count(&all, Written::is_failure));
 }

@@ -8,6 +8,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::Value;
 
 use crate::harness::events::{Written, traffic, write};
+use crate::harness::reports::every_report_counted;
 use crate::harness::{TestEnv, json};
 
 const LEGACY_SCHEMA: &str = include_str!("fixtures/legacy_schema.sql");
@@ -275,24 +276,11 @@ fn a_late_event_for_a_pruned_hour_adds_exactly_one_to_the_right_figures() {
     );
     // Reports count the late events before they are merged, as the merge
     // will: the same figures before and after.
-    let until = (first + Duration::hours(30)).to_rfc3339();
-    let reports = || -> Vec<(Value, Value)> {
-        ["overview", "trends", "models", "failures", "peak-hours"]
-            .iter()
-            .map(|which| {
-                let mut report = json(&env, &["report", which, "--days", "3", "--until", &until]);
-                let raw = report
-                    .as_object_mut()
-                    .unwrap()
-                    .remove("hours_from_raw_events")
-                    .unwrap();
-                (report, raw)
-            })
-            .collect()
-    };
+    let until = first + Duration::hours(30);
+    let reports = || every_report_counted(&env, until, 3);
     let unmerged = reports();
     assert!(
-        unmerged.iter().all(|(_, raw)| *raw == 1),
+        unmerged.iter().all(|(_, counted)| *counted == 1),
         "the hour is read beside its rollup"
     );
     assert_eq!(
@@ -305,7 +293,7 @@ fn a_late_event_for_a_pruned_hour_adds_exactly_one_to_the_right_figures() {
                     "--days",
                     "3",
                     "--until",
-                    &until,
+                    &until.to_rfc3339(),
                     "--materialized-only"
                 ]
             )["total_requests"]
@@ -388,7 +376,7 @@ fn a_late_event_for_a_pruned_hour_adds_exactly_one_to_the_right_figures() {
             "--days",
             "3",
             "--until",
-            &(first + Duration::hours(30)).to_rfc3339(),
+            &until.to_rfc3339(),
         ],
     );
     assert_eq!(report["total_requests"], 1, "{report:#}");
@@ -399,8 +387,8 @@ fn a_late_event_for_a_pruned_hour_adds_exactly_one_to_the_right_figures() {
     assert!((p50 - 12_345.0).abs() <= 124.0, "{p50}");
     assert_eq!(report["percentiles_exact"], false, "raw events were pruned");
     let merged = reports();
-    assert!(merged.iter().all(|(_, raw)| *raw == 0));
-    let reports_only = |reports: Vec<(Value, Value)>| -> Vec<Value> {
+    assert!(merged.iter().all(|(_, counted)| *counted == 0));
+    let reports_only = |reports: Vec<(Value, i64)>| -> Vec<Value> {
         reports.into_iter().map(|(report, _)| report).collect()
     };
     assert_eq!(reports_only(merged), reports_only(unmerged));

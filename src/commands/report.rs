@@ -157,7 +157,7 @@ pub struct WindowArgs {
     pub tz: chrono_tz::Tz,
 
     /// Read hourly rollups alone: leave out events of hours not rolled up yet (by default
-    /// they are counted from raw events)
+    /// they are counted from the stored events)
     #[arg(long)]
     pub materialized_only: bool,
 }

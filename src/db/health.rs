@@ -99,8 +99,7 @@ pub fn rollup_health(client: &mut Client) -> anyhow::Result<RollupHealth> {
                 count(*) FILTER (WHERE m.checksum IS DISTINCT FROM genalytics_hourly_checksum(m)),
                 (SELECT count(*) FROM generation_rollup_late),
                 (SELECT count(*) FROM generation_rollup_queue
-                 WHERE failures = 0 AND (late_listed
-                     OR hour >= coalesce((SELECT horizon FROM genalytics_raw_horizon), '-infinity')))
+                 WHERE failures = 0)
          FROM generation_metrics_hourly m",
         &[],
     )?;

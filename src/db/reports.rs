@@ -65,11 +65,13 @@ pub fn pending(
     if materialized_only {
         return Ok(pending);
     }
+    // Before the horizon an hour is late-listed whatever its flag: every
+    // event stored for it is listed (see db::events::rows).
     for row in client.query(
-        "SELECT hour, late_listed FROM generation_rollup_queue
+        "SELECT hour, late_listed
+             OR hour < coalesce((SELECT horizon FROM genalytics_raw_horizon), '-infinity')
+         FROM generation_rollup_queue
          WHERE hour >= $1 AND hour < $2 AND failures = 0
-           AND (late_listed
-                OR hour >= coalesce((SELECT horizon FROM genalytics_raw_horizon), '-infinity'))
          ORDER BY hour",
         &[&window.start, &window.end],
     )? {
@@ -116,7 +118,8 @@ fn window_rows(
 /// The window's hourly rows as a derived table `h`: rolled-up hours from
 /// the table but the hours `$4`, the hours `$3` from their raw events.
 fn hourly_rows(raw: &[DateTime<Utc>]) -> String {
-    // The hourly columns a window reads, from the table or from raw events.
+    // One list for the table, the raw events and the part, so that the
+    // UNION lines them up.
     let columns = format!("timestamp, {}", hour_columns("user_ids"));
     let rolled = format!(
         "SELECT {columns} FROM generation_metrics_hourly
@@ -171,7 +174,7 @@ pub fn hours_and_raw_users(
         raw_users.extend(rollup.users.iter().copied());
         parts.push(HourPart::from_rollup(row.get(0), &rollup));
     }
-    for (hour, merged) in late_hours(client, &pending.late)? {
+    for (hour, merged) in late_listed_hours(client, &pending.late)? {
         raw_users.extend(merged.users.iter().copied());
         parts.push(HourPart::from_rollup(hour, &merged));
     }
@@ -181,21 +184,25 @@ pub fn hours_and_raw_users(
 
 /// The late-listed `hours`, each its stored rollup with its late events
 /// added as aggregate will: merged before the raw horizon (percentiles
-/// from the histogram then), rolled up again from all its raw events from
-/// the horizon on — which only the exact percentiles need, read here from
-/// the hour's successful durations alone.
-fn late_hours(
+/// from the histogram then, if late events brought durations), rolled up
+/// again from all its raw events from the horizon on — which only exact
+/// percentiles need, read here from the hour's successful durations alone,
+/// and only where late events brought some.
+fn late_listed_hours(
     client: &mut Client,
     hours: &[DateTime<Utc>],
 ) -> anyhow::Result<BTreeMap<DateTime<Utc>, HourRollup>> {
     let mut merged = with_late(client, hours)?;
     let horizon = crate::db::retention::horizon(client)?;
-    let whole: Vec<DateTime<Utc>> = merged
-        .keys()
-        .copied()
-        .filter(|hour| horizon.is_none_or(|horizon| *hour >= horizon))
+    let inexact: Vec<DateTime<Utc>> = merged
+        .iter()
+        .filter(|(hour, rollup)| {
+            rollup.percentiles_exact == Some(false)
+                && horizon.is_none_or(|horizon| **hour >= horizon)
+        })
+        .map(|(hour, _)| *hour)
         .collect();
-    if whole.is_empty() {
+    if inexact.is_empty() {
         return Ok(merged);
     }
     for row in client.query(
@@ -207,7 +214,7 @@ fn late_hours(
              FROM generation_events e
              WHERE e.timestamp >= h.hour AND e.timestamp < h.hour + interval '1 hour'
                AND e.event_type = 'completion' AND e.success) p",
-        &[&whole],
+        &[&inexact],
     )? {
         if let Some(hour) = merged.get_mut(&row.get(0)) {
             let quantile = |i: usize| row.get::<_, Option<i32>>(i).map(i64::from);

@@ -28,7 +28,7 @@ impl Report for Fresh {
         let mut notes = self.report.notes();
         if self.raw_hours > 0 {
             notes.push(format!(
-                "{} of the window not rolled up yet {} counted from raw events",
+                "{} of the window not rolled up yet {} counted from stored events",
                 crate::output::counted(self.raw_hours as u64, "hour"),
                 if self.raw_hours == 1 { "is" } else { "are" }
             ));

@@ -37,16 +37,28 @@ pub fn figures(mut report: Value) -> Value {
     report
 }
 
-/// Every report of [`REPORTS`] over the day ending `until`, as
-/// [`figures`].
-pub fn every_report(env: &TestEnv, until: DateTime<Utc>) -> Vec<Value> {
+/// Every report of [`REPORTS`] over the `days` ending `until`, and how
+/// many hours each read beside their rollups.
+pub fn every_report_counted(env: &TestEnv, until: DateTime<Utc>, days: u32) -> Vec<(Value, i64)> {
+    let days = days.to_string();
     REPORTS
         .iter()
         .map(|args| {
             let mut args = args.to_vec();
-            args.extend(["--days", "1"]);
-            figures(report_at(env, until, &args))
+            args.extend(["--days", &days]);
+            let report = report_at(env, until, &args);
+            let counted = report["hours_from_raw_events"].as_i64().unwrap();
+            (figures(report), counted)
         })
+        .collect()
+}
+
+/// Every report of [`REPORTS`] over the day ending `until`, as
+/// [`figures`].
+pub fn every_report(env: &TestEnv, until: DateTime<Utc>) -> Vec<Value> {
+    every_report_counted(env, until, 1)
+        .into_iter()
+        .map(|(report, _)| report)
         .collect()
 }
 

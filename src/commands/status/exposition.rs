@@ -140,7 +140,7 @@ impl Status {
             ),
             (
                 "genalytics_rollup_read_raw",
-                "Hours reports count from raw events until their rollup.",
+                "Hours reports count from their stored events (raw or late) until their rollup.",
                 count(self.hours_from_raw_events),
             ),
             (
@@ -170,7 +170,7 @@ impl Status {
             ),
             (
                 "genalytics_late_events",
-                "Events stored for hours before the raw horizon, waiting to be merged.",
+                "Late events listed for hours already rolled up, waiting for their rollup.",
                 count(self.late_events_waiting),
             ),
             (

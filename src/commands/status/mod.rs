@@ -124,8 +124,9 @@ struct Status {
     last_reset_lost_entries: Option<i64>,
     rejected_entries: i64,
     newest_event_at: Option<DateTime<Utc>>,
-    /// Hours reports count from raw events until their rollup: all queued
-    /// hours that still hold their raw events.
+    /// Hours reports count from their stored events (raw, or the late
+    /// ones beside the rollup) until their rollup: every queued hour whose
+    /// rollup has not failed.
     hours_from_raw_events: i64,
     hours_awaiting_rollup: i64,
     stale_hours: i64,
@@ -140,7 +141,8 @@ struct Status {
     legacy_hours: i64,
     /// Hourly rows written or changed by something other than genalytics.
     foreign_rollup_rows: i64,
-    /// Events stored for hours before the horizon, waiting to be merged.
+    /// Late events listed for hours already rolled up (or pruned), waiting
+    /// for their rollup.
     late_events_waiting: i64,
     /// Events in the default partition: times outside the window day
     /// partitions are made for (older than the raw retention, or hostile

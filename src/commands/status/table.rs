@@ -102,7 +102,7 @@ impl Status {
             ),
             (
                 "hours_from_raw_events",
-                "hours reports read from raw events",
+                "hours reports read beside rollups",
                 Cell::Count(self.hours_from_raw_events),
             ),
             (

@@ -63,13 +63,19 @@ pub(super) fn store_rows(
                 // The time it was first queued stays: how long it has waited.
                 // Whether the hour is late-listed is decided once, when it is
                 // queued: its raw events are gone, or it has a rollup of our
-                // own that cannot hold this transaction's events.
+                // own that cannot hold this transaction's events. Not the
+                // current hour, whose events all come after such a rollup
+                // (`aggregate --include-current`): reports read it from its
+                // part. Before the horizon every event is listed, whoever
+                // queued the hour.
                 "INSERT INTO generation_rollup_queue AS q (hour, late_listed)
-                 SELECT s.hour, s.hour < coalesce($2::timestamptz, '-infinity') OR EXISTS (
-                     SELECT 1 FROM generation_metrics_hourly m WHERE m.timestamp = s.hour AND NOT m.legacy)
+                 SELECT s.hour, s.hour < coalesce($2::timestamptz, '-infinity') OR (
+                     s.hour < date_trunc('hour', now(), 'UTC') AND EXISTS (
+                         SELECT 1 FROM generation_metrics_hourly m
+                         WHERE m.timestamp = s.hour AND NOT m.legacy))
                  FROM unnest($1::timestamptz[]) AS s(hour) ORDER BY 1
                  ON CONFLICT (hour) DO UPDATE SET queued_at = q.queued_at
-                 RETURNING hour, late_listed",
+                 RETURNING hour, late_listed OR hour < coalesce($2::timestamptz, '-infinity')",
                 &[&list, &horizon],
             )?
             .into_iter()
@@ -126,7 +132,9 @@ fn list_late(
              e.error_type, left(e.error_message, 300)
          FROM unnest($2::text[], $3::timestamptz[]) AS l(stream_id, at)
          CROSS JOIN LATERAL (
-             SELECT * FROM generation_events e
+             SELECT e.id, e.timestamp, e.event_type, e.success, e.duration_ms, e.user_id,
+                 e.batch_size, e.queue_length, e.model_checkpoint, e.error_type, e.error_message
+             FROM generation_events e
              WHERE e.stream = $1 AND e.stream_id = l.stream_id AND e.timestamp = l.at
                AND e.created_at = now()
              OFFSET 0) e

@@ -101,6 +101,9 @@ pub fn with_late(
     client: &mut impl GenericClient,
     hours: &[DateTime<Utc>],
 ) -> anyhow::Result<BTreeMap<DateTime<Utc>, HourRollup>> {
+    if hours.is_empty() {
+        return Ok(BTreeMap::new());
+    }
     let mut merged = stored_hours(client, hours)?;
     for (hour, late) in late_hours(client, hours)? {
         let stored = merged.remove(&hour);
@@ -115,18 +118,19 @@ pub fn with_late(
 /// meanwhile.
 pub(super) fn merge_late(tx: &mut Transaction<'_>, hours: &[DateTime<Utc>]) -> anyhow::Result<u64> {
     let late = late_hours(tx, hours)?;
-    for (hour, late) in &late {
-        let stored = read_hour(tx, *hour)?;
+    let merged = late.len() as u64;
+    for (hour, late) in late {
+        let stored = read_hour(tx, hour)?;
         let new = stored.is_none();
-        write_hour(tx, *hour, &HourRollup::with_late(stored, late.clone()), new)?;
+        write_hour(tx, hour, &HourRollup::with_late(stored, late), new)?;
     }
-    if !late.is_empty() {
+    if merged > 0 {
         merge_late_models(tx, hours)?;
         merge_late_failures(tx, hours)?;
         merge_late_users(tx, hours)?;
     }
     forget(tx, hours)?;
-    Ok(late.len() as u64)
+    Ok(merged)
 }
 
 /// Takes the late events of `hours` off the list: merged into their
@@ -148,6 +152,9 @@ pub fn late_models(
     client: &mut impl GenericClient,
     hours: &[DateTime<Utc>],
 ) -> anyhow::Result<Vec<Keyed<ModelRollup>>> {
+    if hours.is_empty() {
+        return Ok(Vec::new());
+    }
     let late = late_events("$1");
     Ok(client
         .query(
@@ -186,6 +193,9 @@ pub fn late_failures(
     client: &mut impl GenericClient,
     hours: &[DateTime<Utc>],
 ) -> anyhow::Result<Vec<Keyed<FailureRollup>>> {
+    if hours.is_empty() {
+        return Ok(Vec::new());
+    }
     let late = late_events("$1");
     Ok(client
         .query(

@@ -71,7 +71,7 @@ pub struct Outcome {
 /// for them since are merged in (see [`crate::rollup`]).
 ///
 /// The hours are first taken off the queue — locking their queue rows, in
-/// order — and only then computed, in a later statement with a fresh
+/// order, queued or not — and only then computed, in a later statement with a fresh
 /// snapshot: a transfer that queued one of them meanwhile either committed
 /// before (and its events are seen) or waits for this transaction and
 /// queues the hour again. The horizon is read with a share lock, so a
@@ -86,9 +86,18 @@ pub fn roll_up(client: &mut Client, hours: &[DateTime<Utc>]) -> anyhow::Result<O
     // costs more than running them (docs/performance.md).
     tx.batch_execute("SET LOCAL genalytics.writer = 'genalytics'; SET LOCAL jit = off")?;
     let horizon: Option<DateTime<Utc>> = crate::db::retention::horizon_held(&mut tx)?;
+    // Every hour's queue row is held, queued or not (an upsert, in hour
+    // order as transfer takes them): a transfer storing events for one of
+    // them waits for this commit, so its events are neither in this
+    // rollup and on the hour's late list, nor listed after the list was
+    // read and taken off. Then off the queue.
     tx.execute(
-        "DELETE FROM generation_rollup_queue WHERE hour IN (
-             SELECT hour FROM generation_rollup_queue WHERE hour = ANY($1) ORDER BY hour FOR UPDATE)",
+        "INSERT INTO generation_rollup_queue AS q (hour) SELECT unnest($1::timestamptz[]) ORDER BY 1
+         ON CONFLICT (hour) DO UPDATE SET queued_at = q.queued_at",
+        &[&hours],
+    )?;
+    tx.execute(
+        "DELETE FROM generation_rollup_queue WHERE hour = ANY($1)",
         &[&hours],
     )?;
     tx.execute(
