@@ -11,8 +11,8 @@
 //! more with a covering index, the alternative to per-user rollups.
 //! Last, a fresh tail: a current hour of 200,000 events not rolled up
 //! (`GENALYTICS_BENCH_CURRENT_EVENTS`) and 10,000 late events queueing ten
-//! hours again, every report timed fresh — all raw, then with the current
-//! hour rolled up so far as a follower keeps it — and from rollups alone.
+//! hours again, every report timed fresh — the current hour raw, then
+//! rolled up so far as a follower keeps it — and from rollups alone.
 //! `cargo bench --bench report`; `GENALYTICS_BENCH_EVENTS` scales it.
 
 use std::time::Instant;
@@ -305,14 +305,14 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Reports fresh to the second: a current hour of 200,000 events not
-/// rolled up and 10,000 late events (stored by transfer) queueing ten
-/// rolled-up hours again,
-/// every report timed as it reads them from raw events beside the rollups;
-/// again once the current hour is rolled up so far, through a minute
-/// before its end, as a follower keeps it (the report then reads that
-/// minute's events beside the part); and from rollups alone
-/// (`--materialized-only`). Each report's JSON must be the same with the
-/// part as without it.
+/// rolled up and 10,000 late events (stored by transfer, which lists them)
+/// queueing ten rolled-up hours again. Every report is timed as it reads
+/// the current hour from its raw events and the ten hours from their
+/// rollups and late lists; again once the current hour is rolled up so
+/// far, through a minute before its end, as a follower keeps it (the
+/// report then reads that minute's events beside the part); and from
+/// rollups alone (`--materialized-only`). Each report's JSON must be the
+/// same with the part as without it.
 fn fresh_tail(
     run: &Run<'_>,
     db: &mut postgres::Client,

@@ -196,7 +196,7 @@ never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l compare -d 'Show each figure beside the previous window of the same length, and its change'
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l materialized-only -d 'Read hourly rollups alone: leave out events of hours not rolled up yet (by default they are counted from raw events)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l materialized-only -d 'Read hourly rollups alone: leave out events of hours not rolled up yet (by default they are counted from the stored events)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l csv-raw -d 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading \')'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from overview" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
@@ -227,7 +227,7 @@ always\t''
 never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l materialized-only -d 'Read hourly rollups alone: leave out events of hours not rolled up yet (by default they are counted from raw events)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l materialized-only -d 'Read hourly rollups alone: leave out events of hours not rolled up yet (by default they are counted from the stored events)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l csv-raw -d 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading \')'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from trends" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
@@ -256,7 +256,7 @@ always\t''
 never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l materialized-only -d 'Read hourly rollups alone: leave out events of hours not rolled up yet (by default they are counted from raw events)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l materialized-only -d 'Read hourly rollups alone: leave out events of hours not rolled up yet (by default they are counted from the stored events)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l csv-raw -d 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading \')'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from user" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
@@ -285,7 +285,7 @@ always\t''
 never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l materialized-only -d 'Read hourly rollups alone: leave out events of hours not rolled up yet (by default they are counted from raw events)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l materialized-only -d 'Read hourly rollups alone: leave out events of hours not rolled up yet (by default they are counted from the stored events)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l csv-raw -d 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading \')'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from models" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
@@ -314,7 +314,7 @@ always\t''
 never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l materialized-only -d 'Read hourly rollups alone: leave out events of hours not rolled up yet (by default they are counted from raw events)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l materialized-only -d 'Read hourly rollups alone: leave out events of hours not rolled up yet (by default they are counted from the stored events)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l csv-raw -d 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading \')'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from failures" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
@@ -346,7 +346,7 @@ always\t''
 never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l materialized-only -d 'Read hourly rollups alone: leave out events of hours not rolled up yet (by default they are counted from raw events)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l materialized-only -d 'Read hourly rollups alone: leave out events of hours not rolled up yet (by default they are counted from the stored events)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l csv-raw -d 'With --format csv: text exactly as stored, even where a spreadsheet would run it as a formula (by default such cells get a leading \')'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from peak-hours" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
@@ -371,7 +371,7 @@ always\t''
 never\t''"
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l log-format -d 'Log lines on stderr as text, or as JSON objects (with a timestamp) for log shippers' -r -f -a "text\t''
 json\t''"
-complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l materialized-only -d 'Read hourly rollups alone: leave out events of hours not rolled up yet (by default they are counted from raw events)'
+complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l materialized-only -d 'Read hourly rollups alone: leave out events of hours not rolled up yet (by default they are counted from the stored events)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -l redis-cluster -d 'Redis is a cluster: REDIS_URL may name several seed nodes, comma-separated'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -s v -l verbose -d 'Log more to stderr (-v progress, -vv debugging)'
 complete -c genalytics -n "__fish_genalytics_using_subcommand report; and __fish_seen_subcommand_from html" -s q -l quiet -d 'Print only errors'
