@@ -233,6 +233,41 @@ fn late_events_count_before_their_hour_is_rolled_up_again() {
 }
 
 #[test]
+fn an_hour_whose_rollup_was_changed_by_hand_is_read_from_its_raw_events() {
+    clear_of_hour_turn(120);
+    let env = migrated();
+    let mut db = env.db();
+    let now = Utc::now();
+    let hour = hour_floor(now) - Duration::hours(3);
+    let first = traffic(hour, 60, crate::harness::seed());
+    write(&env, &first);
+    transfer(&env);
+    env.genalytics().args(["aggregate", "-q"]).ok();
+    // Someone adds 1,000 requests to the hour's row; then a late request.
+    db.execute(
+        "UPDATE generation_metrics_hourly SET total_requests = total_requests + 1000
+         WHERE timestamp = $1",
+        &[&hour],
+    )
+    .unwrap();
+    let late = [Written::new(hour + Duration::minutes(30), "request")];
+    write(&env, &late);
+    transfer(&env);
+    // The row is not genalytics' own: the hour is read from its raw events,
+    // as its rollup will count them.
+    assert_eq!(late_list(&mut db, hour), (Some(false), 0));
+    let all: Vec<Written> = first.iter().chain(&late).cloned().collect();
+    let fresh = report_at(&env, now, &["overview", "--days", "1"]);
+    assert_eq!(
+        fresh["total_requests"],
+        count(&all, |e| e.kind == "request")
+    );
+    let before = every_report(&env, now);
+    env.genalytics().args(["aggregate", "-q"]).ok();
+    assert_eq!(every_report(&env, now), before);
+}
+
+#[test]
 fn a_followers_events_are_in_a_report_within_seconds() {
     clear_of_hour_turn(60);
     let env = migrated();

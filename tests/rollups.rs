@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::Value;
 
 use crate::harness::events::{Written, traffic, write};
-use crate::harness::reports::every_report_counted;
+use crate::harness::reports::{every_report_counted, figures, report_at};
 use crate::harness::{TestEnv, json};
 
 const LEGACY_SCHEMA: &str = include_str!("fixtures/legacy_schema.sql");
@@ -214,7 +214,7 @@ fn a_late_event_for_a_pruned_hour_adds_exactly_one_to_the_right_figures() {
         }
         all
     };
-    let figures = |db: &mut postgres::Client| -> (i32, i32, i32, i64, i32, i64, i32) {
+    let hour_figures = |db: &mut postgres::Client| -> (i32, i32, i32, i64, i32, i64, i32) {
         let row = db
             .query_one(
                 "SELECT total_requests, successful_generations, failed_generations,
@@ -235,7 +235,7 @@ fn a_late_event_for_a_pruned_hour_adds_exactly_one_to_the_right_figures() {
             row.get::<_, Option<i32>>(6).unwrap_or(0),
         )
     };
-    let before = figures(&mut db);
+    let before = hour_figures(&mut db);
     let untouched = snapshot(&mut db);
 
     // One request by a new user, one success of 4 images, one failure of
@@ -278,6 +278,8 @@ fn a_late_event_for_a_pruned_hour_adds_exactly_one_to_the_right_figures() {
     // will: the same figures before and after.
     let until = first + Duration::hours(30);
     let reports = || every_report_counted(&env, until, 3);
+    let user_report = || figures(report_at(&env, until, &["user", &user, "--days", "3"]));
+    let user_unmerged = user_report();
     let unmerged = reports();
     assert!(
         unmerged.iter().all(|(_, counted)| *counted == 1),
@@ -313,7 +315,7 @@ fn a_late_event_for_a_pruned_hour_adds_exactly_one_to_the_right_figures() {
         0
     );
 
-    let after = figures(&mut db);
+    let after = hour_figures(&mut db);
     assert_eq!(
         after,
         (
@@ -366,7 +368,8 @@ fn a_late_event_for_a_pruned_hour_adds_exactly_one_to_the_right_figures() {
             "{key} changed"
         );
     }
-    // The late user's report: their two events, from the merged rollup.
+    // The late user's report: their two events, from the merged rollup,
+    // as it counted them before the merge.
     let report = json(
         &env,
         &[
@@ -379,6 +382,7 @@ fn a_late_event_for_a_pruned_hour_adds_exactly_one_to_the_right_figures() {
             &until.to_rfc3339(),
         ],
     );
+    assert_eq!(figures(report.clone()), user_unmerged);
     assert_eq!(report["total_requests"], 1, "{report:#}");
     assert_eq!(report["successful_generations"], 1);
     assert_eq!(report["failed_generations"], 0);
@@ -394,7 +398,7 @@ fn a_late_event_for_a_pruned_hour_adds_exactly_one_to_the_right_figures() {
     assert_eq!(reports_only(merged), reports_only(unmerged));
     // Merged once: another aggregate changes nothing.
     env.genalytics().arg("aggregate").ok();
-    assert_eq!(figures(&mut db), after);
+    assert_eq!(hour_figures(&mut db), after);
 }
 
 #[test]

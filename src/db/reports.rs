@@ -431,6 +431,20 @@ pub fn user(
             &[&sources.rolled],
         )?
         .get(0);
+    if !sources.late.is_empty() {
+        // The user's late events of hours before the horizon, not merged
+        // into the per-user rollups yet.
+        let row = client.query_one(
+            &format!(
+                "SELECT {} FROM ({}) e CROSS JOIN LATERAL (SELECT {KIND_SQL} AS kind) k
+                 WHERE e.user_id = $1",
+                user_aggregates(),
+                late_events("$2")
+            ),
+            &[&user_id, &sources.late],
+        )?;
+        figures.merge(&raw_user_rollup(&row, 0));
+    }
     if !sources.raw.is_empty() {
         let (from, to): (Vec<DateTime<Utc>>, Vec<DateTime<Utc>>) =
             sources.raw.iter().copied().unzip();

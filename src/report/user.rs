@@ -29,6 +29,9 @@ pub struct Sources {
     /// and rolled up, and every hour before the raw horizon (whose raw
     /// events are gone, so its rollup is all there is).
     pub rolled: Vec<DateTime<Utc>>,
+    /// Of those, the hours before the horizon that late events came to:
+    /// their late events are read beside the rollups until merged in.
+    pub late: Vec<DateTime<Utc>>,
     /// Ranges read from raw events: the window's partial edge hours and
     /// hours waiting for their rollup, adjacent ones joined.
     pub raw: Vec<(DateTime<Utc>, DateTime<Utc>)>,
@@ -45,6 +48,7 @@ pub fn sources(
 ) -> Sources {
     let mut out = Sources {
         rolled: Vec::new(),
+        late: Vec::new(),
         raw: Vec::new(),
         raw_complete: true,
     };
@@ -53,6 +57,9 @@ pub fn sources(
         let end = start + hour;
         if horizon.is_some_and(|horizon| start < horizon) {
             out.rolled.push(start);
+            if queued.contains(&start) {
+                out.late.push(start);
+            }
             out.raw_complete = false;
         } else if start >= window.start && end <= window.end && !queued.contains(&start) {
             out.rolled.push(start);
@@ -345,7 +352,11 @@ mod tests {
     fn hours_before_the_raw_horizon_are_read_whole_from_rollups() {
         let window = Window::new(1, at("2026-11-28T10:30:00Z"));
         let horizon = Some(at("2026-11-27T20:00:00Z"));
-        let s = sources(&window, horizon, &BTreeSet::new());
+        // A queued hour before the horizon: its rollup and its late events.
+        let queued: BTreeSet<_> = [at("2026-11-27T12:00:00Z")].into();
+        let s = sources(&window, horizon, &queued);
+        assert_eq!(s.late, [at("2026-11-27T12:00:00Z")]);
+        assert!(s.rolled.contains(&at("2026-11-27T12:00:00Z")));
         assert!(!s.raw_complete);
         // The partial first hour too: its raw events are gone.
         assert_eq!(s.rolled.first(), Some(&at("2026-11-27T10:00:00Z")));

@@ -63,7 +63,9 @@ pub(super) fn store_rows(
                 // The time it was first queued stays: how long it has waited.
                 // Whether the hour is late-listed is decided once, when it is
                 // queued: its raw events are gone, or it has a rollup of our
-                // own that cannot hold this transaction's events. Not the
+                // own (not the original service's, not changed by hand: its
+                // checksum holds) that cannot hold this transaction's
+                // events. Not the
                 // current hour, whose events all come after such a rollup
                 // (`aggregate --include-current`): reports read it from its
                 // part. Before the horizon every event is listed, whoever
@@ -72,7 +74,8 @@ pub(super) fn store_rows(
                  SELECT s.hour, s.hour < coalesce($2::timestamptz, '-infinity') OR (
                      s.hour < date_trunc('hour', now(), 'UTC') AND EXISTS (
                          SELECT 1 FROM generation_metrics_hourly m
-                         WHERE m.timestamp = s.hour AND NOT m.legacy))
+                         WHERE m.timestamp = s.hour AND NOT m.legacy
+                           AND m.checksum IS NOT DISTINCT FROM genalytics_hourly_checksum(m)))
                  FROM unnest($1::timestamptz[]) AS s(hour) ORDER BY 1
                  ON CONFLICT (hour) DO UPDATE SET queued_at = q.queued_at
                  RETURNING hour, late_listed OR hour < coalesce($2::timestamptz, '-infinity')",
@@ -121,23 +124,21 @@ fn list_late(
     let times: Vec<DateTime<Utc>> = rows.iter().map(|row| prepared.times[*row]).collect();
     // By the whole entry key, time included, one entry at a time (kept so
     // by `OFFSET 0`): each probe goes to one partition's key, where a join
-    // could scan them all. The list carries what the rollups read of the event (a
-    // sample message is its first 300 characters).
+    // could scan them all. The list carries what the rollups read of the
+    // event (of a message, its first 300 characters, as a sample keeps).
     tx.execute(
         "INSERT INTO generation_rollup_late (event_id, event_at, hour, event_type, success,
              duration_ms, user_id, batch_size, queue_length, model_checkpoint, error_type,
              error_message)
-         SELECT e.id, e.timestamp, date_trunc('hour', e.timestamp, 'UTC'), e.event_type, e.success,
-             e.duration_ms, e.user_id, e.batch_size, e.queue_length, e.model_checkpoint,
-             e.error_type, left(e.error_message, 300)
-         FROM unnest($2::text[], $3::timestamptz[]) AS l(stream_id, at)
+         SELECT x.* FROM unnest($2::text[], $3::timestamptz[]) AS l(stream_id, at)
          CROSS JOIN LATERAL (
-             SELECT e.id, e.timestamp, e.event_type, e.success, e.duration_ms, e.user_id,
-                 e.batch_size, e.queue_length, e.model_checkpoint, e.error_type, e.error_message
+             SELECT e.id, e.timestamp, date_trunc('hour', e.timestamp, 'UTC'), e.event_type,
+                 e.success, e.duration_ms, e.user_id, e.batch_size, e.queue_length,
+                 e.model_checkpoint, e.error_type, left(e.error_message, 300)
              FROM generation_events e
              WHERE e.stream = $1 AND e.stream_id = l.stream_id AND e.timestamp = l.at
                AND e.created_at = now()
-             OFFSET 0) e
+             OFFSET 0) x
          ON CONFLICT (event_id) DO NOTHING",
         &[&stream, &ids, &times],
     )?;
