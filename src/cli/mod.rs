@@ -320,8 +320,8 @@ pub enum Command {
     Aggregate(aggregate::Args),
     /// Print a report: overview, trends, user, models, failures, peak-hours
     ///
-    /// Reads the hourly rollups, and the raw events of hours not rolled up yet, and prints a
-    /// report over a window of whole hours as a table for people, CSV or JSON for machines,
+    /// Reads the hourly rollups, and the events stored for hours not rolled up yet, and prints
+    /// a report over a window of whole hours as a table for people, CSV or JSON for machines,
     /// or one HTML page. Run it whenever you need to know; --watch keeps it on screen. It
     /// changes nothing and works on a hot standby.
     Report(report::Args),

@@ -85,10 +85,12 @@ pub(super) fn store_rows(
             .filter(|row| row.get::<_, bool>(1))
             .map(|row| row.get(0))
             .collect();
-        let late: Vec<usize> = kept()
-            .filter(|row| late_listed.contains(&hour::floor(prepared.times[*row])))
-            .collect();
-        list_late(tx, stream, prepared, &late)?;
+        if !late_listed.is_empty() {
+            let late: Vec<usize> = kept()
+                .filter(|row| late_listed.contains(&hour::floor(prepared.times[*row])))
+                .collect();
+            list_late(tx, stream, prepared, &late)?;
+        }
         // With the queue rows held, a part of an hour rolled up so far that
         // these events belong in is no longer the whole of its part: gone
         // (see db::rollup::partial).
@@ -117,9 +119,6 @@ fn list_late(
     prepared: &Prepared,
     rows: &[usize],
 ) -> anyhow::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
     let ids: Vec<EntryId> = rows.iter().map(|row| prepared.ids[*row]).collect();
     let times: Vec<DateTime<Utc>> = rows.iter().map(|row| prepared.times[*row]).collect();
     // By the whole entry key, time included, one entry at a time (kept so
