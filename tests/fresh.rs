@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use genalytics::testing::hour_floor;
 
-use crate::harness::events::{Written, count, percentile, traffic, write};
+use crate::harness::events::{Written, count, percentile, success_durations, traffic, write};
 use crate::harness::reports::{every_report, every_report_counted, late_list, point, report_at};
 use crate::harness::{TestEnv, clear_of_hour_turn, migrated, sigterm, transfer, wait_for, xadd};
 
@@ -181,12 +181,7 @@ fn late_events_count_before_their_hour_is_rolled_up_again() {
         all.iter().filter_map(|e| e.user.as_ref()).collect();
     assert_eq!(fresh["unique_users"], users.len() as i64, "{fresh}");
     // The hour's own percentiles are exact, as its rollup will have them.
-    let mut durations: Vec<i64> = all
-        .iter()
-        .filter(|e| e.is_success())
-        .filter_map(|e| e.duration_ms)
-        .collect();
-    durations.sort_unstable();
+    let durations = success_durations(&all);
     let trends = report(&["trends", "--days", "1"]);
     for (field, q) in [("p50_duration_ms", 0.5), ("p95_duration_ms", 0.95)] {
         let want = percentile(&durations, q).unwrap();

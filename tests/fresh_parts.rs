@@ -12,10 +12,10 @@ use postgres::Client;
 
 use genalytics::testing::hour_floor;
 
-use crate::harness::events::{Written, count, percentile, traffic, write};
+use crate::harness::events::{Written, count, percentile, success_durations, traffic, write};
 use crate::harness::gate::{Gate, Stage};
 use crate::harness::reports::{REPORTS, every_report, late_list, point};
-use crate::harness::{migrated, transfer, wait_for};
+use crate::harness::{TestEnv, migrated, transfer, wait_for};
 
 /// The part of `hour`: its end and how many events it holds.
 fn part(db: &mut Client, hour: DateTime<Utc>) -> Option<(DateTime<Utc>, i64)> {
@@ -44,6 +44,27 @@ fn wait_for_lock_wait(db: &mut Client, what: &str) {
         .get::<_, i64>(0)
             == 1
     });
+}
+
+/// Waits (30 s at most) for `child` to end, and asserts it ended well.
+fn ends_well(child: &mut std::process::Child, what: &str) {
+    let mut status = None;
+    wait_for(&format!("the {what} to end"), 30, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(status.unwrap().success(), "{what} failed");
+}
+
+/// An hour two hours back with 150 events of traffic, stored and rolled
+/// up: the hour and its events.
+fn rolled_up_hour(env: &TestEnv, seed: u64) -> (DateTime<Utc>, Vec<Written>) {
+    let hour = hour_floor(Utc::now()) - Duration::hours(2);
+    let first = traffic(hour, 150, seed);
+    write(env, &first);
+    transfer(env);
+    env.genalytics().args(["aggregate", "-q"]).ok();
+    (hour, first)
 }
 
 #[test]
@@ -90,12 +111,7 @@ fn reports_read_a_busy_hour_from_its_part_and_its_newest_events_with_the_same_fi
     );
     // The hour's own percentiles are exact: percentile_cont over every
     // successful duration, computed here.
-    let mut durations: Vec<i64> = all
-        .iter()
-        .filter(|e| e.is_success())
-        .filter_map(|e| e.duration_ms)
-        .collect();
-    durations.sort_unstable();
+    let durations = success_durations(&all);
     let at = point(&with_part[1], hour);
     for (field, q) in [("p50_duration_ms", 0.5), ("p95_duration_ms", 0.95)] {
         let want = percentile(&durations, q).unwrap().round() as i64;
@@ -242,12 +258,7 @@ fn a_transfer_waiting_for_a_refresh_deletes_the_part_it_made() {
         .unwrap();
     wait_for_lock_wait(&mut db, TRANSFER_QUEUES);
     tx.commit().unwrap();
-    let mut status = None;
-    wait_for("the transfer to end", 30, || {
-        status = transfer.try_wait().unwrap();
-        status.is_some()
-    });
-    assert!(status.unwrap().success());
+    ends_well(&mut transfer, "transfer");
     assert_eq!(
         part(&mut db, hour),
         None,
@@ -304,11 +315,7 @@ fn a_transfer_that_waited_for_the_rollup_of_its_hour_lists_its_events() {
     let env = migrated();
     let seed = crate::harness::seed();
     let mut db = env.db();
-    let hour = hour_floor(Utc::now()) - Duration::hours(2);
-    let first = traffic(hour, 150, seed);
-    write(&env, &first);
-    transfer(&env);
-    env.genalytics().args(["aggregate", "-q"]).ok();
+    let (hour, first) = rolled_up_hour(&env, seed);
     let late = traffic(hour, 20, seed + 1);
     write(&env, &late);
     transfer(&env);
@@ -341,12 +348,7 @@ fn a_transfer_that_waited_for_the_rollup_of_its_hour_lists_its_events() {
     wait_for_lock_wait(&mut db, TRANSFER_QUEUES);
     tx.commit().unwrap();
     for (what, child) in [("aggregate", &mut aggregate), ("transfer", &mut transfer)] {
-        let mut status = None;
-        wait_for(&format!("the {what} to end"), 30, || {
-            status = child.try_wait().unwrap();
-            status.is_some()
-        });
-        assert!(status.unwrap().success(), "{what} failed");
+        ends_well(child, what);
     }
 
     // The aggregate rolled the hour up without the transfer's events
@@ -378,11 +380,7 @@ fn a_rollup_of_an_hour_waits_for_a_transfer_storing_events_for_it() {
     let env = migrated();
     let seed = crate::harness::seed();
     let mut db = env.db();
-    let hour = hour_floor(Utc::now()) - Duration::hours(2);
-    let first = traffic(hour, 150, seed);
-    write(&env, &first);
-    transfer(&env);
-    env.genalytics().args(["aggregate", "-q"]).ok();
+    let (hour, first) = rolled_up_hour(&env, seed);
     assert_eq!(late_list(&mut db, hour), (None, 0));
 
     // A transfer of late events for the hour, held after storing them:
@@ -409,12 +407,7 @@ fn a_rollup_of_an_hour_waits_for_a_transfer_storing_events_for_it() {
     assert!(aggregate.try_wait().unwrap().is_none());
     gate.open();
     for (what, child) in [("transfer", &mut transfer), ("aggregate", &mut aggregate)] {
-        let mut status = None;
-        wait_for(&format!("the {what} to end"), 30, || {
-            status = child.try_wait().unwrap();
-            status.is_some()
-        });
-        assert!(status.unwrap().success(), "{what} failed");
+        ends_well(child, what);
     }
 
     // The rollup counted the late events once, and took them off the list.

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Duration, Timelike, Utc};
 use serde_json::Value;
 
-use crate::harness::events::{Written, percentile, traffic, write};
+use crate::harness::events::{Written, percentile, success_durations, traffic, write};
 use crate::harness::{Ran, TestEnv};
 
 pub(crate) const UNTIL: &str = "2026-11-20T00:00:00Z";
@@ -64,16 +64,6 @@ pub(crate) fn report_json(env: &TestEnv, args: &[&str]) -> Value {
         .args(["--until", UNTIL, "--format", "json"])
         .ok();
     serde_json::from_str(&ran.stdout).unwrap_or_else(|err| panic!("{err}: {}", ran.stdout))
-}
-
-fn success_durations(events: &[Written]) -> Vec<i64> {
-    let mut durations: Vec<i64> = events
-        .iter()
-        .filter(|e| e.is_success())
-        .filter_map(|e| e.duration_ms)
-        .collect();
-    durations.sort_unstable();
-    durations
 }
 
 pub(crate) fn count(events: &[Written], f: impl Fn(&Written) -> bool) -> i64 {

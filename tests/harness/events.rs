@@ -163,6 +163,18 @@ pub fn count(events: &[Written], f: impl Fn(&Written) -> bool) -> i64 {
     events.iter().filter(|e| f(e)).count() as i64
 }
 
+/// The successful completions' durations, sorted: what an hour's exact
+/// percentiles are taken over.
+pub fn success_durations(events: &[Written]) -> Vec<i64> {
+    let mut durations: Vec<i64> = events
+        .iter()
+        .filter(|e| e.is_success())
+        .filter_map(|e| e.duration_ms)
+        .collect();
+    durations.sort_unstable();
+    durations
+}
+
 /// `percentile_cont`, computed here.
 pub fn percentile(sorted: &[i64], q: f64) -> Option<f64> {
     if sorted.is_empty() {
